@@ -1,0 +1,414 @@
+// MLstmCell: the mLSTM cell (SPEC §4) — matrix memory C with the covariance
+// (outer-product) update, normaliser n and stabiliser m, in its parallel,
+// chunkwise and recurrent forms.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "xlstm/cells/gates.hpp"
+#include "xlstm/core/activations.hpp"
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+/// Which side carries the 1/sqrt(DHQK) scale (SPEC §4 preamble). The outputs
+/// are the same; the stored states differ by that factor.
+enum class MLstmStateConvention {
+  /// NeurIPS model code [X]: C and n accumulate k/sqrt(DHQK). The NeurIPS
+  /// language model's step() states are in this convention.
+  scaled_keys,
+  /// mlstm_kernels [K] (xLSTM-Large): C and n accumulate unscaled k; the
+  /// query is scaled instead.
+  unscaled_keys,
+};
+
+/// The computational forms of SPEC §4.2-§4.4.
+enum class MLstmForm {
+  automatic,  ///< parallel for short sequences from a zero state, chunkwise otherwise
+  parallel,   ///< §4.2 (zero initial state only; T x T memory)
+  chunkwise,  ///< §4.4 (any T, any initial state, memory linear in T)
+  recurrent,  ///< §4.3 step by step
+};
+
+struct MLstmCellConfig {
+  Index num_heads = 4;    ///< NH
+  Index qk_head_dim = 0;  ///< DHQK: query and key size per head
+  Index v_head_dim = 0;   ///< DHV: value (and output) size per head
+  double eps = 1e-6;      ///< the "+ eps" of the normaliser (SPEC §4.1)
+  MLstmStateConvention convention = MLstmStateConvention::scaled_keys;
+  Index chunk_size = 64;  ///< chunk length of the chunkwise form
+  /// `automatic` uses the parallel form up to this length (from a zero state).
+  Index parallel_max_length = 256;
+
+  void validate() const {
+    check_positive(num_heads, "MLstmCellConfig", "num_heads");
+    check_positive(qk_head_dim, "MLstmCellConfig", "qk_head_dim");
+    check_positive(v_head_dim, "MLstmCellConfig", "v_head_dim");
+    check_positive(chunk_size, "MLstmCellConfig", "chunk_size");
+    check(eps >= 0 && std::isfinite(eps), "MLstmCellConfig: 'eps' must be finite and >= 0, got ",
+          eps);
+  }
+};
+
+/// State per batch row and head: C (DHQK x DHV), n (DHQK), m (scalar), all
+/// zero initially. Row `r = b*NH + h` indexes (batch row, head):
+/// C rows [r*DHQK, (r+1)*DHQK), n row r, m entry r. Holds the per-step
+/// workspace too, so that step does not allocate.
+template <typename Scalar>
+struct MLstmState {
+  Index batch = 0, num_heads = 0, qk_head_dim = 0, v_head_dim = 0;
+  Matrix<Scalar> C;  ///< (B*NH*DHQK) x DHV
+  Matrix<Scalar> n;  ///< (B*NH) x DHQK
+  Vector<Scalar> m;  ///< (B*NH)
+  MLstmStateConvention convention = MLstmStateConvention::scaled_keys;
+
+  MLstmState() = default;
+  MLstmState(Index batch_, Index num_heads_, Index qk_head_dim_, Index v_head_dim_,
+             MLstmStateConvention convention_)
+      : batch(batch_),
+        num_heads(num_heads_),
+        qk_head_dim(qk_head_dim_),
+        v_head_dim(v_head_dim_),
+        convention(convention_) {
+    check(batch >= 0, "MLstmState: argument 'batch' must be non-negative, got ", batch);
+    C.setZero(batch * num_heads * qk_head_dim, v_head_dim);
+    n.setZero(batch * num_heads, qk_head_dim);
+    m.setZero(batch * num_heads);
+  }
+
+  auto C_of(Index b, Index h) { return C.middleRows((b * num_heads + h) * qk_head_dim, qk_head_dim); }
+  auto C_of(Index b, Index h) const {
+    return C.middleRows((b * num_heads + h) * qk_head_dim, qk_head_dim);
+  }
+
+  void reset() {
+    C.setZero();
+    n.setZero();
+    m.setZero();
+  }
+
+  void reset_row(Index row) {
+    check(row >= 0 && row < batch, "MLstmState::reset_row: argument 'row' must be in [0, ", batch,
+          "), got ", row);
+    C.middleRows(row * num_heads * qk_head_dim, num_heads * qk_head_dim).setZero();
+    n.middleRows(row * num_heads, num_heads).setZero();
+    m.segment(row * num_heads, num_heads).setZero();
+  }
+
+  bool is_zero() const {
+    return (C.array() == Scalar(0)).all() && (n.array() == Scalar(0)).all() &&
+           (m.array() == Scalar(0)).all();
+  }
+
+  /// Rescales C and n to the other convention (SPEC §4: C_X = C_K / sqrt(DHQK)).
+  void convert_to(MLstmStateConvention target) {
+    if (target == convention) return;
+    const Scalar root = std::sqrt(Scalar(qk_head_dim));
+    const Scalar factor = target == MLstmStateConvention::scaled_keys ? Scalar(1) / root : root;
+    C *= factor;
+    n *= factor;
+    convention = target;
+  }
+};
+
+template <typename Scalar_>
+class MLstmCell {
+ public:
+  using Scalar = Scalar_;
+  using Config = MLstmCellConfig;
+  using State = MLstmState<Scalar>;
+
+  explicit MLstmCell(const Config& config) : config_(config) { config_.validate(); }
+
+  const Config& config() const { return config_; }
+  Index num_heads() const { return config_.num_heads; }
+  Index qk_head_dim() const { return config_.qk_head_dim; }
+  Index v_head_dim() const { return config_.v_head_dim; }
+
+  State initial_state(Index batch) const {
+    return State(batch, num_heads(), qk_head_dim(), v_head_dim(), config_.convention);
+  }
+
+  /// Runs the cell over a sequence. Inputs are head-major (channel h*DH + j):
+  /// q, k are B x T x (NH*DHQK), v is B x T x (NH*DHV), igate and fgate are
+  /// B x T x NH pre-activations. `h` receives B x T x (NH*DHV). `state` is the
+  /// initial state and is left as the final state, whatever the form.
+  void forward(const Sequence<Scalar>& q, const Sequence<Scalar>& k, const Sequence<Scalar>& v,
+               const Sequence<Scalar>& igate, const Sequence<Scalar>& fgate, State& state,
+               Sequence<Scalar>& h, MLstmForm form = MLstmForm::automatic) const {
+    check_sequence_inputs(q, k, v, igate, fgate, state);
+    const Index batch = q.batch(), time = q.time();
+    h.resize(batch, time, num_heads() * v_head_dim());
+    if (form == MLstmForm::automatic) {
+      form = (time <= config_.parallel_max_length && state.is_zero()) ? MLstmForm::parallel
+                                                                      : MLstmForm::chunkwise;
+    }
+    if (form == MLstmForm::parallel) {
+      check(state.is_zero(), "MLstmCell::forward: the parallel form starts from the zero state "
+                             "(SPEC §4.2); use the chunkwise form to continue from a state");
+    }
+    Workspace ws;
+    for (Index b = 0; b < batch; ++b) {
+      for (Index head = 0; head < num_heads(); ++head) {
+        HeadInputs in = head_inputs(q, k, v, igate, fgate, b, head);
+        auto h_out = h.matrix().block(b * time, head * v_head_dim(), time, v_head_dim());
+        switch (form) {
+          case MLstmForm::parallel:
+            parallel_head(in, h_out, ws);
+            // The final state: the inter-chunk recurrence over one chunk (§4.4a).
+            advance_state(in, 0, time, state, b, head, ws);
+            break;
+          case MLstmForm::chunkwise:
+            for (Index t0 = 0; t0 < time; t0 += config_.chunk_size) {
+              const Index len = std::min(config_.chunk_size, time - t0);
+              chunk_outputs(in, t0, len, state, b, head, h_out.middleRows(t0, len), ws);
+              advance_state(in, t0, len, state, b, head, ws);
+            }
+            break;
+          default:
+            for (Index t = 0; t < time; ++t) {
+              recurrent_step(in.q.row(t), in.k.row(t), in.v.row(t), in.igate(t), in.fgate(t),
+                             state, b, head, h_out.row(t));
+            }
+            break;
+        }
+      }
+    }
+  }
+
+  /// One time step for all rows and heads (SPEC §4.3). q, k: B x (NH*DHQK);
+  /// v: B x (NH*DHV); igate, fgate: B x NH; h receives B x (NH*DHV).
+  /// Does not allocate.
+  void step(const ConstMatrixRef<Scalar>& q, const ConstMatrixRef<Scalar>& k,
+            const ConstMatrixRef<Scalar>& v, const ConstMatrixRef<Scalar>& igate,
+            const ConstMatrixRef<Scalar>& fgate, State& state, MatrixRef<Scalar> h) const {
+    check_state(state, "MLstmCell::step");
+    const Index batch = state.batch;
+    check_shape(q, batch, num_heads() * qk_head_dim(), "MLstmCell::step", "q");
+    check_shape(k, batch, num_heads() * qk_head_dim(), "MLstmCell::step", "k");
+    check_shape(v, batch, num_heads() * v_head_dim(), "MLstmCell::step", "v");
+    check_shape(igate, batch, num_heads(), "MLstmCell::step", "igate");
+    check_shape(fgate, batch, num_heads(), "MLstmCell::step", "fgate");
+    check_shape(h, batch, num_heads() * v_head_dim(), "MLstmCell::step", "h");
+    const Index dqk = qk_head_dim(), dv = v_head_dim();
+    for (Index b = 0; b < batch; ++b) {
+      for (Index head = 0; head < num_heads(); ++head) {
+        recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
+                       v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
+                       head, h.row(b).segment(head * dv, dv));
+      }
+    }
+  }
+
+ private:
+  using StridedBlock = Eigen::Block<const Matrix<Scalar>, Eigen::Dynamic, Eigen::Dynamic, false>;
+  using ColumnBlock = Eigen::Block<const Matrix<Scalar>, Eigen::Dynamic, 1, false>;
+
+  /// One (batch row, head) slice of the inputs, T rows each.
+  struct HeadInputs {
+    StridedBlock q, k, v;
+    ColumnBlock igate, fgate;
+  };
+
+  /// Buffers reused across heads and chunks of one forward call.
+  struct Workspace {
+    Vector<Scalar> log_f, cum_log_f, log_weight, max_log;
+    Matrix<Scalar> log_decay, scores, qbar;
+  };
+
+  HeadInputs head_inputs(const Sequence<Scalar>& q, const Sequence<Scalar>& k,
+                         const Sequence<Scalar>& v, const Sequence<Scalar>& igate,
+                         const Sequence<Scalar>& fgate, Index b, Index head) const {
+    const Index time = q.time(), dqk = qk_head_dim(), dv = v_head_dim();
+    return HeadInputs{q.matrix().block(b * time, head * dqk, time, dqk),
+                      k.matrix().block(b * time, head * dqk, time, dqk),
+                      v.matrix().block(b * time, head * dv, time, dv),
+                      igate.matrix().template block<Eigen::Dynamic, 1>(b * time, head, time, 1),
+                      fgate.matrix().template block<Eigen::Dynamic, 1>(b * time, head, time, 1)};
+  }
+
+  /// Scales applied to q and k: one of them carries 1/sqrt(DHQK).
+  Scalar query_scale() const {
+    return config_.convention == MLstmStateConvention::unscaled_keys
+               ? Scalar(1) / std::sqrt(Scalar(qk_head_dim()))
+               : Scalar(1);
+  }
+  Scalar key_scale() const {
+    return config_.convention == MLstmStateConvention::scaled_keys
+               ? Scalar(1) / std::sqrt(Scalar(qk_head_dim()))
+               : Scalar(1);
+  }
+  Scalar eps() const { return static_cast<Scalar>(config_.eps); }
+
+  /// log f over steps [t0, t0+len) and their inclusive cumulative sum.
+  void cumulative_log_forget(const HeadInputs& in, Index t0, Index len, Workspace& ws) const {
+    ws.log_f = log_sigmoid(clamp_gates(in.fgate.segment(t0, len).array())).matrix();
+    ws.cum_log_f.resize(len);
+    Scalar sum = 0;
+    for (Index t = 0; t < len; ++t) {
+      sum += ws.log_f(t);
+      ws.cum_log_f(t) = sum;
+    }
+  }
+
+  /// logD[t, s] = cum[t] - cum[s] + i[s] for s <= t, -inf above the diagonal,
+  /// and its row max (never -inf: the diagonal is unmasked, SPEC §10.6).
+  void causal_log_decay(const HeadInputs& in, Index t0, Index len, Workspace& ws) const {
+    const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+    ws.log_decay.resize(len, len);
+    ws.max_log.resize(len);
+    for (Index t = 0; t < len; ++t) {
+      Scalar row_max = neg_inf;
+      for (Index s = 0; s <= t; ++s) {
+        const Scalar value = ws.cum_log_f(t) - ws.cum_log_f(s) + clamp_gate(in.igate(t0 + s));
+        ws.log_decay(t, s) = value;
+        row_max = std::max(row_max, value);
+      }
+      for (Index s = t + 1; s < len; ++s) ws.log_decay(t, s) = neg_inf;
+      ws.max_log(t) = row_max;
+    }
+  }
+
+  /// SPEC §4.2, parallel_stabilized_simple, for one (batch row, head).
+  template <typename Out>
+  void parallel_head(const HeadInputs& in, Out&& h_out, Workspace& ws) const {
+    const Index time = in.q.rows();
+    cumulative_log_forget(in, 0, time, ws);
+    causal_log_decay(in, 0, time, ws);
+    // C[t, s] = (q_t . k_s) * scale * exp(logD[t, s] - m_t)
+    ws.scores.noalias() = in.q * in.k.transpose();
+    ws.scores.array() *= query_scale() * key_scale() *
+                         (ws.log_decay.colwise() - ws.max_log).array().exp();
+    for (Index t = 0; t < time; ++t) {
+      const Scalar norm = std::max(std::abs(ws.scores.row(t).sum()), std::exp(-ws.max_log(t)));
+      ws.scores.row(t) /= norm + eps();
+    }
+    h_out.noalias() = ws.scores * in.v;
+  }
+
+  /// SPEC §4.4(b): outputs of steps [t0, t0+len) from the state at the chunk
+  /// start plus the intra-chunk parallel part.
+  template <typename Out>
+  void chunk_outputs(const HeadInputs& in, Index t0, Index len, const State& state, Index b,
+                     Index head, Out&& h_out, Workspace& ws) const {
+    const Index r = b * num_heads() + head;
+    const Scalar m_prev = state.m(r);
+    cumulative_log_forget(in, t0, len, ws);
+    causal_log_decay(in, t0, len, ws);
+    const auto q = in.q.middleRows(t0, len);
+    const auto k = in.k.middleRows(t0, len);
+    const auto v = in.v.middleRows(t0, len);
+    // m_combined[t] = max(cum[t] + m_prev, m_intra[t]); reuse max_log for it and
+    // keep exp(m_inter - m_combined) in log_f.
+    for (Index t = 0; t < len; ++t) {
+      const Scalar m_inter = ws.cum_log_f(t) + m_prev;
+      const Scalar m_combined = std::max(m_inter, ws.max_log(t));
+      ws.log_f(t) = std::exp(m_inter - m_combined) * query_scale();
+      ws.max_log(t) = m_combined;
+    }
+    ws.scores.noalias() = q * k.transpose();
+    ws.scores.array() *= query_scale() * key_scale() *
+                         (ws.log_decay.colwise() - ws.max_log).array().exp();
+    // qbar = q * exp(m_inter - m_combined) * qk_scale
+    ws.qbar = ws.log_f.asDiagonal() * q;
+    h_out.noalias() = ws.qbar * state.C_of(b, head);
+    h_out.noalias() += ws.scores * v;
+    for (Index t = 0; t < len; ++t) {
+      const Scalar den = ws.qbar.row(t).dot(state.n.row(r)) + ws.scores.row(t).sum();
+      h_out.row(t) /= std::max(std::abs(den), std::exp(-ws.max_log(t))) + eps();
+    }
+  }
+
+  /// SPEC §4.4(a): carries (C, n, m) of (b, head) over steps [t0, t0+len).
+  void advance_state(const HeadInputs& in, Index t0, Index len, State& state, Index b,
+                     Index head, Workspace& ws) const {
+    const Index r = b * num_heads() + head;
+    cumulative_log_forget(in, t0, len, ws);
+    const Scalar total = ws.cum_log_f(len - 1);
+    // a[s] = cum[L] - cum[s] + i[s]: log weight of step s at the chunk end.
+    ws.log_weight.resize(len);
+    for (Index s = 0; s < len; ++s) {
+      ws.log_weight(s) = total - ws.cum_log_f(s) + clamp_gate(in.igate(t0 + s));
+    }
+    const Scalar m_prev = state.m(r);
+    const Scalar m_new = std::max(total + m_prev, ws.log_weight.maxCoeff());
+    const Scalar decay = std::exp(total + m_prev - m_new);
+    ws.log_weight = ((ws.log_weight.array() - m_new).exp() * key_scale()).matrix();
+    auto C = state.C_of(b, head);
+    C *= decay;
+    C.noalias() += in.k.middleRows(t0, len).transpose() * ws.log_weight.asDiagonal() *
+                   in.v.middleRows(t0, len);
+    state.n.row(r) *= decay;
+    state.n.row(r).noalias() +=
+        ws.log_weight.transpose() * in.k.middleRows(t0, len);
+    state.m(r) = m_new;
+  }
+
+  /// SPEC §4.3 for one (batch row, head). No allocation.
+  template <typename Q, typename K, typename V, typename H>
+  void recurrent_step(const Q& q, const K& k, const V& v, Scalar igate, Scalar fgate, State& state,
+                      Index b, Index head, H&& h) const {
+    const Index r = b * num_heads() + head;
+    const Scalar i_pre = clamp_gate(igate);
+    const Scalar f_pre = clamp_gate(fgate);
+    const Scalar log_f = std::min(f_pre, Scalar(0)) - std::log1p(std::exp(-std::abs(f_pre)));
+    const Scalar m_prev = state.m(r);
+    const Scalar m_new = std::max(log_f + m_prev, i_pre);
+    const Scalar f_gate = std::exp(log_f + m_prev - m_new);
+    const Scalar i_gate = std::exp(i_pre - m_new) * key_scale();
+    auto C = state.C_of(b, head);
+    auto n = state.n.row(r);
+    // C = f' C + i' k v^T ; n = f' n + i' k   (keys scaled per convention)
+    C *= f_gate;
+    for (Index a = 0; a < C.rows(); ++a) C.row(a) += (i_gate * k(a)) * v;
+    n = f_gate * n + i_gate * k;
+    state.m(r) = m_new;
+    const Scalar q_scale = query_scale();
+    h.noalias() = q * C;
+    const Scalar den = q_scale * q.dot(n);
+    h *= q_scale / (std::max(std::abs(den), std::exp(-m_new)) + eps());
+  }
+
+  void check_state(const State& state, const char* where) const {
+    check(state.num_heads == num_heads() && state.qk_head_dim == qk_head_dim() &&
+              state.v_head_dim == v_head_dim() && state.convention == config_.convention &&
+              state.C.rows() == state.batch * num_heads() * qk_head_dim() &&
+              state.n.rows() == state.batch * num_heads() && state.m.size() == state.n.rows(),
+          where, ": argument 'state' must be made by initial_state() of a cell with ", num_heads(),
+          " heads, DHQK ", qk_head_dim(), ", DHV ", v_head_dim(), " and the same convention; got ",
+          state.num_heads, " heads, DHQK ", state.qk_head_dim, ", DHV ", state.v_head_dim);
+  }
+
+  template <typename M>
+  static void check_shape(const M& x, Index rows, Index cols, const char* where,
+                          const char* name) {
+    check(x.rows() == rows && x.cols() == cols, where, ": argument '", name, "' must be ", rows,
+          " x ", cols, ", got ", x.rows(), " x ", x.cols());
+  }
+
+  void check_sequence_inputs(const Sequence<Scalar>& q, const Sequence<Scalar>& k,
+                             const Sequence<Scalar>& v, const Sequence<Scalar>& igate,
+                             const Sequence<Scalar>& fgate, const State& state) const {
+    const char* where = "MLstmCell::forward";
+    check_state(state, where);
+    auto expect = [&](const Sequence<Scalar>& x, Index features, const char* name) {
+      check(x.batch() == state.batch && x.time() == q.time() && x.features() == features, where,
+            ": argument '", name, "' must be ", state.batch, " x ", q.time(), " x ", features,
+            " (batch x time x features), got ", x.batch(), " x ", x.time(), " x ", x.features());
+    };
+    expect(q, num_heads() * qk_head_dim(), "q");
+    expect(k, num_heads() * qk_head_dim(), "k");
+    expect(v, num_heads() * v_head_dim(), "v");
+    expect(igate, num_heads(), "igate");
+    expect(fgate, num_heads(), "fgate");
+  }
+
+  Config config_;
+};
+
+}  // namespace xlstm

@@ -1,0 +1,282 @@
+// SLstmCell: the sLSTM cell (SPEC §2) — scalar memory, exponential input
+// gate, sigmoid forget gate in log space, stabiliser m, normaliser n, and
+// memory mixing through a block-diagonal (per-head) recurrent matrix.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <string>
+
+#include "xlstm/cells/gates.hpp"
+#include "xlstm/core/activations.hpp"
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/parameters.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+/// The pointwise function of the cell (SPEC §2.4 and §2.7).
+enum class SLstmFunction {
+  slstm,  ///< exponential gating with stabiliser and normaliser: state {y, c, n, m}
+  lstm,   ///< the classic LSTM pointwise function: state {y, c} (n and m stay zero)
+};
+
+/// Which test decides the first-step rule m = raw_i (SPEC §2.4).
+enum class FirstStepRule {
+  /// The vanilla backend: one test over the whole (B, H) tensor n. Default,
+  /// because it is what the official golden files encode.
+  whole_batch,
+  /// The CUDA kernel: tested per element. Only differs for states where n is
+  /// zero in some rows/units and not in others (e.g. a batch where one row was
+  /// reset). Prefer it when rows are reset independently.
+  per_element,
+};
+
+inline SLstmFunction parse_slstm_function(const std::string& name) {
+  if (name == "slstm") return SLstmFunction::slstm;
+  if (name == "lstm") return SLstmFunction::lstm;
+  fail("config field 'function' must be \"slstm\" or \"lstm\", got \"", name, "\"");
+}
+
+struct SLstmCellConfig {
+  Index hidden_size = 0;  ///< H
+  Index num_heads = 4;    ///< NH; the recurrence mixes units inside a head only
+  SLstmFunction function = SLstmFunction::slstm;
+  FirstStepRule first_step_rule = FirstStepRule::whole_batch;
+
+  Index head_dim() const { return hidden_size / num_heads; }
+
+  void validate() const {
+    check_positive(hidden_size, "SLstmCellConfig", "hidden_size");
+    check_positive(num_heads, "SLstmCellConfig", "num_heads");
+    check(hidden_size % num_heads == 0, "SLstmCellConfig: 'hidden_size' (", hidden_size,
+          ") must be divisible by 'num_heads' (", num_heads, ")");
+  }
+};
+
+/// Recurrent state {y, c, n, m}, each B x H, plus the per-step workspace (so
+/// that `step` does not allocate). Zero-initialised.
+template <typename Scalar>
+struct SLstmState {
+  Matrix<Scalar> y, c, n, m;
+  Matrix<Scalar> recurrent;  ///< workspace: R y of the current step, head-major (B x 4H)
+
+  SLstmState() = default;
+  SLstmState(Index batch, Index hidden_size) { resize(batch, hidden_size); }
+
+  void resize(Index batch, Index hidden_size) {
+    check(batch >= 0, "SLstmState: argument 'batch' must be non-negative, got ", batch);
+    for (Matrix<Scalar>* s : {&y, &c, &n, &m}) s->setZero(batch, hidden_size);
+    recurrent.setZero(batch, 4 * hidden_size);
+  }
+
+  Index batch() const { return y.rows(); }
+  Index hidden_size() const { return y.cols(); }
+
+  /// Back to the zero state.
+  void reset() {
+    for (Matrix<Scalar>* s : {&y, &c, &n, &m}) s->setZero();
+  }
+
+  /// Resets batch row `row` only; the others continue.
+  void reset_row(Index row) {
+    check(row >= 0 && row < batch(), "SLstmState::reset_row: argument 'row' must be in [0, ",
+          batch(), "), got ", row);
+    for (Matrix<Scalar>* s : {&y, &c, &n, &m}) s->row(row).setZero();
+  }
+};
+
+/// Optional record of the states after every step of a forward pass (B, T, H).
+template <typename Scalar>
+struct SLstmTrace {
+  Sequence<Scalar> c, n, m;
+};
+
+template <typename Scalar_>
+class SLstmCell {
+ public:
+  using Scalar = Scalar_;
+  using Config = SLstmCellConfig;
+  using State = SLstmState<Scalar>;
+
+  explicit SLstmCell(const Config& config) : config_(config) {
+    config_.validate();
+    const Index h = config_.hidden_size, dh = config_.head_dim();
+    recurrent_kernel_.setZero(config_.num_heads * 4 * dh, dh);
+    bias_.setZero(4 * h);
+  }
+
+  const Config& config() const { return config_; }
+  Index hidden_size() const { return config_.hidden_size; }
+  Index num_heads() const { return config_.num_heads; }
+  Index head_dim() const { return config_.head_dim(); }
+
+  /// Recurrent kernel in the vanilla layout (SPEC §2.2), flattened to
+  /// (NH*4*DH) x DH: row h*4*DH + g*DH + j, column k is the weight from the
+  /// previous y[h*DH + k] to unit j of gate g (order i, f, z, o) of head h.
+  /// Head h's block is a Linear-style (4DH x DH) matrix.
+  Matrix<Scalar>& recurrent_kernel() { return recurrent_kernel_; }
+  const Matrix<Scalar>& recurrent_kernel() const { return recurrent_kernel_; }
+
+  /// Gate biases, gate-major: bias[g*H + h*DH + j] (the vanilla `_bias_`).
+  Vector<Scalar>& bias() { return bias_; }
+  const Vector<Scalar>& bias() const { return bias_; }
+
+  /// Sets the parameters from the CUDA backend's layout (SPEC §2.2): kernel
+  /// (NH, DH, 4DH) flattened to (NH*DH) x 4DH, bias head-major [h][g][j].
+  void set_from_cuda_layout(const ConstMatrixRef<Scalar>& kernel, const Vector<Scalar>& bias) {
+    const Index nh = num_heads(), dh = head_dim(), h = hidden_size();
+    check(kernel.rows() == nh * dh && kernel.cols() == 4 * dh,
+          "SLstmCell::set_from_cuda_layout: argument 'kernel' must be ", nh * dh, " x ", 4 * dh,
+          ", got ", kernel.rows(), " x ", kernel.cols());
+    check_equal(bias.size(), 4 * h, "SLstmCell::set_from_cuda_layout", "bias.size()");
+    for (Index head = 0; head < nh; ++head) {
+      recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh) =
+          kernel.middleRows(head * dh, dh).transpose();
+      for (Index g = 0; g < 4; ++g) {
+        bias_.segment(g * h + head * dh, dh) = bias.segment(head * 4 * dh + g * dh, dh);
+      }
+    }
+  }
+
+  /// The parameters in the CUDA backend's layout (inverse of set_from_cuda_layout).
+  void get_cuda_layout(Matrix<Scalar>& kernel, Vector<Scalar>& bias) const {
+    const Index nh = num_heads(), dh = head_dim(), h = hidden_size();
+    kernel.resize(nh * dh, 4 * dh);
+    bias.resize(4 * h);
+    for (Index head = 0; head < nh; ++head) {
+      kernel.middleRows(head * dh, dh) =
+          recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh).transpose();
+      for (Index g = 0; g < 4; ++g) {
+        bias.segment(head * 4 * dh + g * dh, dh) = bias_.segment(g * h + head * dh, dh);
+      }
+    }
+  }
+
+  /// The official parameters: `_recurrent_kernel_` (NH, 4DH, DH) and `_bias_`
+  /// (4H), vanilla layout (SPEC §2.2). Checkpoints in the CUDA layout are
+  /// converted by the loader (io/checkpoint.hpp).
+  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
+    const auto nh = std::size_t(num_heads()), dh = std::size_t(head_dim());
+    add_parameter(list, prefix, "_recurrent_kernel_", {nh, 4 * dh, dh}, recurrent_kernel_);
+    add_parameter(list, prefix, "_bias_", {4 * nh * dh}, bias_);
+  }
+
+  /// A zero state for `batch` rows.
+  State initial_state(Index batch) const { return State(batch, hidden_size()); }
+
+  /// One time step. `preactivations` is B x 4H, gate-major [g][h][j] (the
+  /// input projections of SPEC §2.3); the new hidden output is `state.y`.
+  /// Does not allocate.
+  void step(const ConstMatrixRef<Scalar>& preactivations, State& state) const {
+    check_state(state, "SLstmCell::step");
+    check(preactivations.rows() == state.batch() && preactivations.cols() == 4 * hidden_size(),
+          "SLstmCell::step: argument 'preactivations' must be ", state.batch(), " x ",
+          4 * hidden_size(), " (batch x 4*hidden_size), got ", preactivations.rows(), " x ",
+          preactivations.cols());
+    step_unchecked(preactivations, state);
+  }
+
+  /// Runs the cell over a sequence. `preactivations` is B x T x 4H; `y`
+  /// receives B x T x H hidden outputs; `state` is read as the initial state
+  /// and left as the final one. `trace`, if given, receives c, n, m after
+  /// every step.
+  void forward(const Sequence<Scalar>& preactivations, State& state, Sequence<Scalar>& y,
+               SLstmTrace<Scalar>* trace = nullptr) const {
+    check_state(state, "SLstmCell::forward");
+    check_equal(preactivations.features(), 4 * hidden_size(), "SLstmCell::forward",
+                "preactivations.features()");
+    check_equal(preactivations.batch(), state.batch(), "SLstmCell::forward",
+                "preactivations.batch() (must match state.batch())");
+    const Index batch = preactivations.batch(), time = preactivations.time(), h = hidden_size();
+    y.resize(batch, time, h);
+    if (trace) {
+      for (Sequence<Scalar>* s : {&trace->c, &trace->n, &trace->m}) s->resize(batch, time, h);
+    }
+    // Rows t, T + t, 2T + t, ... of the input are the batch at time t.
+    for (Index t = 0; t < time; ++t) {
+      Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>> x_t(
+          preactivations.matrix().data() + t * 4 * h, batch, 4 * h,
+          Eigen::OuterStride<>(time * 4 * h));
+      step_unchecked(x_t, state);
+      for (Index b = 0; b < batch; ++b) {
+        y.at(b, t) = state.y.row(b);
+        if (trace) {
+          trace->c.at(b, t) = state.c.row(b);
+          trace->n.at(b, t) = state.n.row(b);
+          trace->m.at(b, t) = state.m.row(b);
+        }
+      }
+    }
+  }
+
+ private:
+  void check_state(const State& state, const char* where) const {
+    check(state.hidden_size() == hidden_size() && state.recurrent.cols() == 4 * hidden_size() &&
+              state.c.rows() == state.batch() && state.recurrent.rows() == state.batch(),
+          where, ": argument 'state' must have hidden size ", hidden_size(), ", got ",
+          state.hidden_size(), " (make it with initial_state(batch))");
+  }
+
+  template <typename Input>
+  void step_unchecked(const Input& x, State& state) const {
+    const Index batch = state.batch(), h = hidden_size(), dh = head_dim(), nh = num_heads();
+    // SPEC §2.3: raw = x + R y + b. R y is one product per head over all batch
+    // rows, written head-major (column h*4DH + g*DH + j) into the workspace;
+    // x and b are gate-major and added per (head, gate) segment.
+    for (Index head = 0; head < nh; ++head) {
+      auto raw = state.recurrent.middleCols(head * 4 * dh, 4 * dh);
+      raw.noalias() = state.y.middleCols(head * dh, dh) *
+                      recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh).transpose();
+      for (Index g = 0; g < 4; ++g) {
+        raw.middleCols(g * dh, dh) += x.middleCols(g * h + head * dh, dh);
+        raw.middleCols(g * dh, dh).rowwise() += bias_.segment(g * h + head * dh, dh).transpose();
+      }
+    }
+    // SPEC §2.4: the vanilla backend tests n == 0 over the whole batch.
+    const bool first_step_everywhere = (state.n.array() == Scalar(0)).all();
+    for (Index b = 0; b < batch; ++b) {
+      for (Index head = 0; head < nh; ++head) {
+        auto raw = state.recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
+        auto raw_i = raw.segment(0, dh), raw_f = raw.segment(dh, dh);
+        auto raw_z = raw.segment(2 * dh, dh), raw_o = raw.segment(3 * dh, dh);
+        auto y = state.y.row(b).segment(head * dh, dh).array();
+        auto c = state.c.row(b).segment(head * dh, dh).array();
+        if (config_.function == SLstmFunction::lstm) {
+          // SPEC §2.7: c = sigmoid(f) c + sigmoid(i) tanh(z); y = sigmoid(o) tanh(c).
+          c = sigmoid(raw_f) * c + sigmoid(raw_i) * raw_z.tanh();
+          y = sigmoid(raw_o) * c.tanh();
+          continue;
+        }
+        auto n = state.n.row(b).segment(head * dh, dh).array();
+        auto m = state.m.row(b).segment(head * dh, dh).array();
+        raw_i = clamp_gates(raw_i);
+        // The workspace is reused in place: raw_f becomes log f + m, then f';
+        // raw_i becomes i'.
+        auto log_f_plus_m = raw_f;
+        log_f_plus_m = m + log_sigmoid(clamp_gates(raw_f));
+        if (config_.first_step_rule == FirstStepRule::whole_batch) {
+          if (first_step_everywhere) {
+            m = raw_i;
+          } else {
+            m = raw_i.max(log_f_plus_m);
+          }
+        } else {
+          m = (n == Scalar(0)).select(raw_i, raw_i.max(log_f_plus_m));
+        }
+        auto i_gate = raw_i, f_gate = raw_f;
+        i_gate = (raw_i - m).exp().min(Scalar(1));
+        f_gate = (log_f_plus_m - m).exp().min(Scalar(1));
+        c = f_gate * c + i_gate * raw_z.tanh();
+        n = f_gate * n + i_gate;
+        y = sigmoid(raw_o) * c / n;  // no epsilon: n >= 1 after the first step
+      }
+    }
+  }
+
+  Config config_;
+  Matrix<Scalar> recurrent_kernel_;
+  Vector<Scalar> bias_;
+};
+
+}  // namespace xlstm

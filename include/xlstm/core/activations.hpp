@@ -1,0 +1,117 @@
+// Activations of SPEC §1.1, vectorised over Eigen arrays for float and double.
+//
+// Each function returns an Eigen expression, so `y = silu(x.array())` fuses
+// into one loop. Each one is written so that extreme arguments (±1e4, ±inf,
+// denormals) give the mathematically right value or limit instead of NaN.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <unsupported/Eigen/SpecialFunctions>
+
+#include "xlstm/core/error.hpp"
+
+namespace xlstm {
+
+/// sigmoid(x) = 1 / (1 + exp(-x)). exp(-x) overflowing to inf gives the right limit 0.
+template <typename Derived>
+auto sigmoid(const Eigen::ArrayBase<Derived>& x) {
+  using Scalar = typename Derived::Scalar;
+  return Scalar(1) / (Scalar(1) + (-x).exp());
+}
+
+/// Stable log-sigmoid (SPEC §1.1 / §10.2): min(x, 0) - log1p(exp(-|x|)).
+/// The naive log(sigmoid(x)) overflows for x << 0 and loses digits for x >> 0.
+template <typename Derived>
+auto log_sigmoid(const Eigen::ArrayBase<Derived>& x) {
+  using Scalar = typename Derived::Scalar;
+  // select keeps NaN as NaN (NaN < 0 is false and the second term is NaN).
+  return (x < Scalar(0)).select(x, Scalar(0)) - (-x.abs()).exp().log1p();
+}
+
+/// SiLU / swish: x * sigmoid(x). At x = -inf the product would be -inf * 0;
+/// the limit is 0.
+template <typename Derived>
+auto silu(const Eigen::ArrayBase<Derived>& x) {
+  using Scalar = typename Derived::Scalar;
+  return (x == -std::numeric_limits<Scalar>::infinity()).select(Scalar(0), x * sigmoid(x));
+}
+
+/// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) as PyTorch's default (SPEC §10.12:
+/// not the tanh approximation). The limit at -inf is 0.
+template <typename Derived>
+auto gelu(const Eigen::ArrayBase<Derived>& x) {
+  using Scalar = typename Derived::Scalar;
+  const Scalar inv_sqrt2 = Scalar(0.70710678118654752440);
+  return (x == -std::numeric_limits<Scalar>::infinity())
+      .select(Scalar(0), Scalar(0.5) * x * (Scalar(1) + (x * inv_sqrt2).erf()));
+}
+
+/// Soft cap (SPEC §1.1): c * tanh(x / c).
+template <typename Derived>
+auto soft_cap(const Eigen::ArrayBase<Derived>& x, typename Derived::Scalar cap) {
+  return cap * (x / cap).tanh();
+}
+
+template <typename Derived>
+auto relu(const Eigen::ArrayBase<Derived>& x) {
+  using Scalar = typename Derived::Scalar;
+  return (x > Scalar(0)).select(x, Scalar(0));
+}
+
+/// relu(x)^2 (the FFN's "relu^2").
+template <typename Derived>
+auto relu_squared(const Eigen::ArrayBase<Derived>& x) {
+  return relu(x).square();
+}
+
+/// SELU with PyTorch's constants: scale * (max(0, x) + min(0, alpha (exp(x) - 1))).
+template <typename Derived>
+auto selu(const Eigen::ArrayBase<Derived>& x) {
+  using Scalar = typename Derived::Scalar;
+  const Scalar alpha = Scalar(1.6732632423543772848170429916717);
+  const Scalar scale = Scalar(1.0507009873554804934193349852946);
+  return scale * (x > Scalar(0)).select(x, alpha * x.expm1());
+}
+
+/// The feed-forward activations the official FeedForwardConfig registers.
+enum class Activation { gelu, relu, relu_squared, swish, selu, sigmoid };
+
+/// Official name ("gelu", "relu", "relu^2", "swish", "selu", "sigmoid").
+inline const char* activation_name(Activation a) {
+  switch (a) {
+    case Activation::gelu: return "gelu";
+    case Activation::relu: return "relu";
+    case Activation::relu_squared: return "relu^2";
+    case Activation::swish: return "swish";
+    case Activation::selu: return "selu";
+    case Activation::sigmoid: return "sigmoid";
+  }
+  return "?";
+}
+
+inline Activation parse_activation(const std::string& name, const char* field = "act_fn") {
+  for (Activation a : {Activation::gelu, Activation::relu, Activation::relu_squared,
+                       Activation::swish, Activation::selu, Activation::sigmoid}) {
+    if (name == activation_name(a)) return a;
+  }
+  fail("config field '", field, "' must be one of gelu, relu, relu^2, swish, selu, sigmoid; got '",
+       name, "'");
+}
+
+/// Applies `a` elementwise, in place.
+template <typename Derived>
+void apply_activation(Activation a, Eigen::ArrayBase<Derived>& x) {
+  switch (a) {
+    case Activation::gelu: x = gelu(x).eval(); return;
+    case Activation::relu: x = relu(x); return;
+    case Activation::relu_squared: x = relu_squared(x); return;
+    case Activation::swish: x = silu(x).eval(); return;
+    case Activation::selu: x = selu(x).eval(); return;
+    case Activation::sigmoid: x = sigmoid(x).eval(); return;
+  }
+}
+
+}  // namespace xlstm

@@ -1,0 +1,93 @@
+// Tensor aliases and the batch-of-sequences container.
+//
+// Everything is row-major so that the rows of a matrix are the feature vectors
+// of one (batch row, time step) and checkpoint tensors (PyTorch, C order) map
+// onto Eigen without a transpose.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstddef>
+#include <vector>
+
+#include "xlstm/core/error.hpp"
+
+namespace xlstm {
+
+using Index = Eigen::Index;
+
+template <typename Scalar>
+using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename Scalar>
+using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+template <typename Scalar>
+using RowVector = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+
+template <typename Scalar>
+using MatrixMap = Eigen::Map<Matrix<Scalar>>;
+template <typename Scalar>
+using ConstMatrixMap = Eigen::Map<const Matrix<Scalar>>;
+template <typename Scalar>
+using VectorMap = Eigen::Map<Vector<Scalar>>;
+template <typename Scalar>
+using ConstVectorMap = Eigen::Map<const Vector<Scalar>>;
+
+/// Writable view of a row-major matrix (or a block of one).
+template <typename Scalar>
+using MatrixRef = Eigen::Ref<Matrix<Scalar>>;
+/// Read-only view of a row-major matrix; pass as `const ConstMatrixRef<S>&`.
+template <typename Scalar>
+using ConstMatrixRef = Eigen::Ref<const Matrix<Scalar>>;
+
+/// Shape of a tensor as stored in a checkpoint (PyTorch order).
+using Shape = std::vector<std::size_t>;
+
+/// A batch of sequences, B x T x D, stored as one (B*T) x D row-major matrix
+/// whose row `b*T + t` is the feature vector of batch row b at time t. Keeping
+/// all B*T rows in one matrix is what lets every projection be one product.
+template <typename Scalar>
+class Sequence {
+ public:
+  Sequence() = default;
+  Sequence(Index batch, Index time, Index features) { resize(batch, time, features); }
+
+  /// A sequence of zeros.
+  static Sequence zeros(Index batch, Index time, Index features) {
+    Sequence s(batch, time, features);
+    s.data_.setZero();
+    return s;
+  }
+
+  void resize(Index batch, Index time, Index features) {
+    check(batch >= 0 && time >= 0 && features >= 0, "Sequence: sizes must be non-negative, got ",
+          batch, " x ", time, " x ", features);
+    batch_ = batch;
+    time_ = time;
+    data_.resize(batch * time, features);
+  }
+
+  Index batch() const { return batch_; }
+  Index time() const { return time_; }
+  Index features() const { return data_.cols(); }
+
+  /// All B*T rows as one matrix.
+  Matrix<Scalar>& matrix() { return data_; }
+  const Matrix<Scalar>& matrix() const { return data_; }
+
+  /// The T x D rows of batch row b.
+  auto rows_of(Index b) { return data_.middleRows(b * time_, time_); }
+  auto rows_of(Index b) const { return data_.middleRows(b * time_, time_); }
+
+  /// The feature vector of batch row b at time t.
+  auto at(Index b, Index t) { return data_.row(b * time_ + t); }
+  auto at(Index b, Index t) const { return data_.row(b * time_ + t); }
+
+  Scalar& operator()(Index b, Index t, Index d) { return data_(b * time_ + t, d); }
+  Scalar operator()(Index b, Index t, Index d) const { return data_(b * time_ + t, d); }
+
+ private:
+  Index batch_ = 0;
+  Index time_ = 0;
+  Matrix<Scalar> data_;
+};
+
+}  // namespace xlstm

@@ -1,0 +1,156 @@
+// Activations against closed forms in double, including extreme arguments.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "xlstm/core/activations.hpp"
+
+namespace {
+
+template <typename T>
+class Activations : public ::testing::Test {};
+using Scalars = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(Activations, Scalars);
+
+template <typename T>
+using Array = Eigen::Array<T, Eigen::Dynamic, 1>;
+
+template <typename T>
+Array<T> ordinary_arguments() {
+  return Array<T>::LinSpaced(401, T(-20), T(20));
+}
+
+template <typename T>
+Array<T> extreme_arguments() {
+  const T inf = std::numeric_limits<T>::infinity();
+  const T denorm = std::numeric_limits<T>::denorm_min();
+  Array<T> x(8);
+  x << T(-1e4), T(1e4), -inf, inf, denorm, -denorm, T(0), T(-0.0);
+  return x;
+}
+
+template <typename T>
+T tolerance() {
+  return std::is_same_v<T, float> ? T(2e-6) : T(1e-14);
+}
+
+// Relative-or-absolute closeness against a double reference.
+template <typename T, typename Fn, typename Ref>
+void expect_matches(const Array<T>& x, Fn fn, Ref ref) {
+  const Array<T> y = fn(x);
+  for (Eigen::Index i = 0; i < x.size(); ++i) {
+    const double expected = ref(static_cast<double>(x(i)));
+    const double got = static_cast<double>(y(i));
+    if (std::isinf(expected)) {
+      EXPECT_EQ(got, expected) << "x = " << x(i);
+    } else {
+      EXPECT_NEAR(got, expected, tolerance<T>() * (1.0 + std::abs(expected))) << "x = " << x(i);
+    }
+  }
+}
+
+double sigmoid_ref(double x) { return x >= 0 ? 1 / (1 + std::exp(-x)) : std::exp(x) / (1 + std::exp(x)); }
+double log_sigmoid_ref(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
+double silu_ref(double x) { return std::isinf(x) ? (x > 0 ? x : 0.0) : x * sigmoid_ref(x); }
+double gelu_ref(double x) {
+  return std::isinf(x) ? (x > 0 ? x : 0.0) : 0.5 * x * std::erfc(-x / std::sqrt(2.0));
+}
+double selu_ref(double x) {
+  return 1.0507009873554804934 * (x > 0 ? x : 1.6732632423543772848 * std::expm1(x));
+}
+
+TYPED_TEST(Activations, SigmoidMatchesClosedFormAndLimits) {
+  using T = TypeParam;
+  auto fn = [](const Array<T>& a) -> Array<T> { return xlstm::sigmoid(a); };
+  expect_matches<T>(ordinary_arguments<T>(), fn, sigmoid_ref);
+  expect_matches<T>(extreme_arguments<T>(), fn, sigmoid_ref);
+}
+
+TYPED_TEST(Activations, LogSigmoidIsStableAtExtremes) {
+  using T = TypeParam;
+  auto fn = [](const Array<T>& a) -> Array<T> { return xlstm::log_sigmoid(a); };
+  expect_matches<T>(ordinary_arguments<T>(), fn, log_sigmoid_ref);
+  expect_matches<T>(extreme_arguments<T>(), fn, log_sigmoid_ref);
+  // The naive form gives -inf here; the stable one the exact -1e4.
+  Array<T> big(1);
+  big << T(-1e4);
+  EXPECT_EQ(xlstm::log_sigmoid(big)(0), T(-1e4));
+}
+
+TYPED_TEST(Activations, SiluMatchesClosedFormAndLimits) {
+  using T = TypeParam;
+  auto fn = [](const Array<T>& a) -> Array<T> { return xlstm::silu(a); };
+  expect_matches<T>(ordinary_arguments<T>(), fn, silu_ref);
+  expect_matches<T>(extreme_arguments<T>(), fn, silu_ref);
+}
+
+TYPED_TEST(Activations, GeluIsTheExactErfForm) {
+  using T = TypeParam;
+  auto fn = [](const Array<T>& a) -> Array<T> { return xlstm::gelu(a); };
+  // Eigen's float erf is a polynomial fit: allow a few ulp more near the cancellation.
+  const Array<T> x = Array<T>::LinSpaced(401, T(-5), T(5));
+  const Array<T> y = fn(x);
+  for (Eigen::Index i = 0; i < x.size(); ++i) {
+    EXPECT_NEAR(double(y(i)), gelu_ref(double(x(i))), 4 * tolerance<T>()) << x(i);
+  }
+  expect_matches<T>(extreme_arguments<T>(), fn, gelu_ref);
+  // The tanh approximation differs from the exact form by ~4.7e-4 near x = -2.7 (SPEC §10.12).
+  Array<T> at(1);
+  at << T(-2.7);
+  EXPECT_NEAR(double(xlstm::gelu(at)(0)), gelu_ref(-2.7), 1e-6);
+}
+
+TYPED_TEST(Activations, SoftCapBoundsAndIsNearIdentityForSmallValues) {
+  using T = TypeParam;
+  Array<T> x(5);
+  const T inf = std::numeric_limits<T>::infinity();
+  x << T(-1e4), T(0.01), T(1), inf, -inf;
+  const Array<T> y = xlstm::soft_cap(x, T(15));
+  EXPECT_NEAR(double(y(0)), -15.0, 1e-6);
+  EXPECT_NEAR(double(y(1)), 15 * std::tanh(0.01 / 15), 1e-7);
+  EXPECT_NEAR(double(y(2)), 15 * std::tanh(1.0 / 15), 1e-6);
+  EXPECT_EQ(y(3), T(15));
+  EXPECT_EQ(y(4), T(-15));
+}
+
+TYPED_TEST(Activations, ReluFamilyAndSelu) {
+  using T = TypeParam;
+  auto relu_fn = [](const Array<T>& a) -> Array<T> { return xlstm::relu(a); };
+  auto relu2_fn = [](const Array<T>& a) -> Array<T> { return xlstm::relu_squared(a); };
+  auto selu_fn = [](const Array<T>& a) -> Array<T> { return xlstm::selu(a); };
+  for (const Array<T>& x : {ordinary_arguments<T>(), extreme_arguments<T>()}) {
+    expect_matches<T>(x, relu_fn, [](double v) { return v > 0 ? v : 0.0; });
+    expect_matches<T>(x, relu2_fn, [](double v) { return v > 0 ? v * v : 0.0; });
+    expect_matches<T>(x, selu_fn, selu_ref);
+  }
+}
+
+TYPED_TEST(Activations, NaNStaysNaN) {
+  using T = TypeParam;
+  Array<T> x(1);
+  x << std::numeric_limits<T>::quiet_NaN();
+  EXPECT_TRUE(std::isnan(xlstm::sigmoid(x)(0)));
+  EXPECT_TRUE(std::isnan(xlstm::log_sigmoid(x)(0)));
+  EXPECT_TRUE(std::isnan(xlstm::silu(x)(0)));
+  EXPECT_TRUE(std::isnan(xlstm::gelu(x)(0)));
+}
+
+TEST(ActivationNames, ParseOfficialNamesAndRejectUnknown) {
+  EXPECT_EQ(xlstm::parse_activation("relu^2"), xlstm::Activation::relu_squared);
+  EXPECT_EQ(xlstm::parse_activation("swish"), xlstm::Activation::swish);
+  EXPECT_THROW(xlstm::parse_activation("gelu_tanh"), xlstm::Error);
+  for (auto a : {xlstm::Activation::gelu, xlstm::Activation::relu, xlstm::Activation::selu,
+                 xlstm::Activation::sigmoid}) {
+    EXPECT_EQ(xlstm::parse_activation(xlstm::activation_name(a)), a);
+  }
+}
+
+TEST(ActivationNames, ApplyActivationInPlaceMatchesFunction) {
+  Eigen::ArrayXXf x = Eigen::ArrayXXf::Random(3, 5) * 4;
+  Eigen::ArrayXXf y = x;
+  xlstm::apply_activation(xlstm::Activation::gelu, y);
+  EXPECT_TRUE(y.isApprox(xlstm::gelu(x).eval()));
+}
+
+}  // namespace
