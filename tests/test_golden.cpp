@@ -13,6 +13,7 @@
 
 #include "golden/golden_case.hpp"
 #include "golden/golden_cells.hpp"
+#include "golden/golden_model.hpp"
 
 namespace {
 
@@ -39,11 +40,27 @@ struct MLstmCellKind {
   static void run(golden::GoldenCase& g) { golden::run_mlstm_cell<S>(g); }
 };
 
+#define XLSTM_GOLDEN_KIND(Name, function)                        \
+  template <typename S>                                          \
+  struct Name {                                                  \
+    static void run(golden::GoldenCase& g) { function<S>(g); }   \
+  };
+XLSTM_GOLDEN_KIND(MLstmBlockKind, golden::run_mlstm_block)
+XLSTM_GOLDEN_KIND(SLstmBlockKind, golden::run_slstm_block)
+XLSTM_GOLDEN_KIND(BlockStackKind, golden::run_block_stack)
+XLSTM_GOLDEN_KIND(LmModelKind, golden::run_lm_model)
+XLSTM_GOLDEN_KIND(LmStepKind, golden::run_lm_step)
+
 // Kinds whose module exists map to runners; the others are known but skipped.
 const std::map<std::string, KindRunners>& implemented_kinds() {
   static const std::map<std::string, KindRunners> kinds = {
       {"slstm_cell", runners_for<SLstmCellKind>()},
       {"mlstm_cell", runners_for<MLstmCellKind>()},
+      {"mlstm_block", runners_for<MLstmBlockKind>()},
+      {"slstm_block", runners_for<SLstmBlockKind>()},
+      {"block_stack", runners_for<BlockStackKind>()},
+      {"lm_model", runners_for<LmModelKind>()},
+      {"lm_step", runners_for<LmStepKind>()},
   };
   return kinds;
 }

@@ -4,12 +4,27 @@
 #include "xlstm/version.hpp"
 
 #include "xlstm/core/activations.hpp"
+#include "xlstm/core/causal_conv1d.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/feedforward.hpp"
+#include "xlstm/core/init.hpp"
+#include "xlstm/core/layer_norm.hpp"
+#include "xlstm/core/linear.hpp"
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/core/rounding.hpp"
 #include "xlstm/core/tensor.hpp"
 
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/cells/slstm.hpp"
 
+#include "xlstm/blocks/mlstm_block.hpp"
+#include "xlstm/blocks/slstm_block.hpp"
+
+#include "xlstm/model/block_stack.hpp"
+#include "xlstm/model/language_model.hpp"
+
 #include "xlstm/io/checkpoint.hpp"
+#include "xlstm/io/config_json.hpp"
+#include "xlstm/io/dtype.hpp"
+#include "xlstm/io/state_io.hpp"
 #include "xlstm/io/safetensors.hpp"

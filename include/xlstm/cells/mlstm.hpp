@@ -142,8 +142,27 @@ class MLstmCell {
                const Sequence<Scalar>& igate, const Sequence<Scalar>& fgate, State& state,
                Sequence<Scalar>& h, MLstmForm form = MLstmForm::automatic) const {
     check_sequence_inputs(q, k, v, igate, fgate, state);
-    const Index batch = q.batch(), time = q.time();
-    h.resize(batch, time, num_heads() * v_head_dim());
+    h.resize(q.batch(), q.time(), num_heads() * v_head_dim());
+    forward(q.batch(), q.time(), q.matrix(), k.matrix(), v.matrix(), igate.matrix(),
+            fgate.matrix(), state, h.matrix(), form);
+  }
+
+  /// The same on (B*T)-row matrices (row b*T + t), e.g. column blocks of one
+  /// wider matrix; h must be (B*T) x (NH*DHV).
+  void forward(Index batch, Index time, const ConstMatrixRef<Scalar>& q,
+               const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
+               const ConstMatrixRef<Scalar>& igate, const ConstMatrixRef<Scalar>& fgate,
+               State& state, MatrixRef<Scalar> h, MLstmForm form = MLstmForm::automatic) const {
+    check_state(state, "MLstmCell::forward");
+    check(batch == state.batch && time > 0, "MLstmCell::forward: 'batch' must equal the state's (",
+          state.batch, ") and 'time' be positive, got ", batch, " and ", time);
+    const Index rows = batch * time;
+    check_shape(q, rows, num_heads() * qk_head_dim(), "MLstmCell::forward", "q");
+    check_shape(k, rows, num_heads() * qk_head_dim(), "MLstmCell::forward", "k");
+    check_shape(v, rows, num_heads() * v_head_dim(), "MLstmCell::forward", "v");
+    check_shape(igate, rows, num_heads(), "MLstmCell::forward", "igate");
+    check_shape(fgate, rows, num_heads(), "MLstmCell::forward", "fgate");
+    check_shape(h, rows, num_heads() * v_head_dim(), "MLstmCell::forward", "h");
     if (form == MLstmForm::automatic) {
       form = (time <= config_.parallel_max_length && state.is_zero()) ? MLstmForm::parallel
                                                                       : MLstmForm::chunkwise;
@@ -155,8 +174,8 @@ class MLstmCell {
     Workspace ws;
     for (Index b = 0; b < batch; ++b) {
       for (Index head = 0; head < num_heads(); ++head) {
-        HeadInputs in = head_inputs(q, k, v, igate, fgate, b, head);
-        auto h_out = h.matrix().block(b * time, head * v_head_dim(), time, v_head_dim());
+        HeadInputs in = head_inputs(q, k, v, igate, fgate, time, b, head);
+        auto h_out = h.block(b * time, head * v_head_dim(), time, v_head_dim());
         switch (form) {
           case MLstmForm::parallel:
             parallel_head(in, h_out, ws);
@@ -206,8 +225,9 @@ class MLstmCell {
   }
 
  private:
-  using StridedBlock = Eigen::Block<const Matrix<Scalar>, Eigen::Dynamic, Eigen::Dynamic, false>;
-  using ColumnBlock = Eigen::Block<const Matrix<Scalar>, Eigen::Dynamic, 1, false>;
+  using InputRef = ConstMatrixRef<Scalar>;
+  using StridedBlock = Eigen::Block<const InputRef, Eigen::Dynamic, Eigen::Dynamic, false>;
+  using ColumnBlock = Eigen::Block<const InputRef, Eigen::Dynamic, 1, false>;
 
   /// One (batch row, head) slice of the inputs, T rows each.
   struct HeadInputs {
@@ -221,15 +241,15 @@ class MLstmCell {
     Matrix<Scalar> log_decay, scores, qbar;
   };
 
-  HeadInputs head_inputs(const Sequence<Scalar>& q, const Sequence<Scalar>& k,
-                         const Sequence<Scalar>& v, const Sequence<Scalar>& igate,
-                         const Sequence<Scalar>& fgate, Index b, Index head) const {
-    const Index time = q.time(), dqk = qk_head_dim(), dv = v_head_dim();
-    return HeadInputs{q.matrix().block(b * time, head * dqk, time, dqk),
-                      k.matrix().block(b * time, head * dqk, time, dqk),
-                      v.matrix().block(b * time, head * dv, time, dv),
-                      igate.matrix().template block<Eigen::Dynamic, 1>(b * time, head, time, 1),
-                      fgate.matrix().template block<Eigen::Dynamic, 1>(b * time, head, time, 1)};
+  HeadInputs head_inputs(const InputRef& q, const InputRef& k, const InputRef& v,
+                         const InputRef& igate, const InputRef& fgate, Index time, Index b,
+                         Index head) const {
+    const Index dqk = qk_head_dim(), dv = v_head_dim();
+    return HeadInputs{q.block(b * time, head * dqk, time, dqk),
+                      k.block(b * time, head * dqk, time, dqk),
+                      v.block(b * time, head * dv, time, dv),
+                      igate.template block<Eigen::Dynamic, 1>(b * time, head, time, 1),
+                      fgate.template block<Eigen::Dynamic, 1>(b * time, head, time, 1)};
   }
 
   /// Scales applied to q and k: one of them carries 1/sqrt(DHQK).

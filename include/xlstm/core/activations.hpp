@@ -105,12 +105,12 @@ inline Activation parse_activation(const std::string& name, const char* field = 
 template <typename Derived>
 void apply_activation(Activation a, Eigen::ArrayBase<Derived>& x) {
   switch (a) {
-    case Activation::gelu: x = gelu(x).eval(); return;
+    case Activation::gelu: x = gelu(x); return;
     case Activation::relu: x = relu(x); return;
     case Activation::relu_squared: x = relu_squared(x); return;
-    case Activation::swish: x = silu(x).eval(); return;
-    case Activation::selu: x = selu(x).eval(); return;
-    case Activation::sigmoid: x = sigmoid(x).eval(); return;
+    case Activation::swish: x = silu(x); return;
+    case Activation::selu: x = selu(x); return;
+    case Activation::sigmoid: x = sigmoid(x); return;
   }
 }
 

@@ -1,0 +1,278 @@
+// MLstmBlock: the NeurIPS mLSTM block with pre-up-projection (SPEC §5), as a
+// pre-norm residual block: y = x + MLstmLayer(LayerNorm(x)).
+#pragma once
+
+#include <string>
+
+#include "xlstm/cells/mlstm.hpp"
+#include "xlstm/core/activations.hpp"
+#include "xlstm/core/causal_conv1d.hpp"
+#include "xlstm/core/init.hpp"
+#include "xlstm/core/layer_norm.hpp"
+#include "xlstm/core/linear.hpp"
+#include "xlstm/core/rounding.hpp"
+
+namespace xlstm {
+
+/// Mirrors the official mLSTMLayerConfig (SPEC §5.1): same field names and
+/// defaults; `_proj_up_dim` and `_inner_embedding_dim` are derived by post_init.
+struct MLstmLayerConfig {
+  Index conv1d_kernel_size = 4;
+  Index qkv_proj_blocksize = 4;
+  Index num_heads = 4;
+  double proj_factor = 2.0;
+  bool round_proj_up_dim_up = true;
+  Index round_proj_up_to_multiple_of = 64;
+  bool bias = false;
+  double dropout = 0.0;  ///< identity at inference
+  Index context_length = -1;
+  Index embedding_dim = -1;
+  Index _num_blocks = 1;
+  Index _proj_up_dim = -1;          ///< derived
+  Index _inner_embedding_dim = -1;  ///< derived (= _proj_up_dim)
+
+  /// The official __post_init__: the inner (up-projected) width.
+  void post_init() {
+    _proj_up_dim = up_projection_dim(proj_factor, embedding_dim, round_proj_up_to_multiple_of,
+                                     round_proj_up_dim_up);
+    _inner_embedding_dim = _proj_up_dim;
+  }
+
+  void validate() const {
+    const char* where = "mLSTMLayerConfig";
+    check_positive(embedding_dim, where, "embedding_dim");
+    check_positive(num_heads, where, "num_heads");
+    check_positive(qkv_proj_blocksize, where, "qkv_proj_blocksize");
+    check(proj_factor > 0, where, ": 'proj_factor' must be positive, got ", proj_factor);
+    // Official constraint (FORMAT.md §7): kernel size 0 crashes in the reference.
+    check(conv1d_kernel_size >= 1, where, ": 'conv1d_kernel_size' must be >= 1, got ",
+          conv1d_kernel_size);
+    check_positive(_inner_embedding_dim, where, "_inner_embedding_dim (run post_init)");
+    check(_inner_embedding_dim % num_heads == 0, where, ": inner dim ", _inner_embedding_dim,
+          " must be divisible by 'num_heads' (", num_heads, ")");
+    check(_inner_embedding_dim % qkv_proj_blocksize == 0, where, ": inner dim ",
+          _inner_embedding_dim, " must be divisible by 'qkv_proj_blocksize' (", qkv_proj_blocksize,
+          ")");
+    check(_num_blocks >= 1, where, ": '_num_blocks' must be >= 1, got ", _num_blocks);
+  }
+};
+
+/// Mirrors mLSTMBlockConfig.
+struct MLstmBlockConfig {
+  MLstmLayerConfig mlstm;
+  Index _num_blocks = 1;
+  Index _block_idx = 0;
+
+  void post_init() {
+    mlstm._num_blocks = _num_blocks;
+    mlstm.post_init();
+  }
+};
+
+template <typename Scalar>
+struct MLstmBlockState {
+  CausalConv1dState<Scalar> conv;  ///< last K inputs x_m of the conv (SPEC §6.3)
+  MLstmState<Scalar> cell;         ///< scaled-keys convention, as the official step()
+
+  /// Step workspace (B rows), so that step does not allocate.
+  struct Workspace {
+    Matrix<Scalar> normed, up, conv_act, qkv, gates_i, gates_f, h, h_norm;
+  } ws;
+
+  Index batch() const { return cell.batch; }
+  void reset() {
+    conv.reset();
+    cell.reset();
+  }
+  void reset_row(Index b) {
+    check(b >= 0 && b < batch(), "MLstmBlockState::reset_row: argument 'row' must be in [0, ",
+          batch(), "), got ", b);
+    conv.reset_row(b);
+    cell.reset_row(b);
+  }
+};
+
+template <typename Scalar_>
+class MLstmBlock {
+ public:
+  using Scalar = Scalar_;
+  using Config = MLstmBlockConfig;
+  using State = MLstmBlockState<Scalar>;
+
+  explicit MLstmBlock(Config config) : config_(std::move(config)) {
+    config_.post_init();
+    const MLstmLayerConfig& c = config_.mlstm;
+    c.validate();
+    const Index e = c.embedding_dim, inner = c._inner_embedding_dim, nh = c.num_heads;
+    const Index proj_heads = inner / c.qkv_proj_blocksize;
+    xlstm_norm_ = make_layer_norm<Scalar>(e);
+    proj_up_ = Linear<Scalar>(e, 2 * inner, c.bias);
+    conv1d_ = CausalConv1d<Scalar>(inner, c.conv1d_kernel_size);
+    q_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
+    k_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
+    v_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
+    igate_ = Linear<Scalar>(3 * inner, nh, true);
+    fgate_ = Linear<Scalar>(3 * inner, nh, true);
+    outnorm_ = make_multi_head_layer_norm<Scalar>(inner, nh);
+    learnable_skip_.setOnes(inner);
+    proj_down_ = Linear<Scalar>(inner, e, c.bias);
+    MLstmCellConfig cell_config;
+    cell_config.num_heads = nh;
+    cell_config.qk_head_dim = inner / nh;
+    cell_config.v_head_dim = inner / nh;
+    cell_config.convention = MLstmStateConvention::scaled_keys;
+    cell_ = MLstmCell<Scalar>(cell_config);
+  }
+
+  const Config& config() const { return config_; }
+  Index embedding_dim() const { return config_.mlstm.embedding_dim; }
+  Index inner_dim() const { return config_.mlstm._inner_embedding_dim; }
+  MLstmCell<Scalar>& cell() { return cell_; }
+  const MLstmCell<Scalar>& cell() const { return cell_; }
+
+  State initial_state(Index batch) const {
+    check(batch >= 0, "MLstmBlock::initial_state: argument 'batch' must be >= 0, got ", batch);
+    State s;
+    s.conv = conv1d_.initial_state(batch);
+    s.cell = cell_.initial_state(batch);
+    const Index inner = inner_dim(), nh = config_.mlstm.num_heads;
+    auto& ws = s.ws;
+    ws.normed.resize(batch, embedding_dim());
+    ws.up.resize(batch, 2 * inner);
+    ws.conv_act.resize(batch, inner);
+    ws.qkv.resize(batch, 3 * inner);
+    ws.gates_i.resize(batch, nh);
+    ws.gates_f.resize(batch, nh);
+    ws.h.resize(batch, inner);
+    ws.h_norm.resize(batch, inner);
+    return s;
+  }
+
+  /// x, y: B x T x E. `state` is the initial state and becomes the final one.
+  /// From a zero state and T <= the cell's parallel_max_length this uses the
+  /// parallel form like the official forward (SPEC §5.2); otherwise chunkwise.
+  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y,
+               MLstmForm form = MLstmForm::automatic) const {
+    check_input(x.features(), x.batch(), state, "MLstmBlock::forward", "x");
+    check(x.time() > 0, "MLstmBlock::forward: argument 'x' must have at least one time step");
+    const Index batch = x.batch(), time = x.time(), inner = inner_dim();
+    Matrix<Scalar> normed(x.matrix().rows(), embedding_dim());
+    xlstm_norm_.forward(x.matrix(), normed);
+    Matrix<Scalar> up(normed.rows(), 2 * inner);
+    proj_up_.forward(normed, up);
+    Sequence<Scalar> x_m(batch, time, inner), conv_act;
+    x_m.matrix() = up.leftCols(inner);
+    conv1d_.forward(x_m, state.conv, conv_act);
+    conv_act.matrix().array() = silu(conv_act.matrix().array());
+    Matrix<Scalar> qkv(up.rows(), 3 * inner);
+    q_proj_.forward(conv_act.matrix(), qkv.leftCols(inner));
+    k_proj_.forward(conv_act.matrix(), qkv.middleCols(inner, inner));
+    v_proj_.forward(x_m.matrix(), qkv.rightCols(inner));
+    Matrix<Scalar> gate_i(up.rows(), config_.mlstm.num_heads), gate_f(gate_i.rows(), gate_i.cols());
+    igate_.forward(qkv, gate_i);
+    fgate_.forward(qkv, gate_f);
+    Matrix<Scalar> h(up.rows(), inner);
+    cell_.forward(batch, time, qkv.leftCols(inner), qkv.middleCols(inner, inner),
+                  qkv.rightCols(inner), gate_i, gate_f, state.cell, h, form);
+    outnorm_.forward(h, h);
+    apply_skip_and_output_gate(h, conv_act.matrix(), up.rightCols(inner));
+    y.resize(batch, time, embedding_dim());
+    proj_down_.forward(h, y.matrix());
+    y.matrix() += x.matrix();
+  }
+
+  /// One step: x_t, y_t are B x E (y_t must not alias x_t). Does not allocate.
+  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
+    check_input(x_t.cols(), x_t.rows(), state, "MLstmBlock::step", "x_t");
+    check(y_t.rows() == x_t.rows() && y_t.cols() == embedding_dim(),
+          "MLstmBlock::step: argument 'y_t' must be ", x_t.rows(), " x ", embedding_dim(), ", got ",
+          y_t.rows(), " x ", y_t.cols());
+    const Index inner = inner_dim();
+    auto& ws = state.ws;
+    xlstm_norm_.forward(x_t, ws.normed);
+    proj_up_.forward(ws.normed, ws.up);
+    conv1d_.step(ws.up.leftCols(inner), state.conv, ws.conv_act);
+    ws.conv_act.array() = silu(ws.conv_act.array());
+    q_proj_.forward(ws.conv_act, ws.qkv.leftCols(inner));
+    k_proj_.forward(ws.conv_act, ws.qkv.middleCols(inner, inner));
+    v_proj_.forward(ws.up.leftCols(inner), ws.qkv.rightCols(inner));
+    igate_.forward(ws.qkv, ws.gates_i);
+    fgate_.forward(ws.qkv, ws.gates_f);
+    cell_.step(ws.qkv.leftCols(inner), ws.qkv.middleCols(inner, inner), ws.qkv.rightCols(inner),
+               ws.gates_i, ws.gates_f, state.cell, ws.h);
+    outnorm_.forward(ws.h, ws.h_norm);
+    apply_skip_and_output_gate(ws.h_norm, ws.conv_act, ws.up.rightCols(inner));
+    proj_down_.forward(ws.h_norm, y_t);
+    y_t += x_t;
+  }
+
+  /// Official state_dict names (SPEC §7.1) below `prefix`.
+  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
+    xlstm_norm_.collect_parameters(prefix + "xlstm_norm.", list);
+    const std::string p = prefix + "xlstm.";
+    proj_up_.collect_parameters(p + "proj_up.", list);
+    q_proj_.collect_parameters(p + "q_proj.", list);
+    k_proj_.collect_parameters(p + "k_proj.", list);
+    v_proj_.collect_parameters(p + "v_proj.", list);
+    conv1d_.collect_parameters(p + "conv1d.", list);
+    igate_.collect_parameters(p + "mlstm_cell.igate.", list);
+    fgate_.collect_parameters(p + "mlstm_cell.fgate.", list);
+    outnorm_.collect_parameters(p + "mlstm_cell.outnorm.", list);
+    add_parameter(list, p, "learnable_skip", {std::size_t(inner_dim())}, learnable_skip_);
+    proj_down_.collect_parameters(p + "proj_down.", list);
+  }
+
+  /// The official reset_parameters (SPEC §8.2).
+  void initialize(Rng& rng) {
+    const Index e = embedding_dim(), nh = config_.mlstm.num_heads;
+    xlstm_norm_.weight().setZero();
+    small_init(proj_up_.weight(), e, rng);
+    for (HeadwiseLinear<Scalar>* p : {&q_proj_, &k_proj_, &v_proj_}) {
+      small_init(p->weight(), e, rng);  // dim = E, not the inner dim (SPEC §8.2)
+      p->bias().setZero();
+    }
+    // The conv keeps PyTorch's default init (fan_in = K for a depthwise conv).
+    default_linear_init(conv1d_.weight(), config_.mlstm.conv1d_kernel_size, rng);
+    default_linear_init(conv1d_.bias(), config_.mlstm.conv1d_kernel_size, rng);
+    wang_init(proj_down_.weight(), e, config_.mlstm._num_blocks, rng);
+    proj_up_.bias().setZero();
+    proj_down_.bias().setZero();
+    learnable_skip_.setOnes();
+    fgate_.weight().setZero();
+    linspace_init(fgate_.bias(), 3.0, 6.0);
+    igate_.weight().setZero();
+    rng.normal(igate_.bias(), 0.0, 0.1);
+    outnorm_.weight().setZero();
+    (void)nh;
+  }
+
+ private:
+  void check_input(Index features, Index batch, const State& state, const char* where,
+                   const char* name) const {
+    check(features == embedding_dim(), where, ": argument '", name, "' must have ",
+          embedding_dim(), " features (embedding_dim), got ", features);
+    check(batch == state.batch(), where, ": argument '", name, "' has batch ", batch,
+          " but the state was made for batch ", state.batch());
+  }
+
+  /// SPEC §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in place.
+  template <typename Z>
+  void apply_skip_and_output_gate(Matrix<Scalar>& h, const Matrix<Scalar>& conv_act,
+                                  const Z& z) const {
+    h.array() = (h.array() + conv_act.array().rowwise() * learnable_skip_.transpose().array()) *
+                silu(z.array());
+  }
+
+  Config config_;
+  GroupedNorm<Scalar> xlstm_norm_;
+  Linear<Scalar> proj_up_;
+  CausalConv1d<Scalar> conv1d_;
+  HeadwiseLinear<Scalar> q_proj_, k_proj_, v_proj_;
+  Linear<Scalar> igate_, fgate_;
+  GroupedNorm<Scalar> outnorm_;
+  Vector<Scalar> learnable_skip_;
+  Linear<Scalar> proj_down_;
+  MLstmCell<Scalar> cell_{MLstmCellConfig{1, 1, 1}};
+};
+
+}  // namespace xlstm

@@ -1,0 +1,336 @@
+// SLstmBlock: the NeurIPS sLSTM block with post-up-projection (SPEC §3):
+//   x = x + SLstmLayer(LayerNorm(x));   x = x + GatedFeedForward(LayerNorm(x)).
+#pragma once
+
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "xlstm/cells/slstm.hpp"
+#include "xlstm/core/activations.hpp"
+#include "xlstm/core/causal_conv1d.hpp"
+#include "xlstm/core/feedforward.hpp"
+#include "xlstm/core/init.hpp"
+#include "xlstm/core/layer_norm.hpp"
+#include "xlstm/core/linear.hpp"
+#include "xlstm/core/rounding.hpp"
+
+namespace xlstm {
+
+/// Mirrors the official FeedForwardConfig (SPEC §1.7).
+struct FeedForwardConfig {
+  double proj_factor = 1.3;
+  std::string act_fn = "gelu";
+  Index embedding_dim = -1;
+  double dropout = 0.0;
+  bool bias = false;
+  std::string ff_type = "ffn_gated";
+  Index _num_blocks = 1;
+  bool round_proj_up_dim_up = true;
+  Index round_proj_up_to_multiple_of = 64;
+  Index _proj_up_dim = -1;  ///< derived
+
+  void post_init() {
+    if (embedding_dim > 0) {
+      _proj_up_dim = up_projection_dim(proj_factor, embedding_dim, round_proj_up_to_multiple_of,
+                                       round_proj_up_dim_up);
+    }
+  }
+
+  void validate() const {
+    check_positive(embedding_dim, "FeedForwardConfig", "embedding_dim");
+    check_positive(_proj_up_dim, "FeedForwardConfig", "_proj_up_dim");
+    check(ff_type == "ffn_gated", "FeedForwardConfig: 'ff_type' must be \"ffn_gated\", got \"",
+          ff_type, "\"");
+    parse_activation(act_fn, "feedforward.act_fn");
+  }
+};
+
+/// Mirrors the official sLSTMLayerConfig (with the sLSTMCellConfig fields that
+/// matter off the GPU; SPEC §2.1, §3.1).
+struct SLstmLayerConfig {
+  Index embedding_dim = -1;
+  Index hidden_size = -1;  ///< derived: = embedding_dim
+  Index num_heads = 4;
+  Index num_states = 4;  ///< derived from function: 4 (slstm) or 2 (lstm)
+  Index num_gates = 4;
+  std::string backend = "cuda";  ///< the backend that trained it; we run its math on the CPU
+  std::string function = "slstm";
+  std::string bias_init = "powerlaw_blockdependent";
+  std::string recurrent_weight_init = "zeros";
+  Index conv1d_kernel_size = 4;
+  bool group_norm_weight = true;
+  double dropout = 0.0;
+  Index _block_idx = 0;
+  Index _num_blocks = 1;
+
+  void post_init() {
+    hidden_size = embedding_dim;
+    num_states = function == "lstm" ? 2 : 4;
+  }
+
+  void validate() const {
+    const char* where = "sLSTMLayerConfig";
+    check_positive(embedding_dim, where, "embedding_dim");
+    check_positive(num_heads, where, "num_heads");
+    check(embedding_dim % num_heads == 0, where, ": 'embedding_dim' (", embedding_dim,
+          ") must be divisible by 'num_heads' (", num_heads, ")");
+    check(conv1d_kernel_size >= 0, where, ": 'conv1d_kernel_size' must be >= 0, got ",
+          conv1d_kernel_size);
+    parse_slstm_function(function);
+    check(bias_init == "powerlaw_blockdependent" || bias_init == "small_init" ||
+              bias_init == "zeros" || bias_init == "standard",
+          where, ": unknown 'bias_init' \"", bias_init, "\"");
+    check(recurrent_weight_init == "zeros" || recurrent_weight_init == "standard", where,
+          ": unknown 'recurrent_weight_init' \"", recurrent_weight_init, "\"");
+    check(_num_blocks >= 1 && _block_idx >= 0 && _block_idx < _num_blocks, where,
+          ": '_block_idx' (", _block_idx, ") must be in [0, _num_blocks = ", _num_blocks, ")");
+  }
+};
+
+/// Mirrors sLSTMBlockConfig: the layer and an optional feed-forward.
+struct SLstmBlockConfig {
+  SLstmLayerConfig slstm;
+  std::optional<FeedForwardConfig> feedforward = FeedForwardConfig{};
+  Index _num_blocks = 1;
+  Index _block_idx = 0;
+
+  void post_init() {
+    slstm._block_idx = _block_idx;
+    slstm._num_blocks = _num_blocks;
+    slstm.post_init();
+    if (feedforward) {
+      feedforward->_num_blocks = _num_blocks;
+      feedforward->embedding_dim = slstm.embedding_dim;
+      feedforward->post_init();
+    }
+  }
+};
+
+template <typename Scalar>
+struct SLstmBlockState {
+  CausalConv1dState<Scalar> conv;  ///< last K pre-normed inputs LN(x) (SPEC §6.3)
+  SLstmState<Scalar> cell;
+
+  /// Step workspace (B rows), so that step does not allocate.
+  struct Workspace {
+    Matrix<Scalar> normed, conv_act, preact, y_norm, ffn_in, ffn_up;
+  } ws;
+
+  Index batch() const { return cell.batch(); }
+  void reset() {
+    conv.reset();
+    cell.reset();
+  }
+  void reset_row(Index b) {
+    check(b >= 0 && b < batch(), "SLstmBlockState::reset_row: argument 'row' must be in [0, ",
+          batch(), "), got ", b);
+    conv.reset_row(b);
+    cell.reset_row(b);
+  }
+};
+
+template <typename Scalar_>
+class SLstmBlock {
+ public:
+  using Scalar = Scalar_;
+  using Config = SLstmBlockConfig;
+  using State = SLstmBlockState<Scalar>;
+
+  explicit SLstmBlock(Config config) : config_(std::move(config)) {
+    config_.post_init();
+    const SLstmLayerConfig& c = config_.slstm;
+    c.validate();
+    const Index e = c.embedding_dim, nh = c.num_heads;
+    xlstm_norm_ = make_layer_norm<Scalar>(e);
+    conv1d_ = CausalConv1d<Scalar>(e, c.conv1d_kernel_size);
+    for (HeadwiseLinear<Scalar>* g : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) {
+      *g = HeadwiseLinear<Scalar>(e, nh, false);
+    }
+    SLstmCellConfig cell_config;
+    cell_config.hidden_size = e;
+    cell_config.num_heads = nh;
+    cell_config.function = parse_slstm_function(c.function);
+    cell_ = SLstmCell<Scalar>(cell_config);
+    group_norm_ = make_multi_head_layer_norm<Scalar>(e, nh, c.group_norm_weight);
+    if (config_.feedforward) {
+      const FeedForwardConfig& f = *config_.feedforward;
+      f.validate();
+      ffn_norm_ = make_layer_norm<Scalar>(e);
+      ffn_ = GatedFeedForward<Scalar>(e, f._proj_up_dim, parse_activation(f.act_fn), f.bias);
+    }
+  }
+
+  const Config& config() const { return config_; }
+  Index embedding_dim() const { return config_.slstm.embedding_dim; }
+  bool has_feedforward() const { return config_.feedforward.has_value(); }
+  SLstmCell<Scalar>& cell() { return cell_; }
+  const SLstmCell<Scalar>& cell() const { return cell_; }
+
+  State initial_state(Index batch) const {
+    check(batch >= 0, "SLstmBlock::initial_state: argument 'batch' must be >= 0, got ", batch);
+    State s;
+    s.conv = conv1d_.initial_state(batch);
+    s.cell = cell_.initial_state(batch);
+    const Index e = embedding_dim();
+    auto& ws = s.ws;
+    ws.normed.resize(batch, e);
+    ws.conv_act.resize(batch, e);
+    ws.preact.resize(batch, 4 * e);
+    ws.y_norm.resize(batch, e);
+    ws.ffn_in.resize(batch, e);
+    if (has_feedforward()) ws.ffn_up.resize(batch, 2 * ffn_.proj_up_dim());
+    return s;
+  }
+
+  /// x, y: B x T x E. `state` is the initial state and becomes the final one.
+  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
+    check_input(x.features(), x.batch(), state, "SLstmBlock::forward", "x");
+    check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
+    const Index batch = x.batch(), time = x.time(), e = embedding_dim();
+    Sequence<Scalar> normed(batch, time, e), conv_act;
+    xlstm_norm_.forward(x.matrix(), normed.matrix());
+    conv1d_.forward(normed, state.conv, conv_act);
+    if (!conv1d_.is_identity()) conv_act.matrix().array() = silu(conv_act.matrix().array());
+    Sequence<Scalar> preact(batch, time, 4 * e);
+    gate_preactivations(normed.matrix(), conv_act.matrix(), preact.matrix());
+    Sequence<Scalar> cell_out;
+    cell_.forward(preact, state.cell, cell_out);
+    y.resize(batch, time, e);
+    group_norm_.forward(cell_out.matrix(), y.matrix());
+    y.matrix() += x.matrix();
+    if (has_feedforward()) {
+      Matrix<Scalar> ffn_in(y.matrix().rows(), e), ffn_out(y.matrix().rows(), e), up;
+      ffn_norm_.forward(y.matrix(), ffn_in);
+      ffn_.forward(ffn_in, ffn_out, up);
+      y.matrix() += ffn_out;
+    }
+  }
+
+  /// One step: x_t, y_t are B x E (y_t must not alias x_t). Does not allocate.
+  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
+    check_input(x_t.cols(), x_t.rows(), state, "SLstmBlock::step", "x_t");
+    check(y_t.rows() == x_t.rows() && y_t.cols() == embedding_dim(),
+          "SLstmBlock::step: argument 'y_t' must be ", x_t.rows(), " x ", embedding_dim(), ", got ",
+          y_t.rows(), " x ", y_t.cols());
+    auto& ws = state.ws;
+    xlstm_norm_.forward(x_t, ws.normed);
+    conv1d_.step(ws.normed, state.conv, ws.conv_act);
+    if (!conv1d_.is_identity()) ws.conv_act.array() = silu(ws.conv_act.array());
+    gate_preactivations(ws.normed, ws.conv_act, ws.preact);
+    cell_.step(ws.preact, state.cell);
+    group_norm_.forward(state.cell.y, y_t);
+    y_t += x_t;
+    if (has_feedforward()) {
+      ffn_norm_.forward(y_t, ws.ffn_in);
+      ffn_.forward(ws.ffn_in, ws.y_norm, ws.ffn_up);
+      y_t += ws.y_norm;
+    }
+  }
+
+  /// Official state_dict names (SPEC §7.1) below `prefix`.
+  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
+    xlstm_norm_.collect_parameters(prefix + "xlstm_norm.", list);
+    const std::string p = prefix + "xlstm.";
+    conv1d_.collect_parameters(p + "conv1d.", list);
+    // Official checkpoint quirk (SPEC §3.2): the module named "fgate" produces
+    // the INPUT-gate pre-activation and "igate" the FORGET gate.
+    input_gate_.collect_parameters(p + "fgate.", list);
+    forget_gate_.collect_parameters(p + "igate.", list);
+    z_gate_.collect_parameters(p + "zgate.", list);
+    o_gate_.collect_parameters(p + "ogate.", list);
+    cell_.collect_parameters(p + "slstm_cell.", list);
+    group_norm_.collect_parameters(p + "group_norm.", list);
+    if (has_feedforward()) {
+      ffn_norm_.collect_parameters(prefix + "ffn_norm.", list);
+      ffn_.collect_parameters(prefix + "ffn.", list);
+    }
+  }
+
+  /// The official reset_parameters (SPEC §8.3).
+  void initialize(Rng& rng) {
+    const SLstmLayerConfig& c = config_.slstm;
+    const Index e = embedding_dim(), nh = c.num_heads, dh = e / nh;
+    xlstm_norm_.weight().setZero();
+    for (HeadwiseLinear<Scalar>* g : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) {
+      small_init(g->weight(), e, rng);
+    }
+    if (!conv1d_.is_identity()) {
+      default_linear_init(conv1d_.weight(), c.conv1d_kernel_size, rng);
+      default_linear_init(conv1d_.bias(), c.conv1d_kernel_size, rng);
+    }
+    if (c.recurrent_weight_init == "zeros") {
+      cell_.recurrent_kernel().setZero();
+    } else {
+      default_linear_init(cell_.recurrent_kernel(), e, rng);  // U(-1/sqrt(H), 1/sqrt(H))
+    }
+    initialize_bias(rng);
+    if (group_norm_.weight().size() > 0) group_norm_.weight().setZero();
+    if (has_feedforward()) {
+      ffn_norm_.weight().setZero();
+      small_init(ffn_.proj_up().weight(), e, rng);
+      wang_init(ffn_.proj_down().weight(), e, config_.feedforward->_num_blocks, rng);
+      ffn_.proj_up().bias().setZero();
+      ffn_.proj_down().bias().setZero();
+    }
+    (void)dh;
+  }
+
+ private:
+  /// Bias init of SPEC §8.3, written gate-major: bias[g*H + h*DH + j].
+  void initialize_bias(Rng& rng) {
+    const SLstmLayerConfig& c = config_.slstm;
+    const Index e = embedding_dim(), nh = c.num_heads, dh = e / nh;
+    auto& bias = cell_.bias();
+    bias.setZero();
+    auto forget = [&](Index h, Index j) -> Scalar& { return bias(1 * e + h * dh + j); };
+    if (c.bias_init == "standard") {
+      default_linear_init(bias, e, rng);
+    } else if (c.bias_init == "small_init") {
+      for (Index h = 0; h < nh; ++h)
+        for (Index j = 0; j < dh; ++j)
+          forget(h, j) = Scalar(dh == 1 ? 3.0 : 3.0 + 3.0 * double(j) / double(dh - 1));
+    } else if (c.bias_init == "powerlaw_blockdependent") {
+      const double ratio =
+          c._num_blocks > 1 ? double(c._block_idx) / double(c._num_blocks - 1) : 0.0;
+      for (Index h = 0; h < nh; ++h) {
+        for (Index j = 0; j < dh; ++j) {
+          // DH = 1 is 0/0 in the reference (a silent NaN); we take the j = 0 value.
+          const double position = dh == 1 ? 0.0 : double(j) / double(dh - 1);
+          forget(h, j) = Scalar(5.0 - 12.0 * std::pow(position, 0.3 + 1.3 * ratio));
+        }
+      }
+    }
+  }
+
+  /// SPEC §3.2: [i | f | z | o], i and f from the conv path, z and o from the
+  /// pre-conv input, each block head-major.
+  template <typename Out>
+  void gate_preactivations(const ConstMatrixRef<Scalar>& normed,
+                           const ConstMatrixRef<Scalar>& conv_act, Out& preact) const {
+    const Index e = embedding_dim();
+    input_gate_.forward(conv_act, preact.middleCols(0, e));
+    forget_gate_.forward(conv_act, preact.middleCols(e, e));
+    z_gate_.forward(normed, preact.middleCols(2 * e, e));
+    o_gate_.forward(normed, preact.middleCols(3 * e, e));
+  }
+
+  void check_input(Index features, Index batch, const State& state, const char* where,
+                   const char* name) const {
+    check(features == embedding_dim(), where, ": argument '", name, "' must have ",
+          embedding_dim(), " features (embedding_dim), got ", features);
+    check(batch == state.batch(), where, ": argument '", name, "' has batch ", batch,
+          " but the state was made for batch ", state.batch());
+  }
+
+  Config config_;
+  GroupedNorm<Scalar> xlstm_norm_;
+  CausalConv1d<Scalar> conv1d_;
+  HeadwiseLinear<Scalar> input_gate_, forget_gate_, z_gate_, o_gate_;
+  SLstmCell<Scalar> cell_{SLstmCellConfig{1, 1}};
+  GroupedNorm<Scalar> group_norm_;
+  GroupedNorm<Scalar> ffn_norm_;
+  GatedFeedForward<Scalar> ffn_;
+};
+
+}  // namespace xlstm

@@ -1,0 +1,140 @@
+// CausalConv1d (SPEC §1.5): depthwise causal convolution over time, with a
+// rolling window of past inputs as its state so that `step` continues
+// `forward` exactly. Kernel size 0 is the identity (sLSTM without conv).
+#pragma once
+
+#include <string>
+
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/parameters.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+/// The last K inputs per batch row, oldest first: row b*K + j. This is the
+/// official step state `(B, KS, F)`; its row 0 is rolled out before use.
+template <typename Scalar>
+struct CausalConv1dState {
+  Index kernel_size = 0;
+  Matrix<Scalar> window;  ///< (B*K) x F
+
+  CausalConv1dState() = default;
+  CausalConv1dState(Index batch, Index kernel_size_, Index features)
+      : kernel_size(kernel_size_), window(Matrix<Scalar>::Zero(batch * kernel_size_, features)) {}
+
+  Index batch() const { return kernel_size > 0 ? window.rows() / kernel_size : 0; }
+  void reset() { window.setZero(); }
+  void reset_row(Index b) { window.middleRows(b * kernel_size, kernel_size).setZero(); }
+};
+
+template <typename Scalar_>
+class CausalConv1d {
+ public:
+  using Scalar = Scalar_;
+  using State = CausalConv1dState<Scalar>;
+
+  CausalConv1d() = default;
+  CausalConv1d(Index features, Index kernel_size) : features_(features), kernel_size_(kernel_size) {
+    check_positive(features, "CausalConv1d", "features");
+    check(kernel_size >= 0, "CausalConv1d: 'kernel_size' must be >= 0, got ", kernel_size);
+    weight_.setZero(features, kernel_size);
+    if (kernel_size > 0) bias_.setZero(features);
+  }
+
+  Index features() const { return features_; }
+  Index kernel_size() const { return kernel_size_; }
+  bool is_identity() const { return kernel_size_ == 0; }
+
+  /// Taps (F x K): tap K-1 multiplies the current input, tap 0 the oldest.
+  Matrix<Scalar>& weight() { return weight_; }
+  const Matrix<Scalar>& weight() const { return weight_; }
+  Vector<Scalar>& bias() { return bias_; }
+  const Vector<Scalar>& bias() const { return bias_; }
+
+  State initial_state(Index batch) const { return State(batch, kernel_size_, features_); }
+
+  /// y[t] = bias + sum_j W[:, j] * x[t - K + 1 + j]; inputs before t = 0 come
+  /// from the state's window (zeros for a fresh state). The window is updated
+  /// to the last K inputs.
+  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
+    check_equal(x.features(), features_, "CausalConv1d::forward", "x.features()");
+    const Index batch = x.batch(), time = x.time(), k = kernel_size_;
+    y.resize(batch, time, features_);
+    if (k == 0) {
+      y.matrix() = x.matrix();
+      return;
+    }
+    check_state(state, batch, "CausalConv1d::forward");
+    for (Index b = 0; b < batch; ++b) {
+      const auto in = x.rows_of(b);
+      auto out = y.rows_of(b);
+      auto window = state.window.middleRows(b * k, k);
+      out.rowwise() = bias_.transpose();
+      for (Index j = 0; j < k; ++j) {
+        const auto tap = weight_.col(j).transpose().array();
+        // Tap j looks back k-1-j steps.
+        const Index lag = k - 1 - j;
+        for (Index t = 0; t < time; ++t) {
+          const Index src = t - lag;
+          if (src >= 0) {
+            out.row(t).array() += tap * in.row(src).array();
+          } else {
+            out.row(t).array() += tap * window.row(k + src).array();  // k + src in [1, k)
+          }
+        }
+      }
+      // New window: the last k inputs of [old window | x].
+      if (time >= k) {
+        window = in.bottomRows(k);
+      } else {
+        for (Index j = 0; j + time < k; ++j) window.row(j) = window.row(j + time);
+        window.bottomRows(time) = in;
+      }
+    }
+  }
+
+  /// One step: x_t and y_t are B x F. Does not allocate.
+  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
+    check(x_t.cols() == features_ && y_t.cols() == features_ && y_t.rows() == x_t.rows(),
+          "CausalConv1d::step: expected B x ", features_, " input and output, got ", x_t.rows(),
+          " x ", x_t.cols(), " and ", y_t.rows(), " x ", y_t.cols());
+    const Index k = kernel_size_;
+    if (k == 0) {
+      y_t = x_t;
+      return;
+    }
+    check_state(state, x_t.rows(), "CausalConv1d::step");
+    for (Index b = 0; b < x_t.rows(); ++b) {
+      auto window = state.window.middleRows(b * k, k);
+      for (Index j = 0; j + 1 < k; ++j) window.row(j) = window.row(j + 1);  // roll left
+      window.row(k - 1) = x_t.row(b);
+      y_t.row(b) = bias_.transpose();
+      for (Index j = 0; j < k; ++j) {
+        y_t.row(b).array() += weight_.col(j).transpose().array() * window.row(j).array();
+      }
+    }
+  }
+
+  /// Official names `conv.weight` (F, 1, K) and `conv.bias` (F); none for K = 0.
+  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
+    if (kernel_size_ == 0) return;
+    add_parameter(list, prefix, "conv.weight",
+                  {std::size_t(features_), 1, std::size_t(kernel_size_)}, weight_);
+    add_parameter(list, prefix, "conv.bias", {std::size_t(features_)}, bias_);
+  }
+
+ private:
+  void check_state(const State& state, Index batch, const char* where) const {
+    check(state.kernel_size == kernel_size_ && state.window.cols() == features_ &&
+              state.window.rows() == batch * kernel_size_,
+          where, ": argument 'state' must hold ", batch, " x ", kernel_size_, " x ", features_,
+          " (batch x kernel_size x features), got ", state.batch(), " x ", state.kernel_size,
+          " x ", state.window.cols());
+  }
+
+  Index features_ = 0, kernel_size_ = 0;
+  Matrix<Scalar> weight_;
+  Vector<Scalar> bias_;
+};
+
+}  // namespace xlstm

@@ -1,0 +1,67 @@
+// Parameter initialisers of the official code (SPEC §8), from a user seed.
+//
+// Random streams cannot match PyTorch's; what matches is the distribution of
+// every tensor and every deterministic value (SPEC §8 preamble).
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <random>
+
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+/// The random source of all initialisers: a seeded 64-bit Mersenne twister.
+class Rng {
+ public:
+  explicit Rng(std::uint64_t seed) : engine_(seed) {}
+
+  template <typename Derived>
+  void normal(Eigen::PlainObjectBase<Derived>& x, double mean, double std) {
+    std::normal_distribution<double> dist(mean, std);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = typename Derived::Scalar(dist(engine_));
+  }
+
+  template <typename Derived>
+  void uniform(Eigen::PlainObjectBase<Derived>& x, double low, double high) {
+    std::uniform_real_distribution<double> dist(low, high);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = typename Derived::Scalar(dist(engine_));
+  }
+
+  std::mt19937_64& engine() { return engine_; }
+
+ private:
+  std::mt19937_64 engine_;
+};
+
+/// small_init: N(0, sqrt(2 / (5 dim))) (SPEC §8).
+template <typename Derived>
+void small_init(Eigen::PlainObjectBase<Derived>& w, Index dim, Rng& rng) {
+  rng.normal(w, 0.0, std::sqrt(2.0 / (5.0 * double(dim))));
+}
+
+/// wang_init: N(0, 2 / num_blocks / sqrt(dim)) (SPEC §8).
+template <typename Derived>
+void wang_init(Eigen::PlainObjectBase<Derived>& w, Index dim, Index num_blocks, Rng& rng) {
+  rng.normal(w, 0.0, 2.0 / double(num_blocks) / std::sqrt(double(dim)));
+}
+
+/// PyTorch's default nn.Linear / nn.Conv1d init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+template <typename Derived>
+void default_linear_init(Eigen::PlainObjectBase<Derived>& w, Index fan_in, Rng& rng) {
+  const double bound = 1.0 / std::sqrt(double(fan_in));
+  rng.uniform(w, -bound, bound);
+}
+
+/// linspace(start, end, n) as torch.linspace (n = 1 gives [start]).
+template <typename Derived>
+void linspace_init(Eigen::PlainObjectBase<Derived>& b, double start, double end) {
+  const Index n = b.size();
+  for (Index i = 0; i < n; ++i) {
+    b.data()[i] = typename Derived::Scalar(n == 1 ? start : start + (end - start) * double(i) / double(n - 1));
+  }
+}
+
+}  // namespace xlstm

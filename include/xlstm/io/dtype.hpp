@@ -1,0 +1,339 @@
+// Element types of safetensors checkpoints and the conversions between them.
+//
+// Checkpoints come from PyTorch in whatever precision they were saved in
+// (F32, BF16, F16, ...), while the model computes in float or double. This
+// header names the stored types, converts the 16-bit floats bit-exactly, and
+// converts between scalar types without undefined behaviour: a value that the
+// destination cannot hold is reported instead of wrapped or truncated, because
+// a silently mangled weight is far harder to find than an error.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+
+#include "xlstm/core/error.hpp"
+
+namespace xlstm::io {
+
+/// Element types a safetensors tensor may have (the subset this library reads).
+enum class DType { F64, F32, F16, BF16, I64, I32, U8 };
+
+/// Bytes per element.
+inline std::size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::F64:
+    case DType::I64:
+      return 8;
+    case DType::F32:
+    case DType::I32:
+      return 4;
+    case DType::F16:
+    case DType::BF16:
+      return 2;
+    case DType::U8:
+      return 1;
+  }
+  fail("dtype_size: invalid DType value ", static_cast<int>(dtype));
+}
+
+/// The name safetensors uses for the type in its JSON header, e.g. "F32".
+inline const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F64:
+      return "F64";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::I64:
+      return "I64";
+    case DType::I32:
+      return "I32";
+    case DType::U8:
+      return "U8";
+  }
+  fail("dtype_name: invalid DType value ", static_cast<int>(dtype));
+}
+
+/// Parses a safetensors dtype name. `context` (e.g. "model.safetensors:
+/// tensor 'w'") starts the error message for an unknown name.
+inline DType parse_dtype(const std::string& name, const std::string& context) {
+  static constexpr DType all[] = {DType::F64, DType::F32, DType::F16, DType::BF16,
+                                  DType::I64, DType::I32, DType::U8};
+  for (DType dtype : all) {
+    if (name == dtype_name(dtype)) return dtype;
+  }
+  fail(context, ": unknown dtype '", name, "' (supported: F64, F32, F16, BF16, I64, I32, U8)");
+}
+
+namespace detail {
+
+template <typename To, typename From>
+To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs equal sizes");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
+}  // namespace detail
+
+/// bfloat16 bits -> float. Exact: bfloat16 is the upper half of a float.
+inline float bf16_to_float(std::uint16_t bits) {
+  return detail::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+}
+
+/// float -> bfloat16 bits, rounding to nearest, ties to even (as PyTorch
+/// does). Overflow gives infinity; NaN stays NaN.
+inline std::uint16_t float_to_bf16(float value) {
+  const std::uint32_t bits = detail::bit_cast<std::uint32_t>(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) {
+    // Plain truncation could drop every set payload bit and turn the NaN
+    // into an infinity; forcing the quiet bit keeps it a NaN.
+    return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);
+  }
+  // Adding just under half an ulp of the result, plus one if the kept part is
+  // odd, makes the truncation below round to nearest even; a carry out of the
+  // mantissa correctly bumps the exponent (up to infinity).
+  const std::uint32_t rounding_bias = 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>((bits + rounding_bias) >> 16);
+}
+
+/// IEEE binary16 bits -> float. Exact, including subnormals, infinities and
+/// NaN payloads.
+inline float f16_to_float(std::uint16_t bits) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
+  const std::uint32_t exponent = (bits >> 10) & 0x1fu;
+  const std::uint32_t mantissa = bits & 0x3ffu;
+  if (exponent == 0) {
+    // Zero or subnormal: mantissa * 2^-24, exact in float.
+    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign ? -magnitude : magnitude;
+  }
+  if (exponent == 0x1f) {
+    return detail::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+  }
+  return detail::bit_cast<float>(sign | ((exponent + 127 - 15) << 23) | (mantissa << 13));
+}
+
+/// float -> IEEE binary16 bits, rounding to nearest, ties to even. Values too
+/// large become infinity, values too small become (signed) zero or a
+/// subnormal; NaN stays NaN.
+inline std::uint16_t float_to_f16(float value) {
+  const std::uint32_t bits = detail::bit_cast<std::uint32_t>(value);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const std::uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) {
+    // Keep the top payload bits and force the quiet bit so it stays a NaN.
+    return static_cast<std::uint16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+  }
+  // 65520 lies halfway between the largest half, 65504 (odd mantissa), and
+  // 2^16; ties to even send it, and everything above, to infinity.
+  if (magnitude >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);
+  if (magnitude >= 0x38800000u) {
+    // Normal half (>= 2^-14): rebias the exponent, keep 10 mantissa bits and
+    // round on the 13 dropped ones. A carry into the exponent is correct.
+    std::uint32_t half = (((magnitude >> 23) - 127 + 15) << 10) | ((magnitude >> 13) & 0x3ffu);
+    const std::uint32_t dropped = magnitude & 0x1fffu;
+    if (dropped > 0x1000u || (dropped == 0x1000u && (half & 1u))) ++half;
+    return static_cast<std::uint16_t>(sign | half);
+  }
+  // Subnormal half: the result is round(value * 2^24). With value =
+  // significand * 2^(exponent - 150), that is significand >> (126 - exponent),
+  // rounded. Rounding up to 0x400 yields the smallest normal, as it should.
+  const std::uint32_t exponent = magnitude >> 23;
+  if (exponent < 102) return sign;  // below 2^-25: rounds to zero
+  const std::uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;
+  const std::uint32_t shift = 126 - exponent;  // 14..24
+  std::uint32_t half = significand >> shift;
+  const std::uint32_t dropped = significand & ((1u << shift) - 1u);
+  const std::uint32_t halfway = 1u << (shift - 1);
+  if (dropped > halfway || (dropped == halfway && (half & 1u))) ++half;
+  return static_cast<std::uint16_t>(sign | half);
+}
+
+namespace detail {
+
+/// Floating-point narrowing (double -> float, long double -> double). A plain
+/// cast of a finite value beyond To's range is undefined behaviour; this gives
+/// what IEEE round-to-nearest-even gives instead: the largest finite value up
+/// to half an ulp above it, infinity from there on.
+template <typename To, typename From>
+To narrow_float(From value) {
+  using limits = std::numeric_limits<To>;
+  if (std::isfinite(value) && std::fabs(value) > static_cast<From>(limits::max())) {
+    // Halfway between the largest finite To and 2^max_exponent. The largest
+    // finite value has an odd significand, so the tie itself goes to infinity.
+    const From overflow_threshold = std::ldexp(From(1), limits::max_exponent) -
+                                    std::ldexp(From(1), limits::max_exponent - limits::digits - 1);
+    const To magnitude =
+        std::fabs(value) >= overflow_threshold ? limits::infinity() : limits::max();
+    return value < 0 ? -magnitude : magnitude;
+  }
+  return static_cast<To>(value);
+}
+
+inline float narrow_to_float(double value) { return narrow_float<float>(value); }
+
+/// double -> float rounding to odd: truncate, then set the last bit if
+/// anything was dropped. Rounding that float again to a format with at most
+/// 22 significant bits gives the correctly rounded result, which rounding
+/// twice to nearest does not (the first rounding can create a false tie).
+inline float narrow_to_float_round_to_odd(double value) {
+  if (!std::isfinite(value)) return static_cast<float>(value);
+  float rounded = narrow_to_float(value);
+  if (std::isinf(rounded) || std::fabs(static_cast<double>(rounded)) > std::fabs(value)) {
+    rounded = std::nextafter(rounded, 0.0f);  // now truncated toward zero
+  }
+  if (static_cast<double>(rounded) != value) {
+    rounded = bit_cast<float>(bit_cast<std::uint32_t>(rounded) | 1u);
+  }
+  return rounded;
+}
+
+}  // namespace detail
+
+/// double -> bfloat16 bits, correctly rounded (to nearest even).
+inline std::uint16_t double_to_bf16(double value) {
+  return float_to_bf16(detail::narrow_to_float_round_to_odd(value));
+}
+
+/// double -> IEEE binary16 bits, correctly rounded (to nearest even).
+inline std::uint16_t double_to_f16(double value) {
+  return float_to_f16(detail::narrow_to_float_round_to_odd(value));
+}
+
+/// Whether T is one of the plain integer types a dtype maps to: no bool and
+/// no plain char, whose meaning is text, not a number.
+template <typename T>
+inline constexpr bool is_dtype_integer_v =
+    std::is_integral_v<T> && !std::is_same_v<T, bool> && !std::is_same_v<T, char>;
+
+namespace detail {
+
+/// The DType storing T as is, as an int, or -1 if there is none.
+template <typename T>
+constexpr int native_dtype() {
+  if constexpr (std::is_same_v<T, float>) {
+    return static_cast<int>(DType::F32);
+  } else if constexpr (std::is_same_v<T, double>) {
+    return static_cast<int>(DType::F64);
+  } else if constexpr (is_dtype_integer_v<T> && std::is_signed_v<T> && sizeof(T) == 8) {
+    return static_cast<int>(DType::I64);
+  } else if constexpr (is_dtype_integer_v<T> && std::is_signed_v<T> && sizeof(T) == 4) {
+    return static_cast<int>(DType::I32);
+  } else if constexpr (is_dtype_integer_v<T> && std::is_unsigned_v<T> && sizeof(T) == 1) {
+    return static_cast<int>(DType::U8);
+  } else {
+    return -1;
+  }
+}
+
+}  // namespace detail
+
+/// Whether some dtype stores T as is (so dtype_of<T>() compiles).
+template <typename T>
+inline constexpr bool has_dtype_v = detail::native_dtype<T>() >= 0;
+
+/// The dtype that stores T as is: float -> F32, double -> F64, int64_t ->
+/// I64, int32_t -> I32, uint8_t -> U8.
+template <typename T>
+constexpr DType dtype_of() {
+  static_assert(has_dtype_v<T>, "dtype_of: no safetensors dtype stores this type");
+  return static_cast<DType>(detail::native_dtype<T>());
+}
+
+namespace detail {
+
+/// Whether From -> To loses range (float from double, double from long double).
+template <typename To, typename From>
+inline constexpr bool limits_narrower_v =
+    std::numeric_limits<To>::max_exponent < std::numeric_limits<From>::max_exponent;
+
+/// Scalars a converting read may produce or a converting write may consume.
+template <typename T>
+inline constexpr bool is_convertible_scalar_v =
+    std::is_floating_point_v<T> || is_dtype_integer_v<T>;
+
+/// Converts `value` to To. Returns false (leaving `out` unspecified) when To
+/// cannot represent it: NaN, infinity, a fraction or an out-of-range number
+/// going to an integer type, or an integer out of To's range. Floating-point
+/// narrowing never fails; it rounds like IEEE (to infinity when too large).
+template <typename To, typename From>
+bool convert_scalar(From value, To& out) {
+  static_assert(is_convertible_scalar_v<To> && is_convertible_scalar_v<From>,
+                "convert_scalar: only floating-point and integer types");
+  if constexpr (std::is_floating_point_v<To>) {
+    if constexpr (std::is_floating_point_v<From> && limits_narrower_v<To, From>) {
+      out = narrow_float<To>(value);
+    } else {
+      out = static_cast<To>(value);
+    }
+    return true;
+  } else if constexpr (std::is_floating_point_v<From>) {
+    if (!std::isfinite(value) || std::trunc(value) != value) return false;
+    // [-2^digits, 2^digits) for signed, [0, 2^digits) for unsigned; powers of
+    // two are exact in From, unlike the integer limits themselves.
+    const From upper = std::ldexp(From(1), std::numeric_limits<To>::digits);
+    const From lower = std::is_signed_v<To> ? -upper : From(0);
+    if (!(value >= lower && value < upper)) return false;
+    out = static_cast<To>(value);
+    return true;
+  } else {
+    if constexpr (std::is_signed_v<From>) {
+      if (value < 0) {
+        if constexpr (std::is_signed_v<To>) {
+          if (static_cast<std::intmax_t>(value) <
+              static_cast<std::intmax_t>(std::numeric_limits<To>::min())) {
+            return false;
+          }
+          out = static_cast<To>(value);
+          return true;
+        } else {
+          return false;
+        }
+      }
+    }
+    if (static_cast<std::uintmax_t>(value) >
+        static_cast<std::uintmax_t>(std::numeric_limits<To>::max())) {
+      return false;
+    }
+    out = static_cast<To>(value);
+    return true;
+  }
+}
+
+/// Whether this machine stores numbers little-endian like safetensors does;
+/// only then can stored bytes be used in place.
+inline bool host_is_little_endian() {
+  const std::uint16_t probe = 1;
+  unsigned char first_byte = 0;
+  std::memcpy(&first_byte, &probe, 1);
+  return first_byte == 1;
+}
+
+/// Reads an N-byte little-endian unsigned integer from possibly unaligned memory.
+template <typename UInt>
+UInt load_little_endian(const std::uint8_t* bytes) {
+  UInt value = 0;
+  for (std::size_t i = 0; i < sizeof(UInt); ++i)
+    value |= static_cast<UInt>(static_cast<UInt>(bytes[i]) << (8 * i));
+  return value;
+}
+
+/// Writes an N-byte unsigned integer little-endian to possibly unaligned memory.
+template <typename UInt>
+void store_little_endian(UInt value, std::uint8_t* bytes) {
+  for (std::size_t i = 0; i < sizeof(UInt); ++i)
+    bytes[i] = static_cast<std::uint8_t>(value >> (8 * i));
+}
+
+}  // namespace detail
+}  // namespace xlstm::io

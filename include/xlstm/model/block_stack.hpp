@@ -1,0 +1,231 @@
+// BlockStack: mLSTM and sLSTM blocks placed by `slstm_at`, with an optional
+// post-blocks LayerNorm (SPEC §6).
+#pragma once
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "xlstm/blocks/mlstm_block.hpp"
+#include "xlstm/blocks/slstm_block.hpp"
+
+namespace xlstm {
+
+/// Mirrors the official xLSTMBlockStackConfig (SPEC §6.1).
+struct BlockStackConfig {
+  std::optional<MLstmBlockConfig> mlstm_block;
+  std::optional<SLstmBlockConfig> slstm_block;
+  Index context_length = -1;
+  Index num_blocks = 1;
+  Index embedding_dim = 128;
+  bool add_post_blocks_norm = true;
+  bool bias = false;
+  double dropout = 0.0;
+  /// Indices of the sLSTM blocks; `slstm_at_all` means every index.
+  std::vector<Index> slstm_at;
+  bool slstm_at_all = false;
+
+  /// 0 = mLSTM, 1 = sLSTM per block (the official `_block_map`).
+  std::vector<int> block_map() const {
+    std::vector<int> map(std::size_t(std::max<Index>(num_blocks, 0)), 0);
+    const bool all = slstm_at_all || !mlstm_block;
+    for (std::size_t i = 0; i < map.size(); ++i) {
+      if (all || std::find(slstm_at.begin(), slstm_at.end(), Index(i)) != slstm_at.end()) {
+        map[i] = 1;
+      }
+    }
+    return map;
+  }
+
+  /// "0,1,0" as the official config stores it.
+  std::string block_map_string() const {
+    std::string s;
+    for (int b : block_map()) s += (s.empty() ? "" : ",") + std::to_string(b);
+    return s;
+  }
+
+  /// The official __post_init__ propagation (SPEC §6.1).
+  void post_init() {
+    if (mlstm_block) {
+      auto& m = mlstm_block->mlstm;
+      m.embedding_dim = embedding_dim;
+      m.bias = bias;
+      m.dropout = dropout;
+      m.context_length = context_length;
+      m._num_blocks = num_blocks;
+      mlstm_block->_num_blocks = num_blocks;
+      mlstm_block->post_init();
+    }
+    if (slstm_block) {
+      auto& s = slstm_block->slstm;
+      s.dropout = dropout;
+      s.embedding_dim = embedding_dim;
+      s._num_blocks = num_blocks;
+      slstm_block->_num_blocks = num_blocks;
+      slstm_block->post_init();
+    }
+  }
+
+  void validate() const {
+    const char* where = "xLSTMBlockStackConfig";
+    check_positive(num_blocks, where, "num_blocks");
+    check_positive(embedding_dim, where, "embedding_dim");
+    check(mlstm_block || slstm_block, where, ": needs 'mlstm_block' or 'slstm_block'");
+    for (Index i : slstm_at) {
+      check(i >= 0 && i < num_blocks, where, ": 'slstm_at' entry ", i, " is out of range [0, ",
+            num_blocks, ")");
+    }
+    const auto map = block_map();
+    const bool any_slstm = std::find(map.begin(), map.end(), 1) != map.end();
+    const bool any_mlstm = std::find(map.begin(), map.end(), 0) != map.end();
+    check(!any_slstm || slstm_block, where, ": 'slstm_at' places sLSTM blocks but 'slstm_block' is null");
+    check(!any_mlstm || mlstm_block, where, ": mLSTM blocks are placed but 'mlstm_block' is null");
+  }
+};
+
+template <typename Scalar>
+using BlockState = std::variant<MLstmBlockState<Scalar>, SLstmBlockState<Scalar>>;
+
+/// The states of all blocks, in block order, plus the step workspace.
+template <typename Scalar>
+struct BlockStackState {
+  std::vector<BlockState<Scalar>> blocks;
+  Matrix<Scalar> ping, pong;  ///< step workspace: activations between blocks (B x E)
+
+  Index batch() const { return ping.rows(); }
+
+  void reset() {
+    for (auto& b : blocks) std::visit([](auto& s) { s.reset(); }, b);
+  }
+  void reset_row(Index row) {
+    check(row >= 0 && row < batch(), "BlockStackState::reset_row: argument 'row' must be in [0, ",
+          batch(), "), got ", row);
+    for (auto& b : blocks) std::visit([row](auto& s) { s.reset_row(row); }, b);
+  }
+};
+
+template <typename Scalar_>
+class BlockStack {
+ public:
+  using Scalar = Scalar_;
+  using Config = BlockStackConfig;
+  using State = BlockStackState<Scalar>;
+  using Block = std::variant<MLstmBlock<Scalar>, SLstmBlock<Scalar>>;
+
+  explicit BlockStack(Config config) : config_(std::move(config)) {
+    config_.post_init();
+    config_.validate();
+    const auto map = config_.block_map();
+    for (std::size_t i = 0; i < map.size(); ++i) {
+      // Each block gets its index in the whole stack (used by the sLSTM bias init).
+      if (map[i] == 0) {
+        MLstmBlockConfig c = *config_.mlstm_block;
+        c._block_idx = Index(i);
+        blocks_.emplace_back(std::in_place_type<MLstmBlock<Scalar>>, c);
+      } else {
+        SLstmBlockConfig c = *config_.slstm_block;
+        c._block_idx = Index(i);
+        blocks_.emplace_back(std::in_place_type<SLstmBlock<Scalar>>, c);
+      }
+    }
+    if (config_.add_post_blocks_norm) post_blocks_norm_ = make_layer_norm<Scalar>(embedding_dim());
+  }
+
+  const Config& config() const { return config_; }
+  Index embedding_dim() const { return config_.embedding_dim; }
+  Index num_blocks() const { return Index(blocks_.size()); }
+  const std::vector<Block>& blocks() const { return blocks_; }
+  std::vector<Block>& blocks() { return blocks_; }
+
+  State initial_state(Index batch) const {
+    State s;
+    for (const auto& b : blocks_) {
+      std::visit([&](const auto& block) { s.blocks.emplace_back(block.initial_state(batch)); }, b);
+    }
+    s.ping.resize(batch, embedding_dim());
+    s.pong.resize(batch, embedding_dim());
+    return s;
+  }
+
+  /// x, y: B x T x E.
+  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
+    check_state(state, x.batch(), "BlockStack::forward");
+    Sequence<Scalar> a = x, b;
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      std::visit(
+          [&](const auto& block) {
+            using B = std::decay_t<decltype(block)>;
+            block.forward(a, std::get<typename B::State>(state.blocks[i]), b);
+          },
+          blocks_[i]);
+      std::swap(a, b);
+    }
+    if (config_.add_post_blocks_norm) post_blocks_norm_.forward(a.matrix(), a.matrix());
+    y = std::move(a);
+  }
+
+  /// One step: x_t, y_t are B x E. Does not allocate.
+  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
+    check_state(state, x_t.rows(), "BlockStack::step");
+    check(x_t.cols() == embedding_dim() && y_t.rows() == x_t.rows() &&
+              y_t.cols() == embedding_dim(),
+          "BlockStack::step: arguments 'x_t' and 'y_t' must be ", x_t.rows(), " x ",
+          embedding_dim(), ", got ", x_t.rows(), " x ", x_t.cols(), " and ", y_t.rows(), " x ",
+          y_t.cols());
+    state.ping = x_t;
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      std::visit(
+          [&](const auto& block) {
+            using B = std::decay_t<decltype(block)>;
+            block.step(state.ping, std::get<typename B::State>(state.blocks[i]), state.pong);
+          },
+          blocks_[i]);
+      state.ping.swap(state.pong);  // swaps buffers, no allocation
+    }
+    if (config_.add_post_blocks_norm) {
+      post_blocks_norm_.forward(state.ping, y_t);
+    } else {
+      y_t = state.ping;
+    }
+  }
+
+  /// Official names (SPEC §7.1): "blocks.<i>." and "post_blocks_norm.".
+  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      std::visit(
+          [&](auto& block) {
+            block.collect_parameters(prefix + "blocks." + std::to_string(i) + ".", list);
+          },
+          blocks_[i]);
+    }
+    if (config_.add_post_blocks_norm) {
+      post_blocks_norm_.collect_parameters(prefix + "post_blocks_norm.", list);
+    }
+  }
+
+  void initialize(Rng& rng) {
+    for (auto& b : blocks_) std::visit([&](auto& block) { block.initialize(rng); }, b);
+    if (config_.add_post_blocks_norm) post_blocks_norm_.weight().setZero();
+  }
+
+ private:
+  void check_state(const State& state, Index batch, const char* where) const {
+    check(state.blocks.size() == blocks_.size(), where, ": argument 'state' has ",
+          state.blocks.size(), " block states, the stack has ", blocks_.size(),
+          " blocks (make it with initial_state)");
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      check(state.blocks[i].index() == blocks_[i].index(), where, ": block state ", i,
+            " is of the wrong kind");
+    }
+    check(state.batch() == batch, where, ": the input has batch ", batch,
+          " but the state was made for batch ", state.batch());
+  }
+
+  Config config_;
+  std::vector<Block> blocks_;
+  GroupedNorm<Scalar> post_blocks_norm_;
+};
+
+}  // namespace xlstm

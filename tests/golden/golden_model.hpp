@@ -1,0 +1,94 @@
+// Golden runners for blocks, stacks and the NeurIPS language model
+// (FORMAT.md §5.3-§5.7). Modules are built from the file's `config` with the
+// public config reader and loaded with the public checkpoint loader.
+#pragma once
+
+#include "golden/golden_case.hpp"
+#include "xlstm/io/checkpoint.hpp"
+#include "xlstm/io/config_json.hpp"
+#include "xlstm/io/state_io.hpp"
+
+namespace golden {
+
+template <typename Module>
+void run_sequence_module(GoldenCase& g, Module& module) {
+  xlstm::io::load_module(module, g.file(), {"param."});
+  const auto x = g.sequence<typename Module::Scalar>("input.x");
+  auto state = module.initial_state(x.batch());
+  Sequence<typename Module::Scalar> y;
+  module.forward(x, state, y);
+  g.compare("output.y", y);
+}
+
+template <typename Scalar>
+void run_mlstm_block(GoldenCase& g) {
+  xlstm::MLstmBlock<Scalar> block(xlstm::io::mlstm_block_config_from_json(g.config()));
+  run_sequence_module(g, block);
+}
+
+template <typename Scalar>
+void run_slstm_block(GoldenCase& g) {
+  xlstm::SLstmBlock<Scalar> block(xlstm::io::slstm_block_config_from_json(g.config()));
+  run_sequence_module(g, block);
+}
+
+template <typename Scalar>
+void run_block_stack(GoldenCase& g) {
+  xlstm::BlockStack<Scalar> stack(xlstm::io::block_stack_config_from_json(g.config()));
+  run_sequence_module(g, stack);
+}
+
+inline xlstm::Tokens tokens_of(const GoldenCase& g) {
+  const auto shape = g.shape("input.tokens");
+  xlstm::Tokens tokens{Index(shape[0]), Index(shape[1])};
+  g.file().read_into<std::int64_t>("input.tokens", tokens.data(), std::size_t(tokens.size()));
+  return tokens;
+}
+
+template <typename Scalar>
+void run_lm_model(GoldenCase& g) {
+  xlstm::LanguageModel<Scalar> model(xlstm::io::language_model_config_from_json(g.config()));
+  xlstm::io::load_module(model, g.file(), {"param."});
+  const auto tokens = tokens_of(g);
+  auto state = model.initial_state(tokens.rows());
+  Sequence<Scalar> logits;
+  model.forward(tokens, state, logits);
+  g.compare("output.logits", logits);
+}
+
+/// Token by token with step(); also the full forward of the same model, and
+/// the final step states through the public state writer.
+template <typename Scalar>
+void run_lm_step(GoldenCase& g) {
+  xlstm::LanguageModel<Scalar> model(xlstm::io::language_model_config_from_json(g.config()));
+  xlstm::io::load_module(model, g.file(), {"param."});
+  const auto tokens = tokens_of(g);
+  const Index batch = tokens.rows(), time = tokens.cols();
+
+  auto state = model.initial_state(batch);
+  Sequence<Scalar> logits(batch, time, model.vocab_size());
+  xlstm::Matrix<Scalar> step_logits(batch, model.vocab_size());
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(batch));
+  for (Index t = 0; t < time; ++t) {
+    for (Index b = 0; b < batch; ++b) ids[std::size_t(b)] = tokens(b, t);
+    model.step(ids, state, step_logits);
+    for (Index b = 0; b < batch; ++b) logits.at(b, t) = step_logits.row(b);
+  }
+  g.compare("output.logits", logits);
+
+  xlstm::io::SafetensorsWriter writer;
+  xlstm::io::add_state(writer, state.stack, "state_out.");
+  const auto saved = xlstm::io::SafetensorsFile::from_bytes(writer.to_bytes(), "saved state");
+  for (const auto& name : saved.names()) {
+    ASSERT_TRUE(g.has(name)) << "state tensor " << name << " is not in the golden file";
+    EXPECT_EQ(saved.info(name).shape, g.shape(name)) << name;
+    g.compare(name, saved.read<double>(name));
+  }
+
+  auto fresh = model.initial_state(batch);
+  Sequence<Scalar> forward_logits;
+  model.forward(tokens, fresh, forward_logits);
+  g.compare("output.logits_forward", forward_logits);
+}
+
+}  // namespace golden
