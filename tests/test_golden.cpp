@@ -50,6 +50,7 @@ XLSTM_GOLDEN_KIND(SLstmBlockKind, golden::run_slstm_block)
 XLSTM_GOLDEN_KIND(BlockStackKind, golden::run_block_stack)
 XLSTM_GOLDEN_KIND(LmModelKind, golden::run_lm_model)
 XLSTM_GOLDEN_KIND(LmStepKind, golden::run_lm_step)
+XLSTM_GOLDEN_KIND(XlstmLargeKind, golden::run_xlstm_large)
 
 // Kinds whose module exists map to runners; the others are known but skipped.
 const std::map<std::string, KindRunners>& implemented_kinds() {
@@ -61,6 +62,7 @@ const std::map<std::string, KindRunners>& implemented_kinds() {
       {"block_stack", runners_for<BlockStackKind>()},
       {"lm_model", runners_for<LmModelKind>()},
       {"lm_step", runners_for<LmStepKind>()},
+      {"xlstm_large", runners_for<XlstmLargeKind>()},
   };
   return kinds;
 }

@@ -6,6 +6,7 @@
 #include "golden/golden_case.hpp"
 #include "xlstm/io/checkpoint.hpp"
 #include "xlstm/io/config_json.hpp"
+#include "xlstm/io/large_checkpoint.hpp"
 #include "xlstm/io/state_io.hpp"
 
 namespace golden {
@@ -89,6 +90,57 @@ void run_lm_step(GoldenCase& g) {
   Sequence<Scalar> forward_logits;
   model.forward(tokens, fresh, forward_logits);
   g.compare("output.logits_forward", forward_logits);
+}
+
+/// xLSTM-Large (FORMAT.md §5.8): full-sequence logits, final states (kernel
+/// convention) and, in inference-mode files, token-by-token logits. The model
+/// is also saved in fused weight mode and reloaded, and the fused model must
+/// give the same logits: both weight modes are checked against the file.
+template <typename Scalar>
+void run_xlstm_large(GoldenCase& g) {
+  namespace io = xlstm::io;
+  const auto config = io::large_model_config_from_json(g.config());
+  io::LargeLoadOptions options;
+  options.prefix = "param.";
+  const auto files = io::CheckpointFiles::from_file(g.file());
+  const auto model = io::load_large_model<Scalar>(files, config, options);
+  const auto tokens = tokens_of(g);
+  const Index batch = tokens.rows(), time = tokens.cols();
+
+  auto state = model.initial_state(batch);
+  Sequence<Scalar> logits;
+  model.forward(tokens, state, logits);
+  g.compare("output.logits", logits);
+  for (std::size_t b = 0; b < state.blocks.size(); ++b) {
+    const std::string p = "state_out.block_" + std::to_string(b) + ".";
+    g.compare(p + "c", GoldenCase::to_double(state.blocks[b].C));
+    g.compare(p + "n", GoldenCase::to_double(state.blocks[b].n));
+    g.compare(p + "m", GoldenCase::to_double(state.blocks[b].m));
+  }
+
+  if (g.has("output.logits_step")) {
+    auto step_state = model.initial_state(batch);
+    Sequence<Scalar> step_logits(batch, time, model.vocab_size());
+    xlstm::Matrix<Scalar> row(batch, model.vocab_size());
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(batch));
+    for (Index t = 0; t < time; ++t) {
+      for (Index b = 0; b < batch; ++b) ids[std::size_t(b)] = tokens(b, t);
+      model.step(ids, step_state, row);
+      for (Index b = 0; b < batch; ++b) step_logits.at(b, t) = row.row(b);
+    }
+    g.compare("output.logits_step", step_logits);
+  }
+
+  // The other weight mode: save fused, reload, same logits within the file's tolerance.
+  const std::string dir = ::testing::TempDir() + "/xlstm_large_fused_" + g.dtype();
+  io::save_large_model(model, dir, io::LargeNaming::official, /*fused=*/true, std::nullopt, 1,
+                       /*as_directory=*/true);
+  const auto fused = io::load_large_model<Scalar>(dir);
+  ASSERT_EQ(fused.config().weight_mode, "fused");
+  auto fused_state = fused.initial_state(batch);
+  Sequence<Scalar> fused_logits;
+  fused.forward(tokens, fused_state, fused_logits);
+  g.compare("output.logits", fused_logits);
 }
 
 }  // namespace golden

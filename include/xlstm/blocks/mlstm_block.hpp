@@ -90,6 +90,10 @@ struct MLstmBlockState {
     conv.reset_row(b);
     cell.reset_row(b);
   }
+  void copy_row_from(const MLstmBlockState& other, Index src, Index dst) {
+    conv.copy_row_from(other.conv, src, dst);
+    cell.copy_row_from(other.cell, src, dst);
+  }
 };
 
 template <typename Scalar_>

@@ -128,6 +128,10 @@ struct SLstmBlockState {
     conv.reset_row(b);
     cell.reset_row(b);
   }
+  void copy_row_from(const SLstmBlockState& other, Index src, Index dst) {
+    conv.copy_row_from(other.conv, src, dst);
+    cell.copy_row_from(other.cell, src, dst);
+  }
 };
 
 template <typename Scalar_>

@@ -100,6 +100,21 @@ struct MLstmState {
     m.segment(row * num_heads, num_heads).setZero();
   }
 
+  /// Copies batch row `src` of `other` into row `dst` of this state (to move
+  /// sequences between batches). The states must have the same head sizes.
+  void copy_row_from(const MLstmState& other, Index src, Index dst) {
+    check(other.num_heads == num_heads && other.qk_head_dim == qk_head_dim &&
+              other.v_head_dim == v_head_dim && other.convention == convention,
+          "MLstmState::copy_row_from: the states have different head sizes or conventions");
+    check(src >= 0 && src < other.batch && dst >= 0 && dst < batch,
+          "MLstmState::copy_row_from: rows ", src, " -> ", dst, " out of range (", other.batch,
+          " and ", batch, " rows)");
+    const Index c_rows = num_heads * qk_head_dim;
+    C.middleRows(dst * c_rows, c_rows) = other.C.middleRows(src * c_rows, c_rows);
+    n.middleRows(dst * num_heads, num_heads) = other.n.middleRows(src * num_heads, num_heads);
+    m.segment(dst * num_heads, num_heads) = other.m.segment(src * num_heads, num_heads);
+  }
+
   bool is_zero() const {
     return (C.array() == Scalar(0)).all() && (n.array() == Scalar(0)).all() &&
            (m.array() == Scalar(0)).all();

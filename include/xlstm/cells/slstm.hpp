@@ -4,6 +4,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -76,6 +77,19 @@ struct SLstmState {
   /// Back to the zero state.
   void reset() {
     for (Matrix<Scalar>* s : {&y, &c, &n, &m}) s->setZero();
+  }
+
+  /// Copies batch row `src` of `other` into row `dst` of this state.
+  void copy_row_from(const SLstmState& other, Index src, Index dst) {
+    check(other.hidden_size() == hidden_size(), "SLstmState::copy_row_from: hidden sizes differ (",
+          other.hidden_size(), " vs ", hidden_size(), ")");
+    check(src >= 0 && src < other.batch() && dst >= 0 && dst < batch(),
+          "SLstmState::copy_row_from: rows ", src, " -> ", dst, " out of range (", other.batch(),
+          " and ", batch(), " rows)");
+    y.row(dst) = other.y.row(src);
+    c.row(dst) = other.c.row(src);
+    n.row(dst) = other.n.row(src);
+    m.row(dst) = other.m.row(src);
   }
 
   /// Resets batch row `row` only; the others continue.
@@ -224,10 +238,26 @@ class SLstmCell {
     // SPEC §2.3: raw = x + R y + b. R y is one product per head over all batch
     // rows, written head-major (column h*4DH + g*DH + j) into the workspace;
     // x and b are gate-major and added per (head, gate) segment.
+    //
+    // No allocation: Eigen's matrix product packs its operands into buffers of
+    // at most DH x (rows resp. columns of the result) scalars, on the stack if
+    // a buffer fits in EIGEN_STACK_ALLOCATION_LIMIT bytes, else on the heap.
+    // Products over panels of at most `panel` rows and columns keep both on
+    // the stack; usual sizes (4*DH*DH*sizeof(Scalar) <= 128 KiB) need one panel.
+    const Index panel =
+        std::max<Index>(1, Index(EIGEN_STACK_ALLOCATION_LIMIT) / (Index(sizeof(Scalar)) * dh));
     for (Index head = 0; head < nh; ++head) {
       auto raw = state.recurrent.middleCols(head * 4 * dh, 4 * dh);
-      raw.noalias() = state.y.middleCols(head * dh, dh) *
-                      recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh).transpose();
+      const auto y_head = state.y.middleCols(head * dh, dh);
+      const auto kernel = recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh);
+      for (Index r0 = 0; r0 < batch; r0 += panel) {
+        const Index rows = std::min(panel, batch - r0);
+        for (Index c0 = 0; c0 < 4 * dh; c0 += panel) {
+          const Index cols = std::min(panel, 4 * dh - c0);
+          raw.block(r0, c0, rows, cols).noalias() =
+              y_head.middleRows(r0, rows) * kernel.middleRows(c0, cols).transpose();
+        }
+      }
       for (Index g = 0; g < 4; ++g) {
         raw.middleCols(g * dh, dh) += x.middleCols(g * h + head * dh, dh);
         raw.middleCols(g * dh, dh).rowwise() += bias_.segment(g * h + head * dh, dh).transpose();

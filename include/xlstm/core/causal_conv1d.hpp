@@ -25,6 +25,14 @@ struct CausalConv1dState {
   Index batch() const { return kernel_size > 0 ? window.rows() / kernel_size : 0; }
   void reset() { window.setZero(); }
   void reset_row(Index b) { window.middleRows(b * kernel_size, kernel_size).setZero(); }
+  void copy_row_from(const CausalConv1dState& other, Index src, Index dst) {
+    check(other.kernel_size == kernel_size && other.window.cols() == window.cols(),
+          "CausalConv1dState::copy_row_from: the windows have different sizes");
+    check(src >= 0 && src < other.batch() && dst >= 0 && dst < batch(),
+          "CausalConv1dState::copy_row_from: rows ", src, " -> ", dst, " out of range");
+    window.middleRows(dst * kernel_size, kernel_size) =
+        other.window.middleRows(src * kernel_size, kernel_size);
+  }
 };
 
 template <typename Scalar_>

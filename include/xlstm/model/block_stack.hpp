@@ -104,6 +104,21 @@ struct BlockStackState {
           batch(), "), got ", row);
     for (auto& b : blocks) std::visit([row](auto& s) { s.reset_row(row); }, b);
   }
+  /// Copies batch row `src` of `other` (a state of the same stack) into row `dst`.
+  void copy_row_from(const BlockStackState& other, Index src, Index dst) {
+    check(other.blocks.size() == blocks.size(),
+          "BlockStackState::copy_row_from: the states belong to different stacks");
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      check(other.blocks[i].index() == blocks[i].index(),
+            "BlockStackState::copy_row_from: block ", i, " is of a different kind");
+      std::visit(
+          [&](auto& s) {
+            using S = std::decay_t<decltype(s)>;
+            s.copy_row_from(std::get<S>(other.blocks[i]), src, dst);
+          },
+          blocks[i]);
+    }
+  }
 };
 
 template <typename Scalar_>

@@ -34,6 +34,9 @@ struct LanguageModelState {
   Index batch() const { return stack.batch(); }
   void reset() { stack.reset(); }
   void reset_row(Index row) { stack.reset_row(row); }
+  void copy_row_from(const LanguageModelState& other, Index src, Index dst) {
+    stack.copy_row_from(other.stack, src, dst);
+  }
 };
 
 template <typename Scalar_>

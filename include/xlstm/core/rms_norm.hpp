@@ -1,0 +1,53 @@
+// RMSNorm of xLSTM-Large (SPEC §9.2): x / sqrt(mean(x^2) + eps) * w (+ b).
+#pragma once
+
+#include <cmath>
+#include <string>
+
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/parameters.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+template <typename Scalar_>
+class RmsNorm {
+ public:
+  using Scalar = Scalar_;
+
+  RmsNorm() = default;
+  RmsNorm(Index features, double eps, bool bias) : eps_(Scalar(eps)) {
+    check_positive(features, "RmsNorm", "features");
+    weight_.setOnes(features);
+    if (bias) bias_.setZero(features);
+  }
+
+  Index features() const { return weight_.size(); }
+  Vector<Scalar>& weight() { return weight_; }
+  const Vector<Scalar>& weight() const { return weight_; }
+  Vector<Scalar>& bias() { return bias_; }
+  const Vector<Scalar>& bias() const { return bias_; }
+
+  /// x, y: N x features (y may be x).
+  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
+    check(x.cols() == features() && y.cols() == features() && y.rows() == x.rows(),
+          "RmsNorm::forward: expected N x ", features(), " input and output, got ", x.rows(), " x ",
+          x.cols(), " and ", y.rows(), " x ", y.cols());
+    for (Index r = 0; r < x.rows(); ++r) {
+      const Scalar inv = Scalar(1) / std::sqrt(x.row(r).squaredNorm() / Scalar(x.cols()) + eps_);
+      y.row(r).array() = x.row(r).array() * inv * weight_.transpose().array();
+    }
+    if (bias_.size() > 0) y.rowwise() += bias_.transpose();
+  }
+
+  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
+    add_parameter(list, prefix, "weight", {std::size_t(features())}, weight_);
+    if (bias_.size() > 0) add_parameter(list, prefix, "bias", {std::size_t(features())}, bias_);
+  }
+
+ private:
+  Scalar eps_ = Scalar(1e-6);
+  Vector<Scalar> weight_, bias_;
+};
+
+}  // namespace xlstm

@@ -1,0 +1,153 @@
+// WeightMatrix: a (out x in) weight used as y = x W^T, stored either in the
+// model's Scalar type or as 16-bit floats (BF16/F16) that stay 16-bit in
+// memory — often a view straight into a memory-mapped checkpoint.
+//
+// Half-precision products decode a tile of rows at a time into a small
+// per-thread scratch buffer and multiply it with Eigen, so accumulation is in
+// Scalar (float or double) and no full-size float copy of the weights exists.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/half.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+enum class WeightStorage {
+  native,  ///< Scalar, owned
+  bf16,    ///< bfloat16 bits
+  f16,     ///< IEEE half bits
+};
+
+template <typename Scalar_>
+class WeightMatrix {
+ public:
+  using Scalar = Scalar_;
+
+  WeightMatrix() = default;
+  explicit WeightMatrix(Matrix<Scalar> native) : native_(std::move(native)) {
+    rows_ = native_.rows();
+    cols_ = native_.cols();
+  }
+  WeightMatrix(Index rows, Index cols) : WeightMatrix(Matrix<Scalar>::Zero(rows, cols)) {}
+
+  /// A view of rows x cols 16-bit values at `bits` (row-major). `keep_alive`
+  /// owns the memory (e.g. the mapped file) for as long as the view lives.
+  static WeightMatrix half_view(WeightStorage storage, const std::uint16_t* bits, Index rows,
+                                Index cols, std::shared_ptr<const void> keep_alive) {
+    check(storage != WeightStorage::native, "WeightMatrix::half_view: storage must be bf16 or f16");
+    WeightMatrix w;
+    w.storage_ = storage;
+    w.half_ = bits;
+    w.rows_ = rows;
+    w.cols_ = cols;
+    w.keep_alive_ = std::move(keep_alive);
+    return w;
+  }
+
+  /// Owned 16-bit values (used when the file's data is not 2-byte aligned).
+  static WeightMatrix half_owned(WeightStorage storage, std::vector<std::uint16_t> bits, Index rows,
+                                 Index cols) {
+    auto owner = std::make_shared<std::vector<std::uint16_t>>(std::move(bits));
+    check(Index(owner->size()) == rows * cols, "WeightMatrix::half_owned: ", owner->size(),
+          " values for a ", rows, " x ", cols, " matrix");
+    const std::uint16_t* data = owner->data();
+    return half_view(storage, data, rows, cols, std::move(owner));
+  }
+
+  Index rows() const { return rows_; }
+  Index cols() const { return cols_; }
+  WeightStorage storage() const { return storage_; }
+  bool is_half() const { return storage_ != WeightStorage::native; }
+  /// Bytes the weights occupy (what one full product reads).
+  std::size_t bytes() const {
+    return std::size_t(rows_ * cols_) * (is_half() ? 2 : sizeof(Scalar));
+  }
+
+  /// The Scalar matrix (native storage only).
+  Matrix<Scalar>& native() {
+    check(!is_half(), "WeightMatrix::native: the weights are stored as 16-bit floats");
+    return native_;
+  }
+  const Matrix<Scalar>& native() const {
+    check(!is_half(), "WeightMatrix::native: the weights are stored as 16-bit floats");
+    return native_;
+  }
+
+  /// Rows [start, start + count) as a matrix of its own (a view for 16-bit
+  /// storage, a copy for native storage).
+  WeightMatrix row_range(Index start, Index count) const {
+    check(start >= 0 && count >= 0 && start + count <= rows_, "WeightMatrix::row_range: rows [",
+          start, ", ", start + count, ") out of [0, ", rows_, ")");
+    if (!is_half()) return WeightMatrix(Matrix<Scalar>(native_.middleRows(start, count)));
+    return half_view(storage_, half_ + start * cols_, count, cols_, keep_alive_);
+  }
+
+  /// out = row r of W, decoded.
+  template <typename Out>
+  void copy_row(Index r, Out&& out) const {
+    if (!is_half()) {
+      out = native_.row(r);
+      return;
+    }
+    for (Index c = 0; c < cols_; ++c) out(c) = Scalar(decode(half_[r * cols_ + c]));
+  }
+
+  /// y = x W^T, or y += x W^T with `accumulate`. x: N x cols, y: N x rows.
+  void multiply_transposed(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+                           bool accumulate = false) const {
+    check(x.cols() == cols_ && y.rows() == x.rows() && y.cols() == rows_,
+          "WeightMatrix: expected x N x ", cols_, " and y N x ", rows_, ", got x ", x.rows(), " x ",
+          x.cols(), " and y ", y.rows(), " x ", y.cols());
+    if (!is_half()) {
+      if (accumulate) {
+        y.noalias() += x * native_.transpose();
+      } else {
+        y.noalias() = x * native_.transpose();
+      }
+      return;
+    }
+    // Tiles of rows small enough to stay in cache while the product reads them.
+    const Index tile = std::max<Index>(16, std::min<Index>(rows_, (Index(1) << 18) / std::max<Index>(cols_, 1)));
+    thread_local Matrix<Scalar> scratch;
+    if (scratch.rows() < tile || scratch.cols() != cols_) scratch.resize(tile, cols_);
+    for (Index r0 = 0; r0 < rows_; r0 += tile) {
+      const Index count = std::min(tile, rows_ - r0);
+      decode_rows(r0, count, scratch.data());
+      auto w = scratch.topRows(count);
+      if (accumulate) {
+        y.middleCols(r0, count).noalias() += x * w.transpose();
+      } else {
+        y.middleCols(r0, count).noalias() = x * w.transpose();
+      }
+    }
+  }
+
+ private:
+  float decode(std::uint16_t bits) const {
+    return storage_ == WeightStorage::bf16 ? bf16_to_float(bits) : f16_to_float(bits);
+  }
+
+  void decode_rows(Index r0, Index count, Scalar* out) const {
+    const std::uint16_t* in = half_ + r0 * cols_;
+    const Index n = count * cols_;
+    if (storage_ == WeightStorage::bf16) {
+      // A bfloat16 is the upper half of a float: a shift, which vectorises.
+      for (Index i = 0; i < n; ++i) out[i] = Scalar(bf16_to_float(in[i]));
+    } else {
+      for (Index i = 0; i < n; ++i) out[i] = Scalar(f16_to_float(in[i]));
+    }
+  }
+
+  WeightStorage storage_ = WeightStorage::native;
+  Index rows_ = 0, cols_ = 0;
+  Matrix<Scalar> native_;
+  const std::uint16_t* half_ = nullptr;
+  std::shared_ptr<const void> keep_alive_;
+};
+
+}  // namespace xlstm
