@@ -157,7 +157,15 @@ class MLstmBlock {
   /// parallel form like the official forward (SPEC §5.2); otherwise chunkwise.
   void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y,
                MLstmForm form = MLstmForm::automatic) const {
+    forward(x, Lengths{}, state, y, form);
+  }
+
+  /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
+  /// final state equal running it alone; outputs past its length are zero.
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+               Sequence<Scalar>& y, MLstmForm form = MLstmForm::automatic) const {
     check_input(x.features(), x.batch(), state, "MLstmBlock::forward", "x");
+    check_lengths(lengths, x.batch(), x.time(), "MLstmBlock::forward");
     check(x.time() > 0, "MLstmBlock::forward: argument 'x' must have at least one time step");
     const Index batch = x.batch(), time = x.time(), inner = inner_dim();
     Matrix<Scalar> normed(x.matrix().rows(), embedding_dim());
@@ -166,7 +174,7 @@ class MLstmBlock {
     proj_up_.forward(normed, up);
     Sequence<Scalar> x_m(batch, time, inner), conv_act;
     x_m.matrix() = up.leftCols(inner);
-    conv1d_.forward(x_m, state.conv, conv_act);
+    conv1d_.forward(x_m, lengths, state.conv, conv_act);
     conv_act.matrix().array() = silu(conv_act.matrix().array());
     Matrix<Scalar> qkv(up.rows(), 3 * inner);
     q_proj_.forward(conv_act.matrix(), qkv.leftCols(inner));
@@ -177,12 +185,13 @@ class MLstmBlock {
     fgate_.forward(qkv, gate_f);
     Matrix<Scalar> h(up.rows(), inner);
     cell_.forward(batch, time, qkv.leftCols(inner), qkv.middleCols(inner, inner),
-                  qkv.rightCols(inner), gate_i, gate_f, state.cell, h, form);
+                  qkv.rightCols(inner), gate_i, gate_f, state.cell, h, form, lengths);
     outnorm_.forward(h, h);
     apply_skip_and_output_gate(h, conv_act.matrix(), up.rightCols(inner));
     y.resize(batch, time, embedding_dim());
     proj_down_.forward(h, y.matrix());
     y.matrix() += x.matrix();
+    zero_padding(y, lengths);
   }
 
   /// One step: x_t, y_t are B x E (y_t must not alias x_t). Does not allocate.

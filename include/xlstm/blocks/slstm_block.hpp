@@ -189,17 +189,25 @@ class SLstmBlock {
 
   /// x, y: B x T x E. `state` is the initial state and becomes the final one.
   void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
+    forward(x, Lengths{}, state, y);
+  }
+
+  /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
+  /// final state equal running it alone; outputs past its length are zero.
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+               Sequence<Scalar>& y) const {
     check_input(x.features(), x.batch(), state, "SLstmBlock::forward", "x");
+    check_lengths(lengths, x.batch(), x.time(), "SLstmBlock::forward");
     check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
     const Index batch = x.batch(), time = x.time(), e = embedding_dim();
     Sequence<Scalar> normed(batch, time, e), conv_act;
     xlstm_norm_.forward(x.matrix(), normed.matrix());
-    conv1d_.forward(normed, state.conv, conv_act);
+    conv1d_.forward(normed, lengths, state.conv, conv_act);
     if (!conv1d_.is_identity()) conv_act.matrix().array() = silu(conv_act.matrix().array());
     Sequence<Scalar> preact(batch, time, 4 * e);
     gate_preactivations(normed.matrix(), conv_act.matrix(), preact.matrix());
     Sequence<Scalar> cell_out;
-    cell_.forward(preact, state.cell, cell_out);
+    cell_.forward(preact, lengths, state.cell, cell_out);
     y.resize(batch, time, e);
     group_norm_.forward(cell_out.matrix(), y.matrix());
     y.matrix() += x.matrix();
@@ -209,6 +217,7 @@ class SLstmBlock {
       ffn_.forward(ffn_in, ffn_out, up);
       y.matrix() += ffn_out;
     }
+    zero_padding(y, lengths);
   }
 
   /// One step: x_t, y_t are B x E (y_t must not alias x_t). Does not allocate.

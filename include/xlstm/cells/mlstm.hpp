@@ -162,13 +162,28 @@ class MLstmCell {
             fgate.matrix(), state, h.matrix(), form);
   }
 
+  /// Ragged batch: row b runs `lengths[b]` steps exactly as if it ran alone;
+  /// its outputs after that are zero and its state is left after its last
+  /// valid step. Padded positions are never read.
+  void forward(const Sequence<Scalar>& q, const Sequence<Scalar>& k, const Sequence<Scalar>& v,
+               const Sequence<Scalar>& igate, const Sequence<Scalar>& fgate,
+               const Lengths& lengths, State& state, Sequence<Scalar>& h,
+               MLstmForm form = MLstmForm::automatic) const {
+    check_sequence_inputs(q, k, v, igate, fgate, state);
+    h.resize(q.batch(), q.time(), num_heads() * v_head_dim());
+    forward(q.batch(), q.time(), q.matrix(), k.matrix(), v.matrix(), igate.matrix(),
+            fgate.matrix(), state, h.matrix(), form, lengths);
+  }
+
   /// The same on (B*T)-row matrices (row b*T + t), e.g. column blocks of one
   /// wider matrix; h must be (B*T) x (NH*DHV).
   void forward(Index batch, Index time, const ConstMatrixRef<Scalar>& q,
                const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
                const ConstMatrixRef<Scalar>& igate, const ConstMatrixRef<Scalar>& fgate,
-               State& state, MatrixRef<Scalar> h, MLstmForm form = MLstmForm::automatic) const {
+               State& state, MatrixRef<Scalar> h, MLstmForm form = MLstmForm::automatic,
+               const Lengths& lengths = {}) const {
     check_state(state, "MLstmCell::forward");
+    check_lengths(lengths, batch, time, "MLstmCell::forward");
     check(batch == state.batch && time > 0, "MLstmCell::forward: 'batch' must equal the state's (",
           state.batch, ") and 'time' be positive, got ", batch, " and ", time);
     const Index rows = batch * time;
@@ -188,24 +203,27 @@ class MLstmCell {
     }
     Workspace ws;
     for (Index b = 0; b < batch; ++b) {
+      const Index len = length_of(lengths, b, time);
+      h.middleRows(b * time + len, time - len).setZero();  // padding
+      if (len == 0) continue;
       for (Index head = 0; head < num_heads(); ++head) {
-        HeadInputs in = head_inputs(q, k, v, igate, fgate, time, b, head);
-        auto h_out = h.block(b * time, head * v_head_dim(), time, v_head_dim());
+        HeadInputs in = head_inputs(q, k, v, igate, fgate, time, len, b, head);
+        auto h_out = h.block(b * time, head * v_head_dim(), len, v_head_dim());
         switch (form) {
           case MLstmForm::parallel:
             parallel_head(in, h_out, ws);
             // The final state: the inter-chunk recurrence over one chunk (§4.4a).
-            advance_state(in, 0, time, state, b, head, ws);
+            advance_state(in, 0, len, state, b, head, ws);
             break;
           case MLstmForm::chunkwise:
-            for (Index t0 = 0; t0 < time; t0 += config_.chunk_size) {
-              const Index len = std::min(config_.chunk_size, time - t0);
-              chunk_outputs(in, t0, len, state, b, head, h_out.middleRows(t0, len), ws);
-              advance_state(in, t0, len, state, b, head, ws);
+            for (Index t0 = 0; t0 < len; t0 += config_.chunk_size) {
+              const Index chunk = std::min(config_.chunk_size, len - t0);
+              chunk_outputs(in, t0, chunk, state, b, head, h_out.middleRows(t0, chunk), ws);
+              advance_state(in, t0, chunk, state, b, head, ws);
             }
             break;
           default:
-            for (Index t = 0; t < time; ++t) {
+            for (Index t = 0; t < len; ++t) {
               recurrent_step(in.q.row(t), in.k.row(t), in.v.row(t), in.igate(t), in.fgate(t),
                              state, b, head, h_out.row(t));
             }
@@ -256,15 +274,16 @@ class MLstmCell {
     Matrix<Scalar> log_decay, scores, qbar;
   };
 
+  /// The first `len` steps of batch row b, head `head` (rows b*time ...).
   HeadInputs head_inputs(const InputRef& q, const InputRef& k, const InputRef& v,
-                         const InputRef& igate, const InputRef& fgate, Index time, Index b,
-                         Index head) const {
+                         const InputRef& igate, const InputRef& fgate, Index time, Index len,
+                         Index b, Index head) const {
     const Index dqk = qk_head_dim(), dv = v_head_dim();
-    return HeadInputs{q.block(b * time, head * dqk, time, dqk),
-                      k.block(b * time, head * dqk, time, dqk),
-                      v.block(b * time, head * dv, time, dv),
-                      igate.template block<Eigen::Dynamic, 1>(b * time, head, time, 1),
-                      fgate.template block<Eigen::Dynamic, 1>(b * time, head, time, 1)};
+    return HeadInputs{q.block(b * time, head * dqk, len, dqk),
+                      k.block(b * time, head * dqk, len, dqk),
+                      v.block(b * time, head * dv, len, dv),
+                      igate.template block<Eigen::Dynamic, 1>(b * time, head, len, 1),
+                      fgate.template block<Eigen::Dynamic, 1>(b * time, head, len, 1)};
   }
 
   /// Scales applied to q and k: one of them carries 1/sqrt(DHQK).

@@ -188,7 +188,7 @@ class SLstmCell {
           "SLstmCell::step: argument 'preactivations' must be ", state.batch(), " x ",
           4 * hidden_size(), " (batch x 4*hidden_size), got ", preactivations.rows(), " x ",
           preactivations.cols());
-    step_unchecked(preactivations, state);
+    step_unchecked(preactivations, state, Lengths{}, 0);
   }
 
   /// Runs the cell over a sequence. `preactivations` is B x T x 4H; `y`
@@ -197,12 +197,21 @@ class SLstmCell {
   /// every step.
   void forward(const Sequence<Scalar>& preactivations, State& state, Sequence<Scalar>& y,
                SLstmTrace<Scalar>* trace = nullptr) const {
+    forward(preactivations, Lengths{}, state, y, trace);
+  }
+
+  /// Ragged batch: row b runs `lengths[b]` steps, exactly as if it ran alone;
+  /// its state is left after its last valid step and its outputs (and trace)
+  /// after that are zero.
+  void forward(const Sequence<Scalar>& preactivations, const Lengths& lengths, State& state,
+               Sequence<Scalar>& y, SLstmTrace<Scalar>* trace = nullptr) const {
     check_state(state, "SLstmCell::forward");
     check_equal(preactivations.features(), 4 * hidden_size(), "SLstmCell::forward",
                 "preactivations.features()");
     check_equal(preactivations.batch(), state.batch(), "SLstmCell::forward",
                 "preactivations.batch() (must match state.batch())");
     const Index batch = preactivations.batch(), time = preactivations.time(), h = hidden_size();
+    check_lengths(lengths, batch, time, "SLstmCell::forward");
     y.resize(batch, time, h);
     if (trace) {
       for (Sequence<Scalar>* s : {&trace->c, &trace->n, &trace->m}) s->resize(batch, time, h);
@@ -212,8 +221,17 @@ class SLstmCell {
       Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>> x_t(
           preactivations.matrix().data() + t * 4 * h, batch, 4 * h,
           Eigen::OuterStride<>(time * 4 * h));
-      step_unchecked(x_t, state);
+      step_unchecked(x_t, state, lengths, t);
       for (Index b = 0; b < batch; ++b) {
+        if (t >= length_of(lengths, b, time)) {
+          y.at(b, t).setZero();
+          if (trace) {
+            trace->c.at(b, t).setZero();
+            trace->n.at(b, t).setZero();
+            trace->m.at(b, t).setZero();
+          }
+          continue;
+        }
         y.at(b, t) = state.y.row(b);
         if (trace) {
           trace->c.at(b, t) = state.c.row(b);
@@ -232,8 +250,10 @@ class SLstmCell {
           state.hidden_size(), " (make it with initial_state(batch))");
   }
 
+  /// One step; with `lengths`, rows whose sequence ended before step `t` are
+  /// left untouched.
   template <typename Input>
-  void step_unchecked(const Input& x, State& state) const {
+  void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t) const {
     const Index batch = state.batch(), h = hidden_size(), dh = head_dim(), nh = num_heads();
     // SPEC §2.3: raw = x + R y + b. R y is one product per head over all batch
     // rows, written head-major (column h*4DH + g*DH + j) into the workspace;
@@ -266,6 +286,7 @@ class SLstmCell {
     // SPEC §2.4: the vanilla backend tests n == 0 over the whole batch.
     const bool first_step_everywhere = (state.n.array() == Scalar(0)).all();
     for (Index b = 0; b < batch; ++b) {
+      if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
       for (Index head = 0; head < nh; ++head) {
         auto raw = state.recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
         auto raw_i = raw.segment(0, dh), raw_f = raw.segment(dh, dh);

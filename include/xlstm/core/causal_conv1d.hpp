@@ -65,17 +65,28 @@ class CausalConv1d {
   /// from the state's window (zeros for a fresh state). The window is updated
   /// to the last K inputs.
   void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
+    forward(x, Lengths{}, state, y);
+  }
+
+  /// Ragged batch: row b uses its first lengths[b] steps; its window ends up
+  /// holding its last valid inputs; outputs past the length are zero.
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+               Sequence<Scalar>& y) const {
     check_equal(x.features(), features_, "CausalConv1d::forward", "x.features()");
-    const Index batch = x.batch(), time = x.time(), k = kernel_size_;
-    y.resize(batch, time, features_);
+    const Index batch = x.batch(), k = kernel_size_;
+    check_lengths(lengths, batch, x.time(), "CausalConv1d::forward");
+    y.resize(batch, x.time(), features_);
     if (k == 0) {
       y.matrix() = x.matrix();
+      zero_padding(y, lengths);
       return;
     }
     check_state(state, batch, "CausalConv1d::forward");
     for (Index b = 0; b < batch; ++b) {
-      const auto in = x.rows_of(b);
-      auto out = y.rows_of(b);
+      const Index time = length_of(lengths, b, x.time());
+      y.rows_of(b).bottomRows(x.time() - time).setZero();
+      const auto in = x.rows_of(b).topRows(time);
+      auto out = y.rows_of(b).topRows(time);
       auto window = state.window.middleRows(b * k, k);
       out.rowwise() = bias_.transpose();
       for (Index j = 0; j < k; ++j) {

@@ -90,4 +90,36 @@ class Sequence {
   Matrix<Scalar> data_;
 };
 
+/// Per-row sequence lengths of a ragged batch: row b has `lengths[b]` valid
+/// time steps (0 .. T); the positions after them are padding, never read
+/// into any state. An empty vector means every row has all T steps.
+using Lengths = std::vector<Index>;
+
+/// Valid steps of row b.
+inline Index length_of(const Lengths& lengths, Index b, Index time) {
+  return lengths.empty() ? time : lengths[std::size_t(b)];
+}
+
+/// Checks `lengths` against a batch of `batch` rows and `time` steps.
+inline void check_lengths(const Lengths& lengths, Index batch, Index time, const char* where) {
+  if (lengths.empty()) return;
+  check(Index(lengths.size()) == batch, where, ": argument 'lengths' must have one entry per batch "
+        "row (", batch, "), got ", lengths.size());
+  for (std::size_t b = 0; b < lengths.size(); ++b) {
+    check(lengths[b] >= 0 && lengths[b] <= time, where, ": lengths[", b, "] must be in [0, ", time,
+          "], got ", lengths[b]);
+  }
+}
+
+/// Sets the padded positions (t >= lengths[b]) of a sequence to zero, which is
+/// what every ragged forward returns there.
+template <typename Scalar>
+void zero_padding(Sequence<Scalar>& s, const Lengths& lengths) {
+  if (lengths.empty()) return;
+  for (Index b = 0; b < s.batch(); ++b) {
+    const Index len = lengths[std::size_t(b)];
+    s.rows_of(b).bottomRows(s.time() - len).setZero();
+  }
+}
+
 }  // namespace xlstm

@@ -166,18 +166,26 @@ class BlockStack {
 
   /// x, y: B x T x E.
   void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
+    forward(x, Lengths{}, state, y);
+  }
+
+  /// Ragged batch (see MLstmBlock::forward); outputs past a row's length are zero.
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+               Sequence<Scalar>& y) const {
     check_state(state, x.batch(), "BlockStack::forward");
+    check_lengths(lengths, x.batch(), x.time(), "BlockStack::forward");
     Sequence<Scalar> a = x, b;
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       std::visit(
           [&](const auto& block) {
             using B = std::decay_t<decltype(block)>;
-            block.forward(a, std::get<typename B::State>(state.blocks[i]), b);
+            block.forward(a, lengths, std::get<typename B::State>(state.blocks[i]), b);
           },
           blocks_[i]);
       std::swap(a, b);
     }
     if (config_.add_post_blocks_norm) post_blocks_norm_.forward(a.matrix(), a.matrix());
+    zero_padding(a, lengths);
     y = std::move(a);
   }
 

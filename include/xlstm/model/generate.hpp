@@ -96,10 +96,10 @@ class TokenSampler {
   std::vector<double> probs_;
 };
 
-/// Generates up to options.max_length tokens after each prompt. Each prompt
-/// is prefilled on its own (forward over its tokens), the rows are then
-/// gathered into one batch state and decoded together with step. Returns the
-/// new tokens per prompt (without the prompt; a stop token is included).
+/// Generates up to options.max_length tokens after each prompt. The prompts
+/// are prefilled in one ragged forward and then decoded together with step.
+/// Returns the new tokens per prompt (without the prompt; a stop token is
+/// included).
 template <typename Model>
 std::vector<std::vector<std::int64_t>> generate(
     const Model& model, const std::vector<std::vector<std::int64_t>>& prompts,
@@ -111,19 +111,24 @@ std::vector<std::vector<std::int64_t>> generate(
   if (batch == 0 || options.max_length == 0) return out;
 
   TokenSampler sample(options);
-  auto state = model.initial_state(batch);
-  Matrix<Scalar> last_logits(batch, model.vocab_size());
-  for (Index b = 0; b < batch; ++b) {
-    std::vector<std::int64_t> prompt = prompts[std::size_t(b)];
-    if (prompt.empty()) prompt.push_back(options.bos_token);
-    Tokens tokens(1, Index(prompt.size()));
-    for (std::size_t t = 0; t < prompt.size(); ++t) tokens(0, Index(t)) = prompt[t];
-    auto row_state = model.initial_state(1);
-    Sequence<Scalar> logits;
-    model.forward(tokens, row_state, logits);
-    state.copy_row_from(row_state, 0, b);
-    last_logits.row(b) = logits.at(0, logits.time() - 1);
+  // One ragged prefill over all prompts: each row's state ends after its own
+  // last prompt token.
+  Lengths lengths(prompts.size());
+  Index longest = 1;
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    lengths[b] = std::max<Index>(1, Index(prompts[b].size()));
+    longest = std::max(longest, lengths[b]);
   }
+  Tokens tokens = Tokens::Zero(batch, longest);
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    if (prompts[b].empty()) tokens(Index(b), 0) = options.bos_token;
+    for (std::size_t t = 0; t < prompts[b].size(); ++t) tokens(Index(b), Index(t)) = prompts[b][t];
+  }
+  auto state = model.initial_state(batch);
+  Sequence<Scalar> logits;
+  model.forward(tokens, lengths, state, logits);
+  Matrix<Scalar> last_logits(batch, model.vocab_size());
+  for (Index b = 0; b < batch; ++b) last_logits.row(b) = logits.at(b, lengths[std::size_t(b)] - 1);
 
   std::vector<bool> done(prompts.size(), false);
   std::vector<std::int64_t> next(prompts.size(), 0);

@@ -75,15 +75,26 @@ class LanguageModel {
 
   /// tokens: B x T ids in [0, vocab_size). logits: B x T x V.
   void forward(const Tokens& tokens, State& state, Sequence<Scalar>& logits) const {
+    forward(tokens, Lengths{}, state, logits);
+  }
+
+  /// Ragged batch: row b has lengths[b] valid tokens; the ids after them are
+  /// padding (never read, need not be valid) and their logits are zero.
+  void forward(const Tokens& tokens, const Lengths& lengths, State& state,
+               Sequence<Scalar>& logits) const {
     check(tokens.rows() == state.batch(), "LanguageModel::forward: argument 'tokens' has batch ",
           tokens.rows(), " but the state was made for batch ", state.batch());
     check(tokens.cols() > 0, "LanguageModel::forward: argument 'tokens' must have at least one "
                              "time step");
-    check_tokens(tokens, "LanguageModel::forward");
-    Sequence<Scalar> x(tokens.rows(), tokens.cols(), embedding_dim()), y;
-    for (Index b = 0; b < tokens.rows(); ++b)
-      for (Index t = 0; t < tokens.cols(); ++t) x.at(b, t) = embedding_.row(tokens(b, t));
-    stack_.forward(x, state.stack, y);
+    check_lengths(lengths, tokens.rows(), tokens.cols(), "LanguageModel::forward");
+    Sequence<Scalar> x = Sequence<Scalar>::zeros(tokens.rows(), tokens.cols(), embedding_dim()), y;
+    for (Index b = 0; b < tokens.rows(); ++b) {
+      for (Index t = 0; t < length_of(lengths, b, tokens.cols()); ++t) {
+        check_token(tokens(b, t), "LanguageModel::forward");
+        x.at(b, t) = embedding_.row(tokens(b, t));
+      }
+    }
+    stack_.forward(x, lengths, state.stack, y);
     logits.resize(tokens.rows(), tokens.cols(), vocab_size());
     logits.matrix().noalias() = y.matrix() * lm_head().transpose();
   }
@@ -126,9 +137,6 @@ class LanguageModel {
   void check_token(std::int64_t id, const char* where) const {
     check(id >= 0 && id < vocab_size(), where, ": token id ", id, " is out of range [0, ",
           vocab_size(), ")");
-  }
-  void check_tokens(const Tokens& tokens, const char* where) const {
-    for (Index i = 0; i < tokens.size(); ++i) check_token(tokens.data()[i], where);
   }
 
   Config config_;

@@ -214,14 +214,22 @@ class LargeModel {
   /// tokens: B x T; logits: B x T x V. Prefill uses the chunkwise form (any T;
   /// SPEC §4.6 says any split agrees), starting from and updating `state`.
   void forward(const Tokens& tokens, State& state, Sequence<Scalar>& logits) const {
+    forward(tokens, Lengths{}, state, logits);
+  }
+
+  /// Ragged batch: row b has lengths[b] valid tokens; the ids after them are
+  /// padding (never read) and their logits are zero.
+  void forward(const Tokens& tokens, const Lengths& lengths, State& state,
+               Sequence<Scalar>& logits) const {
     check_batch(tokens.rows(), state, "LargeModel::forward", "tokens");
+    check_lengths(lengths, tokens.rows(), tokens.cols(), "LargeModel::forward");
     check(tokens.cols() > 0, "LargeModel::forward: argument 'tokens' must have at least one step");
     const Index batch = tokens.rows(), time = tokens.cols(), n = batch * time;
     const Index e = embedding_dim(), nh = config_.num_heads, qk = config_.qk_dim(),
                 vd = config_.v_dim(), u = config_.ffn_dim();
-    Matrix<Scalar> x(n, e);
+    Matrix<Scalar> x = Matrix<Scalar>::Zero(n, e);
     for (Index b = 0; b < batch; ++b) {
-      for (Index t = 0; t < time; ++t) {
+      for (Index t = 0; t < length_of(lengths, b, time); ++t) {
         const std::int64_t id = tokens(b, t);
         check_token(id, "LargeModel::forward");
         embedding_.copy_row(Index(id), x.row(b * time + t));
@@ -233,7 +241,8 @@ class LargeModel {
       const Block& blk = blocks_[i];
       blk.norm_mlstm.forward(x, normed);
       project_mlstm_inputs(blk, normed, q, k, v, o, gi, gf);
-      cell_.forward(batch, time, q, k, v, gi, gf, state.blocks[i], h, MLstmForm::chunkwise);
+      cell_.forward(batch, time, q, k, v, gi, gf, state.blocks[i], h, MLstmForm::chunkwise,
+                    lengths);
       mlstm_output(blk, h, o, delta);
       x += delta;
       feed_forward(blk, x, normed, ffn_gate, ffn_up, delta);
@@ -241,6 +250,7 @@ class LargeModel {
     }
     logits.resize(batch, time, vocab_size());
     head(x, normed, logits.matrix());
+    zero_padding(logits, lengths);
   }
 
   /// One step for B tokens; logits: B x V. Does not allocate (16-bit weights
