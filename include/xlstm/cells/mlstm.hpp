@@ -12,6 +12,7 @@
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -201,36 +202,40 @@ class MLstmCell {
       check(state.is_zero(), "MLstmCell::forward: the parallel form starts from the zero state "
                              "(SPEC §4.2); use the chunkwise form to continue from a state");
     }
-    Workspace ws;
     for (Index b = 0; b < batch; ++b) {
       const Index len = length_of(lengths, b, time);
       h.middleRows(b * time + len, time - len).setZero();  // padding
-      if (len == 0) continue;
-      for (Index head = 0; head < num_heads(); ++head) {
-        HeadInputs in = head_inputs(q, k, v, igate, fgate, time, len, b, head);
-        auto h_out = h.block(b * time, head * v_head_dim(), len, v_head_dim());
-        switch (form) {
-          case MLstmForm::parallel:
-            parallel_head(in, h_out, ws);
-            // The final state: the inter-chunk recurrence over one chunk (§4.4a).
-            advance_state(in, 0, len, state, b, head, ws);
-            break;
-          case MLstmForm::chunkwise:
-            for (Index t0 = 0; t0 < len; t0 += config_.chunk_size) {
-              const Index chunk = std::min(config_.chunk_size, len - t0);
-              chunk_outputs(in, t0, chunk, state, b, head, h_out.middleRows(t0, chunk), ws);
-              advance_state(in, t0, chunk, state, b, head, ws);
-            }
-            break;
-          default:
-            for (Index t = 0; t < len; ++t) {
-              recurrent_step(in.q.row(t), in.k.row(t), in.v.row(t), in.igate(t), in.fgate(t),
-                             state, b, head, h_out.row(t));
-            }
-            break;
-        }
-      }
     }
+    // (batch row, head) pairs are independent: spread them over the threads.
+    const bool parallel = batch * num_heads() > 1 && time * qk_head_dim() * v_head_dim() >= (1 << 14);
+    parallel_for(batch * num_heads(), parallel, [&](Index item) {
+      const Index b = item / num_heads(), head = item % num_heads();
+      const Index len = length_of(lengths, b, time);
+      if (len == 0) return;
+      Workspace ws;
+      HeadInputs in = head_inputs(q, k, v, igate, fgate, time, len, b, head);
+      auto h_out = h.block(b * time, head * v_head_dim(), len, v_head_dim());
+      switch (form) {
+        case MLstmForm::parallel:
+          parallel_head(in, h_out, ws);
+          // The final state: the inter-chunk recurrence over one chunk (§4.4a).
+          advance_state(in, 0, len, state, b, head, ws);
+          break;
+        case MLstmForm::chunkwise:
+          for (Index t0 = 0; t0 < len; t0 += config_.chunk_size) {
+            const Index chunk = std::min(config_.chunk_size, len - t0);
+            chunk_outputs(in, t0, chunk, state, b, head, h_out.middleRows(t0, chunk), ws);
+            advance_state(in, t0, chunk, state, b, head, ws);
+          }
+          break;
+        default:
+          for (Index t = 0; t < len; ++t) {
+            recurrent_step(in.q.row(t), in.k.row(t), in.v.row(t), in.igate(t), in.fgate(t), state,
+                           b, head, h_out.row(t));
+          }
+          break;
+      }
+    });
   }
 
   /// One time step for all rows and heads (SPEC §4.3). q, k: B x (NH*DHQK);
@@ -248,13 +253,13 @@ class MLstmCell {
     check_shape(fgate, batch, num_heads(), "MLstmCell::step", "fgate");
     check_shape(h, batch, num_heads() * v_head_dim(), "MLstmCell::step", "h");
     const Index dqk = qk_head_dim(), dv = v_head_dim();
-    for (Index b = 0; b < batch; ++b) {
-      for (Index head = 0; head < num_heads(); ++head) {
-        recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
-                       v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
-                       head, h.row(b).segment(head * dv, dv));
-      }
-    }
+    const bool parallel = batch * num_heads() * dqk * dv >= (1 << 15);
+    parallel_for(batch * num_heads(), parallel, [&](Index item) {
+      const Index b = item / num_heads(), head = item % num_heads();
+      recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
+                     v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
+                     head, h.row(b).segment(head * dv, dv));
+    });
   }
 
  private:

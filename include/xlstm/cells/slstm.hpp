@@ -11,6 +11,7 @@
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -255,39 +256,24 @@ class SLstmCell {
   template <typename Input>
   void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t) const {
     const Index batch = state.batch(), h = hidden_size(), dh = head_dim(), nh = num_heads();
-    // SPEC §2.3: raw = x + R y + b. R y is one product per head over all batch
-    // rows, written head-major (column h*4DH + g*DH + j) into the workspace;
-    // x and b are gate-major and added per (head, gate) segment.
-    //
-    // No allocation: Eigen's matrix product packs its operands into buffers of
-    // at most DH x (rows resp. columns of the result) scalars, on the stack if
-    // a buffer fits in EIGEN_STACK_ALLOCATION_LIMIT bytes, else on the heap.
-    // Products over panels of at most `panel` rows and columns keep both on
-    // the stack; usual sizes (4*DH*DH*sizeof(Scalar) <= 128 KiB) need one panel.
-    const Index panel =
-        std::max<Index>(1, Index(EIGEN_STACK_ALLOCATION_LIMIT) / (Index(sizeof(Scalar)) * dh));
-    for (Index head = 0; head < nh; ++head) {
-      auto raw = state.recurrent.middleCols(head * 4 * dh, 4 * dh);
-      const auto y_head = state.y.middleCols(head * dh, dh);
-      const auto kernel = recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh);
-      for (Index r0 = 0; r0 < batch; r0 += panel) {
-        const Index rows = std::min(panel, batch - r0);
-        for (Index c0 = 0; c0 < 4 * dh; c0 += panel) {
-          const Index cols = std::min(panel, 4 * dh - c0);
-          raw.block(r0, c0, rows, cols).noalias() =
-              y_head.middleRows(r0, rows) * kernel.middleRows(c0, cols).transpose();
-        }
-      }
-      for (Index g = 0; g < 4; ++g) {
-        raw.middleCols(g * dh, dh) += x.middleCols(g * h + head * dh, dh);
-        raw.middleCols(g * dh, dh).rowwise() += bias_.segment(g * h + head * dh, dh).transpose();
-      }
-    }
     // SPEC §2.4: the vanilla backend tests n == 0 over the whole batch.
     const bool first_step_everywhere = (state.n.array() == Scalar(0)).all();
-    for (Index b = 0; b < batch; ++b) {
-      if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
-      for (Index head = 0; head < nh; ++head) {
+    // Heads are independent: spread them over the threads when the recurrent
+    // weights are large enough to pay.
+    parallel_for(nh, recurrent_kernel_.size() >= (1 << 16), [&](Index head) {
+      // SPEC §2.3: raw = x + R y + b. R y is one product per head over all
+      // batch rows, written head-major (column h*4DH + g*DH + j) into the
+      // workspace; x and b are gate-major and added per (head, gate) segment.
+      auto raw_all = state.recurrent.middleCols(head * 4 * dh, 4 * dh);
+      raw_all.noalias() = state.y.middleCols(head * dh, dh) *
+                          recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh).transpose();
+      for (Index g = 0; g < 4; ++g) {
+        raw_all.middleCols(g * dh, dh) += x.middleCols(g * h + head * dh, dh);
+        raw_all.middleCols(g * dh, dh).rowwise() +=
+            bias_.segment(g * h + head * dh, dh).transpose();
+      }
+      for (Index b = 0; b < batch; ++b) {
+        if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
         auto raw = state.recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
         auto raw_i = raw.segment(0, dh), raw_f = raw.segment(dh, dh);
         auto raw_z = raw.segment(2 * dh, dh), raw_o = raw.segment(3 * dh, dh);
@@ -322,7 +308,7 @@ class SLstmCell {
         n = f_gate * n + i_gate;
         y = sigmoid(raw_o) * c / n;  // no epsilon: n >= 1 after the first step
       }
-    }
+    });
   }
 
   Config config_;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -38,7 +39,7 @@ class Linear {
     check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
           "Linear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
           ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
-    y.noalias() = x * weight_.transpose();
+    matmul_transposed<Scalar>(x, weight_, y);
     if (has_bias()) y.rowwise() += bias_.transpose();
   }
 

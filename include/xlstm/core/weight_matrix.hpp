@@ -13,6 +13,7 @@
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/half.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -104,11 +105,7 @@ class WeightMatrix {
           "WeightMatrix: expected x N x ", cols_, " and y N x ", rows_, ", got x ", x.rows(), " x ",
           x.cols(), " and y ", y.rows(), " x ", y.cols());
     if (!is_half()) {
-      if (accumulate) {
-        y.noalias() += x * native_.transpose();
-      } else {
-        y.noalias() = x * native_.transpose();
-      }
+      matmul_transposed<Scalar>(x, native_, y, accumulate);
       return;
     }
     // Tiles of rows small enough to stay in cache while the product reads them.
