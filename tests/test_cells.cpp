@@ -22,6 +22,8 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "xlstm/cells/mlstm.hpp"
@@ -60,11 +62,12 @@ using Scalars = ::testing::Types<float, double>;
 // error of a sum is about u * (number of terms) * (largest term), and the
 // terms are at most of the output's scale, so the error bound is roughly
 // 4 * T_eff * u ~ 80 u relative to max(1, |h|): 5e-6 in float (u = 6e-8),
-// 1.8e-14 in double (u = 1.1e-16). The measured maxima on these tests are
-// about 1.5e-6 (float) and 2e-15 (double). We allow a factor of a few above
-// the estimate: 2e-5 in float, 1e-12 in double. This is the
-// "atol 1e-5 on h between forms" of SPEC §10 for float, and SPEC §10's
-// "~1e-12 in float64".
+// 1.8e-14 in double (u = 1.1e-16). The largest errors measured on these
+// tests are 2.7e-6 (float, T = 100000) and 2e-15 (double) relative to that
+// scale. Allowed: float 2e-5 (4x the estimate; SPEC §10 asks atol 1e-5
+// between forms for h of order 1, and h here reaches 20 to 80), double 1e-12
+// (SPEC §10: "all three forms agree to ~1e-12" in float64; 50x the estimate,
+// room for other compilers, FMA contraction and vectorisation orders).
 template <typename S>
 struct Tol;
 template <>
@@ -116,9 +119,9 @@ template <typename A, typename B>
     return ::testing::AssertionSuccess() << "max |diff| " << worst << " <= " << tol * scale;
   }
   return ::testing::AssertionFailure()
-         << "max |diff| " << worst << " at (" << wi << ", " << wj << "): actual "
-         << actual(wi, wj) << ", expected " << expected(wi, wj) << "; allowed " << tol << " * "
-         << scale << " = " << tol * scale << " (ratio " << worst / (tol * scale) << ")";
+         << "max |diff| " << worst << " at (" << wi << ", " << wj << "): actual " << actual(wi, wj)
+         << ", expected " << expected(wi, wj) << "; allowed " << tol << " * " << scale << " = "
+         << tol * scale << " (ratio " << worst / (tol * scale) << ")";
 }
 
 // Bit for bit the same (same shape, same bytes per element; NaN == NaN).
@@ -171,8 +174,8 @@ template <typename Fn>
   } catch (const std::exception& e) {
     return ::testing::AssertionFailure() << "threw a non-xlstm exception: " << e.what();
   }
-  return ::testing::AssertionFailure() << "did not throw (expected a message with \"" << needle
-                                       << "\")";
+  return ::testing::AssertionFailure()
+         << "did not throw (expected a message with \"" << needle << "\")";
 }
 
 // ---------------------------------------------------------------------------
@@ -245,7 +248,9 @@ const char* name_of(MLstmForm form) {
       return "recurrent";
   }
 }
-const char* name_of(MLstmStateConvention c) { return c == kScaled ? "scaled_keys" : "unscaled_keys"; }
+const char* name_of(MLstmStateConvention c) {
+  return c == kScaled ? "scaled_keys" : "unscaled_keys";
+}
 
 MLstmCellConfig mlstm_config(Index num_heads, Index qk_head_dim, Index v_head_dim,
                              MLstmStateConvention convention = kScaled, Index chunk_size = 16) {
@@ -385,6 +390,22 @@ template <typename A, typename B>
   return ::testing::AssertionSuccess();
 }
 
+// max_i |h_par - h_rec| / (eps |h_rec|) over the elements with |h_rec| >= 0.1:
+// how much of the eps bound the difference uses.
+template <typename A, typename B>
+double largest_eps_ratio(const Eigen::DenseBase<A>& h_par, const Eigen::DenseBase<B>& h_rec,
+                         double eps) {
+  double ratio = 0;
+  for (Index i = 0; i < h_rec.rows(); ++i) {
+    for (Index j = 0; j < h_rec.cols(); ++j) {
+      const double ref = std::abs(double(h_rec(i, j)));
+      if (ref < 0.1) continue;
+      ratio = std::max(ratio, std::abs(double(h_par(i, j)) - double(h_rec(i, j))) / (eps * ref));
+    }
+  }
+  return ratio;
+}
+
 template <typename S>
 class MLstmCellTest : public ::testing::Test {};
 TYPED_TEST_SUITE(MLstmCellTest, Scalars);
@@ -448,17 +469,17 @@ TYPED_TEST(MLstmCellTest, ForwardOnAPrefixThenStepEqualsSteppingAllTheWay) {
     auto all_state = cell.initial_state(B);
     const auto h_all = run_steps(cell, in, all_state);
     const auto head = in.slice(0, prefix), tail = in.slice(prefix, T - prefix);
-    const auto h_all_head = time_slice(h_all, 0, prefix), h_all_tail = time_slice(h_all, prefix,
-                                                                                  T - prefix);
-    for (const auto form : {MLstmForm::chunkwise, MLstmForm::recurrent, MLstmForm::parallel,
-                            MLstmForm::automatic}) {
+    const auto h_all_head = time_slice(h_all, 0, prefix),
+               h_all_tail = time_slice(h_all, prefix, T - prefix);
+    for (const auto form :
+         {MLstmForm::chunkwise, MLstmForm::recurrent, MLstmForm::parallel, MLstmForm::automatic}) {
       SCOPED_TRACE(name_of(form));
       auto state = cell.initial_state(B);
       const auto h_head = run_forward(cell, head, state, form);
       if (form == MLstmForm::parallel || form == MLstmForm::automatic) {
         // From the zero state `automatic` is the parallel form (T <= 256).
-        EXPECT_TRUE(WithinEpsBound(h_head.matrix(), h_all_head.matrix(), cfg.eps,
-                                   Tol<S>::rounding));
+        EXPECT_TRUE(
+            WithinEpsBound(h_head.matrix(), h_all_head.matrix(), cfg.eps, Tol<S>::rounding));
       } else {
         EXPECT_TRUE(Close(h_head.matrix(), h_all_head.matrix(), Tol<S>::rounding));
       }
@@ -521,11 +542,14 @@ TYPED_TEST(MLstmCellTest, ParallelMatchesRecurrentWithinTheEpsBound) {
     const auto h_par = run_forward(cell, in, par_state, MLstmForm::parallel);
     const auto h_rec = run_forward(cell, in, rec_state, MLstmForm::recurrent);
     EXPECT_TRUE(WithinEpsBound(h_par.matrix(), h_rec.matrix(), eps, Tol<S>::rounding));
-    if (eps == 0.0) EXPECT_TRUE(Close(h_par.matrix(), h_rec.matrix(), Tol<S>::rounding));
+    if (eps == 0.0) {
+      EXPECT_TRUE(Close(h_par.matrix(), h_rec.matrix(), Tol<S>::rounding));
+    }
     if (eps == 1e-2) {
-      // The forms really differ here (else the bound above tests nothing):
-      // early steps with a negative input gate have m_rec = b_t > m_par.
-      EXPECT_FALSE(Close(h_par.matrix(), h_rec.matrix(), 10 * Tol<S>::rounding));
+      // The forms really differ here, and by an amount of the order of the
+      // bound (else the bound above tests nothing): early steps with a
+      // negative input gate have m_rec = b_t > m_par.
+      EXPECT_GT(largest_eps_ratio(h_par.matrix(), h_rec.matrix(), eps), 0.1);
     }
     EXPECT_TRUE(StatesClose(par_state, rec_state, Tol<S>::rounding));
   }
@@ -690,9 +714,8 @@ TYPED_TEST(MLstmCellTest, ExtremeGatePreactivationsGiveFiniteOutputsInEveryForm)
       EXPECT_TRUE(AllFinite(h.matrix()));
       EXPECT_TRUE(StateFinite(state));
       // ... and again from the state the extreme inputs left behind.
-      const auto h2 = run_forward(cell, in, state, form == MLstmForm::parallel
-                                                      ? MLstmForm::chunkwise
-                                                      : form);
+      const auto h2 =
+          run_forward(cell, in, state, form == MLstmForm::parallel ? MLstmForm::chunkwise : form);
       EXPECT_TRUE(AllFinite(h2.matrix()));
       EXPECT_TRUE(StateFinite(state));
     }
@@ -827,24 +850,24 @@ TYPED_TEST(MLstmCellTest, MismatchedShapesThrowNamingTheArgument) {
   // forward: wrong feature size, wrong time, wrong batch.
   auto bad = good;
   bad.q = Sequence<S>::zeros(B, T, NH * DQK + 1);
-  EXPECT_TRUE(ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::chunkwise); },
-                               "'q'"));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::chunkwise); }, "'q'"));
   bad = good;
   bad.k = Sequence<S>::zeros(B, T, NH * DV);
-  EXPECT_TRUE(ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::chunkwise); },
-                               "'k'"));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::chunkwise); }, "'k'"));
   bad = good;
   bad.v = Sequence<S>::zeros(B, T, NH * DQK);
-  EXPECT_TRUE(ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::recurrent); },
-                               "'v'"));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::recurrent); }, "'v'"));
   bad = good;
   bad.igate = Sequence<S>::zeros(B, T + 1, NH);
-  EXPECT_TRUE(ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::parallel); },
-                               "'igate'"));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::parallel); }, "'igate'"));
   bad = good;
   bad.fgate = Sequence<S>::zeros(B + 1, T, NH);
-  EXPECT_TRUE(ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::automatic); },
-                               "'fgate'"));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { run_forward(cell, bad, state, MLstmForm::automatic); }, "'fgate'"));
   auto wrong_batch = cell.initial_state(B + 1);
   EXPECT_TRUE(ThrowsMentioning([&] { run_forward(cell, good, wrong_batch, MLstmForm::chunkwise); },
                                "must be 3 x 5"));
@@ -866,11 +889,9 @@ TYPED_TEST(MLstmCellTest, MismatchedShapesThrowNamingTheArgument) {
   EXPECT_TRUE(ThrowsMentioning([&] { cell.step(q, k, v, wrong, fg, state, h); }, "'igate'"));
   EXPECT_TRUE(ThrowsMentioning([&] { cell.step(q, k, v, ig, wrong, state, h); }, "'fgate'"));
   EXPECT_TRUE(ThrowsMentioning([&] { cell.step(q, k, v, ig, fg, state, wrong_h); }, "'h'"));
-  EXPECT_TRUE(
-      ThrowsMentioning([&] { cell.step(q, k, v, ig, fg, other_state, h); }, "'state'"));
+  EXPECT_TRUE(ThrowsMentioning([&] { cell.step(q, k, v, ig, fg, other_state, h); }, "'state'"));
   MLstmState<S> default_state;
-  EXPECT_TRUE(
-      ThrowsMentioning([&] { cell.step(q, k, v, ig, fg, default_state, h); }, "'state'"));
+  EXPECT_TRUE(ThrowsMentioning([&] { cell.step(q, k, v, ig, fg, default_state, h); }, "'state'"));
 }
 
 TEST(MLstmCellConfig, InvalidConfigsThrowNamingTheField) {
@@ -881,8 +902,7 @@ TEST(MLstmCellConfig, InvalidConfigsThrowNamingTheField) {
   };
   EXPECT_NO_THROW(MLstmCell<float>(mlstm_config(2, 4, 6)));
   EXPECT_TRUE(ThrowsMentioning(
-      [&] { MLstmCell<float>(with([](MLstmCellConfig& c) { c.num_heads = 0; })); },
-      "'num_heads'"));
+      [&] { MLstmCell<float>(with([](MLstmCellConfig& c) { c.num_heads = 0; })); }, "'num_heads'"));
   EXPECT_TRUE(ThrowsMentioning(
       [&] { MLstmCell<float>(with([](MLstmCellConfig& c) { c.num_heads = -1; })); },
       "'num_heads'"));
@@ -895,8 +915,8 @@ TEST(MLstmCellConfig, InvalidConfigsThrowNamingTheField) {
   EXPECT_TRUE(ThrowsMentioning(
       [&] { MLstmCell<float>(with([](MLstmCellConfig& c) { c.chunk_size = 0; })); },
       "'chunk_size'"));
-  for (const double eps : {-1e-6, std::numeric_limits<double>::quiet_NaN(),
-                           std::numeric_limits<double>::infinity()}) {
+  for (const double eps :
+       {-1e-6, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
     EXPECT_TRUE(ThrowsMentioning(
         [&] { MLstmCell<float>(with([eps](MLstmCellConfig& c) { c.eps = eps; })); }, "'eps'"));
   }
@@ -932,8 +952,8 @@ TEST(MLstmCellLong, FloatOutputsAndStatesStayFiniteOver100000Steps) {
     auto h_t = at_time(h_rec, t);
     cell.step(at_time(in.q, t), at_time(in.k, t), at_time(in.v, t), at_time(in.igate, t),
               at_time(in.fgate, t), state, h_t);
-    if (first_bad_step < 0 && !(state.C.allFinite() && state.n.allFinite() &&
-                                state.m.allFinite() && h_t.allFinite())) {
+    if (first_bad_step < 0 &&
+        !(state.C.allFinite() && state.n.allFinite() && state.m.allFinite() && h_t.allFinite())) {
       first_bad_step = t;
     }
   }
@@ -978,7 +998,9 @@ struct SLstmExternal {
   Index nh = 0, dh = 0;
   std::vector<double> R, b;
 
-  double& r(Index h, Index i, Index g, Index j) { return R[std::size_t(((h * dh + i) * 4 + g) * dh + j)]; }
+  double& r(Index h, Index i, Index g, Index j) {
+    return R[std::size_t(((h * dh + i) * 4 + g) * dh + j)];
+  }
   double r(Index h, Index i, Index g, Index j) const {
     return R[std::size_t(((h * dh + i) * 4 + g) * dh + j)];
   }
@@ -1000,7 +1022,8 @@ SLstmExternal random_external(Index nh, Index dh, std::mt19937& rng) {
   for (double& x : e.R) x = double(S(r_scale * n01(rng)));
   for (Index h = 0; h < nh; ++h) {
     for (Index g = 0; g < 4; ++g) {
-      for (Index j = 0; j < dh; ++j) e.bias(h, g, j) = double(S((g == 1 ? 2.0 : 0.0) + 0.5 * n01(rng)));
+      for (Index j = 0; j < dh; ++j)
+        e.bias(h, g, j) = double(S((g == 1 ? 2.0 : 0.0) + 0.5 * n01(rng)));
     }
   }
   return e;
@@ -1145,8 +1168,8 @@ template <typename S>
 
 template <typename S>
 ::testing::AssertionResult SStateFinite(const SLstmState<S>& s) {
-  for (const auto& [name, p] : {std::pair{"y", &s.y}, std::pair{"c", &s.c}, std::pair{"n", &s.n},
-                                std::pair{"m", &s.m}}) {
+  for (const auto& [name, p] :
+       {std::pair{"y", &s.y}, std::pair{"c", &s.c}, std::pair{"n", &s.n}, std::pair{"m", &s.m}}) {
     auto r = AllFinite(*p);
     if (!r) return r << " [" << name << "]";
   }
@@ -1192,6 +1215,23 @@ TYPED_TEST(SLstmCellTest, MatchesAnElementwiseTranscriptionOfTheSpec) {
       }
     }
   }
+}
+
+// Batches above 32 rows and heads with 4*DH*DH*sizeof(Scalar) > 128 KiB: the
+// recurrent product R y is then computed in panels (SLstmCell keeps Eigen's
+// packing buffers on the stack that way). Same check as above, on sizes that
+// cut it into 2 row panels and 2 (float) or 4 (double) column panels.
+TYPED_TEST(SLstmCellTest, LargeBatchAndLargeHeadsMatchTheTranscription) {
+  using S = TypeParam;
+  const Index B = 40, T = 3, H = 256, NH = 2;  // DH = 128
+  std::mt19937 rng(212);
+  SLstmExternal e;
+  const auto cell = random_slstm<S>(slstm_config(H, NH), rng, &e);
+  const auto x = random_sequence<S>(B, T, 4 * H, rng);
+  auto state = cell.initial_state(B);
+  const auto y = run_slstm(cell, x, state);
+  EXPECT_TRUE(
+      Close(y.matrix(), naive_slstm(e, x, SLstmFunction::slstm).y.matrix(), Tol<S>::rounding));
 }
 
 // forward(prefix) then step(rest), or forward(prefix) then forward(rest),
@@ -1271,8 +1311,8 @@ TYPED_TEST(SLstmCellTest, HandBuiltCudaLayoutGivesTheSameOutputsAsTheVanillaLayo
   const auto y1 = run_slstm(vanilla, x, s1);
   const auto y2 = run_slstm(cuda, x, s2);
   EXPECT_TRUE(Identical(y2.matrix(), y1.matrix()));
-  EXPECT_TRUE(Close(y1.matrix(), naive_slstm(e, x, SLstmFunction::slstm).y.matrix(),
-                    Tol<S>::rounding));
+  EXPECT_TRUE(
+      Close(y1.matrix(), naive_slstm(e, x, SLstmFunction::slstm).y.matrix(), Tol<S>::rounding));
   // The bias layouts differ (head-major vs gate-major): reading the CUDA bias
   // as if it were vanilla scrambles the gates and changes the outputs.
   SLstmCell<S> confused(cfg);
@@ -1304,7 +1344,8 @@ TYPED_TEST(SLstmCellTest, ExtremePreactivationsGiveFiniteOutputs) {
             x.matrix().row(r).segment(g * H, H).setConstant(v);
           }
           std::ostringstream name;
-          name << "gate " << "ifzo"[g] << " = " << v;
+          name << "gate "
+               << "ifzo"[g] << " = " << v;
           cases.emplace_back(name.str(), x);
         }
       }
@@ -1484,19 +1525,18 @@ TYPED_TEST(SLstmCellTest, MismatchedShapesThrowNamingTheArgument) {
                                "'preactivations'"));
   EXPECT_TRUE(ThrowsMentioning([&] { cell.step(Matrix<S>::Zero(B + 1, 4 * H), state); },
                                "'preactivations'"));
-  EXPECT_TRUE(ThrowsMentioning([&] { cell.step(Matrix<S>::Zero(B, H), state); },
-                               "4*hidden_size"));
+  EXPECT_TRUE(ThrowsMentioning([&] { cell.step(Matrix<S>::Zero(B, H), state); }, "4*hidden_size"));
   EXPECT_TRUE(ThrowsMentioning([&] { run_slstm(cell, Sequence<S>::zeros(B, 3, H), state); },
                                "preactivations.features()"));
   EXPECT_TRUE(ThrowsMentioning([&] { run_slstm(cell, Sequence<S>::zeros(B + 1, 3, 4 * H), state); },
                                "preactivations.batch()"));
   auto wrong_state = SLstmState<S>(B, H + 2);
   EXPECT_TRUE(ThrowsMentioning([&] { cell.step(good, wrong_state); }, "'state'"));
-  EXPECT_TRUE(ThrowsMentioning([&] { run_slstm(cell, Sequence<S>::zeros(B, 3, 4 * H), wrong_state); },
-                               "'state'"));
+  EXPECT_TRUE(ThrowsMentioning(
+      [&] { run_slstm(cell, Sequence<S>::zeros(B, 3, 4 * H), wrong_state); }, "'state'"));
   SLstmState<S> default_state;
-  EXPECT_TRUE(ThrowsMentioning([&] { cell.step(Matrix<S>::Zero(0, 4 * H), default_state); },
-                               "'state'"));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { cell.step(Matrix<S>::Zero(0, 4 * H), default_state); }, "'state'"));
 
   SLstmCell<S> target(slstm_config(H, NH));
   EXPECT_TRUE(ThrowsMentioning(
@@ -1514,8 +1554,8 @@ TEST(SLstmCellConfig, InvalidConfigsThrowNamingTheField) {
   EXPECT_TRUE(ThrowsMentioning([] { SLstmCell<double>(slstm_config(-4, 2)); }, "'hidden_size'"));
   EXPECT_TRUE(ThrowsMentioning([] { SLstmCell<float>(slstm_config(8, 0)); }, "'num_heads'"));
   EXPECT_TRUE(ThrowsMentioning([] { SLstmCell<float>(slstm_config(8, -2)); }, "'num_heads'"));
-  EXPECT_TRUE(ThrowsMentioning([] { SLstmCell<float>(slstm_config(8, 2)).initial_state(-1); },
-                               "'batch'"));
+  EXPECT_TRUE(
+      ThrowsMentioning([] { SLstmCell<float>(slstm_config(8, 2)).initial_state(-1); }, "'batch'"));
   EXPECT_TRUE(ThrowsMentioning([] { xlstm::parse_slstm_function("gru"); }, "'function'"));
 }
 
@@ -1533,8 +1573,10 @@ TEST(SLstmCellLong, FloatOutputsAndStatesStayFiniteOver100000Steps) {
   EXPECT_TRUE(AllFinite(trace.n.matrix()));
   EXPECT_TRUE(AllFinite(trace.m.matrix()));
   EXPECT_TRUE(SStateFinite(state));
-  // n >= 1 after the first step in exact arithmetic (SPEC §2.4); allow rounding.
-  EXPECT_GE(trace.n.matrix().minCoeff(), 1.0f - 1e-5f);
+  // n >= 1 after every step (SPEC §2.4), even in floating point: m is the max
+  // of raw_i and log f + m, so i' or f' is exp(0) = 1 exactly, and then
+  // n = f' n + i' >= 1 (or >= n_prev >= 1) because rounding is monotone.
+  EXPECT_GE(trace.n.matrix().minCoeff(), 1.0f);
 }
 
 }  // namespace

@@ -39,6 +39,7 @@ struct FeedForwardConfig {
 
   void validate() const {
     check_positive(embedding_dim, "FeedForwardConfig", "embedding_dim");
+    check(proj_factor > 0, "FeedForwardConfig: 'proj_factor' must be positive, got ", proj_factor);
     check_positive(_proj_up_dim, "FeedForwardConfig", "_proj_up_dim");
     check(ff_type == "ffn_gated", "FeedForwardConfig: 'ff_type' must be \"ffn_gated\", got \"",
           ff_type, "\"");

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
@@ -30,7 +31,7 @@ enum class MLstmStateConvention {
 
 /// The computational forms of SPEC §4.2-§4.4.
 enum class MLstmForm {
-  automatic,  ///< parallel for short sequences from a zero state, chunkwise otherwise
+  automatic,  ///< per batch row: parallel for a short row from a zero state, else chunkwise
   parallel,   ///< §4.2 (zero initial state only; T x T memory)
   chunkwise,  ///< §4.4 (any T, any initial state, memory linear in T)
   recurrent,  ///< §4.3 step by step
@@ -121,6 +122,14 @@ struct MLstmState {
            (m.array() == Scalar(0)).all();
   }
 
+  /// Whether batch row `row` is in the zero state.
+  bool row_is_zero(Index row) const {
+    const Index c_rows = num_heads * qk_head_dim;
+    return (C.middleRows(row * c_rows, c_rows).array() == Scalar(0)).all() &&
+           (n.middleRows(row * num_heads, num_heads).array() == Scalar(0)).all() &&
+           (m.segment(row * num_heads, num_heads).array() == Scalar(0)).all();
+  }
+
   /// Rescales C and n to the other convention (SPEC §4: C_X = C_K / sqrt(DHQK)).
   void convert_to(MLstmStateConvention target) {
     if (target == convention) return;
@@ -194,17 +203,21 @@ class MLstmCell {
     check_shape(igate, rows, num_heads(), "MLstmCell::forward", "igate");
     check_shape(fgate, rows, num_heads(), "MLstmCell::forward", "fgate");
     check_shape(h, rows, num_heads() * v_head_dim(), "MLstmCell::forward", "h");
-    if (form == MLstmForm::automatic) {
-      form = (time <= config_.parallel_max_length && state.is_zero()) ? MLstmForm::parallel
-                                                                      : MLstmForm::chunkwise;
-    }
     if (form == MLstmForm::parallel) {
       check(state.is_zero(), "MLstmCell::forward: the parallel form starts from the zero state "
                              "(SPEC §4.2); use the chunkwise form to continue from a state");
     }
+    // `automatic` decides per row, from the row's own length and state, so
+    // that every row of a (ragged) batch runs exactly as it would alone.
+    std::vector<MLstmForm> row_forms(std::size_t(batch), form);
     for (Index b = 0; b < batch; ++b) {
       const Index len = length_of(lengths, b, time);
       h.middleRows(b * time + len, time - len).setZero();  // padding
+      if (form == MLstmForm::automatic) {
+        row_forms[std::size_t(b)] = len <= config_.parallel_max_length && state.row_is_zero(b)
+                                        ? MLstmForm::parallel
+                                        : MLstmForm::chunkwise;
+      }
     }
     // (batch row, head) pairs are independent: spread them over the threads.
     const bool parallel = batch * num_heads() > 1 && time * qk_head_dim() * v_head_dim() >= (1 << 14);
@@ -215,7 +228,7 @@ class MLstmCell {
       Workspace ws;
       HeadInputs in = head_inputs(q, k, v, igate, fgate, time, len, b, head);
       auto h_out = h.block(b * time, head * v_head_dim(), len, v_head_dim());
-      switch (form) {
+      switch (row_forms[std::size_t(b)]) {
         case MLstmForm::parallel:
           parallel_head(in, h_out, ws);
           // The final state: the inter-chunk recurrence over one chunk (§4.4a).
@@ -422,13 +435,16 @@ class MLstmCell {
     const Scalar i_gate = std::exp(i_pre - m_new) * key_scale();
     auto C = state.C_of(b, head);
     auto n = state.n.row(r);
-    // C = f' C + i' k v^T ; n = f' n + i' k   (keys scaled per convention)
-    C *= f_gate;
-    for (Index a = 0; a < C.rows(); ++a) C.row(a) += (i_gate * k(a)) * v;
+    // C = f' C + i' k v^T ; n = f' n + i' k (keys scaled per convention);
+    // h = q^T C. One pass over C, row by row, while each row is in cache.
+    h.setZero();
+    for (Index a = 0; a < C.rows(); ++a) {
+      C.row(a) = f_gate * C.row(a) + (i_gate * k(a)) * v;
+      h += q(a) * C.row(a);
+    }
     n = f_gate * n + i_gate * k;
     state.m(r) = m_new;
     const Scalar q_scale = query_scale();
-    h.noalias() = q * C;
     const Scalar den = q_scale * q.dot(n);
     h *= q_scale / (std::max(std::abs(den), std::exp(-m_new)) + eps());
   }

@@ -251,6 +251,33 @@ class SLstmCell {
           state.hidden_size(), " (make it with initial_state(batch))");
   }
 
+  /// out = y * kernel^T without heap allocation (`step` promises none).
+  /// Eigen's GEMM packs its operands into buffers of up to DH x (rows of out)
+  /// and DH x (columns of out) scalars. It takes them from the heap when one
+  /// exceeds EIGEN_STACK_ALLOCATION_LIMIT bytes, and always when it splits the
+  /// product over OpenMP threads, which it never does for a destination of at
+  /// most 32 rows at compile time. So: panels of at most `block` (<= 32) rows
+  /// and `block` columns, written through such a destination. Usual sizes
+  /// (4*DH*DH*sizeof(Scalar) <= 128 KiB, batch <= 32) are a single panel.
+  template <typename Y, typename Kernel, typename Out>
+  static void recurrent_product(const Y& y, const Kernel& kernel, Out& out) {
+    constexpr Index kMaxPanelRows = 32;
+    using PanelMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor,
+                                      kMaxPanelRows, Eigen::Dynamic>;
+    using Panel = Eigen::Map<PanelMatrix, Eigen::Unaligned, Eigen::OuterStride<>>;
+    const Index block = std::max<Index>(
+        1, Index(EIGEN_STACK_ALLOCATION_LIMIT) / (Index(sizeof(Scalar)) * y.cols()));
+    const Index panel_rows = std::min(kMaxPanelRows, block);
+    for (Index r0 = 0; r0 < out.rows(); r0 += panel_rows) {
+      const Index rows = std::min(panel_rows, out.rows() - r0);
+      for (Index c0 = 0; c0 < out.cols(); c0 += block) {
+        const Index cols = std::min(block, out.cols() - c0);
+        Panel panel(&out(r0, c0), rows, cols, Eigen::OuterStride<>(out.outerStride()));
+        panel.noalias() = y.middleRows(r0, rows) * kernel.middleRows(c0, cols).transpose();
+      }
+    }
+  }
+
   /// One step; with `lengths`, rows whose sequence ended before step `t` are
   /// left untouched.
   template <typename Input>
@@ -265,8 +292,8 @@ class SLstmCell {
       // batch rows, written head-major (column h*4DH + g*DH + j) into the
       // workspace; x and b are gate-major and added per (head, gate) segment.
       auto raw_all = state.recurrent.middleCols(head * 4 * dh, 4 * dh);
-      raw_all.noalias() = state.y.middleCols(head * dh, dh) *
-                          recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh).transpose();
+      recurrent_product(state.y.middleCols(head * dh, dh),
+                        recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh), raw_all);
       for (Index g = 0; g < 4; ++g) {
         raw_all.middleCols(g * dh, dh) += x.middleCols(g * h + head * dh, dh);
         raw_all.middleCols(g * dh, dh).rowwise() +=

@@ -17,19 +17,28 @@ template <typename Scalar>
 struct CausalConv1dState {
   Index kernel_size = 0;
   Matrix<Scalar> window;  ///< (B*K) x F
+  /// B, kept on its own: with K = 0 (no conv) the window has no rows at all.
+  Index batch_size = 0;
 
   CausalConv1dState() = default;
   CausalConv1dState(Index batch, Index kernel_size_, Index features)
-      : kernel_size(kernel_size_), window(Matrix<Scalar>::Zero(batch * kernel_size_, features)) {}
+      : kernel_size(kernel_size_),
+        window(Matrix<Scalar>::Zero(batch * kernel_size_, features)),
+        batch_size(batch) {}
 
-  Index batch() const { return kernel_size > 0 ? window.rows() / kernel_size : 0; }
+  Index batch() const { return batch_size; }
   void reset() { window.setZero(); }
-  void reset_row(Index b) { window.middleRows(b * kernel_size, kernel_size).setZero(); }
+  void reset_row(Index b) {
+    check(b >= 0 && b < batch(), "CausalConv1dState::reset_row: argument 'row' must be in [0, ",
+          batch(), "), got ", b);
+    window.middleRows(b * kernel_size, kernel_size).setZero();
+  }
   void copy_row_from(const CausalConv1dState& other, Index src, Index dst) {
     check(other.kernel_size == kernel_size && other.window.cols() == window.cols(),
           "CausalConv1dState::copy_row_from: the windows have different sizes");
     check(src >= 0 && src < other.batch() && dst >= 0 && dst < batch(),
-          "CausalConv1dState::copy_row_from: rows ", src, " -> ", dst, " out of range");
+          "CausalConv1dState::copy_row_from: rows ", src, " -> ", dst, " out of range (",
+          other.batch(), " and ", batch(), " rows)");
     window.middleRows(dst * kernel_size, kernel_size) =
         other.window.middleRows(src * kernel_size, kernel_size);
   }

@@ -57,8 +57,14 @@ class WeightMatrix {
     check(Index(owner->size()) == rows * cols, "WeightMatrix::half_owned: ", owner->size(),
           " values for a ", rows, " x ", cols, " matrix");
     const std::uint16_t* data = owner->data();
-    return half_view(storage, data, rows, cols, std::move(owner));
+    WeightMatrix w = half_view(storage, data, rows, cols, std::move(owner));
+    w.owned_ = true;
+    return w;
   }
+
+  /// Writable 16-bit values of owned 16-bit storage (nullptr for views of a
+  /// file and for native storage), e.g. to fill a fresh model.
+  std::uint16_t* owned_half_bits() { return owned_ ? const_cast<std::uint16_t*>(half_) : nullptr; }
 
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
@@ -85,7 +91,7 @@ class WeightMatrix {
     check(start >= 0 && count >= 0 && start + count <= rows_, "WeightMatrix::row_range: rows [",
           start, ", ", start + count, ") out of [0, ", rows_, ")");
     if (!is_half()) return WeightMatrix(Matrix<Scalar>(native_.middleRows(start, count)));
-    return half_view(storage_, half_ + start * cols_, count, cols_, keep_alive_);
+    return half_view(storage_, half_ + start * cols_, count, cols_, keep_alive_);  // a view
   }
 
   /// out = row r of W, decoded.
@@ -144,6 +150,7 @@ class WeightMatrix {
   Index rows_ = 0, cols_ = 0;
   Matrix<Scalar> native_;
   const std::uint16_t* half_ = nullptr;
+  bool owned_ = false;  ///< half_ points into a buffer of our own
   std::shared_ptr<const void> keep_alive_;
 };
 

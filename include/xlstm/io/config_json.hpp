@@ -9,7 +9,9 @@
 // not written back.
 #pragma once
 
+#include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -34,7 +36,16 @@ void read_field(const Json& j, const char* key, T& out, const std::string& where
   if constexpr (std::is_same_v<T, bool>) {
     ok = v.is_boolean();
   } else if constexpr (std::is_integral_v<T>) {
-    ok = v.is_number_integer() || (v.is_number_float() && v.get<double>() == double(v.get<std::int64_t>()));
+    // A float counts if it holds an integer T can represent (Python writes
+    // some ints as 3.0). Test the range before converting: an out-of-range
+    // float-to-integer conversion (e.g. 1e300) is undefined behaviour.
+    ok = v.is_number_integer();
+    if (v.is_number_float()) {
+      const double d = v.get<double>();
+      const double limit = std::ldexp(1.0, std::numeric_limits<T>::digits);  // exact power of 2
+      const double lowest = std::numeric_limits<T>::is_signed ? -limit : 0.0;
+      ok = d >= lowest && d < limit && std::trunc(d) == d;
+    }
   } else if constexpr (std::is_floating_point_v<T>) {
     ok = v.is_number();
   } else {

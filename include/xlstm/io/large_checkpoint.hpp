@@ -10,6 +10,7 @@
 // weights, biases) are converted to Scalar.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -331,22 +332,35 @@ inline LargeModelConfig infer_large_model_config(const CheckpointFiles& files,
   const std::string m = prefix + "backbone.blocks.0.mlstm_layer.";
   const bool fused = files.contains(m + "qkv_opreact.weight");
   c.weight_mode = fused ? "fused" : "single";
+  check(c.embedding_dim > 0, files.path(), ": '", emb, "' has no columns");
   const double e = double(c.embedding_dim);
+  // The factor f with int(E * f) == dim: dim / E alone can come out one ulp
+  // low, e.g. 22 * (15 / 22.) = 14.999999999999998, which int() makes 14.
+  auto factor_for = [e](std::size_t dim) {
+    double f = double(dim) / e;
+    while (double(Index(e * f)) < double(dim)) f = std::nextafter(f, 2 * f + 1);
+    return f;
+  };
   if (fused) {
     c.num_heads = Index(shape(m + "ifgate_preact.weight")[0] / 2);
     const std::size_t rows = shape(m + "qkv_opreact.weight")[0];
-    // rows = 2 QK + 2 VD; assume VD = E (v_dim_factor 1) unless proj shapes say otherwise.
-    const double vd = e;
-    c.v_dim_factor = vd / e;
-    c.qk_dim_factor = (double(rows) - 2 * vd) / 2 / e;
-    c.ffn_proj_factor = double(shape(prefix + "backbone.blocks.0.ffn.proj_up_gate_z.weight")[0] / 2) / e;
+    // rows = 2 QK + 2 VD; out_proj (E, VD) gives VD.
+    const Shape out = shape(m + "out_proj.weight");
+    check(out.size() == 2, files.path(), ": '", m, "out_proj.weight' must be 2-D");
+    const std::size_t vd = out[1];
+    check(rows > 2 * vd && (rows - 2 * vd) % 2 == 0, files.path(), ": '", m,
+          "qkv_opreact.weight' has ", rows, " rows, which is not 2 QK + 2 VD with VD = ", vd);
+    c.v_dim_factor = factor_for(vd);
+    c.qk_dim_factor = factor_for((rows - 2 * vd) / 2);
+    c.ffn_proj_factor =
+        factor_for(shape(prefix + "backbone.blocks.0.ffn.proj_up_gate_z.weight")[0] / 2);
   } else {
     c.num_heads = Index(shape(m + "igate_preact.weight")[0]);
     const std::string q = files.contains(m + "q.weight") ? m + "q.weight" : m + "query.weight";
     const std::string v = files.contains(m + "v.weight") ? m + "v.weight" : m + "value.weight";
-    c.qk_dim_factor = double(shape(q)[0]) / e;
-    c.v_dim_factor = double(shape(v)[0]) / e;
-    c.ffn_proj_factor = double(shape(prefix + "backbone.blocks.0.ffn.proj_up.weight")[0]) / e;
+    c.qk_dim_factor = factor_for(shape(q)[0]);
+    c.v_dim_factor = factor_for(shape(v)[0]);
+    c.ffn_proj_factor = factor_for(shape(prefix + "backbone.blocks.0.ffn.proj_up.weight")[0]);
   }
   c.ffn_round_up_to_multiple_of = 1;  // the shapes are already rounded
   c.add_out_norm = files.contains(prefix + "backbone.out_norm.weight");

@@ -82,6 +82,17 @@ struct BlockStackConfig {
     const bool any_mlstm = std::find(map.begin(), map.end(), 0) != map.end();
     check(!any_slstm || slstm_block, where, ": 'slstm_at' places sLSTM blocks but 'slstm_block' is null");
     check(!any_mlstm || mlstm_block, where, ": mLSTM blocks are placed but 'mlstm_block' is null");
+    // The configs of the placed block kinds too, so that a config reader
+    // rejects a bad block field (e.g. num_heads not dividing the width) before
+    // a model is built. The stack gives every block its own _block_idx, so the
+    // sLSTM config is checked as block 0.
+    if (any_mlstm) mlstm_block->mlstm.validate();
+    if (any_slstm) {
+      SLstmLayerConfig layer = slstm_block->slstm;
+      layer._block_idx = 0;
+      layer.validate();
+      if (slstm_block->feedforward) slstm_block->feedforward->validate();
+    }
   }
 };
 

@@ -83,7 +83,12 @@ struct Projection {
   Vector<Scalar> bias;  ///< empty when absent
 
   Projection() = default;
-  Projection(Index in, Index out, bool with_bias) : weight(out, in) {
+  Projection(Index in, Index out, bool with_bias,
+             WeightStorage storage = WeightStorage::native)
+      : weight(storage == WeightStorage::native
+                   ? WeightMatrix<Scalar>(out, in)
+                   : WeightMatrix<Scalar>::half_owned(
+                         storage, std::vector<std::uint16_t>(std::size_t(out * in)), out, in)) {
     if (with_bias) bias.setZero(out);
   }
 
@@ -136,30 +141,34 @@ class LargeModel {
     Projection<Scalar> ffn_down;            // ffn.proj_down
   };
 
-  explicit LargeModel(Config config) : config_(std::move(config)) {
+  /// A model with zero weights. `storage` bf16/f16 allocates the weight
+  /// matrices (not the vectors) as 16-bit values from the start, so a large
+  /// model never exists in float (e.g. to fill with generated weights).
+  explicit LargeModel(Config config, WeightStorage storage = WeightStorage::native)
+      : config_(std::move(config)) {
     config_.validate();
     const Index e = config_.embedding_dim, nh = config_.num_heads, qk = config_.qk_dim(),
                 vd = config_.v_dim(), u = config_.ffn_dim();
     const bool b = config_.use_bias;
-    embedding_ = WeightMatrix<Scalar>(config_.vocab_size, e);
+    embedding_ = Projection<Scalar>(e, config_.vocab_size, false, storage).weight;
     blocks_.resize(std::size_t(config_.num_blocks));
     for (Block& blk : blocks_) {
       blk.norm_mlstm = RmsNorm<Scalar>(e, config_.norm_eps, b);
-      blk.q = Projection<Scalar>(e, qk, b);
-      blk.k = Projection<Scalar>(e, qk, b);
-      blk.v = Projection<Scalar>(e, vd, b);
-      blk.ogate = Projection<Scalar>(e, vd, b);
-      blk.igate = Projection<Scalar>(e, nh, true);
-      blk.fgate = Projection<Scalar>(e, nh, true);
+      blk.q = Projection<Scalar>(e, qk, b, storage);
+      blk.k = Projection<Scalar>(e, qk, b, storage);
+      blk.v = Projection<Scalar>(e, vd, b, storage);
+      blk.ogate = Projection<Scalar>(e, vd, b, storage);
+      blk.igate = Projection<Scalar>(e, nh, true, storage);
+      blk.fgate = Projection<Scalar>(e, nh, true, storage);
       blk.multihead_norm = GroupedNorm<Scalar>(vd, nh, NormWeight::direct, b, config_.norm_eps);
-      blk.out_proj = Projection<Scalar>(vd, e, b);
+      blk.out_proj = Projection<Scalar>(vd, e, b, storage);
       blk.norm_ffn = RmsNorm<Scalar>(e, config_.norm_eps, b);
-      blk.ffn_gate = Projection<Scalar>(e, u, b);
-      blk.ffn_up = Projection<Scalar>(e, u, b);
-      blk.ffn_down = Projection<Scalar>(u, e, b);
+      blk.ffn_gate = Projection<Scalar>(e, u, b, storage);
+      blk.ffn_up = Projection<Scalar>(e, u, b, storage);
+      blk.ffn_down = Projection<Scalar>(u, e, b, storage);
     }
     if (config_.add_out_norm) out_norm_ = RmsNorm<Scalar>(e, config_.norm_eps, b);
-    lm_head_ = Projection<Scalar>(e, config_.vocab_size, false);
+    lm_head_ = Projection<Scalar>(e, config_.vocab_size, false, storage);
     MLstmCellConfig cell;
     cell.num_heads = nh;
     cell.qk_head_dim = qk / nh;
@@ -181,7 +190,20 @@ class LargeModel {
   Projection<Scalar>& lm_head() { return lm_head_; }
   const MLstmCell<Scalar>& cell() const { return cell_; }
 
-  /// Bytes of all weight matrices and vectors (what a decode step reads).
+  /// Every weight matrix (embedding, projections, LM head).
+  std::vector<WeightMatrix<Scalar>*> weight_matrices() {
+    std::vector<WeightMatrix<Scalar>*> out{&embedding_};
+    for (Block& b : blocks_) {
+      for (Projection<Scalar>* p : {&b.q, &b.k, &b.v, &b.ogate, &b.igate, &b.fgate, &b.out_proj,
+                                    &b.ffn_gate, &b.ffn_up, &b.ffn_down}) {
+        out.push_back(&p->weight);
+      }
+    }
+    out.push_back(&lm_head_.weight);
+    return out;
+  }
+
+  /// Bytes of the weights one decode step reads (one embedding row).
   std::size_t weight_bytes() const {
     std::size_t total = embedding_.bytes() / std::size_t(vocab_size()) + lm_head_.weight.bytes();
     for (const Block& b : blocks_) {

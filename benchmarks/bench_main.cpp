@@ -1,0 +1,298 @@
+// xlstm_bench: the machine's limits first, then the cells, blocks and a 125M
+// language model, each row next to the limit that bounds it.
+//
+//   xlstm_bench [--quick] [--threads=N] [Google Benchmark flags]
+//
+//   --quick       a representative subset in well under two minutes
+//   --threads=N   threads for Eigen's products and OpenMP loops: 1 (default),
+//                 2, ..., 0 = one per processor
+//   --wall-time   time by the wall clock also when single-threaded (by default
+//                 a single-threaded run is timed by its thread's CPU time, so
+//                 that other processes on a shared machine do not count)
+//
+// At the end a summary table prints every row's figure, its limit and the
+// percentage reached. JSON output (--benchmark_out=x.json
+// --benchmark_out_format=json) carries the same counters; benchmarks/plot.py
+// draws it.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "bench_common.hpp"
+
+namespace xbench {
+
+namespace {
+Options g_options;
+}
+
+const Options& options() { return g_options; }
+
+namespace {
+
+/// Forwards everything to the reporter of the chosen format and keeps the
+/// runs for the summary.
+class CollectingReporter : public benchmark::BenchmarkReporter {
+ public:
+  explicit CollectingReporter(std::unique_ptr<benchmark::BenchmarkReporter> inner)
+      : inner_(std::move(inner)) {}
+
+  bool ReportContext(const Context& context) override { return inner_->ReportContext(context); }
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& r : runs) {
+      if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
+      const std::string name = r.benchmark_name();
+      if (!index_.count(name)) {
+        index_[name] = runs_.size();
+        runs_.push_back(r);
+      } else {
+        runs_[index_[name]] = r;  // a later repetition replaces it
+      }
+    }
+    inner_->ReportRuns(runs);
+  }
+
+  void Finalize() override { inner_->Finalize(); }
+
+  const std::vector<Run>& runs() const { return runs_; }
+
+ private:
+  std::unique_ptr<benchmark::BenchmarkReporter> inner_;
+  std::vector<Run> runs_;
+  std::map<std::string, std::size_t> index_;
+};
+
+double counter(const benchmark::BenchmarkReporter::Run& r, const char* name) {
+  const auto it = r.counters.find(name);
+  return it == r.counters.end() ? 0.0 : it->second.value;
+}
+
+/// The row name without the parts that only say how it was run
+/// (manual_time, iterations:N, min_time:X).
+std::string row_name(const std::string& full) {
+  std::string out, part;
+  auto flush = [&] {
+    if (part != "manual_time" && part != "real_time" && part.rfind("iterations:", 0) != 0 &&
+        part.rfind("min_time:", 0) != 0) {
+      out += (out.empty() ? "" : "/") + part;
+    }
+    part.clear();
+  };
+  for (char c : full) {
+    if (c == '/') {
+      flush();
+    } else {
+      part += c;
+    }
+  }
+  flush();
+  return out;
+}
+
+std::string format(const char* fmt, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, v);
+  return buf;
+}
+
+/// The better of two measurements of each limit.
+Limits best_of(const Limits& a, const Limits& b) {
+  Limits l;
+  l.gemm_f32_gflops = std::max(a.gemm_f32_gflops, b.gemm_f32_gflops);
+  l.gemm_f64_gflops = std::max(a.gemm_f64_gflops, b.gemm_f64_gflops);
+  l.triad_gbps = std::max(a.triad_gbps, b.triad_gbps);
+  l.dram_read_gbps = std::max(a.dram_read_gbps, b.dram_read_gbps);
+  l.l3_read_gbps = std::max(a.l3_read_gbps, b.l3_read_gbps);
+  l.cache_1mib_ns = std::min(a.cache_1mib_ns, b.cache_1mib_ns);
+  return l;
+}
+
+/// The limit a row's label names, from `l`.
+double limit_of(const std::string& bound, const Limits& l) {
+  if (bound == "gemm_f32") return l.gemm_f32_gflops;
+  if (bound == "gemm_f64") return l.gemm_f64_gflops;
+  if (bound == "DRAM") return l.dram_gbps();
+  if (bound == "L3") return l.l3_read_gbps;
+  if (bound == "cache_1MiB") return l.cache_1mib_gbps();
+  return 0;
+}
+
+void print_summary(std::FILE* out, const std::vector<benchmark::BenchmarkReporter::Run>& runs,
+                   const Limits& start, const Limits& end, double wall_seconds) {
+  const Limits l = best_of(start, end);
+  std::fprintf(out, "\nSummary (%s mode, %d thread%s, timed by %s; the run took %.0f s)\n",
+               options().quick ? "quick" : "full", options().used_threads,
+               options().used_threads == 1 ? "" : "s",
+               cpu_timing() ? "thread CPU time" : "wall time", wall_seconds);
+  // Measured before the rows and again after them: on a shared machine the
+  // neighbours' load moves every figure, and the gap shows by how much.
+  auto print_limits = [&](const char* what, const Limits& x) {
+    std::fprintf(out,
+                 "%-8s GEMM f32 %5.1f GFLOP/s, f64 %5.1f GFLOP/s | DRAM %5.1f GB/s (triad %.1f, "
+                 "read %.1f) | L3 read %5.1f GB/s | 1 MiB from cache %.2f us (%.1f GB/s)\n",
+                 what, x.gemm_f32_gflops, x.gemm_f64_gflops, x.dram_gbps(), x.triad_gbps,
+                 x.dram_read_gbps, x.l3_read_gbps, x.cache_1mib_ns / 1e3, x.cache_1mib_gbps());
+  };
+  print_limits("start:", start);
+  print_limits("end:", end);
+  print_limits("limits:", l);
+  std::fprintf(out,
+               "(%%limit divides by the best of start and end; the JSON's pct_* counters "
+               "by the start values)\n");
+  std::fprintf(out, "%-44s %11s %11s %15s %26s %7s\n", "row", "us/token", "tokens/s", "figure",
+               "limit", "%limit");
+  for (const auto& r : runs) {
+    const std::string name = row_name(r.benchmark_name());
+    const std::string& label = r.report_label;
+    if (label == "limit") {
+      const bool flops = r.counters.count("best_GFLOPs") != 0;
+      const double best = counter(r, flops ? "best_GFLOPs" : "best_GBps");
+      std::fprintf(out, "%-44s %11s %11s %15s %26s %7s\n", name.c_str(), "-", "-",
+                   format(flops ? "%.1f GFLOP/s" : "%.1f GB/s", best).c_str(), "(best pass)", "-");
+      continue;
+    }
+    const double items = counter(r, "items_per_second");
+    const std::string per_token = items > 0 ? format("%.2f", 1e6 / items) : "-";
+    const std::string tokens = items > 0 ? format("%.0f", items) : "-";
+    std::string figure = "-", limit = "-", pct = "-";
+    if (label.rfind("bound=", 0) == 0) {
+      const std::string bound = label.substr(6);
+      const bool gemm = bound.rfind("gemm", 0) == 0;
+      const double value =
+          gemm ? counter(r, "GFLOPs")
+               : counter(r, r.counters.count("weight_GBps") ? "weight_GBps" : "GBps");
+      const double lim = limit_of(bound, l);
+      const char* unit = gemm ? "GFLOP/s" : "GB/s";
+      figure = format("%.1f ", value) + unit;
+      if (lim > 0) {
+        limit = format("%.1f ", lim) + unit + " " + (gemm ? "GEMM" : bound);
+        pct = format("%.1f", 100 * value / lim);
+      }
+    }
+    std::fprintf(out, "%-44s %11s %11s %15s %26s %7s\n", name.c_str(), per_token.c_str(),
+                 tokens.c_str(), figure.c_str(), limit.c_str(), pct.c_str());
+  }
+  std::fflush(out);
+}
+
+bool starts_with(const char* s, const char* prefix) {
+  return std::strncmp(s, prefix, std::strlen(prefix)) == 0;
+}
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::fprintf(stderr,
+               "xlstm_bench: %s\nusage: xlstm_bench [--quick] [--threads=N] "
+               "[--wall-time] [--benchmark_...]\n",
+               message.c_str());
+  std::exit(2);
+}
+
+}  // namespace
+}  // namespace xbench
+
+int main(int argc, char** argv) {
+  using namespace xbench;
+  const auto start = std::chrono::steady_clock::now();
+
+  // Our flags first; Google Benchmark must not see them.
+  std::string format = "console";
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const char* a = argv[i];
+    if (std::strcmp(a, "--quick") == 0) {
+      g_options.quick = true;
+      continue;
+    }
+    if (starts_with(a, "--threads=")) {
+      char* end = nullptr;
+      const long n = std::strtol(a + 10, &end, 10);
+      if (end == a + 10 || *end != '\0' || n < 0 || n > 1024) {
+        usage_error(std::string("bad value in '") + a + "' (1, 2, ... or 0 = all)");
+      }
+      g_options.threads = int(n);
+      continue;
+    }
+    if (std::strcmp(a, "--wall-time") == 0) {
+      g_options.wall_time = true;
+      continue;
+    }
+    if (starts_with(a, "--benchmark_format=")) format = a + 19;
+    argv[kept++] = argv[i];
+  }
+  argc = kept;
+  argv[argc] = nullptr;
+
+#ifdef _OPENMP
+  // Both Eigen's products and any OpenMP loop (the library's own, the
+  // bandwidth limits) use this many threads; 0 = one per processor.
+  const int threads = g_options.threads == 0 ? omp_get_num_procs() : g_options.threads;
+  omp_set_num_threads(threads);
+  Eigen::setNbThreads(threads);
+  g_options.used_threads = threads;
+  const char* openmp = "yes";
+#else
+  const char* openmp = "no (built without OpenMP: products run on one thread)";
+  if (Eigen::nbThreads() != 1 || g_options.threads != 1) {
+    std::fprintf(stderr, "xlstm_bench: --threads=%d ignored: built without OpenMP\n",
+                 g_options.threads);
+  }
+#endif
+  benchmark::AddCustomContext("xlstm_mode", g_options.quick ? "quick" : "full");
+  benchmark::AddCustomContext("xlstm_threads", std::to_string(Eigen::nbThreads()));
+  benchmark::AddCustomContext("xlstm_threads_flag", std::to_string(g_options.threads));
+  benchmark::AddCustomContext("xlstm_timing", cpu_timing() ? "thread CPU time" : "wall time");
+  benchmark::AddCustomContext("eigen_openmp", openmp);
+  benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("eigen_version", std::to_string(EIGEN_WORLD_VERSION) + "." +
+                                                   std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                                                   std::to_string(EIGEN_MINOR_VERSION));
+
+  // Registration order is run order: the limits first, so that every later
+  // row can divide by them.
+  register_limit_benchmarks(g_options.quick);
+  register_cell_benchmarks(g_options.quick);
+  register_block_benchmarks(g_options.quick);
+  register_model_benchmarks(g_options.quick);
+  register_large_benchmarks(g_options.quick);
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+
+  std::unique_ptr<benchmark::BenchmarkReporter> inner;
+  if (format == "console") {
+    inner = std::make_unique<benchmark::ConsoleReporter>(
+        isatty(STDOUT_FILENO) ? benchmark::ConsoleReporter::OO_ColorTabular
+                              : benchmark::ConsoleReporter::OO_Tabular);
+  } else if (format == "json") {
+    inner = std::make_unique<benchmark::JSONReporter>();
+  }
+  if (!inner) {  // csv: Google Benchmark's own reporter, no summary
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+  }
+  CollectingReporter reporter(std::move(inner));
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  ensure_limits();  // (if a filter skipped the limits rows)
+  const Limits end = measure_missing(Limits{});
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // With JSON on stdout the summary goes to stderr, keeping stdout valid JSON.
+  print_summary(format == "console" ? stdout : stderr, reporter.runs(), limits(), end, wall);
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,110 @@
+// The fuzzed entry points, shared by the libFuzzer targets (fuzz_*.cpp, clang
+// only) and the regression test that replays the corpus and every input a
+// fuzzer ever found (test_fuzz_regressions.cpp, any compiler).
+//
+// Contract under test: for any bytes, the library either succeeds or throws
+// xlstm::Error — never crashes, never reads out of bounds, never throws
+// anything else.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xlstm/io/checkpoint.hpp"
+#include "xlstm/io/config_json.hpp"
+#include "xlstm/io/large_checkpoint.hpp"
+#include "xlstm/io/safetensors.hpp"
+
+namespace fuzz {
+
+/// Parse a safetensors file from bytes and read every tensor in every way.
+inline void safetensors(const std::uint8_t* data, std::size_t size) {
+  try {
+    const auto file = xlstm::io::SafetensorsFile::from_bytes(
+        std::vector<std::uint8_t>(data, data + size), "fuzz.safetensors");
+    for (const auto& name : file.names()) {
+      const auto& info = file.info(name);
+      if (info.element_count() > (std::size_t(1) << 22)) continue;  // keep runs fast
+      (void)file.read<double>(name);
+      (void)file.read<float>(name);
+      if (file.can_view<float>(name)) (void)file.view<float>(name);
+    }
+    for (const auto& [key, value] : file.metadata()) (void)key.size(), (void)value.size();
+  } catch (const xlstm::Error&) {
+  }
+}
+
+/// Parse a config JSON as every config kind the library reads.
+inline void config_json(const std::uint8_t* data, std::size_t size) {
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  xlstm::io::Json json;
+  try {
+    json = xlstm::io::parse_json(text, "fuzz config");
+  } catch (const xlstm::Error&) {
+    return;
+  }
+  // Configs whose sizes would need more than this many parameters are not
+  // built (a fuzzer may ask for E = 10^9); parsing and validation still run.
+  constexpr double kMaxParameters = 2e6;
+  try {
+    const auto c = xlstm::io::language_model_config_from_json(json);
+    (void)xlstm::io::to_json(c).dump();
+    const double e = double(c.embedding_dim);
+    if (double(c.vocab_size) * e + double(c.num_blocks) * 16 * e * e < kMaxParameters) {
+      xlstm::LanguageModel<float> model(c);
+      (void)model;
+    }
+  } catch (const xlstm::Error&) {
+  }
+  try {
+    const auto c = xlstm::io::large_model_config_from_json(json);
+    (void)xlstm::io::to_json(c).dump();
+  } catch (const xlstm::Error&) {
+  }
+  try {
+    (void)xlstm::io::mlstm_block_config_from_json(json);
+    (void)xlstm::io::slstm_block_config_from_json(json);
+  } catch (const xlstm::Error&) {
+  }
+}
+
+/// The small language model every model-loading input is loaded into.
+inline const xlstm::LanguageModelConfig& model_config() {
+  static const xlstm::LanguageModelConfig config = [] {
+    xlstm::LanguageModelConfig c;
+    c.mlstm_block = xlstm::MLstmBlockConfig{};
+    c.mlstm_block->mlstm.num_heads = 2;
+    c.slstm_block = xlstm::SLstmBlockConfig{};
+    c.slstm_block->slstm.num_heads = 2;
+    c.embedding_dim = 16;
+    c.num_blocks = 2;
+    c.slstm_at = {1};
+    c.context_length = 8;
+    c.vocab_size = 11;
+    c.post_init();
+    return c;
+  }();
+  return config;
+}
+
+/// Load a model checkpoint from bytes; when it loads, run it.
+inline void model_load(const std::uint8_t* data, std::size_t size) {
+  try {
+    const auto file = xlstm::io::SafetensorsFile::from_bytes(
+        std::vector<std::uint8_t>(data, data + size), "fuzz_model.safetensors");
+    xlstm::LanguageModel<float> model(model_config());
+    xlstm::io::LoadOptions options;
+    options.check_finite = true;
+    xlstm::io::load_module(model, file, options);
+    xlstm::Tokens tokens(1, 3);
+    tokens << 1, 2, 3;
+    auto state = model.initial_state(1);
+    xlstm::Sequence<float> logits;
+    model.forward(tokens, state, logits);
+  } catch (const xlstm::Error&) {
+  }
+}
+
+}  // namespace fuzz
