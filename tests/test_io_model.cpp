@@ -15,7 +15,6 @@
 // used, its derivation is next to it.
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <Eigen/Core>
 #include <cmath>
@@ -84,13 +83,13 @@ template <typename Fn>
   return ::testing::AssertionFailure() << "no xlstm::Error thrown";
 }
 
-// A file name under the temporary directory, unique per process and test,
+// A file name under the temporary directory, unique per test (and random),
 // removed (with the writer's ".tmp" sibling) when it goes out of scope.
 class TempPath {
  public:
   explicit TempPath(const std::string& tag) {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = std::string("xlstm_test_") + std::to_string(::getpid()) + "_" +
+    std::string name = std::string("xlstm_test_") + std::to_string(std::random_device{}()) + "_" +
                        info->test_suite_name() + "_" + info->name() + "_" + tag + ".safetensors";
     for (char& c : name) {
       if (c == '/') c = '_';
