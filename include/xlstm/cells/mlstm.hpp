@@ -44,8 +44,14 @@ struct MLstmCellConfig {
   double eps = 1e-6;      ///< the "+ eps" of the normaliser (SPEC §4.1)
   MLstmStateConvention convention = MLstmStateConvention::scaled_keys;
   Index chunk_size = 64;  ///< chunk length of the chunkwise form
-  /// `automatic` uses the parallel form up to this length (from a zero state).
-  Index parallel_max_length = 256;
+  /// `automatic` uses the parallel form up to this length (from a zero state),
+  /// the chunkwise form beyond. Up to one chunk both cost the same; beyond, the
+  /// parallel form computes the masked half of its T x T matrix for nothing
+  /// (measured, B = 1, NH = 4, DH = 256, float: 24.2 us/token parallel versus
+  /// 18.6 chunkwise at T = 256). Sequences of at most one chunk thus match the
+  /// official forward (which is parallel) to rounding; longer ones differ from
+  /// it only by the eps term of SPEC §4.5.
+  Index parallel_max_length = 64;
 
   void validate() const {
     check_positive(num_heads, "MLstmCellConfig", "num_heads");
