@@ -17,13 +17,13 @@
 //   in double (u = 1.1e-16). Measured maxima: 1.1e-6 (float), 2.9e-15
 //   (double).
 // * `with_parallel`: comparisons where one side ran the mLSTM parallel form
-//   (the forward pass from a zero state with T <= 256). Its outputs differ
-//   from the recurrent step by the eps term of SPEC §4.5: every head's h at
-//   every step is scaled by a factor within 1 +- eps = 1 +- 1e-6. That is far
-//   above double rounding, and it propagates through the following blocks
-//   and steps; we allow 1e-5 in double (10x the per-layer bound; measured
-//   1.3e-8, as SPEC §4.5 predicts). In float, rounding dominates and the
-//   tolerance stays 1e-4.
+//   (the forward pass from a zero state with T <= parallel_max_length). Its
+//   outputs differ from the recurrent step by the eps term of SPEC §4.5:
+//   every head's h at every step is scaled by a factor within
+//   1 +- eps = 1 +- 1e-6. That is far above double rounding, and it
+//   propagates through the following blocks and steps; we allow 1e-5 in
+//   double (10x the per-layer bound; measured 1.3e-8, as SPEC §4.5
+//   predicts). In float, rounding dominates and the tolerance stays 1e-4.
 // Any real defect (a lost state, a shifted conv window, a wrong gate) shows up
 // as differences of order 1e-2 or more.
 
@@ -417,15 +417,17 @@ TYPED_TEST(ForwardThenStepTest, LanguageModelHandlesThreeTimesContextLength) {
                     Tol<S>::with_parallel));
 }
 
-// T beyond the parallel form's limit (256): the forward pass from the zero
-// state is chunkwise (chunks of 64 and a remainder), which uses the recurrent
-// stabiliser, so it matches step() to rounding, eps term included.
+// T beyond the parallel form's limit (MLstmCellConfig::parallel_max_length):
+// the forward pass from the zero state is chunkwise (several chunks of 64 and
+// a remainder), which uses the recurrent stabiliser, so it matches step() to
+// rounding, eps term included.
 TYPED_TEST(ForwardThenStepTest, LongSequenceForwardIsChunkwiseAndMatchesStepToRounding) {
   using S = TypeParam;
   std::mt19937_64 rng(106);
   LanguageModel<S> model(lm_config());
   randomize(model, 6);
   const Index batch = 1, time = 300;
+  ASSERT_GT(time, xlstm::MLstmCellConfig{}.parallel_max_length) << "premise: chunkwise forward";
   const Tokens tokens = random_tokens(batch, time, kVocab, rng);
   auto ref_state = model.initial_state(batch);
   const Sequence<S> ref = step_tokens(model, tokens, 0, time, ref_state);
