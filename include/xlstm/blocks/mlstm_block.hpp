@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "xlstm/blocks/block_state.hpp"
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/causal_conv1d.hpp"
@@ -69,32 +70,14 @@ struct MLstmBlockConfig {
   }
 };
 
+/// Step workspace of the MLstm block (B rows).
 template <typename Scalar>
-struct MLstmBlockState {
-  CausalConv1dState<Scalar> conv;  ///< last K inputs x_m of the conv (SPEC §6.3)
-  MLstmState<Scalar> cell;         ///< scaled-keys convention, as the official step()
-
-  /// Step workspace (B rows), so that step does not allocate.
-  struct Workspace {
-    Matrix<Scalar> normed, up, conv_act, qkv, gates_i, gates_f, h, h_norm;
-  } ws;
-
-  Index batch() const { return cell.batch; }
-  void reset() {
-    conv.reset();
-    cell.reset();
-  }
-  void reset_row(Index b) {
-    check(b >= 0 && b < batch(), "MLstmBlockState::reset_row: argument 'row' must be in [0, ",
-          batch(), "), got ", b);
-    conv.reset_row(b);
-    cell.reset_row(b);
-  }
-  void copy_row_from(const MLstmBlockState& other, Index src, Index dst) {
-    conv.copy_row_from(other.conv, src, dst);
-    cell.copy_row_from(other.cell, src, dst);
-  }
+struct MLstmBlockWorkspace {
+  Matrix<Scalar> normed, up, conv_act, qkv, gates_i, gates_f, h, h_norm;
 };
+
+template <typename Scalar>
+using MLstmBlockState = ConvCellState<Scalar, MLstmState<Scalar>, MLstmBlockWorkspace<Scalar>>;
 
 template <typename Scalar_>
 class MLstmBlock {
@@ -162,8 +145,8 @@ class MLstmBlock {
 
   /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
   /// final state equal running it alone; outputs past its length are zero.
-  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y, MLstmForm form = MLstmForm::automatic) const {
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
+               MLstmForm form = MLstmForm::automatic) const {
     check_input(x.features(), x.batch(), state, "MLstmBlock::forward", "x");
     check_lengths(lengths, x.batch(), x.time(), "MLstmBlock::forward");
     check(x.time() > 0, "MLstmBlock::forward: argument 'x' must have at least one time step");
@@ -262,8 +245,8 @@ class MLstmBlock {
  private:
   void check_input(Index features, Index batch, const State& state, const char* where,
                    const char* name) const {
-    check(features == embedding_dim(), where, ": argument '", name, "' must have ",
-          embedding_dim(), " features (embedding_dim), got ", features);
+    check(features == embedding_dim(), where, ": argument '", name, "' must have ", embedding_dim(),
+          " features (embedding_dim), got ", features);
     check(batch == state.batch(), where, ": argument '", name, "' has batch ", batch,
           " but the state was made for batch ", state.batch());
   }

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "xlstm/blocks/block_state.hpp"
 #include "xlstm/cells/slstm.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/causal_conv1d.hpp"
@@ -108,32 +109,14 @@ struct SLstmBlockConfig {
   }
 };
 
+/// Step workspace of the SLstm block (B rows).
 template <typename Scalar>
-struct SLstmBlockState {
-  CausalConv1dState<Scalar> conv;  ///< last K pre-normed inputs LN(x) (SPEC §6.3)
-  SLstmState<Scalar> cell;
-
-  /// Step workspace (B rows), so that step does not allocate.
-  struct Workspace {
-    Matrix<Scalar> normed, conv_act, preact, y_norm, ffn_in, ffn_up;
-  } ws;
-
-  Index batch() const { return cell.batch(); }
-  void reset() {
-    conv.reset();
-    cell.reset();
-  }
-  void reset_row(Index b) {
-    check(b >= 0 && b < batch(), "SLstmBlockState::reset_row: argument 'row' must be in [0, ",
-          batch(), "), got ", b);
-    conv.reset_row(b);
-    cell.reset_row(b);
-  }
-  void copy_row_from(const SLstmBlockState& other, Index src, Index dst) {
-    conv.copy_row_from(other.conv, src, dst);
-    cell.copy_row_from(other.cell, src, dst);
-  }
+struct SLstmBlockWorkspace {
+  Matrix<Scalar> normed, conv_act, preact, y_norm, ffn_in, ffn_up;
 };
+
+template <typename Scalar>
+using SLstmBlockState = ConvCellState<Scalar, SLstmState<Scalar>, SLstmBlockWorkspace<Scalar>>;
 
 template <typename Scalar_>
 class SLstmBlock {
@@ -331,8 +314,8 @@ class SLstmBlock {
 
   void check_input(Index features, Index batch, const State& state, const char* where,
                    const char* name) const {
-    check(features == embedding_dim(), where, ": argument '", name, "' must have ",
-          embedding_dim(), " features (embedding_dim), got ", features);
+    check(features == embedding_dim(), where, ": argument '", name, "' must have ", embedding_dim(),
+          " features (embedding_dim), got ", features);
     check(batch == state.batch(), where, ": argument '", name, "' has batch ", batch,
           " but the state was made for batch ", state.batch());
   }

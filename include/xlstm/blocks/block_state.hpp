@@ -1,0 +1,40 @@
+// The recurrent state of a block: its causal-conv window, its cell state and
+// the workspace its `step` writes into (so that step does not allocate).
+// Both block kinds share this shape; only the cell state and workspace differ.
+#pragma once
+
+#include "xlstm/core/causal_conv1d.hpp"
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+template <typename Scalar, typename CellState, typename Workspace>
+struct ConvCellState {
+  CausalConv1dState<Scalar> conv;  ///< last K conv inputs per row (SPEC §6.3)
+  CellState cell;
+  Workspace ws;
+
+  Index batch() const { return conv.batch(); }
+
+  void reset() {
+    conv.reset();
+    cell.reset();
+  }
+
+  /// Resets batch row `row` only; the others continue.
+  void reset_row(Index row) {
+    check(row >= 0 && row < batch(), "block state reset_row: argument 'row' must be in [0, ",
+          batch(), "), got ", row);
+    conv.reset_row(row);
+    cell.reset_row(row);
+  }
+
+  /// Copies batch row `src` of `other` into row `dst` of this state.
+  void copy_row_from(const ConvCellState& other, Index src, Index dst) {
+    conv.copy_row_from(other.conv, src, dst);
+    cell.copy_row_from(other.cell, src, dst);
+  }
+};
+
+}  // namespace xlstm
