@@ -1,5 +1,8 @@
-// SLstmCell::step and MLstmCell::step perform no heap allocation once the
-// state exists (their documented contract: the state holds the workspace).
+// step() performs no heap allocation and takes no lock once the state exists,
+// at every level: SLstmCell, MLstmCell, MLstmBlock, SLstmBlock, BlockStack,
+// LanguageModel and LargeModel (float and 16-bit weights); float and double;
+// one thread and the default thread count (DESIGN.md: the state holds the
+// workspace).
 //
 // Two independent counters, because Eigen allocates with malloc, not new:
 //  1. Every replaceable global operator new / new[] (plain, nothrow, aligned,
@@ -12,6 +15,13 @@
 //     itself: a failed assertion increments a counter instead of aborting.
 //     (Any other failed Eigen assertion would be counted too — also a bug.)
 // Both definitions must come before the first include of Eigen.
+//
+// Locks: pthread_mutex_lock (what std::mutex, std::call_once fallbacks and
+// most library locks end in) is interposed below and counted; the count must
+// stay zero at one thread. With several threads the OpenMP fork/join of a
+// parallel region is the only synchronisation (libgomp's futex barrier, not a
+// mutex); real-time callers set one thread (README, "Allocation and
+// real-time safety").
 #define EIGEN_RUNTIME_NO_MALLOC
 
 #include <atomic>
@@ -31,9 +41,20 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include <random>
 #include <vector>
 
+#include <dlfcn.h>
+#include <pthread.h>
+
+#include <mutex>
+
+#include "xlstm/blocks/mlstm_block.hpp"
+#include "xlstm/blocks/slstm_block.hpp"
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/cells/slstm.hpp"
+#include "xlstm/core/init.hpp"
 #include "xlstm/core/parallel.hpp"
+#include "xlstm/model/block_stack.hpp"
+#include "xlstm/model/language_model.hpp"
+#include "xlstm/model/large_model.hpp"
 
 // ---------------------------------------------------------------------------
 // Counting global operator new / delete
@@ -124,25 +145,43 @@ void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcep
   aligned_release(p);
 }
 
+// ---------------------------------------------------------------------------
+// Counting pthread_mutex_lock (interposed: the executable's definition wins
+// over libc's for every caller that links dynamically)
+// ---------------------------------------------------------------------------
+
+inline std::atomic<long> g_mutex_locks{0};
+
+extern "C" int pthread_mutex_lock(pthread_mutex_t* mutex) {
+  using Lock = int (*)(pthread_mutex_t*);
+  static const Lock real = reinterpret_cast<Lock>(dlsym(RTLD_NEXT, "pthread_mutex_lock"));
+  g_mutex_locks.fetch_add(1, std::memory_order_relaxed);
+  return real(mutex);
+}
+
 namespace {
 
 using xlstm::Index;
 using xlstm::Matrix;
 
-// Allocations counted while `fn` runs with Eigen heap allocation forbidden.
+// Allocations and locks counted while `fn` runs with Eigen heap allocation
+// forbidden.
 struct Allocations {
   long news = 0;
   int eigen = 0;
+  long locks = 0;
 };
 
 template <typename Fn>
 Allocations count_allocations(Fn&& fn) {
   const long news_before = g_new_calls.load();
   const int eigen_before = g_eigen_assert_failures.load();
+  const long locks_before = g_mutex_locks.load();
   Eigen::internal::set_is_malloc_allowed(false);
   fn();
   Eigen::internal::set_is_malloc_allowed(true);
-  return {g_new_calls.load() - news_before, g_eigen_assert_failures.load() - eigen_before};
+  return {g_new_calls.load() - news_before, g_eigen_assert_failures.load() - eigen_before,
+          g_mutex_locks.load() - locks_before};
 }
 
 template <typename S>
@@ -182,10 +221,15 @@ TEST(NoAllocControl, CountersSeeOperatorNewAndEigenHeapAllocations) {
   EXPECT_GE(by_gemm.eigen, 1);
   EXPECT_EQ(c(0, 0), 512.0f);
 
+  std::mutex mutex;
+  const auto by_lock = count_allocations([&] { const std::lock_guard<std::mutex> lock(mutex); });
+  EXPECT_GE(by_lock.locks, 1);
+
   Eigen::Matrix4d fixed = Eigen::Matrix4d::Identity();
   const auto none = count_allocations([&] { fixed = fixed * fixed; });
   EXPECT_EQ(none.news, 0);
   EXPECT_EQ(none.eigen, 0);
+  EXPECT_EQ(none.locks, 0);
 }
 
 template <typename S>
@@ -321,6 +365,199 @@ TYPED_TEST(NoAllocTest, MLstmStepDoesNotAllocate) {
         EXPECT_TRUE(h.allFinite());
       }
     }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Blocks, stack and models
+// ---------------------------------------------------------------------------
+
+// Runs `step` kSteps times after one warm-up step and checks the counters. At
+// one thread no mutex may be locked either.
+template <typename Step>
+void expect_step_allocates_nothing(int threads, Step&& step) {
+  step(0);  // warm-up: OpenMP creates its thread team on first use
+  const auto counted = count_allocations([&] {
+    for (int t = 1; t <= kSteps; ++t) step(t);
+  });
+  EXPECT_EQ(counted.news, 0);
+  EXPECT_EQ(counted.eigen, 0);
+  if (threads == 1) {
+    EXPECT_EQ(counted.locks, 0);
+  }
+}
+
+// Batch sizes: one row (decode), a few rows (the dot kernel in groups of 4
+// and single rows), and more rows than the sequence path keeps on that
+// kernel (Eigen's GEMM there would take its packing buffers from the heap).
+const std::vector<Index> kBatches = {1, 3, 16};
+
+template <typename Module>
+void randomize(Module& module, std::uint64_t seed) {
+  xlstm::Rng rng(seed);
+  module.initialize(rng);
+  xlstm::ParameterList<typename Module::Scalar> params;
+  module.collect_parameters("", params);
+  std::normal_distribution<double> dist(0.0, 0.1);
+  for (const auto& p : params) {
+    for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {
+      p.data[i] += typename Module::Scalar(dist(rng.engine()));
+    }
+  }
+}
+
+template <typename Block>
+void check_block(const Block& block, Index embedding_dim) {
+  using S = typename Block::Scalar;
+  const ThreadCountGuard guard;
+  for (const int threads : thread_counts()) {
+    xlstm::set_num_threads(threads);
+    for (const Index batch : kBatches) {
+      SCOPED_TRACE(::testing::Message() << "threads " << threads << " B " << batch);
+      std::mt19937 rng(303);
+      std::vector<Matrix<S>> x;
+      for (int t = 0; t < kInputs; ++t) x.push_back(random_matrix<S>(batch, embedding_dim, rng));
+      auto state = block.initial_state(batch);
+      Matrix<S> y(batch, embedding_dim);
+      expect_step_allocates_nothing(
+          threads, [&](int t) { block.step(x[std::size_t(t % kInputs)], state, y); });
+      EXPECT_TRUE(y.allFinite());
+    }
+  }
+}
+
+TYPED_TEST(NoAllocTest, MLstmBlockStepDoesNotAllocate) {
+  using S = TypeParam;
+  // E 32 (tiny), E 256 (inner 512: head blocks and projections whose Eigen
+  // GEMM packing exceeds EIGEN_STACK_ALLOCATION_LIMIT at B 16).
+  for (const Index e : {Index(32), Index(256)}) {
+    SCOPED_TRACE(::testing::Message() << "E " << e);
+    xlstm::MLstmBlockConfig cfg;
+    cfg.mlstm.embedding_dim = e;
+    cfg.mlstm.num_heads = 4;
+    cfg.mlstm.context_length = 16;
+    xlstm::MLstmBlock<S> block(cfg);
+    randomize(block, 11);
+    check_block(block, e);
+  }
+}
+
+TYPED_TEST(NoAllocTest, SLstmBlockStepDoesNotAllocate) {
+  using S = TypeParam;
+  for (const Index e : {Index(32), Index(256)}) {
+    SCOPED_TRACE(::testing::Message() << "E " << e);
+    xlstm::SLstmBlockConfig cfg;
+    cfg.slstm.embedding_dim = e;
+    cfg.slstm.num_heads = 4;
+    xlstm::SLstmBlock<S> block(cfg);
+    randomize(block, 12);
+    check_block(block, e);
+  }
+}
+
+xlstm::LanguageModelConfig small_lm_config(Index embedding_dim, Index vocab, bool tie) {
+  xlstm::LanguageModelConfig c;
+  c.mlstm_block = xlstm::MLstmBlockConfig{};
+  c.mlstm_block->mlstm.num_heads = 4;
+  c.slstm_block = xlstm::SLstmBlockConfig{};
+  c.slstm_block->slstm.num_heads = 4;
+  c.context_length = 16;
+  c.num_blocks = 3;
+  c.embedding_dim = embedding_dim;
+  c.slstm_at = {1};
+  c.vocab_size = vocab;
+  c.tie_weights = tie;
+  return c;
+}
+
+TYPED_TEST(NoAllocTest, BlockStackStepDoesNotAllocate) {
+  using S = TypeParam;
+  const auto cfg = small_lm_config(64, 10, false);
+  xlstm::BlockStack<S> stack(static_cast<const xlstm::BlockStackConfig&>(cfg));
+  randomize(stack, 13);
+  check_block(stack, 64);
+}
+
+TYPED_TEST(NoAllocTest, LanguageModelStepDoesNotAllocate) {
+  using S = TypeParam;
+  const ThreadCountGuard guard;
+  // Vocabulary 3000 x E 64: the head is 192k weights, as big as a block.
+  for (const bool tie : {false, true}) {
+    xlstm::LanguageModel<S> model(small_lm_config(64, 3000, tie));
+    randomize(model, 14);
+    for (const int threads : thread_counts()) {
+      xlstm::set_num_threads(threads);
+      for (const Index batch : kBatches) {
+        SCOPED_TRACE(::testing::Message()
+                     << "tie " << tie << " threads " << threads << " B " << batch);
+        std::vector<std::int64_t> tokens(std::size_t(batch), 0);
+        auto state = model.initial_state(batch);
+        Matrix<S> logits(batch, model.vocab_size());
+        expect_step_allocates_nothing(threads, [&](int t) {
+          for (std::size_t b = 0; b < tokens.size(); ++b)
+            tokens[b] = (7 * t + 13 * Index(b)) % 3000;
+          model.step(tokens, state, logits);
+        });
+        EXPECT_TRUE(logits.allFinite());
+      }
+    }
+  }
+}
+
+xlstm::LargeModelConfig small_large_config() {
+  xlstm::LargeModelConfig c;
+  c.embedding_dim = 128;
+  c.num_heads = 2;
+  c.num_blocks = 2;
+  c.vocab_size = 1000;
+  c.mode = "inference";
+  c.return_last_states = true;
+  return c;
+}
+
+template <typename S>
+void check_large_model(const xlstm::LargeModel<S>& model) {
+  const ThreadCountGuard guard;
+  for (const int threads : thread_counts()) {
+    xlstm::set_num_threads(threads);
+    for (const Index batch : kBatches) {
+      SCOPED_TRACE(::testing::Message() << "threads " << threads << " B " << batch);
+      std::vector<std::int64_t> tokens(std::size_t(batch), 0);
+      auto state = model.initial_state(batch);
+      Matrix<S> logits(batch, model.vocab_size());
+      expect_step_allocates_nothing(threads, [&](int t) {
+        for (std::size_t b = 0; b < tokens.size(); ++b) tokens[b] = (7 * t + 13 * Index(b)) % 1000;
+        model.step(tokens, state, logits);
+      });
+      EXPECT_TRUE(logits.allFinite());
+    }
+  }
+}
+
+TYPED_TEST(NoAllocTest, LargeModelStepDoesNotAllocate) {
+  using S = TypeParam;
+  xlstm::LargeModel<S> model(small_large_config());
+  xlstm::Rng rng(15);
+  model.initialize(rng, /*noise=*/0.5);
+  check_large_model(model);
+}
+
+// 16-bit weights: decoded a piece of a row at a time into a stack buffer.
+TEST(NoAllocLarge, SixteenBitWeightStepDoesNotAllocate) {
+  for (const auto storage : {xlstm::WeightStorage::bf16, xlstm::WeightStorage::f16}) {
+    SCOPED_TRACE(storage == xlstm::WeightStorage::bf16 ? "bf16" : "f16");
+    xlstm::LargeModel<float> model(small_large_config(), storage);
+    std::mt19937 rng(16);
+    std::uniform_real_distribution<float> dist(-0.1f, 0.1f);
+    for (auto* w : model.weight_matrices()) {
+      std::uint16_t* bits = w->owned_half_bits();
+      ASSERT_NE(bits, nullptr);
+      for (Index i = 0; i < w->rows() * w->cols(); ++i) {
+        bits[i] = storage == xlstm::WeightStorage::bf16 ? xlstm::float_to_bf16(dist(rng))
+                                                        : xlstm::float_to_f16(dist(rng));
+      }
+    }
+    check_large_model(model);
   }
 }
 

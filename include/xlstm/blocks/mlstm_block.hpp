@@ -55,6 +55,12 @@ struct MLstmLayerConfig {
           _inner_embedding_dim, " must be divisible by 'qkv_proj_blocksize' (", qkv_proj_blocksize,
           ")");
     check(_num_blocks >= 1, where, ": '_num_blocks' must be >= 1, got ", _num_blocks);
+    check_size_product({2, _inner_embedding_dim, embedding_dim}, where,
+                       "proj_up weight (2 x inner dim x 'embedding_dim')");
+    check_size_product({_inner_embedding_dim, _inner_embedding_dim / num_heads}, where,
+                       "mLSTM cell state (inner dim x inner dim / 'num_heads')");
+    check_size_product({_inner_embedding_dim, conv1d_kernel_size}, where,
+                       "conv weight (inner dim x 'conv1d_kernel_size')");
   }
 };
 
@@ -119,6 +125,8 @@ class MLstmBlock {
 
   State initial_state(Index batch) const {
     check(batch >= 0, "MLstmBlock::initial_state: argument 'batch' must be >= 0, got ", batch);
+    check_size_product({batch, 3 * inner_dim() + embedding_dim()}, "MLstmBlock::initial_state",
+                       "'batch' x step workspace width (3 x inner dim + embedding_dim)");
     State s;
     s.conv = conv1d_.initial_state(batch);
     s.cell = cell_.initial_state(batch);
@@ -148,6 +156,7 @@ class MLstmBlock {
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
                MLstmForm form = MLstmForm::automatic) const {
     check_input(x.features(), x.batch(), state, "MLstmBlock::forward", "x");
+    check_state(state, x.batch(), "MLstmBlock::forward");
     check_lengths(lengths, x.batch(), x.time(), "MLstmBlock::forward");
     check(x.time() > 0, "MLstmBlock::forward: argument 'x' must have at least one time step");
     const Index batch = x.batch(), time = x.time(), inner = inner_dim();
@@ -183,23 +192,47 @@ class MLstmBlock {
     check(y_t.rows() == x_t.rows() && y_t.cols() == embedding_dim(),
           "MLstmBlock::step: argument 'y_t' must be ", x_t.rows(), " x ", embedding_dim(), ", got ",
           y_t.rows(), " x ", y_t.cols());
+    check_state(state, x_t.rows(), "MLstmBlock::step", /*workspace=*/true);
     const Index inner = inner_dim();
     auto& ws = state.ws;
     xlstm_norm_.forward(x_t, ws.normed);
-    proj_up_.forward(ws.normed, ws.up);
+    proj_up_.forward(ws.normed, ws.up, Workload::step);
     conv1d_.step(ws.up.leftCols(inner), state.conv, ws.conv_act);
     ws.conv_act.array() = silu(ws.conv_act.array());
-    q_proj_.forward(ws.conv_act, ws.qkv.leftCols(inner));
-    k_proj_.forward(ws.conv_act, ws.qkv.middleCols(inner, inner));
-    v_proj_.forward(ws.up.leftCols(inner), ws.qkv.rightCols(inner));
-    igate_.forward(ws.qkv, ws.gates_i);
-    fgate_.forward(ws.qkv, ws.gates_f);
+    q_proj_.forward(ws.conv_act, ws.qkv.leftCols(inner), Workload::step);
+    k_proj_.forward(ws.conv_act, ws.qkv.middleCols(inner, inner), Workload::step);
+    v_proj_.forward(ws.up.leftCols(inner), ws.qkv.rightCols(inner), Workload::step);
+    igate_.forward(ws.qkv, ws.gates_i, Workload::step);
+    fgate_.forward(ws.qkv, ws.gates_f, Workload::step);
     cell_.step(ws.qkv.leftCols(inner), ws.qkv.middleCols(inner, inner), ws.qkv.rightCols(inner),
                ws.gates_i, ws.gates_f, state.cell, ws.h);
     outnorm_.forward(ws.h, ws.h_norm);
     apply_skip_and_output_gate(ws.h_norm, ws.conv_act, ws.up.rightCols(inner));
-    proj_down_.forward(ws.h_norm, y_t);
+    proj_down_.forward(ws.h_norm, y_t, Workload::step);
     y_t += x_t;
+  }
+
+  /// Throws unless `state` has the sizes initial_state(batch) gives it (with
+  /// `workspace`, the step workspace too). Runs before anything is written,
+  /// so a call that throws leaves the state as it was.
+  void check_state(const State& state, Index batch, const char* where,
+                   bool workspace = false) const {
+    conv1d_.check_state(state.conv, batch, where);
+    cell_.check_state(state.cell, where);
+    check(state.cell.batch == batch, where, ": argument 'state' holds a cell state for batch ",
+          state.cell.batch, " but the input has batch ", batch);
+    if (!workspace) return;
+    const Index e = embedding_dim(), inner = inner_dim(), nh = config_.mlstm.num_heads;
+    const auto& ws = state.ws;
+    auto sized = [batch](const Matrix<Scalar>& m, Index cols) {
+      return m.rows() == batch && m.cols() == cols;
+    };
+    check(sized(ws.normed, e) && sized(ws.up, 2 * inner) && sized(ws.conv_act, inner) &&
+              sized(ws.qkv, 3 * inner) && sized(ws.gates_i, nh) && sized(ws.gates_f, nh) &&
+              sized(ws.h, inner) && sized(ws.h_norm, inner),
+          where,
+          ": argument 'state' has a step workspace of the wrong size (make it with "
+          "initial_state(batch))");
   }
 
   /// Official state_dict names (SPEC §7.1) below `prefix`.

@@ -42,6 +42,8 @@ struct FeedForwardConfig {
     check_positive(embedding_dim, "FeedForwardConfig", "embedding_dim");
     check(proj_factor > 0, "FeedForwardConfig: 'proj_factor' must be positive, got ", proj_factor);
     check_positive(_proj_up_dim, "FeedForwardConfig", "_proj_up_dim");
+    check_size_product({2, _proj_up_dim, embedding_dim}, "FeedForwardConfig",
+                       "proj_up weight (2 x up-projection dim x 'embedding_dim')");
     check(ff_type == "ffn_gated", "FeedForwardConfig: 'ff_type' must be \"ffn_gated\", got \"",
           ff_type, "\"");
     parse_activation(act_fn, "feedforward.act_fn");
@@ -79,6 +81,10 @@ struct SLstmLayerConfig {
           ") must be divisible by 'num_heads' (", num_heads, ")");
     check(conv1d_kernel_size >= 0, where, ": 'conv1d_kernel_size' must be >= 0, got ",
           conv1d_kernel_size);
+    check_size_product({4, embedding_dim, embedding_dim / num_heads}, where,
+                       "gate and recurrent weights (4 x 'embedding_dim' x head dim)");
+    check_size_product({embedding_dim, conv1d_kernel_size}, where,
+                       "conv weight ('embedding_dim' x 'conv1d_kernel_size')");
     parse_slstm_function(function);
     check(bias_init == "powerlaw_blockdependent" || bias_init == "small_init" ||
               bias_init == "zeros" || bias_init == "standard",
@@ -157,6 +163,12 @@ class SLstmBlock {
 
   State initial_state(Index batch) const {
     check(batch >= 0, "SLstmBlock::initial_state: argument 'batch' must be >= 0, got ", batch);
+    check_size_product({batch, 4, embedding_dim()}, "SLstmBlock::initial_state",
+                       "'batch' x 4 x embedding_dim");
+    if (has_feedforward()) {
+      check_size_product({batch, 2, ffn_.proj_up_dim()}, "SLstmBlock::initial_state",
+                         "'batch' x 2 x feed-forward width");
+    }
     State s;
     s.conv = conv1d_.initial_state(batch);
     s.cell = cell_.initial_state(batch);
@@ -181,6 +193,7 @@ class SLstmBlock {
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                Sequence<Scalar>& y) const {
     check_input(x.features(), x.batch(), state, "SLstmBlock::forward", "x");
+    check_state(state, x.batch(), "SLstmBlock::forward");
     check_lengths(lengths, x.batch(), x.time(), "SLstmBlock::forward");
     check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
     const Index batch = x.batch(), time = x.time(), e = embedding_dim();
@@ -210,19 +223,43 @@ class SLstmBlock {
     check(y_t.rows() == x_t.rows() && y_t.cols() == embedding_dim(),
           "SLstmBlock::step: argument 'y_t' must be ", x_t.rows(), " x ", embedding_dim(), ", got ",
           y_t.rows(), " x ", y_t.cols());
+    check_state(state, x_t.rows(), "SLstmBlock::step", /*workspace=*/true);
     auto& ws = state.ws;
     xlstm_norm_.forward(x_t, ws.normed);
     conv1d_.step(ws.normed, state.conv, ws.conv_act);
     if (!conv1d_.is_identity()) ws.conv_act.array() = silu(ws.conv_act.array());
-    gate_preactivations(ws.normed, ws.conv_act, ws.preact);
+    gate_preactivations(ws.normed, ws.conv_act, ws.preact, Workload::step);
     cell_.step(ws.preact, state.cell);
     group_norm_.forward(state.cell.y, y_t);
     y_t += x_t;
     if (has_feedforward()) {
       ffn_norm_.forward(y_t, ws.ffn_in);
-      ffn_.forward(ws.ffn_in, ws.y_norm, ws.ffn_up);
+      ffn_.forward(ws.ffn_in, ws.y_norm, ws.ffn_up, Workload::step);
       y_t += ws.y_norm;
     }
+  }
+
+  /// Throws unless `state` has the sizes initial_state(batch) gives it (with
+  /// `workspace`, the step workspace too). Runs before anything is written,
+  /// so a call that throws leaves the state as it was.
+  void check_state(const State& state, Index batch, const char* where,
+                   bool workspace = false) const {
+    conv1d_.check_state(state.conv, batch, where);
+    cell_.check_state(state.cell, where);
+    check(state.cell.batch() == batch, where, ": argument 'state' holds a cell state for batch ",
+          state.cell.batch(), " but the input has batch ", batch);
+    if (!workspace) return;
+    const Index e = embedding_dim();
+    const auto& ws = state.ws;
+    auto sized = [batch](const Matrix<Scalar>& m, Index cols) {
+      return m.rows() == batch && m.cols() == cols;
+    };
+    check(sized(ws.normed, e) && sized(ws.conv_act, e) && sized(ws.preact, 4 * e) &&
+              sized(ws.y_norm, e) && sized(ws.ffn_in, e) &&
+              (!has_feedforward() || sized(ws.ffn_up, 2 * ffn_.proj_up_dim())),
+          where,
+          ": argument 'state' has a step workspace of the wrong size (make it with "
+          "initial_state(batch))");
   }
 
   /// Official state_dict names (SPEC §7.1) below `prefix`.
@@ -304,12 +341,13 @@ class SLstmBlock {
   /// pre-conv input, each block head-major.
   template <typename Out>
   void gate_preactivations(const ConstMatrixRef<Scalar>& normed,
-                           const ConstMatrixRef<Scalar>& conv_act, Out& preact) const {
+                           const ConstMatrixRef<Scalar>& conv_act, Out& preact,
+                           Workload workload = Workload::sequence) const {
     const Index e = embedding_dim();
-    input_gate_.forward(conv_act, preact.middleCols(0, e));
-    forget_gate_.forward(conv_act, preact.middleCols(e, e));
-    z_gate_.forward(normed, preact.middleCols(2 * e, e));
-    o_gate_.forward(normed, preact.middleCols(3 * e, e));
+    input_gate_.forward(conv_act, preact.middleCols(0, e), workload);
+    forget_gate_.forward(conv_act, preact.middleCols(e, e), workload);
+    z_gate_.forward(normed, preact.middleCols(2 * e, e), workload);
+    o_gate_.forward(normed, preact.middleCols(3 * e, e), workload);
   }
 
   void check_input(Index features, Index batch, const State& state, const char* where,

@@ -60,6 +60,8 @@ struct MLstmCellConfig {
     check_positive(chunk_size, "MLstmCellConfig", "chunk_size");
     check(eps >= 0 && std::isfinite(eps), "MLstmCellConfig: 'eps' must be finite and >= 0, got ",
           eps);
+    check_size_product({num_heads, qk_head_dim, v_head_dim}, "MLstmCellConfig",
+                       "'num_heads' x 'qk_head_dim' x 'v_head_dim'");
   }
 };
 
@@ -84,12 +86,16 @@ struct MLstmState {
         v_head_dim(v_head_dim_),
         convention(convention_) {
     check(batch >= 0, "MLstmState: argument 'batch' must be non-negative, got ", batch);
+    check_size_product({batch, num_heads, qk_head_dim, v_head_dim}, "MLstmState",
+                       "'batch' x num_heads x qk_head_dim x v_head_dim");
     C.setZero(batch * num_heads * qk_head_dim, v_head_dim);
     n.setZero(batch * num_heads, qk_head_dim);
     m.setZero(batch * num_heads);
   }
 
-  auto C_of(Index b, Index h) { return C.middleRows((b * num_heads + h) * qk_head_dim, qk_head_dim); }
+  auto C_of(Index b, Index h) {
+    return C.middleRows((b * num_heads + h) * qk_head_dim, qk_head_dim);
+  }
   auto C_of(Index b, Index h) const {
     return C.middleRows((b * num_heads + h) * qk_head_dim, qk_head_dim);
   }
@@ -174,21 +180,20 @@ class MLstmCell {
                Sequence<Scalar>& h, MLstmForm form = MLstmForm::automatic) const {
     check_sequence_inputs(q, k, v, igate, fgate, state);
     h.resize(q.batch(), q.time(), num_heads() * v_head_dim());
-    forward(q.batch(), q.time(), q.matrix(), k.matrix(), v.matrix(), igate.matrix(),
-            fgate.matrix(), state, h.matrix(), form);
+    forward(q.batch(), q.time(), q.matrix(), k.matrix(), v.matrix(), igate.matrix(), fgate.matrix(),
+            state, h.matrix(), form);
   }
 
   /// Ragged batch: row b runs `lengths[b]` steps exactly as if it ran alone;
   /// its outputs after that are zero and its state is left after its last
   /// valid step. Padded positions are never read.
   void forward(const Sequence<Scalar>& q, const Sequence<Scalar>& k, const Sequence<Scalar>& v,
-               const Sequence<Scalar>& igate, const Sequence<Scalar>& fgate,
-               const Lengths& lengths, State& state, Sequence<Scalar>& h,
-               MLstmForm form = MLstmForm::automatic) const {
+               const Sequence<Scalar>& igate, const Sequence<Scalar>& fgate, const Lengths& lengths,
+               State& state, Sequence<Scalar>& h, MLstmForm form = MLstmForm::automatic) const {
     check_sequence_inputs(q, k, v, igate, fgate, state);
     h.resize(q.batch(), q.time(), num_heads() * v_head_dim());
-    forward(q.batch(), q.time(), q.matrix(), k.matrix(), v.matrix(), igate.matrix(),
-            fgate.matrix(), state, h.matrix(), form, lengths);
+    forward(q.batch(), q.time(), q.matrix(), k.matrix(), v.matrix(), igate.matrix(), fgate.matrix(),
+            state, h.matrix(), form, lengths);
   }
 
   /// The same on (B*T)-row matrices (row b*T + t), e.g. column blocks of one
@@ -202,6 +207,7 @@ class MLstmCell {
     check_lengths(lengths, batch, time, "MLstmCell::forward");
     check(batch == state.batch && time > 0, "MLstmCell::forward: 'batch' must equal the state's (",
           state.batch, ") and 'time' be positive, got ", batch, " and ", time);
+    check_size_product({batch, time}, "MLstmCell::forward", "'batch' x 'time'");
     const Index rows = batch * time;
     check_shape(q, rows, num_heads() * qk_head_dim(), "MLstmCell::forward", "q");
     check_shape(k, rows, num_heads() * qk_head_dim(), "MLstmCell::forward", "k");
@@ -210,8 +216,9 @@ class MLstmCell {
     check_shape(fgate, rows, num_heads(), "MLstmCell::forward", "fgate");
     check_shape(h, rows, num_heads() * v_head_dim(), "MLstmCell::forward", "h");
     if (form == MLstmForm::parallel) {
-      check(state.is_zero(), "MLstmCell::forward: the parallel form starts from the zero state "
-                             "(SPEC §4.2); use the chunkwise form to continue from a state");
+      check(state.is_zero(),
+            "MLstmCell::forward: the parallel form starts from the zero state "
+            "(SPEC §4.2); use the chunkwise form to continue from a state");
     }
     // `automatic` decides per row, from the row's own length and state, so
     // that every row of a (ragged) batch runs exactly as it would alone.
@@ -226,7 +233,8 @@ class MLstmCell {
       }
     }
     // (batch row, head) pairs are independent: spread them over the threads.
-    const bool parallel = batch * num_heads() > 1 && time * qk_head_dim() * v_head_dim() >= (1 << 14);
+    const bool parallel =
+        batch * num_heads() > 1 && time * qk_head_dim() * v_head_dim() >= (1 << 14);
     parallel_for(batch * num_heads(), parallel, [&](Index item) {
       const Index b = item / num_heads(), head = item % num_heads();
       const Index len = length_of(lengths, b, time);
@@ -279,6 +287,21 @@ class MLstmCell {
                      v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
                      head, h.row(b).segment(head * dv, dv));
     });
+  }
+
+  /// Throws unless `state` has the sizes initial_state() gives it (any batch).
+  void check_state(const State& state, const char* where) const {
+    // The state's own sizes are compared by division, never multiplied: a
+    // tampered `batch` must not overflow.
+    check(state.num_heads == num_heads() && state.qk_head_dim == qk_head_dim() &&
+              state.v_head_dim == v_head_dim() && state.convention == config_.convention &&
+              state.n.cols() == qk_head_dim() && state.n.rows() % num_heads() == 0 &&
+              state.n.rows() / num_heads() == state.batch &&
+              state.C.rows() == state.n.rows() * qk_head_dim() && state.C.cols() == v_head_dim() &&
+              state.m.size() == state.n.rows(),
+          where, ": argument 'state' must be made by initial_state() of a cell with ", num_heads(),
+          " heads, DHQK ", qk_head_dim(), ", DHV ", v_head_dim(), " and the same convention; got ",
+          state.num_heads, " heads, DHQK ", state.qk_head_dim, ", DHV ", state.v_head_dim);
   }
 
  private:
@@ -360,8 +383,8 @@ class MLstmCell {
     causal_log_decay(in, 0, time, ws);
     // C[t, s] = (q_t . k_s) * scale * exp(logD[t, s] - m_t)
     ws.scores.noalias() = in.q * in.k.transpose();
-    ws.scores.array() *= query_scale() * key_scale() *
-                         (ws.log_decay.colwise() - ws.max_log).array().exp();
+    ws.scores.array() *=
+        query_scale() * key_scale() * (ws.log_decay.colwise() - ws.max_log).array().exp();
     for (Index t = 0; t < time; ++t) {
       const Scalar norm = std::max(std::abs(ws.scores.row(t).sum()), std::exp(-ws.max_log(t)));
       ws.scores.row(t) /= norm + eps();
@@ -390,8 +413,8 @@ class MLstmCell {
       ws.max_log(t) = m_combined;
     }
     ws.scores.noalias() = q * k.transpose();
-    ws.scores.array() *= query_scale() * key_scale() *
-                         (ws.log_decay.colwise() - ws.max_log).array().exp();
+    ws.scores.array() *=
+        query_scale() * key_scale() * (ws.log_decay.colwise() - ws.max_log).array().exp();
     // qbar = q * exp(m_inter - m_combined) * qk_scale
     ws.qbar = ws.log_f.asDiagonal() * q;
     h_out.noalias() = ws.qbar * state.C_of(b, head);
@@ -403,8 +426,8 @@ class MLstmCell {
   }
 
   /// SPEC §4.4(a): carries (C, n, m) of (b, head) over steps [t0, t0+len).
-  void advance_state(const HeadInputs& in, Index t0, Index len, State& state, Index b,
-                     Index head, Workspace& ws) const {
+  void advance_state(const HeadInputs& in, Index t0, Index len, State& state, Index b, Index head,
+                     Workspace& ws) const {
     const Index r = b * num_heads() + head;
     cumulative_log_forget(in, t0, len, ws);
     const Scalar total = ws.cum_log_f(len - 1);
@@ -422,8 +445,7 @@ class MLstmCell {
     C.noalias() += in.k.middleRows(t0, len).transpose() * ws.log_weight.asDiagonal() *
                    in.v.middleRows(t0, len);
     state.n.row(r) *= decay;
-    state.n.row(r).noalias() +=
-        ws.log_weight.transpose() * in.k.middleRows(t0, len);
+    state.n.row(r).noalias() += ws.log_weight.transpose() * in.k.middleRows(t0, len);
     state.m(r) = m_new;
   }
 
@@ -455,19 +477,8 @@ class MLstmCell {
     h *= q_scale / (std::max(std::abs(den), std::exp(-m_new)) + eps());
   }
 
-  void check_state(const State& state, const char* where) const {
-    check(state.num_heads == num_heads() && state.qk_head_dim == qk_head_dim() &&
-              state.v_head_dim == v_head_dim() && state.convention == config_.convention &&
-              state.C.rows() == state.batch * num_heads() * qk_head_dim() &&
-              state.n.rows() == state.batch * num_heads() && state.m.size() == state.n.rows(),
-          where, ": argument 'state' must be made by initial_state() of a cell with ", num_heads(),
-          " heads, DHQK ", qk_head_dim(), ", DHV ", v_head_dim(), " and the same convention; got ",
-          state.num_heads, " heads, DHQK ", state.qk_head_dim, ", DHV ", state.v_head_dim);
-  }
-
   template <typename M>
-  static void check_shape(const M& x, Index rows, Index cols, const char* where,
-                          const char* name) {
+  static void check_shape(const M& x, Index rows, Index cols, const char* where, const char* name) {
     check(x.rows() == rows && x.cols() == cols, where, ": argument '", name, "' must be ", rows,
           " x ", cols, ", got ", x.rows(), " x ", x.cols());
   }

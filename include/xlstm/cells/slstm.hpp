@@ -53,6 +53,9 @@ struct SLstmCellConfig {
     check_positive(num_heads, "SLstmCellConfig", "num_heads");
     check(hidden_size % num_heads == 0, "SLstmCellConfig: 'hidden_size' (", hidden_size,
           ") must be divisible by 'num_heads' (", num_heads, ")");
+    // The recurrent kernel holds 4 x hidden_size x head_dim values.
+    check_size_product({4, hidden_size, head_dim()}, "SLstmCellConfig",
+                       "recurrent kernel (4 x 'hidden_size' x head dim)");
   }
 };
 
@@ -68,6 +71,7 @@ struct SLstmState {
 
   void resize(Index batch, Index hidden_size) {
     check(batch >= 0, "SLstmState: argument 'batch' must be non-negative, got ", batch);
+    check_size_product({batch, 4, hidden_size}, "SLstmState", "'batch' x 4 x hidden_size");
     for (Matrix<Scalar>* s : {&y, &c, &n, &m}) s->setZero(batch, hidden_size);
     recurrent.setZero(batch, 4 * hidden_size);
   }
@@ -243,14 +247,21 @@ class SLstmCell {
     }
   }
 
- private:
+  /// Throws unless `state` has the sizes initial_state() gives it (any batch).
   void check_state(const State& state, const char* where) const {
-    check(state.hidden_size() == hidden_size() && state.recurrent.cols() == 4 * hidden_size() &&
-              state.c.rows() == state.batch() && state.recurrent.rows() == state.batch(),
-          where, ": argument 'state' must have hidden size ", hidden_size(), ", got ",
-          state.hidden_size(), " (make it with initial_state(batch))");
+    auto sized = [&](const Matrix<Scalar>& m, Index cols) {
+      return m.rows() == state.batch() && m.cols() == cols;
+    };
+    check(state.hidden_size() == hidden_size() && sized(state.c, hidden_size()) &&
+              sized(state.n, hidden_size()) && sized(state.m, hidden_size()) &&
+              sized(state.recurrent, 4 * hidden_size()),
+          where, ": argument 'state' must hold batch x ", hidden_size(),
+          " matrices y, c, n, m (make it with initial_state(batch)); got y ", state.y.rows(), " x ",
+          state.y.cols(), ", c ", state.c.rows(), " x ", state.c.cols(), ", n ", state.n.rows(),
+          " x ", state.n.cols(), ", m ", state.m.rows(), " x ", state.m.cols());
   }
 
+ private:
   /// out = y * kernel^T without heap allocation (`step` promises none).
   /// Eigen's GEMM packs its operands into buffers of up to DH x (rows of out)
   /// and DH x (columns of out) scalars. It takes them from the heap when one

@@ -22,9 +22,14 @@ struct CausalConv1dState {
 
   CausalConv1dState() = default;
   CausalConv1dState(Index batch, Index kernel_size_, Index features)
-      : kernel_size(kernel_size_),
-        window(Matrix<Scalar>::Zero(batch * kernel_size_, features)),
-        batch_size(batch) {}
+      : kernel_size(kernel_size_), batch_size(batch) {
+    check(batch >= 0 && kernel_size >= 0 && features >= 0,
+          "CausalConv1dState: 'batch', 'kernel_size' and 'features' must be non-negative, got ",
+          batch, ", ", kernel_size, " and ", features);
+    check_size_product({batch, kernel_size, features}, "CausalConv1dState",
+                       "'batch' x 'kernel_size' x 'features'");
+    window.setZero(batch * kernel_size, features);
+  }
 
   Index batch() const { return batch_size; }
   void reset() { window.setZero(); }
@@ -151,15 +156,19 @@ class CausalConv1d {
     add_parameter(list, prefix, "conv.bias", {std::size_t(features_)}, bias_);
   }
 
- private:
+  /// Throws unless `state` has the sizes initial_state(batch) gives it.
   void check_state(const State& state, Index batch, const char* where) const {
-    check(state.kernel_size == kernel_size_ && state.window.cols() == features_ &&
-              state.window.rows() == batch * kernel_size_,
+    // Compared by division: the sizes are not multiplied, so nothing overflows.
+    const Index k = kernel_size_;
+    check(state.kernel_size == k && state.window.cols() == features_ && state.batch() == batch &&
+              (k == 0 ? state.window.rows() == 0
+                      : state.window.rows() % k == 0 && state.window.rows() / k == batch),
           where, ": argument 'state' must hold ", batch, " x ", kernel_size_, " x ", features_,
-          " (batch x kernel_size x features), got ", state.batch(), " x ", state.kernel_size,
-          " x ", state.window.cols());
+          " (batch x kernel_size x features), got ", state.batch(), " x ", state.kernel_size, " x ",
+          state.window.cols());
   }
 
+ private:
   Index features_ = 0, kernel_size_ = 0;
   Matrix<Scalar> weight_;
   Vector<Scalar> bias_;

@@ -28,15 +28,16 @@ class GatedFeedForward {
   const Linear<Scalar>& proj_down() const { return proj_down_; }
 
   /// x, y: N x E. `up` is a workspace (resized to N x 2U if needed).
-  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y, Matrix<Scalar>& up) const {
+  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y, Matrix<Scalar>& up,
+               Workload workload = Workload::sequence) const {
     const Index u = proj_up_dim();
     if (up.rows() != x.rows() || up.cols() != 2 * u) up.resize(x.rows(), 2 * u);
-    proj_up_.forward(x, up);
+    proj_up_.forward(x, up, workload);
     // The first U columns are the gate, the second U the up branch.
     auto gate = up.leftCols(u).array();
     apply_activation(activation_, gate);
     gate *= up.rightCols(u).array();
-    proj_down_.forward(up.leftCols(u), y);
+    proj_down_.forward(up.leftCols(u), y, workload);
   }
 
   void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {

@@ -63,18 +63,23 @@ class GroupedNorm {
   }
 
   void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    if (weight_.size() > 0) add_parameter(list, prefix, "weight", {std::size_t(features_)}, weight_);
+    if (weight_.size() > 0)
+      add_parameter(list, prefix, "weight", {std::size_t(features_)}, weight_);
     if (bias_.size() > 0) add_parameter(list, prefix, "bias", {std::size_t(features_)}, bias_);
   }
 
  private:
+  // Row by row: Eigen evaluates `rowwise() *= (w + 1)` into a heap
+  // temporary, and step() must not allocate.
   void apply_affine(MatrixRef<Scalar> y) const {
-    if (weight_mode_ == NormWeight::offset) {
-      y.array().rowwise() *= (weight_.array() + Scalar(1)).transpose();
-    } else if (weight_mode_ == NormWeight::direct) {
-      y.array().rowwise() *= weight_.array().transpose();
+    for (Index r = 0; r < y.rows(); ++r) {
+      if (weight_mode_ == NormWeight::offset) {
+        y.row(r).array() *= weight_.array().transpose() + Scalar(1);
+      } else if (weight_mode_ == NormWeight::direct) {
+        y.row(r).array() *= weight_.array().transpose();
+      }
+      if (bias_.size() > 0) y.row(r) += bias_.transpose();
     }
-    if (bias_.size() > 0) y.rowwise() += bias_.transpose();
   }
 
   Index features_ = 0, num_groups_ = 1;

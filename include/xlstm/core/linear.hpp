@@ -5,7 +5,7 @@
 #include <string>
 
 #include "xlstm/core/error.hpp"
-#include "xlstm/core/parallel.hpp"
+#include "xlstm/core/matmul.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -34,12 +34,14 @@ class Linear {
   Vector<Scalar>& bias() { return bias_; }
   const Vector<Scalar>& bias() const { return bias_; }
 
-  /// x: N x in, y: N x out (one product over all N rows).
-  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
+  /// x: N x in, y: N x out (one product over all N rows). The `step`
+  /// workload never allocates (core/matmul.hpp).
+  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+               Workload workload = Workload::sequence) const {
     check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
           "Linear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
           ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
-    matmul_transposed<Scalar>(x, weight_, y);
+    matmul_transposed<Scalar>(x, weight_, y, /*accumulate=*/false, workload);
     if (has_bias()) y.rowwise() += bias_.transpose();
   }
 
@@ -51,8 +53,8 @@ class Linear {
   }
 
   void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    add_parameter(list, prefix, "weight",
-                  {std::size_t(out_features()), std::size_t(in_features())}, weight_);
+    add_parameter(list, prefix, "weight", {std::size_t(out_features()), std::size_t(in_features())},
+                  weight_);
     if (has_bias()) add_parameter(list, prefix, "bias", {std::size_t(out_features())}, bias_);
   }
 
@@ -93,16 +95,22 @@ class HeadwiseLinear {
   Vector<Scalar>& bias() { return bias_; }
   const Vector<Scalar>& bias() const { return bias_; }
 
-  /// y[:, h*O + o] = sum_i x[:, h*I + i] W[h, o, i] (+ b).
-  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
+  /// y[:, h*O + o] = sum_i x[:, h*I + i] W[h, o, i] (+ b). The `step`
+  /// workload never allocates (core/matmul.hpp).
+  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+               Workload workload = Workload::sequence) const {
     check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
-          "HeadwiseLinear::forward: expected x N x ", in_features(), " and y N x ",
-          out_features(), ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ",
-          y.cols());
+          "HeadwiseLinear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
+          ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
     const Index in = head_in(), out = head_out();
     for (Index h = 0; h < num_heads_; ++h) {
-      y.middleCols(h * out, out).noalias() =
-          x.middleCols(h * in, in) * weight_.middleRows(h * out, out).transpose();
+      if (workload == Workload::step) {
+        matmul_transposed<Scalar>(x.middleCols(h * in, in), weight_.middleRows(h * out, out),
+                                  y.middleCols(h * out, out), false, Workload::step);
+      } else {
+        y.middleCols(h * out, out).noalias() =
+            x.middleCols(h * in, in) * weight_.middleRows(h * out, out).transpose();
+      }
     }
     if (bias_.size() > 0) y.rowwise() += bias_.transpose();
   }

@@ -15,7 +15,12 @@ inline Index up_projection_dim(double proj_factor, Index embedding_dim, Index mu
                                bool round_up = true) {
   check_positive(multiple_of, "up_projection_dim", "round_proj_up_to_multiple_of");
   const double ratio = proj_factor * double(embedding_dim) / double(multiple_of);
-  return Index((round_up ? std::ceil(ratio) : std::floor(ratio)) * double(multiple_of));
+  const double dim = (round_up ? std::ceil(ratio) : std::floor(ratio)) * double(multiple_of);
+  // Converting a NaN or out-of-range double to Index is undefined behaviour.
+  check(std::isfinite(dim) && std::abs(dim) <= double(kMaxElements),
+        "up_projection_dim: 'proj_factor' (", proj_factor, ") x 'embedding_dim' (", embedding_dim,
+        ") must be a finite width of at most ", kMaxElements, ", got ", dim);
+  return Index(dim);
 }
 
 /// xLSTM-Large round_up_to_next_multiple_of: int(((x + m - 1) // m) * m) with
@@ -23,7 +28,12 @@ inline Index up_projection_dim(double proj_factor, Index embedding_dim, Index mu
 inline Index round_up_to_next_multiple_of(double x, Index multiple_of) {
   check_positive(multiple_of, "round_up_to_next_multiple_of", "multiple_of");
   const double m = double(multiple_of);
-  return Index(std::floor((x + m - 1) / m) * m);
+  const double rounded = std::floor((x + m - 1) / m) * m;
+  // Converting a NaN or out-of-range double to Index is undefined behaviour.
+  check(std::isfinite(rounded) && std::abs(rounded) <= double(kMaxElements),
+        "round_up_to_next_multiple_of: ", x, " rounded up to a multiple of ", multiple_of,
+        " must be a finite width of at most ", kMaxElements, ", got ", rounded);
+  return Index(rounded);
 }
 
 }  // namespace xlstm

@@ -7,6 +7,9 @@
 
 #include <Eigen/Core>
 #include <cstddef>
+#include <initializer_list>
+#include <limits>
+#include <sstream>
 #include <vector>
 
 #include "xlstm/core/error.hpp"
@@ -38,6 +41,36 @@ using MatrixRef = Eigen::Ref<Matrix<Scalar>>;
 template <typename Scalar>
 using ConstMatrixRef = Eigen::Ref<const Matrix<Scalar>>;
 
+/// The most elements one tensor may have: its bytes, at 8 per element (the
+/// widest Scalar), must fit Index, the type Eigen measures sizes in.
+inline constexpr Index kMaxElements = std::numeric_limits<Index>::max() / 8;
+
+/// Throws Error unless the product of the non-negative `sizes` is at most
+/// kMaxElements. Called before the product is formed or allocated: an Index
+/// product that overflows is undefined behaviour, and Eigen would answer an
+/// oversized allocation with std::bad_alloc instead of a message naming the
+/// sizes. `names` says what the sizes are, e.g. "'vocab_size' x 'embedding_dim'".
+inline void check_size_product(std::initializer_list<Index> sizes, const char* where,
+                               const char* names) {
+  Index product = 1;
+  bool overflow = false, has_zero = false;
+  for (Index size : sizes) {
+    if (size == 0) has_zero = true;
+    if (size <= 0) continue;  // a zero makes the product 0; signs are checked elsewhere
+    if (product > kMaxElements / size) overflow = true;
+    if (!overflow) product *= size;
+  }
+  if (!overflow || has_zero) return;
+  std::ostringstream values;
+  const char* separator = "";
+  for (Index size : sizes) {
+    values << separator << size;
+    separator = " x ";
+  }
+  fail(where, ": ", names, " = ", values.str(), " is too large: the product exceeds ", kMaxElements,
+       " elements, the most one tensor may hold");
+}
+
 /// Shape of a tensor as stored in a checkpoint (PyTorch order).
 using Shape = std::vector<std::size_t>;
 
@@ -60,6 +93,7 @@ class Sequence {
   void resize(Index batch, Index time, Index features) {
     check(batch >= 0 && time >= 0 && features >= 0, "Sequence: sizes must be non-negative, got ",
           batch, " x ", time, " x ", features);
+    check_size_product({batch, time, features}, "Sequence", "batch x time x features");
     batch_ = batch;
     time_ = time;
     data_.resize(batch * time, features);
@@ -103,8 +137,10 @@ inline Index length_of(const Lengths& lengths, Index b, Index time) {
 /// Checks `lengths` against a batch of `batch` rows and `time` steps.
 inline void check_lengths(const Lengths& lengths, Index batch, Index time, const char* where) {
   if (lengths.empty()) return;
-  check(Index(lengths.size()) == batch, where, ": argument 'lengths' must have one entry per batch "
-        "row (", batch, "), got ", lengths.size());
+  check(Index(lengths.size()) == batch, where,
+        ": argument 'lengths' must have one entry per batch "
+        "row (",
+        batch, "), got ", lengths.size());
   for (std::size_t b = 0; b < lengths.size(); ++b) {
     check(lengths[b] >= 0 && lengths[b] <= time, where, ": lengths[", b, "] must be in [0, ", time,
           "], got ", lengths[b]);

@@ -187,9 +187,9 @@ inline Json to_json(const LargeModelConfig& c) {
 
 /// The naming schemes of xLSTM-Large checkpoints.
 enum class LargeNaming {
-  official,              ///< embedding.weight, mlstm_layer.{q,k,v}
-  hugging_face,          ///< backbone.embeddings.weight, mlstm_layer.{q,k,v}
-  hugging_face_qkv_names ///< backbone.embeddings.weight, mlstm_layer.{query,key,value}
+  official,               ///< embedding.weight, mlstm_layer.{q,k,v}
+  hugging_face,           ///< backbone.embeddings.weight, mlstm_layer.{q,k,v}
+  hugging_face_qkv_names  ///< backbone.embeddings.weight, mlstm_layer.{query,key,value}
 };
 
 struct LargeLoadOptions {
@@ -237,10 +237,12 @@ std::vector<LargeEntry<Scalar>> large_entries(LargeModel<Scalar>& model, bool fu
     add_vector(p + "norm_mlstm.bias", b.norm_mlstm.bias());
     const std::string m = p + "mlstm_layer.";
     if (fused) {
-      out.push_back(E{m + "qkv_opreact.weight", {2 * qk + 2 * vd, e},
-                      {&b.q.weight, &b.k.weight, &b.v.weight, &b.ogate.weight}, nullptr});
-      out.push_back(E{m + "ifgate_preact.weight", {2 * nh, e}, {&b.igate.weight, &b.fgate.weight},
+      out.push_back(E{m + "qkv_opreact.weight",
+                      {2 * qk + 2 * vd, e},
+                      {&b.q.weight, &b.k.weight, &b.v.weight, &b.ogate.weight},
                       nullptr});
+      out.push_back(
+          E{m + "ifgate_preact.weight", {2 * nh, e}, {&b.igate.weight, &b.fgate.weight}, nullptr});
       // Fused biases are concatenated vectors; the model keeps them apart, so
       // they are listed per part with the fused name and an offset below.
     } else {
@@ -257,8 +259,10 @@ std::vector<LargeEntry<Scalar>> large_entries(LargeModel<Scalar>& model, bool fu
     add_vector(p + "norm_ffn.weight", b.norm_ffn.weight());
     add_vector(p + "norm_ffn.bias", b.norm_ffn.bias());
     if (fused) {
-      out.push_back(E{p + "ffn.proj_up_gate_z.weight", {2 * u, e},
-                      {&b.ffn_gate.weight, &b.ffn_up.weight}, nullptr});
+      out.push_back(E{p + "ffn.proj_up_gate_z.weight",
+                      {2 * u, e},
+                      {&b.ffn_gate.weight, &b.ffn_up.weight},
+                      nullptr});
     } else {
       add_projection(p + "ffn.proj_up_gate", b.ffn_gate, u, e);
       add_projection(p + "ffn.proj_up", b.ffn_up, u, e);
@@ -281,8 +285,8 @@ std::vector<std::pair<std::string, std::vector<Vector<Scalar>*>>> fused_biases(
     const std::string p = "backbone.blocks." + std::to_string(i) + ".";
     out.push_back({p + "mlstm_layer.ifgate_preact.bias", {&b.igate.bias, &b.fgate.bias}});
     if (model.config().use_bias) {
-      out.push_back({p + "mlstm_layer.qkv_opreact.bias",
-                     {&b.q.bias, &b.k.bias, &b.v.bias, &b.ogate.bias}});
+      out.push_back(
+          {p + "mlstm_layer.qkv_opreact.bias", {&b.q.bias, &b.k.bias, &b.v.bias, &b.ogate.bias}});
       out.push_back({p + "ffn.proj_up_gate_z.bias", {&b.ffn_gate.bias, &b.ffn_up.bias}});
     }
   }
@@ -298,7 +302,10 @@ inline std::string large_file_name(const std::string& canonical, LargeNaming nam
     for (const char* part : {"q", "k", "v"}) {
       const std::string from = std::string(".mlstm_layer.") + part + ".";
       const std::string to = std::string(".mlstm_layer.") +
-                             (part[0] == 'q' ? "query" : part[0] == 'k' ? "key" : "value") + ".";
+                             (part[0] == 'q'   ? "query"
+                              : part[0] == 'k' ? "key"
+                                               : "value") +
+                             ".";
       const auto at = name.find(from);
       if (at != std::string::npos) name.replace(at, from.size(), to);
     }
@@ -312,14 +319,24 @@ inline std::string large_file_name(const std::string& canonical, LargeNaming nam
 /// embedding (V, E), igate (NH, E), q (QK, E), v (VD, E), proj_up (U, E),
 /// the number of blocks and the presence of out_norm and biases.
 inline LargeModelConfig infer_large_model_config(const CheckpointFiles& files,
-                                                const std::string& prefix = "") {
+                                                 const std::string& prefix = "") {
   const bool hf = files.contains(prefix + "backbone.embeddings.weight");
   const std::string emb = prefix + (hf ? "backbone.embeddings.weight" : "embedding.weight");
-  check(files.contains(emb), files.path(), ": no embedding tensor ('embedding.weight' or "
-                                           "'backbone.embeddings.weight'): not an xLSTM-Large checkpoint");
+  check(files.contains(emb), files.path(),
+        ": no embedding tensor ('embedding.weight' or "
+        "'backbone.embeddings.weight'): not an xLSTM-Large checkpoint");
   auto shape = [&](const std::string& n) {
     check(files.contains(n), files.path(), ": missing tensor '", n, "'");
     return files.file_of(n).info(n).shape;
+  };
+  // Rows of a 2-D weight with `columns` columns. Checking the rank before
+  // indexing keeps a 0-D or 1-D tensor from being read out of bounds, and the
+  // columns bound the rows by the file size, so the factors below stay finite.
+  auto rows_of = [&](const std::string& n, std::size_t columns) {
+    const Shape s = shape(n);
+    check(s.size() == 2 && s[1] == columns, files.path(), ": '", n, "' must be 2-D with ", columns,
+          " columns, got shape ", detail::shape_string(s));
+    return s[0];
   };
   LargeModelConfig c;
   const Shape es = shape(emb);
@@ -327,13 +344,17 @@ inline LargeModelConfig infer_large_model_config(const CheckpointFiles& files,
   c.vocab_size = Index(es[0]);
   c.embedding_dim = Index(es[1]);
   Index blocks = 0;
-  while (files.contains(prefix + "backbone.blocks." + std::to_string(blocks) + ".norm_mlstm.weight")) ++blocks;
+  while (
+      files.contains(prefix + "backbone.blocks." + std::to_string(blocks) + ".norm_mlstm.weight"))
+    ++blocks;
   c.num_blocks = blocks;
   const std::string m = prefix + "backbone.blocks.0.mlstm_layer.";
   const bool fused = files.contains(m + "qkv_opreact.weight");
   c.weight_mode = fused ? "fused" : "single";
-  check(c.embedding_dim > 0, files.path(), ": '", emb, "' has no columns");
+  check(c.embedding_dim > 0 && c.vocab_size > 0, files.path(), ": '", emb,
+        "' must have rows and columns, got shape ", detail::shape_string(es));
   const double e = double(c.embedding_dim);
+  const auto columns = std::size_t(c.embedding_dim);
   // The factor f with int(E * f) == dim: dim / E alone can come out one ulp
   // low, e.g. 22 * (15 / 22.) = 14.999999999999998, which int() makes 14.
   auto factor_for = [e](std::size_t dim) {
@@ -342,25 +363,28 @@ inline LargeModelConfig infer_large_model_config(const CheckpointFiles& files,
     return f;
   };
   if (fused) {
-    c.num_heads = Index(shape(m + "ifgate_preact.weight")[0] / 2);
-    const std::size_t rows = shape(m + "qkv_opreact.weight")[0];
+    c.num_heads = Index(rows_of(m + "ifgate_preact.weight", columns) / 2);
+    const std::size_t rows = rows_of(m + "qkv_opreact.weight", columns);
     // rows = 2 QK + 2 VD; out_proj (E, VD) gives VD.
     const Shape out = shape(m + "out_proj.weight");
-    check(out.size() == 2, files.path(), ": '", m, "out_proj.weight' must be 2-D");
+    check(out.size() == 2 && out[0] == columns, files.path(), ": '", m,
+          "out_proj.weight' must be 2-D with ", columns, " rows, got shape ",
+          detail::shape_string(out));
     const std::size_t vd = out[1];
     check(rows > 2 * vd && (rows - 2 * vd) % 2 == 0, files.path(), ": '", m,
           "qkv_opreact.weight' has ", rows, " rows, which is not 2 QK + 2 VD with VD = ", vd);
     c.v_dim_factor = factor_for(vd);
     c.qk_dim_factor = factor_for((rows - 2 * vd) / 2);
     c.ffn_proj_factor =
-        factor_for(shape(prefix + "backbone.blocks.0.ffn.proj_up_gate_z.weight")[0] / 2);
+        factor_for(rows_of(prefix + "backbone.blocks.0.ffn.proj_up_gate_z.weight", columns) / 2);
   } else {
-    c.num_heads = Index(shape(m + "igate_preact.weight")[0]);
+    c.num_heads = Index(rows_of(m + "igate_preact.weight", columns));
     const std::string q = files.contains(m + "q.weight") ? m + "q.weight" : m + "query.weight";
     const std::string v = files.contains(m + "v.weight") ? m + "v.weight" : m + "value.weight";
-    c.qk_dim_factor = factor_for(shape(q)[0]);
-    c.v_dim_factor = factor_for(shape(v)[0]);
-    c.ffn_proj_factor = factor_for(shape(prefix + "backbone.blocks.0.ffn.proj_up.weight")[0]);
+    c.qk_dim_factor = factor_for(rows_of(q, columns));
+    c.v_dim_factor = factor_for(rows_of(v, columns));
+    c.ffn_proj_factor =
+        factor_for(rows_of(prefix + "backbone.blocks.0.ffn.proj_up.weight", columns));
   }
   c.ffn_round_up_to_multiple_of = 1;  // the shapes are already rounded
   c.add_out_norm = files.contains(prefix + "backbone.out_norm.weight");
@@ -389,7 +413,7 @@ LargeModel<Scalar> load_large_model(const CheckpointFiles& files,
   const bool hf = files.contains(prefix + "backbone.embeddings.weight");
   const bool query_key_value =
       files.contains(prefix + "backbone.blocks.0.mlstm_layer.query.weight");
-  const LargeNaming naming = !hf ? LargeNaming::official
+  const LargeNaming naming = !hf               ? LargeNaming::official
                              : query_key_value ? LargeNaming::hugging_face_qkv_names
                                                : LargeNaming::hugging_face;
   const bool fused = files.contains(prefix + "backbone.blocks.0.mlstm_layer.qkv_opreact.weight");
@@ -457,9 +481,9 @@ LargeModel<Scalar> load_large_model(const CheckpointFiles& files,
       const std::uint8_t* bytes = f->bytes(name);
       const Index rows = Index(entry.shape[0]);
       if (reinterpret_cast<std::uintptr_t>(bytes) % alignof(std::uint16_t) == 0) {
-        whole = WeightMatrix<Scalar>::half_view(storage,
-                                                reinterpret_cast<const std::uint16_t*>(bytes), rows,
-                                                cols, std::make_shared<SafetensorsFile>(*f));
+        whole =
+            WeightMatrix<Scalar>::half_view(storage, reinterpret_cast<const std::uint16_t*>(bytes),
+                                            rows, cols, std::make_shared<SafetensorsFile>(*f));
       } else {
         std::vector<std::uint16_t> bits(std::size_t(rows * cols));
         std::memcpy(bits.data(), bytes, bits.size() * 2);

@@ -73,6 +73,9 @@ struct BlockStackConfig {
     check_positive(num_blocks, where, "num_blocks");
     check_positive(embedding_dim, where, "embedding_dim");
     check(mlstm_block || slstm_block, where, ": needs 'mlstm_block' or 'slstm_block'");
+    // Every block holds at least an embedding_dim-wide norm; checked before
+    // block_map() allocates num_blocks entries.
+    check_size_product({num_blocks, embedding_dim}, where, "'num_blocks' x 'embedding_dim'");
     for (Index i : slstm_at) {
       check(i >= 0 && i < num_blocks, where, ": 'slstm_at' entry ", i, " is out of range [0, ",
             num_blocks, ")");
@@ -80,7 +83,8 @@ struct BlockStackConfig {
     const auto map = block_map();
     const bool any_slstm = std::find(map.begin(), map.end(), 1) != map.end();
     const bool any_mlstm = std::find(map.begin(), map.end(), 0) != map.end();
-    check(!any_slstm || slstm_block, where, ": 'slstm_at' places sLSTM blocks but 'slstm_block' is null");
+    check(!any_slstm || slstm_block, where,
+          ": 'slstm_at' places sLSTM blocks but 'slstm_block' is null");
     check(!any_mlstm || mlstm_block, where, ": mLSTM blocks are placed but 'mlstm_block' is null");
     // The configs of the placed block kinds too, so that a config reader
     // rejects a bad block field (e.g. num_heads not dividing the width) before
@@ -120,8 +124,8 @@ struct BlockStackState {
     check(other.blocks.size() == blocks.size(),
           "BlockStackState::copy_row_from: the states belong to different stacks");
     for (std::size_t i = 0; i < blocks.size(); ++i) {
-      check(other.blocks[i].index() == blocks[i].index(),
-            "BlockStackState::copy_row_from: block ", i, " is of a different kind");
+      check(other.blocks[i].index() == blocks[i].index(), "BlockStackState::copy_row_from: block ",
+            i, " is of a different kind");
       std::visit(
           [&](auto& s) {
             using S = std::decay_t<decltype(s)>;
@@ -202,12 +206,11 @@ class BlockStack {
 
   /// One step: x_t, y_t are B x E. Does not allocate.
   void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
-    check_state(state, x_t.rows(), "BlockStack::step");
-    check(x_t.cols() == embedding_dim() && y_t.rows() == x_t.rows() &&
-              y_t.cols() == embedding_dim(),
-          "BlockStack::step: arguments 'x_t' and 'y_t' must be ", x_t.rows(), " x ",
-          embedding_dim(), ", got ", x_t.rows(), " x ", x_t.cols(), " and ", y_t.rows(), " x ",
-          y_t.cols());
+    check_state(state, x_t.rows(), "BlockStack::step", /*workspace=*/true);
+    check(
+        x_t.cols() == embedding_dim() && y_t.rows() == x_t.rows() && y_t.cols() == embedding_dim(),
+        "BlockStack::step: arguments 'x_t' and 'y_t' must be ", x_t.rows(), " x ", embedding_dim(),
+        ", got ", x_t.rows(), " x ", x_t.cols(), " and ", y_t.rows(), " x ", y_t.cols());
     state.ping = x_t;
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       std::visit(
@@ -245,7 +248,8 @@ class BlockStack {
   }
 
  private:
-  void check_state(const State& state, Index batch, const char* where) const {
+  void check_state(const State& state, Index batch, const char* where,
+                   bool workspace = false) const {
     check(state.blocks.size() == blocks_.size(), where, ": argument 'state' has ",
           state.blocks.size(), " block states, the stack has ", blocks_.size(),
           " blocks (make it with initial_state)");
@@ -255,6 +259,24 @@ class BlockStack {
     }
     check(state.batch() == batch, where, ": the input has batch ", batch,
           " but the state was made for batch ", state.batch());
+    // Every block state is checked before the first block runs: a block that
+    // threw half way through the stack would leave the earlier ones advanced.
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      std::visit(
+          [&](const auto& block) {
+            using B = std::decay_t<decltype(block)>;
+            block.check_state(std::get<typename B::State>(state.blocks[i]), batch, where,
+                              workspace);
+          },
+          blocks_[i]);
+    }
+    if (workspace) {
+      check(state.ping.cols() == embedding_dim() && state.pong.rows() == batch &&
+                state.pong.cols() == embedding_dim(),
+            where,
+            ": argument 'state' has a step workspace of the wrong size (make it with "
+            "initial_state(batch))");
+    }
   }
 
   Config config_;

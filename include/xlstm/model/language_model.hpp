@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "xlstm/core/matmul.hpp"
 #include "xlstm/model/block_stack.hpp"
 
 namespace xlstm {
@@ -20,6 +21,8 @@ struct LanguageModelConfig : BlockStackConfig {
   void validate() const {
     BlockStackConfig::validate();
     check_positive(vocab_size, "xLSTMLMModelConfig", "vocab_size");
+    check_size_product({vocab_size, embedding_dim}, "xLSTMLMModelConfig",
+                       "'vocab_size' x 'embedding_dim'");
   }
 };
 
@@ -84,8 +87,9 @@ class LanguageModel {
                Sequence<Scalar>& logits) const {
     check(tokens.rows() == state.batch(), "LanguageModel::forward: argument 'tokens' has batch ",
           tokens.rows(), " but the state was made for batch ", state.batch());
-    check(tokens.cols() > 0, "LanguageModel::forward: argument 'tokens' must have at least one "
-                             "time step");
+    check(tokens.cols() > 0,
+          "LanguageModel::forward: argument 'tokens' must have at least one "
+          "time step");
     check_lengths(lengths, tokens.rows(), tokens.cols(), "LanguageModel::forward");
     Sequence<Scalar> x = Sequence<Scalar>::zeros(tokens.rows(), tokens.cols(), embedding_dim()), y;
     for (Index b = 0; b < tokens.rows(); ++b) {
@@ -96,7 +100,7 @@ class LanguageModel {
     }
     stack_.forward(x, lengths, state.stack, y);
     logits.resize(tokens.rows(), tokens.cols(), vocab_size());
-    logits.matrix().noalias() = y.matrix() * lm_head().transpose();
+    matmul_transposed<Scalar>(y.matrix(), lm_head(), logits.matrix());
   }
 
   /// One step: `tokens` holds B ids; logits is B x V. Does not allocate.
@@ -107,13 +111,18 @@ class LanguageModel {
     check(logits.rows() == state.batch() && logits.cols() == vocab_size(),
           "LanguageModel::step: argument 'logits' must be ", state.batch(), " x ", vocab_size(),
           ", got ", logits.rows(), " x ", logits.cols());
+    check(state.embedded.rows() == state.batch() && state.embedded.cols() == embedding_dim() &&
+              state.hidden.rows() == state.batch() && state.hidden.cols() == embedding_dim(),
+          "LanguageModel::step: argument 'state' has a step workspace of the wrong size (make "
+          "it with initial_state(batch))");
     for (Index b = 0; b < state.batch(); ++b) {
       const auto id = static_cast<std::int64_t>(tokens[std::size_t(b)]);
       check_token(id, "LanguageModel::step");
       state.embedded.row(b) = embedding_.row(Index(id));
     }
     stack_.step(state.embedded, state.stack, state.hidden);
-    logits.noalias() = state.hidden * lm_head().transpose();
+    matmul_transposed<Scalar>(state.hidden, lm_head(), logits, /*accumulate=*/false,
+                              Workload::step);
   }
 
   /// Official names: token_embedding.weight, xlstm_block_stack.*, lm_head.weight.

@@ -4,9 +4,11 @@
 // BF16/F16 in memory (core/weight_matrix.hpp).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "xlstm/cells/mlstm.hpp"
@@ -65,14 +67,38 @@ struct LargeModelConfig {
     check_positive(num_blocks, where, "num_blocks");
     check_positive(vocab_size, where, "vocab_size");
     check_positive(chunk_size, where, "chunk_size");
-    check(qk_dim() > 0 && qk_dim() % num_heads == 0, where, ": qk dim int(embedding_dim * "
-          "qk_dim_factor) = ", qk_dim(), " must be a positive multiple of 'num_heads' (", num_heads, ")");
-    check(v_dim() > 0 && v_dim() % num_heads == 0, where, ": v dim int(embedding_dim * "
-          "v_dim_factor) = ", v_dim(), " must be a positive multiple of 'num_heads' (", num_heads, ")");
+    // Checked before qk_dim(), v_dim() and ffn_dim() convert embedding_dim x
+    // factor to Index, which is undefined behaviour for NaN or out of range.
+    const std::pair<double, const char*> factors[] = {{qk_dim_factor, "qk_dim_factor"},
+                                                      {v_dim_factor, "v_dim_factor"},
+                                                      {ffn_proj_factor, "ffn_proj_factor"}};
+    for (const auto& [factor, name] : factors) {
+      check(std::isfinite(factor) && factor > 0 &&
+                double(embedding_dim) * factor <= double(kMaxElements),
+            where, ": '", name, "' must be positive and finite, with 'embedding_dim' x '", name,
+            "' at most ", kMaxElements, ", got ", factor);
+    }
+    check_positive(ffn_round_up_to_multiple_of, where, "ffn_round_up_to_multiple_of");
+    check(qk_dim() > 0 && qk_dim() % num_heads == 0, where,
+          ": qk dim int(embedding_dim * "
+          "qk_dim_factor) = ",
+          qk_dim(), " must be a positive multiple of 'num_heads' (", num_heads, ")");
+    check(v_dim() > 0 && v_dim() % num_heads == 0, where,
+          ": v dim int(embedding_dim * "
+          "v_dim_factor) = ",
+          v_dim(), " must be a positive multiple of 'num_heads' (", num_heads, ")");
     check(ffn_dim() > 0, where, ": 'ffn_proj_factor' gives no feed-forward width");
     check(weight_mode == "single" || weight_mode == "fused", where,
           ": 'weight_mode' must be \"single\" or \"fused\", got \"", weight_mode, "\"");
-    check(norm_eps > 0 && eps >= 0, where, ": 'norm_eps' must be > 0 and 'eps' >= 0");
+    check(norm_eps > 0 && eps >= 0 && std::isfinite(norm_eps) && std::isfinite(eps), where,
+          ": 'norm_eps' must be finite and > 0 and 'eps' finite and >= 0, got ", norm_eps, " and ",
+          eps);
+    // The largest weights: embedding and LM head, and the fused projections.
+    check_size_product({vocab_size, embedding_dim}, where, "'vocab_size' x 'embedding_dim'");
+    check_size_product({2, qk_dim() + v_dim(), embedding_dim}, where,
+                       "fused q/k/v/o weight (2 x (qk dim + v dim) x 'embedding_dim')");
+    check_size_product({2, ffn_dim(), embedding_dim}, where,
+                       "fused feed-forward weight (2 x ffn dim x 'embedding_dim')");
   }
 };
 
@@ -83,8 +109,7 @@ struct Projection {
   Vector<Scalar> bias;  ///< empty when absent
 
   Projection() = default;
-  Projection(Index in, Index out, bool with_bias,
-             WeightStorage storage = WeightStorage::native)
+  Projection(Index in, Index out, bool with_bias, WeightStorage storage = WeightStorage::native)
       : weight(storage == WeightStorage::native
                    ? WeightMatrix<Scalar>(out, in)
                    : WeightMatrix<Scalar>::half_owned(
@@ -92,8 +117,9 @@ struct Projection {
     if (with_bias) bias.setZero(out);
   }
 
-  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
-    weight.multiply_transposed(x, y);
+  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+               Workload workload = Workload::sequence) const {
+    weight.multiply_transposed(x, y, /*accumulate=*/false, workload);
     if (bias.size() > 0) y.rowwise() += bias.transpose();
   }
 };
@@ -118,7 +144,8 @@ struct LargeModelState {
   void copy_row_from(const LargeModelState& other, Index src, Index dst) {
     check(other.blocks.size() == blocks.size(),
           "LargeModelState::copy_row_from: the states belong to different models");
-    for (std::size_t i = 0; i < blocks.size(); ++i) blocks[i].copy_row_from(other.blocks[i], src, dst);
+    for (std::size_t i = 0; i < blocks.size(); ++i)
+      blocks[i].copy_row_from(other.blocks[i], src, dst);
   }
 };
 
@@ -131,14 +158,14 @@ class LargeModel {
 
   /// Parameters of one block (names of SPEC §7.2 in the comments).
   struct Block {
-    RmsNorm<Scalar> norm_mlstm;             // norm_mlstm
-    Projection<Scalar> q, k, v, ogate;      // mlstm_layer.{q,k,v,ogate_preact}
-    Projection<Scalar> igate, fgate;        // mlstm_layer.{igate,fgate}_preact (bias always)
-    GroupedNorm<Scalar> multihead_norm;     // mlstm_layer.multihead_norm
-    Projection<Scalar> out_proj;            // mlstm_layer.out_proj
-    RmsNorm<Scalar> norm_ffn;               // norm_ffn
-    Projection<Scalar> ffn_gate, ffn_up;    // ffn.proj_up_gate, ffn.proj_up
-    Projection<Scalar> ffn_down;            // ffn.proj_down
+    RmsNorm<Scalar> norm_mlstm;           // norm_mlstm
+    Projection<Scalar> q, k, v, ogate;    // mlstm_layer.{q,k,v,ogate_preact}
+    Projection<Scalar> igate, fgate;      // mlstm_layer.{igate,fgate}_preact (bias always)
+    GroupedNorm<Scalar> multihead_norm;   // mlstm_layer.multihead_norm
+    Projection<Scalar> out_proj;          // mlstm_layer.out_proj
+    RmsNorm<Scalar> norm_ffn;             // norm_ffn
+    Projection<Scalar> ffn_gate, ffn_up;  // ffn.proj_up_gate, ffn.proj_up
+    Projection<Scalar> ffn_down;          // ffn.proj_down
   };
 
   /// A model with zero weights. `storage` bf16/f16 allocates the weight
@@ -217,6 +244,10 @@ class LargeModel {
 
   State initial_state(Index batch) const {
     check(batch >= 0, "LargeModel::initial_state: argument 'batch' must be >= 0, got ", batch);
+    check_size_product(
+        {batch, embedding_dim() + config_.qk_dim() + config_.v_dim() + config_.ffn_dim()},
+        "LargeModel::initial_state",
+        "'batch' x step workspace width (embedding_dim + qk dim + v dim + ffn dim)");
     State s;
     for (std::size_t i = 0; i < blocks_.size(); ++i) s.blocks.push_back(cell_.initial_state(batch));
     const Index e = embedding_dim(), nh = config_.num_heads, qk = config_.qk_dim(),
@@ -262,24 +293,23 @@ class LargeModel {
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       const Block& blk = blocks_[i];
       blk.norm_mlstm.forward(x, normed);
-      project_mlstm_inputs(blk, normed, q, k, v, o, gi, gf);
+      project_mlstm_inputs(blk, normed, q, k, v, o, gi, gf, Workload::sequence);
       cell_.forward(batch, time, q, k, v, gi, gf, state.blocks[i], h, MLstmForm::chunkwise,
                     lengths);
-      mlstm_output(blk, h, o, delta);
+      mlstm_output(blk, h, o, delta, Workload::sequence);
       x += delta;
-      feed_forward(blk, x, normed, ffn_gate, ffn_up, delta);
+      feed_forward(blk, x, normed, ffn_gate, ffn_up, delta, Workload::sequence);
       x += delta;
     }
     logits.resize(batch, time, vocab_size());
-    head(x, normed, logits.matrix());
+    head(x, normed, logits.matrix(), Workload::sequence);
     zero_padding(logits, lengths);
   }
 
-  /// One step for B tokens; logits: B x V. Does not allocate (16-bit weights
-  /// use a per-thread scratch tile that is allocated on first use).
+  /// One step for B tokens; logits: B x V. Does not allocate.
   template <typename TokenVector>
   void step(const TokenVector& tokens, State& state, MatrixRef<Scalar> logits) const {
-    check_batch(Index(tokens.size()), state, "LargeModel::step", "tokens");
+    check_batch(Index(tokens.size()), state, "LargeModel::step", "tokens", /*workspace=*/true);
     check(logits.rows() == state.batch() && logits.cols() == vocab_size(),
           "LargeModel::step: argument 'logits' must be ", state.batch(), " x ", vocab_size(),
           ", got ", logits.rows(), " x ", logits.cols());
@@ -292,14 +322,14 @@ class LargeModel {
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       const Block& blk = blocks_[i];
       blk.norm_mlstm.forward(w.x, w.normed);
-      project_mlstm_inputs(blk, w.normed, w.q, w.k, w.v, w.o, w.gate_i, w.gate_f);
+      project_mlstm_inputs(blk, w.normed, w.q, w.k, w.v, w.o, w.gate_i, w.gate_f, Workload::step);
       cell_.step(w.q, w.k, w.v, w.gate_i, w.gate_f, state.blocks[i], w.h);
-      mlstm_output(blk, w.h, w.o, w.delta);
+      mlstm_output(blk, w.h, w.o, w.delta, Workload::step);
       w.x += w.delta;
-      feed_forward(blk, w.x, w.normed, w.ffn_gate, w.ffn_up, w.delta);
+      feed_forward(blk, w.x, w.normed, w.ffn_gate, w.ffn_up, w.delta, Workload::step);
       w.x += w.delta;
     }
-    head(w.x, w.normed, logits);
+    head(w.x, w.normed, logits, Workload::step);
   }
 
   /// Fresh weights with the Hugging Face port's scheme (SPEC §8.5; the
@@ -339,13 +369,13 @@ class LargeModel {
  private:
   void project_mlstm_inputs(const Block& blk, const Matrix<Scalar>& normed, Matrix<Scalar>& q,
                             Matrix<Scalar>& k, Matrix<Scalar>& v, Matrix<Scalar>& o,
-                            Matrix<Scalar>& gi, Matrix<Scalar>& gf) const {
-    blk.q.forward(normed, q);
-    blk.k.forward(normed, k);
-    blk.v.forward(normed, v);
-    blk.ogate.forward(normed, o);
-    blk.igate.forward(normed, gi);
-    blk.fgate.forward(normed, gf);
+                            Matrix<Scalar>& gi, Matrix<Scalar>& gf, Workload workload) const {
+    blk.q.forward(normed, q, workload);
+    blk.k.forward(normed, k, workload);
+    blk.v.forward(normed, v, workload);
+    blk.ogate.forward(normed, o, workload);
+    blk.igate.forward(normed, gi, workload);
+    blk.fgate.forward(normed, gf, workload);
     // SPEC §9.3 / §10.16: the cap comes after the bias, before logsig/exp.
     if (config_.gate_soft_cap > 0) {
       const Scalar cap = Scalar(config_.gate_soft_cap);
@@ -356,40 +386,63 @@ class LargeModel {
 
   /// delta = out_proj(sigmoid(o) * MultiHeadNorm(h)); h is overwritten.
   void mlstm_output(const Block& blk, Matrix<Scalar>& h, const Matrix<Scalar>& o,
-                    Matrix<Scalar>& delta) const {
+                    Matrix<Scalar>& delta, Workload workload) const {
     blk.multihead_norm.forward(h, h);
     h.array() *= sigmoid(o.array());
-    blk.out_proj.forward(h, delta);
+    blk.out_proj.forward(h, delta, workload);
   }
 
   /// delta = proj_down(silu(gate(RMS(x))) * up(RMS(x))).
   void feed_forward(const Block& blk, const Matrix<Scalar>& x, Matrix<Scalar>& normed,
-                    Matrix<Scalar>& gate, Matrix<Scalar>& up, Matrix<Scalar>& delta) const {
+                    Matrix<Scalar>& gate, Matrix<Scalar>& up, Matrix<Scalar>& delta,
+                    Workload workload) const {
     blk.norm_ffn.forward(x, normed);
-    blk.ffn_gate.forward(normed, gate);
-    blk.ffn_up.forward(normed, up);
+    blk.ffn_gate.forward(normed, gate, workload);
+    blk.ffn_up.forward(normed, up, workload);
     gate.array() = silu(gate.array()) * up.array();
-    blk.ffn_down.forward(gate, delta);
+    blk.ffn_down.forward(gate, delta, workload);
   }
 
   template <typename Logits>
-  void head(Matrix<Scalar>& x, Matrix<Scalar>& normed, Logits&& logits) const {
+  void head(Matrix<Scalar>& x, Matrix<Scalar>& normed, Logits&& logits, Workload workload) const {
     if (config_.add_out_norm) {
       out_norm_.forward(x, normed);
-      lm_head_.forward(normed, logits);
+      lm_head_.forward(normed, logits, workload);
     } else {
-      lm_head_.forward(x, logits);
+      lm_head_.forward(x, logits, workload);
     }
     if (config_.output_logit_soft_cap > 0) {
       logits.array() = soft_cap(logits.array(), Scalar(config_.output_logit_soft_cap));
     }
   }
 
-  void check_batch(Index batch, const State& state, const char* where, const char* name) const {
+  void check_batch(Index batch, const State& state, const char* where, const char* name,
+                   bool workspace = false) const {
     check(state.blocks.size() == blocks_.size(), where, ": argument 'state' has ",
           state.blocks.size(), " block states, the model has ", blocks_.size());
     check(batch == state.batch(), where, ": argument '", name, "' has batch ", batch,
           " but the state was made for batch ", state.batch());
+    // Every block state is checked before the first block runs: a block that
+    // threw half way through would leave the earlier ones advanced.
+    for (const auto& block_state : state.blocks) {
+      cell_.check_state(block_state, where);
+      check(block_state.batch == batch, where, ": argument 'state' holds a block state for batch ",
+            block_state.batch, " but the input has batch ", batch);
+    }
+    if (!workspace) return;
+    const Index e = embedding_dim(), nh = config_.num_heads, qk = config_.qk_dim(),
+                vd = config_.v_dim(), u = config_.ffn_dim();
+    const auto& w = state.ws;
+    auto sized = [batch](const Matrix<Scalar>& m, Index cols) {
+      return m.rows() == batch && m.cols() == cols;
+    };
+    check(sized(w.x, e) && sized(w.normed, e) && sized(w.delta, e) && sized(w.q, qk) &&
+              sized(w.k, qk) && sized(w.v, vd) && sized(w.o, vd) && sized(w.h, vd) &&
+              sized(w.h_norm, vd) && sized(w.gate_i, nh) && sized(w.gate_f, nh) &&
+              sized(w.ffn_gate, u) && sized(w.ffn_up, u),
+          where,
+          ": argument 'state' has a step workspace of the wrong size (make it with "
+          "initial_state(batch))");
   }
 
   void check_token(std::int64_t id, const char* where) const {

@@ -1,0 +1,135 @@
+// The product kernels of core/matmul.hpp and WeightMatrix: every workload,
+// batch size and weight storage gives x W^T (and accumulates when asked),
+// against a plain double-precision reference.
+
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "xlstm/core/half.hpp"
+#include "xlstm/core/matmul.hpp"
+#include "xlstm/core/parallel.hpp"
+#include "xlstm/core/weight_matrix.hpp"
+
+namespace {
+
+using xlstm::Index;
+using xlstm::Matrix;
+using xlstm::WeightMatrix;
+using xlstm::WeightStorage;
+using xlstm::Workload;
+
+Matrix<double> reference(const Matrix<float>& x, const Matrix<float>& w) {
+  return x.cast<double>() * w.cast<double>().transpose();
+}
+
+// Largest |a - ref| relative to the size of the dot products' terms. Each
+// output sums `in` products in 16 SIMD lanes, so the float rounding bound is
+// about (in / 16 + 16) * 6e-8 times sum |x||w|: 1e-5 for the widest shape
+// here (in = 2500). A wrong or missing term is of order 1 on this scale.
+double worst_error(const Matrix<float>& y, const Matrix<double>& ref, const Matrix<float>& x,
+                   const Matrix<float>& w) {
+  const Matrix<double> scale =
+      x.cast<double>().cwiseAbs() * w.cast<double>().cwiseAbs().transpose();
+  double worst = 0;
+  for (Index i = 0; i < y.size(); ++i) {
+    worst = std::max(
+        worst, std::abs(double(y.data()[i]) - ref.data()[i]) / std::max(scale.data()[i], 1e-30));
+  }
+  return worst;
+}
+
+constexpr double kTol = 1e-5;
+
+Matrix<float> random(Index rows, Index cols, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  Matrix<float> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
+  return m;
+}
+
+struct ThreadCountGuard {
+  int saved = xlstm::num_threads();
+  ~ThreadCountGuard() { xlstm::set_num_threads(saved); }
+};
+
+// Shapes: odd widths (SIMD tails), one wider than the 2048-entry decode
+// piece, and one above the size at which the rows of W are split over threads.
+struct Shape {
+  Index out, in;
+};
+const std::vector<Shape> kShapes = {{5, 3}, {37, 61}, {16, 2500}, {600, 512}};
+
+TEST(MatmulTest, EveryWorkloadAndBatchGivesTheProduct) {
+  const ThreadCountGuard guard;
+  std::mt19937 rng(5);
+  for (const int threads : {1, 2}) {
+    xlstm::set_num_threads(threads);
+    for (const auto& shape : kShapes) {
+      const Matrix<float> w = random(shape.out, shape.in, rng);
+      for (const Index batch : {0, 1, 2, 3, 4, 5, 8, 9, 17}) {
+        const Matrix<float> x = random(batch, shape.in, rng);
+        const Matrix<double> ref = reference(x, w);
+        for (const auto workload : {Workload::sequence, Workload::step}) {
+          SCOPED_TRACE(::testing::Message()
+                       << "threads " << threads << " W " << shape.out << "x" << shape.in << " B "
+                       << batch << " workload " << int(workload));
+          Matrix<float> y(batch, shape.out);
+          xlstm::matmul_transposed<float>(x, w, y, false, workload);
+          EXPECT_LE(worst_error(y, ref, x, w), kTol);
+          // Accumulate: y = x W^T + x W^T.
+          xlstm::matmul_transposed<float>(x, w, y, true, workload);
+          EXPECT_LE(worst_error(y, 2.0 * ref, x, w), 2 * kTol);
+        }
+      }
+    }
+  }
+}
+
+// 16-bit weights: the fused step kernel and the tiled sequence path compute
+// with exactly the decoded values, so they match a float product of the
+// decoded matrix to float rounding.
+TEST(MatmulTest, SixteenBitWeightsMatchTheDecodedProduct) {
+  const ThreadCountGuard guard;
+  std::mt19937 rng(6);
+  for (const int threads : {1, 2}) {
+    xlstm::set_num_threads(threads);
+    for (const auto storage : {WeightStorage::bf16, WeightStorage::f16}) {
+      for (const auto& shape : kShapes) {
+        const Matrix<float> original = random(shape.out, shape.in, rng);
+        std::vector<std::uint16_t> bits(std::size_t(original.size()));
+        Matrix<float> decoded(shape.out, shape.in);
+        for (Index i = 0; i < original.size(); ++i) {
+          const float v = original.data()[i];
+          bits[std::size_t(i)] =
+              storage == WeightStorage::bf16 ? xlstm::float_to_bf16(v) : xlstm::float_to_f16(v);
+          decoded.data()[i] = storage == WeightStorage::bf16
+                                  ? xlstm::bf16_to_float(bits[std::size_t(i)])
+                                  : xlstm::f16_to_float(bits[std::size_t(i)]);
+        }
+        const auto w =
+            WeightMatrix<float>::half_owned(storage, std::move(bits), shape.out, shape.in);
+        for (const Index batch : {Index(0), Index(1), Index(3), Index(8), Index(9), Index(20)}) {
+          const Matrix<float> x = random(batch, shape.in, rng);
+          const Matrix<double> ref = reference(x, decoded);
+          for (const auto workload : {Workload::sequence, Workload::step}) {
+            SCOPED_TRACE(::testing::Message()
+                         << "threads " << threads << " storage " << int(storage) << " W "
+                         << shape.out << "x" << shape.in << " B " << batch << " workload "
+                         << int(workload));
+            Matrix<float> y(batch, shape.out);
+            w.multiply_transposed(x, y, false, workload);
+            EXPECT_LE(worst_error(y, ref, x, decoded), kTol);
+            w.multiply_transposed(x, y, true, workload);
+            EXPECT_LE(worst_error(y, 2.0 * ref, x, decoded), 2 * kTol);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,386 @@
+// Threads: one loaded model serves many sequences at once. Models are
+// immutable during forward() and step(); everything that changes lives in the
+// caller's state (and its step workspace). So 8 threads sharing one `const`
+// model, each with its own state and sequence, must produce exactly the logits
+// that the same work produces run one job after another. Decoding must also
+// give the same bits with any library thread count (OpenMP, when built with
+// it); see expect_decode_independent_of_thread_count for why prefill may not.
+//
+// The models are loaded from a checkpoint written by save_module /
+// save_large_model, as an application would load them. Run this program under
+// the `tsan` preset (ThreadSanitizer) to check that sharing is also race-free.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xlstm/core/init.hpp"
+#include "xlstm/core/parallel.hpp"
+#include "xlstm/io/checkpoint.hpp"
+#include "xlstm/io/large_checkpoint.hpp"
+#include "xlstm/io/safetensors.hpp"
+#include "xlstm/model/language_model.hpp"
+#include "xlstm/model/large_model.hpp"
+
+#if defined(__SANITIZE_THREAD__)
+#define XLSTM_TEST_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define XLSTM_TEST_UNDER_TSAN 1
+#endif
+#endif
+
+namespace {
+
+namespace io = xlstm::io;
+using xlstm::Index;
+using xlstm::LanguageModel;
+using xlstm::LanguageModelConfig;
+using xlstm::LargeModel;
+using xlstm::LargeModelConfig;
+using xlstm::Matrix;
+using xlstm::ParameterList;
+using xlstm::Rng;
+using xlstm::Sequence;
+using xlstm::Tokens;
+
+constexpr int kThreads = 8;
+constexpr int kDecodeSteps = 20;
+// ThreadSanitizer finds a race from the happens-before order of one run,
+// whatever the timing; repeating matters for the bit comparison, where a race
+// shows only when the threads happen to collide. TSan makes a run ~10x slower.
+#ifdef XLSTM_TEST_UNDER_TSAN
+constexpr int kConcurrentRuns = 2;
+#else
+constexpr int kConcurrentRuns = 3;
+#endif
+
+// ---------------------------------------------------------------------------
+// Models
+
+// E = 64, four blocks with the sLSTM at index 1. The vocabulary of 4096 makes
+// the LM head 4096 x 64 = 2^18 weights, the size from which a decode step
+// splits the weight rows over the threads (core/matmul.hpp).
+LanguageModelConfig lm_config() {
+  LanguageModelConfig c;
+  c.mlstm_block = xlstm::MLstmBlockConfig{};
+  c.mlstm_block->mlstm.num_heads = 4;
+  c.slstm_block = xlstm::SLstmBlockConfig{};
+  c.slstm_block->slstm.num_heads = 4;
+  c.context_length = 64;
+  c.num_blocks = 4;
+  c.embedding_dim = 64;
+  c.slstm_at = {1};
+  c.vocab_size = 4096;
+  return c;
+}
+
+// Also a 4096 x 64 LM head, for the same reason.
+LargeModelConfig large_config() {
+  LargeModelConfig c;
+  c.embedding_dim = 64;
+  c.num_heads = 2;
+  c.num_blocks = 2;
+  c.vocab_size = 4096;
+  c.chunk_size = 16;
+  c.mode = "inference";
+  return c;
+}
+
+// The official initialisation leaves some tensors zero or constant; noise on
+// every parameter makes every path of the model matter.
+template <typename Model>
+void add_noise(Model& model, std::uint64_t seed) {
+  ParameterList<typename Model::Scalar> params;
+  model.collect_parameters("", params);
+  std::mt19937_64 engine(seed);
+  std::normal_distribution<double> dist(0.0, 0.05);
+  for (const auto& p : params) {
+    for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {
+      p.data[i] += typename Model::Scalar(dist(engine));
+    }
+  }
+}
+
+// A checkpoint file under the temporary directory, removed on scope exit.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& tag)
+      : path_((std::filesystem::temp_directory_path() /
+               ("xlstm_test_threads_" + std::to_string(std::random_device{}()) + "_" + tag +
+                ".safetensors"))
+                  .string()) {}
+  ~TempFile() {
+    std::remove(path_.c_str());
+    std::remove((path_ + ".tmp").c_str());
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+template <typename S>
+LanguageModel<S> loaded_language_model() {
+  LanguageModel<S> original(lm_config());
+  Rng rng(11);
+  original.initialize(rng);
+  add_noise(original, 12);
+  const TempFile file("lm");
+  io::save_module(original, file.path());
+  LanguageModel<S> loaded(lm_config());
+  io::load_module(loaded, io::SafetensorsFile::open(file.path()));
+  return loaded;
+}
+
+// `matrix_dtype` BF16 keeps the weights 16-bit in memory (views into the
+// mapped file), whose products decode tiles into a per-thread scratch buffer.
+template <typename S>
+LargeModel<S> loaded_large_model(std::optional<io::DType> matrix_dtype) {
+  LargeModel<S> original(large_config());
+  Rng rng(21);
+  original.initialize(rng, /*noise=*/0.5);
+  const TempFile file(matrix_dtype ? "large_bf16" : "large");
+  io::save_large_model(original, file.path(), io::LargeNaming::official, /*fused=*/false,
+                       matrix_dtype);
+  return io::load_large_model<S>(file.path());
+}
+
+// ---------------------------------------------------------------------------
+// Jobs
+
+// One thread's work: a prompt (B x T) to prefill, then kDecodeSteps steps.
+struct Job {
+  Tokens prompt;
+};
+
+// Eight jobs of different lengths (1 to 80 tokens: the mLSTM's parallel and
+// chunkwise prefill forms) and batch sizes (1 and 2).
+std::vector<Job> make_jobs(Index vocab) {
+  const Index lengths[kThreads] = {1, 5, 12, 17, 24, 40, 65, 80};
+  std::mt19937_64 engine(31);
+  std::uniform_int_distribution<std::int64_t> token(0, vocab - 1);
+  std::vector<Job> jobs;
+  for (int j = 0; j < kThreads; ++j) {
+    Job job{Tokens(1 + j % 2, lengths[j])};
+    for (Index i = 0; i < job.prompt.size(); ++i) job.prompt.data()[i] = token(engine);
+    jobs.push_back(std::move(job));
+  }
+  return jobs;
+}
+
+// A job in progress: its state, every logit so far (the prefill's B x T x V,
+// then each step's B x V) and the last logits, which choose the next tokens.
+template <typename Model>
+struct Run {
+  using Scalar = typename Model::Scalar;
+  typename Model::State state;
+  std::vector<Scalar> logits;
+  Matrix<Scalar> last;
+};
+
+template <typename Model>
+Run<Model> prefill(const Model& model, const Job& job) {
+  const Index batch = job.prompt.rows(), time = job.prompt.cols();
+  Run<Model> run{model.initial_state(batch), {}, {}};
+  Sequence<typename Model::Scalar> logits;
+  model.forward(job.prompt, run.state, logits);
+  run.logits.assign(logits.matrix().data(), logits.matrix().data() + logits.matrix().size());
+  run.last.resize(batch, model.vocab_size());
+  for (Index b = 0; b < batch; ++b) run.last.row(b) = logits.at(b, time - 1);
+  return run;
+}
+
+// kDecodeSteps steps. Each token is the previous logits' argmax plus the step
+// number, so the tokens depend on the results and no run settles into
+// repeating itself.
+template <typename Model>
+void decode(const Model& model, Run<Model>& run) {
+  const Index batch = run.last.rows(), vocab = model.vocab_size();
+  std::vector<std::int64_t> tokens(std::size_t(batch), 0);
+  for (int t = 0; t < kDecodeSteps; ++t) {
+    for (Index b = 0; b < batch; ++b) {
+      Index best = 0;
+      run.last.row(b).maxCoeff(&best);
+      tokens[std::size_t(b)] = (best + t) % vocab;
+    }
+    model.step(tokens, run.state, run.last);
+    run.logits.insert(run.logits.end(), run.last.data(), run.last.data() + run.last.size());
+  }
+}
+
+// Every logit of a job: prefill, then decode.
+template <typename Model>
+std::vector<typename Model::Scalar> run_job(const Model& model, const Job& job) {
+  Run<Model> run = prefill(model, job);
+  decode(model, run);
+  return run.logits;
+}
+
+template <typename Model>
+std::vector<std::vector<typename Model::Scalar>> run_sequentially(const Model& model,
+                                                                  const std::vector<Job>& jobs) {
+  std::vector<std::vector<typename Model::Scalar>> results;
+  for (const Job& job : jobs) results.push_back(run_job(model, job));
+  return results;
+}
+
+// One std::thread per job, all sharing `model`; they start together.
+template <typename Model>
+std::vector<std::vector<typename Model::Scalar>> run_concurrently(const Model& model,
+                                                                  const std::vector<Job>& jobs) {
+  std::vector<std::vector<typename Model::Scalar>> results(jobs.size());
+  std::vector<std::exception_ptr> errors(jobs.size());
+  std::atomic<std::size_t> waiting{jobs.size()};
+  std::vector<std::thread> threads;
+  for (std::size_t j = 0; j < jobs.size(); ++j) {
+    threads.emplace_back([&, j] {
+      waiting.fetch_sub(1);
+      while (waiting.load() > 0) std::this_thread::yield();
+      try {
+        results[j] = run_job(model, jobs[j]);
+      } catch (...) {
+        errors[j] = std::current_exception();
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (const auto& error : errors) {
+    if (error) std::rethrow_exception(error);
+  }
+  return results;
+}
+
+// Exact equality of every bit, with the first difference in the message.
+template <typename S>
+::testing::AssertionResult BitIdentical(const std::vector<std::vector<S>>& actual,
+                                        const std::vector<std::vector<S>>& expected) {
+  if (actual.size() != expected.size()) {
+    return ::testing::AssertionFailure()
+           << actual.size() << " results, expected " << expected.size();
+  }
+  for (std::size_t j = 0; j < actual.size(); ++j) {
+    const auto& a = actual[j];
+    const auto& e = expected[j];
+    if (a.size() != e.size()) {
+      return ::testing::AssertionFailure()
+             << "job " << j << ": " << a.size() << " logits, expected " << e.size();
+    }
+    if (std::memcmp(a.data(), e.data(), a.size() * sizeof(S)) == 0) continue;
+    std::size_t i = 0;
+    while (std::memcmp(&a[i], &e[i], sizeof(S)) == 0) ++i;
+    return ::testing::AssertionFailure() << "job " << j << ": logit " << i << " of " << a.size()
+                                         << " is " << a[i] << ", expected " << e[i];
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Restores the library's thread count on scope exit.
+struct ThreadCountGuard {
+  int saved = xlstm::num_threads();
+  ~ThreadCountGuard() { xlstm::set_num_threads(saved); }
+};
+
+// One library thread, and the default count when built with OpenMP.
+std::vector<int> thread_counts() {
+  const int threads = xlstm::num_threads();
+  return threads > 1 ? std::vector<int>{1, threads} : std::vector<int>{1};
+}
+
+// With every library thread count: the jobs run one after another are the
+// reference, and each concurrent run must match it bit for bit.
+template <typename Model>
+void expect_concurrent_runs_equal_sequential_runs(const Model& model) {
+  const ThreadCountGuard guard;
+  const std::vector<Job> jobs = make_jobs(model.vocab_size());
+  for (const int threads : thread_counts()) {
+    SCOPED_TRACE(::testing::Message() << "library threads " << threads);
+    xlstm::set_num_threads(threads);
+    const auto reference = run_sequentially(model, jobs);
+    for (int run = 0; run < kConcurrentRuns; ++run) {
+      SCOPED_TRACE(::testing::Message() << "concurrent run " << run);
+      EXPECT_TRUE(BitIdentical(run_concurrently(model, jobs), reference));
+    }
+  }
+}
+
+// Decoding from the same states gives the same bits with any library thread
+// count: a step's products split the weight rows over the threads and each
+// output is one thread's dot product, computed as a single thread would.
+//
+// Prefill is not compared across thread counts: its larger products are
+// Eigen's GEMM, which blocks the summation (depth) dimension differently when
+// it runs on several threads (at most 320 terms per block instead of up to
+// ~500), so products with more than 320 terms round differently.
+template <typename Model>
+void expect_decode_independent_of_thread_count(const Model& model) {
+  const ThreadCountGuard guard;
+  const std::vector<Job> jobs = make_jobs(model.vocab_size());
+  xlstm::set_num_threads(1);
+  std::vector<Run<Model>> prefilled;
+  for (const Job& job : jobs) prefilled.push_back(prefill(model, job));
+  std::vector<std::vector<typename Model::Scalar>> reference;
+  for (const int threads : thread_counts()) {
+    SCOPED_TRACE(::testing::Message() << "library threads " << threads);
+    xlstm::set_num_threads(threads);
+    std::vector<std::vector<typename Model::Scalar>> results;
+    for (const Run<Model>& start : prefilled) {
+      Run<Model> run = start;
+      decode(model, run);
+      results.push_back(run.logits);
+    }
+    if (reference.empty()) {
+      reference = results;
+    } else {
+      EXPECT_TRUE(BitIdentical(results, reference));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+template <typename S>
+class SharedModelTest : public ::testing::Test {};
+using Scalars = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(SharedModelTest, Scalars);
+
+TYPED_TEST(SharedModelTest, LanguageModelGivesEachThreadTheSequentialLogits) {
+  const LanguageModel<TypeParam> model = loaded_language_model<TypeParam>();
+  expect_concurrent_runs_equal_sequential_runs(model);
+}
+
+TYPED_TEST(SharedModelTest, LargeModelGivesEachThreadTheSequentialLogits) {
+  const LargeModel<TypeParam> model = loaded_large_model<TypeParam>(std::nullopt);
+  expect_concurrent_runs_equal_sequential_runs(model);
+}
+
+TYPED_TEST(SharedModelTest, LargeModelWithBf16WeightsGivesEachThreadTheSequentialLogits) {
+  const LargeModel<TypeParam> model = loaded_large_model<TypeParam>(io::DType::BF16);
+  ASSERT_TRUE(model.embedding().is_half());
+  ASSERT_TRUE(model.blocks().front().q.weight.is_half());
+  expect_concurrent_runs_equal_sequential_runs(model);
+}
+
+TYPED_TEST(SharedModelTest, DecodeIsBitIdenticalForAnyThreadCount) {
+  if (thread_counts().size() < 2) GTEST_SKIP() << "one library thread (built without OpenMP)";
+  const LanguageModel<TypeParam> lm = loaded_language_model<TypeParam>();
+  expect_decode_independent_of_thread_count(lm);
+  const LargeModel<TypeParam> large = loaded_large_model<TypeParam>(std::nullopt);
+  expect_decode_independent_of_thread_count(large);
+  const LargeModel<TypeParam> large_bf16 = loaded_large_model<TypeParam>(io::DType::BF16);
+  expect_decode_independent_of_thread_count(large_bf16);
+}
+
+}  // namespace
