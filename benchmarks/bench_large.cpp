@@ -59,9 +59,30 @@ void fill_bf16(xlstm::LargeModel<float>& model, std::uint64_t seed) {
   }
 }
 
+/// Model 2: the 7B-shaped block of model 0 with the same weights held as
+/// float32 (what BF16 storage is compared with).
+std::unique_ptr<xlstm::LargeModel<float>> float_copy(xlstm::LargeModel<float>& bf16) {
+  auto copy = std::make_unique<xlstm::LargeModel<float>>(bf16.config());
+  const auto from = bf16.weight_matrices();
+  const auto to = copy->weight_matrices();
+  for (std::size_t i = 0; i < from.size(); ++i) {
+    for (Index r = 0; r < from[i]->rows(); ++r) from[i]->copy_row(r, to[i]->native().row(r));
+  }
+  for (std::size_t b = 0; b < bf16.blocks().size(); ++b) {
+    copy->blocks()[b].igate.bias = bf16.blocks()[b].igate.bias;
+    copy->blocks()[b].fgate.bias = bf16.blocks()[b].fgate.bias;
+  }
+  return copy;
+}
+
 xlstm::LargeModel<float>& model_for(int which) {
   static std::map<int, std::unique_ptr<xlstm::LargeModel<float>>> models;
   auto& slot = models[which];
+  if (!slot && which == 2) {
+    slot = float_copy(model_for(0));
+    std::fprintf(stderr, "large7b_block_f32: %.2f GB of float weights\n",
+                 double(slot->weight_bytes()) / 1e9);
+  }
   if (!slot) {
     slot = std::make_unique<xlstm::LargeModel<float>>(
         which == 0 ? config_7b_block() : config_1_3b(), xlstm::WeightStorage::bf16);
@@ -138,11 +159,14 @@ void bm_large_decode(benchmark::State& state) {
 }  // namespace
 
 void register_large_benchmarks(bool quick) {
-  // 0: the 7B-shaped block; 1: the 1.3B model.
+  // 0: the 7B-shaped block; 1: the 1.3B model; 2: model 0 in float32.
   auto* d = benchmark::RegisterBenchmark("large/bf16/decode", bm_large_decode);
   d->ArgNames({"model"})->Arg(0)->UseManualTime()->Unit(benchmark::kMillisecond);
+  auto* f = benchmark::RegisterBenchmark("large/f32/decode", bm_large_decode);
+  f->ArgNames({"model"})->Arg(2)->UseManualTime()->Unit(benchmark::kMillisecond);
   if (quick) {
     d->MinTime(0.3);
+    f->MinTime(0.3);
     return;
   }
   d->Arg(1);

@@ -169,7 +169,9 @@ void print_summary(std::FILE* out, const std::vector<benchmark::BenchmarkReporte
     const std::string per_token = items > 0 ? format("%.2f", 1e6 / items) : "-";
     const std::string tokens = items > 0 ? format("%.0f", items) : "-";
     std::string figure = "-", limit = "-", pct = "-";
-    if (label.rfind("bound=", 0) == 0) {
+    const bool has_figure = r.counters.count("GFLOPs") != 0 || r.counters.count("GBps") != 0 ||
+                            r.counters.count("weight_GBps") != 0;
+    if (label.rfind("bound=", 0) == 0 && has_figure) {  // serving rows have tokens/s only
       const std::string bound = label.substr(6);
       const bool gemm = bound.rfind("gemm", 0) == 0;
       const double value =

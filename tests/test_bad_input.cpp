@@ -33,9 +33,12 @@
 #include "xlstm/model/language_model.hpp"
 #include "xlstm/model/large_model.hpp"
 
+#include "test_util.hpp"
+
 namespace {
 
 namespace io = xlstm::io;
+using test_util::ThrowsMentioning;
 using xlstm::BlockStack;
 using xlstm::BlockStackConfig;
 using xlstm::BlockStackState;
@@ -71,32 +74,12 @@ constexpr Index kHuge = Index(1) << 40;  // fits Index; products of two overflow
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// `fn` throws xlstm::Error (nothing else) whose message holds every needle.
-template <typename Fn>
-::testing::AssertionResult ThrowsError(Fn&& fn, std::initializer_list<std::string> needles) {
-  try {
-    fn();
-  } catch (const xlstm::Error& e) {
-    const std::string message = e.what();
-    for (const auto& needle : needles) {
-      if (message.find(needle) == std::string::npos) {
-        return ::testing::AssertionFailure()
-               << "message \"" << message << "\" lacks \"" << needle << "\"";
-      }
-    }
-    return ::testing::AssertionSuccess();
-  } catch (const std::exception& e) {
-    return ::testing::AssertionFailure() << "threw a non-xlstm exception: " << e.what();
-  }
-  return ::testing::AssertionFailure() << "did not throw";
-}
-
-/// ThrowsError, and `snapshot()` (parameters and state) is the same after.
+/// ThrowsMentioning, and `snapshot()` (parameters and state) is the same after.
 template <typename Snapshot, typename Fn>
 ::testing::AssertionResult ThrowsAndKeeps(Snapshot&& snapshot, Fn&& fn,
                                           std::initializer_list<std::string> needles) {
   const Bytes before = snapshot();
-  auto result = ThrowsError(fn, needles);
+  auto result = ThrowsMentioning(fn, needles);
   if (snapshot() != before) {
     return ::testing::AssertionFailure()
            << "changed the parameters or the state" << (result ? "" : "; also ")
@@ -175,6 +158,23 @@ Bytes parameters_of(LargeModel<S>& model) {
     append(out, decoded);
   }
   return out;
+}
+
+/// A small mLSTM cell: 2 heads, q/k and v head dims 4.
+MLstmCellConfig mlstm_cell_config() {
+  MLstmCellConfig c;
+  c.num_heads = 2;
+  c.qk_head_dim = 4;
+  c.v_head_dim = 4;
+  return c;
+}
+
+/// A small sLSTM cell: 8 units in 2 heads.
+SLstmCellConfig slstm_cell_config() {
+  SLstmCellConfig c;
+  c.hidden_size = 8;
+  c.num_heads = 2;
+  return c;
 }
 
 MLstmBlockConfig mlstm_block_config() {
@@ -271,10 +271,7 @@ io::SafetensorsFile edited_checkpoint(LanguageModel<S>& model, Edit&& edit) {
 // ---------------------------------------------------------------------------
 
 TEST(BadInput, CellInputsOfTheWrongWidth) {
-  MLstmCellConfig mc;
-  mc.num_heads = 2;
-  mc.qk_head_dim = 4;
-  mc.v_head_dim = 4;
+  const MLstmCellConfig mc = mlstm_cell_config();
   const MLstmCell<S> mlstm(mc);
   auto ms = mlstm.initial_state(2);
   Matrix<S> q = Matrix<S>::Random(2, 8), v = Matrix<S>::Random(2, 8), h(2, 8);
@@ -295,9 +292,7 @@ TEST(BadInput, CellInputsOfTheWrongWidth) {
       [&] { mlstm.forward(seq, seq, random_sequence(2, 3, 9), seq_gates, seq_gates, ms, out); },
       {"MLstmCell::forward", "'v'", "2 x 3 x 8", "got 2 x 3 x 9"}));
 
-  SLstmCellConfig sc;
-  sc.hidden_size = 8;
-  sc.num_heads = 2;
+  const SLstmCellConfig sc = slstm_cell_config();
   const SLstmCell<S> slstm(sc);
   auto ss = slstm.initial_state(2);
   slstm.step(Matrix<S>::Random(2, 32), ss);
@@ -435,10 +430,7 @@ TEST(BadInput, StateWithOneBlockOfAnotherBatchIsRejectedBeforeAnythingRuns) {
 }
 
 TEST(BadInput, StateOfAnotherCellIsRejected) {
-  MLstmCellConfig mc;
-  mc.num_heads = 2;
-  mc.qk_head_dim = 4;
-  mc.v_head_dim = 4;
+  const MLstmCellConfig mc = mlstm_cell_config();
   const MLstmCell<S> cell(mc);
   MLstmCellConfig other = mc;
   other.qk_head_dim = 2;
@@ -448,9 +440,7 @@ TEST(BadInput, StateOfAnotherCellIsRejected) {
                              [&] { cell.step(q, q, q, gates, gates, wrong, h); },
                              {"MLstmCell::step", "argument 'state'", "DHQK 4", "DHQK 2"}));
 
-  SLstmCellConfig sc;
-  sc.hidden_size = 8;
-  sc.num_heads = 2;
+  const SLstmCellConfig sc = slstm_cell_config();
   const SLstmCell<S> slstm(sc);
   auto tampered = slstm.initial_state(2);
   tampered.n.resize(1, 8);  // n no longer has a row per batch row
@@ -464,37 +454,39 @@ TEST(BadInput, StateOfAnotherCellIsRejected) {
 // ---------------------------------------------------------------------------
 
 TEST(BadInput, ZeroAndNegativeSizes) {
-  MLstmCellConfig mc;
+  MLstmCellConfig mc = mlstm_cell_config();
   mc.num_heads = 0;
-  mc.qk_head_dim = 4;
-  mc.v_head_dim = 4;
-  EXPECT_TRUE(ThrowsError([&] { MLstmCell<S> c(mc); }, {"MLstmCellConfig", "'num_heads'", "0"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { MLstmCell<S> c(mc); }, {"MLstmCellConfig", "'num_heads'", "0"}));
   mc.num_heads = 2;
   mc.v_head_dim = -3;
-  EXPECT_TRUE(ThrowsError([&] { MLstmCell<S> c(mc); }, {"'v_head_dim'", "-3"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { MLstmCell<S> c(mc); }, {"'v_head_dim'", "-3"}));
   mc.v_head_dim = 4;
   mc.chunk_size = 0;
-  EXPECT_TRUE(ThrowsError([&] { MLstmCell<S> c(mc); }, {"'chunk_size'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { MLstmCell<S> c(mc); }, {"'chunk_size'"}));
   SLstmCellConfig sc;
   sc.hidden_size = 0;
-  EXPECT_TRUE(ThrowsError([&] { SLstmCell<S> c(sc); }, {"SLstmCellConfig", "'hidden_size'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { SLstmCell<S> c(sc); }, {"SLstmCellConfig", "'hidden_size'"}));
 
   mc.chunk_size = 64;
-  EXPECT_TRUE(ThrowsError([&] { (void)MLstmCell<S>(mc).initial_state(-1); }, {"'batch'", "-1"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { (void)MLstmCell<S>(mc).initial_state(-1); }, {"'batch'", "-1"}));
   sc.hidden_size = 8;
   sc.num_heads = 2;
-  EXPECT_TRUE(ThrowsError([&] { (void)SLstmCell<S>(sc).initial_state(-2); }, {"'batch'", "-2"}));
-  EXPECT_TRUE(ThrowsError([&] { (void)xlstm::CausalConv1d<S>(8, 4).initial_state(-1); },
-                          {"CausalConv1dState", "'batch'"}));
-  EXPECT_TRUE(ThrowsError([&] { (void)xlstm::CausalConv1d<S>(8, -1); }, {"'kernel_size'"}));
-  EXPECT_TRUE(ThrowsError([&] { (void)xlstm::Linear<S>(0, 4, true); }, {"'in_features'"}));
-  EXPECT_TRUE(ThrowsError([&] { Sequence<S> s(2, -1, 3); }, {"Sequence", "non-negative"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { (void)SLstmCell<S>(sc).initial_state(-2); }, {"'batch'", "-2"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)xlstm::CausalConv1d<S>(8, 4).initial_state(-1); },
+                               {"CausalConv1dState", "'batch'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)xlstm::CausalConv1d<S>(8, -1); }, {"'kernel_size'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)xlstm::Linear<S>(0, 4, true); }, {"'in_features'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { Sequence<S> s(2, -1, 3); }, {"Sequence", "non-negative"}));
 
   LmFixture f;
-  EXPECT_TRUE(ThrowsError([&] { (void)f.model.initial_state(-1); }, {"'batch'", "-1"}));
-  EXPECT_TRUE(ThrowsError([&] { (void)f.model.stack().initial_state(-5); }, {"'batch'", "-5"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)f.model.initial_state(-1); }, {"'batch'", "-1"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { (void)f.model.stack().initial_state(-5); }, {"'batch'", "-5"}));
   const LargeModel<S> large(large_config());
-  EXPECT_TRUE(ThrowsError([&] { (void)large.initial_state(-1); }, {"'batch'", "-1"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)large.initial_state(-1); }, {"'batch'", "-1"}));
 
   // Zero and negative sizes in configs, field by field.
   for (const auto& [field, value] :
@@ -507,21 +499,21 @@ TEST(BadInput, ZeroAndNegativeSizes) {
     if (field == "embedding_dim") c.embedding_dim = value;
     if (field == "num_blocks") c.num_blocks = value;
     if (field == "vocab_size") c.vocab_size = value;
-    EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'" + field + "'"}))
+    EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'" + field + "'"}))
         << field << " = " << value;
   }
   LargeModelConfig lc = large_config();
   lc.num_blocks = 0;
-  EXPECT_TRUE(ThrowsError([&] { LargeModel<S> m(lc); }, {"xLSTMLargeConfig", "'num_blocks'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LargeModel<S> m(lc); }, {"xLSTMLargeConfig", "'num_blocks'"}));
   lc = large_config();
   lc.chunk_size = -64;
-  EXPECT_TRUE(ThrowsError([&] { LargeModel<S> m(lc); }, {"'chunk_size'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LargeModel<S> m(lc); }, {"'chunk_size'"}));
   MLstmBlockConfig mb = mlstm_block_config();
   mb.mlstm.qkv_proj_blocksize = 0;
-  EXPECT_TRUE(ThrowsError([&] { MLstmBlock<S> b(mb); }, {"'qkv_proj_blocksize'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { MLstmBlock<S> b(mb); }, {"'qkv_proj_blocksize'"}));
   mb = mlstm_block_config();
   mb.mlstm.round_proj_up_to_multiple_of = 0;
-  EXPECT_TRUE(ThrowsError([&] { MLstmBlock<S> b(mb); }, {"'round_proj_up_to_multiple_of'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { MLstmBlock<S> b(mb); }, {"'round_proj_up_to_multiple_of'"}));
 }
 
 // ---------------------------------------------------------------------------
@@ -534,79 +526,82 @@ TEST(BadInput, SizeProductsThatOverflowAreRejectedBeforeAllocating) {
   mc.num_heads = Index(1) << 21;
   mc.qk_head_dim = Index(1) << 21;
   mc.v_head_dim = Index(1) << 21;
-  EXPECT_TRUE(
-      ThrowsError([&] { MLstmCell<S> c(mc); },
-                  {"MLstmCellConfig", "'num_heads' x 'qk_head_dim' x 'v_head_dim'", "too large"}));
+  EXPECT_TRUE(ThrowsMentioning(
+      [&] { MLstmCell<S> c(mc); },
+      {"MLstmCellConfig", "'num_heads' x 'qk_head_dim' x 'v_head_dim'", "too large"}));
   SLstmCellConfig sc;
   sc.hidden_size = kHuge;
   sc.num_heads = 1;
-  EXPECT_TRUE(ThrowsError([&] { SLstmCell<S> c(sc); }, {"SLstmCellConfig", "'hidden_size'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { SLstmCell<S> c(sc); }, {"SLstmCellConfig", "'hidden_size'"}));
 
   // A batch so large that the state would not fit.
   mc.num_heads = 2;
   mc.qk_head_dim = 4;
   mc.v_head_dim = 4;
-  EXPECT_TRUE(ThrowsError([&] { (void)MLstmCell<S>(mc).initial_state(Index(1) << 60); },
-                          {"MLstmState", "'batch'", "too large"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)MLstmCell<S>(mc).initial_state(Index(1) << 60); },
+                               {"MLstmState", "'batch'", "too large"}));
   LmFixture f;
-  EXPECT_TRUE(ThrowsError([&] { (void)f.model.initial_state(Index(1) << 60); },
-                          {"initial_state", "'batch'", "too large"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)f.model.initial_state(Index(1) << 60); },
+                               {"initial_state", "'batch'", "too large"}));
   const LargeModel<S> large(large_config());
-  EXPECT_TRUE(ThrowsError([&] { (void)large.initial_state(Index(1) << 60); },
-                          {"LargeModel::initial_state", "'batch'", "too large"}));
-  EXPECT_TRUE(ThrowsError([&] { Sequence<S> s(kHuge, kHuge, 4); }, {"Sequence", "too large"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)large.initial_state(Index(1) << 60); },
+                               {"LargeModel::initial_state", "'batch'", "too large"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { Sequence<S> s(kHuge, kHuge, 4); }, {"Sequence", "too large"}));
 
   // Configs: vocabulary x width, and widths derived from a factor.
   LanguageModelConfig c = lm_config();
   c.vocab_size = Index(1) << 60;
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); },
-                          {"xLSTMLMModelConfig", "'vocab_size' x 'embedding_dim'", "too large"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { LanguageModel<S> m(c); },
+                       {"xLSTMLMModelConfig", "'vocab_size' x 'embedding_dim'", "too large"}));
   c = lm_config();
   c.embedding_dim = kHuge;
   c.slstm_block->slstm.num_heads = 1;
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'embedding_dim'", "too large"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'embedding_dim'", "too large"}));
   c = lm_config();
   c.num_blocks = Index(1) << 60;
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'num_blocks'", "too large"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'num_blocks'", "too large"}));
   MLstmBlockConfig mb = mlstm_block_config();
   mb.mlstm.proj_factor = 1e300;  // int(ceil(1e300 * 16 / 64) * 64) is not an Index
-  EXPECT_TRUE(ThrowsError([&] { MLstmBlock<S> b(mb); }, {"'proj_factor'", "'embedding_dim'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { MLstmBlock<S> b(mb); }, {"'proj_factor'", "'embedding_dim'"}));
   mb.mlstm.proj_factor = std::numeric_limits<double>::quiet_NaN();
-  EXPECT_TRUE(ThrowsError([&] { MLstmBlock<S> b(mb); }, {"'proj_factor'", "nan"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { MLstmBlock<S> b(mb); }, {"'proj_factor'", "nan"}));
   SLstmBlockConfig sb = slstm_block_config();
   sb.feedforward->proj_factor = std::numeric_limits<double>::infinity();
-  EXPECT_TRUE(ThrowsError([&] { SLstmBlock<S> b(sb); }, {"'proj_factor'", "inf"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { SLstmBlock<S> b(sb); }, {"'proj_factor'", "inf"}));
 
   LargeModelConfig lc = large_config();
   lc.vocab_size = Index(1) << 60;
-  EXPECT_TRUE(ThrowsError([&] { LargeModel<S> m(lc); },
-                          {"xLSTMLargeConfig", "'vocab_size' x 'embedding_dim'", "too large"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { LargeModel<S> m(lc); },
+                       {"xLSTMLargeConfig", "'vocab_size' x 'embedding_dim'", "too large"}));
   for (double factor : {1e300, -0.5, std::numeric_limits<double>::quiet_NaN(),
                         std::numeric_limits<double>::infinity()}) {
     lc = large_config();
     lc.qk_dim_factor = factor;
-    EXPECT_TRUE(ThrowsError([&] { LargeModel<S> m(lc); }, {"'qk_dim_factor'"})) << factor;
+    EXPECT_TRUE(ThrowsMentioning([&] { LargeModel<S> m(lc); }, {"'qk_dim_factor'"})) << factor;
     lc = large_config();
     lc.ffn_proj_factor = factor;
-    EXPECT_TRUE(ThrowsError([&] { LargeModel<S> m(lc); }, {"'ffn_proj_factor'"})) << factor;
+    EXPECT_TRUE(ThrowsMentioning([&] { LargeModel<S> m(lc); }, {"'ffn_proj_factor'"})) << factor;
   }
 
   // The same through JSON, where such numbers arrive from files.
   io::Json j = io::to_json(lm_config());
   j["embedding_dim"] = Index(1) << 62;
   EXPECT_TRUE(
-      ThrowsError([&] { (void)io::language_model_config_from_json(j); }, {"'embedding_dim'"}));
+      ThrowsMentioning([&] { (void)io::language_model_config_from_json(j); }, {"'embedding_dim'"}));
   j = io::to_json(lm_config());
   j["mlstm_block"]["mlstm"]["proj_factor"] = 1e300;
   EXPECT_TRUE(
-      ThrowsError([&] { (void)io::language_model_config_from_json(j); }, {"'proj_factor'"}));
+      ThrowsMentioning([&] { (void)io::language_model_config_from_json(j); }, {"'proj_factor'"}));
   io::Json lj = io::to_json(large_config());
   lj["v_dim_factor"] = 1e300;
-  EXPECT_TRUE(ThrowsError([&] { (void)io::large_model_config_from_json(lj); }, {"'v_dim_factor'"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { (void)io::large_model_config_from_json(lj); }, {"'v_dim_factor'"}));
   lj = io::to_json(large_config());
   lj["vocab_size"] = Index(1) << 62;
-  EXPECT_TRUE(ThrowsError([&] { (void)io::large_model_config_from_json(lj); },
-                          {"'vocab_size' x 'embedding_dim'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)io::large_model_config_from_json(lj); },
+                               {"'vocab_size' x 'embedding_dim'"}));
 }
 
 // ---------------------------------------------------------------------------
@@ -667,74 +662,76 @@ TEST(BadInput, TokenIdOutOfRange) {
 TEST(BadInput, InconsistentConfigs) {
   LanguageModelConfig c = lm_config();
   c.slstm_block->slstm.num_heads = 3;  // 16 not divisible by 3
-  EXPECT_TRUE(
-      ThrowsError([&] { LanguageModel<S> m(c); }, {"'embedding_dim' (16)", "'num_heads' (3)"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); },
+                               {"'embedding_dim' (16)", "'num_heads' (3)"}));
   c = lm_config();
   c.mlstm_block->mlstm.num_heads = 5;  // inner dim 64 not divisible by 5
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"inner dim 64", "'num_heads' (5)"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"inner dim 64", "'num_heads' (5)"}));
   c = lm_config();
   c.mlstm_block->mlstm.qkv_proj_blocksize = 5;
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'qkv_proj_blocksize' (5)"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'qkv_proj_blocksize' (5)"}));
   c = lm_config();
   c.slstm_at = {3};  // == num_blocks
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'slstm_at'", "3", "[0, 3)"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'slstm_at'", "3", "[0, 3)"}));
   c = lm_config();
   c.slstm_at = {-1};
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'slstm_at'", "-1"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'slstm_at'", "-1"}));
   c = lm_config();
   c.slstm_block.reset();  // placed at 1 but not configured
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'slstm_block' is null"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'slstm_block' is null"}));
   c = lm_config();
   c.mlstm_block.reset();
   c.slstm_block.reset();
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'mlstm_block' or 'slstm_block'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'mlstm_block' or 'slstm_block'"}));
   c = lm_config();
   c.mlstm_block->mlstm.conv1d_kernel_size = 0;
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'conv1d_kernel_size'", "got 0"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'conv1d_kernel_size'", "got 0"}));
   c = lm_config();
   c.slstm_block->slstm.function = "gru";
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'function'", "gru"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'function'", "gru"}));
   c = lm_config();
   c.slstm_block->feedforward->act_fn = "swish7";
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"swish7"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"swish7"}));
   c = lm_config();
   c.slstm_block->feedforward->ff_type = "moe";
-  EXPECT_TRUE(ThrowsError([&] { LanguageModel<S> m(c); }, {"'ff_type'", "moe"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'ff_type'", "moe"}));
 
   SLstmBlockConfig sb = slstm_block_config();
   sb._num_blocks = 2;
   sb._block_idx = 2;
-  EXPECT_TRUE(ThrowsError([&] { SLstmBlock<S> b(sb); }, {"'_block_idx' (2)", "_num_blocks = 2"}));
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { SLstmBlock<S> b(sb); }, {"'_block_idx' (2)", "_num_blocks = 2"}));
 
   MLstmCellConfig mc;
   mc.qk_head_dim = 4;
   mc.v_head_dim = 4;
   mc.eps = -1e-6;
-  EXPECT_TRUE(ThrowsError([&] { MLstmCell<S> cell(mc); }, {"'eps'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { MLstmCell<S> cell(mc); }, {"'eps'"}));
   mc.eps = std::numeric_limits<double>::quiet_NaN();
-  EXPECT_TRUE(ThrowsError([&] { MLstmCell<S> cell(mc); }, {"'eps'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { MLstmCell<S> cell(mc); }, {"'eps'"}));
 
   LargeModelConfig lc = large_config();
   lc.num_heads = 3;  // qk dim 16 not a multiple of 3
-  EXPECT_TRUE(ThrowsError([&] { LargeModel<S> m(lc); }, {"qk dim", "'num_heads' (3)"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LargeModel<S> m(lc); }, {"qk dim", "'num_heads' (3)"}));
   lc = large_config();
   lc.weight_mode = "split";
-  EXPECT_TRUE(ThrowsError([&] { LargeModel<S> m(lc); }, {"'weight_mode'", "split"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LargeModel<S> m(lc); }, {"'weight_mode'", "split"}));
   lc = large_config();
   lc.norm_eps = std::numeric_limits<double>::infinity();
-  EXPECT_TRUE(ThrowsError([&] { LargeModel<S> m(lc); }, {"'norm_eps'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { LargeModel<S> m(lc); }, {"'norm_eps'"}));
 
   // JSON: malformed text, a field of the wrong type, a wrong derived field.
-  EXPECT_TRUE(ThrowsError([] { (void)io::parse_json("{\"embedding_dim\": ", "config.json"); },
-                          {"config.json", "malformed JSON"}));
+  EXPECT_TRUE(ThrowsMentioning([] { (void)io::parse_json("{\"embedding_dim\": ", "config.json"); },
+                               {"config.json", "malformed JSON"}));
   io::Json j = io::to_json(lm_config());
   j["mlstm_block"]["mlstm"]["round_proj_up_to_multiple_of"] = 0;
-  EXPECT_TRUE(ThrowsError([&] { (void)io::language_model_config_from_json(j); },
-                          {"'round_proj_up_to_multiple_of'"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)io::language_model_config_from_json(j); },
+                               {"'round_proj_up_to_multiple_of'"}));
   j = io::to_json(lm_config());
   j["vocab_size"] = "20";
-  EXPECT_TRUE(ThrowsError([&] { (void)io::language_model_config_from_json(j); },
-                          {"'vocab_size'", "wrong type"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)io::language_model_config_from_json(j); },
+                               {"'vocab_size'", "wrong type"}));
 
   // context_length is not used at inference (sequences of any length run), so
   // any value is accepted, as the official code accepts it.
@@ -846,15 +843,15 @@ TEST(BadInput, LargeCheckpointsWithBadTensors) {
   }
   const auto files = io::CheckpointFiles::from_file(
       io::SafetensorsFile::from_bytes(writer.to_bytes(), "scalar.safetensors"));
-  EXPECT_TRUE(ThrowsError([&] { (void)io::load_large_model<S>(files); },
-                          {"scalar.safetensors", igate, "2-D with 32 columns", "shape []"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)io::load_large_model<S>(files); },
+                               {"scalar.safetensors", igate, "2-D with 32 columns", "shape []"}));
 
   // A truncated file on disk.
   std::vector<char> bytes(std::filesystem::file_size(path));
   std::ifstream(path, std::ios::binary).read(bytes.data(), std::streamsize(bytes.size()));
   const std::string cut = dir + "/cut.safetensors";
   std::ofstream(cut, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size() / 2));
-  EXPECT_TRUE(ThrowsError([&] { (void)io::load_large_model<S>(cut); }, {cut}));
+  EXPECT_TRUE(ThrowsMentioning([&] { (void)io::load_large_model<S>(cut); }, {cut}));
   std::filesystem::remove_all(dir);
 }
 

@@ -29,8 +29,16 @@
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/cells/slstm.hpp"
 
+#include "test_util.hpp"
+
 namespace {
 
+using test_util::AllFinite;
+using test_util::BitIdentical;
+using test_util::Close;
+using test_util::random_sequence;
+using test_util::ThrowsMentioning;
+using test_util::time_slice;
 using xlstm::FirstStepRule;
 using xlstm::Index;
 using xlstm::Matrix;
@@ -83,126 +91,14 @@ struct Tol<double> {
 // Comparison helpers
 // ---------------------------------------------------------------------------
 
-// |actual - expected| <= tol * max(floor, max|expected|) elementwise; NaN in
-// either argument fails.
-template <typename A, typename B>
-::testing::AssertionResult Close(const Eigen::DenseBase<A>& actual,
-                                 const Eigen::DenseBase<B>& expected, double tol,
-                                 double floor = 1.0) {
-  if (actual.rows() != expected.rows() || actual.cols() != expected.cols()) {
-    return ::testing::AssertionFailure() << "shape " << actual.rows() << "x" << actual.cols()
-                                         << " vs " << expected.rows() << "x" << expected.cols();
-  }
-  double scale = floor;
-  for (Index i = 0; i < expected.rows(); ++i) {
-    for (Index j = 0; j < expected.cols(); ++j) {
-      scale = std::max(scale, std::abs(double(expected(i, j))));
-    }
-  }
-  double worst = 0;
-  Index wi = 0, wj = 0;
-  for (Index i = 0; i < actual.rows(); ++i) {
-    for (Index j = 0; j < actual.cols(); ++j) {
-      const double d = std::abs(double(actual(i, j)) - double(expected(i, j)));
-      if (std::isnan(d)) {
-        return ::testing::AssertionFailure() << "NaN at (" << i << ", " << j << "): actual "
-                                             << actual(i, j) << ", expected " << expected(i, j);
-      }
-      if (d > worst) {
-        worst = d;
-        wi = i;
-        wj = j;
-      }
-    }
-  }
-  if (worst <= tol * scale) {
-    return ::testing::AssertionSuccess() << "max |diff| " << worst << " <= " << tol * scale;
-  }
-  return ::testing::AssertionFailure()
-         << "max |diff| " << worst << " at (" << wi << ", " << wj << "): actual " << actual(wi, wj)
-         << ", expected " << expected(wi, wj) << "; allowed " << tol << " * " << scale << " = "
-         << tol * scale << " (ratio " << worst / (tol * scale) << ")";
-}
-
-// Bit for bit the same (same shape, same bytes per element; NaN == NaN).
-template <typename A, typename B>
-::testing::AssertionResult Identical(const Eigen::DenseBase<A>& actual,
-                                     const Eigen::DenseBase<B>& expected) {
-  if (actual.rows() != expected.rows() || actual.cols() != expected.cols()) {
-    return ::testing::AssertionFailure() << "shape differs";
-  }
-  for (Index i = 0; i < actual.rows(); ++i) {
-    for (Index j = 0; j < actual.cols(); ++j) {
-      const auto a = actual(i, j);
-      const auto b = expected(i, j);
-      if (std::memcmp(&a, &b, sizeof a) != 0) {
-        return ::testing::AssertionFailure()
-               << "differs at (" << i << ", " << j << "): " << a << " vs " << b;
-      }
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
-
-template <typename D>
-::testing::AssertionResult AllFinite(const Eigen::DenseBase<D>& x) {
-  for (Index i = 0; i < x.rows(); ++i) {
-    for (Index j = 0; j < x.cols(); ++j) {
-      if (!std::isfinite(x(i, j))) {
-        return ::testing::AssertionFailure() << "element (" << i << ", " << j << ") is " << x(i, j);
-      }
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
-
 template <typename D>
 bool any_nan(const Eigen::DenseBase<D>& x) {
   return x.derived().array().isNaN().any();
 }
 
-// Runs `fn`, expects an xlstm::Error whose message contains `needle`.
-template <typename Fn>
-::testing::AssertionResult ThrowsMentioning(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-  } catch (const xlstm::Error& e) {
-    const std::string message = e.what();
-    if (message.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure()
-           << "message \"" << message << "\" does not mention \"" << needle << "\"";
-  } catch (const std::exception& e) {
-    return ::testing::AssertionFailure() << "threw a non-xlstm exception: " << e.what();
-  }
-  return ::testing::AssertionFailure()
-         << "did not throw (expected a message with \"" << needle << "\")";
-}
-
 // ---------------------------------------------------------------------------
 // Sequence helpers
 // ---------------------------------------------------------------------------
-
-template <typename S>
-void fill_normal(Matrix<S>& m, std::mt19937& rng, double mean, double stddev) {
-  std::normal_distribution<double> dist(mean, stddev);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(dist(rng));
-}
-
-template <typename S>
-Sequence<S> random_sequence(Index batch, Index time, Index features, std::mt19937& rng,
-                            double mean = 0.0, double stddev = 1.0) {
-  Sequence<S> s(batch, time, features);
-  fill_normal(s.matrix(), rng, mean, stddev);
-  return s;
-}
-
-// Steps [t0, t0 + len) of every batch row.
-template <typename S>
-Sequence<S> time_slice(const Sequence<S>& s, Index t0, Index len) {
-  Sequence<S> out(s.batch(), len, s.features());
-  for (Index b = 0; b < s.batch(); ++b) out.rows_of(b) = s.rows_of(b).middleRows(t0, len);
-  return out;
-}
 
 // Batch row b only, as a batch of one.
 template <typename S>
@@ -330,11 +226,11 @@ template <typename S>
 
 template <typename S>
 ::testing::AssertionResult StatesIdentical(const MLstmState<S>& a, const MLstmState<S>& b) {
-  auto r = Identical(a.C, b.C);
+  auto r = BitIdentical(a.C, b.C);
   if (!r) return r << " [C]";
-  r = Identical(a.n, b.n);
+  r = BitIdentical(a.n, b.n);
   if (!r) return r << " [n]";
-  r = Identical(a.m, b.m);
+  r = BitIdentical(a.m, b.m);
   if (!r) return r << " [m]";
   return ::testing::AssertionSuccess();
 }
@@ -584,14 +480,14 @@ TYPED_TEST(MLstmCellTest, AutomaticFormIsParallelFromZeroForShortSequencesElseCh
     return run_forward(cell, in, state, form);
   };
   const auto zero = cell.initial_state(2);
-  EXPECT_TRUE(Identical(run(short_in, zero, MLstmForm::automatic).matrix(),
-                        run(short_in, zero, MLstmForm::parallel).matrix()));
-  EXPECT_TRUE(Identical(run(long_in, zero, MLstmForm::automatic).matrix(),
-                        run(long_in, zero, MLstmForm::chunkwise).matrix()));
+  EXPECT_TRUE(BitIdentical(run(short_in, zero, MLstmForm::automatic).matrix(),
+                           run(short_in, zero, MLstmForm::parallel).matrix()));
+  EXPECT_TRUE(BitIdentical(run(long_in, zero, MLstmForm::automatic).matrix(),
+                           run(long_in, zero, MLstmForm::chunkwise).matrix()));
   auto started = zero;
   run_forward(cell, short_in, started, MLstmForm::recurrent);
-  EXPECT_TRUE(Identical(run(short_in, started, MLstmForm::automatic).matrix(),
-                        run(short_in, started, MLstmForm::chunkwise).matrix()));
+  EXPECT_TRUE(BitIdentical(run(short_in, started, MLstmForm::automatic).matrix(),
+                           run(short_in, started, MLstmForm::chunkwise).matrix()));
 }
 
 // ---------------------------------------------------------------------------
@@ -642,7 +538,7 @@ TYPED_TEST(MLstmCellTest, ConvertedStateContinuesInACellOfTheOtherConvention) {
   const S root = std::sqrt(S(DQK));
   EXPECT_TRUE(Close(k_state.C, Matrix<S>(x_state.C * root), Tol<S>::rounding, 0.0));
   EXPECT_TRUE(Close(k_state.n, Matrix<S>(x_state.n * root), Tol<S>::rounding, 0.0));
-  EXPECT_TRUE(Identical(k_state.m, x_state.m));
+  EXPECT_TRUE(BitIdentical(k_state.m, x_state.m));
 
   // A state of the wrong convention is rejected, not silently misread.
   auto wrong = x_state;
@@ -742,7 +638,7 @@ TYPED_TEST(MLstmCellTest, NaNInOneBatchRowStaysInThatRow) {
   const Index hv = cfg.num_heads * cfg.v_head_dim;
   auto check = [&](const Sequence<S>& h_clean, const MLstmState<S>& s_clean,
                    const Sequence<S>& h_dirty, const MLstmState<S>& s_dirty) {
-    EXPECT_TRUE(Identical(h_dirty.rows_of(1), h_clean.rows_of(1)));
+    EXPECT_TRUE(BitIdentical(h_dirty.rows_of(1), h_clean.rows_of(1)));
     EXPECT_TRUE(StatesIdentical(state_row(s_dirty, 1), state_row(s_clean, 1)));
     // Row 0 does see the NaN: h at t = 10, and everything of head 1 after t = 25.
     EXPECT_TRUE(any_nan(h_dirty.at(0, 10)));
@@ -792,7 +688,7 @@ TYPED_TEST(MLstmCellTest, CopiedStateEvolvesIndependently) {
   EXPECT_TRUE(StatesIdentical(original, snapshot));
   EXPECT_FALSE(StatesIdentical(copy, original));
   const auto h_original = run_steps(cell, rest, original);
-  EXPECT_TRUE(Identical(h_original.matrix(), h_reference.matrix()));
+  EXPECT_TRUE(BitIdentical(h_original.matrix(), h_reference.matrix()));
   EXPECT_TRUE(StatesIdentical(original, reference));
   EXPECT_FALSE(Close(h_copy.matrix(), h_original.matrix(), 1e-3));
 }
@@ -822,7 +718,7 @@ TYPED_TEST(MLstmCellTest, ResetRowRestartsThatRowAndLeavesTheOthersUntouched) {
     const auto h_fresh = run_forward(cell, rest.row(1), fresh, form);
 
     for (const Index b : {Index(0), Index(2)}) {
-      EXPECT_TRUE(Identical(h_reset.rows_of(b), h_untouched.rows_of(b)));
+      EXPECT_TRUE(BitIdentical(h_reset.rows_of(b), h_untouched.rows_of(b)));
       EXPECT_TRUE(StatesIdentical(state_row(reset, b), state_row(untouched, b)));
     }
     EXPECT_TRUE(Close(h_reset.rows_of(1), h_fresh.rows_of(0), Tol<S>::rounding));
@@ -1149,7 +1045,7 @@ template <typename S>
 ::testing::AssertionResult SStatesIdentical(const SLstmState<S>& a, const SLstmState<S>& b) {
   for (const auto& [name, pa, pb] : {std::tuple{"y", &a.y, &b.y}, std::tuple{"c", &a.c, &b.c},
                                      std::tuple{"n", &a.n, &b.n}, std::tuple{"m", &a.m, &b.m}}) {
-    auto r = Identical(*pa, *pb);
+    auto r = BitIdentical(*pa, *pb);
     if (!r) return r << " [" << name << "]";
   }
   return ::testing::AssertionSuccess();
@@ -1279,13 +1175,13 @@ TYPED_TEST(SLstmCellTest, CudaLayoutRoundTripsExactly) {
   EXPECT_EQ(kernel.cols(), 32);  // 4 * DH
   SLstmCell<S> copy(cfg);
   copy.set_from_cuda_layout(kernel, bias);
-  EXPECT_TRUE(Identical(copy.recurrent_kernel(), cell.recurrent_kernel()));
-  EXPECT_TRUE(Identical(copy.bias(), cell.bias()));
+  EXPECT_TRUE(BitIdentical(copy.recurrent_kernel(), cell.recurrent_kernel()));
+  EXPECT_TRUE(BitIdentical(copy.bias(), cell.bias()));
   Matrix<S> kernel2;
   Vector<S> bias2;
   copy.get_cuda_layout(kernel2, bias2);
-  EXPECT_TRUE(Identical(kernel2, kernel));
-  EXPECT_TRUE(Identical(bias2, bias));
+  EXPECT_TRUE(BitIdentical(kernel2, kernel));
+  EXPECT_TRUE(BitIdentical(bias2, bias));
 }
 
 // A CUDA-layout kernel and bias built by hand from SPEC §2.2 (from the same
@@ -1303,14 +1199,14 @@ TYPED_TEST(SLstmCellTest, HandBuiltCudaLayoutGivesTheSameOutputsAsTheVanillaLayo
   cuda_layout<S>(e, kernel, bias);
   SLstmCell<S> cuda(cfg);
   cuda.set_from_cuda_layout(kernel, bias);
-  EXPECT_TRUE(Identical(cuda.recurrent_kernel(), vanilla.recurrent_kernel()));
-  EXPECT_TRUE(Identical(cuda.bias(), vanilla.bias()));
+  EXPECT_TRUE(BitIdentical(cuda.recurrent_kernel(), vanilla.recurrent_kernel()));
+  EXPECT_TRUE(BitIdentical(cuda.bias(), vanilla.bias()));
 
   const auto x = random_sequence<S>(B, T, 4 * H, rng);
   auto s1 = vanilla.initial_state(B), s2 = cuda.initial_state(B);
   const auto y1 = run_slstm(vanilla, x, s1);
   const auto y2 = run_slstm(cuda, x, s2);
-  EXPECT_TRUE(Identical(y2.matrix(), y1.matrix()));
+  EXPECT_TRUE(BitIdentical(y2.matrix(), y1.matrix()));
   EXPECT_TRUE(
       Close(y1.matrix(), naive_slstm(e, x, SLstmFunction::slstm).y.matrix(), Tol<S>::rounding));
   // The bias layouts differ (head-major vs gate-major): reading the CUDA bias
@@ -1397,11 +1293,11 @@ TYPED_TEST(SLstmCellTest, NaNInOneBatchRowStaysInThatRow) {
     SLstmTrace<S> t_clean, t_dirty;
     const auto y_clean = run_slstm(cell, clean, s_clean, &t_clean);
     const auto y_dirty = run_slstm(cell, dirty, s_dirty, &t_dirty);
-    EXPECT_TRUE(Identical(y_dirty.rows_of(1), y_clean.rows_of(1)));
-    EXPECT_TRUE(Identical(t_dirty.c.rows_of(1), t_clean.c.rows_of(1)));
-    EXPECT_TRUE(Identical(t_dirty.n.rows_of(1), t_clean.n.rows_of(1)));
-    EXPECT_TRUE(Identical(t_dirty.m.rows_of(1), t_clean.m.rows_of(1)));
-    EXPECT_TRUE(Identical(s_dirty.y.row(1), s_clean.y.row(1)));
+    EXPECT_TRUE(BitIdentical(y_dirty.rows_of(1), y_clean.rows_of(1)));
+    EXPECT_TRUE(BitIdentical(t_dirty.c.rows_of(1), t_clean.c.rows_of(1)));
+    EXPECT_TRUE(BitIdentical(t_dirty.n.rows_of(1), t_clean.n.rows_of(1)));
+    EXPECT_TRUE(BitIdentical(t_dirty.m.rows_of(1), t_clean.m.rows_of(1)));
+    EXPECT_TRUE(BitIdentical(s_dirty.y.row(1), s_clean.y.row(1)));
     // The NaN does reach row 0 (through R y, the whole of head 0).
     EXPECT_TRUE(any_nan(y_dirty.at(0, 0)));
     EXPECT_TRUE(any_nan(s_dirty.y.row(0).segment(0, H / NH)));
@@ -1470,10 +1366,10 @@ TYPED_TEST(SLstmCellTest, ResetRowWithThePerElementRuleRestartsOnlyThatRow) {
   const auto y_fresh = run_slstm(cell, batch_row(rest, 1), fresh, &t_fresh);
 
   for (const Index b : {Index(0), Index(2)}) {
-    EXPECT_TRUE(Identical(y_reset.rows_of(b), y_untouched.rows_of(b)));
-    EXPECT_TRUE(Identical(t_reset.c.rows_of(b), t_untouched.c.rows_of(b)));
-    EXPECT_TRUE(Identical(t_reset.n.rows_of(b), t_untouched.n.rows_of(b)));
-    EXPECT_TRUE(Identical(t_reset.m.rows_of(b), t_untouched.m.rows_of(b)));
+    EXPECT_TRUE(BitIdentical(y_reset.rows_of(b), y_untouched.rows_of(b)));
+    EXPECT_TRUE(BitIdentical(t_reset.c.rows_of(b), t_untouched.c.rows_of(b)));
+    EXPECT_TRUE(BitIdentical(t_reset.n.rows_of(b), t_untouched.n.rows_of(b)));
+    EXPECT_TRUE(BitIdentical(t_reset.m.rows_of(b), t_untouched.m.rows_of(b)));
   }
   EXPECT_TRUE(Close(y_reset.rows_of(1), y_fresh.rows_of(0), Tol<S>::rounding));
   EXPECT_TRUE(Close(t_reset.c.rows_of(1), t_fresh.c.rows_of(0), Tol<S>::rounding));
@@ -1506,7 +1402,7 @@ TYPED_TEST(SLstmCellTest, CopiedStateEvolvesIndependently) {
   EXPECT_TRUE(SStatesIdentical(original, snapshot));
   EXPECT_FALSE(SStatesIdentical(copy, original));
   const auto y_original = run_slstm(cell, rest, original);
-  EXPECT_TRUE(Identical(y_original.matrix(), y_reference.matrix()));
+  EXPECT_TRUE(BitIdentical(y_original.matrix(), y_reference.matrix()));
   EXPECT_TRUE(SStatesIdentical(original, reference));
   EXPECT_FALSE(Close(y_copy.matrix(), y_original.matrix(), 1e-3));
 }

@@ -30,8 +30,14 @@
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/rounding.hpp"
 
+#include "test_util.hpp"
+
 namespace {
 
+using test_util::fill_normal;
+using test_util::random_sequence;
+using test_util::ThrowsMentioning;
+using test_util::time_slice;
 using xlstm::Activation;
 using xlstm::CausalConv1d;
 using xlstm::GatedFeedForward;
@@ -50,28 +56,6 @@ using RealMatrix = Eigen::Matrix<Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::Ro
 template <typename S>
 constexpr double unit_roundoff() {
   return std::numeric_limits<S>::epsilon() / 2;
-}
-
-template <typename Derived>
-void fill_normal(Eigen::PlainObjectBase<Derived>& m, std::mt19937_64& rng, double mean = 0.0,
-                 double stddev = 1.0) {
-  std::normal_distribution<double> dist(mean, stddev);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = typename Derived::Scalar(dist(rng));
-}
-
-template <typename S>
-Sequence<S> random_sequence(Index batch, Index time, Index features, std::mt19937_64& rng) {
-  Sequence<S> s(batch, time, features);
-  fill_normal(s.matrix(), rng);
-  return s;
-}
-
-// Steps [t0, t0 + len) of every batch row.
-template <typename S>
-Sequence<S> time_slice(const Sequence<S>& s, Index t0, Index len) {
-  Sequence<S> out(s.batch(), len, s.features());
-  for (Index b = 0; b < s.batch(); ++b) out.rows_of(b) = s.rows_of(b).middleRows(t0, len);
-  return out;
 }
 
 // |actual - reference| <= bound elementwise (same shapes); NaN fails.
@@ -107,19 +91,6 @@ inline Real max_abs_diff(const RealMatrix& a, const RealMatrix& b) {
 template <typename S, typename D>
 RealMatrix to_real(const Eigen::DenseBase<D>& m) {
   return m.derived().template cast<Real>();
-}
-
-template <typename Fn>
-::testing::AssertionResult ThrowsMentioning(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-  } catch (const xlstm::Error& e) {
-    const std::string message = e.what();
-    if (message.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure()
-           << "message \"" << message << "\" lacks \"" << needle << "\"";
-  }
-  return ::testing::AssertionFailure() << "no xlstm::Error thrown";
 }
 
 // ---------------------------------------------------------------------------

@@ -19,9 +19,7 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <map>
 #include <random>
@@ -36,15 +34,21 @@
 #include "xlstm/io/state_io.hpp"
 #include "xlstm/model/language_model.hpp"
 
+#include "test_util.hpp"
+
 namespace {
 
+using test_util::BitIdentical;
+using test_util::random_tokens;
+using test_util::randomize;
+using test_util::TempPath;
+using test_util::ThrowsMentioning;
 using xlstm::BlockStackConfig;
 using xlstm::Index;
 using xlstm::LanguageModel;
 using xlstm::LanguageModelConfig;
 using xlstm::Matrix;
 using xlstm::ParameterList;
-using xlstm::Rng;
 using xlstm::Sequence;
 using xlstm::Shape;
 using xlstm::SLstmBlock;
@@ -65,48 +69,6 @@ const std::string kStackFile = kDataDir + "/golden/block_stack_d48_nb3_s1_t32.f3
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-template <typename Fn>
-::testing::AssertionResult ThrowsMentioning(Fn&& fn, std::initializer_list<std::string> needles) {
-  try {
-    fn();
-  } catch (const xlstm::Error& e) {
-    const std::string message = e.what();
-    for (const auto& needle : needles) {
-      if (message.find(needle) == std::string::npos) {
-        return ::testing::AssertionFailure()
-               << "message \"" << message << "\" lacks \"" << needle << "\"";
-      }
-    }
-    return ::testing::AssertionSuccess() << message;
-  }
-  return ::testing::AssertionFailure() << "no xlstm::Error thrown";
-}
-
-// A file name under the temporary directory, unique per test (and random),
-// removed (with the writer's ".tmp" sibling) when it goes out of scope.
-class TempPath {
- public:
-  explicit TempPath(const std::string& tag) {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = std::string("xlstm_test_") + std::to_string(std::random_device{}()) + "_" +
-                       info->test_suite_name() + "_" + info->name() + "_" + tag + ".safetensors";
-    for (char& c : name) {
-      if (c == '/') c = '_';
-    }
-    path_ = (std::filesystem::temp_directory_path() / name).string();
-  }
-  ~TempPath() {
-    std::remove(path_.c_str());
-    std::remove((path_ + ".tmp").c_str());
-  }
-  TempPath(const TempPath&) = delete;
-  TempPath& operator=(const TempPath&) = delete;
-  const std::string& str() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Every parameter of a module by name: shape and a copy of the values.
 template <typename S>
@@ -153,40 +115,6 @@ template <typename S>
     }
   }
   return ::testing::AssertionSuccess();
-}
-
-template <typename A, typename B>
-::testing::AssertionResult Identical(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return ::testing::AssertionFailure() << "shape";
-  if (std::memcmp(a.derived().data(), b.derived().data(),
-                  std::size_t(a.size()) * sizeof(typename A::Scalar)) != 0) {
-    return ::testing::AssertionFailure() << "values differ";
-  }
-  return ::testing::AssertionSuccess();
-}
-
-// The official initialisation plus noise on every parameter (nothing is left
-// trivially zero: recurrent kernels, gate weights, norm weights).
-template <typename Module>
-void randomize(Module& module, std::uint64_t seed, double noise = 0.1) {
-  Rng rng(seed);
-  module.initialize(rng);
-  ParameterList<typename Module::Scalar> params;
-  module.collect_parameters("", params);
-  std::normal_distribution<double> dist(0.0, noise);
-  for (const auto& p : params) {
-    for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {
-      p.data[i] += typename Module::Scalar(dist(rng.engine()));
-    }
-  }
-}
-
-Tokens random_tokens(Index batch, Index time, Index vocab, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<std::int64_t> dist(0, vocab - 1);
-  Tokens t(batch, time);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = dist(rng);
-  return t;
 }
 
 template <typename S>
@@ -427,7 +355,7 @@ TYPED_TEST(CheckpointTest, SaveLoadRoundTripIsBitExact) {
   xlstm::io::load_module(loaded, file);
   EXPECT_TRUE(BitIdentical(tensors_of(loaded), saved));
   const Tokens tokens = random_tokens(2, 6, 20, 5);
-  EXPECT_TRUE(Identical(logits_of(loaded, tokens), logits_of(model, tokens)));
+  EXPECT_TRUE(BitIdentical(logits_of(loaded, tokens), logits_of(model, tokens)));
 }
 
 TYPED_TEST(CheckpointTest, MissingExtraAndMisshapedAreReportedTogetherAndNothingIsWritten) {
@@ -543,7 +471,7 @@ TYPED_TEST(CheckpointTest, CudaLayoutSlstmCheckpointLoadsToTheSameModel) {
   xlstm::io::load_module(target, file_of(cuda));
   EXPECT_TRUE(BitIdentical(tensors_of(target), tensors_of(source)));
   const Tokens tokens = random_tokens(2, 5, 20, 6);
-  EXPECT_TRUE(Identical(logits_of(target, tokens), logits_of(source, tokens)));
+  EXPECT_TRUE(BitIdentical(logits_of(target, tokens), logits_of(source, tokens)));
 }
 
 // SPEC §3.2 quirk: the tensor named "xlstm.fgate.weight" feeds the cell's
@@ -618,7 +546,7 @@ TEST(Checkpoint, SlstmTensorNamedFgateDrivesTheInputGate) {
   // ... zeroing the one named "igate" leaves step 1 alone and changes the
   // forget gate, visible from step 2 on.
   auto no_igate = with_zeroed("xlstm.igate.weight");
-  EXPECT_TRUE(Identical(run(no_igate, 1).m, original.m));
+  EXPECT_TRUE(BitIdentical(run(no_igate, 1).m, original.m));
   EXPECT_GT((run(no_igate, 2).c - run(block, 2).c).cwiseAbs().maxCoeff(), 1e-6);
 }
 
@@ -665,9 +593,9 @@ TYPED_TEST(CheckpointTest, TiedWeightsModelLoadsAFileWithBothKeys) {
 
   LanguageModel<S> target(small_lm_config({1}, /*tie=*/true));
   xlstm::io::load_module(target, file);
-  EXPECT_TRUE(Identical(target.embedding(), source.embedding()));
+  EXPECT_TRUE(BitIdentical(target.embedding(), source.embedding()));
   const Tokens tokens = random_tokens(1, 4, 20, 10);
-  EXPECT_TRUE(Identical(logits_of(target, tokens), logits_of(source, tokens)));
+  EXPECT_TRUE(BitIdentical(logits_of(target, tokens), logits_of(source, tokens)));
 }
 
 TYPED_TEST(CheckpointTest, CheckFiniteRejectsNanAndInfiniteWeights) {
@@ -724,7 +652,7 @@ TYPED_TEST(StateIoTest, RestoredStateContinuesExactlyLikeTheOriginal) {
   auto restored = model.initial_state(2);
   xlstm::io::load_state(restored, path.str());
   const Tokens next = random_tokens(2, 5, 20, 14);
-  EXPECT_TRUE(Identical(step_logits(model, next, restored), step_logits(model, next, state)));
+  EXPECT_TRUE(BitIdentical(step_logits(model, next, restored), step_logits(model, next, state)));
 }
 
 TYPED_TEST(StateIoTest, WrongStateFileThrowsAndLeavesTheStateUnchanged) {
@@ -753,7 +681,7 @@ TYPED_TEST(StateIoTest, WrongStateFileThrowsAndLeavesTheStateUnchanged) {
                        {"missing", "block_0.mlstm_state.0", "unexpected", "block_0.slstm_state"}));
 
   const Tokens next = random_tokens(3, 4, 20, 17);
-  EXPECT_TRUE(Identical(step_logits(model, next, target), step_logits(model, next, copy)));
+  EXPECT_TRUE(BitIdentical(step_logits(model, next, target), step_logits(model, next, copy)));
 }
 
 }  // namespace

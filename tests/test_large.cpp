@@ -16,7 +16,6 @@
 #include <initializer_list>
 #include <limits>
 #include <map>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,23 +24,18 @@
 #include "xlstm/model/generate.hpp"
 #include "xlstm/model/large_model.hpp"
 
+#include "test_util.hpp"
+
 #if defined(__linux__)
 #include <sys/wait.h>
 #include <unistd.h>
-#endif
-
-#if defined(__SANITIZE_ADDRESS__)
-#define XLSTM_TEST_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define XLSTM_TEST_UNDER_ASAN 1
-#endif
 #endif
 
 namespace {
 
 namespace fs = std::filesystem;
 namespace io = xlstm::io;
+using test_util::random_tokens;
 using xlstm::Index;
 using xlstm::LargeModel;
 using xlstm::LargeModelConfig;
@@ -96,14 +90,6 @@ LargeModel<S> make_model(const LargeModelConfig& config, std::uint64_t seed = 7)
   perturb(model.out_norm().weight());
   perturb(model.out_norm().bias());
   return model;
-}
-
-Tokens random_tokens(Index batch, Index time, Index vocab, std::uint64_t seed) {
-  std::mt19937_64 engine(seed);
-  std::uniform_int_distribution<std::int64_t> dist(0, vocab - 1);
-  Tokens t(batch, time);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = dist(engine);
-  return t;
 }
 
 std::vector<std::int64_t> random_prompt(Index length, Index vocab, std::uint64_t seed) {
@@ -176,20 +162,7 @@ std::string type_name() {
 
 /// Runs `f`, expects an xlstm::Error whose message holds every one of `parts`.
 void expect_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-  } catch (const xlstm::Error& e) {
-    const std::string message = e.what();
-    for (const auto& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos) << "message lacks '" << part << "':\n"
-                                                       << message;
-    }
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected xlstm::Error, got another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected xlstm::Error, nothing was thrown";
+  EXPECT_TRUE(test_util::ThrowsMentioning(f, parts));
 }
 
 void expect_same_dims(const LargeModelConfig& a, const LargeModelConfig& b) {

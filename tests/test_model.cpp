@@ -45,8 +45,17 @@
 #include "xlstm/model/block_stack.hpp"
 #include "xlstm/model/language_model.hpp"
 
+#include "test_util.hpp"
+
 namespace {
 
+using test_util::Close;
+using test_util::Identical;
+using test_util::random_sequence;
+using test_util::random_tokens;
+using test_util::randomize;
+using test_util::ThrowsMentioning;
+using test_util::time_slice;
 using xlstm::BlockStack;
 using xlstm::BlockStackConfig;
 using xlstm::Index;
@@ -82,28 +91,6 @@ struct Tol<double> {
 // Helpers
 // ---------------------------------------------------------------------------
 
-template <typename A, typename B>
-::testing::AssertionResult Close(const Eigen::DenseBase<A>& actual,
-                                 const Eigen::DenseBase<B>& expected, double tol) {
-  if (actual.rows() != expected.rows() || actual.cols() != expected.cols()) {
-    return ::testing::AssertionFailure() << "shape " << actual.rows() << "x" << actual.cols()
-                                         << " vs " << expected.rows() << "x" << expected.cols();
-  }
-  const double scale = std::max(1.0, double(expected.derived().cwiseAbs().maxCoeff()));
-  double worst = 0;
-  for (Index i = 0; i < actual.rows(); ++i) {
-    for (Index j = 0; j < actual.cols(); ++j) {
-      const double d = std::abs(double(actual(i, j)) - double(expected(i, j)));
-      if (std::isnan(d)) return ::testing::AssertionFailure() << "NaN at " << i << ", " << j;
-      worst = std::max(worst, d);
-    }
-  }
-  if (worst <= tol * scale) {
-    return ::testing::AssertionSuccess() << "max |diff| " << worst << " (scale " << scale << ")";
-  }
-  return ::testing::AssertionFailure() << "max |diff| " << worst << " > " << tol << " * " << scale;
-}
-
 // Close for stabilised quantities (mLSTM C and n are scaled by exp(-m) and
 // can be of any size): relative to max |expected| alone.
 template <typename A, typename B>
@@ -115,64 +102,6 @@ template <typename A, typename B>
   return ::testing::AssertionFailure() << "max |diff| " << worst << " > " << tol << " * " << scale;
 }
 
-template <typename A, typename B>
-::testing::AssertionResult Identical(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return ::testing::AssertionFailure() << "shape";
-  for (Index i = 0; i < a.rows(); ++i) {
-    for (Index j = 0; j < a.cols(); ++j) {
-      if (!(a(i, j) == b(i, j))) {
-        return ::testing::AssertionFailure()
-               << "differs at (" << i << ", " << j << "): " << a(i, j) << " vs " << b(i, j);
-      }
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
-
-template <typename Fn>
-::testing::AssertionResult ThrowsMentioning(Fn&& fn, std::initializer_list<std::string> needles) {
-  try {
-    fn();
-  } catch (const xlstm::Error& e) {
-    const std::string message = e.what();
-    for (const auto& needle : needles) {
-      if (message.find(needle) == std::string::npos) {
-        return ::testing::AssertionFailure()
-               << "message \"" << message << "\" lacks \"" << needle << "\"";
-      }
-    }
-    return ::testing::AssertionSuccess() << message;
-  }
-  return ::testing::AssertionFailure() << "no xlstm::Error thrown";
-}
-
-template <typename Derived>
-void fill_normal(Eigen::PlainObjectBase<Derived>& m, std::mt19937_64& rng, double stddev = 1.0) {
-  std::normal_distribution<double> dist(0.0, stddev);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = typename Derived::Scalar(dist(rng));
-}
-
-template <typename S>
-Sequence<S> random_sequence(Index batch, Index time, Index features, std::mt19937_64& rng) {
-  Sequence<S> s(batch, time, features);
-  fill_normal(s.matrix(), rng);
-  return s;
-}
-
-Tokens random_tokens(Index batch, Index time, Index vocab, std::mt19937_64& rng) {
-  std::uniform_int_distribution<std::int64_t> dist(0, vocab - 1);
-  Tokens t(batch, time);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = dist(rng);
-  return t;
-}
-
-template <typename S>
-Sequence<S> time_slice(const Sequence<S>& s, Index t0, Index len) {
-  Sequence<S> out(s.batch(), len, s.features());
-  for (Index b = 0; b < s.batch(); ++b) out.rows_of(b) = s.rows_of(b).middleRows(t0, len);
-  return out;
-}
-
 template <typename S>
 Sequence<S> concat_time(const Sequence<S>& a, const Sequence<S>& b) {
   Sequence<S> out(a.batch(), a.time() + b.time(), a.features());
@@ -181,23 +110,6 @@ Sequence<S> concat_time(const Sequence<S>& a, const Sequence<S>& b) {
     out.rows_of(r).bottomRows(b.time()) = b.rows_of(r);
   }
   return out;
-}
-
-// The official initialisation, then Gaussian noise on every parameter, so that
-// nothing is trivially zero or one (recurrent kernels, gate weights, norm
-// weights, learnable skip) and every code path carries a signal.
-template <typename Module>
-void randomize(Module& module, std::uint64_t seed, double noise = 0.1) {
-  Rng rng(seed);
-  module.initialize(rng);
-  ParameterList<typename Module::Scalar> params;
-  module.collect_parameters("", params);
-  std::normal_distribution<double> dist(0.0, noise);
-  for (const auto& p : params) {
-    for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {
-      p.data[i] += typename Module::Scalar(dist(rng.engine()));
-    }
-  }
 }
 
 // Runs `module.step` over every time step of x from `state` (B x T x E).
@@ -257,15 +169,8 @@ SLstmBlockConfig slstm_block_config() {
 template <typename Config = BlockStackConfig>
 Config mixed_stack_config(Index embedding = kEmbedding, Index num_blocks = 4,
                           std::vector<Index> slstm_at = {1, 3}) {
-  Config c;
-  c.mlstm_block = MLstmBlockConfig{};
-  c.mlstm_block->mlstm.num_heads = 4;
-  c.slstm_block = SLstmBlockConfig{};
-  c.slstm_block->slstm.num_heads = 4;
+  auto c = test_util::mixed_stack_config<Config>(embedding, num_blocks, std::move(slstm_at));
   c.context_length = kContext;
-  c.num_blocks = num_blocks;
-  c.embedding_dim = embedding;
-  c.slstm_at = std::move(slstm_at);
   return c;
 }
 

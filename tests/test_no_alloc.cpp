@@ -56,6 +56,9 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include "xlstm/model/language_model.hpp"
 #include "xlstm/model/large_model.hpp"
 
+// After EIGEN_RUNTIME_NO_MALLOC and eigen_assert above, like every include of Eigen.
+#include "test_util.hpp"
+
 // ---------------------------------------------------------------------------
 // Counting global operator new / delete
 // ---------------------------------------------------------------------------
@@ -161,6 +164,7 @@ extern "C" int pthread_mutex_lock(pthread_mutex_t* mutex) {
 
 namespace {
 
+using test_util::randomize;
 using xlstm::Index;
 using xlstm::Matrix;
 
@@ -392,20 +396,6 @@ void expect_step_allocates_nothing(int threads, Step&& step) {
 // kernel (Eigen's GEMM there would take its packing buffers from the heap).
 const std::vector<Index> kBatches = {1, 3, 16};
 
-template <typename Module>
-void randomize(Module& module, std::uint64_t seed) {
-  xlstm::Rng rng(seed);
-  module.initialize(rng);
-  xlstm::ParameterList<typename Module::Scalar> params;
-  module.collect_parameters("", params);
-  std::normal_distribution<double> dist(0.0, 0.1);
-  for (const auto& p : params) {
-    for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {
-      p.data[i] += typename Module::Scalar(dist(rng.engine()));
-    }
-  }
-}
-
 template <typename Block>
 void check_block(const Block& block, Index embedding_dim) {
   using S = typename Block::Scalar;
@@ -456,15 +446,8 @@ TYPED_TEST(NoAllocTest, SLstmBlockStepDoesNotAllocate) {
 }
 
 xlstm::LanguageModelConfig small_lm_config(Index embedding_dim, Index vocab, bool tie) {
-  xlstm::LanguageModelConfig c;
-  c.mlstm_block = xlstm::MLstmBlockConfig{};
-  c.mlstm_block->mlstm.num_heads = 4;
-  c.slstm_block = xlstm::SLstmBlockConfig{};
-  c.slstm_block->slstm.num_heads = 4;
+  auto c = test_util::mixed_stack_config<xlstm::LanguageModelConfig>(embedding_dim, 3, {1});
   c.context_length = 16;
-  c.num_blocks = 3;
-  c.embedding_dim = embedding_dim;
-  c.slstm_at = {1};
   c.vocab_size = vocab;
   c.tie_weights = tie;
   return c;

@@ -70,8 +70,16 @@
 #include "xlstm/model/language_model.hpp"
 #include "xlstm/model/large_model.hpp"
 
+#include "test_util.hpp"
+
 namespace {
 
+using test_util::add_noise;
+using test_util::AllFinite;
+using test_util::fill_normal;
+using test_util::Identical;
+using test_util::randomize;
+using test_util::ThrowsMentioning;
 using xlstm::BlockStack;
 using xlstm::BlockStackConfig;
 using xlstm::CausalConv1d;
@@ -89,7 +97,6 @@ using xlstm::MLstmCell;
 using xlstm::MLstmCellConfig;
 using xlstm::MLstmForm;
 using xlstm::MLstmStateConvention;
-using xlstm::ParameterList;
 using xlstm::Rng;
 using xlstm::Sequence;
 using xlstm::SLstmBlock;
@@ -178,20 +185,6 @@ template <typename A, typename B>
                                        << scale << " (" << tol.name << ")";
 }
 
-template <typename A, typename B>
-::testing::AssertionResult Identical(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return ::testing::AssertionFailure() << "shape";
-  for (Index i = 0; i < a.rows(); ++i) {
-    for (Index j = 0; j < a.cols(); ++j) {
-      if (!(a(i, j) == b(i, j))) {
-        return ::testing::AssertionFailure()
-               << "differs at (" << i << ", " << j << "): " << a(i, j) << " vs " << b(i, j);
-      }
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
-
 template <typename A>
 ::testing::AssertionResult AllZero(const Eigen::DenseBase<A>& a) {
   for (Index i = 0; i < a.rows(); ++i) {
@@ -202,25 +195,6 @@ template <typename A>
     }
   }
   return ::testing::AssertionSuccess();
-}
-
-template <typename A>
-::testing::AssertionResult AllFinite(const Eigen::DenseBase<A>& a) {
-  if (a.derived().allFinite()) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "has non-finite values";
-}
-
-template <typename Fn>
-::testing::AssertionResult ThrowsMentioning(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-  } catch (const xlstm::Error& e) {
-    const std::string message = e.what();
-    if (message.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure()
-           << "message \"" << message << "\" lacks \"" << needle << "\"";
-  }
-  return ::testing::AssertionFailure() << "no xlstm::Error thrown";
 }
 
 // The state of one batch row as a list of matrices.
@@ -322,12 +296,6 @@ void append_parts(Parts<S>& parts, const xlstm::LargeModelState<S>& s, Index b) 
 // Inputs: random streams, windows of them, garbage padding
 // ---------------------------------------------------------------------------
 
-template <typename Derived>
-void fill_normal(Eigen::PlainObjectBase<Derived>& m, std::mt19937_64& rng, double stddev) {
-  std::normal_distribution<double> dist(0.0, stddev);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = typename Derived::Scalar(dist(rng));
-}
-
 template <typename S>
 Sequence<S> blank_like(const Sequence<S>& x, Index batch, Index time) {
   return Sequence<S>(batch, time, x.features());
@@ -386,26 +354,6 @@ constexpr Index kChunk = 5;  // divides none of the lengths used below
 constexpr Index kEmbedding = 16;
 constexpr Index kVocab = 50;
 
-// initialize(rng), then N(0, 0.1) on every parameter so that nothing is
-// trivially zero or one (gate weights, norm weights, recurrent kernels).
-template <typename Module>
-void add_noise(Module& module, std::mt19937_64& rng, double stddev) {
-  ParameterList<typename Module::Scalar> params;
-  module.collect_parameters("", params);
-  std::normal_distribution<double> dist(0.0, stddev);
-  for (const auto& p : params) {
-    for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {
-      p.data[i] += typename Module::Scalar(dist(rng));
-    }
-  }
-}
-template <typename Module>
-void randomize(Module& module, std::uint64_t seed) {
-  Rng rng(seed);
-  module.initialize(rng);
-  add_noise(module, rng.engine(), 0.1);
-}
-
 // The mLSTM cells of the blocks get several chunks per sequence.
 template <typename S>
 void use_small_chunks(MLstmBlock<S>& block) {
@@ -433,7 +381,7 @@ struct SequenceLevel {
 
   Input streams(Index batch, Index time, std::mt19937_64& rng) const {
     Input x(batch, time, in_features);
-    fill_normal(x.matrix(), rng, 1.5);
+    fill_normal(x.matrix(), rng, 0.0, 1.5);
     return x;
   }
 };
@@ -450,8 +398,8 @@ struct SLstmCellLevel : SequenceLevel<S, xlstm::SLstmState<S>> {
     this->in_features = 4 * cell.hidden_size();
     this->out_features = cell.hidden_size();
     std::mt19937_64 rng(11);
-    fill_normal(cell.recurrent_kernel(), rng, 0.5);
-    fill_normal(cell.bias(), rng, 1.0);
+    fill_normal(cell.recurrent_kernel(), rng, 0.0, 0.5);
+    fill_normal(cell.bias(), rng, 0.0, 1.0);
   }
   static SLstmCellConfig config(FirstStepRule rule, SLstmFunction function) {
     SLstmCellConfig c;
@@ -632,15 +580,7 @@ ModuleLevel<SLstmBlock<S>> slstm_block_level(bool feedforward, Index conv_kernel
 // The mixed stack: 4 blocks, sLSTM at 1 and 3.
 template <typename Config = BlockStackConfig>
 Config mixed_stack_config(std::vector<Index> slstm_at = {1, 3}, Index num_blocks = 4) {
-  Config c;
-  c.mlstm_block = MLstmBlockConfig{};
-  c.mlstm_block->mlstm.num_heads = 4;
-  c.slstm_block = SLstmBlockConfig{};
-  c.slstm_block->slstm.num_heads = 4;
-  c.num_blocks = num_blocks;
-  c.embedding_dim = kEmbedding;
-  c.slstm_at = std::move(slstm_at);
-  return c;
+  return test_util::mixed_stack_config<Config>(kEmbedding, num_blocks, std::move(slstm_at));
 }
 
 template <typename S>

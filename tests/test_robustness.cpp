@@ -24,8 +24,11 @@
 #include "xlstm/core/init.hpp"
 #include "xlstm/model/block_stack.hpp"
 
+#include "test_util.hpp"
+
 namespace {
 
+using test_util::randomize;
 using xlstm::Index;
 using xlstm::Matrix;
 using xlstm::MLstmBlock;
@@ -36,13 +39,6 @@ using xlstm::SLstmBlockConfig;
 
 // One million steps; a tenth of that under AddressSanitizer, whose checks
 // make every step about ten times slower (the release run does the million).
-#if defined(__SANITIZE_ADDRESS__)
-#define XLSTM_TEST_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define XLSTM_TEST_UNDER_ASAN 1
-#endif
-#endif
 #ifdef XLSTM_TEST_UNDER_ASAN
 constexpr long kSteps = 100000;
 #else
@@ -50,22 +46,6 @@ constexpr long kSteps = 1000000;
 #endif
 constexpr Index kBatch = 2;
 constexpr Index kEmbedding = 16;
-
-// Official initialisation plus N(0, 0.1) noise on every parameter, so that
-// gates and recurrent weights carry signal.
-template <typename Module>
-void randomize(Module& module, std::uint64_t seed) {
-  xlstm::Rng rng(seed);
-  module.initialize(rng);
-  xlstm::ParameterList<typename Module::Scalar> params;
-  module.collect_parameters("", params);
-  std::normal_distribution<double> dist(0.0, 0.1);
-  for (const auto& p : params) {
-    for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {
-      p.data[i] += typename Module::Scalar(dist(rng.engine()));
-    }
-  }
-}
 
 // A pool of random input rows, drawn from by a cheap generator so that a
 // million steps do not spend their time in the normal distribution. One row

@@ -13,10 +13,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <exception>
-#include <filesystem>
 #include <optional>
 #include <random>
 #include <string>
@@ -31,24 +29,20 @@
 #include "xlstm/model/language_model.hpp"
 #include "xlstm/model/large_model.hpp"
 
-#if defined(__SANITIZE_THREAD__)
-#define XLSTM_TEST_UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define XLSTM_TEST_UNDER_TSAN 1
-#endif
-#endif
+#include "test_util.hpp"
 
 namespace {
 
 namespace io = xlstm::io;
+using test_util::add_noise;
+using test_util::random_tokens;
+using test_util::TempPath;
 using xlstm::Index;
 using xlstm::LanguageModel;
 using xlstm::LanguageModelConfig;
 using xlstm::LargeModel;
 using xlstm::LargeModelConfig;
 using xlstm::Matrix;
-using xlstm::ParameterList;
 using xlstm::Rng;
 using xlstm::Sequence;
 using xlstm::Tokens;
@@ -71,15 +65,8 @@ constexpr int kConcurrentRuns = 3;
 // the LM head 4096 x 64 = 2^18 weights, the size from which a decode step
 // splits the weight rows over the threads (core/matmul.hpp).
 LanguageModelConfig lm_config() {
-  LanguageModelConfig c;
-  c.mlstm_block = xlstm::MLstmBlockConfig{};
-  c.mlstm_block->mlstm.num_heads = 4;
-  c.slstm_block = xlstm::SLstmBlockConfig{};
-  c.slstm_block->slstm.num_heads = 4;
+  auto c = test_util::mixed_stack_config<LanguageModelConfig>(64, 4, {1});
   c.context_length = 64;
-  c.num_blocks = 4;
-  c.embedding_dim = 64;
-  c.slstm_at = {1};
   c.vocab_size = 4096;
   return c;
 }
@@ -96,51 +83,19 @@ LargeModelConfig large_config() {
   return c;
 }
 
-// The official initialisation leaves some tensors zero or constant; noise on
-// every parameter makes every path of the model matter.
-template <typename Model>
-void add_noise(Model& model, std::uint64_t seed) {
-  ParameterList<typename Model::Scalar> params;
-  model.collect_parameters("", params);
-  std::mt19937_64 engine(seed);
-  std::normal_distribution<double> dist(0.0, 0.05);
-  for (const auto& p : params) {
-    for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {
-      p.data[i] += typename Model::Scalar(dist(engine));
-    }
-  }
-}
-
-// A checkpoint file under the temporary directory, removed on scope exit.
-class TempFile {
- public:
-  explicit TempFile(const std::string& tag)
-      : path_((std::filesystem::temp_directory_path() /
-               ("xlstm_test_threads_" + std::to_string(std::random_device{}()) + "_" + tag +
-                ".safetensors"))
-                  .string()) {}
-  ~TempFile() {
-    std::remove(path_.c_str());
-    std::remove((path_ + ".tmp").c_str());
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
 template <typename S>
 LanguageModel<S> loaded_language_model() {
   LanguageModel<S> original(lm_config());
   Rng rng(11);
   original.initialize(rng);
-  add_noise(original, 12);
-  const TempFile file("lm");
-  io::save_module(original, file.path());
+  // The official initialisation leaves some tensors zero or constant; noise on
+  // every parameter makes every path of the model matter.
+  std::mt19937_64 noise_engine(12);
+  add_noise(original, noise_engine, 0.05);
+  const TempPath file("lm");
+  io::save_module(original, file.str());
   LanguageModel<S> loaded(lm_config());
-  io::load_module(loaded, io::SafetensorsFile::open(file.path()));
+  io::load_module(loaded, io::SafetensorsFile::open(file.str()));
   return loaded;
 }
 
@@ -151,10 +106,10 @@ LargeModel<S> loaded_large_model(std::optional<io::DType> matrix_dtype) {
   LargeModel<S> original(large_config());
   Rng rng(21);
   original.initialize(rng, /*noise=*/0.5);
-  const TempFile file(matrix_dtype ? "large_bf16" : "large");
-  io::save_large_model(original, file.path(), io::LargeNaming::official, /*fused=*/false,
+  const TempPath file(matrix_dtype ? "large_bf16" : "large");
+  io::save_large_model(original, file.str(), io::LargeNaming::official, /*fused=*/false,
                        matrix_dtype);
-  return io::load_large_model<S>(file.path());
+  return io::load_large_model<S>(file.str());
 }
 
 // ---------------------------------------------------------------------------
@@ -170,13 +125,9 @@ struct Job {
 std::vector<Job> make_jobs(Index vocab) {
   const Index lengths[kThreads] = {1, 5, 12, 17, 24, 40, 65, 80};
   std::mt19937_64 engine(31);
-  std::uniform_int_distribution<std::int64_t> token(0, vocab - 1);
   std::vector<Job> jobs;
-  for (int j = 0; j < kThreads; ++j) {
-    Job job{Tokens(1 + j % 2, lengths[j])};
-    for (Index i = 0; i < job.prompt.size(); ++i) job.prompt.data()[i] = token(engine);
-    jobs.push_back(std::move(job));
-  }
+  for (int j = 0; j < kThreads; ++j)
+    jobs.push_back(Job{random_tokens(1 + j % 2, lengths[j], vocab, engine)});
   return jobs;
 }
 
