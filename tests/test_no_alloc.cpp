@@ -197,7 +197,13 @@ Matrix<S> random_matrix(Index rows, Index cols, std::mt19937& rng, double mean =
   return m;
 }
 
+// Steps counted after the warm-up. Every step runs the same code, so a few
+// are enough to see any allocation; AddressSanitizer makes each one slow.
+#ifdef XLSTM_TEST_UNDER_ASAN
+constexpr int kSteps = 10;
+#else
 constexpr int kSteps = 100;
+#endif
 constexpr int kInputs = 7;
 
 // The counters work: both kinds of allocation are seen inside the measured
