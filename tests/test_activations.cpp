@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
 
 namespace {
@@ -50,7 +51,9 @@ void expect_matches(const Array<T>& x, Fn fn, Ref ref) {
   }
 }
 
-double sigmoid_ref(double x) { return x >= 0 ? 1 / (1 + std::exp(-x)) : std::exp(x) / (1 + std::exp(x)); }
+double sigmoid_ref(double x) {
+  return x >= 0 ? 1 / (1 + std::exp(-x)) : std::exp(x) / (1 + std::exp(x));
+}
 double log_sigmoid_ref(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
 double silu_ref(double x) { return std::isinf(x) ? (x > 0 ? x : 0.0) : x * sigmoid_ref(x); }
 double gelu_ref(double x) {
@@ -134,6 +137,58 @@ TYPED_TEST(Activations, NaNStaysNaN) {
   EXPECT_TRUE(std::isnan(xlstm::log_sigmoid(x).eval()(0)));
   EXPECT_TRUE(std::isnan(xlstm::silu(x).eval()(0)));
   EXPECT_TRUE(std::isnan(xlstm::gelu(x).eval()(0)));
+  EXPECT_TRUE(std::isnan(xlstm::relu(x).eval()(0)));  // as torch.relu
+}
+
+// The limits are taken with max/min so that the expressions vectorise; check
+// them on whole SIMD packets too, not only on the scalar tail: NaN, +-inf and
+// the largest finite values at every position of a 37-element array.
+TYPED_TEST(Activations, LimitsHoldInsideSimdPackets) {
+  using T = TypeParam;
+  const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
+  const T specials[] = {nan, inf, -inf, std::numeric_limits<T>::max(),
+                        std::numeric_limits<T>::lowest()};
+  for (int pos = 0; pos < 37; ++pos) {
+    for (T special : specials) {
+      Array<T> x = Array<T>::Constant(37, T(0.5));
+      x(pos) = special;
+      const Array<T> silu = xlstm::silu(x), gelu = xlstm::gelu(x), relu = xlstm::relu(x);
+      const Array<T> log_sig = xlstm::log_sigmoid(x), clamped = xlstm::clamp_gates(x);
+      SCOPED_TRACE(testing::Message() << "position " << pos << ", value " << special);
+      if (std::isnan(special)) {
+        for (const Array<T>* y : {&silu, &gelu, &relu, &log_sig, &clamped}) {
+          EXPECT_TRUE(std::isnan((*y)(pos)));
+        }
+      } else if (special == -inf) {
+        EXPECT_EQ(silu(pos), T(0));
+        EXPECT_EQ(gelu(pos), T(0));
+        EXPECT_EQ(relu(pos), T(0));
+        EXPECT_EQ(log_sig(pos), -inf);
+        EXPECT_EQ(clamped(pos), -xlstm::gate_limit<T>());
+      } else if (special == inf) {
+        EXPECT_EQ(silu(pos), inf);
+        EXPECT_EQ(gelu(pos), inf);
+        EXPECT_EQ(relu(pos), inf);
+        EXPECT_NEAR(double(log_sig(pos)), 0.0, 1e-30);  // SIMD exp(-inf) may be ~1e-39
+        EXPECT_EQ(clamped(pos), xlstm::gate_limit<T>());
+      } else if (special > 0) {
+        EXPECT_EQ(silu(pos), special);
+        EXPECT_EQ(relu(pos), special);
+        EXPECT_NEAR(double(log_sig(pos)), 0.0, 1e-30);
+      } else {
+        EXPECT_EQ(silu(pos), T(0));  // -0: sigmoid underflows
+        EXPECT_EQ(relu(pos), T(0));
+        EXPECT_EQ(log_sig(pos), special);
+      }
+      // Every other entry is the ordinary value, untouched by its neighbour.
+      for (int i = 0; i < 37; ++i) {
+        if (i == pos) continue;
+        EXPECT_NEAR(double(silu(i)), silu_ref(0.5), 1e-6);
+        EXPECT_EQ(relu(i), T(0.5));
+        EXPECT_EQ(clamped(i), T(0.5));
+      }
+    }
+  }
 }
 
 TEST(ActivationNames, ParseOfficialNamesAndRejectUnknown) {

@@ -288,8 +288,12 @@ class MLstmBlock {
   template <typename Z>
   void apply_skip_and_output_gate(Matrix<Scalar>& h, const Matrix<Scalar>& conv_act,
                                   const Z& z) const {
-    h.array() = (h.array() + conv_act.array().rowwise() * learnable_skip_.transpose().array()) *
-                silu(z.array());
+    // Row by row: a rowwise() broadcast of the skip vector is not vectorised.
+    const auto skip = learnable_skip_.transpose().array();
+    for (Index r = 0; r < h.rows(); ++r) {
+      h.row(r).array() =
+          (h.row(r).array() + conv_act.row(r).array() * skip) * silu(z.row(r).array());
+    }
   }
 
   Config config_;

@@ -22,8 +22,9 @@ template <typename Derived>
 auto clamp_gates(const Eigen::ArrayBase<Derived>& x) {
   using Scalar = typename Derived::Scalar;
   const Scalar hi = gate_limit<Scalar>();
-  // Comparisons with NaN are false, so NaN passes through unchanged.
-  return (x > hi).select(hi, (x < -hi).select(-hi, x));
+  // min/max keep a NaN in their first operand (activations.hpp), so NaN
+  // passes through unchanged.
+  return x.min(hi).max(-hi);
 }
 
 template <typename Scalar>

@@ -2,7 +2,11 @@
 //
 // Each function returns an Eigen expression, so `y = silu(x.array())` fuses
 // into one loop. Each one is written so that extreme arguments (±1e4, ±inf,
-// denormals) give the mathematically right value or limit instead of NaN.
+// denormals) give the mathematically right value or limit instead of NaN, and
+// NaN stays NaN. Limits are taken with max/min against a constant, not with
+// select(): Eigen 3.4 evaluates select() one scalar at a time, which made a
+// SiLU over a 512 x 1536 prefill activation several times slower. max/min keep
+// a NaN in their first operand (they follow std::max), so x comes first.
 #pragma once
 
 #include <Eigen/Core>
@@ -27,16 +31,16 @@ auto sigmoid(const Eigen::ArrayBase<Derived>& x) {
 template <typename Derived>
 auto log_sigmoid(const Eigen::ArrayBase<Derived>& x) {
   using Scalar = typename Derived::Scalar;
-  // select keeps NaN as NaN (NaN < 0 is false and the second term is NaN).
-  return (x < Scalar(0)).select(x, Scalar(0)) - (-x.abs()).exp().log1p();
+  return x.min(Scalar(0)) - (-x.abs()).exp().log1p();
 }
 
 /// SiLU / swish: x * sigmoid(x). At x = -inf the product would be -inf * 0;
-/// the limit is 0.
+/// raising -inf to the lowest finite value gives the limit (-0) instead.
 template <typename Derived>
 auto silu(const Eigen::ArrayBase<Derived>& x) {
   using Scalar = typename Derived::Scalar;
-  return (x == -std::numeric_limits<Scalar>::infinity()).select(Scalar(0), x * sigmoid(x));
+  const auto finite_x = x.max(std::numeric_limits<Scalar>::lowest());
+  return finite_x * sigmoid(finite_x);
 }
 
 /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) as PyTorch's default (SPEC §10.12:
@@ -45,8 +49,8 @@ template <typename Derived>
 auto gelu(const Eigen::ArrayBase<Derived>& x) {
   using Scalar = typename Derived::Scalar;
   const Scalar inv_sqrt2 = Scalar(0.70710678118654752440);
-  return (x == -std::numeric_limits<Scalar>::infinity())
-      .select(Scalar(0), Scalar(0.5) * x * (Scalar(1) + (x * inv_sqrt2).erf()));
+  const auto finite_x = x.max(std::numeric_limits<Scalar>::lowest());  // -inf: limit -0
+  return Scalar(0.5) * finite_x * (Scalar(1) + (finite_x * inv_sqrt2).erf());
 }
 
 /// Soft cap (SPEC §1.1): c * tanh(x / c).
@@ -58,7 +62,7 @@ auto soft_cap(const Eigen::ArrayBase<Derived>& x, typename Derived::Scalar cap) 
 template <typename Derived>
 auto relu(const Eigen::ArrayBase<Derived>& x) {
   using Scalar = typename Derived::Scalar;
-  return (x > Scalar(0)).select(x, Scalar(0));
+  return x.max(Scalar(0));
 }
 
 /// relu(x)^2 (the FFN's "relu^2").

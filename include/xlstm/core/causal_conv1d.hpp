@@ -96,23 +96,25 @@ class CausalConv1d {
       return;
     }
     check_state(state, batch, "CausalConv1d::forward");
+    // Taps as rows (K x F): the stored F x K weight would be read with a
+    // stride of K for every output row.
+    const Matrix<Scalar> taps = weight_.transpose();
     for (Index b = 0; b < batch; ++b) {
       const Index time = length_of(lengths, b, x.time());
       y.rows_of(b).bottomRows(x.time() - time).setZero();
       const auto in = x.rows_of(b).topRows(time);
       auto out = y.rows_of(b).topRows(time);
       auto window = state.window.middleRows(b * k, k);
-      out.rowwise() = bias_.transpose();
-      for (Index j = 0; j < k; ++j) {
-        const auto tap = weight_.col(j).transpose().array();
-        // Tap j looks back k-1-j steps.
-        const Index lag = k - 1 - j;
-        for (Index t = 0; t < time; ++t) {
-          const Index src = t - lag;
+      // One output row at a time, all taps, so the row stays in L1.
+      for (Index t = 0; t < time; ++t) {
+        auto out_t = out.row(t).array();
+        out_t = bias_.transpose().array();
+        for (Index j = 0; j < k; ++j) {
+          const Index src = t - (k - 1 - j);  // tap j looks back k-1-j steps
           if (src >= 0) {
-            out.row(t).array() += tap * in.row(src).array();
+            out_t += taps.row(j).array() * in.row(src).array();
           } else {
-            out.row(t).array() += tap * window.row(k + src).array();  // k + src in [1, k)
+            out_t += taps.row(j).array() * window.row(k + src).array();  // k + src in [1, k)
           }
         }
       }

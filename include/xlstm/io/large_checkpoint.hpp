@@ -485,9 +485,8 @@ LargeModel<Scalar> load_large_model(const CheckpointFiles& files,
             WeightMatrix<Scalar>::half_view(storage, reinterpret_cast<const std::uint16_t*>(bytes),
                                             rows, cols, std::make_shared<SafetensorsFile>(*f));
       } else {
-        std::vector<std::uint16_t> bits(std::size_t(rows * cols));
-        std::memcpy(bits.data(), bytes, bits.size() * 2);
-        whole = WeightMatrix<Scalar>::half_owned(storage, std::move(bits), rows, cols);
+        whole = WeightMatrix<Scalar>::half_zeros(storage, rows, cols);
+        std::memcpy(whole.owned_half_bits(), bytes, std::size_t(rows * cols) * 2);
       }
       if (options.check_finite) read_checked(*f, name);
     } else {

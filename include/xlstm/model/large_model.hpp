@@ -112,8 +112,7 @@ struct Projection {
   Projection(Index in, Index out, bool with_bias, WeightStorage storage = WeightStorage::native)
       : weight(storage == WeightStorage::native
                    ? WeightMatrix<Scalar>(out, in)
-                   : WeightMatrix<Scalar>::half_owned(
-                         storage, std::vector<std::uint16_t>(std::size_t(out * in)), out, in)) {
+                   : WeightMatrix<Scalar>::half_zeros(storage, out, in)) {
     if (with_bias) bias.setZero(out);
   }
 
