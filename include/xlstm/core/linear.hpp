@@ -107,15 +107,15 @@ class HeadwiseLinear {
     const Index in = head_in(), out = head_out();
     if (in <= kSmallHead && out <= kSmallHead) {
       forward_small_heads(x, y, workload);
-      return;
-    }
-    for (Index h = 0; h < num_heads_; ++h) {
-      if (workload == Workload::step) {
-        matmul_transposed<Scalar>(x.middleCols(h * in, in), weight_.middleRows(h * out, out),
-                                  y.middleCols(h * out, out), false, Workload::step);
-      } else {
-        y.middleCols(h * out, out).noalias() =
-            x.middleCols(h * in, in) * weight_.middleRows(h * out, out).transpose();
+    } else {
+      for (Index h = 0; h < num_heads_; ++h) {
+        if (workload == Workload::step) {
+          matmul_transposed<Scalar>(x.middleCols(h * in, in), weight_.middleRows(h * out, out),
+                                    y.middleCols(h * out, out), false, Workload::step);
+        } else {
+          y.middleCols(h * out, out).noalias() =
+              x.middleCols(h * in, in) * weight_.middleRows(h * out, out).transpose();
+        }
       }
     }
     if (bias_.size() > 0) y.rowwise() += bias_.transpose();
@@ -161,7 +161,6 @@ class HeadwiseLinear {
     parallel_for(tasks, parallel, [&](Index t) {
       rows_from(t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask));
     });
-    if (bias_.size() > 0) y.rowwise() += bias_.transpose();
   }
 
   /// Rows [first, last) of forward_small_heads; kOut = 0: any head_out().
