@@ -247,7 +247,7 @@ template <typename Module>
 double parameter_bytes(Module& module) {
   using Scalar = typename Module::Scalar;
   xlstm::ParameterList<Scalar> list;
-  module.collect_parameters("", list);
+  list = xlstm::parameter_list(module, "");
   std::set<const Scalar*> seen;
   double bytes = 0;
   for (const auto& p : list) {

@@ -41,7 +41,7 @@ xlstm::LargeModelConfig config_1_3b() {
 /// billions of values) and sets the gate biases like the HF initialisation.
 void fill_bf16(xlstm::LargeModel<float>& model, std::uint64_t seed) {
   std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto* w : model.weight_matrices()) {
+  for (auto* w : xlstm::weight_matrices(model)) {
     std::uint16_t* bits = w->owned_half_bits();
     const float scale = 1.0f / std::sqrt(float(w->cols()));
     const std::size_t n = std::size_t(w->rows() * w->cols());
@@ -54,23 +54,23 @@ void fill_bf16(xlstm::LargeModel<float>& model, std::uint64_t seed) {
     }
   }
   for (auto& b : model.blocks()) {
-    b.igate.bias.setConstant(-10.0f);
-    xlstm::linspace_init(b.fgate.bias, 3.0, 6.0);
+    b.igate().bias().setConstant(-10.0f);
+    xlstm::linspace_init(b.fgate().bias(), 3.0, 6.0);
   }
 }
 
 /// Model 2: the 7B-shaped block of model 0 with the same weights held as
 /// float32 (what BF16 storage is compared with).
 std::unique_ptr<xlstm::LargeModel<float>> float_copy(xlstm::LargeModel<float>& bf16) {
-  auto copy = std::make_unique<xlstm::LargeModel<float>>(bf16.config());
-  const auto from = bf16.weight_matrices();
-  const auto to = copy->weight_matrices();
+  auto copy = std::make_unique<xlstm::LargeModel<float>>(bf16.config(), xlstm::uninitialized);
+  const auto from = xlstm::weight_matrices(bf16);
+  const auto to = xlstm::weight_matrices(*copy);
   for (std::size_t i = 0; i < from.size(); ++i) {
     for (Index r = 0; r < from[i]->rows(); ++r) from[i]->copy_row(r, to[i]->native().row(r));
   }
   for (std::size_t b = 0; b < bf16.blocks().size(); ++b) {
-    copy->blocks()[b].igate.bias = bf16.blocks()[b].igate.bias;
-    copy->blocks()[b].fgate.bias = bf16.blocks()[b].fgate.bias;
+    copy->blocks()[b].igate().bias() = bf16.blocks()[b].igate().bias();
+    copy->blocks()[b].fgate().bias() = bf16.blocks()[b].fgate().bias();
   }
   return copy;
 }
@@ -85,7 +85,8 @@ xlstm::LargeModel<float>& model_for(int which) {
   }
   if (!slot) {
     slot = std::make_unique<xlstm::LargeModel<float>>(
-        which == 0 ? config_7b_block() : config_1_3b(), xlstm::WeightStorage::bf16);
+        which == 0 ? config_7b_block() : config_1_3b(), xlstm::uninitialized,
+        xlstm::WeightStorage::bf16);
     fill_bf16(*slot, 7 + std::uint64_t(which));
     std::fprintf(stderr, "%s: %.2f GB of BF16 weights\n", which == 0 ? "large7b_block" : "large1.3b",
                  double(slot->weight_bytes()) / 1e9);
@@ -103,7 +104,7 @@ double peak_rss_mb() {
 /// mLSTM cell (recurrent step: ~4 DHQK DHV per head; chunkwise is comparable).
 double flops_per_token(xlstm::LargeModel<float>& model) {
   double weights = 0;
-  for (auto* w : model.weight_matrices()) weights += double(w->rows() * w->cols());
+  for (auto* w : xlstm::weight_matrices(model)) weights += double(w->rows() * w->cols());
   weights -= double(model.embedding().rows() * model.embedding().cols());  // a lookup
   const auto& c = model.config();
   const double cell = double(c.num_blocks) * double(c.num_heads) * 4.0 *

@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(c.embedding_dim), static_cast<long long>(c.num_heads),
                 static_cast<long long>(c.num_blocks), static_cast<long long>(c.vocab_size),
                 double(model.weight_bytes()) / 1e6,
-                model.blocks().front().q.weight.is_half() ? " (16-bit)" : "");
+                xlstm::weight_matrices(model).front()->is_half() ? " (16-bit)" : "");
     if (prompt.empty()) prompt.push_back(options.bos_token);
 
     // The first token comes from the prefill logits; the rest from steps.

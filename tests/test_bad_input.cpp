@@ -133,7 +133,7 @@ Bytes bytes_of(const xlstm::LanguageModelState<S>& s) { return bytes_of(s.stack)
 
 Bytes bytes_of(const xlstm::LargeModelState<S>& s) {
   Bytes out;
-  for (const auto& block : s.blocks) out += bytes_of(block);
+  for (const auto& block : s.blocks) out += bytes_of(block.cell);
   return out;
 }
 
@@ -141,7 +141,7 @@ Bytes bytes_of(const xlstm::LargeModelState<S>& s) {
 template <typename Module>
 Bytes parameters_of(Module& module) {
   xlstm::ParameterList<S> list;
-  module.collect_parameters("", list);
+  list = xlstm::parameter_list(module, "");
   Bytes out;
   for (const auto& p : list) {
     out += p.name;
@@ -152,7 +152,7 @@ Bytes parameters_of(Module& module) {
 
 Bytes parameters_of(LargeModel<S>& model) {
   Bytes out;
-  for (const xlstm::WeightMatrix<S>* w : model.weight_matrices()) {
+  for (const xlstm::WeightMatrix<S>* w : xlstm::weight_matrices(model)) {
     Matrix<S> decoded(w->rows(), w->cols());
     for (Index r = 0; r < w->rows(); ++r) w->copy_row(r, decoded.row(r));
     append(out, decoded);
@@ -257,7 +257,7 @@ struct LargeFixture {
 template <typename Edit>
 io::SafetensorsFile edited_checkpoint(LanguageModel<S>& model, Edit&& edit) {
   xlstm::ParameterList<S> list;
-  model.collect_parameters("", list);
+  list = xlstm::parameter_list(model, "");
   io::SafetensorsWriter writer;
   for (const auto& p : list) {
     std::vector<S> values(p.data, p.data + xlstm::shape_product(p.shape));
@@ -408,7 +408,7 @@ TEST(BadInput, StateWithOneBlockOfAnotherBatchIsRejectedBeforeAnythingRuns) {
   // A step workspace of the wrong size is refused before any block steps.
   LmFixture g;
   g.state.stack.blocks[1] = g.model.initial_state(2).stack.blocks[1];
-  std::get<xlstm::SLstmBlockState<S>>(g.state.stack.blocks[1]).ws.preact.resize(2, 5);
+  std::get<xlstm::SLstmBlockState<S>>(g.state.stack.blocks[1]).scratch.get().preact.resize(2, 5);
   EXPECT_TRUE(ThrowsAndKeeps([&] { return g.snapshot(); },
                              [&] {
                                g.model.step(std::vector<std::int64_t>{1, 2}, g.state, logits);
@@ -747,7 +747,7 @@ TEST(BadInput, InconsistentConfigs) {
 TEST(BadInput, TruncatedAndCorruptCheckpointsLeaveTheModelAlone) {
   LmFixture f;
   xlstm::ParameterList<S> list;
-  f.model.collect_parameters("", list);
+  list = xlstm::parameter_list(f.model, "");
   io::SafetensorsWriter writer;
   io::add_module(writer, f.model);
   const std::vector<std::uint8_t> good = writer.to_bytes();

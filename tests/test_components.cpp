@@ -131,7 +131,7 @@ TYPED_TEST(LinearTest, LinearMatchesNaiveLoop) {
     EXPECT_TRUE(WithinBound(y, ref, bound)) << "bias " << bias;
 
     ParameterList<S> params;
-    linear.collect_parameters("lin.", params);
+    params = xlstm::parameter_list(linear, "lin.");
     ASSERT_EQ(params.size(), bias ? 2u : 1u);
     EXPECT_EQ(params[0].name, "lin.weight");
     EXPECT_EQ(params[0].shape, (xlstm::Shape{std::size_t(out), std::size_t(in)}));
@@ -164,7 +164,7 @@ TYPED_TEST(LinearTest, HeadwiseLinearMatchesNaiveBlockDiagonalLoop) {
         linear.forward(x, y, workload);
 
         ParameterList<S> params;
-        linear.collect_parameters("", params);
+        params = xlstm::parameter_list(linear, "");
         ASSERT_EQ(params[0].shape,
                   (xlstm::Shape{std::size_t(c.heads), std::size_t(ho), std::size_t(hi)}));
         const S* w = params[0].data;  // (NH, O, I) row-major, the checkpoint layout
@@ -326,7 +326,7 @@ TYPED_TEST(NormTest, MultiHeadLayerNormUsesPerHeadStatisticsAndPerChannelWeight)
       << "per-head scalar weight";
 
   ParameterList<S> params;
-  norm.collect_parameters("outnorm.", params);
+  params = xlstm::parameter_list(norm, "outnorm.");
   ASSERT_EQ(params.size(), 1u);
   EXPECT_EQ(params[0].name, "outnorm.weight");
   EXPECT_EQ(params[0].shape, xlstm::Shape{std::size_t(e)});
@@ -338,7 +338,7 @@ TYPED_TEST(NormTest, MultiHeadLayerNormWithoutWeightOnlyNormalises) {
   const Index heads = 3, dh = 5, e = heads * dh;
   auto norm = xlstm::make_multi_head_layer_norm<S>(e, heads, /*weight=*/false);
   ParameterList<S> params;
-  norm.collect_parameters("", params);
+  params = xlstm::parameter_list(norm, "");
   EXPECT_TRUE(params.empty()) << "group_norm_weight=False has no parameter";
   const Matrix<S> x = norm_inputs<S>(3, e, rng);
   Matrix<S> y(x.rows(), e);
@@ -523,7 +523,7 @@ TYPED_TEST(CausalConvTest, KernelSizeOneIsPointwiseScalePlusBias) {
 
   ParameterList<S> params;
   auto mutable_conv = conv;
-  mutable_conv.collect_parameters("conv1d.", params);
+  params = xlstm::parameter_list(mutable_conv, "conv1d.");
   ASSERT_EQ(params.size(), 2u);
   EXPECT_EQ(params[0].name, "conv1d.conv.weight");
   EXPECT_EQ(params[0].shape, (xlstm::Shape{std::size_t(f), 1, 1}));
@@ -535,7 +535,7 @@ TYPED_TEST(CausalConvTest, KernelSizeZeroIsIdentityWithoutParameters) {
   CausalConv1d<S> conv(5, 0);
   EXPECT_TRUE(conv.is_identity());
   ParameterList<S> params;
-  conv.collect_parameters("", params);
+  params = xlstm::parameter_list(conv, "");
   EXPECT_TRUE(params.empty());
   const Sequence<S> x = random_sequence<S>(2, 4, 5, rng);
   auto state = conv.initial_state(2);
@@ -662,7 +662,7 @@ TYPED_TEST(FeedForwardTest, ParameterNamesAndShapesAreOfficial) {
   using S = TypeParam;
   GatedFeedForward<S> ffn(8, 64, Activation::gelu, true);
   ParameterList<S> params;
-  ffn.collect_parameters("ffn.", params);
+  params = xlstm::parameter_list(ffn, "ffn.");
   ASSERT_EQ(params.size(), 4u);
   EXPECT_EQ(params[0].name, "ffn.proj_up.weight");
   EXPECT_EQ(params[0].shape, (xlstm::Shape{128, 8}));

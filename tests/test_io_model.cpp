@@ -82,7 +82,7 @@ using TensorMap = std::map<std::string, Tensor<S>>;
 template <typename Module>
 TensorMap<typename Module::Scalar> tensors_of(Module& module, const std::string& prefix = "") {
   ParameterList<typename Module::Scalar> list;
-  module.collect_parameters(prefix, list);
+  list = xlstm::parameter_list(module, prefix);
   TensorMap<typename Module::Scalar> map;
   for (const auto& p : list) {
     map[p.name] = {p.shape, {p.data, p.data + xlstm::shape_product(p.shape)}};

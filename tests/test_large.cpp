@@ -73,22 +73,14 @@ LargeModel<S> make_model(const LargeModelConfig& config, std::uint64_t seed = 7)
   LargeModel<S> model(config);
   xlstm::Rng rng(seed);
   model.initialize(rng, /*noise=*/0.5);
-  auto perturb = [&rng](Vector<S>& v) {
-    if (v.size() == 0) return;
+  // Every vector (norm weights and biases, projection biases) of the model.
+  model.for_each_parameter([&](const xlstm::ParameterRef<S>& p) {
+    if (p.matrix || p.shape.size() != 1) return;
+    xlstm::VectorMap<S> v(p.data, Index(p.size()));
     Vector<S> extra(v.size());
     rng.normal(extra, 0.0, 0.2);
     v += extra;
-  };
-  for (auto& b : model.blocks()) {
-    for (auto* v : {&b.norm_mlstm.weight(), &b.norm_mlstm.bias(), &b.multihead_norm.weight(),
-                    &b.multihead_norm.bias(), &b.norm_ffn.weight(), &b.norm_ffn.bias(), &b.q.bias,
-                    &b.k.bias, &b.v.bias, &b.ogate.bias, &b.igate.bias, &b.fgate.bias,
-                    &b.out_proj.bias, &b.ffn_gate.bias, &b.ffn_up.bias, &b.ffn_down.bias}) {
-      perturb(*v);
-    }
-  }
-  perturb(model.out_norm().weight());
-  perturb(model.out_norm().bias());
+  });
   return model;
 }
 
@@ -116,15 +108,7 @@ double max_abs_diff(const A& a, const B& b) {
 
 template <typename S>
 std::vector<const WeightMatrix<S>*> weight_matrices(const LargeModel<S>& model) {
-  std::vector<const WeightMatrix<S>*> out{&model.embedding()};
-  for (const auto& b : model.blocks()) {
-    for (const auto* p : {&b.q, &b.k, &b.v, &b.ogate, &b.igate, &b.fgate, &b.out_proj, &b.ffn_gate,
-                          &b.ffn_up, &b.ffn_down}) {
-      out.push_back(&p->weight);
-    }
-  }
-  out.push_back(&const_cast<LargeModel<S>&>(model).lm_head().weight);
-  return out;
+  return xlstm::weight_matrices(model);
 }
 
 const char* const kTempPrefix = "xlstm_test_large_";
@@ -526,8 +510,8 @@ TYPED_TEST(Large, PrefillThenStepsEqualsStepsAllTheWay) {
               form_tolerance<S>(scale));
   }
   for (std::size_t i = 0; i < state.blocks.size(); ++i) {
-    const auto& x = state.blocks[i];
-    const auto& y = step_state.blocks[i];
+    const auto& x = state.blocks[i].cell;
+    const auto& y = step_state.blocks[i].cell;
     const double cs = std::max<double>(1.0, y.C.cwiseAbs().maxCoeff());
     EXPECT_LE(max_abs_diff(x.C, y.C), form_tolerance<S>(cs));
     EXPECT_LE(max_abs_diff(x.n, y.n), form_tolerance<S>(cs));
@@ -1032,7 +1016,7 @@ TEST(LargeConfig, HuggingFaceNamesNullCapsAndRounding) {
   uncapped.gate_soft_cap = 0;
   uncapped.output_logit_soft_cap = 0;
   auto model = make_model<double>(uncapped, 5);
-  model.lm_head().weight.native() *= 1000.0;
+  xlstm::weight_matrices(model).back()->native() *= 1000.0;  // the LM head
   EXPECT_GT(logits_of(model, random_tokens(1, 4, 64, 1)).matrix().cwiseAbs().maxCoeff(), 30.0);
 
   // The 7B sizes and the rounding quirk of round_up_to_next_multiple_of.

@@ -563,7 +563,7 @@ template <typename Module>
 std::map<std::string, xlstm::ParameterRef<typename Module::Scalar>> parameters_by_name(
     Module& module) {
   ParameterList<typename Module::Scalar> list;
-  module.collect_parameters("", list);
+  list = xlstm::parameter_list(module, "");
   std::map<std::string, xlstm::ParameterRef<typename Module::Scalar>> map;
   for (auto& p : list) map.emplace(p.name, p);
   return map;

@@ -535,10 +535,10 @@ TYPED_TEST(NoAllocTest, LargeModelStepDoesNotAllocate) {
 TEST(NoAllocLarge, SixteenBitWeightStepDoesNotAllocate) {
   for (const auto storage : {xlstm::WeightStorage::bf16, xlstm::WeightStorage::f16}) {
     SCOPED_TRACE(storage == xlstm::WeightStorage::bf16 ? "bf16" : "f16");
-    xlstm::LargeModel<float> model(small_large_config(), storage);
+    xlstm::LargeModel<float> model(small_large_config(), xlstm::uninitialized, storage);
     std::mt19937 rng(16);
     std::uniform_real_distribution<float> dist(-0.1f, 0.1f);
-    for (auto* w : model.weight_matrices()) {
+    for (auto* w : xlstm::weight_matrices(model)) {
       std::uint16_t* bits = w->owned_half_bits();
       ASSERT_NE(bits, nullptr);
       for (Index i = 0; i < w->rows() * w->cols(); ++i) {

@@ -289,7 +289,7 @@ void append_parts(Parts<S>& parts, const xlstm::LanguageModelState<S>& s, Index 
 
 template <typename S>
 void append_parts(Parts<S>& parts, const xlstm::LargeModelState<S>& s, Index b) {
-  for (const auto& block : s.blocks) append_parts(parts, block, b);
+  for (const auto& block : s.blocks) append_parts(parts, block.cell, b);
 }
 
 // ---------------------------------------------------------------------------

@@ -122,7 +122,7 @@ TEST(Robustness, SLstmBlockMillionStepsStayFiniteAndBounded) {
     for (Index b = 0; b < kBatch; ++b) {
       for (Index u = 0; u < e; ++u) {
         // The input gate's pre-activation before the recurrent part.
-        const double x_i = double(state.ws.preact(b, u));
+        const double x_i = double(state.scratch.get().preact(b, u));
         double& bound = raw_i_bound[std::size_t(b * e + u)];
         bound = std::max(
             bound, std::abs(x_i) + recurrent_l1[std::size_t(u)] + std::abs(bias_i[std::size_t(u)]));
@@ -189,16 +189,16 @@ TEST(Robustness, MLstmBlockMillionStepsStayFiniteAndBounded) {
     for (Index b = 0; b < kBatch; ++b) {
       for (Index h = 0; h < nh; ++h) {
         const std::size_t i_rh = std::size_t(b * nh + h);
-        const double ig = state.ws.gates_i(b, h), fg = state.ws.gates_f(b, h);
+        const double ig = state.scratch.get().gates_i(b, h), fg = state.scratch.get().gates_f(b, h);
         const double m = s.m(b * nh + h);
         const double lf = log_sigmoid(fg);
         max_abs_i[i_rh] = std::max(max_abs_i[i_rh], std::abs(ig));
         max_f[i_rh] = std::max(max_f[i_rh], fg);
         for (Index j = 0; j < dh; ++j) {
           max_k(b * nh + h, j) =
-              std::max(max_k(b * nh + h, j), std::abs(double(state.ws.qkv(b, inner + h * dh + j))));
+              std::max(max_k(b * nh + h, j), std::abs(double(state.scratch.get().qkv(b, inner + h * dh + j))));
           max_v(b * nh + h, j) = std::max(
-              max_v(b * nh + h, j), std::abs(double(state.ws.qkv(b, 2 * inner + h * dh + j))));
+              max_v(b * nh + h, j), std::abs(double(state.scratch.get().qkv(b, 2 * inner + h * dh + j))));
         }
         total[i_rh] = std::exp(lf + m_prev[i_rh] - m) * total[i_rh] + std::exp(ig - m);
         const double f_max = 1.0 / (1.0 + std::exp(-max_f[i_rh]));
@@ -272,7 +272,7 @@ TEST(Robustness, MLstmBlockExtremeGatesGiveFiniteOutputs) {
       MLstmBlock<float> block(cfg);
       randomize(block, 25);
       xlstm::ParameterList<float> params;
-      block.collect_parameters("", params);
+      params = xlstm::parameter_list(block, "");
       const std::string name =
           input_gate ? "xlstm.mlstm_cell.igate.bias" : "xlstm.mlstm_cell.fgate.bias";
       bool found = false;
@@ -321,7 +321,7 @@ TEST(Robustness, SLstmBlockExtremeGatesGiveFiniteOutputs) {
 template <typename Module>
 std::vector<float> parameter_snapshot(Module& module) {
   xlstm::ParameterList<float> params;
-  module.collect_parameters("", params);
+  params = xlstm::parameter_list(module, "");
   std::vector<float> all;
   for (const auto& p : params) {
     all.insert(all.end(), p.data, p.data + xlstm::shape_product(p.shape));

@@ -320,7 +320,7 @@ TYPED_TEST(SharedModelTest, LargeModelGivesEachThreadTheSequentialLogits) {
 TYPED_TEST(SharedModelTest, LargeModelWithBf16WeightsGivesEachThreadTheSequentialLogits) {
   const LargeModel<TypeParam> model = loaded_large_model<TypeParam>(io::DType::BF16);
   ASSERT_TRUE(model.embedding().is_half());
-  ASSERT_TRUE(model.blocks().front().q.weight.is_half());
+  for (const auto* w : xlstm::weight_matrices(model)) ASSERT_TRUE(w->is_half());
   expect_concurrent_runs_equal_sequential_runs(model);
 }
 

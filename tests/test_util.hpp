@@ -238,7 +238,7 @@ inline TokenMatrix random_tokens(Index batch, Index time, Index vocab, std::uint
 template <typename Module>
 void add_noise(Module& module, std::mt19937_64& rng, double stddev) {
   xlstm::ParameterList<typename Module::Scalar> params;
-  module.collect_parameters("", params);
+  params = xlstm::parameter_list(module, "");
   std::normal_distribution<double> dist(0.0, stddev);
   for (const auto& p : params) {
     for (std::size_t i = 0; i < xlstm::shape_product(p.shape); ++i) {

@@ -16,12 +16,14 @@
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"
+#include "xlstm/core/scratch.hpp"
 #include "xlstm/core/tensor.hpp"
 #include "xlstm/core/weight_matrix.hpp"
 
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/cells/slstm.hpp"
 
+#include "xlstm/blocks/large_block.hpp"
 #include "xlstm/blocks/mlstm_block.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
 
@@ -31,8 +33,11 @@
 #include "xlstm/model/large_model.hpp"
 
 #include "xlstm/io/checkpoint.hpp"
+#include "xlstm/io/checkpoint_report.hpp"
 #include "xlstm/io/config_json.hpp"
 #include "xlstm/io/dtype.hpp"
 #include "xlstm/io/large_checkpoint.hpp"
+#include "xlstm/io/large_naming.hpp"
 #include "xlstm/io/safetensors.hpp"
+#include "xlstm/io/shard_index.hpp"
 #include "xlstm/io/state_io.hpp"

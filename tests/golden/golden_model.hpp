@@ -113,9 +113,9 @@ void run_xlstm_large(GoldenCase& g) {
   g.compare("output.logits", logits);
   for (std::size_t b = 0; b < state.blocks.size(); ++b) {
     const std::string p = "state_out.block_" + std::to_string(b) + ".";
-    g.compare(p + "c", GoldenCase::to_double(state.blocks[b].C));
-    g.compare(p + "n", GoldenCase::to_double(state.blocks[b].n));
-    g.compare(p + "m", GoldenCase::to_double(state.blocks[b].m));
+    g.compare(p + "c", GoldenCase::to_double(state.blocks[b].cell.C));
+    g.compare(p + "n", GoldenCase::to_double(state.blocks[b].cell.n));
+    g.compare(p + "m", GoldenCase::to_double(state.blocks[b].cell.m));
   }
 
   if (g.has("output.logits_step")) {

@@ -1,10 +1,13 @@
-// The recurrent state of a block: its causal-conv window, its cell state and
-// the workspace its `step` writes into (so that step does not allocate).
-// Both block kinds share this shape; only the cell state and workspace differ.
+// The recurrent state of a block: its causal-conv window and its cell state,
+// plus the scratch its `step` writes into (so that step does not allocate;
+// not part of the state: see core/scratch.hpp). Both NeurIPS block kinds
+// share this shape; only the cell state and the scratch buffers differ.
 #pragma once
 
 #include "xlstm/core/causal_conv1d.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/parameters.hpp"
+#include "xlstm/core/scratch.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -13,7 +16,7 @@ template <typename Scalar, typename CellState, typename Workspace>
 struct ConvCellState {
   CausalConv1dState<Scalar> conv;  ///< last K conv inputs per row (SPEC §6.3)
   CellState cell;
-  Workspace ws;
+  Scratch<Workspace> scratch;
 
   Index batch() const { return conv.batch(); }
 
@@ -34,6 +37,16 @@ struct ConvCellState {
   void copy_row_from(const ConvCellState& other, Index src, Index dst) {
     conv.copy_row_from(other.conv, src, dst);
     cell.copy_row_from(other.cell, src, dst);
+  }
+
+  /// The cell's tensors, then `conv_state.0` (the official step-state names).
+  XLSTM_STATE_VISITOR
+
+ private:
+  template <typename Self, typename Visit>
+  static void visit_tensors(Self& self, Visit& visit, const std::string& prefix) {
+    self.cell.for_each_tensor(visit, prefix);
+    self.conv.for_each_tensor(visit, prefix);
   }
 };
 

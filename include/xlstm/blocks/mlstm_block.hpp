@@ -49,11 +49,15 @@ struct MLstmLayerConfig {
     check(conv1d_kernel_size >= 1, where, ": 'conv1d_kernel_size' must be >= 1, got ",
           conv1d_kernel_size);
     check_positive(_inner_embedding_dim, where, "_inner_embedding_dim (run post_init)");
-    check(_inner_embedding_dim % num_heads == 0, where, ": inner dim ", _inner_embedding_dim,
-          " must be divisible by 'num_heads' (", num_heads, ")");
-    check(_inner_embedding_dim % qkv_proj_blocksize == 0, where, ": inner dim ",
-          _inner_embedding_dim, " must be divisible by 'qkv_proj_blocksize' (", qkv_proj_blocksize,
-          ")");
+    // The heads split the up-projected width, not embedding_dim (docs/config.md).
+    check(_inner_embedding_dim % num_heads == 0, where, ": the inner (up-projected) width ",
+          _inner_embedding_dim, " = round_up('proj_factor' ", proj_factor, " x 'embedding_dim' ",
+          embedding_dim, ", to a multiple of 'round_proj_up_to_multiple_of' ",
+          round_proj_up_to_multiple_of, ") must be divisible by 'num_heads' (", num_heads,
+          "); choose num_heads dividing ", _inner_embedding_dim);
+    check(_inner_embedding_dim % qkv_proj_blocksize == 0, where,
+          ": the inner (up-projected) width ", _inner_embedding_dim,
+          " must be divisible by 'qkv_proj_blocksize' (", qkv_proj_blocksize, ")");
     check(_num_blocks >= 1, where, ": '_num_blocks' must be >= 1, got ", _num_blocks);
     check_size_product({2, _inner_embedding_dim, embedding_dim}, where,
                        "proj_up weight (2 x inner dim x 'embedding_dim')");
@@ -76,7 +80,7 @@ struct MLstmBlockConfig {
   }
 };
 
-/// Step workspace of the MLstm block (B rows).
+/// Step scratch of the MLstm block (B rows).
 template <typename Scalar>
 struct MLstmBlockWorkspace {
   Matrix<Scalar> normed, up, conv_act, qkv, gates_i, gates_f, h, h_norm;
@@ -92,7 +96,15 @@ class MLstmBlock {
   using Config = MLstmBlockConfig;
   using State = MLstmBlockState<Scalar>;
 
-  explicit MLstmBlock(Config config) : config_(std::move(config)) {
+  /// A block with the official initialisation from kDefaultSeed; call
+  /// initialize(rng) for another draw, or load weights.
+  explicit MLstmBlock(Config config) : MLstmBlock(std::move(config), uninitialized) {
+    Rng rng(kDefaultSeed);
+    initialize(rng);
+  }
+
+  /// A block with zero weights, to be filled by the caller.
+  MLstmBlock(Config config, Uninitialized) : config_(std::move(config)) {
     config_.post_init();
     const MLstmLayerConfig& c = config_.mlstm;
     c.validate();
@@ -130,16 +142,7 @@ class MLstmBlock {
     State s;
     s.conv = conv1d_.initial_state(batch);
     s.cell = cell_.initial_state(batch);
-    const Index inner = inner_dim(), nh = config_.mlstm.num_heads;
-    auto& ws = s.ws;
-    ws.normed.resize(batch, embedding_dim());
-    ws.up.resize(batch, 2 * inner);
-    ws.conv_act.resize(batch, inner);
-    ws.qkv.resize(batch, 3 * inner);
-    ws.gates_i.resize(batch, nh);
-    ws.gates_f.resize(batch, nh);
-    ws.h.resize(batch, inner);
-    ws.h_norm.resize(batch, inner);
+    size_scratch(s.scratch.get(), batch);  // so that even the first step does not allocate
     return s;
   }
 
@@ -186,15 +189,18 @@ class MLstmBlock {
     zero_padding(y, lengths);
   }
 
-  /// One step: x_t, y_t are B x E (y_t must not alias x_t). Does not allocate.
-  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
+  /// One step: x_t and y_t are B x E (y_t must not alias x_t; a Matrix is
+  /// resized, a view must have the size). Does not allocate once the state's
+  /// scratch has its size (from initial_state, or after the first step).
+  template <typename Out>
+  void step(const ConstMatrixRef<Scalar>& x_t, State& state, Out&& y_out) const {
     check_input(x_t.cols(), x_t.rows(), state, "MLstmBlock::step", "x_t");
-    check(y_t.rows() == x_t.rows() && y_t.cols() == embedding_dim(),
-          "MLstmBlock::step: argument 'y_t' must be ", x_t.rows(), " x ", embedding_dim(), ", got ",
-          y_t.rows(), " x ", y_t.cols());
-    check_state(state, x_t.rows(), "MLstmBlock::step", /*workspace=*/true);
+    check_state(state, x_t.rows(), "MLstmBlock::step");
+    prepare_output(y_out, x_t.rows(), embedding_dim(), "MLstmBlock::step", "y_t");
+    MatrixRef<Scalar> y_t(y_out);
     const Index inner = inner_dim();
-    auto& ws = state.ws;
+    auto& ws = state.scratch.get();
+    size_scratch(ws, x_t.rows());
     xlstm_norm_.forward(x_t, ws.normed);
     proj_up_.forward(ws.normed, ws.up, Workload::step);
     conv1d_.step(ws.up.leftCols(inner), state.conv, ws.conv_act);
@@ -212,44 +218,18 @@ class MLstmBlock {
     y_t += x_t;
   }
 
-  /// Throws unless `state` has the sizes initial_state(batch) gives it (with
-  /// `workspace`, the step workspace too). Runs before anything is written,
-  /// so a call that throws leaves the state as it was.
-  void check_state(const State& state, Index batch, const char* where,
-                   bool workspace = false) const {
+  /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
+  /// before anything is written, so a call that throws leaves the state as
+  /// it was.
+  void check_state(const State& state, Index batch, const char* where) const {
     conv1d_.check_state(state.conv, batch, where);
     cell_.check_state(state.cell, where);
     check(state.cell.batch == batch, where, ": argument 'state' holds a cell state for batch ",
           state.cell.batch, " but the input has batch ", batch);
-    if (!workspace) return;
-    const Index e = embedding_dim(), inner = inner_dim(), nh = config_.mlstm.num_heads;
-    const auto& ws = state.ws;
-    auto sized = [batch](const Matrix<Scalar>& m, Index cols) {
-      return m.rows() == batch && m.cols() == cols;
-    };
-    check(sized(ws.normed, e) && sized(ws.up, 2 * inner) && sized(ws.conv_act, inner) &&
-              sized(ws.qkv, 3 * inner) && sized(ws.gates_i, nh) && sized(ws.gates_f, nh) &&
-              sized(ws.h, inner) && sized(ws.h_norm, inner),
-          where,
-          ": argument 'state' has a step workspace of the wrong size (make it with "
-          "initial_state(batch))");
   }
 
-  /// Official state_dict names (SPEC §7.1) below `prefix`.
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    xlstm_norm_.collect_parameters(prefix + "xlstm_norm.", list);
-    const std::string p = prefix + "xlstm.";
-    proj_up_.collect_parameters(p + "proj_up.", list);
-    q_proj_.collect_parameters(p + "q_proj.", list);
-    k_proj_.collect_parameters(p + "k_proj.", list);
-    v_proj_.collect_parameters(p + "v_proj.", list);
-    conv1d_.collect_parameters(p + "conv1d.", list);
-    igate_.collect_parameters(p + "mlstm_cell.igate.", list);
-    fgate_.collect_parameters(p + "mlstm_cell.fgate.", list);
-    outnorm_.collect_parameters(p + "mlstm_cell.outnorm.", list);
-    add_parameter(list, p, "learnable_skip", {std::size_t(inner_dim())}, learnable_skip_);
-    proj_down_.collect_parameters(p + "proj_down.", list);
-  }
+  /// Official state_dict names (SPEC §7.1).
+  XLSTM_PARAMETER_VISITOR
 
   /// The official reset_parameters (SPEC §8.2).
   void initialize(Rng& rng) {
@@ -276,6 +256,35 @@ class MLstmBlock {
   }
 
  private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    self.xlstm_norm_.for_each_parameter(visit, prefix + "xlstm_norm.");
+    const std::string p = prefix + "xlstm.";
+    self.proj_up_.for_each_parameter(visit, p + "proj_up.");
+    self.q_proj_.for_each_parameter(visit, p + "q_proj.");
+    self.k_proj_.for_each_parameter(visit, p + "k_proj.");
+    self.v_proj_.for_each_parameter(visit, p + "v_proj.");
+    self.conv1d_.for_each_parameter(visit, p + "conv1d.");
+    self.igate_.for_each_parameter(visit, p + "mlstm_cell.igate.");
+    self.fgate_.for_each_parameter(visit, p + "mlstm_cell.fgate.");
+    self.outnorm_.for_each_parameter(visit, p + "mlstm_cell.outnorm.");
+    visit_parameter(visit, p, "learnable_skip", {std::size_t(self.inner_dim())},
+                    self.learnable_skip_);
+    self.proj_down_.for_each_parameter(visit, p + "proj_down.");
+  }
+
+  void size_scratch(MLstmBlockWorkspace<Scalar>& ws, Index batch) const {
+    const Index inner = inner_dim(), nh = config_.mlstm.num_heads;
+    ensure_size(ws.normed, batch, embedding_dim());
+    ensure_size(ws.up, batch, 2 * inner);
+    ensure_size(ws.conv_act, batch, inner);
+    ensure_size(ws.qkv, batch, 3 * inner);
+    ensure_size(ws.gates_i, batch, nh);
+    ensure_size(ws.gates_f, batch, nh);
+    ensure_size(ws.h, batch, inner);
+    ensure_size(ws.h_norm, batch, inner);
+  }
+
   void check_input(Index features, Index batch, const State& state, const char* where,
                    const char* name) const {
     check(features == embedding_dim(), where, ": argument '", name, "' must have ", embedding_dim(),

@@ -115,7 +115,7 @@ struct SLstmBlockConfig {
   }
 };
 
-/// Step workspace of the SLstm block (B rows).
+/// Step scratch of the SLstm block (B rows).
 template <typename Scalar>
 struct SLstmBlockWorkspace {
   Matrix<Scalar> normed, conv_act, preact, y_norm, ffn_in, ffn_up;
@@ -131,7 +131,15 @@ class SLstmBlock {
   using Config = SLstmBlockConfig;
   using State = SLstmBlockState<Scalar>;
 
-  explicit SLstmBlock(Config config) : config_(std::move(config)) {
+  /// A block with the official initialisation from kDefaultSeed; call
+  /// initialize(rng) for another draw, or load weights.
+  explicit SLstmBlock(Config config) : SLstmBlock(std::move(config), uninitialized) {
+    Rng rng(kDefaultSeed);
+    initialize(rng);
+  }
+
+  /// A block with zero weights, to be filled by the caller.
+  SLstmBlock(Config config, Uninitialized) : config_(std::move(config)) {
     config_.post_init();
     const SLstmLayerConfig& c = config_.slstm;
     c.validate();
@@ -172,14 +180,7 @@ class SLstmBlock {
     State s;
     s.conv = conv1d_.initial_state(batch);
     s.cell = cell_.initial_state(batch);
-    const Index e = embedding_dim();
-    auto& ws = s.ws;
-    ws.normed.resize(batch, e);
-    ws.conv_act.resize(batch, e);
-    ws.preact.resize(batch, 4 * e);
-    ws.y_norm.resize(batch, e);
-    ws.ffn_in.resize(batch, e);
-    if (has_feedforward()) ws.ffn_up.resize(batch, 2 * ffn_.proj_up_dim());
+    size_scratch(s.scratch.get(), batch);  // so that even the first step does not allocate
     return s;
   }
 
@@ -217,14 +218,17 @@ class SLstmBlock {
     zero_padding(y, lengths);
   }
 
-  /// One step: x_t, y_t are B x E (y_t must not alias x_t). Does not allocate.
-  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
+  /// One step: x_t and y_t are B x E (y_t must not alias x_t; a Matrix is
+  /// resized, a view must have the size). Does not allocate once the state's
+  /// scratch has its size (from initial_state, or after the first step).
+  template <typename Out>
+  void step(const ConstMatrixRef<Scalar>& x_t, State& state, Out&& y_out) const {
     check_input(x_t.cols(), x_t.rows(), state, "SLstmBlock::step", "x_t");
-    check(y_t.rows() == x_t.rows() && y_t.cols() == embedding_dim(),
-          "SLstmBlock::step: argument 'y_t' must be ", x_t.rows(), " x ", embedding_dim(), ", got ",
-          y_t.rows(), " x ", y_t.cols());
-    check_state(state, x_t.rows(), "SLstmBlock::step", /*workspace=*/true);
-    auto& ws = state.ws;
+    check_state(state, x_t.rows(), "SLstmBlock::step");
+    prepare_output(y_out, x_t.rows(), embedding_dim(), "SLstmBlock::step", "y_t");
+    MatrixRef<Scalar> y_t(y_out);
+    auto& ws = state.scratch.get();
+    size_scratch(ws, x_t.rows());
     xlstm_norm_.forward(x_t, ws.normed);
     conv1d_.step(ws.normed, state.conv, ws.conv_act);
     if (!conv1d_.is_identity()) ws.conv_act.array() = silu(ws.conv_act.array());
@@ -239,47 +243,18 @@ class SLstmBlock {
     }
   }
 
-  /// Throws unless `state` has the sizes initial_state(batch) gives it (with
-  /// `workspace`, the step workspace too). Runs before anything is written,
-  /// so a call that throws leaves the state as it was.
-  void check_state(const State& state, Index batch, const char* where,
-                   bool workspace = false) const {
+  /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
+  /// before anything is written, so a call that throws leaves the state as
+  /// it was.
+  void check_state(const State& state, Index batch, const char* where) const {
     conv1d_.check_state(state.conv, batch, where);
     cell_.check_state(state.cell, where);
     check(state.cell.batch() == batch, where, ": argument 'state' holds a cell state for batch ",
           state.cell.batch(), " but the input has batch ", batch);
-    if (!workspace) return;
-    const Index e = embedding_dim();
-    const auto& ws = state.ws;
-    auto sized = [batch](const Matrix<Scalar>& m, Index cols) {
-      return m.rows() == batch && m.cols() == cols;
-    };
-    check(sized(ws.normed, e) && sized(ws.conv_act, e) && sized(ws.preact, 4 * e) &&
-              sized(ws.y_norm, e) && sized(ws.ffn_in, e) &&
-              (!has_feedforward() || sized(ws.ffn_up, 2 * ffn_.proj_up_dim())),
-          where,
-          ": argument 'state' has a step workspace of the wrong size (make it with "
-          "initial_state(batch))");
   }
 
-  /// Official state_dict names (SPEC §7.1) below `prefix`.
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    xlstm_norm_.collect_parameters(prefix + "xlstm_norm.", list);
-    const std::string p = prefix + "xlstm.";
-    conv1d_.collect_parameters(p + "conv1d.", list);
-    // Official checkpoint quirk (SPEC §3.2): the module named "fgate" produces
-    // the INPUT-gate pre-activation and "igate" the FORGET gate.
-    input_gate_.collect_parameters(p + "fgate.", list);
-    forget_gate_.collect_parameters(p + "igate.", list);
-    z_gate_.collect_parameters(p + "zgate.", list);
-    o_gate_.collect_parameters(p + "ogate.", list);
-    cell_.collect_parameters(p + "slstm_cell.", list);
-    group_norm_.collect_parameters(p + "group_norm.", list);
-    if (has_feedforward()) {
-      ffn_norm_.collect_parameters(prefix + "ffn_norm.", list);
-      ffn_.collect_parameters(prefix + "ffn.", list);
-    }
-  }
+  /// Official state_dict names (SPEC §7.1).
+  XLSTM_PARAMETER_VISITOR
 
   /// The official reset_parameters (SPEC §8.3).
   void initialize(Rng& rng) {
@@ -311,6 +286,35 @@ class SLstmBlock {
   }
 
  private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    self.xlstm_norm_.for_each_parameter(visit, prefix + "xlstm_norm.");
+    const std::string p = prefix + "xlstm.";
+    self.conv1d_.for_each_parameter(visit, p + "conv1d.");
+    // Official checkpoint quirk (SPEC §3.2): the module named "fgate" produces
+    // the INPUT-gate pre-activation and "igate" the FORGET gate.
+    self.input_gate_.for_each_parameter(visit, p + "fgate.");
+    self.forget_gate_.for_each_parameter(visit, p + "igate.");
+    self.z_gate_.for_each_parameter(visit, p + "zgate.");
+    self.o_gate_.for_each_parameter(visit, p + "ogate.");
+    self.cell_.for_each_parameter(visit, p + "slstm_cell.");
+    self.group_norm_.for_each_parameter(visit, p + "group_norm.");
+    if (self.has_feedforward()) {
+      self.ffn_norm_.for_each_parameter(visit, prefix + "ffn_norm.");
+      self.ffn_.for_each_parameter(visit, prefix + "ffn.");
+    }
+  }
+
+  void size_scratch(SLstmBlockWorkspace<Scalar>& ws, Index batch) const {
+    const Index e = embedding_dim();
+    ensure_size(ws.normed, batch, e);
+    ensure_size(ws.conv_act, batch, e);
+    ensure_size(ws.preact, batch, 4 * e);
+    ensure_size(ws.y_norm, batch, e);
+    ensure_size(ws.ffn_in, batch, e);
+    if (has_feedforward()) ensure_size(ws.ffn_up, batch, 2 * ffn_.proj_up_dim());
+  }
+
   /// Bias init of SPEC §8.3, written gate-major: bias[g*H + h*DH + j].
   void initialize_bias(Rng& rng) {
     const SLstmLayerConfig& c = config_.slstm;

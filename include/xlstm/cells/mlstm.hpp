@@ -14,6 +14,7 @@
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/parallel.hpp"
+#include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -67,8 +68,7 @@ struct MLstmCellConfig {
 
 /// State per batch row and head: C (DHQK x DHV), n (DHQK), m (scalar), all
 /// zero initially. Row `r = b*NH + h` indexes (batch row, head):
-/// C rows [r*DHQK, (r+1)*DHQK), n row r, m entry r. Holds the per-step
-/// workspace too, so that step does not allocate.
+/// C rows [r*DHQK, (r+1)*DHQK), n row r, m entry r.
 template <typename Scalar>
 struct MLstmState {
   Index batch = 0, num_heads = 0, qk_head_dim = 0, v_head_dim = 0;
@@ -150,6 +150,20 @@ struct MLstmState {
     C *= factor;
     n *= factor;
     convention = target;
+  }
+
+  /// The official step-state names: `mlstm_state.0` C (B, NH, DHQK, DHV),
+  /// `.1` n (B, NH, DHQK, 1), `.2` m (B, NH, 1, 1), in this state's convention.
+  XLSTM_STATE_VISITOR
+
+ private:
+  template <typename Self, typename Visit>
+  static void visit_tensors(Self& self, Visit& visit, const std::string& prefix) {
+    const auto b = std::size_t(self.batch), nh = std::size_t(self.num_heads),
+               dk = std::size_t(self.qk_head_dim), dv = std::size_t(self.v_head_dim);
+    visit_parameter(visit, prefix, "mlstm_state.0", {b, nh, dk, dv}, self.C);
+    visit_parameter(visit, prefix, "mlstm_state.1", {b, nh, dk, 1}, self.n);
+    visit_parameter(visit, prefix, "mlstm_state.2", {b, nh, 1, 1}, self.m);
   }
 };
 

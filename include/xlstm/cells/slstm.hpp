@@ -13,6 +13,7 @@
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/core/scratch.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -64,7 +65,8 @@ struct SLstmCellConfig {
 template <typename Scalar>
 struct SLstmState {
   Matrix<Scalar> y, c, n, m;
-  Matrix<Scalar> recurrent;  ///< workspace: R y of the current step, head-major (B x 4H)
+  /// Not state: R y of the current step, head-major (B x 4H), sized on use.
+  Scratch<Matrix<Scalar>> recurrent;
 
   SLstmState() = default;
   SLstmState(Index batch, Index hidden_size) { resize(batch, hidden_size); }
@@ -73,7 +75,7 @@ struct SLstmState {
     check(batch >= 0, "SLstmState: argument 'batch' must be non-negative, got ", batch);
     check_size_product({batch, 4, hidden_size}, "SLstmState", "'batch' x 4 x hidden_size");
     for (Matrix<Scalar>* s : {&y, &c, &n, &m}) s->setZero(batch, hidden_size);
-    recurrent.setZero(batch, 4 * hidden_size);
+    recurrent.get().setZero(batch, 4 * hidden_size);
   }
 
   Index batch() const { return y.rows(); }
@@ -102,6 +104,18 @@ struct SLstmState {
     check(row >= 0 && row < batch(), "SLstmState::reset_row: argument 'row' must be in [0, ",
           batch(), "), got ", row);
     for (Matrix<Scalar>* s : {&y, &c, &n, &m}) s->row(row).setZero();
+  }
+
+  /// `slstm_state` (4, B, H): [y, c, n, m], the official step state (for
+  /// function "lstm" n and m stay zero).
+  XLSTM_STATE_VISITOR
+
+ private:
+  template <typename Self, typename Visit>
+  static void visit_tensors(Self& self, Visit& visit, const std::string& prefix) {
+    visit_sliced(visit, prefix, "slstm_state",
+                 {4, std::size_t(self.batch()), std::size_t(self.hidden_size())}, self.y, self.c,
+                 self.n, self.m);
   }
 };
 
@@ -175,11 +189,7 @@ class SLstmCell {
   /// The official parameters: `_recurrent_kernel_` (NH, 4DH, DH) and `_bias_`
   /// (4H), vanilla layout (SPEC §2.2). Checkpoints in the CUDA layout are
   /// converted by the loader (io/checkpoint.hpp).
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    const auto nh = std::size_t(num_heads()), dh = std::size_t(head_dim());
-    add_parameter(list, prefix, "_recurrent_kernel_", {nh, 4 * dh, dh}, recurrent_kernel_);
-    add_parameter(list, prefix, "_bias_", {4 * nh * dh}, bias_);
-  }
+  XLSTM_PARAMETER_VISITOR
 
   /// A zero state for `batch` rows.
   State initial_state(Index batch) const { return State(batch, hidden_size()); }
@@ -253,8 +263,7 @@ class SLstmCell {
       return m.rows() == state.batch() && m.cols() == cols;
     };
     check(state.hidden_size() == hidden_size() && sized(state.c, hidden_size()) &&
-              sized(state.n, hidden_size()) && sized(state.m, hidden_size()) &&
-              sized(state.recurrent, 4 * hidden_size()),
+              sized(state.n, hidden_size()) && sized(state.m, hidden_size()),
           where, ": argument 'state' must hold batch x ", hidden_size(),
           " matrices y, c, n, m (make it with initial_state(batch)); got y ", state.y.rows(), " x ",
           state.y.cols(), ", c ", state.c.rows(), " x ", state.c.cols(), ", n ", state.n.rows(),
@@ -262,6 +271,14 @@ class SLstmCell {
   }
 
  private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    const auto nh = std::size_t(self.num_heads()), dh = std::size_t(self.head_dim());
+    visit_parameter(visit, prefix, "_recurrent_kernel_", {nh, 4 * dh, dh},
+                    self.recurrent_kernel_);
+    visit_parameter(visit, prefix, "_bias_", {4 * nh * dh}, self.bias_);
+  }
+
   /// out = y * kernel^T without heap allocation (`step` promises none).
   /// Eigen's GEMM packs its operands into buffers of up to DH x (rows of out)
   /// and DH x (columns of out) scalars. It takes them from the heap when one
@@ -296,13 +313,15 @@ class SLstmCell {
     const Index batch = state.batch(), h = hidden_size(), dh = head_dim(), nh = num_heads();
     // SPEC §2.4: the vanilla backend tests n == 0 over the whole batch.
     const bool first_step_everywhere = (state.n.array() == Scalar(0)).all();
+    Matrix<Scalar>& recurrent = state.recurrent.get();
+    ensure_size(recurrent, batch, 4 * h);
     // Heads are independent: spread them over the threads when the recurrent
     // weights are large enough to pay.
     parallel_for(nh, recurrent_kernel_.size() >= (1 << 16), [&](Index head) {
       // SPEC §2.3: raw = x + R y + b. R y is one product per head over all
       // batch rows, written head-major (column h*4DH + g*DH + j) into the
       // workspace; x and b are gate-major and added per (head, gate) segment.
-      auto raw_all = state.recurrent.middleCols(head * 4 * dh, 4 * dh);
+      auto raw_all = recurrent.middleCols(head * 4 * dh, 4 * dh);
       recurrent_product(state.y.middleCols(head * dh, dh),
                         recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh), raw_all);
       for (Index g = 0; g < 4; ++g) {
@@ -312,7 +331,7 @@ class SLstmCell {
       }
       for (Index b = 0; b < batch; ++b) {
         if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
-        auto raw = state.recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
+        auto raw = recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
         auto raw_i = raw.segment(0, dh), raw_f = raw.segment(dh, dh);
         auto raw_z = raw.segment(2 * dh, dh), raw_o = raw.segment(3 * dh, dh);
         auto y = state.y.row(b).segment(head * dh, dh).array();

@@ -47,6 +47,20 @@ struct CausalConv1dState {
     window.middleRows(dst * kernel_size, kernel_size) =
         other.window.middleRows(src * kernel_size, kernel_size);
   }
+
+  /// `conv_state.0` (B, K, F): the last K inputs per row, oldest first (the
+  /// official step state); nothing when K = 0.
+  XLSTM_STATE_VISITOR
+
+ private:
+  template <typename Self, typename Visit>
+  static void visit_tensors(Self& self, Visit& visit, const std::string& prefix) {
+    if (self.kernel_size == 0) return;
+    visit_parameter(visit, prefix, "conv_state.0",
+                    {std::size_t(self.batch()), std::size_t(self.kernel_size),
+                     std::size_t(self.window.cols())},
+                    self.window);
+  }
 };
 
 template <typename Scalar_>
@@ -151,12 +165,7 @@ class CausalConv1d {
   }
 
   /// Official names `conv.weight` (F, 1, K) and `conv.bias` (F); none for K = 0.
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    if (kernel_size_ == 0) return;
-    add_parameter(list, prefix, "conv.weight",
-                  {std::size_t(features_), 1, std::size_t(kernel_size_)}, weight_);
-    add_parameter(list, prefix, "conv.bias", {std::size_t(features_)}, bias_);
-  }
+  XLSTM_PARAMETER_VISITOR
 
   /// Throws unless `state` has the sizes initial_state(batch) gives it.
   void check_state(const State& state, Index batch, const char* where) const {
@@ -171,6 +180,15 @@ class CausalConv1d {
   }
 
  private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    if (self.kernel_size_ == 0) return;
+    const auto features = std::size_t(self.features_);
+    visit_parameter(visit, prefix, "conv.weight", {features, 1, std::size_t(self.kernel_size_)},
+                    self.weight_);
+    visit_parameter(visit, prefix, "conv.bias", {features}, self.bias_);
+  }
+
   Index features_ = 0, kernel_size_ = 0;
   Matrix<Scalar> weight_;
   Vector<Scalar> bias_;

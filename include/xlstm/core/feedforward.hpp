@@ -1,38 +1,73 @@
-// GatedFeedForward (SPEC §1.7): y = proj_down(act(g) * u), [g | u] = proj_up(x).
+// GatedFeedForward (math §1.7): y = proj_down(act(g) * u), where the gate g
+// and the up branch u are projections of x, either fused in one weight
+// ([g | u] = proj_up(x), the NeurIPS sLSTM block) or as two weights
+// (g = proj_up_gate(x), u = proj_up(x): xLSTM-Large's SwiGLU, TiRex).
 #pragma once
 
 #include <string>
 
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/linear.hpp"
+#include "xlstm/core/scratch.hpp"
 
 namespace xlstm {
 
+/// How the gate and up projections are stored.
+enum class GateLayout {
+  fused,  ///< one `proj_up` (2U x E): rows [0, U) the gate, [U, 2U) the up branch
+  split,  ///< `proj_up_gate` (U x E) and `proj_up` (U x E)
+};
+
+/// The gated feed-forward of both model families; a SwiGLU is
+/// `GatedFeedForward(e, u, Activation::swish, false, GateLayout::split)`.
+///
+///   xlstm::GatedFeedForward<float> ffn(64, 128, xlstm::Activation::gelu, false);
+///   xlstm::Matrix<float> x = xlstm::Matrix<float>::Random(5, 64), y(5, 64), up;
+///   ffn.forward(x, y, up);  // `up` is scratch, sized on first use
+///
+/// A const GatedFeedForward may be shared between threads; `forward` with the
+/// step workload allocates nothing once `up` has its size.
 template <typename Scalar_>
 class GatedFeedForward {
  public:
   using Scalar = Scalar_;
 
   GatedFeedForward() = default;
-  GatedFeedForward(Index embedding_dim, Index proj_up_dim, Activation activation, bool bias)
-      : proj_up_(embedding_dim, 2 * proj_up_dim, bias),
-        proj_down_(proj_up_dim, embedding_dim, bias),
-        activation_(activation) {}
+  GatedFeedForward(Index embedding_dim, Index proj_up_dim, Activation activation, bool bias,
+                   GateLayout layout = GateLayout::fused,
+                   WeightStorage storage = WeightStorage::native)
+      : proj_up_(embedding_dim, layout == GateLayout::fused ? 2 * proj_up_dim : proj_up_dim, bias,
+                 storage),
+        proj_down_(proj_up_dim, embedding_dim, bias, storage),
+        activation_(activation),
+        layout_(layout) {
+    if (layout == GateLayout::split) proj_up_gate_ = Linear<Scalar>(embedding_dim, proj_up_dim, bias, storage);
+  }
 
   Index embedding_dim() const { return proj_down_.out_features(); }
   Index proj_up_dim() const { return proj_down_.in_features(); }
   Activation activation() const { return activation_; }
+  GateLayout layout() const { return layout_; }
+  /// Fused: the 2U x E projection; split: the up branch only.
   Linear<Scalar>& proj_up() { return proj_up_; }
   const Linear<Scalar>& proj_up() const { return proj_up_; }
+  /// Split layout only: the gate projection.
+  Linear<Scalar>& proj_up_gate() { return proj_up_gate_; }
+  const Linear<Scalar>& proj_up_gate() const { return proj_up_gate_; }
   Linear<Scalar>& proj_down() { return proj_down_; }
   const Linear<Scalar>& proj_down() const { return proj_down_; }
 
-  /// x, y: N x E. `up` is a workspace (resized to N x 2U if needed).
+  /// x, y: N x E. `up` is scratch (resized to N x 2U unless it has that size).
   void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y, Matrix<Scalar>& up,
                Workload workload = Workload::sequence) const {
     const Index u = proj_up_dim();
-    if (up.rows() != x.rows() || up.cols() != 2 * u) up.resize(x.rows(), 2 * u);
-    proj_up_.forward(x, up, workload);
+    ensure_size(up, x.rows(), 2 * u);
+    if (layout_ == GateLayout::fused) {
+      proj_up_.forward(x, up, workload);
+    } else {
+      proj_up_gate_.forward(x, up.leftCols(u), workload);
+      proj_up_.forward(x, up.rightCols(u), workload);
+    }
     // The first U columns are the gate, the second U the up branch.
     auto gate = up.leftCols(u).array();
     apply_activation(activation_, gate);
@@ -40,14 +75,22 @@ class GatedFeedForward {
     proj_down_.forward(up.leftCols(u), y, workload);
   }
 
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    proj_up_.collect_parameters(prefix + "proj_up.", list);
-    proj_down_.collect_parameters(prefix + "proj_down.", list);
-  }
+  /// Fused: `proj_up`, `proj_down`; split: `proj_up_gate`, `proj_up`, `proj_down`.
+  XLSTM_PARAMETER_VISITOR
 
  private:
-  Linear<Scalar> proj_up_, proj_down_;
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    if (self.layout_ == GateLayout::split) {
+      self.proj_up_gate_.for_each_parameter(visit, prefix + "proj_up_gate.");
+    }
+    self.proj_up_.for_each_parameter(visit, prefix + "proj_up.");
+    self.proj_down_.for_each_parameter(visit, prefix + "proj_down.");
+  }
+
+  Linear<Scalar> proj_up_gate_, proj_up_, proj_down_;
   Activation activation_ = Activation::gelu;
+  GateLayout layout_ = GateLayout::fused;
 };
 
 }  // namespace xlstm

@@ -14,6 +14,16 @@
 namespace xlstm {
 
 /// The random source of all initialisers: a seeded 64-bit Mersenne twister.
+/// Passed to a model's constructor to leave its weights at zero, for code that
+/// fills every parameter right away (loaders, benchmarks). Without it, a model
+/// is constructed with the official initialisation from kDefaultSeed, so a
+/// module is never silently all-zero.
+struct Uninitialized {};
+inline constexpr Uninitialized uninitialized{};
+
+/// The seed a model's constructor initialises with.
+inline constexpr std::uint64_t kDefaultSeed = 0;
+
 class Rng {
  public:
   explicit Rng(std::uint64_t seed) : engine_(seed) {}

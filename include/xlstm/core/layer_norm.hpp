@@ -62,10 +62,14 @@ class GroupedNorm {
     apply_affine(y);
   }
 
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    if (weight_.size() > 0)
-      add_parameter(list, prefix, "weight", {std::size_t(features_)}, weight_);
-    if (bias_.size() > 0) add_parameter(list, prefix, "bias", {std::size_t(features_)}, bias_);
+  XLSTM_PARAMETER_VISITOR
+
+ private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    const Shape shape{std::size_t(self.features_)};
+    if (self.weight_.size() > 0) visit_parameter(visit, prefix, "weight", shape, self.weight_);
+    if (self.bias_.size() > 0) visit_parameter(visit, prefix, "bias", shape, self.bias_);
   }
 
  private:

@@ -10,20 +10,35 @@
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
+#include "xlstm/core/weight_matrix.hpp"
 
 namespace xlstm {
 
-/// y = x W^T + b with W stored (out, in) as in PyTorch.
+/// Linear: y = x W^T + b, PyTorch's nn.Linear, with W stored (out, in). The
+/// one dense projection of every model family: W is a WeightMatrix, so it is
+/// held in Scalar or kept 16-bit (BF16/F16, e.g. a view into a mapped
+/// checkpoint), and products accumulate in Scalar either way.
+///
+///   xlstm::Linear<float> proj(/*in*/ 64, /*out*/ 128, /*bias*/ true);
+///   proj.weight().setRandom();
+///   xlstm::Matrix<float> x = xlstm::Matrix<float>::Random(5, 64), y(5, 128);
+///   proj.forward(x, y);
+///
+/// `forward` with `Workload::step` never allocates; a const Linear may be
+/// used from many threads at once.
 template <typename Scalar_>
 class Linear {
  public:
   using Scalar = Scalar_;
 
   Linear() = default;
-  Linear(Index in_features, Index out_features, bool bias) {
+  Linear(Index in_features, Index out_features, bool bias,
+         WeightStorage storage = WeightStorage::native) {
     check_positive(in_features, "Linear", "in_features");
     check_positive(out_features, "Linear", "out_features");
-    weight_.setZero(out_features, in_features);
+    weight_ = storage == WeightStorage::native
+                  ? WeightMatrix<Scalar>(out_features, in_features)
+                  : WeightMatrix<Scalar>::half_zeros(storage, out_features, in_features);
     if (bias) bias_.setZero(out_features);
   }
 
@@ -31,8 +46,12 @@ class Linear {
   Index out_features() const { return weight_.rows(); }
   bool has_bias() const { return bias_.size() > 0; }
 
-  Matrix<Scalar>& weight() { return weight_; }
-  const Matrix<Scalar>& weight() const { return weight_; }
+  /// The weights as a Scalar matrix (out x in); throws if they are 16-bit.
+  Matrix<Scalar>& weight() { return weight_.native(); }
+  const Matrix<Scalar>& weight() const { return weight_.native(); }
+  /// The weights in whatever storage they have.
+  WeightMatrix<Scalar>& weight_matrix() { return weight_; }
+  const WeightMatrix<Scalar>& weight_matrix() const { return weight_; }
   Vector<Scalar>& bias() { return bias_; }
   const Vector<Scalar>& bias() const { return bias_; }
 
@@ -43,8 +62,8 @@ class Linear {
     check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
           "Linear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
           ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
-    matmul_transposed<Scalar>(x, weight_, y, /*accumulate=*/false, workload);
-    if (has_bias()) y.rowwise() += bias_.transpose();
+    weight_.multiply_transposed(x, y, /*accumulate=*/false, workload);
+    if (has_bias()) add_bias(y);
   }
 
   /// Convenience: returns x W^T + b.
@@ -54,14 +73,24 @@ class Linear {
     return y;
   }
 
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    add_parameter(list, prefix, "weight", {std::size_t(out_features()), std::size_t(in_features())},
-                  weight_);
-    if (has_bias()) add_parameter(list, prefix, "bias", {std::size_t(out_features())}, bias_);
-  }
+  /// `weight` (out, in) and, if present, `bias` (out).
+  XLSTM_PARAMETER_VISITOR
 
  private:
-  Matrix<Scalar> weight_;
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    visit_parameter(visit, prefix, "weight", self.weight_);
+    if (self.has_bias()) {
+      visit_parameter(visit, prefix, "bias", {std::size_t(self.out_features())}, self.bias_);
+    }
+  }
+
+  // Row by row: a rowwise() broadcast of a vector is not vectorised.
+  void add_bias(MatrixRef<Scalar>& y) const {
+    for (Index r = 0; r < y.rows(); ++r) y.row(r) += bias_.transpose();
+  }
+
+  WeightMatrix<Scalar> weight_;
   Vector<Scalar> bias_;
 };
 
@@ -121,14 +150,21 @@ class HeadwiseLinear {
     if (bias_.size() > 0) y.rowwise() += bias_.transpose();
   }
 
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    add_parameter(list, prefix, "weight",
-                  {std::size_t(num_heads_), std::size_t(head_out()), std::size_t(head_in())},
-                  weight_);
-    if (bias_.size() > 0) add_parameter(list, prefix, "bias", {std::size_t(out_features())}, bias_);
-  }
+  /// `weight` (NH, out/NH, in/NH) and, if present, `bias` (out).
+  XLSTM_PARAMETER_VISITOR
 
  private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    visit_parameter(
+        visit, prefix, "weight",
+        {std::size_t(self.num_heads_), std::size_t(self.head_out()), std::size_t(self.head_in())},
+        self.weight_);
+    if (self.bias_.size() > 0) {
+      visit_parameter(visit, prefix, "bias", {std::size_t(self.out_features())}, self.bias_);
+    }
+  }
+
   /// Heads up to this size (the 125M model's q/k/v projections have 384
   /// heads of 4 x 4) are computed directly: as one product per head they
   /// cost far more in per-product overhead than in arithmetic.

@@ -40,12 +40,16 @@ class RmsNorm {
     if (bias_.size() > 0) y.rowwise() += bias_.transpose();
   }
 
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    add_parameter(list, prefix, "weight", {std::size_t(features())}, weight_);
-    if (bias_.size() > 0) add_parameter(list, prefix, "bias", {std::size_t(features())}, bias_);
-  }
+  XLSTM_PARAMETER_VISITOR
 
  private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    const Shape shape{std::size_t(self.features())};
+    visit_parameter(visit, prefix, "weight", shape, self.weight_);
+    if (self.bias_.size() > 0) visit_parameter(visit, prefix, "bias", shape, self.bias_);
+  }
+
   Scalar eps_ = Scalar(1e-6);
   Vector<Scalar> weight_, bias_;
 };

@@ -7,9 +7,12 @@
 
 #include <Eigen/Core>
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <limits>
 #include <sstream>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "xlstm/core/error.hpp"
@@ -74,6 +77,15 @@ inline void check_size_product(std::initializer_list<Index> sizes, const char* w
 /// Shape of a tensor as stored in a checkpoint (PyTorch order).
 using Shape = std::vector<std::size_t>;
 
+/// "[2, 3]": how errors print a shape.
+inline std::string shape_string(const Shape& shape) {
+  std::ostringstream out;
+  out << "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << "]";
+  return out.str();
+}
+
 /// A batch of sequences, B x T x D, stored as one (B*T) x D row-major matrix
 /// whose row `b*T + t` is the feature vector of batch row b at time t. Keeping
 /// all B*T rows in one matrix is what lets every projection be one product.
@@ -115,14 +127,49 @@ class Sequence {
   auto at(Index b, Index t) { return data_.row(b * time_ + t); }
   auto at(Index b, Index t) const { return data_.row(b * time_ + t); }
 
+  /// Time step t of every batch row: a B x D view (rows b*T + t), e.g. the
+  /// input of a `step`: `block.step(x.time_step(t), state, y_t)`.
+  auto time_step(Index t) {
+    check(t >= 0 && t < time_, "Sequence::time_step: argument 't' must be in [0, ", time_, "), got ",
+          t);
+    return StridedMap(data_.data() + t * features(), batch_, features(),
+                      Eigen::OuterStride<>(time_ * features()));
+  }
+  auto time_step(Index t) const {
+    check(t >= 0 && t < time_, "Sequence::time_step: argument 't' must be in [0, ", time_, "), got ",
+          t);
+    return ConstStridedMap(data_.data() + t * features(), batch_, features(),
+                           Eigen::OuterStride<>(time_ * features()));
+  }
+
   Scalar& operator()(Index b, Index t, Index d) { return data_(b * time_ + t, d); }
   Scalar operator()(Index b, Index t, Index d) const { return data_(b * time_ + t, d); }
 
  private:
+  using StridedMap = Eigen::Map<Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+  using ConstStridedMap = Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+
   Index batch_ = 0;
   Index time_ = 0;
   Matrix<Scalar> data_;
 };
+
+/// Token ids of a batch: B x T, row-major.
+using Tokens = Eigen::Matrix<std::int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// Sizes a module's output `y` to rows x cols: a Matrix is resized (no
+/// allocation when it has the size already), a view (block, Ref, Map) must
+/// have the size. So `step` takes its output like `forward` does.
+template <typename Out>
+void prepare_output(Out& y, Index rows, Index cols, const char* where, const char* name) {
+  using Plain = std::decay_t<Out>;
+  if constexpr (std::is_base_of_v<Eigen::PlainObjectBase<Plain>, Plain>) {
+    if (y.rows() != rows || y.cols() != cols) y.resize(rows, cols);
+  } else {
+    check(y.rows() == rows && y.cols() == cols, where, ": argument '", name, "' must be ", rows,
+          " x ", cols, ", got ", y.rows(), " x ", y.cols());
+  }
+}
 
 /// Per-row sequence lengths of a ragged batch: row b has `lengths[b]` valid
 /// time steps (0 .. T); the positions after them are padding, never read

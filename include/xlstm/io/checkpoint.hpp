@@ -1,22 +1,34 @@
-// Loading and saving module parameters by their official state_dict names.
+// Loading and saving what a module (or a state) lists through its visitor
+// (core/parameters.hpp), by name, from and to safetensors checkpoints.
 //
-// A module lists its parameters (core/parameters.hpp); these functions match
-// that list against a safetensors file. Loading is all-or-nothing: every
-// tensor is read and converted into a staging buffer first, and the module is
-// written only when the whole file matched, so a failed load leaves the module
-// as it was. The error lists every missing, unexpected and misshaped tensor.
+// One engine serves both model families and the state files: the visited
+// references are grouped into file tensors (slices of one tensor join, and
+// io/large_naming.hpp joins the fused xLSTM-Large projections), every tensor
+// is read and converted into a staging buffer first, and the module is
+// written only when the whole checkpoint matched, so a failed load leaves it
+// as it was. The error lists every missing, unexpected, misshaped, unusable
+// or non-finite tensor (io/checkpoint_report.hpp).
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
 #include <map>
+#include <memory>
 #include <set>
-#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/io/checkpoint_report.hpp"
+#include "xlstm/io/config_json.hpp"
 #include "xlstm/io/safetensors.hpp"
+#include "xlstm/io/shard_index.hpp"
+#include "xlstm/model/language_model.hpp"
 
 namespace xlstm::io {
 
@@ -27,20 +39,54 @@ struct LoadOptions {
   bool allow_unexpected = false;
   /// Reject NaN or infinite weights.
   bool check_finite = false;
+  /// Keep BF16/F16 weight matrices (Linear layers, embedding, LM head) 16-bit
+  /// in memory: views into the memory-mapped file, or a 16-bit copy when a
+  /// tensor is not 2-byte aligned. Other tensors are converted to Scalar.
+  bool keep_half_weights = false;
 };
+
+/// One tensor of a checkpoint and where its values go: the references whose
+/// storage, joined along the first dimension, makes the tensor (one, the
+/// slices of a state tensor, or the parts of a fused projection).
+template <typename Ref>
+struct TensorTarget {
+  std::string name;  ///< name in the file, without the load prefix
+  Shape shape;       ///< the whole tensor's shape
+  std::vector<Ref> parts;
+
+  bool optional() const {
+    return std::all_of(parts.begin(), parts.end(), [](const Ref& r) { return r.optional; });
+  }
+  bool all_matrices() const {
+    return std::all_of(parts.begin(), parts.end(), [](const Ref& r) { return r.is_matrix(); });
+  }
+};
+
+/// Groups visited references into file tensors: slices of one tensor join in
+/// order, every other reference is a tensor of its own.
+template <typename Ref>
+std::vector<TensorTarget<Ref>> tensor_targets(const std::vector<Ref>& refs) {
+  std::vector<TensorTarget<Ref>> targets;
+  for (const Ref& ref : refs) {
+    if (ref.part > 0 && !targets.empty() && targets.back().name == ref.name) {
+      targets.back().parts.push_back(ref);
+    } else {
+      targets.push_back(TensorTarget<Ref>{ref.name, ref.shape, {ref}});
+    }
+  }
+  return targets;
+}
 
 namespace detail {
 
-inline std::string shape_string(const Shape& shape) {
-  std::ostringstream out;
-  out << "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << "]";
-  return out.str();
-}
-
 inline bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+/// Elements of one part of a target.
+template <typename Ref>
+std::size_t part_size(const Ref& ref) {
+  return ref.parts > 1 ? ref.slice_size() : ref.size();
 }
 
 /// sLSTM checkpoints saved by the CUDA backend store `_recurrent_kernel_` as
@@ -72,114 +118,204 @@ bool convert_cuda_slstm_layout(const Shape& expected, const Shape& found,
   return true;
 }
 
+inline bool is_float_dtype(DType dt) {
+  return dt == DType::F32 || dt == DType::F64 || dt == DType::BF16 || dt == DType::F16;
+}
+
+/// A target's values while a load is checked: Scalar values, or a 16-bit
+/// weight matrix that stays 16-bit.
+template <typename Scalar>
+struct Staged {
+  std::vector<Scalar> values;
+  WeightMatrix<Scalar> half;
+  bool is_half = false;
+};
+
+/// The 16-bit tensor `name` of `file` as a weight matrix of `rows` rows: a
+/// view into the mapped file when aligned, else an aligned 16-bit copy.
+template <typename Scalar>
+WeightMatrix<Scalar> half_weights(const SafetensorsFile& file, const std::string& name, Index rows,
+                                  Index cols) {
+  const DType dt = file.info(name).dtype;
+  const WeightStorage storage = dt == DType::BF16 ? WeightStorage::bf16 : WeightStorage::f16;
+  const std::uint8_t* bytes = file.bytes(name);
+  if (reinterpret_cast<std::uintptr_t>(bytes) % alignof(std::uint16_t) == 0) {
+    return WeightMatrix<Scalar>::half_view(storage, reinterpret_cast<const std::uint16_t*>(bytes),
+                                           rows, cols, std::make_shared<SafetensorsFile>(file));
+  }
+  WeightMatrix<Scalar> copy = WeightMatrix<Scalar>::half_zeros(storage, rows, cols);
+  std::memcpy(copy.owned_half_bits(), bytes, std::size_t(rows * cols) * 2);
+  return copy;
+}
+
 }  // namespace detail
 
-/// Loads `params` from `file` (names prefixed by options.prefix), converting
-/// F32/F64/BF16/F16 to Scalar. Throws Error listing every problem; on error
-/// nothing is written.
+/// Loads `targets` from `files` (names prefixed by options.prefix),
+/// converting F32/F64/BF16/F16 to Scalar. Throws one Error (headed by
+/// `what`) listing every problem; on error nothing is written.
+template <typename Scalar>
+void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets,
+                  const CheckpointFiles& files, const LoadOptions& options,
+                  const std::string& what) {
+  CheckpointReport report;
+  std::map<std::string, detail::Staged<Scalar>> staged;
+  std::set<std::string> used;
+  const std::string& prefix = options.prefix;
+
+  for (const auto& target : targets) {
+    const std::string key = prefix + target.name;
+    if (!files.contains(key)) {
+      if (!target.optional()) report.missing(key, target.shape);
+      continue;
+    }
+    used.insert(key);
+    const SafetensorsFile& file = files.file_of(key);
+    const TensorInfo& info = file.info(key);
+    if (!detail::is_float_dtype(info.dtype)) {
+      report.bad_dtype(key, dtype_name(info.dtype));
+      continue;
+    }
+    Shape found = info.shape;
+    // multihead_norm.weight may be stored as (NH, DH) (SPEC §7.2): flatten.
+    if (found.size() == 2 && target.shape.size() == 1 && found[0] * found[1] == target.shape[0] &&
+        target.name.find("multihead_norm") != std::string::npos) {
+      found = target.shape;
+    }
+    detail::Staged<Scalar> s;
+    const bool half_file = info.dtype == DType::BF16 || info.dtype == DType::F16;
+    if (found == target.shape && options.keep_half_weights && half_file && target.all_matrices() &&
+        target.shape.size() == 2) {
+      s.half = detail::half_weights<Scalar>(file, key, Index(target.shape[0]),
+                                            Index(target.shape[1]));
+      s.is_half = true;
+      if (options.check_finite) s.values = file.read<Scalar>(key);  // checked below, then dropped
+    } else {
+      s.values = file.read<Scalar>(key);
+    }
+    // Official checkpoint quirk (SPEC §2.2): sLSTM tensors in the CUDA layout.
+    if (found != target.shape && detail::ends_with(target.name, "_recurrent_kernel_")) {
+      const std::string bias_name =
+          target.name.substr(0, target.name.size() - std::string("_recurrent_kernel_").size()) +
+          "_bias_";
+      auto bias = staged.find(prefix + bias_name);
+      std::vector<Scalar> bias_values;
+      if (bias == staged.end() && files.contains(prefix + bias_name) &&
+          detail::is_float_dtype(files.file_of(prefix + bias_name).info(prefix + bias_name).dtype)) {
+        // The bias comes after the kernel in the module's order: stage it now,
+        // converted with the kernel, so that it is not converted twice.
+        bias_values = files.file_of(prefix + bias_name).read<Scalar>(prefix + bias_name);
+      }
+      std::vector<Scalar>* bias_ptr = bias != staged.end() ? &bias->second.values
+                                      : bias_values.empty() ? nullptr
+                                                            : &bias_values;
+      if (detail::convert_cuda_slstm_layout(target.shape, found, s.values, bias_ptr)) {
+        found = target.shape;
+        if (!bias_values.empty()) staged[prefix + bias_name].values = std::move(bias_values);
+      }
+    }
+    if (found != target.shape) {
+      report.misshaped(key, target.shape, found);
+      continue;
+    }
+    if (options.check_finite &&
+        !std::all_of(s.values.begin(), s.values.end(), [](Scalar x) { return std::isfinite(x); })) {
+      report.non_finite(key);
+    }
+    if (s.is_half) s.values = {};
+    if (!staged.count(key)) staged[key] = std::move(s);
+  }
+
+  if (!options.allow_unexpected) {
+    for (const auto& name : files.names()) {
+      if (name.rfind(prefix, 0) == 0 && !used.count(name)) report.unexpected(name);
+    }
+  }
+  std::string header = what;
+  if (!prefix.empty()) header += " (key prefix '" + prefix + "')";
+  report.throw_if_problems(header);
+
+  for (const auto& target : targets) {
+    auto it = staged.find(prefix + target.name);
+    if (it == staged.end()) continue;  // an optional tensor the file leaves out
+    const detail::Staged<Scalar>& s = it->second;
+    std::size_t offset = 0;  // in elements
+    Index row = 0;           // in matrix rows
+    for (const auto& part : target.parts) {
+      const std::size_t n = detail::part_size(part);
+      if (part.matrix) {
+        const Index rows = part.matrix->rows(), cols = part.matrix->cols();
+        if (s.is_half) {
+          *part.matrix = target.parts.size() == 1 ? s.half : s.half.row_range(row, rows);
+        } else {
+          *part.matrix = WeightMatrix<Scalar>(
+              Matrix<Scalar>(ConstMatrixMap<Scalar>(s.values.data() + offset, rows, cols)));
+        }
+        row += rows;
+      } else {
+        std::copy(s.values.begin() + std::ptrdiff_t(offset),
+                  s.values.begin() + std::ptrdiff_t(offset + n), part.data);
+      }
+      offset += n;
+    }
+  }
+}
+
+/// Adds `targets` to `writer`, in Scalar, or weight matrices converted to
+/// `matrix_dtype` when given (e.g. BF16).
+template <typename Scalar>
+void add_targets(SafetensorsWriter& writer,
+                 const std::vector<TensorTarget<ConstParameterRef<Scalar>>>& targets,
+                 std::optional<DType> matrix_dtype = std::nullopt) {
+  for (const auto& target : targets) {
+    std::vector<Scalar> joined(shape_product(target.shape));
+    std::size_t offset = 0;
+    for (const auto& part : target.parts) {
+      const std::size_t n = detail::part_size(part);
+      if (part.data) {
+        std::copy(part.data, part.data + n, joined.begin() + std::ptrdiff_t(offset));
+      } else {  // 16-bit weights, decoded row by row
+        const Index cols = part.matrix->cols();
+        for (Index r = 0; r < part.matrix->rows(); ++r) {
+          part.matrix->copy_row(r, VectorMap<Scalar>(joined.data() + offset + r * cols, cols));
+        }
+      }
+      offset += n;
+    }
+    if (matrix_dtype && target.all_matrices()) {
+      writer.add_as(target.name, *matrix_dtype, target.shape, joined.data());
+    } else {
+      writer.add(target.name, target.shape, joined.data());
+    }
+  }
+}
+
+/// Loads `params` (e.g. parameter_list(module)) from `file`. Throws Error
+/// listing every problem; on error nothing is written.
 template <typename Scalar>
 void load_parameters(const ParameterList<Scalar>& params, const SafetensorsFile& file,
                      const LoadOptions& options = {}) {
-  std::vector<std::string> missing, misshaped, non_finite, bad_dtype;
-  std::map<std::string, std::vector<Scalar>> staged;
-  std::map<std::string, Shape> staged_shape;
-  std::set<std::string> expected_names;
-
-  for (const auto& p : params) {
-    const std::string key = options.prefix + p.name;
-    expected_names.insert(key);
-    if (!file.contains(key)) {
-      missing.push_back(key + " " + detail::shape_string(p.shape));
-      continue;
-    }
-    const TensorInfo& info = file.info(key);
-    if (info.dtype != DType::F32 && info.dtype != DType::F64 && info.dtype != DType::BF16 &&
-        info.dtype != DType::F16) {
-      bad_dtype.push_back(key + " (" + dtype_name(info.dtype) + ")");
-      continue;
-    }
-    staged[key] = file.read<Scalar>(key);
-    staged_shape[key] = info.shape;
-  }
-
-  // Official checkpoint quirk (SPEC §2.2): sLSTM tensors in the CUDA layout.
-  for (const auto& p : params) {
-    const std::string key = options.prefix + p.name;
-    if (!detail::ends_with(key, "_recurrent_kernel_") || !staged.count(key)) continue;
-    const std::string bias_key = key.substr(0, key.size() - std::string("_recurrent_kernel_").size()) + "_bias_";
-    auto bias = staged.find(bias_key);
-    if (detail::convert_cuda_slstm_layout(p.shape, staged_shape[key], staged[key],
-                                          bias == staged.end() ? nullptr : &bias->second)) {
-      staged_shape[key] = p.shape;
-    }
-  }
-
-  for (const auto& p : params) {
-    const std::string key = options.prefix + p.name;
-    auto it = staged_shape.find(key);
-    if (it == staged_shape.end()) continue;
-    if (it->second != p.shape) {
-      misshaped.push_back(key + ": expected " + detail::shape_string(p.shape) + ", file has " +
-                          detail::shape_string(it->second));
-    } else if (options.check_finite) {
-      const auto& v = staged[key];
-      if (!std::all_of(v.begin(), v.end(), [](Scalar x) { return std::isfinite(x); })) {
-        non_finite.push_back(key);
-      }
-    }
-  }
-
-  std::vector<std::string> unexpected;
-  if (!options.allow_unexpected) {
-    for (const auto& name : file.names()) {
-      if (name.rfind(options.prefix, 0) == 0 && !expected_names.count(name)) {
-        unexpected.push_back(name);
-      }
-    }
-  }
-
-  if (!missing.empty() || !misshaped.empty() || !unexpected.empty() || !non_finite.empty() ||
-      !bad_dtype.empty()) {
-    std::ostringstream msg;
-    msg << file.name() << ": checkpoint does not match the module";
-    if (!options.prefix.empty()) msg << " (key prefix '" << options.prefix << "')";
-    auto list = [&](const char* what, const std::vector<std::string>& names) {
-      if (names.empty()) return;
-      msg << "\n  " << what << " (" << names.size() << "):";
-      for (const auto& n : names) msg << "\n    " << n;
-    };
-    list("missing tensors", missing);
-    list("misshaped tensors", misshaped);
-    list("unexpected tensors", unexpected);
-    list("tensors with a dtype that is not F32/F64/BF16/F16", bad_dtype);
-    list("tensors with NaN or infinite values", non_finite);
-    throw Error(msg.str());
-  }
-
-  for (const auto& p : params) {
-    const auto& v = staged.at(options.prefix + p.name);
-    std::copy(v.begin(), v.end(), p.data);
-  }
+  load_targets(tensor_targets(params), CheckpointFiles::from_file(file), options,
+               file.name() + ": checkpoint does not match the module");
 }
 
-/// Loads a module's parameters: `module.collect_parameters("", list)` then load_parameters.
+/// Loads a module's parameters (any module with for_each_parameter) from a
+/// file or the shards of a checkpoint.
+template <typename Module>
+void load_module(Module& module, const CheckpointFiles& files, const LoadOptions& options = {}) {
+  load_targets(tensor_targets(parameter_list(module)), files, options,
+               files.path() + ": checkpoint does not match the module");
+}
 template <typename Module>
 void load_module(Module& module, const SafetensorsFile& file, const LoadOptions& options = {}) {
-  using Scalar = typename Module::Scalar;
-  ParameterList<Scalar> params;
-  module.collect_parameters("", params);
-  load_parameters(params, file, options);  // stages everything before writing
+  load_module(module, CheckpointFiles::from_file(file), options);
 }
 
 /// Adds a module's parameters to `writer` under `prefix`, in the module's
-/// Scalar type (or converted to `dtype` when given, e.g. BF16).
+/// Scalar type (16-bit weights decoded), or weight matrices as `matrix_dtype`.
 template <typename Module>
-void add_module(SafetensorsWriter& writer, const Module& module, const std::string& prefix = "") {
-  using Scalar = typename Module::Scalar;
-  ParameterList<Scalar> params;
-  // collect_parameters only hands out pointers; nothing is modified here.
-  const_cast<Module&>(module).collect_parameters(prefix, params);
-  for (const auto& p : params) writer.add(p.name, p.shape, p.data);
+void add_module(SafetensorsWriter& writer, const Module& module, const std::string& prefix = "",
+                std::optional<DType> matrix_dtype = std::nullopt) {
+  add_targets(writer, tensor_targets(parameter_list(module, prefix)), matrix_dtype);
 }
 
 /// Saves a module's parameters as a safetensors file with official names.
@@ -188,6 +324,24 @@ void save_module(const Module& module, const std::string& path, const std::strin
   SafetensorsWriter writer;
   add_module(writer, module, prefix);
   writer.save(path);
+}
+
+/// Loads a NeurIPS language model directory in one call: `config.json` (the
+/// official xLSTMLMModelConfig) and `model.safetensors` (or shards with
+/// model.safetensors.index.json) with the official state_dict names. A path
+/// to a .safetensors file reads the config.json beside it.
+template <typename Scalar>
+LanguageModel<Scalar> load_language_model(const std::string& path,
+                                          const LoadOptions& options = {}) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  const fs::path config_path = dir / "config.json";
+  check(fs::exists(config_path), "load_language_model: '", path,
+        "' has no config.json beside its weights");
+  LanguageModel<Scalar> model(language_model_config_from_json(read_json_file(config_path.string())),
+                              uninitialized);
+  load_module(model, CheckpointFiles::open(path), options);
+  return model;
 }
 
 }  // namespace xlstm::io

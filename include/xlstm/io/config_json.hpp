@@ -18,6 +18,7 @@
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/model/language_model.hpp"
+#include "xlstm/model/large_model.hpp"
 
 namespace xlstm::io {
 
@@ -282,6 +283,75 @@ inline Json to_json(const LanguageModelConfig& c) {
   j["weight_decay_on_embedding"] = c.weight_decay_on_embedding;
   j["add_embedding_dropout"] = c.add_embedding_dropout;
   return j;
+}
+
+/// xLSTMLargeConfig from JSON: the official field names, and the Hugging Face
+/// config.json names (hidden_size, num_hidden_layers) as alternatives.
+inline LargeModelConfig large_model_config_from_json(const Json& j) {
+  check(j.is_object(), "xLSTMLargeConfig: the config must be a JSON object");
+  LargeModelConfig c;
+  using detail::read_field;
+  read_field(j, "hidden_size", c.embedding_dim, "");
+  read_field(j, "embedding_dim", c.embedding_dim, "");
+  read_field(j, "num_hidden_layers", c.num_blocks, "");
+  read_field(j, "num_blocks", c.num_blocks, "");
+  read_field(j, "num_heads", c.num_heads, "");
+  read_field(j, "vocab_size", c.vocab_size, "");
+  read_field(j, "use_bias", c.use_bias, "");
+  read_field(j, "norm_eps", c.norm_eps, "");
+  read_field(j, "norm_reduction_force_float32", c.norm_reduction_force_float32, "");
+  read_field(j, "add_out_norm", c.add_out_norm, "");
+  read_field(j, "qk_dim_factor", c.qk_dim_factor, "");
+  read_field(j, "v_dim_factor", c.v_dim_factor, "");
+  read_field(j, "chunkwise_kernel", c.chunkwise_kernel, "");
+  read_field(j, "sequence_kernel", c.sequence_kernel, "");
+  read_field(j, "step_kernel", c.step_kernel, "");
+  read_field(j, "mode", c.mode, "");
+  read_field(j, "chunk_size", c.chunk_size, "");
+  read_field(j, "return_last_states", c.return_last_states, "");
+  read_field(j, "autocast_kernel_dtype", c.autocast_kernel_dtype, "");
+  read_field(j, "eps", c.eps, "");
+  read_field(j, "inference_state_dtype", c.inference_state_dtype, "");
+  read_field(j, "ffn_proj_factor", c.ffn_proj_factor, "");
+  read_field(j, "ffn_round_up_to_multiple_of", c.ffn_round_up_to_multiple_of, "");
+  // null means "no cap" in the official config.
+  if (j.contains("gate_soft_cap") && j["gate_soft_cap"].is_null()) c.gate_soft_cap = 0;
+  if (j.contains("output_logit_soft_cap") && j["output_logit_soft_cap"].is_null()) {
+    c.output_logit_soft_cap = 0;
+  }
+  read_field(j, "gate_soft_cap", c.gate_soft_cap, "");
+  read_field(j, "output_logit_soft_cap", c.output_logit_soft_cap, "");
+  read_field(j, "weight_mode", c.weight_mode, "");
+  c.validate();
+  return c;
+}
+
+inline Json to_json(const LargeModelConfig& c) {
+  auto cap = [](double v) { return v > 0 ? Json(v) : Json(nullptr); };
+  return Json{{"embedding_dim", c.embedding_dim},
+              {"num_heads", c.num_heads},
+              {"num_blocks", c.num_blocks},
+              {"vocab_size", c.vocab_size},
+              {"use_bias", c.use_bias},
+              {"norm_eps", c.norm_eps},
+              {"norm_reduction_force_float32", c.norm_reduction_force_float32},
+              {"add_out_norm", c.add_out_norm},
+              {"qk_dim_factor", c.qk_dim_factor},
+              {"v_dim_factor", c.v_dim_factor},
+              {"chunkwise_kernel", c.chunkwise_kernel},
+              {"sequence_kernel", c.sequence_kernel},
+              {"step_kernel", c.step_kernel},
+              {"mode", c.mode},
+              {"chunk_size", c.chunk_size},
+              {"return_last_states", c.return_last_states},
+              {"autocast_kernel_dtype", c.autocast_kernel_dtype},
+              {"eps", c.eps},
+              {"inference_state_dtype", c.inference_state_dtype},
+              {"ffn_proj_factor", c.ffn_proj_factor},
+              {"ffn_round_up_to_multiple_of", c.ffn_round_up_to_multiple_of},
+              {"gate_soft_cap", cap(c.gate_soft_cap)},
+              {"output_logit_soft_cap", cap(c.output_logit_soft_cap)},
+              {"weight_mode", c.weight_mode}};
 }
 
 }  // namespace xlstm::io

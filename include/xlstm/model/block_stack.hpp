@@ -103,13 +103,22 @@ struct BlockStackConfig {
 template <typename Scalar>
 using BlockState = std::variant<MLstmBlockState<Scalar>, SLstmBlockState<Scalar>>;
 
-/// The states of all blocks, in block order, plus the step workspace.
+/// Step scratch of the stack: the activations between blocks (B x E).
+template <typename Scalar>
+struct BlockStackWorkspace {
+  Matrix<Scalar> ping, pong;
+};
+
+/// The states of all blocks, in block order. Make it with
+/// BlockStack::initial_state(batch); copy it, reset or copy rows, save it
+/// (io/state_io.hpp). It carries step scratch that is not part of it.
 template <typename Scalar>
 struct BlockStackState {
   std::vector<BlockState<Scalar>> blocks;
-  Matrix<Scalar> ping, pong;  ///< step workspace: activations between blocks (B x E)
+  Index batch_size = 0;
+  Scratch<BlockStackWorkspace<Scalar>> scratch;
 
-  Index batch() const { return ping.rows(); }
+  Index batch() const { return batch_size; }
 
   void reset() {
     for (auto& b : blocks) std::visit([](auto& s) { s.reset(); }, b);
@@ -134,6 +143,18 @@ struct BlockStackState {
           blocks[i]);
     }
   }
+
+  /// "block_<i>." + each block state's tensors (io/state_io.hpp).
+  XLSTM_STATE_VISITOR
+
+ private:
+  template <typename Self, typename Visit>
+  static void visit_tensors(Self& self, Visit& visit, const std::string& prefix) {
+    for (std::size_t i = 0; i < self.blocks.size(); ++i) {
+      const std::string block_prefix = prefix + "block_" + std::to_string(i) + ".";
+      std::visit([&](auto& s) { s.for_each_tensor(visit, block_prefix); }, self.blocks[i]);
+    }
+  }
 };
 
 template <typename Scalar_>
@@ -144,7 +165,15 @@ class BlockStack {
   using State = BlockStackState<Scalar>;
   using Block = std::variant<MLstmBlock<Scalar>, SLstmBlock<Scalar>>;
 
-  explicit BlockStack(Config config) : config_(std::move(config)) {
+  /// A stack with the official initialisation from kDefaultSeed; call
+  /// initialize(rng) for another draw, or load weights.
+  explicit BlockStack(Config config) : BlockStack(std::move(config), uninitialized) {
+    Rng rng(kDefaultSeed);
+    initialize(rng);
+  }
+
+  /// A stack with zero weights, to be filled by the caller.
+  BlockStack(Config config, Uninitialized) : config_(std::move(config)) {
     config_.post_init();
     config_.validate();
     const auto map = config_.block_map();
@@ -153,11 +182,11 @@ class BlockStack {
       if (map[i] == 0) {
         MLstmBlockConfig c = *config_.mlstm_block;
         c._block_idx = Index(i);
-        blocks_.emplace_back(std::in_place_type<MLstmBlock<Scalar>>, c);
+        blocks_.emplace_back(std::in_place_type<MLstmBlock<Scalar>>, c, uninitialized);
       } else {
         SLstmBlockConfig c = *config_.slstm_block;
         c._block_idx = Index(i);
-        blocks_.emplace_back(std::in_place_type<SLstmBlock<Scalar>>, c);
+        blocks_.emplace_back(std::in_place_type<SLstmBlock<Scalar>>, c, uninitialized);
       }
     }
     if (config_.add_post_blocks_norm) post_blocks_norm_ = make_layer_norm<Scalar>(embedding_dim());
@@ -174,8 +203,8 @@ class BlockStack {
     for (const auto& b : blocks_) {
       std::visit([&](const auto& block) { s.blocks.emplace_back(block.initial_state(batch)); }, b);
     }
-    s.ping.resize(batch, embedding_dim());
-    s.pong.resize(batch, embedding_dim());
+    s.batch_size = batch;
+    size_scratch(s.scratch.get(), batch);
     return s;
   }
 
@@ -204,43 +233,36 @@ class BlockStack {
     y = std::move(a);
   }
 
-  /// One step: x_t, y_t are B x E. Does not allocate.
-  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
-    check_state(state, x_t.rows(), "BlockStack::step", /*workspace=*/true);
-    check(
-        x_t.cols() == embedding_dim() && y_t.rows() == x_t.rows() && y_t.cols() == embedding_dim(),
-        "BlockStack::step: arguments 'x_t' and 'y_t' must be ", x_t.rows(), " x ", embedding_dim(),
-        ", got ", x_t.rows(), " x ", x_t.cols(), " and ", y_t.rows(), " x ", y_t.cols());
-    state.ping = x_t;
+  /// One step: x_t and y_t are B x E (a Matrix y_t is resized, a view must
+  /// have the size). Does not allocate once the state's scratch has its size.
+  template <typename Out>
+  void step(const ConstMatrixRef<Scalar>& x_t, State& state, Out&& y_out) const {
+    check_state(state, x_t.rows(), "BlockStack::step");
+    check(x_t.cols() == embedding_dim(), "BlockStack::step: argument 'x_t' must be ", x_t.rows(),
+          " x ", embedding_dim(), ", got ", x_t.rows(), " x ", x_t.cols());
+    prepare_output(y_out, x_t.rows(), embedding_dim(), "BlockStack::step", "y_t");
+    MatrixRef<Scalar> y_t(y_out);
+    auto& ws = state.scratch.get();
+    size_scratch(ws, x_t.rows());
+    ws.ping = x_t;
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       std::visit(
           [&](const auto& block) {
             using B = std::decay_t<decltype(block)>;
-            block.step(state.ping, std::get<typename B::State>(state.blocks[i]), state.pong);
+            block.step(ws.ping, std::get<typename B::State>(state.blocks[i]), ws.pong);
           },
           blocks_[i]);
-      state.ping.swap(state.pong);  // swaps buffers, no allocation
+      ws.ping.swap(ws.pong);  // swaps buffers, no allocation
     }
     if (config_.add_post_blocks_norm) {
-      post_blocks_norm_.forward(state.ping, y_t);
+      post_blocks_norm_.forward(ws.ping, y_t);
     } else {
-      y_t = state.ping;
+      y_t = ws.ping;
     }
   }
 
   /// Official names (SPEC §7.1): "blocks.<i>." and "post_blocks_norm.".
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    for (std::size_t i = 0; i < blocks_.size(); ++i) {
-      std::visit(
-          [&](auto& block) {
-            block.collect_parameters(prefix + "blocks." + std::to_string(i) + ".", list);
-          },
-          blocks_[i]);
-    }
-    if (config_.add_post_blocks_norm) {
-      post_blocks_norm_.collect_parameters(prefix + "post_blocks_norm.", list);
-    }
-  }
+  XLSTM_PARAMETER_VISITOR
 
   void initialize(Rng& rng) {
     for (auto& b : blocks_) std::visit([&](auto& block) { block.initialize(rng); }, b);
@@ -248,8 +270,24 @@ class BlockStack {
   }
 
  private:
-  void check_state(const State& state, Index batch, const char* where,
-                   bool workspace = false) const {
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    for (std::size_t i = 0; i < self.blocks_.size(); ++i) {
+      const std::string block_prefix = prefix + "blocks." + std::to_string(i) + ".";
+      std::visit([&](auto& block) { block.for_each_parameter(visit, block_prefix); },
+                 self.blocks_[i]);
+    }
+    if (self.config_.add_post_blocks_norm) {
+      self.post_blocks_norm_.for_each_parameter(visit, prefix + "post_blocks_norm.");
+    }
+  }
+
+  void size_scratch(BlockStackWorkspace<Scalar>& ws, Index batch) const {
+    ensure_size(ws.ping, batch, embedding_dim());
+    ensure_size(ws.pong, batch, embedding_dim());
+  }
+
+  void check_state(const State& state, Index batch, const char* where) const {
     check(state.blocks.size() == blocks_.size(), where, ": argument 'state' has ",
           state.blocks.size(), " block states, the stack has ", blocks_.size(),
           " blocks (make it with initial_state)");
@@ -265,17 +303,9 @@ class BlockStack {
       std::visit(
           [&](const auto& block) {
             using B = std::decay_t<decltype(block)>;
-            block.check_state(std::get<typename B::State>(state.blocks[i]), batch, where,
-                              workspace);
+            block.check_state(std::get<typename B::State>(state.blocks[i]), batch, where);
           },
           blocks_[i]);
-    }
-    if (workspace) {
-      check(state.ping.cols() == embedding_dim() && state.pong.rows() == batch &&
-                state.pong.cols() == embedding_dim(),
-            where,
-            ": argument 'state' has a step workspace of the wrong size (make it with "
-            "initial_state(batch))");
     }
   }
 

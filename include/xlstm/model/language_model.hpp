@@ -6,7 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "xlstm/core/matmul.hpp"
+#include "xlstm/core/linear.hpp"
+#include "xlstm/core/scratch.hpp"
 #include "xlstm/model/block_stack.hpp"
 
 namespace xlstm {
@@ -26,13 +27,18 @@ struct LanguageModelConfig : BlockStackConfig {
   }
 };
 
-/// Token ids of a batch: B x T, row-major.
-using Tokens = Eigen::Matrix<std::int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+/// Step scratch of the language model (B x E each).
+template <typename Scalar>
+struct LanguageModelWorkspace {
+  Matrix<Scalar> embedded, hidden;
+};
 
+/// The recurrent state of a LanguageModel: the block stack's state (plus
+/// step scratch that is not part of it).
 template <typename Scalar>
 struct LanguageModelState {
   BlockStackState<Scalar> stack;
-  Matrix<Scalar> embedded, hidden;  ///< step workspace (B x E)
+  Scratch<LanguageModelWorkspace<Scalar>> scratch;
 
   Index batch() const { return stack.batch(); }
   void reset() { stack.reset(); }
@@ -40,8 +46,33 @@ struct LanguageModelState {
   void copy_row_from(const LanguageModelState& other, Index src, Index dst) {
     stack.copy_row_from(other.stack, src, dst);
   }
+
+  /// The stack state's tensors ("block_<i>.…").
+  template <typename Visit>
+  void for_each_tensor(Visit&& visit, const std::string& prefix = "") {
+    stack.for_each_tensor(visit, prefix);
+  }
+  template <typename Visit>
+  void for_each_tensor(Visit&& visit, const std::string& prefix = "") const {
+    stack.for_each_tensor(visit, prefix);
+  }
 };
 
+/// The NeurIPS xLSTM language model: token embedding, a BlockStack of mLSTM
+/// and sLSTM blocks, and the LM head (tied to the embedding or not).
+///
+///   auto model = xlstm::io::load_language_model<float>("my-model/");  // or:
+///   xlstm::LanguageModel<float> model(config);   // official init, seed 0
+///   auto state = model.initial_state(/*batch*/ 1);
+///   xlstm::Sequence<float> logits;
+///   model.forward(tokens, state, logits);        // prefill: B x T ids
+///   xlstm::Matrix<float> next;
+///   model.step(std::vector<std::int64_t>{42}, state, next);  // then token by token
+///
+/// `forward` and `step` are const: one model may serve many threads, each
+/// with its own state. `step` allocates nothing once the state exists. The
+/// embedding, the head and the dense projections may be kept BF16/F16 when
+/// loaded (io::LoadOptions::keep_half_weights).
 template <typename Scalar_>
 class LanguageModel {
  public:
@@ -49,12 +80,25 @@ class LanguageModel {
   using Config = LanguageModelConfig;
   using State = LanguageModelState<Scalar>;
 
-  explicit LanguageModel(Config config)
-      : config_(std::move(config)), stack_(static_cast<const BlockStackConfig&>(config_)) {
+  /// A model with the official initialisation from kDefaultSeed; call
+  /// initialize(rng) for another draw, or load weights.
+  explicit LanguageModel(Config config) : LanguageModel(std::move(config), uninitialized) {
+    Rng rng(kDefaultSeed);
+    initialize(rng);
+  }
+
+  /// A model with zero weights, to be filled by the caller (loaders).
+  /// `storage` bf16/f16 holds the embedding, the head and the dense
+  /// projections as 16-bit values from the start.
+  LanguageModel(Config config, Uninitialized, WeightStorage storage = WeightStorage::native)
+      : config_(std::move(config)),
+        stack_(static_cast<const BlockStackConfig&>(config_), uninitialized) {
     config_.post_init();
     config_.validate();
-    embedding_.setZero(config_.vocab_size, config_.embedding_dim);
-    if (!config_.tie_weights) lm_head_.setZero(config_.vocab_size, config_.embedding_dim);
+    embedding_ = Linear<Scalar>(config_.embedding_dim, config_.vocab_size, false, storage);
+    if (!config_.tie_weights) {
+      lm_head_ = Linear<Scalar>(config_.embedding_dim, config_.vocab_size, false, storage);
+    }
   }
 
   const Config& config() const { return config_; }
@@ -62,17 +106,20 @@ class LanguageModel {
   Index embedding_dim() const { return config_.embedding_dim; }
   BlockStack<Scalar>& stack() { return stack_; }
   const BlockStack<Scalar>& stack() const { return stack_; }
-  Matrix<Scalar>& embedding() { return embedding_; }
-  const Matrix<Scalar>& embedding() const { return embedding_; }
+  /// The embedding (V x E) as a Scalar matrix (throws if kept 16-bit).
+  Matrix<Scalar>& embedding() { return embedding_.weight(); }
+  const Matrix<Scalar>& embedding() const { return embedding_.weight(); }
   /// The head's weight (V x E); the embedding when weights are tied.
-  const Matrix<Scalar>& lm_head() const { return config_.tie_weights ? embedding_ : lm_head_; }
-  Matrix<Scalar>& lm_head() { return config_.tie_weights ? embedding_ : lm_head_; }
+  const Matrix<Scalar>& lm_head() const { return head().weight(); }
+  Matrix<Scalar>& lm_head() { return head().weight(); }
+  /// The same in whatever storage they have.
+  const WeightMatrix<Scalar>& embedding_matrix() const { return embedding_.weight_matrix(); }
+  const WeightMatrix<Scalar>& lm_head_matrix() const { return head().weight_matrix(); }
 
   State initial_state(Index batch) const {
     State s;
     s.stack = stack_.initial_state(batch);
-    s.embedded.resize(batch, embedding_dim());
-    s.hidden.resize(batch, embedding_dim());
+    size_scratch(s.scratch.get(), batch);
     return s;
   }
 
@@ -95,54 +142,66 @@ class LanguageModel {
     for (Index b = 0; b < tokens.rows(); ++b) {
       for (Index t = 0; t < length_of(lengths, b, tokens.cols()); ++t) {
         check_token(tokens(b, t), "LanguageModel::forward");
-        x.at(b, t) = embedding_.row(tokens(b, t));
+        embedding_.weight_matrix().copy_row(Index(tokens(b, t)), x.at(b, t));
       }
     }
     stack_.forward(x, lengths, state.stack, y);
     logits.resize(tokens.rows(), tokens.cols(), vocab_size());
-    matmul_transposed<Scalar>(y.matrix(), lm_head(), logits.matrix());
+    head().weight_matrix().multiply_transposed(y.matrix(), logits.matrix());
   }
 
-  /// One step: `tokens` holds B ids; logits is B x V. Does not allocate.
-  template <typename TokenVector>
-  void step(const TokenVector& tokens, State& state, MatrixRef<Scalar> logits) const {
+  /// One step: `tokens` holds B ids; logits is B x V (a Matrix is resized, a
+  /// view must have the size). Does not allocate once the state exists.
+  template <typename TokenVector, typename Out>
+  void step(const TokenVector& tokens, State& state, Out&& logits_out) const {
     check(Index(tokens.size()) == state.batch(), "LanguageModel::step: argument 'tokens' has ",
           tokens.size(), " ids but the state was made for batch ", state.batch());
-    check(logits.rows() == state.batch() && logits.cols() == vocab_size(),
-          "LanguageModel::step: argument 'logits' must be ", state.batch(), " x ", vocab_size(),
-          ", got ", logits.rows(), " x ", logits.cols());
-    check(state.embedded.rows() == state.batch() && state.embedded.cols() == embedding_dim() &&
-              state.hidden.rows() == state.batch() && state.hidden.cols() == embedding_dim(),
-          "LanguageModel::step: argument 'state' has a step workspace of the wrong size (make "
-          "it with initial_state(batch))");
+    prepare_output(logits_out, state.batch(), vocab_size(), "LanguageModel::step", "logits");
+    MatrixRef<Scalar> logits(logits_out);
+    for (Index b = 0; b < state.batch(); ++b) {
+      check_token(static_cast<std::int64_t>(tokens[std::size_t(b)]), "LanguageModel::step");
+    }
+    auto& ws = state.scratch.get();
+    size_scratch(ws, state.batch());
     for (Index b = 0; b < state.batch(); ++b) {
       const auto id = static_cast<std::int64_t>(tokens[std::size_t(b)]);
-      check_token(id, "LanguageModel::step");
-      state.embedded.row(b) = embedding_.row(Index(id));
+      embedding_.weight_matrix().copy_row(Index(id), ws.embedded.row(b));
     }
-    stack_.step(state.embedded, state.stack, state.hidden);
-    matmul_transposed<Scalar>(state.hidden, lm_head(), logits, /*accumulate=*/false,
-                              Workload::step);
+    stack_.step(ws.embedded, state.stack, ws.hidden);
+    head().weight_matrix().multiply_transposed(ws.hidden, logits, /*accumulate=*/false,
+                                               Workload::step);
   }
 
-  /// Official names: token_embedding.weight, xlstm_block_stack.*, lm_head.weight.
-  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
-    const std::size_t v = std::size_t(vocab_size()), e = std::size_t(embedding_dim());
-    add_parameter(list, prefix, "token_embedding.weight", {v, e}, embedding_);
-    stack_.collect_parameters(prefix + "xlstm_block_stack.", list);
-    // With tie_weights the official state_dict holds the same tensor under
-    // both names; both then point at the embedding.
-    add_parameter(list, prefix, "lm_head.weight", {v, e}, lm_head());
-  }
+  /// Official names: token_embedding.weight, xlstm_block_stack.*,
+  /// lm_head.weight. With tie_weights the official state_dict holds the same
+  /// tensor under both names; the head is then listed as optional and points
+  /// at the embedding.
+  XLSTM_PARAMETER_VISITOR
 
   /// The full official reset_parameters (SPEC §8.1, §8.4).
   void initialize(Rng& rng) {
-    small_init(embedding_, embedding_dim(), rng);
+    small_init(embedding_.weight(), embedding_dim(), rng);
     stack_.initialize(rng);
-    if (!config_.tie_weights) small_init(lm_head_, embedding_dim(), rng);
+    if (!config_.tie_weights) small_init(lm_head_.weight(), embedding_dim(), rng);
   }
 
  private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    visit_parameter(visit, prefix, "token_embedding.weight", self.embedding_.weight_matrix());
+    self.stack_.for_each_parameter(visit, prefix + "xlstm_block_stack.");
+    visit_parameter(visit, prefix, "lm_head.weight", self.head().weight_matrix(),
+                    /*optional=*/self.config_.tie_weights);
+  }
+
+  const Linear<Scalar>& head() const { return config_.tie_weights ? embedding_ : lm_head_; }
+  Linear<Scalar>& head() { return config_.tie_weights ? embedding_ : lm_head_; }
+
+  void size_scratch(LanguageModelWorkspace<Scalar>& ws, Index batch) const {
+    ensure_size(ws.embedded, batch, embedding_dim());
+    ensure_size(ws.hidden, batch, embedding_dim());
+  }
+
   void check_token(std::int64_t id, const char* where) const {
     check(id >= 0 && id < vocab_size(), where, ": token id ", id, " is out of range [0, ",
           vocab_size(), ")");
@@ -150,7 +209,7 @@ class LanguageModel {
 
   Config config_;
   BlockStack<Scalar> stack_;
-  Matrix<Scalar> embedding_, lm_head_;
+  Linear<Scalar> embedding_, lm_head_;  ///< (V x E) weights; lm_head_ unused when tied
 };
 
 }  // namespace xlstm
