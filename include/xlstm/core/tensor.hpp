@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <limits>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "xlstm/core/error.hpp"
@@ -73,6 +74,15 @@ inline void check_size_product(std::initializer_list<Index> sizes, const char* w
 
 /// Shape of a tensor as stored in a checkpoint (PyTorch order).
 using Shape = std::vector<std::size_t>;
+
+/// "[2, 3]" — shapes in messages look like the Python tuples users know.
+inline std::string shape_string(const Shape& shape) {
+  std::ostringstream out;
+  out << '[';
+  for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ']';
+  return out.str();
+}
 
 /// A batch of sequences, B x T x D, stored as one (B*T) x D row-major matrix
 /// whose row `b*T + t` is the feature vector of batch row b at time t. Keeping
