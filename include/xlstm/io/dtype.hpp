@@ -2,10 +2,11 @@
 //
 // Checkpoints come from PyTorch in whatever precision they were saved in
 // (F32, BF16, F16, ...), while the model computes in float or double. This
-// header names the stored types, converts the 16-bit floats bit-exactly, and
-// converts between scalar types without undefined behaviour: a value that the
-// destination cannot hold is reported instead of wrapped or truncated, because
-// a silently mangled weight is far harder to find than an error.
+// header names the stored types, counts and codes their little-endian bytes,
+// converts the 16-bit floats bit-exactly, and converts between scalar types
+// without undefined behaviour: a value that the destination cannot hold is
+// reported instead of wrapped or truncated, because a silently mangled weight
+// is far harder to find than an error.
 #pragma once
 
 #include <cmath>
@@ -18,6 +19,7 @@
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/half.hpp"
+#include "xlstm/core/tensor.hpp"
 
 namespace xlstm::io {
 
@@ -258,6 +260,155 @@ template <typename UInt>
 void store_little_endian(UInt value, std::uint8_t* bytes) {
   for (std::size_t i = 0; i < sizeof(UInt); ++i)
     bytes[i] = static_cast<std::uint8_t>(value >> (8 * i));
+}
+
+/// a * b, or false if it does not fit in std::size_t.
+inline bool checked_multiply(std::size_t a, std::size_t b, std::size_t& product) {
+  if (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) return false;
+  product = a * b;
+  return true;
+}
+
+/// Number of elements of `shape`, or false if the product of its non-zero
+/// dimensions overflows. Zero dimensions are skipped in the overflow test so
+/// the answer does not depend on the order of the dimensions, and so any
+/// partial product a caller forms from the dimensions also fits.
+inline bool checked_element_count(const Shape& shape, std::size_t& count) {
+  std::size_t product = 1;
+  bool has_zero = false;
+  for (std::size_t dim : shape) {
+    if (dim == 0) {
+      has_zero = true;
+    } else if (!checked_multiply(product, dim, product)) {
+      return false;
+    }
+  }
+  count = has_zero ? 0 : product;
+  return true;
+}
+
+/// Bytes of `shape` elements of `dtype`, or false on overflow.
+inline bool checked_byte_count(const Shape& shape, DType dtype, std::size_t& bytes) {
+  std::size_t count = 0;
+  return checked_element_count(shape, count) && checked_multiply(count, dtype_size(dtype), bytes);
+}
+/// Decodes `count` stored elements of `dtype` into Scalar. `where` starts
+/// error messages for values Scalar cannot hold.
+template <typename Scalar>
+void decode_elements(DType dtype, const std::uint8_t* source, Scalar* dest, std::size_t count,
+                     const std::string& where) {
+  static_assert(is_convertible_scalar_v<Scalar>,
+                "read: Scalar must be a floating-point or integer type");
+  if (count == 0) return;
+  if constexpr (has_dtype_v<Scalar>) {
+    if (dtype == dtype_of<Scalar>() && host_is_little_endian()) {
+      std::memcpy(dest, source, count * sizeof(Scalar));
+      return;
+    }
+  }
+  const std::size_t stride = dtype_size(dtype);
+  auto convert_all = [&](auto load) {
+    for (std::size_t i = 0; i < count; ++i) {
+      const auto value = load(source + i * stride);
+      if (!convert_scalar(value, dest[i])) {
+        fail(where, ": element ", i, " (", +value, ") of ", dtype_name(dtype),
+             " cannot be represented as the ", "requested ",
+             std::is_floating_point_v<Scalar> ? "floating-point" : "integer", " type of ",
+             sizeof(Scalar), " bytes");
+      }
+    }
+  };
+  switch (dtype) {
+    case DType::F64:
+      convert_all([](const std::uint8_t* p) {
+        return bit_cast<double>(load_little_endian<std::uint64_t>(p));
+      });
+      return;
+    case DType::F32:
+      convert_all([](const std::uint8_t* p) {
+        return bit_cast<float>(load_little_endian<std::uint32_t>(p));
+      });
+      return;
+    case DType::F16:
+      convert_all(
+          [](const std::uint8_t* p) { return f16_to_float(load_little_endian<std::uint16_t>(p)); });
+      return;
+    case DType::BF16:
+      convert_all([](const std::uint8_t* p) {
+        return bf16_to_float(load_little_endian<std::uint16_t>(p));
+      });
+      return;
+    case DType::I64:
+      convert_all([](const std::uint8_t* p) {
+        return static_cast<std::int64_t>(load_little_endian<std::uint64_t>(p));
+      });
+      return;
+    case DType::I32:
+      convert_all([](const std::uint8_t* p) {
+        return static_cast<std::int32_t>(load_little_endian<std::uint32_t>(p));
+      });
+      return;
+    case DType::U8:
+      convert_all([](const std::uint8_t* p) { return *p; });
+      return;
+  }
+  fail(where, ": invalid DType value ", static_cast<int>(dtype));
+}
+
+/// Encodes `count` Scalar values as little-endian `dtype` elements.
+template <typename Scalar>
+void encode_elements(const Scalar* source, DType dtype, std::uint8_t* dest, std::size_t count,
+                     const std::string& where) {
+  static_assert(is_convertible_scalar_v<Scalar>,
+                "add_as: Scalar must be a floating-point or integer type");
+  const std::size_t stride = dtype_size(dtype);
+  auto convert_all = [&](auto target_zero, auto store) {
+    using Target = decltype(target_zero);
+    for (std::size_t i = 0; i < count; ++i) {
+      Target converted{};
+      if (!convert_scalar(source[i], converted)) {
+        fail(where, ": element ", i, " (", +source[i], ") cannot be represented as ",
+             dtype_name(dtype));
+      }
+      store(converted, dest + i * stride);
+    }
+  };
+  switch (dtype) {
+    case DType::F64:
+      convert_all(0.0, [](double v, std::uint8_t* p) {
+        store_little_endian(bit_cast<std::uint64_t>(v), p);
+      });
+      return;
+    case DType::F32:
+      convert_all(0.0f, [](float v, std::uint8_t* p) {
+        store_little_endian(bit_cast<std::uint32_t>(v), p);
+      });
+      return;
+    case DType::F16:
+    case DType::BF16: {
+      // Through double: for a double source this rounds once, correctly
+      // (double_to_* avoid the double rounding of going through float).
+      const bool brain = dtype == DType::BF16;
+      convert_all(0.0, [brain](double v, std::uint8_t* p) {
+        store_little_endian(brain ? double_to_bf16(v) : double_to_f16(v), p);
+      });
+      return;
+    }
+    case DType::I64:
+      convert_all(std::int64_t{0}, [](std::int64_t v, std::uint8_t* p) {
+        store_little_endian(static_cast<std::uint64_t>(v), p);
+      });
+      return;
+    case DType::I32:
+      convert_all(std::int32_t{0}, [](std::int32_t v, std::uint8_t* p) {
+        store_little_endian(static_cast<std::uint32_t>(v), p);
+      });
+      return;
+    case DType::U8:
+      convert_all(std::uint8_t{0}, [](std::uint8_t v, std::uint8_t* p) { *p = v; });
+      return;
+  }
+  fail(where, ": invalid DType value ", static_cast<int>(dtype));
 }
 
 }  // namespace detail

@@ -1,0 +1,181 @@
+// Writing safetensors files: SafetensorsWriter collects tensors (converting
+// them to the stored dtype on request) and returns the file as bytes or saves
+// it, never leaving a half-written file under the real name. The format is
+// described in safetensors_reader.hpp.
+#pragma once
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/tensor.hpp"
+#include "xlstm/io/dtype.hpp"
+#include "xlstm/io/mapped_file.hpp"  // detail::errno_message
+
+namespace xlstm::io {
+
+/// Builds a safetensors file from tensors added one by one.
+class SafetensorsWriter {
+ public:
+  void set_metadata(const std::string& key, const std::string& value) {
+    check_utf8(key, "metadata key");
+    check_utf8(value, "metadata value");
+    metadata_[key] = value;
+  }
+
+  /// Adds a copy of `byte_count` little-endian bytes of `dtype` elements.
+  void add_raw(const std::string& name, DType dtype, const Shape& shape, const void* data,
+               std::size_t byte_count) {
+    const std::size_t needed = checked_new_tensor(name, dtype, shape);
+    if (byte_count != needed) {
+      fail(where(name), ": got ", byte_count, " bytes but shape ", shape_string(shape), " of ",
+           dtype_name(dtype), " needs ", needed);
+    }
+    if (byte_count != 0 && data == nullptr) fail(where(name), ": data is null");
+    const auto* first = static_cast<const std::uint8_t*>(data);
+    tensors_.emplace(name,
+                     Entry{dtype, shape, std::vector<std::uint8_t>(first, first + byte_count)});
+  }
+
+  /// Adds elements stored as their own type (dtype_of<T>()).
+  template <typename T>
+  void add(const std::string& name, const Shape& shape, const T* data) {
+    add_as(name, dtype_of<T>(), shape, data);
+  }
+
+  /// Adds elements converted to `dtype` (e.g. float -> BF16, rounding to
+  /// nearest even). Throws if a value does not fit an integer dtype.
+  template <typename Scalar>
+  void add_as(const std::string& name, DType dtype, const Shape& shape, const Scalar* data) {
+    const std::size_t bytes = checked_new_tensor(name, dtype, shape);
+    const std::size_t count = bytes / dtype_size(dtype);
+    if (count != 0 && data == nullptr) fail(where(name), ": data is null");
+    std::vector<std::uint8_t> encoded(bytes);
+    detail::encode_elements(data, dtype, encoded.data(), count, where(name));
+    tensors_.emplace(name, Entry{dtype, shape, std::move(encoded)});
+  }
+
+  /// The complete file: the header padded with spaces so the data area
+  /// starts 8-byte aligned, then the tensors back to back, widest dtype first
+  /// and by name within a dtype size. Widest first keeps every tensor aligned
+  /// to its element size without padding (which the format forbids), so
+  /// readers can use all of them in place; the official writer does the same.
+  std::vector<std::uint8_t> to_bytes() const {
+    std::vector<std::uint8_t> file = header_bytes();
+    for (const auto* entry : data_order()) {
+      file.insert(file.end(), entry->second.data.begin(), entry->second.data.end());
+    }
+    return file;
+  }
+
+  /// Writes the file to `path` + ".tmp", then renames it over `path`, so a
+  /// crash never leaves a half-written checkpoint under the real name.
+  void save(const std::string& path) const {
+    const std::string temporary = path + ".tmp";
+    {
+      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+      if (!out)
+        fail(path, ": cannot open '", temporary, "' for writing: ", detail::errno_message(errno));
+      const std::vector<std::uint8_t> header = header_bytes();
+      write_all(out, header);
+      for (const auto* entry : data_order()) write_all(out, entry->second.data);
+      out.close();
+      if (!out) {
+        std::remove(temporary.c_str());
+        fail(path, ": writing '", temporary, "' failed (disk full?)");
+      }
+    }
+    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+      const int error = errno;
+      std::remove(temporary.c_str());
+      fail(path, ": cannot rename '", temporary, "' to it: ", detail::errno_message(error));
+    }
+  }
+
+ private:
+  struct Entry {
+    DType dtype;
+    Shape shape;
+    std::vector<std::uint8_t> data;
+  };
+
+  static std::string where(const std::string& name) {
+    return "SafetensorsWriter: tensor '" + name + "'";
+  }
+
+  /// nlohmann::json refuses to write strings that are not UTF-8; find out
+  /// when the string is added rather than when the file is written.
+  static void check_utf8(const std::string& text, const char* what) {
+    try {
+      (void)nlohmann::json(text).dump();
+    } catch (const nlohmann::json::exception& error) {
+      fail("SafetensorsWriter: ", what, " is not valid UTF-8: ", error.what());
+    }
+  }
+
+  /// Checks a new tensor's name and shape and returns its byte count.
+  std::size_t checked_new_tensor(const std::string& name, DType dtype, const Shape& shape) const {
+    if (name == "__metadata__") fail(where(name), ": the name is reserved for metadata");
+    if (tensors_.count(name) != 0) fail(where(name), ": duplicate tensor name");
+    check_utf8(name, "tensor name");
+    std::size_t bytes = 0;
+    if (!detail::checked_byte_count(shape, dtype, bytes)) {
+      fail(where(name), ": shape ", shape_string(shape), " of ", dtype_name(dtype),
+           " overflows std::size_t");
+    }
+    return bytes;
+  }
+
+  /// The tensors in the order their bytes are written (see to_bytes()).
+  std::vector<const std::pair<const std::string, Entry>*> data_order() const {
+    std::vector<const std::pair<const std::string, Entry>*> order;
+    order.reserve(tensors_.size());
+    for (const auto& entry : tensors_) order.push_back(&entry);
+    // tensors_ is sorted by name already; a stable sort keeps that order
+    // within each dtype size.
+    std::stable_sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
+      return dtype_size(a->second.dtype) > dtype_size(b->second.dtype);
+    });
+    return order;
+  }
+
+  std::vector<std::uint8_t> header_bytes() const {
+    nlohmann::json header = nlohmann::json::object();
+    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    std::size_t offset = 0;
+    for (const auto* entry : data_order()) {
+      // Cannot overflow: all these bytes exist in memory.
+      const std::size_t end = offset + entry->second.data.size();
+      header[entry->first] = {{"dtype", dtype_name(entry->second.dtype)},
+                              {"shape", entry->second.shape},
+                              {"data_offsets", {offset, end}}};
+      offset = end;
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+    std::vector<std::uint8_t> bytes(8 + text.size());
+    detail::store_little_endian(static_cast<std::uint64_t>(text.size()), bytes.data());
+    std::memcpy(bytes.data() + 8, text.data(), text.size());
+    return bytes;
+  }
+
+  static void write_all(std::ofstream& out, const std::vector<std::uint8_t>& bytes) {
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+  }
+
+  std::map<std::string, std::string> metadata_;
+  std::map<std::string, Entry> tensors_;
+};
+
+}  // namespace xlstm::io
