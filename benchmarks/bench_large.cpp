@@ -145,7 +145,7 @@ void bm_large_decode(benchmark::State& state) {
     benchmark::DoNotOptimize(logits.data());
   }
   double state_size = 0;
-  for (const auto& b : s.blocks) state_size += double(b.C.size() + b.n.size()) * sizeof(float);
+  for (const auto& b : s.blocks) state_size += double(b.cell.C.size() + b.cell.n.size()) * sizeof(float);
   Work w;
   w.items = 1;
   w.flops = flops_per_token(model);

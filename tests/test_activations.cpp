@@ -98,7 +98,7 @@ TYPED_TEST(Activations, GeluIsTheExactErfForm) {
     EXPECT_NEAR(double(y(i)), gelu_ref(double(x(i))), 4 * tolerance<T>()) << x(i);
   }
   expect_matches<T>(extreme_arguments<T>(), fn, gelu_ref);
-  // The tanh approximation differs from the exact form by ~4.7e-4 near x = -2.7 (SPEC §10.12).
+  // The tanh approximation differs from the exact form by ~4.7e-4 near x = -2.7 (math §10.12).
   Array<T> at(1);
   at << T(-2.7);
   EXPECT_NEAR(double(xlstm::gelu(at).eval()(0)), gelu_ref(-2.7), 1e-6);

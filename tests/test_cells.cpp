@@ -1,4 +1,4 @@
-// Property tests of the sLSTM cell (SPEC §2) and the mLSTM cell (SPEC §4).
+// Property tests of the sLSTM cell (math §2) and the mLSTM cell (math §4).
 //
 // The golden tests pin the cells to the reference on a few fixed cases; these
 // tests check the relations that must hold on any input: the mLSTM forms agree
@@ -72,9 +72,9 @@ using Scalars = ::testing::Types<float, double>;
 // 4 * T_eff * u ~ 80 u relative to max(1, |h|): 5e-6 in float (u = 6e-8),
 // 1.8e-14 in double (u = 1.1e-16). The largest errors measured on these
 // tests are 2.7e-6 (float, T = 100000) and 2e-15 (double) relative to that
-// scale. Allowed: float 2e-5 (4x the estimate; SPEC §10 asks atol 1e-5
+// scale. Allowed: float 2e-5 (4x the estimate; math §10 asks atol 1e-5
 // between forms for h of order 1, and h here reaches 20 to 80), double 1e-12
-// (SPEC §10: "all three forms agree to ~1e-12" in float64; 50x the estimate,
+// (math §10: "all three forms agree to ~1e-12" in float64; 50x the estimate,
 // room for other compilers, FMA contraction and vectorisation orders).
 template <typename S>
 struct Tol;
@@ -256,7 +256,7 @@ MLstmState<S> state_row(const MLstmState<S>& s, Index b) {
   return out;
 }
 
-// SPEC §4.5: the parallel form differs from the recurrent one only through
+// math §4.5: the parallel form differs from the recurrent one only through
 // eps * exp(m). Writing h = num / (max(|den|, 1) + eps exp(m)) (unstabilised),
 //   |h_par - h_rec| = |num| eps |exp(m_rec) - exp(m_par)| / (D_par D_rec)
 //                   <= |h_rec| * eps * |exp(m_rec) - exp(m_par)| / D_par,
@@ -310,7 +310,7 @@ TYPED_TEST_SUITE(MLstmCellTest, Scalars);
 // mLSTM: the forms agree
 // ---------------------------------------------------------------------------
 
-// SPEC §4.4: chunkwise and recurrent use the same stabiliser at every step, so
+// math §4.4: chunkwise and recurrent use the same stabiliser at every step, so
 // they agree including the eps term, for any chunk size and any T (T = 45 is
 // no multiple of 7, 16 or 64; 64 > T makes one short chunk; 1 degenerates to
 // recurrent). DHQK != DHV catches any mix-up of the two head sizes.
@@ -352,7 +352,7 @@ TYPED_TEST(MLstmCellTest, RecurrentForwardEqualsStepLoop) {
 }
 
 // Prefill with any form, then generate with step: same as stepping from the
-// start (SPEC §4.6). The prefix length 29 is no multiple of the chunk size 16.
+// start (math §4.6). The prefix length 29 is no multiple of the chunk size 16.
 TYPED_TEST(MLstmCellTest, ForwardOnAPrefixThenStepEqualsSteppingAllTheWay) {
   using S = TypeParam;
   const Index B = 2, T = 45, prefix = 29;
@@ -388,7 +388,7 @@ TYPED_TEST(MLstmCellTest, ForwardOnAPrefixThenStepEqualsSteppingAllTheWay) {
   }
 }
 
-// SPEC §4.4: "Initial state (C_0, n_0, m_0) is given, or zeros". Starting the
+// math §4.4: "Initial state (C_0, n_0, m_0) is given, or zeros". Starting the
 // chunkwise form from a state in the middle of a sequence continues exactly
 // like the recurrence.
 TYPED_TEST(MLstmCellTest, ChunkwiseFromANonZeroStateEqualsTheRecurrentContinuation) {
@@ -419,7 +419,7 @@ TYPED_TEST(MLstmCellTest, ChunkwiseFromANonZeroStateEqualsTheRecurrentContinuati
   }
 }
 
-// SPEC §4.5: parallel and recurrent differ only through eps * exp(m), by at
+// math §4.5: parallel and recurrent differ only through eps * exp(m), by at
 // most eps * |h| per element (bound derived at WithinEpsBound). With eps = 0
 // the forms compute the same function and agree to rounding; with eps = 1e-2
 // the difference is visible, and must still respect the bound.
@@ -494,7 +494,7 @@ TYPED_TEST(MLstmCellTest, AutomaticFormIsParallelFromZeroForShortSequencesElseCh
 // mLSTM: state conventions
 // ---------------------------------------------------------------------------
 
-// SPEC §4: the outputs do not depend on the convention; C_K = sqrt(DHQK) C_X,
+// math §4: the outputs do not depend on the convention; C_K = sqrt(DHQK) C_X,
 // n_K = sqrt(DHQK) n_X, m_K = m_X.
 TYPED_TEST(MLstmCellTest, BothConventionsGiveTheSameOutputsAndStatesDifferBySqrtDqk) {
   using S = TypeParam;
@@ -859,7 +859,7 @@ TEST(MLstmCellLong, FloatOutputsAndStatesStayFiniteOver100000Steps) {
 }
 
 // In double the chunkwise and recurrent forms still agree to 1e-12 after
-// 100000 steps: chunk-local cumulative sums (SPEC §10.7) do not drift.
+// 100000 steps: chunk-local cumulative sums (math §10.7) do not drift.
 TEST(MLstmCellLong, DoubleChunkwiseAndRecurrentStillAgreeAfter100000Steps) {
   const Index T = 100000;
   std::mt19937 rng(116);
@@ -888,7 +888,7 @@ SLstmCellConfig slstm_config(Index hidden_size, Index num_heads,
   return c;
 }
 
-// Backend-independent parameters of SPEC §2.2: R_ext (NH, DH, 4, DH) and
+// Backend-independent parameters of math §2.2: R_ext (NH, DH, 4, DH) and
 // b_ext (NH, 4, DH), held in double but rounded to S.
 struct SLstmExternal {
   Index nh = 0, dh = 0;
@@ -925,7 +925,7 @@ SLstmExternal random_external(Index nh, Index dh, std::mt19937& rng) {
   return e;
 }
 
-// SPEC §2.2 vanilla layout: Rv[h, g*DH + j, i] = R_ext[h, i, g, j],
+// math §2.2 vanilla layout: Rv[h, g*DH + j, i] = R_ext[h, i, g, j],
 // bv[g*H + h*DH + j] = b_ext[h, g, j].
 template <typename S>
 void set_vanilla(const SLstmExternal& e, SLstmCell<S>& cell) {
@@ -942,7 +942,7 @@ void set_vanilla(const SLstmExternal& e, SLstmCell<S>& cell) {
   }
 }
 
-// SPEC §2.2 CUDA layout: Rc[h, i, g*DH + j] = R_ext[h, i, g, j] flattened to
+// math §2.2 CUDA layout: Rc[h, i, g*DH + j] = R_ext[h, i, g, j] flattened to
 // (NH*DH) x 4DH, bc[h*4*DH + g*DH + j] = b_ext[h, g, j].
 template <typename S>
 void cuda_layout(const SLstmExternal& e, Matrix<S>& kernel, Vector<S>& bias) {
@@ -973,7 +973,7 @@ struct SLstmReference {
   Sequence<double> y, c, n, m;
 };
 
-// SPEC §2.3 and §2.4 written out elementwise in double, from the zero state,
+// math §2.3 and §2.4 written out elementwise in double, from the zero state,
 // straight from R_ext / b_ext (no layout involved). From the zero state the
 // whole-batch and per-element first-step rules coincide.
 template <typename S>
@@ -1085,7 +1085,7 @@ TYPED_TEST_SUITE(SLstmCellTest, Scalars);
 // sLSTM
 // ---------------------------------------------------------------------------
 
-// The cell computes SPEC §2.3-§2.4 (and §2.7 for function = lstm): compared
+// The cell computes math §2.3-§2.4 (and §2.7 for function = lstm): compared
 // with a direct elementwise transcription in double, outputs and the c, n, m
 // traces agree to rounding. The recurrent map is a contraction here
 // (sigmoids, tanh, |R y| = O(1)), so errors stay at the level of one step.
@@ -1161,7 +1161,7 @@ TYPED_TEST(SLstmCellTest, ForwardOnAPrefixThenStepEqualsSteppingAllTheWay) {
   }
 }
 
-// SPEC §2.2: the CUDA layout is a permutation of the vanilla one, so
+// math §2.2: the CUDA layout is a permutation of the vanilla one, so
 // get_cuda_layout -> set_from_cuda_layout restores the parameters exactly.
 TYPED_TEST(SLstmCellTest, CudaLayoutRoundTripsExactly) {
   using S = TypeParam;
@@ -1184,7 +1184,7 @@ TYPED_TEST(SLstmCellTest, CudaLayoutRoundTripsExactly) {
   EXPECT_TRUE(BitIdentical(bias2, bias));
 }
 
-// A CUDA-layout kernel and bias built by hand from SPEC §2.2 (from the same
+// A CUDA-layout kernel and bias built by hand from math §2.2 (from the same
 // R_ext, b_ext as a vanilla-layout cell) give the same outputs, and both
 // match the elementwise transcription of the spec.
 TYPED_TEST(SLstmCellTest, HandBuiltCudaLayoutGivesTheSameOutputsAsTheVanillaLayout) {
@@ -1304,7 +1304,7 @@ TYPED_TEST(SLstmCellTest, NaNInOneBatchRowStaysInThatRow) {
   }
 }
 
-// SPEC §2.4: the whole-batch rule takes the first-step branch only if n is
+// math §2.4: the whole-batch rule takes the first-step branch only if n is
 // zero in *every* row. After reset_row(1) the other rows have n != 0 (finite
 // or even NaN), so the reset row takes the ordinary branch: m = max(i, log f)
 // instead of m = i. y is the same up to rounding (c is zero where n is zero,
@@ -1342,7 +1342,7 @@ TYPED_TEST(SLstmCellTest, WholeBatchRuleLetsOtherRowsDecideTheFirstStepOfAResetR
 }
 
 // reset_row with the per-element rule (the one to use when rows are reset
-// independently, SPEC §2.4): the reset row continues exactly like a fresh
+// independently, math §2.4): the reset row continues exactly like a fresh
 // start (state included), the other rows continue bit for bit unchanged.
 TYPED_TEST(SLstmCellTest, ResetRowWithThePerElementRuleRestartsOnlyThatRow) {
   using S = TypeParam;
@@ -1469,7 +1469,7 @@ TEST(SLstmCellLong, FloatOutputsAndStatesStayFiniteOver100000Steps) {
   EXPECT_TRUE(AllFinite(trace.n.matrix()));
   EXPECT_TRUE(AllFinite(trace.m.matrix()));
   EXPECT_TRUE(SStateFinite(state));
-  // n >= 1 after every step (SPEC §2.4), even in floating point: m is the max
+  // n >= 1 after every step (math §2.4), even in floating point: m is the max
   // of raw_i and log f + m, so i' or f' is exp(0) = 1 exactly, and then
   // n = f' n + i' >= 1 (or >= n_prev >= 1) because rounding is monotone.
   EXPECT_GE(trace.n.matrix().minCoeff(), 1.0f);

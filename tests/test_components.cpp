@@ -1,4 +1,4 @@
-// Component tests (SPEC §1): Linear, HeadwiseLinear, LayerNorm,
+// Component tests (math §1): Linear, HeadwiseLinear, LayerNorm,
 // MultiHeadLayerNorm, CausalConv1d, GatedFeedForward and the two rounding
 // helpers, each against a naive loop over the formula of the SPEC.
 //
@@ -94,7 +94,7 @@ RealMatrix to_real(const Eigen::DenseBase<D>& m) {
 }
 
 // ---------------------------------------------------------------------------
-// Linear and HeadwiseLinear (SPEC §1.4)
+// Linear and HeadwiseLinear (math §1.4)
 // ---------------------------------------------------------------------------
 
 template <typename S>
@@ -138,7 +138,7 @@ TYPED_TEST(LinearTest, LinearMatchesNaiveLoop) {
   }
 }
 
-// y[n, h*O + o] = b[h*O + o] + sum_d x[n, h*I + d] W[h, o, d] (SPEC §1.4), with
+// y[n, h*O + o] = b[h*O + o] + sum_d x[n, h*I + d] W[h, o, d] (math §1.4), with
 // W stored (NH, O, I) row-major; I + 1 terms per output.
 TYPED_TEST(LinearTest, HeadwiseLinearMatchesNaiveBlockDiagonalLoop) {
   using S = TypeParam;
@@ -198,7 +198,7 @@ TYPED_TEST(LinearTest, HeadwiseLinearRejectsIndivisibleSizes) {
 }
 
 // ---------------------------------------------------------------------------
-// LayerNorm (SPEC §1.2) and MultiHeadLayerNorm (SPEC §1.3)
+// LayerNorm (math §1.2) and MultiHeadLayerNorm (math §1.3)
 // ---------------------------------------------------------------------------
 
 // The naive per-group normalisation: mean and biased variance over each group
@@ -349,7 +349,7 @@ TYPED_TEST(NormTest, MultiHeadLayerNormWithoutWeightOnlyNormalises) {
 }
 
 // ---------------------------------------------------------------------------
-// CausalConv1d (SPEC §1.5)
+// CausalConv1d (math §1.5)
 // ---------------------------------------------------------------------------
 
 // y[t, c] = bias[c] + sum_j w[c, j] x[t - (K-1) + j, c], x[u] = 0 for u < 0:
@@ -496,7 +496,7 @@ TYPED_TEST(CausalConvTest, ForwardInTwoPiecesEqualsOneForward) {
   }
 }
 
-// SPEC §1.5 edge case: the reference returns nothing for K = 1; we support it
+// math §1.5 edge case: the reference returns nothing for K = 1; we support it
 // as a pointwise scale plus bias (2 terms: one rounding of the product and one
 // of the sum, both within gamma_2).
 TYPED_TEST(CausalConvTest, KernelSizeOneIsPointwiseScalePlusBias) {
@@ -559,7 +559,7 @@ TYPED_TEST(CausalConvTest, RejectsWrongWidthAndBatch) {
 }
 
 // ---------------------------------------------------------------------------
-// GatedFeedForward (SPEC §1.7) with every registered activation (SPEC §1.1)
+// GatedFeedForward (math §1.7) with every registered activation (math §1.1)
 // ---------------------------------------------------------------------------
 
 Real naive_activation(Activation a, Real x) {
@@ -681,7 +681,7 @@ TEST(ActivationNames, ParseTheOfficialNamesAndRejectOthers) {
 }
 
 // ---------------------------------------------------------------------------
-// Rounding helpers (SPEC §1.6)
+// Rounding helpers (math §1.6)
 // ---------------------------------------------------------------------------
 
 TEST(Rounding, UpProjectionDimMatchesSpecExamples) {

@@ -1,6 +1,6 @@
 // The golden program: one test per file in tests/data/golden and, when the
 // environment variable XLSTM_GOLDEN_DIR is set, per file in that directory.
-// Each file's `kind` picks the module under test (FORMAT.md §2).
+// Each file's `kind` picks the module under test (golden README §2).
 #include <gtest/gtest.h>
 
 #include <algorithm>

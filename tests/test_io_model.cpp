@@ -1,13 +1,13 @@
 // Configs, checkpoints and saved states of the NeurIPS model:
 //
-// * config JSON (SPEC §6.1): the golden files' `config` metadata parses, stale
+// * config JSON (math §6.1): the golden files' `config` metadata parses, stale
 //   derived fields are recomputed, to_json round-trips, invalid configs are
 //   rejected with the offending field named;
-// * checkpoints (SPEC §7.1, §2.2): bit-exact save/load, one error listing every
+// * checkpoints (math §7.1, §2.2): bit-exact save/load, one error listing every
 //   problem with the module left untouched, BF16/F16/F64 files, the sLSTM CUDA
 //   layout, the sLSTM fgate/igate name swap, key prefixes, tied weights,
 //   non-finite weights;
-// * recurrent states (FORMAT.md §5.7): save, restore and continue; a wrong
+// * recurrent states (golden README §5.7): save, restore and continue; a wrong
 //   file leaves the state untouched.
 //
 // Most comparisons here are exact: loading copies (or converts) numbers, and
@@ -167,7 +167,7 @@ Json golden_config(const std::string& path) {
 
 TEST(ConfigJson, LanguageModelConfigOfGoldenFileRecomputesDerivedFields) {
   const Json j = golden_config(kLmFile);
-  // The file carries the stale per-block values of SPEC §6.1.
+  // The file carries the stale per-block values of math §6.1.
   ASSERT_EQ(j.at("slstm_block").at("feedforward").at("embedding_dim"), -1);
   ASSERT_EQ(j.at("slstm_block").at("feedforward").at("_proj_up_dim"), 0);
   ASSERT_EQ(j.at("slstm_block").at("feedforward").at("_num_blocks"), 1);
@@ -249,7 +249,7 @@ TEST(ConfigJson, SlstmAtAllMeansEveryBlock) {
   j["slstm_at"] = "all";
   EXPECT_EQ(xlstm::io::language_model_config_from_json(j).block_map_string(), "1,1,1");
   j = golden_config(kLmFile);
-  j["mlstm_block"] = nullptr;  // no mLSTM config: every block is sLSTM (SPEC §6.1)
+  j["mlstm_block"] = nullptr;  // no mLSTM config: every block is sLSTM (math §6.1)
   EXPECT_EQ(xlstm::io::language_model_config_from_json(j).block_map_string(), "1,1,1");
 }
 
@@ -432,7 +432,7 @@ TEST(Checkpoint, F64CheckpointLoadsIntoFloatModelByRounding) {
   }
 }
 
-// SPEC §2.2: Rc[h, i, g*DH + j] = Rv[h, g*DH + j, i];
+// math §2.2: Rc[h, i, g*DH + j] = Rv[h, g*DH + j, i];
 //            bc[h*4DH + g*DH + j] = bv[g*H + h*DH + j].
 template <typename S>
 void to_cuda_layout(TensorMap<S>& tensors) {
@@ -474,8 +474,8 @@ TYPED_TEST(CheckpointTest, CudaLayoutSlstmCheckpointLoadsToTheSameModel) {
   EXPECT_TRUE(BitIdentical(logits_of(target, tokens), logits_of(source, tokens)));
 }
 
-// SPEC §3.2 quirk: the tensor named "xlstm.fgate.weight" feeds the cell's
-// INPUT gate. From the zero state the first step sets m = raw_i (SPEC §2.4),
+// math §3.2 quirk: the tensor named "xlstm.fgate.weight" feeds the cell's
+// INPUT gate. From the zero state the first step sets m = raw_i (math §2.4),
 // so the cell's m after one step shows the input-gate pre-activation; the
 // forget gate only acts from the second step on.
 TEST(Checkpoint, SlstmTensorNamedFgateDrivesTheInputGate) {
@@ -641,7 +641,7 @@ TYPED_TEST(StateIoTest, RestoredStateContinuesExactlyLikeTheOriginal) {
   TempPath path("state");
   xlstm::io::save_state(state, path.str());
   const auto file = SafetensorsFile::open(path.str());
-  // FORMAT.md §5.7 names and shapes (mLSTM: I = 64, NH = 2, DH = 32; sLSTM E = 16).
+  // golden README §5.7 names and shapes (mLSTM: I = 64, NH = 2, DH = 32; sLSTM E = 16).
   EXPECT_EQ(file.info("block_0.mlstm_state.0").shape, (Shape{2, 2, 32, 32}));
   EXPECT_EQ(file.info("block_0.mlstm_state.1").shape, (Shape{2, 2, 32, 1}));
   EXPECT_EQ(file.info("block_0.mlstm_state.2").shape, (Shape{2, 2, 1, 1}));

@@ -461,7 +461,7 @@ TEST(LargeMemory, Bf16CheckpointStaysSixteenBitInMemory) {
 // ---------------------------------------------------------------------------
 // 4. Prefill, pieces and steps agree
 
-/// Float: chunkwise vs recurrent differ by rounding (SPEC §10: ~1e-5 on h);
+/// Float: chunkwise vs recurrent differ by rounding (math §10: ~1e-5 on h);
 /// double: ~1e-12.
 template <typename S>
 double form_tolerance(double scale) {
@@ -544,10 +544,10 @@ TYPED_TEST(Large, ForwardInPiecesEqualsOneForwardAndT1EqualsStep) {
                 form_tolerance<S>(scale));
     }
     for (std::size_t i = 0; i < state.blocks.size(); ++i) {
-      const double cs = std::max<double>(1.0, whole_state.blocks[i].C.cwiseAbs().maxCoeff());
-      EXPECT_LE(max_abs_diff(state.blocks[i].C, whole_state.blocks[i].C), form_tolerance<S>(cs));
-      EXPECT_LE(max_abs_diff(state.blocks[i].n, whole_state.blocks[i].n), form_tolerance<S>(cs));
-      EXPECT_LE(max_abs_diff(state.blocks[i].m, whole_state.blocks[i].m), form_tolerance<S>(1));
+      const double cs = std::max<double>(1.0, whole_state.blocks[i].cell.C.cwiseAbs().maxCoeff());
+      EXPECT_LE(max_abs_diff(state.blocks[i].cell.C, whole_state.blocks[i].cell.C), form_tolerance<S>(cs));
+      EXPECT_LE(max_abs_diff(state.blocks[i].cell.n, whole_state.blocks[i].cell.n), form_tolerance<S>(cs));
+      EXPECT_LE(max_abs_diff(state.blocks[i].cell.m, whole_state.blocks[i].cell.m), form_tolerance<S>(1));
     }
   }
 
@@ -564,8 +564,8 @@ TYPED_TEST(Large, ForwardInPiecesEqualsOneForwardAndT1EqualsStep) {
   model.step(ids, stepped, row);
   EXPECT_LE(max_abs_diff(one.matrix(), row), form_tolerance<S>(scale));
   for (std::size_t i = 0; i < state.blocks.size(); ++i) {
-    EXPECT_LE(max_abs_diff(state.blocks[i].C, stepped.blocks[i].C), form_tolerance<S>(1));
-    EXPECT_LE(max_abs_diff(state.blocks[i].m, stepped.blocks[i].m), form_tolerance<S>(1));
+    EXPECT_LE(max_abs_diff(state.blocks[i].cell.C, stepped.blocks[i].cell.C), form_tolerance<S>(1));
+    EXPECT_LE(max_abs_diff(state.blocks[i].cell.m, stepped.blocks[i].cell.m), form_tolerance<S>(1));
   }
 }
 

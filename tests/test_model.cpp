@@ -1,7 +1,7 @@
 // Model-level properties: blocks, the block stack and the language model
-// (SPEC §3, §5, §6) continue a forward pass exactly where step() would be,
+// (math §3, §5, §6) continue a forward pass exactly where step() would be,
 // reject bad input with messages that name the problem, keep independent
-// state copies and rows, and are initialised as SPEC §8 prescribes.
+// state copies and rows, and are initialised as math §8 prescribes.
 //
 // Tolerances. close(a, ref, tol) means
 //     max_i |a_i - ref_i| <= tol * max(1, max_i |ref_i|).
@@ -13,16 +13,16 @@
 //   3I = 192 terms (the mLSTM gate projections), so one layer's worst-case
 //   relative rounding error is about 192 u; through 4 residual blocks and up
 //   to 300 recurrent steps we allow 10x that, ~2000 u: 1e-4 in float
-//   (u = 6e-8; also SPEC §10's "full small LM logits: atol 1e-4") and 2e-13
+//   (u = 6e-8; also math §10's "full small LM logits: atol 1e-4") and 2e-13
 //   in double (u = 1.1e-16). Measured maxima: 1.1e-6 (float), 2.9e-15
 //   (double).
 // * `with_parallel`: comparisons where one side ran the mLSTM parallel form
 //   (the forward pass from a zero state with T <= parallel_max_length). Its
-//   outputs differ from the recurrent step by the eps term of SPEC §4.5:
+//   outputs differ from the recurrent step by the eps term of math §4.5:
 //   every head's h at every step is scaled by a factor within
 //   1 +- eps = 1 +- 1e-6. That is far above double rounding, and it
 //   propagates through the following blocks and steps; we allow 1e-5 in
-//   double (10x the per-layer bound; measured 1.3e-8, as SPEC §4.5
+//   double (10x the per-layer bound; measured 1.3e-8, as math §4.5
 //   predicts). In float, rounding dominates and the tolerance stays 1e-4.
 // Any real defect (a lost state, a shifted conv window, a wrong gate) shows up
 // as differences of order 1e-2 or more.
@@ -210,7 +210,7 @@ TYPED_TEST(ForwardThenStepTest, MLstmBlockForwardThenStepEqualsStepAllTheWay) {
       Sequence<S> y_prefix;
       block.forward(time_slice(x, 0, prefix), state, y_prefix, c.form);
       // The state after the forward pass is computed with the recurrent
-      // stabiliser in every form (SPEC §4.4), so it matches to rounding.
+      // stabiliser in every form (math §4.4), so it matches to rounding.
       auto mid_state = block.initial_state(batch);
       step_through(block, time_slice(x, 0, prefix), mid_state);
       EXPECT_TRUE(RelativelyClose(state.cell.C, mid_state.cell.C, Tol<S>::rounding));
@@ -297,7 +297,7 @@ TYPED_TEST(ForwardThenStepTest, LanguageModelForwardThenStepEqualsStepAllTheWay)
 
 // T = 3 x context_length: longer than the official parallel form allows (SPEC
 // §4.2); ours must simply work. Also the pieces: the second forward starts
-// from a non-zero state, so it runs the chunkwise form (SPEC §4.4).
+// from a non-zero state, so it runs the chunkwise form (math §4.4).
 TYPED_TEST(ForwardThenStepTest, LanguageModelHandlesThreeTimesContextLength) {
   using S = TypeParam;
   std::mt19937_64 rng(105);
@@ -530,7 +530,7 @@ TYPED_TEST(StateTest, ResetRowResetsOnlyThatRow) {
   EXPECT_GT((after_reset.rows_of(1) - without_reset.rows_of(1)).cwiseAbs().maxCoeff(), S(1e-3));
   // Row 1 starts over: as a fresh batch-1 state fed the same tokens. (The
   // sLSTM whole-batch first-step rule scales its c, n, m differently there,
-  // which leaves y unchanged up to rounding, SPEC §2.4.)
+  // which leaves y unchanged up to rounding, math §2.4.)
   auto fresh = model.initial_state(1);
   const Tokens row1 = next.middleRows(1, 1);
   const Sequence<S> fresh_out = step_tokens(model, row1, 0, 6, fresh);
@@ -556,7 +556,7 @@ TYPED_TEST(StateTest, ResetReturnsToTheInitialState) {
 }
 
 // ---------------------------------------------------------------------------
-// Initialisation (SPEC §8)
+// Initialisation (math §8)
 // ---------------------------------------------------------------------------
 
 template <typename Module>
@@ -672,7 +672,7 @@ TEST_F(InitTest, MLstmBlockFollowsSpec82) {
   for (Index b : {0, 2}) {
     const std::string p = block(b) + "xlstm.";
     EXPECT_TRUE(LooksNormal(get(p + "proj_up.weight"), small_std_)) << p;
-    // q, k, v use small_init with dim = E, not the inner dim (SPEC §8.2).
+    // q, k, v use small_init with dim = E, not the inner dim (math §8.2).
     EXPECT_TRUE(LooksNormal(pooled({p + "q_proj.weight", p + "k_proj.weight", p + "v_proj.weight"}),
                             small_std_))
         << p;

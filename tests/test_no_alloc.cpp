@@ -1,7 +1,7 @@
 // step() performs no heap allocation and takes no lock once the state exists,
 // at every level: SLstmCell, MLstmCell, MLstmBlock, SLstmBlock, BlockStack,
 // LanguageModel and LargeModel (float and 16-bit weights); float and double;
-// one thread and the default thread count (DESIGN.md: the state holds the
+// one thread and the default thread count (design §3: the state holds the
 // workspace).
 //
 // Two independent counters, because Eigen allocates with malloc, not new:

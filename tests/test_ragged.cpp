@@ -34,7 +34,7 @@
 // a row leaking into another) shows up as a difference of order 1e-2 or more,
 // or as NaN.
 //
-// The sLSTM first-step rule (SPEC §2.4). The default rule, `whole_batch`,
+// The sLSTM first-step rule (math §2.4). The default rule, `whole_batch`,
 // tests n == 0 over the whole batch: a row whose state is zero while other
 // rows' are not (a reset row, a row of length 0, a fresh row next to warm
 // ones) takes m = max(raw_i, log f) instead of m = raw_i. That leaves its y
@@ -1061,7 +1061,7 @@ TYPED_TEST(Ragged, ParallelFormRefusesAWarmState) {
 // a fresh row next to a warm one, or a short row in a long batch, runs the
 // parallel form as it does alone. The input gates are very negative here,
 // which makes the parallel and chunkwise outputs differ visibly (by the eps
-// term of SPEC §4.5, about 1e-7 relative) so that a wrong choice shows in
+// term of math §4.5, about 1e-7 relative) so that a wrong choice shows in
 // double.
 TYPED_TEST(Ragged, AutomaticFormIsChosenPerRow) {
   using S = TypeParam;

@@ -2,7 +2,7 @@
 //  - one million recurrent steps of an sLSTM block and an mLSTM block in
 //    float with random inputs (including bursts 30x larger): every output
 //    and state stays finite, and the stabiliser keeps the states inside the
-//    bounds SPEC §2.4 and §4.3 imply, checked at every step;
+//    bounds math §2.4 and §4.3 imply, checked at every step;
 //  - extreme gate pre-activations (±1e30, ±inf through the gate biases) give
 //    finite outputs, and forward and step still agree;
 //  - a NaN in one batch row stays in that row, and leaves the shared model
@@ -79,7 +79,7 @@ class InputPool {
 double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
 
 // ---------------------------------------------------------------------------
-// sLSTM block, 1M steps. SPEC §2.4 after the first step: one of i', f' is 1,
+// sLSTM block, 1M steps. math §2.4 after the first step: one of i', f' is 1,
 // so n >= 1; |c| <= n since |tanh z| <= 1 and c, n share the weights; hence
 // |y| = |o c / n| <= 1. And m_t = max(raw_i, log f + m_{t-1}) lies in
 // [raw_i_t, max_s raw_i_s]; with |y| <= 1, |raw_i| <= |x_i| + ||R_i row||_1
@@ -95,7 +95,7 @@ TEST(Robustness, SLstmBlockMillionStepsStayFiniteAndBounded) {
   const Index e = kEmbedding, dh = e / 4;
   const auto& cell = block.cell();
   // Per unit u = head * dh + j: the input gate's recurrent row and bias
-  // (SPEC §2.2: kernel rows head * 4 dh + gate * dh + j, bias gate-major).
+  // (math §2.2: kernel rows head * 4 dh + gate * dh + j, bias gate-major).
   std::vector<double> recurrent_l1(std::size_t(e), 0.0), bias_i(std::size_t(e), 0.0);
   for (Index u = 0; u < e; ++u) {
     const Index head = u / dh, j = u % dh;
@@ -145,7 +145,7 @@ TEST(Robustness, SLstmBlockMillionStepsStayFiniteAndBounded) {
 }
 
 // ---------------------------------------------------------------------------
-// mLSTM block, 1M steps. SPEC §4.3 (NeurIPS convention: keys scaled by
+// mLSTM block, 1M steps. math §4.3 (NeurIPS convention: keys scaled by
 // 1/sqrt(DH) inside C and n): m_t = max(log f_t + m_{t-1}, i_t), so
 // i_t <= m_t <= max(m_{t-1}, i_t) exactly (log f <= 0). The stabilised
 // weights f' = exp(log f + m_{t-1} - m_t) and i' = exp(i - m_t) are <= 1, and
@@ -298,7 +298,7 @@ TEST(Robustness, SLstmBlockExtremeGatesGiveFiniteOutputs) {
       cfg.slstm.num_heads = 4;
       SLstmBlock<float> block(cfg);
       randomize(block, 26);
-      // Bias layout gate-major (SPEC §2.2): i, f, z, o; units 0..3 of head 0.
+      // Bias layout gate-major (math §2.2): i, f, z, o; units 0..3 of head 0.
       auto& bias = block.cell().bias();
       const Index gate = input_gate ? 0 : 1;
       for (Index u = 0; u < 4; ++u) bias(gate * kEmbedding + u) = value;

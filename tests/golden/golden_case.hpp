@@ -1,4 +1,4 @@
-// One golden file (FORMAT.md): its metadata, typed access to its tensors and
+// One golden file (tests/data/golden/README.md): its metadata, typed access to its tensors and
 // the comparison of computed outputs with the per-tensor tolerances.
 #pragma once
 
@@ -91,7 +91,7 @@ class GoldenCase {
 
   /// Compares computed values (in the stored tensor's layout) with tensor
   /// `name`: |b - g| <= atol + rtol |g| elementwise with the tensor's own
-  /// tolerances (FORMAT.md §3). `tolerance_of` names a tensor of this or the
+  /// tolerances (golden README §3). `tolerance_of` names a tensor of this or the
   /// paired file whose tolerances to use (defaults to `name`).
   void compare(const std::string& name, const std::vector<double>& computed) {
     checked_.insert(name);

@@ -1,4 +1,4 @@
-// Golden runners for the cell kinds: slstm_cell and mlstm_cell (FORMAT.md §5.1, §5.2).
+// Golden runners for the cell kinds: slstm_cell and mlstm_cell (golden README §5.1, §5.2).
 #pragma once
 
 #include "golden/golden_case.hpp"

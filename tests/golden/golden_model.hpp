@@ -1,5 +1,5 @@
 // Golden runners for blocks, stacks and the NeurIPS language model
-// (FORMAT.md §5.3-§5.7). Modules are built from the file's `config` with the
+// (golden README §5.3-§5.7). Modules are built from the file's `config` with the
 // public config reader and loaded with the public checkpoint loader.
 #pragma once
 
@@ -92,7 +92,7 @@ void run_lm_step(GoldenCase& g) {
   g.compare("output.logits_forward", forward_logits);
 }
 
-/// xLSTM-Large (FORMAT.md §5.8): full-sequence logits, final states (kernel
+/// xLSTM-Large (golden README §5.8): full-sequence logits, final states (kernel
 /// convention) and, in inference-mode files, token-by-token logits. The model
 /// is also saved in fused weight mode and reloaded, and the fused model must
 /// give the same logits: both weight modes are checked against the file.

@@ -14,7 +14,7 @@ namespace xlstm {
 
 template <typename Scalar, typename CellState, typename Workspace>
 struct ConvCellState {
-  CausalConv1dState<Scalar> conv;  ///< last K conv inputs per row (SPEC §6.3)
+  CausalConv1dState<Scalar> conv;  ///< last K conv inputs per row (math §6.3)
   CellState cell;
   Scratch<Workspace> scratch;
 

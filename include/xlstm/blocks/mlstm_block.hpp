@@ -1,4 +1,4 @@
-// MLstmBlock: the NeurIPS mLSTM block with pre-up-projection (SPEC §5), as a
+// MLstmBlock: the NeurIPS mLSTM block with pre-up-projection (math §5), as a
 // pre-norm residual block: y = x + MLstmLayer(LayerNorm(x)).
 #pragma once
 
@@ -15,7 +15,7 @@
 
 namespace xlstm {
 
-/// Mirrors the official mLSTMLayerConfig (SPEC §5.1): same field names and
+/// Mirrors the official mLSTMLayerConfig (math §5.1): same field names and
 /// defaults; `_proj_up_dim` and `_inner_embedding_dim` are derived by post_init.
 struct MLstmLayerConfig {
   Index conv1d_kernel_size = 4;
@@ -45,7 +45,7 @@ struct MLstmLayerConfig {
     check_positive(num_heads, where, "num_heads");
     check_positive(qkv_proj_blocksize, where, "qkv_proj_blocksize");
     check(proj_factor > 0, where, ": 'proj_factor' must be positive, got ", proj_factor);
-    // Official constraint (FORMAT.md §7): kernel size 0 crashes in the reference.
+    // Official constraint (golden README §7): kernel size 0 crashes in the reference.
     check(conv1d_kernel_size >= 1, where, ": 'conv1d_kernel_size' must be >= 1, got ",
           conv1d_kernel_size);
     check_positive(_inner_embedding_dim, where, "_inner_embedding_dim (run post_init)");
@@ -148,7 +148,7 @@ class MLstmBlock {
 
   /// x, y: B x T x E. `state` is the initial state and becomes the final one.
   /// From a zero state and T <= the cell's parallel_max_length this uses the
-  /// parallel form like the official forward (SPEC §5.2); otherwise chunkwise.
+  /// parallel form like the official forward (math §5.2); otherwise chunkwise.
   void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y,
                MLstmForm form = MLstmForm::automatic) const {
     forward(x, Lengths{}, state, y, form);
@@ -228,16 +228,16 @@ class MLstmBlock {
           state.cell.batch, " but the input has batch ", batch);
   }
 
-  /// Official state_dict names (SPEC §7.1).
+  /// Official state_dict names (math §7.1).
   XLSTM_PARAMETER_VISITOR
 
-  /// The official reset_parameters (SPEC §8.2).
+  /// The official reset_parameters (math §8.2).
   void initialize(Rng& rng) {
     const Index e = embedding_dim(), nh = config_.mlstm.num_heads;
     xlstm_norm_.weight().setZero();
     small_init(proj_up_.weight(), e, rng);
     for (HeadwiseLinear<Scalar>* p : {&q_proj_, &k_proj_, &v_proj_}) {
-      small_init(p->weight(), e, rng);  // dim = E, not the inner dim (SPEC §8.2)
+      small_init(p->weight(), e, rng);  // dim = E, not the inner dim (math §8.2)
       p->bias().setZero();
     }
     // The conv keeps PyTorch's default init (fan_in = K for a depthwise conv).
@@ -293,7 +293,7 @@ class MLstmBlock {
           " but the state was made for batch ", state.batch());
   }
 
-  /// SPEC §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in place.
+  /// math §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in place.
   template <typename Z>
   void apply_skip_and_output_gate(Matrix<Scalar>& h, const Matrix<Scalar>& conv_act,
                                   const Z& z) const {

@@ -1,4 +1,4 @@
-// SLstmBlock: the NeurIPS sLSTM block with post-up-projection (SPEC §3):
+// SLstmBlock: the NeurIPS sLSTM block with post-up-projection (math §3):
 //   x = x + SLstmLayer(LayerNorm(x));   x = x + GatedFeedForward(LayerNorm(x)).
 #pragma once
 
@@ -18,7 +18,7 @@
 
 namespace xlstm {
 
-/// Mirrors the official FeedForwardConfig (SPEC §1.7).
+/// Mirrors the official FeedForwardConfig (math §1.7).
 struct FeedForwardConfig {
   double proj_factor = 1.3;
   std::string act_fn = "gelu";
@@ -51,7 +51,7 @@ struct FeedForwardConfig {
 };
 
 /// Mirrors the official sLSTMLayerConfig (with the sLSTMCellConfig fields that
-/// matter off the GPU; SPEC §2.1, §3.1).
+/// matter off the GPU; math §2.1, §3.1).
 struct SLstmLayerConfig {
   Index embedding_dim = -1;
   Index hidden_size = -1;  ///< derived: = embedding_dim
@@ -253,10 +253,10 @@ class SLstmBlock {
           state.cell.batch(), " but the input has batch ", batch);
   }
 
-  /// Official state_dict names (SPEC §7.1).
+  /// Official state_dict names (math §7.1).
   XLSTM_PARAMETER_VISITOR
 
-  /// The official reset_parameters (SPEC §8.3).
+  /// The official reset_parameters (math §8.3).
   void initialize(Rng& rng) {
     const SLstmLayerConfig& c = config_.slstm;
     const Index e = embedding_dim(), nh = c.num_heads, dh = e / nh;
@@ -291,7 +291,7 @@ class SLstmBlock {
     self.xlstm_norm_.for_each_parameter(visit, prefix + "xlstm_norm.");
     const std::string p = prefix + "xlstm.";
     self.conv1d_.for_each_parameter(visit, p + "conv1d.");
-    // Official checkpoint quirk (SPEC §3.2): the module named "fgate" produces
+    // Official checkpoint quirk (math §3.2): the module named "fgate" produces
     // the INPUT-gate pre-activation and "igate" the FORGET gate.
     self.input_gate_.for_each_parameter(visit, p + "fgate.");
     self.forget_gate_.for_each_parameter(visit, p + "igate.");
@@ -315,7 +315,7 @@ class SLstmBlock {
     if (has_feedforward()) ensure_size(ws.ffn_up, batch, 2 * ffn_.proj_up_dim());
   }
 
-  /// Bias init of SPEC §8.3, written gate-major: bias[g*H + h*DH + j].
+  /// Bias init of math §8.3, written gate-major: bias[g*H + h*DH + j].
   void initialize_bias(Rng& rng) {
     const SLstmLayerConfig& c = config_.slstm;
     const Index e = embedding_dim(), nh = c.num_heads, dh = e / nh;
@@ -341,7 +341,7 @@ class SLstmBlock {
     }
   }
 
-  /// SPEC §3.2: [i | f | z | o], i and f from the conv path, z and o from the
+  /// math §3.2: [i | f | z | o], i and f from the conv path, z and o from the
   /// pre-conv input, each block head-major.
   template <typename Out>
   void gate_preactivations(const ConstMatrixRef<Scalar>& normed,

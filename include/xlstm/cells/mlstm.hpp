@@ -1,4 +1,4 @@
-// MLstmCell: the mLSTM cell (SPEC §4) — matrix memory C with the covariance
+// MLstmCell: the mLSTM cell (math §4) — matrix memory C with the covariance
 // (outer-product) update, normaliser n and stabiliser m, in its parallel,
 // chunkwise and recurrent forms.
 #pragma once
@@ -19,7 +19,7 @@
 
 namespace xlstm {
 
-/// Which side carries the 1/sqrt(DHQK) scale (SPEC §4 preamble). The outputs
+/// Which side carries the 1/sqrt(DHQK) scale (math §4 preamble). The outputs
 /// are the same; the stored states differ by that factor.
 enum class MLstmStateConvention {
   /// NeurIPS model code [X]: C and n accumulate k/sqrt(DHQK). The NeurIPS
@@ -30,7 +30,7 @@ enum class MLstmStateConvention {
   unscaled_keys,
 };
 
-/// The computational forms of SPEC §4.2-§4.4.
+/// The computational forms of math §4.2-§4.4.
 enum class MLstmForm {
   automatic,  ///< per batch row: parallel for a short row from a zero state, else chunkwise
   parallel,   ///< §4.2 (zero initial state only; T x T memory)
@@ -42,7 +42,7 @@ struct MLstmCellConfig {
   Index num_heads = 4;    ///< NH
   Index qk_head_dim = 0;  ///< DHQK: query and key size per head
   Index v_head_dim = 0;   ///< DHV: value (and output) size per head
-  double eps = 1e-6;      ///< the "+ eps" of the normaliser (SPEC §4.1)
+  double eps = 1e-6;      ///< the "+ eps" of the normaliser (math §4.1)
   MLstmStateConvention convention = MLstmStateConvention::scaled_keys;
   Index chunk_size = 64;  ///< chunk length of the chunkwise form
   /// `automatic` uses the parallel form up to this length (from a zero state),
@@ -51,7 +51,7 @@ struct MLstmCellConfig {
   /// (measured, B = 1, NH = 4, DH = 256, float: 24.2 us/token parallel versus
   /// 18.6 chunkwise at T = 256). Sequences of at most one chunk thus match the
   /// official forward (which is parallel) to rounding; longer ones differ from
-  /// it only by the eps term of SPEC §4.5.
+  /// it only by the eps term of math §4.5.
   Index parallel_max_length = 64;
 
   void validate() const {
@@ -142,7 +142,7 @@ struct MLstmState {
            (m.segment(row * num_heads, num_heads).array() == Scalar(0)).all();
   }
 
-  /// Rescales C and n to the other convention (SPEC §4: C_X = C_K / sqrt(DHQK)).
+  /// Rescales C and n to the other convention (math §4: C_X = C_K / sqrt(DHQK)).
   void convert_to(MLstmStateConvention target) {
     if (target == convention) return;
     const Scalar root = std::sqrt(Scalar(qk_head_dim));
@@ -232,7 +232,7 @@ class MLstmCell {
     if (form == MLstmForm::parallel) {
       check(state.is_zero(),
             "MLstmCell::forward: the parallel form starts from the zero state "
-            "(SPEC §4.2); use the chunkwise form to continue from a state");
+            "(math §4.2); use the chunkwise form to continue from a state");
     }
     // `automatic` decides per row, from the row's own length and state, so
     // that every row of a (ragged) batch runs exactly as it would alone.
@@ -279,7 +279,7 @@ class MLstmCell {
     });
   }
 
-  /// One time step for all rows and heads (SPEC §4.3). q, k: B x (NH*DHQK);
+  /// One time step for all rows and heads (math §4.3). q, k: B x (NH*DHQK);
   /// v: B x (NH*DHV); igate, fgate: B x NH; h receives B x (NH*DHV).
   /// Does not allocate.
   void step(const ConstMatrixRef<Scalar>& q, const ConstMatrixRef<Scalar>& k,
@@ -372,7 +372,7 @@ class MLstmCell {
   }
 
   /// logD[t, s] = cum[t] - cum[s] + i[s] for s <= t, -inf above the diagonal,
-  /// and its row max (never -inf: the diagonal is unmasked, SPEC §10.6).
+  /// and its row max (never -inf: the diagonal is unmasked, math §10.6).
   void causal_log_decay(const HeadInputs& in, Index t0, Index len, Workspace& ws) const {
     const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
     ws.log_decay.resize(len, len);
@@ -389,7 +389,7 @@ class MLstmCell {
     }
   }
 
-  /// SPEC §4.2, parallel_stabilized_simple, for one (batch row, head).
+  /// math §4.2, parallel_stabilized_simple, for one (batch row, head).
   template <typename Out>
   void parallel_head(const HeadInputs& in, Out&& h_out, Workspace& ws) const {
     const Index time = in.q.rows();
@@ -406,7 +406,7 @@ class MLstmCell {
     h_out.noalias() = ws.scores * in.v;
   }
 
-  /// SPEC §4.4(b): outputs of steps [t0, t0+len) from the state at the chunk
+  /// math §4.4(b): outputs of steps [t0, t0+len) from the state at the chunk
   /// start plus the intra-chunk parallel part.
   template <typename Out>
   void chunk_outputs(const HeadInputs& in, Index t0, Index len, const State& state, Index b,
@@ -439,7 +439,7 @@ class MLstmCell {
     }
   }
 
-  /// SPEC §4.4(a): carries (C, n, m) of (b, head) over steps [t0, t0+len).
+  /// math §4.4(a): carries (C, n, m) of (b, head) over steps [t0, t0+len).
   void advance_state(const HeadInputs& in, Index t0, Index len, State& state, Index b, Index head,
                      Workspace& ws) const {
     const Index r = b * num_heads() + head;
@@ -463,7 +463,7 @@ class MLstmCell {
     state.m(r) = m_new;
   }
 
-  /// SPEC §4.3 for one (batch row, head). No allocation.
+  /// math §4.3 for one (batch row, head). No allocation.
   template <typename Q, typename K, typename V, typename H>
   void recurrent_step(const Q& q, const K& k, const V& v, Scalar igate, Scalar fgate, State& state,
                       Index b, Index head, H&& h) const {

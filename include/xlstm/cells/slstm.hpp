@@ -1,4 +1,4 @@
-// SLstmCell: the sLSTM cell (SPEC §2) — scalar memory, exponential input
+// SLstmCell: the sLSTM cell (math §2) — scalar memory, exponential input
 // gate, sigmoid forget gate in log space, stabiliser m, normaliser n, and
 // memory mixing through a block-diagonal (per-head) recurrent matrix.
 #pragma once
@@ -18,13 +18,13 @@
 
 namespace xlstm {
 
-/// The pointwise function of the cell (SPEC §2.4 and §2.7).
+/// The pointwise function of the cell (math §2.4 and §2.7).
 enum class SLstmFunction {
   slstm,  ///< exponential gating with stabiliser and normaliser: state {y, c, n, m}
   lstm,   ///< the classic LSTM pointwise function: state {y, c} (n and m stay zero)
 };
 
-/// Which test decides the first-step rule m = raw_i (SPEC §2.4).
+/// Which test decides the first-step rule m = raw_i (math §2.4).
 enum class FirstStepRule {
   /// The vanilla backend: one test over the whole (B, H) tensor n. Default,
   /// because it is what the official golden files encode.
@@ -144,7 +144,7 @@ class SLstmCell {
   Index num_heads() const { return config_.num_heads; }
   Index head_dim() const { return config_.head_dim(); }
 
-  /// Recurrent kernel in the vanilla layout (SPEC §2.2), flattened to
+  /// Recurrent kernel in the vanilla layout (math §2.2), flattened to
   /// (NH*4*DH) x DH: row h*4*DH + g*DH + j, column k is the weight from the
   /// previous y[h*DH + k] to unit j of gate g (order i, f, z, o) of head h.
   /// Head h's block is a Linear-style (4DH x DH) matrix.
@@ -155,7 +155,7 @@ class SLstmCell {
   Vector<Scalar>& bias() { return bias_; }
   const Vector<Scalar>& bias() const { return bias_; }
 
-  /// Sets the parameters from the CUDA backend's layout (SPEC §2.2): kernel
+  /// Sets the parameters from the CUDA backend's layout (math §2.2): kernel
   /// (NH, DH, 4DH) flattened to (NH*DH) x 4DH, bias head-major [h][g][j].
   void set_from_cuda_layout(const ConstMatrixRef<Scalar>& kernel, const Vector<Scalar>& bias) {
     const Index nh = num_heads(), dh = head_dim(), h = hidden_size();
@@ -187,7 +187,7 @@ class SLstmCell {
   }
 
   /// The official parameters: `_recurrent_kernel_` (NH, 4DH, DH) and `_bias_`
-  /// (4H), vanilla layout (SPEC §2.2). Checkpoints in the CUDA layout are
+  /// (4H), vanilla layout (math §2.2). Checkpoints in the CUDA layout are
   /// converted by the loader (io/checkpoint.hpp).
   XLSTM_PARAMETER_VISITOR
 
@@ -195,7 +195,7 @@ class SLstmCell {
   State initial_state(Index batch) const { return State(batch, hidden_size()); }
 
   /// One time step. `preactivations` is B x 4H, gate-major [g][h][j] (the
-  /// input projections of SPEC §2.3); the new hidden output is `state.y`.
+  /// input projections of math §2.3); the new hidden output is `state.y`.
   /// Does not allocate.
   void step(const ConstMatrixRef<Scalar>& preactivations, State& state) const {
     check_state(state, "SLstmCell::step");
@@ -311,14 +311,14 @@ class SLstmCell {
   template <typename Input>
   void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t) const {
     const Index batch = state.batch(), h = hidden_size(), dh = head_dim(), nh = num_heads();
-    // SPEC §2.4: the vanilla backend tests n == 0 over the whole batch.
+    // math §2.4: the vanilla backend tests n == 0 over the whole batch.
     const bool first_step_everywhere = (state.n.array() == Scalar(0)).all();
     Matrix<Scalar>& recurrent = state.recurrent.get();
     ensure_size(recurrent, batch, 4 * h);
     // Heads are independent: spread them over the threads when the recurrent
     // weights are large enough to pay.
     parallel_for(nh, recurrent_kernel_.size() >= (1 << 16), [&](Index head) {
-      // SPEC §2.3: raw = x + R y + b. R y is one product per head over all
+      // math §2.3: raw = x + R y + b. R y is one product per head over all
       // batch rows, written head-major (column h*4DH + g*DH + j) into the
       // workspace; x and b are gate-major and added per (head, gate) segment.
       auto raw_all = recurrent.middleCols(head * 4 * dh, 4 * dh);
@@ -337,7 +337,7 @@ class SLstmCell {
         auto y = state.y.row(b).segment(head * dh, dh).array();
         auto c = state.c.row(b).segment(head * dh, dh).array();
         if (config_.function == SLstmFunction::lstm) {
-          // SPEC §2.7: c = sigmoid(f) c + sigmoid(i) tanh(z); y = sigmoid(o) tanh(c).
+          // math §2.7: c = sigmoid(f) c + sigmoid(i) tanh(z); y = sigmoid(o) tanh(c).
           c = sigmoid(raw_f) * c + sigmoid(raw_i) * raw_z.tanh();
           y = sigmoid(raw_o) * c.tanh();
           continue;

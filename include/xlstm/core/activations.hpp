@@ -1,4 +1,4 @@
-// Activations of SPEC §1.1, vectorised over Eigen arrays for float and double.
+// Activations of math §1.1, vectorised over Eigen arrays for float and double.
 //
 // Each function returns an Eigen expression, so `y = silu(x.array())` fuses
 // into one loop. Each one is written so that extreme arguments (±1e4, ±inf,
@@ -26,7 +26,7 @@ auto sigmoid(const Eigen::ArrayBase<Derived>& x) {
   return Scalar(1) / (Scalar(1) + (-x).exp());
 }
 
-/// Stable log-sigmoid (SPEC §1.1 / §10.2): min(x, 0) - log1p(exp(-|x|)).
+/// Stable log-sigmoid (math §1.1 / §10.2): min(x, 0) - log1p(exp(-|x|)).
 /// The naive log(sigmoid(x)) overflows for x << 0 and loses digits for x >> 0.
 template <typename Derived>
 auto log_sigmoid(const Eigen::ArrayBase<Derived>& x) {
@@ -43,7 +43,7 @@ auto silu(const Eigen::ArrayBase<Derived>& x) {
   return finite_x * sigmoid(finite_x);
 }
 
-/// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) as PyTorch's default (SPEC §10.12:
+/// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) as PyTorch's default (math §10.12:
 /// not the tanh approximation). The limit at -inf is 0.
 template <typename Derived>
 auto gelu(const Eigen::ArrayBase<Derived>& x) {
@@ -53,7 +53,7 @@ auto gelu(const Eigen::ArrayBase<Derived>& x) {
   return Scalar(0.5) * finite_x * (Scalar(1) + (finite_x * inv_sqrt2).erf());
 }
 
-/// Soft cap (SPEC §1.1): c * tanh(x / c).
+/// Soft cap (math §1.1): c * tanh(x / c).
 template <typename Derived>
 auto soft_cap(const Eigen::ArrayBase<Derived>& x, typename Derived::Scalar cap) {
   return cap * (x / cap).tanh();

@@ -1,4 +1,4 @@
-// CausalConv1d (SPEC §1.5): depthwise causal convolution over time, with a
+// CausalConv1d (math §1.5): depthwise causal convolution over time, with a
 // rolling window of past inputs as its state so that `step` continues
 // `forward` exactly. Kernel size 0 is the identity (sLSTM without conv).
 #pragma once

@@ -1,7 +1,7 @@
-// Parameter initialisers of the official code (SPEC §8), from a user seed.
+// Parameter initialisers of the official code (math §8), from a user seed.
 //
 // Random streams cannot match PyTorch's; what matches is the distribution of
-// every tensor and every deterministic value (SPEC §8 preamble).
+// every tensor and every deterministic value (math §8 preamble).
 #pragma once
 
 #include <Eigen/Core>
@@ -46,13 +46,13 @@ class Rng {
   std::mt19937_64 engine_;
 };
 
-/// small_init: N(0, sqrt(2 / (5 dim))) (SPEC §8).
+/// small_init: N(0, sqrt(2 / (5 dim))) (math §8).
 template <typename Derived>
 void small_init(Eigen::PlainObjectBase<Derived>& w, Index dim, Rng& rng) {
   rng.normal(w, 0.0, std::sqrt(2.0 / (5.0 * double(dim))));
 }
 
-/// wang_init: N(0, 2 / num_blocks / sqrt(dim)) (SPEC §8).
+/// wang_init: N(0, 2 / num_blocks / sqrt(dim)) (math §8).
 template <typename Derived>
 void wang_init(Eigen::PlainObjectBase<Derived>& w, Index dim, Index num_blocks, Rng& rng) {
   rng.normal(w, 0.0, 2.0 / double(num_blocks) / std::sqrt(double(dim)));

@@ -1,4 +1,4 @@
-// LayerNorm (SPEC §1.2) and MultiHeadLayerNorm (SPEC §1.3, and the xLSTM-Large
+// LayerNorm (math §1.2) and MultiHeadLayerNorm (math §1.3, and the xLSTM-Large
 // variant of §9.2): normalisation over the last dimension, or per head.
 #pragma once
 
@@ -14,8 +14,8 @@ namespace xlstm {
 /// How a norm's stored weight is applied.
 enum class NormWeight {
   none,    ///< no weight (scale 1)
-  offset,  ///< NeurIPS xLSTM: stored w, applied as 1 + w (SPEC §1.2, residual_weight=True)
-  direct,  ///< applied as stored (xLSTM-Large, SPEC §9.2)
+  offset,  ///< NeurIPS xLSTM: stored w, applied as 1 + w (math §1.2, residual_weight=True)
+  direct,  ///< applied as stored (xLSTM-Large, math §9.2)
 };
 
 /// Normalises each row's groups of `group_size` features (biased variance,
@@ -92,13 +92,13 @@ class GroupedNorm {
   Vector<Scalar> weight_, bias_;
 };
 
-/// The NeurIPS LayerNorm (SPEC §1.2): offset weight (1 + w), no bias, eps 1e-5.
+/// The NeurIPS LayerNorm (math §1.2): offset weight (1 + w), no bias, eps 1e-5.
 template <typename Scalar>
 GroupedNorm<Scalar> make_layer_norm(Index features, bool bias = false) {
   return GroupedNorm<Scalar>(features, 1, NormWeight::offset, bias, 1e-5);
 }
 
-/// The NeurIPS MultiHeadLayerNorm (SPEC §1.3): per-head statistics, per-channel
+/// The NeurIPS MultiHeadLayerNorm (math §1.3): per-head statistics, per-channel
 /// offset weight (or none), eps 1e-5.
 template <typename Scalar>
 GroupedNorm<Scalar> make_multi_head_layer_norm(Index features, Index num_heads,

@@ -1,5 +1,5 @@
 // Linear (PyTorch nn.Linear) and HeadwiseLinear (LinearHeadwiseExpand, the
-// block-diagonal projection of SPEC §1.4).
+// block-diagonal projection of math §1.4).
 #pragma once
 
 #include <algorithm>
@@ -94,7 +94,7 @@ class Linear {
   Vector<Scalar> bias_;
 };
 
-/// Block-diagonal linear map (SPEC §1.4): the input splits into `num_heads`
+/// Block-diagonal linear map (math §1.4): the input splits into `num_heads`
 /// blocks of in/NH features, each mapped by its own (out/NH x in/NH) matrix.
 /// Stored weight shape (NH, out/NH, in/NH), flattened to (NH*out/NH) x in/NH.
 template <typename Scalar_>

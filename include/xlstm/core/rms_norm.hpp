@@ -1,4 +1,4 @@
-// RMSNorm of xLSTM-Large (SPEC §9.2): x / sqrt(mean(x^2) + eps) * w (+ b).
+// RMSNorm of xLSTM-Large (math §9.2): x / sqrt(mean(x^2) + eps) * w (+ b).
 #pragma once
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// The two "round up to a multiple" helpers of the official code (SPEC §1.6).
+// The two "round up to a multiple" helpers of the official code (math §1.6).
 // They differ for non-integer products, so each model uses its own.
 #pragma once
 

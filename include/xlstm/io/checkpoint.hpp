@@ -91,7 +91,7 @@ std::size_t part_size(const Ref& ref) {
 
 /// sLSTM checkpoints saved by the CUDA backend store `_recurrent_kernel_` as
 /// (NH, DH, 4DH) and `_bias_` head-major [h][g][j]; the vanilla layout (ours)
-/// is (NH, 4DH, DH) and gate-major [g][h][j] (SPEC §2.2). The kernel's shape
+/// is (NH, 4DH, DH) and gate-major [g][h][j] (math §2.2). The kernel's shape
 /// tells the layouts apart (4DH != DH), and the bias must follow the kernel:
 /// both shapes are the same, so a wrong guess would scramble it silently.
 template <typename Scalar>
@@ -176,7 +176,7 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
       continue;
     }
     Shape found = info.shape;
-    // multihead_norm.weight may be stored as (NH, DH) (SPEC §7.2): flatten.
+    // multihead_norm.weight may be stored as (NH, DH) (math §7.2): flatten.
     if (found.size() == 2 && target.shape.size() == 1 && found[0] * found[1] == target.shape[0] &&
         target.name.find("multihead_norm") != std::string::npos) {
       found = target.shape;
@@ -192,7 +192,7 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
     } else {
       s.values = file.read<Scalar>(key);
     }
-    // Official checkpoint quirk (SPEC §2.2): sLSTM tensors in the CUDA layout.
+    // Official checkpoint quirk (math §2.2): sLSTM tensors in the CUDA layout.
     if (found != target.shape && detail::ends_with(target.name, "_recurrent_kernel_")) {
       const std::string bias_name =
           target.name.substr(0, target.name.size() - std::string("_recurrent_kernel_").size()) +

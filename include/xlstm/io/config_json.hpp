@@ -4,7 +4,7 @@
 //
 // Derived fields (_proj_up_dim, _inner_embedding_dim, hidden_size, ...) are
 // recomputed, never trusted: serialised stack configs carry stale per-block
-// values (SPEC §6.1). Fields that only matter to the CUDA kernels or training
+// values (math §6.1). Fields that only matter to the CUDA kernels or training
 // (dtypes, batch_size, clip values, ...) are accepted and ignored; they are
 // not written back.
 #pragma once

@@ -1,5 +1,5 @@
 // BlockStack: mLSTM and sLSTM blocks placed by `slstm_at`, with an optional
-// post-blocks LayerNorm (SPEC §6).
+// post-blocks LayerNorm (math §6).
 #pragma once
 
 #include <algorithm>
@@ -13,7 +13,7 @@
 
 namespace xlstm {
 
-/// Mirrors the official xLSTMBlockStackConfig (SPEC §6.1).
+/// Mirrors the official xLSTMBlockStackConfig (math §6.1).
 struct BlockStackConfig {
   std::optional<MLstmBlockConfig> mlstm_block;
   std::optional<SLstmBlockConfig> slstm_block;
@@ -46,7 +46,7 @@ struct BlockStackConfig {
     return s;
   }
 
-  /// The official __post_init__ propagation (SPEC §6.1).
+  /// The official __post_init__ propagation (math §6.1).
   void post_init() {
     if (mlstm_block) {
       auto& m = mlstm_block->mlstm;
@@ -261,7 +261,7 @@ class BlockStack {
     }
   }
 
-  /// Official names (SPEC §7.1): "blocks.<i>." and "post_blocks_norm.".
+  /// Official names (math §7.1): "blocks.<i>." and "post_blocks_norm.".
   XLSTM_PARAMETER_VISITOR
 
   void initialize(Rng& rng) {

@@ -1,4 +1,4 @@
-// LanguageModel: token embedding, block stack and LM head (SPEC §6.2, §6.3),
+// LanguageModel: token embedding, block stack and LM head (math §6.2, §6.3),
 // the NeurIPS xLSTMLMModel.
 #pragma once
 
@@ -178,7 +178,7 @@ class LanguageModel {
   /// at the embedding.
   XLSTM_PARAMETER_VISITOR
 
-  /// The full official reset_parameters (SPEC §8.1, §8.4).
+  /// The full official reset_parameters (math §8.1, §8.4).
   void initialize(Rng& rng) {
     small_init(embedding_.weight(), embedding_dim(), rng);
     stack_.initialize(rng);
