@@ -181,6 +181,13 @@ int main(int argc, char** argv) {
   std::string prefix;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: from_pytorch [model.safetensors [config.json]] [--prefix P]\n"
+          "Loads a language model exported from the official PyTorch package and prints\n"
+          "statistics of its logits; without arguments, round-trips a small random model.\n");
+      return 0;
+    }
     if (a == "--prefix" && i + 1 < argc) {
       prefix = argv[++i];
     } else if (a.rfind("--prefix=", 0) == 0) {

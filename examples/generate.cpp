@@ -50,6 +50,14 @@ int main(int argc, char** argv) {
     options.max_length = 32;
     for (int i = 1; i < argc; ++i) {
       const std::string arg = argv[i];
+      if (arg == "--help" || arg == "-h") {
+        std::printf(
+            "usage: generate [checkpoint] [token ids...] [--max-length N] [--temperature T]\n"
+            "                [--top-k K] [--top-p P] [--seed S]\n"
+            "Generates from an xLSTM-Large checkpoint (file or directory), or from a small\n"
+            "random model when none is given. Temperature 0 is greedy decoding.\n");
+        return 0;
+      }
       const bool has_value = i + 1 < argc;
       if (arg.rfind("--", 0) == 0 && !has_value) {
         std::fprintf(stderr, "%s needs a value\n", arg.c_str());

@@ -1,10 +1,18 @@
 // Quick start: an mLSTM block and an sLSTM block, a whole sequence through
 // forward(), then the same modules continued one step at a time.
 #include <cstdio>
+#include <string>
 
 #include "xlstm/xlstm.hpp"
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1) {
+    const bool help = std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h";
+    std::printf(
+        "usage: quickstart\n"
+        "Builds an mLSTM and an sLSTM block, runs a sequence through forward, then step.\n");
+    return help ? 0 : 2;
+  }
   using xlstm::Index;
   const Index batch = 2, time = 16, embedding = 64;
 

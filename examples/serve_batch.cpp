@@ -5,6 +5,7 @@
 // (reset_row frees the slot). At the end every sequence is checked against
 // generating it alone with xlstm::generate; a mismatch exits with status 1.
 #include <algorithm>
+#include <string>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -45,7 +46,15 @@ Model make_model() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1) {
+    const bool help = std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h";
+    std::printf(
+        "usage: serve_batch\n"
+        "A continuous-batching loop over 8 slots: requests arrive, prefill, decode and leave;\n"
+        "every sequence is checked against generating it alone.\n");
+    return help ? 0 : 2;
+  }
   constexpr std::size_t kSlots = 8;
   const Model model = make_model();
   std::mt19937_64 rng(2024);

@@ -45,6 +45,13 @@ double percentile(std::vector<double> v, double p) {
 
 int main(int argc, char** argv) {
   Index steps = 2000;
+  if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    std::printf(
+        "usage: streaming [steps >= 2]\n"
+        "Feeds a small block stack one sample at a time, saves its state halfway, restores\n"
+        "it into a fresh state, checks the stream continues exactly, prints step latency.\n");
+    return 0;
+  }
   if (argc > 1) steps = std::atol(argv[1]);
   if (argc > 2 || steps < 2) {
     std::fprintf(stderr, "usage: streaming [steps >= 2]\n");

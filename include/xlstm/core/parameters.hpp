@@ -44,6 +44,19 @@ struct BasicParameterRef {
   using Value = std::conditional_t<kConst, const Scalar, Scalar>;
   using Weights = std::conditional_t<kConst, const WeightMatrix<Scalar>, WeightMatrix<Scalar>>;
 
+  BasicParameterRef() = default;
+  /// A writable reference reads as a read-only one, so a visitor written for
+  /// ConstParameterRef works on a non-const module too.
+  template <bool kOther, typename = std::enable_if_t<kConst && !kOther>>
+  BasicParameterRef(const BasicParameterRef<Scalar, kOther>& other)  // NOLINT: implicit on purpose
+      : name(other.name),
+        shape(other.shape),
+        data(other.data),
+        matrix(other.matrix),
+        optional(other.optional),
+        part(other.part),
+        parts(other.parts) {}
+
   std::string name;           ///< full state_dict key
   Shape shape;                ///< PyTorch shape
   Value* data = nullptr;      ///< shape product elements, row-major; null for 16-bit weights
