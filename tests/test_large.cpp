@@ -458,6 +458,73 @@ TEST(LargeMemory, Bf16CheckpointStaysSixteenBitInMemory) {
 #endif
 }
 
+// The same for a NeurIPS language model (embedding, head and every Linear
+// layer kept 16-bit, opt-in with LoadOptions::keep_half_weights).
+TEST(LargeMemory, NeuripsBf16CheckpointStaysSixteenBitInMemory) {
+#if defined(XLSTM_TEST_UNDER_ASAN)
+  GTEST_SKIP() << "AddressSanitizer inflates and delays resident memory; RSS is meaningless here";
+#elif !defined(__linux__)
+  GTEST_SKIP() << "needs /proc/self/status and fork (Linux)";
+#else
+  if (read_rss().total < 0 || read_rss().anon < 0) {
+    GTEST_SKIP() << "/proc/self/status with VmRSS/RssAnon is not available";
+  }
+  auto config = test_util::mixed_stack_config<xlstm::LanguageModelConfig>(512, 2, {1});
+  config.vocab_size = 16384;
+  const std::string dir = fresh("memory_neurips_bf16");
+  const pid_t child = fork();
+  ASSERT_GE(child, 0) << "fork failed";
+  if (child == 0) {
+    int status = 0;
+    try {
+      xlstm::LanguageModel<float> model(config);
+      fs::create_directories(dir);
+      io::SafetensorsWriter writer;
+      io::add_module(writer, model, "", io::DType::BF16);
+      writer.save((fs::path(dir) / "model.safetensors").string());
+      std::ofstream((fs::path(dir) / "config.json").string())
+          << io::to_json(model.config()).dump(2);
+    } catch (...) {
+      status = 1;
+    }
+    _exit(status);
+  }
+  int status = -1;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "writing the checkpoint failed";
+  const double matrix_bytes = 2.0 * 2 * 16384 * 512;  // BF16 embedding and head alone
+  const Tokens tokens = random_tokens(1, 6, config.vocab_size, 9);
+  auto load_and_run = [&](bool keep_half, Sequence<float>& logits) {
+    io::LoadOptions options;
+    options.keep_half_weights = keep_half;
+    const Rss before = read_rss();
+    Rss after;
+    {
+      const auto model = io::load_language_model<float>(dir, options);
+      EXPECT_EQ(model.embedding_matrix().is_half(), keep_half);
+      auto state = model.initial_state(1);
+      model.forward(tokens, state, logits);
+      after = read_rss();
+    }
+    return std::make_pair(after.total - before.total, after.anon - before.anon);
+  };
+  Sequence<float> half_logits, float_logits;
+  const auto [half_total, half_anon] = load_and_run(true, half_logits);
+  const auto [float_total, float_anon] = load_and_run(false, float_logits);
+  std::printf("[ memory ] NeurIPS LM: kept 16-bit +%.1f MB (anonymous %+.1f MB), upcast +%.1f MB "
+              "(anonymous %+.1f MB); BF16 embedding + head %.1f MB\n",
+              half_total / 1048576.0, half_anon / 1048576.0, float_total / 1048576.0,
+              float_anon / 1048576.0, matrix_bytes / 1048576.0);
+  // Kept 16-bit: no float copy of the big matrices (which would be 2x their bytes).
+  EXPECT_LT(half_anon, 0.5 * matrix_bytes);
+  EXPECT_GT(float_anon, 1.5 * matrix_bytes);
+  const double scale = float_logits.matrix().cwiseAbs().maxCoeff();
+  EXPECT_LE(max_abs_diff(half_logits.matrix(), float_logits.matrix()),
+            1e3 * std::numeric_limits<float>::epsilon() * (1 + scale));
+  fs::remove_all(dir);
+#endif
+}
+
 // ---------------------------------------------------------------------------
 // 4. Prefill, pieces and steps agree
 
