@@ -378,7 +378,9 @@ TEST_F(BadInputTest, WrongWidthIsRejectedNamingTheExpectedWidth) {
   Matrix<S> y_bad(2, 30);
   Matrix<S> x_ok(2, 32);
   x_ok.setZero();
-  EXPECT_TRUE(ThrowsMentioning([&] { mlstm.step(x_ok, ms, y_bad); }, {"y_t", "2 x 32"}));
+  // A view of the wrong size is refused (a Matrix output is resized, as forward does).
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { mlstm.step(x_ok, ms, y_bad.leftCols(30)); }, {"y_t", "2 x 32"}));
 
   SLstmBlock<S> slstm(slstm_block_config());
   auto ss = slstm.initial_state(2);
@@ -442,7 +444,9 @@ TEST_F(BadInputTest, MismatchedBatchBetweenInputAndStateIsRejected) {
   EXPECT_TRUE(ThrowsMentioning([&] { model_.step(ids, state, logits); }, {"3 ids", "batch 2"}));
   Matrix<S> wrong_logits(3, kVocab);
   ids = {1, 2};
-  EXPECT_TRUE(ThrowsMentioning([&] { model_.step(ids, state, wrong_logits); }, {"logits"}));
+  // A view of the wrong size is refused (a Matrix output is resized, as forward does).
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { model_.step(ids, state, wrong_logits.topRows(3)); }, {"logits"}));
 
   auto stack_state = stack_.initial_state(2);
   EXPECT_TRUE(ThrowsMentioning(

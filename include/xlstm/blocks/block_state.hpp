@@ -12,6 +12,9 @@
 
 namespace xlstm {
 
+/// The state of MLstmBlock and SLstmBlock (MLstmBlockState, SLstmBlockState):
+/// make it with the block's initial_state(batch); copy it, reset or copy
+/// rows, save it (io/state_io.hpp). Its scratch is not copied or saved.
 template <typename Scalar, typename CellState, typename Workspace>
 struct ConvCellState {
   CausalConv1dState<Scalar> conv;  ///< last K conv inputs per row (math §6.3)

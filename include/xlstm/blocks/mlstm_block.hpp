@@ -89,6 +89,19 @@ struct MLstmBlockWorkspace {
 template <typename Scalar>
 using MLstmBlockState = ConvCellState<Scalar, MLstmState<Scalar>, MLstmBlockWorkspace<Scalar>>;
 
+/// The NeurIPS mLSTM block: LayerNorm, up-projection to the inner width,
+/// causal conv + SiLU, headwise q/k projections, the mLSTM cell, multi-head
+/// norm, learnable skip, output gate and down-projection, as a residual.
+///
+///   xlstm::MLstmBlockConfig config;
+///   config.mlstm.embedding_dim = 128;
+///   config.mlstm.num_heads = 4;                 // must divide the inner width
+///   xlstm::MLstmBlock<float> block(config);      // official init, seed 0
+///   auto state = block.initial_state(2);
+///   block.forward(x, state, y);                  // B x T x E
+///
+/// `forward` and `step` are const: one block may run on many threads, each
+/// with its own state. `step` allocates nothing once the state exists.
 template <typename Scalar_>
 class MLstmBlock {
  public:

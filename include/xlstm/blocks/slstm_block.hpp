@@ -124,6 +124,19 @@ struct SLstmBlockWorkspace {
 template <typename Scalar>
 using SLstmBlockState = ConvCellState<Scalar, SLstmState<Scalar>, SLstmBlockWorkspace<Scalar>>;
 
+/// The NeurIPS sLSTM block: LayerNorm, optional causal conv + SiLU,
+/// headwise gate projections, the sLSTM cell, group norm, residual; then an
+/// optional pre-norm gated feed-forward (post-up-projection), residual.
+///
+///   xlstm::SLstmBlockConfig config;
+///   config.slstm.embedding_dim = 64;
+///   config.slstm.num_heads = 4;
+///   xlstm::SLstmBlock<float> block(config);      // official init, seed 0
+///   auto state = block.initial_state(2);
+///   block.forward(x, state, y);                  // B x T x E
+///
+/// `forward` and `step` are const: one block may run on many threads, each
+/// with its own state. `step` allocates nothing once the state exists.
 template <typename Scalar_>
 class SLstmBlock {
  public:

@@ -48,8 +48,7 @@ struct MLstmCellConfig {
   /// `automatic` uses the parallel form up to this length (from a zero state),
   /// the chunkwise form beyond. Up to one chunk both cost the same; beyond, the
   /// parallel form computes the masked half of its T x T matrix for nothing
-  /// (measured, B = 1, NH = 4, DH = 256, float: 24.2 us/token parallel versus
-  /// 18.6 chunkwise at T = 256). Sequences of at most one chunk thus match the
+  /// (README, Design notes, has the measurement). Sequences of at most one chunk thus match the
   /// official forward (which is parallel) to rounding; longer ones differ from
   /// it only by the eps term of math §4.5.
   Index parallel_max_length = 64;
@@ -69,6 +68,8 @@ struct MLstmCellConfig {
 /// State per batch row and head: C (DHQK x DHV), n (DHQK), m (scalar), all
 /// zero initially. Row `r = b*NH + h` indexes (batch row, head):
 /// C rows [r*DHQK, (r+1)*DHQK), n row r, m entry r.
+/// What the cell carries between calls; copy it, reset or copy rows, save it
+/// (io/state_io.hpp). Make it with MLstmCell::initial_state(batch).
 template <typename Scalar>
 struct MLstmState {
   Index batch = 0, num_heads = 0, qk_head_dim = 0, v_head_dim = 0;
@@ -167,6 +168,18 @@ struct MLstmState {
   }
 };
 
+/// The mLSTM cell (math §4): matrix memory C with the covariance update,
+/// normaliser n and stabiliser m, in its parallel, chunkwise and recurrent
+/// forms, which agree (math §4.5). It has no parameters: q, k, v and the
+/// gate pre-activations come from the block.
+///
+///   xlstm::MLstmCell<float> cell(xlstm::MLstmCellConfig{/*heads*/ 2, /*dqk*/ 8, /*dv*/ 8});
+///   auto state = cell.initial_state(/*batch*/ 1);
+///   cell.forward(1, T, q, k, v, igate, fgate, state, h);   // (B*T) x (NH*D) rows
+///   cell.step(q_t, k_t, v_t, igate_t, fgate_t, state, h_t);
+///
+/// `forward` and `step` are const; `step` allocates nothing; `forward`
+/// allocates its per-head workspaces (memory linear in T for the chunkwise form).
 template <typename Scalar_>
 class MLstmCell {
  public:

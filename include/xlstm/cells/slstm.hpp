@@ -125,6 +125,18 @@ struct SLstmTrace {
   Sequence<Scalar> c, n, m;
 };
 
+/// The sLSTM cell (math §2): exponential input gate, sigmoid forget gate in
+/// log space, stabiliser m, normaliser n, and a block-diagonal recurrent
+/// matrix that mixes the units of a head. It takes the gate pre-activations
+/// (the input projections are the block's job).
+///
+///   xlstm::SLstmCell<float> cell(xlstm::SLstmCellConfig{/*hidden*/ 32, /*heads*/ 4});
+///   auto state = cell.initial_state(/*batch*/ 2);
+///   xlstm::Sequence<float> preact(2, 10, 4 * 32), y;   // [i | f | z | o], gate-major
+///   cell.forward(preact, state, y);                     // or cell.step(preact_t, state)
+///
+/// `forward` and `step` are const (one cell, many threads, a state each);
+/// `step` allocates nothing once the state's scratch has its size.
 template <typename Scalar_>
 class SLstmCell {
  public:

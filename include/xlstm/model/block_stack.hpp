@@ -157,6 +157,17 @@ struct BlockStackState {
   }
 };
 
+/// The official xLSTMBlockStack: mLSTM and sLSTM blocks placed by
+/// `slstm_at`, each with its index for the initialisation, and an optional
+/// post-blocks LayerNorm.
+///
+///   auto config = ...;                            // BlockStackConfig (docs/config.md)
+///   xlstm::BlockStack<float> stack(config);      // official init, seed 0
+///   auto state = stack.initial_state(/*batch*/ 4);
+///   stack.forward(x, state, y);                  // then stack.step(x_t, state, y_t)
+///
+/// `forward` and `step` are const (one stack, many threads, a state each);
+/// `step` allocates nothing once the state exists.
 template <typename Scalar_>
 class BlockStack {
  public:
