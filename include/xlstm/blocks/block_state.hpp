@@ -12,6 +12,16 @@
 
 namespace xlstm {
 
+/// The input checks every block's forward and step start with: `features`
+/// must be the block's embedding_dim and `batch` the state's batch.
+inline void check_block_input(Index features, Index batch, Index embedding_dim, Index state_batch,
+                              const char* where, const char* name) {
+  check(features == embedding_dim, where, ": argument '", name, "' must have ", embedding_dim,
+        " features (embedding_dim), got ", features);
+  check(batch == state_batch, where, ": argument '", name, "' has batch ", batch,
+        " but the state was made for batch ", state_batch);
+}
+
 /// The state of MLstmBlock and SLstmBlock (MLstmBlockState, SLstmBlockState):
 /// make it with the block's initial_state(batch); copy it, reset or copy
 /// rows, save it (io/state_io.hpp). Its scratch is not copied or saved.

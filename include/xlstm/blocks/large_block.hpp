@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "xlstm/blocks/block_state.hpp"
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/feedforward.hpp"
@@ -335,10 +336,7 @@ class LargeBlock {
 
   void check_input(Index features, Index batch, const State& state, const char* where,
                    const char* name) const {
-    check(features == embedding_dim(), where, ": argument '", name, "' must have ", embedding_dim(),
-          " features (embedding_dim), got ", features);
-    check(batch == state.batch(), where, ": argument '", name, "' has batch ", batch,
-          " but the state was made for batch ", state.batch());
+    check_block_input(features, batch, embedding_dim(), state.batch(), where, name);
   }
 
   Config config_;

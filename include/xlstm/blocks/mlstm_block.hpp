@@ -51,8 +51,8 @@ struct MLstmLayerConfig {
     check_positive(_inner_embedding_dim, where, "_inner_embedding_dim (run post_init)");
     // The heads split the up-projected width, not embedding_dim (docs/config.md).
     check(_inner_embedding_dim % num_heads == 0, where, ": the inner (up-projected) width ",
-          _inner_embedding_dim, " = round_up('proj_factor' ", proj_factor, " x 'embedding_dim' ",
-          embedding_dim, ", to a multiple of 'round_proj_up_to_multiple_of' ",
+          _inner_embedding_dim, " ('proj_factor' ", proj_factor, " x 'embedding_dim' ",
+          embedding_dim, " rounded to a multiple of 'round_proj_up_to_multiple_of' ",
           round_proj_up_to_multiple_of, ") must be divisible by 'num_heads' (", num_heads,
           "); choose num_heads dividing ", _inner_embedding_dim);
     check(_inner_embedding_dim % qkv_proj_blocksize == 0, where,
@@ -300,10 +300,7 @@ class MLstmBlock {
 
   void check_input(Index features, Index batch, const State& state, const char* where,
                    const char* name) const {
-    check(features == embedding_dim(), where, ": argument '", name, "' must have ", embedding_dim(),
-          " features (embedding_dim), got ", features);
-    check(batch == state.batch(), where, ": argument '", name, "' has batch ", batch,
-          " but the state was made for batch ", state.batch());
+    check_block_input(features, batch, embedding_dim(), state.batch(), where, name);
   }
 
   /// math §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in place.

@@ -369,10 +369,7 @@ class SLstmBlock {
 
   void check_input(Index features, Index batch, const State& state, const char* where,
                    const char* name) const {
-    check(features == embedding_dim(), where, ": argument '", name, "' must have ", embedding_dim(),
-          " features (embedding_dim), got ", features);
-    check(batch == state.batch(), where, ": argument '", name, "' has batch ", batch,
-          " but the state was made for batch ", state.batch());
+    check_block_input(features, batch, embedding_dim(), state.batch(), where, name);
   }
 
   Config config_;

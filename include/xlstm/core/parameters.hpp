@@ -16,6 +16,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cstddef>
 #include <string>
 #include <tuple>
@@ -100,21 +101,16 @@ BasicParameterRef<Scalar, kConst> dense_ref(std::string name, Shape shape, Stora
 
 }  // namespace detail
 
-/// Visits dense storage (any Eigen matrix or vector) as `prefix + name`.
-/// The reference is writable exactly when `storage` is.
-template <typename Visit, typename Derived>
+/// Visits dense storage (any Eigen matrix or vector, const or not) as
+/// `prefix + name`; the reference is writable exactly when `storage` is.
+template <typename Visit, typename Storage,
+          typename = std::enable_if_t<!std::is_same_v<
+              std::remove_const_t<Storage>, WeightMatrix<typename Storage::Scalar>>>>
 void visit_parameter(Visit& visit, const std::string& prefix, const char* name, Shape shape,
-                     Eigen::PlainObjectBase<Derived>& storage, bool optional = false) {
-  using Scalar = typename Derived::Scalar;
-  auto ref = detail::dense_ref<Scalar, false>(prefix + name, std::move(shape), storage);
-  ref.optional = optional;
-  visit(ref);
-}
-template <typename Visit, typename Derived>
-void visit_parameter(Visit& visit, const std::string& prefix, const char* name, Shape shape,
-                     const Eigen::PlainObjectBase<Derived>& storage, bool optional = false) {
-  using Scalar = typename Derived::Scalar;
-  auto ref = detail::dense_ref<Scalar, true>(prefix + name, std::move(shape), storage);
+                     Storage& storage, bool optional = false) {
+  using Scalar = typename Storage::Scalar;
+  auto ref = detail::dense_ref<Scalar, std::is_const_v<Storage>>(prefix + name, std::move(shape),
+                                                                 storage);
   ref.optional = optional;
   visit(ref);
 }
@@ -143,22 +139,13 @@ void visit_sliced(Visit& visit, const std::string& prefix, const char* name, con
   (one(slices), ...);
 }
 
-/// Visits a weight matrix (shape rows x cols) as `prefix + name`.
-template <typename Visit, typename Scalar>
-void visit_parameter(Visit& visit, const std::string& prefix, const char* name,
-                     WeightMatrix<Scalar>& weights, bool optional = false) {
-  ParameterRef<Scalar> ref;
-  ref.name = prefix + name;
-  ref.shape = {std::size_t(weights.rows()), std::size_t(weights.cols())};
-  ref.data = weights.is_half() ? nullptr : weights.native().data();
-  ref.matrix = &weights;
-  ref.optional = optional;
-  visit(ref);
-}
-template <typename Visit, typename Scalar>
-void visit_parameter(Visit& visit, const std::string& prefix, const char* name,
-                     const WeightMatrix<Scalar>& weights, bool optional = false) {
-  ConstParameterRef<Scalar> ref;
+/// Visits a weight matrix (shape rows x cols, const or not) as `prefix + name`.
+template <typename Visit, typename Weights,
+          typename = std::enable_if_t<std::is_same_v<std::remove_const_t<Weights>,
+                                                     WeightMatrix<typename Weights::Scalar>>>>
+void visit_parameter(Visit& visit, const std::string& prefix, const char* name, Weights& weights,
+                     bool optional = false) {
+  BasicParameterRef<typename Weights::Scalar, std::is_const_v<Weights>> ref;
   ref.name = prefix + name;
   ref.shape = {std::size_t(weights.rows()), std::size_t(weights.cols())};
   ref.data = weights.is_half() ? nullptr : weights.native().data();
@@ -169,37 +156,27 @@ void visit_parameter(Visit& visit, const std::string& prefix, const char* name,
 
 /// Every parameter of `module` as a list (writable for a non-const module).
 template <typename Module>
-ParameterList<typename Module::Scalar> parameter_list(Module& module,
-                                                      const std::string& prefix = "") {
-  ParameterList<typename Module::Scalar> list;
-  module.for_each_parameter([&](const ParameterRef<typename Module::Scalar>& p) { list.push_back(p); },
-                            prefix);
-  return list;
-}
-template <typename Module>
-ConstParameterList<typename Module::Scalar> parameter_list(const Module& module,
-                                                           const std::string& prefix = "") {
-  ConstParameterList<typename Module::Scalar> list;
-  module.for_each_parameter(
-      [&](const ConstParameterRef<typename Module::Scalar>& p) { list.push_back(p); }, prefix);
+auto parameter_list(Module& module, const std::string& prefix = "") {
+  using Ref = BasicParameterRef<typename std::remove_const_t<Module>::Scalar,
+                                std::is_const_v<Module>>;
+  std::vector<Ref> list;
+  module.for_each_parameter([&](const Ref& p) { list.push_back(p); }, prefix);
   return list;
 }
 
 /// Every weight matrix of `module` (Linear layers, embeddings, heads), in
-/// visiting order: e.g. to fill a model built with 16-bit storage.
+/// visiting order, const when the module is: e.g. to fill a model built with
+/// 16-bit storage. A tied head (the embedding again) is listed once.
 template <typename Module>
-std::vector<WeightMatrix<typename Module::Scalar>*> weight_matrices(Module& module) {
-  std::vector<WeightMatrix<typename Module::Scalar>*> out;
-  module.for_each_parameter([&](const ParameterRef<typename Module::Scalar>& p) {
-    if (p.matrix && (out.empty() || out.back() != p.matrix)) out.push_back(p.matrix);
-  });
-  return out;
-}
-template <typename Module>
-std::vector<const WeightMatrix<typename Module::Scalar>*> weight_matrices(const Module& module) {
-  std::vector<const WeightMatrix<typename Module::Scalar>*> out;
-  module.for_each_parameter([&](const ConstParameterRef<typename Module::Scalar>& p) {
-    if (p.matrix && (out.empty() || out.back() != p.matrix)) out.push_back(p.matrix);
+auto weight_matrices(Module& module) {
+  using Scalar = typename std::remove_const_t<Module>::Scalar;
+  using Weights = std::conditional_t<std::is_const_v<Module>, const WeightMatrix<Scalar>,
+                                     WeightMatrix<Scalar>>;
+  std::vector<Weights*> out;
+  module.for_each_parameter([&](const auto& p) {
+    if (p.matrix && std::find(out.begin(), out.end(), p.matrix) == out.end()) {
+      out.push_back(p.matrix);
+    }
   });
   return out;
 }
