@@ -6,6 +6,7 @@
 #include <string>
 
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/kernels/headwise.hpp"
 #include "xlstm/core/matmul.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
@@ -127,26 +128,13 @@ class HeadwiseLinear {
   const Vector<Scalar>& bias() const { return bias_; }
 
   /// y[:, h*O + o] = sum_i x[:, h*I + i] W[h, o, i] (+ b). The `step`
-  /// workload never allocates (core/matmul.hpp).
+  /// workload never allocates (core/kernels/headwise.hpp).
   void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
                Workload workload = Workload::sequence) const {
     check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
           "HeadwiseLinear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
           ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
-    const Index in = head_in(), out = head_out();
-    if (in <= kSmallHead && out <= kSmallHead) {
-      forward_small_heads(x, y, workload);
-    } else {
-      for (Index h = 0; h < num_heads_; ++h) {
-        if (workload == Workload::step) {
-          matmul_transposed<Scalar>(x.middleCols(h * in, in), weight_.middleRows(h * out, out),
-                                    y.middleCols(h * out, out), false, Workload::step);
-        } else {
-          y.middleCols(h * out, out).noalias() =
-              x.middleCols(h * in, in) * weight_.middleRows(h * out, out).transpose();
-        }
-      }
-    }
+    kernels::headwise_product<Scalar>(x, weight_, num_heads_, y, workload);
     if (bias_.size() > 0) y.rowwise() += bias_.transpose();
   }
 
@@ -162,60 +150,6 @@ class HeadwiseLinear {
         self.weight_);
     if (self.bias_.size() > 0) {
       visit_parameter(visit, prefix, "bias", {std::size_t(self.out_features())}, self.bias_);
-    }
-  }
-
-  /// Heads up to this size (the 125M model's q/k/v projections have 384
-  /// heads of 4 x 4) are computed directly: as one product per head they
-  /// cost far more in per-product overhead than in arithmetic.
-  static constexpr Index kSmallHead = 16;
-
-  /// Row by row, head by head: y_h = W_h x_h over the stored (row-major)
-  /// weights, so nothing is packed and nothing allocated. The outputs of a
-  /// head are summed side by side (independent chains, not one dot product
-  /// after another), which is why the head size is a template argument for
-  /// the common sizes. Long sequences split their rows over the threads.
-  void forward_small_heads(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar>& y,
-                           Workload workload) const {
-    const Index rows = x.rows();
-    auto rows_from = [&](Index first, Index last) {
-      switch (head_out()) {
-        case 4:
-          return small_heads_rows<4>(x, y, first, last);
-        case 8:
-          return small_heads_rows<8>(x, y, first, last);
-        case 16:
-          return small_heads_rows<16>(x, y, first, last);
-        default:
-          return small_heads_rows<0>(x, y, first, last);
-      }
-    };
-    constexpr Index kRowsPerTask = 32;
-    const Index tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-    const bool parallel =
-        workload == Workload::sequence && rows * in_features() * head_out() >= (Index(1) << 18);
-    parallel_for(tasks, parallel, [&](Index t) {
-      rows_from(t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask));
-    });
-  }
-
-  /// Rows [first, last) of forward_small_heads; kOut = 0: any head_out().
-  template <Index kOut>
-  void small_heads_rows(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar>& y, Index first,
-                        Index last) const {
-    const Index in = head_in(), out = kOut > 0 ? kOut : head_out();
-    for (Index n = first; n < last; ++n) {
-      const Scalar* x_head = x.data() + n * x.outerStride();
-      Scalar* y_head = y.data() + n * y.outerStride();
-      const Scalar* w_head = weight_.data();
-      for (Index h = 0; h < num_heads_; ++h, x_head += in, y_head += out, w_head += out * in) {
-        Scalar sum[kOut > 0 ? kOut : kSmallHead] = {};
-        for (Index i = 0; i < in; ++i) {
-          const Scalar x_i = x_head[i];
-          for (Index o = 0; o < out; ++o) sum[o] += w_head[o * in + i] * x_i;
-        }
-        for (Index o = 0; o < out; ++o) y_head[o] = sum[o];
-      }
     }
   }
 

@@ -1,6 +1,6 @@
 // Threads: the thread count the library uses and the parallel loop it needs
 // beyond Eigen's own parallel GEMM — a loop over independent items (heads,
-// batch rows, ranges of weight rows; see core/matmul.hpp for the last).
+// batch rows, ranges of weight rows; see core/kernels/dense.hpp for the last).
 //
 // Parallelism needs OpenMP (CMake option XLSTM_USE_OPENMP); without it every
 // function here runs serially and gives the same results.

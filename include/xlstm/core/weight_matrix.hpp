@@ -2,9 +2,10 @@
 // model's Scalar type or as 16-bit floats (BF16/F16) that stay 16-bit in
 // memory — often a view straight into a memory-mapped checkpoint.
 //
-// Half-precision products decode a tile of rows at a time into a small
-// per-thread scratch buffer and multiply it with Eigen, so accumulation is in
-// Scalar (float or double) and no full-size float copy of the weights exists.
+// This class only stores the weights; its products run the kernels of
+// core/kernels/: dense.hpp for native storage, widening.hpp for 16-bit
+// storage (accumulation in Scalar, and no full-size float copy of the
+// weights ever exists).
 #pragma once
 
 #include <algorithm>
@@ -14,7 +15,8 @@
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/half.hpp"
-#include "xlstm/core/matmul.hpp"
+#include "xlstm/core/kernels/dense.hpp"
+#include "xlstm/core/kernels/widening.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -65,22 +67,22 @@ class WeightMatrix {
   /// Owned 16-bit zeros, to be filled through owned_half_bits(). The buffer
   /// has Eigen's alignment (64 bytes with AVX-512): the step kernel loads 32
   /// bytes at a time, and from a std::vector's 16-byte-aligned buffer every
-  /// other load straddled two cache lines (BF16 decode of a 16384 x 4096
-  /// matrix on 2 threads: 28 -> 33 GB/s once aligned).
+  /// other load straddled two cache lines (README, Performance, has the
+  /// measurement).
   static WeightMatrix half_zeros(WeightStorage storage, Index rows, Index cols) {
     check(rows >= 0 && cols >= 0, "WeightMatrix::half_zeros: expected a size >= 0, got ", rows,
           " x ", cols);
     using Bits = Eigen::Matrix<std::uint16_t, Eigen::Dynamic, 1>;
     auto owner = std::make_shared<Bits>(Bits::Zero(rows * cols));
-    const std::uint16_t* data = owner->data();
+    std::uint16_t* data = owner->data();
     WeightMatrix w = half_view(storage, data, rows, cols, std::move(owner));
-    w.owned_ = true;
+    w.owned_bits_ = data;
     return w;
   }
 
   /// Writable 16-bit values of owned 16-bit storage (nullptr for views of a
   /// file and for native storage), e.g. to fill a fresh model.
-  std::uint16_t* owned_half_bits() { return owned_ ? const_cast<std::uint16_t*>(half_) : nullptr; }
+  std::uint16_t* owned_half_bits() { return owned_bits_; }
 
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
@@ -121,7 +123,7 @@ class WeightMatrix {
   }
 
   /// y = x W^T, or y += x W^T with `accumulate`. x: N x cols, y: N x rows.
-  /// The `step` workload never allocates (core/matmul.hpp).
+  /// The `step` workload never allocates (core/kernels/).
   void multiply_transposed(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
                            bool accumulate = false, Workload workload = Workload::sequence) const {
     check(x.cols() == cols_ && y.rows() == x.rows() && y.cols() == rows_,
@@ -131,28 +133,8 @@ class WeightMatrix {
       matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
       return;
     }
-    if (workload == Workload::step || x.rows() <= kStepKernelMaxRows) {
-      // Widened inside the kernel: memory traffic is the 16-bit weights only.
-      matmul_transposed_half<Scalar>(x, half_, rows_, cols_, storage_ == WeightStorage::bf16, y,
-                                     accumulate);
-      return;
-    }
-    // Many rows (prefill): widen tiles of rows small enough to stay in cache
-    // and run Eigen's GEMM on each.
-    const Index tile =
-        std::max<Index>(16, std::min<Index>(rows_, (Index(1) << 18) / std::max<Index>(cols_, 1)));
-    thread_local Matrix<Scalar> scratch;
-    if (scratch.rows() < tile || scratch.cols() != cols_) scratch.resize(tile, cols_);
-    for (Index r0 = 0; r0 < rows_; r0 += tile) {
-      const Index count = std::min(tile, rows_ - r0);
-      decode_rows(r0, count, scratch.data());
-      auto w = scratch.topRows(count);
-      if (accumulate) {
-        y.middleCols(r0, count).noalias() += x * w.transpose();
-      } else {
-        y.middleCols(r0, count).noalias() = x * w.transpose();
-      }
-    }
+    kernels::half_product<Scalar>(x, half_, rows_, cols_, storage_ == WeightStorage::bf16, y,
+                                  accumulate, workload);
   }
 
  private:
@@ -160,22 +142,12 @@ class WeightMatrix {
     return storage_ == WeightStorage::bf16 ? bf16_to_float(bits) : f16_to_float(bits);
   }
 
-  void decode_rows(Index r0, Index count, Scalar* out) const {
-    const std::uint16_t* in = half_ + r0 * cols_;
-    const Index n = count * cols_;
-    if (storage_ == WeightStorage::bf16) {
-      // A bfloat16 is the upper half of a float: a shift, which vectorises.
-      for (Index i = 0; i < n; ++i) out[i] = Scalar(bf16_to_float(in[i]));
-    } else {
-      for (Index i = 0; i < n; ++i) out[i] = Scalar(f16_to_float(in[i]));
-    }
-  }
-
   WeightStorage storage_ = WeightStorage::native;
   Index rows_ = 0, cols_ = 0;
   Matrix<Scalar> native_;
   const std::uint16_t* half_ = nullptr;
-  bool owned_ = false;  ///< half_ points into a buffer of our own
+  /// half_ as writable bits when it points into a buffer of our own (else null).
+  std::uint16_t* owned_bits_ = nullptr;
   std::shared_ptr<const void> keep_alive_;
 };
 

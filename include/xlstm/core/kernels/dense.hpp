@@ -1,0 +1,170 @@
+// Dense products y = x W^T, the product every projection is made of, with W
+// stored (out x in) row-major as PyTorch stores nn.Linear weights. Kept apart
+// from the layers so that every layer (Linear, HeadwiseLinear's large heads,
+// WeightMatrix, the language model heads) runs the same two strategies:
+//  - `sequence` (forward over B*T rows): Eigen's GEMM, which packs W into
+//    cache-sized blocks (and may take its packing buffers from the heap);
+//    products of at most 8 rows use the step kernel below instead.
+//  - `step` (one token for each of B rows): never allocates, whatever B. The
+//    rows of W are streamed from memory once, split over the threads, and
+//    each small block of them is dotted with all B rows of x while it sits in
+//    registers and the L1 cache. Decoding is bound by reading the weights, so
+//    this kernel sets the decode speed.
+// The step kernel reads W through a row loader, so 16-bit weights
+// (kernels/widening.hpp) reuse it with a loader that widens as it loads.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+
+#include "xlstm/core/kernels/simd.hpp"
+#include "xlstm/core/parallel.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+/// Which product strategy a caller wants (see the file comment).
+enum class Workload { sequence, step };
+
+/// Products with at most this many rows use the step kernel in every workload.
+constexpr Index kStepKernelMaxRows = 8;
+
+namespace kernels {
+
+/// Rows of W given as Scalar values: packet loads straight from memory.
+template <typename Scalar>
+struct NativeRows {
+  const Scalar* data;
+  Index stride;
+  simd::Packet<Scalar> load(Index row, Index col) const {
+    return simd::load(data + row * stride + col);
+  }
+  Scalar at(Index row, Index col) const { return data[row * stride + col]; }
+};
+
+/// The register block: R rows of W (from row o, column k0) times B rows of
+/// x (`x` points at their column k0), over n columns:
+/// y(b, o + r) (+)= sum_k W(o + r, k0 + k) x(b, k0 + k). R * B independent
+/// accumulators hide the latency of the fused multiply-adds; each W packet
+/// is loaded once for all B rows and each x packet once for all R rows.
+template <int R, int B, typename Scalar, typename Rows>
+inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index ldx, Index n,
+                      Scalar* y, Index ldy, bool accumulate) {
+  using Packet = simd::Packet<Scalar>;
+  constexpr Index kLanes = simd::kLanes<Scalar>;
+  Packet acc[R][B];
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < B; ++b) acc[r][b] = simd::zero<Scalar>();
+  }
+  Index k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    Packet wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = w.load(o + r, k0 + k);
+    for (int b = 0; b < B; ++b) {
+      const Packet xv = simd::load(x + b * ldx + k);
+      for (int r = 0; r < R; ++r) acc[r][b] = simd::fma(wv[r], xv, acc[r][b]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < B; ++b) {
+      Scalar sum = simd::reduce(acc[r][b]);
+      for (Index j = k; j < n; ++j) sum += w.at(o + r, k0 + j) * x[b * ldx + j];
+      Scalar& out = y[b * ldy + o + r];
+      out = accumulate ? out + sum : sum;
+    }
+  }
+}
+
+/// Rows [r0, r0 + count) of W against every row of x, in panels of 16 rows
+/// of W. Within a panel the columns go in pieces whose slice of x (all B
+/// rows) fits the L1 cache, so x is re-read from L2 once per panel rather
+/// than once per row of W; each entry of W is still read from memory once.
+/// Register blocks: 2 W rows x 4 x rows, then single x rows against 8 (with
+/// 32 vector registers) or 4 W rows (one row of x still needs several
+/// accumulators to keep the FMA units busy).
+template <typename Scalar, typename Rows, typename XRef, typename YRef>
+void step_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0, Index count) {
+  const Index batch = x.rows(), cols = x.cols(), ldx = x.outerStride(), ldy = y.outerStride();
+  constexpr Index kPanel = 16;
+  constexpr Index kL1Scalars = Index(24 * 1024) / Index(sizeof(Scalar));
+  const Index piece = std::max<Index>(256, kL1Scalars / std::max<Index>(batch, 1) / 16 * 16);
+  for (Index p0 = r0; p0 < r0 + count; p0 += kPanel) {
+    const Index end = std::min(p0 + kPanel, r0 + count);
+    for (Index k0 = 0; k0 < cols; k0 += piece) {
+      const Index n = std::min(piece, cols - k0);
+      const bool acc = accumulate || k0 > 0;
+      const Scalar* xs = x.data() + k0;
+      Scalar* ys = y.data();
+      Index b = 0;
+      for (; b + 4 <= batch; b += 4) {
+        Index o = p0;
+        for (; o + 2 <= end; o += 2) {
+          dot_block<2, 4>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+        }
+        for (; o < end; ++o)
+          dot_block<1, 4>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+      }
+      for (; b < batch; ++b) {
+        Index o = p0;
+        if constexpr (simd::kVectorRegisters >= 32) {
+          // 32 vector registers: 8 W rows at once keep more of W's memory
+          // streams in flight (BF16 decode of a 16384 x 4096 matrix on one
+          // thread: 16.5 -> 20 GB/s); with 16 registers this would spill.
+          for (; o + 8 <= end; o += 8) {
+            dot_block<8, 1>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+          }
+        }
+        for (; o + 4 <= end; o += 4) {
+          dot_block<4, 1>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+        }
+        for (; o < end; ++o)
+          dot_block<1, 1>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+      }
+    }
+  }
+}
+
+/// Calls rows(r0, count) over [0, out) rows of W, split over the threads in
+/// contiguous 16-row aligned ranges when the weights are big enough to pay
+/// for a parallel region (a few microseconds, more when a core is busy).
+template <typename RowsFn>
+void split_weight_rows(Index out, Index weight_elements, RowsFn&& rows) {
+  constexpr Index kMinParallelWork = Index(1) << 18;
+  const int threads = num_threads();
+  if (threads > 1 && weight_elements >= kMinParallelWork) {
+    const Index per = ((out + threads - 1) / threads + 15) / 16 * 16;
+    const Index parts = (out + per - 1) / per;
+    parallel_for(parts, true, [&](Index p) { rows(p * per, std::min(per, out - p * per)); });
+    return;
+  }
+  rows(0, out);
+}
+
+}  // namespace kernels
+
+/// y = x W^T (or y += x W^T with `accumulate`), W native (out x in): Eigen's
+/// GEMM for sequences of more than kStepKernelMaxRows rows, else the step
+/// kernel (which never allocates).
+template <typename Scalar, typename WeightRef>
+void matmul_transposed(const ConstMatrixRef<Scalar>& x, const WeightRef& w, MatrixRef<Scalar> y,
+                       bool accumulate = false, Workload workload = Workload::sequence) {
+  if (x.rows() == 0) return;
+  if (w.size() == 0) {  // no input features (or no outputs): x W^T is zero
+    if (!accumulate) y.setZero();
+    return;
+  }
+  if (workload == Workload::sequence && x.rows() > kStepKernelMaxRows) {
+    if (accumulate) {
+      y.noalias() += x * w.transpose();
+    } else {
+      y.noalias() = x * w.transpose();
+    }
+    return;
+  }
+  const kernels::NativeRows<Scalar> rows{&w.coeffRef(0, 0), w.outerStride()};
+  kernels::split_weight_rows(w.rows(), w.size(), [&](Index r0, Index count) {
+    kernels::step_rows<Scalar>(rows, x, y, accumulate, r0, count);
+  });
+}
+
+}  // namespace xlstm

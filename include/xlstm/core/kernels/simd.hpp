@@ -1,0 +1,134 @@
+// The SIMD vocabulary of the product kernels, and the one file of the library
+// that knows about instruction sets: every ISA test (#if on a target macro)
+// and every intrinsic lives here, so a port to another compiler or ISA
+// touches this file only.
+//
+// A Packet<Scalar> is Eigen's widest vector of Scalar for the build (a plain
+// Scalar when Eigen does not vectorise), and the arithmetic below is Eigen's
+// packet arithmetic, so the kernels keep Eigen's lane order and summation
+// order. Only widening 16-bit floats to float needs intrinsics: AVX2 and
+// AVX-512 builds widen bfloat16 inside the registers, and IEEE half too when
+// F16C is available; elsewhere the widening helpers fall back to scalar
+// conversions and the constants kWidenBf16 / kWidenF16 say so, letting a
+// kernel choose another strategy.
+//
+// Only standard C++ and the intrinsics of <immintrin.h> are used (no
+// statement expressions, attributes or builtins); MSVC, which defines no
+// __F16C__, would only need its spelling added to the feature test below.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+
+#include "xlstm/core/half.hpp"
+#include "xlstm/core/tensor.hpp"
+
+// Which instructions the kernels may use: Eigen's own choice for its packets
+// (a widened packet must be exactly Eigen's Packet<float>), and F16C for the
+// IEEE half conversion.
+#if defined(EIGEN_VECTORIZE_AVX512)
+#define XLSTM_SIMD_AVX512 1
+#elif defined(EIGEN_VECTORIZE_AVX2)
+#define XLSTM_SIMD_AVX2 1
+#endif
+#if (defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)) && defined(__F16C__)
+#define XLSTM_SIMD_F16C 1
+#endif
+
+#if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace xlstm {
+namespace simd {
+
+/// Eigen's vector of Scalar for this build, and its number of lanes.
+template <typename Scalar>
+using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
+template <typename Scalar>
+inline constexpr Index kLanes = Eigen::internal::packet_traits<Scalar>::size;
+
+/// Vector registers of the ISA: 32 with AVX-512, else 16. Register blocks
+/// that need more than 16 accumulators plus operands pay off only with 32.
+#if defined(XLSTM_SIMD_AVX512)
+inline constexpr int kVectorRegisters = 32;
+#else
+inline constexpr int kVectorRegisters = 16;
+#endif
+
+/// Whether load_bf16 / load_f16 widen inside the registers (else lane by lane).
+#if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
+inline constexpr bool kWidenBf16 = true;
+#else
+inline constexpr bool kWidenBf16 = false;
+#endif
+#if defined(XLSTM_SIMD_F16C)
+inline constexpr bool kWidenF16 = true;
+#else
+inline constexpr bool kWidenF16 = false;
+#endif
+
+/// All lanes zero.
+template <typename Scalar>
+inline Packet<Scalar> zero() {
+  return Eigen::internal::pset1<Packet<Scalar>>(Scalar(0));
+}
+
+/// kLanes<Scalar> values from `p` (no alignment needed).
+template <typename Scalar>
+inline Packet<Scalar> load(const Scalar* p) {
+  return Eigen::internal::ploadu<Packet<Scalar>>(p);
+}
+
+/// a * b + c, lane by lane (fused where the ISA has it, as in Eigen).
+template <typename P>
+inline P fma(const P& a, const P& b, const P& c) {
+  return Eigen::internal::pmadd(a, b, c);
+}
+
+/// The sum of the lanes, in Eigen's order.
+template <typename P>
+inline typename Eigen::internal::unpacket_traits<P>::type reduce(const P& p) {
+  return Eigen::internal::predux(p);
+}
+
+namespace detail {
+
+/// Scalar fallback of the widening loads: one lane at a time.
+template <typename Decode>
+inline Packet<float> widen_lanes(const std::uint16_t* p, Decode decode) {
+  float lanes[kLanes<float>];
+  for (Index i = 0; i < kLanes<float>; ++i) lanes[i] = decode(p[i]);
+  return load<float>(lanes);
+}
+
+}  // namespace detail
+
+/// kLanes<float> bfloat16 values from `p`, widened to float. A bfloat16 is
+/// the upper half of a float: zero-extend and shift.
+inline Packet<float> load_bf16(const std::uint16_t* p) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m512i wide =
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+#elif defined(XLSTM_SIMD_AVX2)
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+#else
+  return detail::widen_lanes(p, bf16_to_float);
+#endif
+}
+
+/// kLanes<float> IEEE half values from `p`, widened to float (F16C).
+inline Packet<float> load_f16(const std::uint16_t* p) {
+#if defined(XLSTM_SIMD_F16C) && defined(XLSTM_SIMD_AVX512)
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif defined(XLSTM_SIMD_F16C)
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+  return detail::widen_lanes(p, f16_to_float);
+#endif
+}
+
+}  // namespace simd
+}  // namespace xlstm

@@ -1,0 +1,165 @@
+// Products y = x W^T with 16-bit weights (bfloat16 or IEEE half, row-major
+// out x in), accumulated in Scalar. The weights stay 16-bit in memory (often
+// a memory-mapped checkpoint) and are widened on the way in:
+//  - few rows (decode, short batches): the dense step kernel
+//    (kernels/dense.hpp) with a row loader that widens inside the SIMD
+//    registers, so the product reads half the bytes of float weights. Builds
+//    without in-register widening (kernels/simd.hpp) widen a piece of a row
+//    at a time into a stack buffer instead. Never allocates.
+//  - many rows (prefill): tiles of W small enough to stay in cache are
+//    widened into a Scalar buffer and multiplied with Eigen's GEMM. The
+//    buffer comes from the caller or is allocated per call (at most about
+//    1 MiB, small next to the product), so nothing is kept between calls.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "xlstm/core/half.hpp"
+#include "xlstm/core/kernels/dense.hpp"
+#include "xlstm/core/kernels/simd.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+namespace kernels {
+
+/// Rows of 16-bit W (bfloat16 if kBf16, else IEEE half), widened to float
+/// packets as they are loaded.
+template <bool kBf16>
+struct HalfRows {
+  const std::uint16_t* data;
+  Index stride;
+  simd::Packet<float> load(Index row, Index col) const {
+    const std::uint16_t* p = data + row * stride + col;
+    if constexpr (kBf16) {
+      return simd::load_bf16(p);
+    } else {
+      return simd::load_f16(p);
+    }
+  }
+  float at(Index row, Index col) const {
+    const std::uint16_t bits = data[row * stride + col];
+    return kBf16 ? bf16_to_float(bits) : f16_to_float(bits);
+  }
+};
+using Bf16Rows = HalfRows<true>;
+using F16Rows = HalfRows<false>;
+
+/// Fallback for 16-bit weights without an in-register widening loader:
+/// each row is widened to Scalar into a stack buffer, a piece at a time.
+template <typename Scalar, typename XRef, typename YRef, typename Decode>
+void step_rows_buffered(const std::uint16_t* half, Index cols, Decode decode, const XRef& x,
+                        YRef& y, bool accumulate, Index r0, Index count) {
+  constexpr Index kPiece = 1024;
+  alignas(64) Scalar buffer[kPiece];
+  const Index batch = x.rows(), ldx = x.outerStride(), ldy = y.outerStride();
+  for (Index o = r0; o < r0 + count; ++o) {
+    for (Index c0 = 0; c0 < cols; c0 += kPiece) {
+      const Index n = std::min(kPiece, cols - c0);
+      for (Index i = 0; i < n; ++i) buffer[i] = Scalar(decode(half[o * cols + c0 + i]));
+      const NativeRows<Scalar> piece{buffer, 0};
+      for (Index b = 0; b < batch; ++b) {
+        dot_block<1, 1>(piece, 0, 0, x.data() + b * ldx + c0, ldx, n, y.data() + b * ldy + o, ldy,
+                        accumulate || c0 > 0);
+      }
+    }
+  }
+}
+
+/// Rows of W per tile of the prefill path: about 2^18 weights (1 MiB of
+/// float), at least 16 rows, at most all of them.
+inline Index half_tile_rows(Index rows, Index cols) {
+  return std::max<Index>(16, std::min<Index>(rows, (Index(1) << 18) / std::max<Index>(cols, 1)));
+}
+
+/// out[0, count * cols) = rows [r0, r0 + count) of W, widened to Scalar.
+template <typename Scalar>
+void widen_rows(const std::uint16_t* half, Index cols, bool bf16, Index r0, Index count,
+                Scalar* out) {
+  const std::uint16_t* in = half + r0 * cols;
+  const Index n = count * cols;
+  if (bf16) {
+    // A bfloat16 is the upper half of a float: a shift, which vectorises.
+    for (Index i = 0; i < n; ++i) out[i] = Scalar(bf16_to_float(in[i]));
+  } else {
+    for (Index i = 0; i < n; ++i) out[i] = Scalar(f16_to_float(in[i]));
+  }
+}
+
+/// The prefill path: y (+)= x W^T one tile of W at a time, each tile widened
+/// into `tile` (at least half_tile_rows(rows, cols) x cols; resized if
+/// smaller or of another width) and multiplied with Eigen's GEMM.
+template <typename Scalar>
+void half_tiled_gemm(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half, Index rows,
+                     Index cols, bool bf16, MatrixRef<Scalar> y, bool accumulate,
+                     Matrix<Scalar>& tile) {
+  const Index tile_rows = half_tile_rows(rows, cols);
+  if (tile.rows() < tile_rows || tile.cols() != cols) tile.resize(tile_rows, cols);
+  for (Index r0 = 0; r0 < rows; r0 += tile_rows) {
+    const Index count = std::min(tile_rows, rows - r0);
+    widen_rows(half, cols, bf16, r0, count, tile.data());
+    auto w = tile.topRows(count);
+    if (accumulate) {
+      y.middleCols(r0, count).noalias() += x * w.transpose();
+    } else {
+      y.middleCols(r0, count).noalias() = x * w.transpose();
+    }
+  }
+}
+
+}  // namespace kernels
+
+/// y (+)= x W^T for 16-bit W (`bf16` selects bfloat16, else IEEE half),
+/// stored row-major rows x cols at `half`, with the step kernel.
+template <typename Scalar>
+void matmul_transposed_half(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half, Index rows,
+                            Index cols, bool bf16, MatrixRef<Scalar> y, bool accumulate) {
+  if (x.rows() == 0) return;
+  if (rows * cols == 0) {
+    if (!accumulate) y.setZero();
+    return;
+  }
+  kernels::split_weight_rows(rows, rows * cols, [&](Index r0, Index count) {
+    if constexpr (std::is_same_v<Scalar, float> && simd::kWidenBf16) {
+      if (bf16) {
+        kernels::step_rows<float>(kernels::Bf16Rows{half, cols}, x, y, accumulate, r0, count);
+        return;
+      }
+      if constexpr (simd::kWidenF16) {
+        kernels::step_rows<float>(kernels::F16Rows{half, cols}, x, y, accumulate, r0, count);
+        return;
+      }
+    }
+    if (bf16) {
+      kernels::step_rows_buffered<Scalar>(
+          half, cols, [](std::uint16_t v) { return bf16_to_float(v); }, x, y, accumulate, r0,
+          count);
+    } else {
+      kernels::step_rows_buffered<Scalar>(
+          half, cols, [](std::uint16_t v) { return f16_to_float(v); }, x, y, accumulate, r0, count);
+    }
+  });
+}
+
+namespace kernels {
+
+/// y (+)= x W^T for 16-bit W with the strategy of the workload: the step
+/// kernel for `step` and for at most kStepKernelMaxRows rows (never
+/// allocates), else the tiled GEMM with a tile buffer allocated here.
+template <typename Scalar>
+void half_product(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half, Index rows,
+                  Index cols, bool bf16, MatrixRef<Scalar> y, bool accumulate, Workload workload) {
+  if (workload == Workload::step || x.rows() <= kStepKernelMaxRows) {
+    // Widened inside the kernel: memory traffic is the 16-bit weights only.
+    matmul_transposed_half<Scalar>(x, half, rows, cols, bf16, y, accumulate);
+    return;
+  }
+  Matrix<Scalar> tile;
+  half_tiled_gemm<Scalar>(x, half, rows, cols, bf16, y, accumulate, tile);
+}
+
+}  // namespace kernels
+}  // namespace xlstm
