@@ -1,4 +1,4 @@
-// Block-diagonal products (HeadwiseLinear, SPEC §1.4): the input splits into
+// Block-diagonal products (HeadwiseLinear, math §1.4): the input splits into
 // `num_heads` blocks of in/NH features, each multiplied by its own
 // (out/NH x in/NH) matrix; the weights are stored (NH * out/NH) x in/NH,
 // row-major. Two strategies, by head size:
