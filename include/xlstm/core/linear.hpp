@@ -58,13 +58,7 @@ class Linear {
   /// x: N x in, y: N x out (one product over all N rows). The `step`
   /// workload never allocates (core/matmul.hpp).
   void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
-               Workload workload = Workload::sequence) const {
-    check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
-          "Linear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
-          ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
-    weight_.multiply_transposed(x, y, /*accumulate=*/false, workload);
-    if (has_bias()) add_bias(y);
-  }
+               Workload workload = Workload::sequence) const;
 
   /// Convenience: returns x W^T + b.
   Matrix<Scalar> operator()(const ConstMatrixRef<Scalar>& x) const {
@@ -93,6 +87,18 @@ class Linear {
   WeightMatrix<Scalar> weight_;
   Vector<Scalar> bias_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void Linear<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+                              Workload workload) const {
+  check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
+        "Linear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
+        ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
+  weight_.multiply_transposed(x, y, /*accumulate=*/false, workload);
+  if (has_bias()) add_bias(y);
+}
 
 /// Block-diagonal linear map (math §1.4): the input splits into `num_heads`
 /// blocks of in/NH features, each mapped by its own (out/NH x in/NH) matrix.
@@ -129,26 +135,7 @@ class HeadwiseLinear {
   /// y[:, h*O + o] = sum_i x[:, h*I + i] W[h, o, i] (+ b). The `step`
   /// workload never allocates (core/matmul.hpp).
   void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
-               Workload workload = Workload::sequence) const {
-    check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
-          "HeadwiseLinear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
-          ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
-    const Index in = head_in(), out = head_out();
-    if (in <= kSmallHead && out <= kSmallHead) {
-      forward_small_heads(x, y, workload);
-    } else {
-      for (Index h = 0; h < num_heads_; ++h) {
-        if (workload == Workload::step) {
-          matmul_transposed<Scalar>(x.middleCols(h * in, in), weight_.middleRows(h * out, out),
-                                    y.middleCols(h * out, out), false, Workload::step);
-        } else {
-          y.middleCols(h * out, out).noalias() =
-              x.middleCols(h * in, in) * weight_.middleRows(h * out, out).transpose();
-        }
-      }
-    }
-    if (bias_.size() > 0) y.rowwise() += bias_.transpose();
-  }
+               Workload workload = Workload::sequence) const;
 
   /// `weight` (NH, out/NH, in/NH) and, if present, `bias` (out).
   XLSTM_PARAMETER_VISITOR
@@ -223,5 +210,30 @@ class HeadwiseLinear {
   Matrix<Scalar> weight_;
   Vector<Scalar> bias_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void HeadwiseLinear<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+                                      Workload workload) const {
+  check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
+        "HeadwiseLinear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
+        ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
+  const Index in = head_in(), out = head_out();
+  if (in <= kSmallHead && out <= kSmallHead) {
+    forward_small_heads(x, y, workload);
+  } else {
+    for (Index h = 0; h < num_heads_; ++h) {
+      if (workload == Workload::step) {
+        matmul_transposed<Scalar>(x.middleCols(h * in, in), weight_.middleRows(h * out, out),
+                                  y.middleCols(h * out, out), false, Workload::step);
+      } else {
+        y.middleCols(h * out, out).noalias() =
+            x.middleCols(h * in, in) * weight_.middleRows(h * out, out).transpose();
+      }
+    }
+  }
+  if (bias_.size() > 0) y.rowwise() += bias_.transpose();
+}
 
 }  // namespace xlstm

@@ -123,37 +123,7 @@ class WeightMatrix {
   /// y = x W^T, or y += x W^T with `accumulate`. x: N x cols, y: N x rows.
   /// The `step` workload never allocates (core/matmul.hpp).
   void multiply_transposed(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
-                           bool accumulate = false, Workload workload = Workload::sequence) const {
-    check(x.cols() == cols_ && y.rows() == x.rows() && y.cols() == rows_,
-          "WeightMatrix: expected x N x ", cols_, " and y N x ", rows_, ", got x ", x.rows(), " x ",
-          x.cols(), " and y ", y.rows(), " x ", y.cols());
-    if (!is_half()) {
-      matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
-      return;
-    }
-    if (workload == Workload::step || x.rows() <= kStepKernelMaxRows) {
-      // Widened inside the kernel: memory traffic is the 16-bit weights only.
-      matmul_transposed_half<Scalar>(x, half_, rows_, cols_, storage_ == WeightStorage::bf16, y,
-                                     accumulate);
-      return;
-    }
-    // Many rows (prefill): widen tiles of rows small enough to stay in cache
-    // and run Eigen's GEMM on each.
-    const Index tile =
-        std::max<Index>(16, std::min<Index>(rows_, (Index(1) << 18) / std::max<Index>(cols_, 1)));
-    thread_local Matrix<Scalar> scratch;
-    if (scratch.rows() < tile || scratch.cols() != cols_) scratch.resize(tile, cols_);
-    for (Index r0 = 0; r0 < rows_; r0 += tile) {
-      const Index count = std::min(tile, rows_ - r0);
-      decode_rows(r0, count, scratch.data());
-      auto w = scratch.topRows(count);
-      if (accumulate) {
-        y.middleCols(r0, count).noalias() += x * w.transpose();
-      } else {
-        y.middleCols(r0, count).noalias() = x * w.transpose();
-      }
-    }
-  }
+                           bool accumulate = false, Workload workload = Workload::sequence) const;
 
  private:
   float decode(std::uint16_t bits) const {
@@ -178,5 +148,42 @@ class WeightMatrix {
   bool owned_ = false;  ///< half_ points into a buffer of our own
   std::shared_ptr<const void> keep_alive_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void WeightMatrix<Scalar_>::multiply_transposed(const ConstMatrixRef<Scalar>& x,
+                                                MatrixRef<Scalar> y, bool accumulate,
+                                                Workload workload) const {
+  check(x.cols() == cols_ && y.rows() == x.rows() && y.cols() == rows_,
+        "WeightMatrix: expected x N x ", cols_, " and y N x ", rows_, ", got x ", x.rows(), " x ",
+        x.cols(), " and y ", y.rows(), " x ", y.cols());
+  if (!is_half()) {
+    matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
+    return;
+  }
+  if (workload == Workload::step || x.rows() <= kStepKernelMaxRows) {
+    // Widened inside the kernel: memory traffic is the 16-bit weights only.
+    matmul_transposed_half<Scalar>(x, half_, rows_, cols_, storage_ == WeightStorage::bf16, y,
+                                   accumulate);
+    return;
+  }
+  // Many rows (prefill): widen tiles of rows small enough to stay in cache
+  // and run Eigen's GEMM on each.
+  const Index tile =
+      std::max<Index>(16, std::min<Index>(rows_, (Index(1) << 18) / std::max<Index>(cols_, 1)));
+  thread_local Matrix<Scalar> scratch;
+  if (scratch.rows() < tile || scratch.cols() != cols_) scratch.resize(tile, cols_);
+  for (Index r0 = 0; r0 < rows_; r0 += tile) {
+    const Index count = std::min(tile, rows_ - r0);
+    decode_rows(r0, count, scratch.data());
+    auto w = scratch.topRows(count);
+    if (accumulate) {
+      y.middleCols(r0, count).noalias() += x * w.transpose();
+    } else {
+      y.middleCols(r0, count).noalias() = x * w.transpose();
+    }
+  }
+}
 
 }  // namespace xlstm
