@@ -41,3 +41,6 @@
 #include "xlstm/io/safetensors.hpp"
 #include "xlstm/io/shard_index.hpp"
 #include "xlstm/io/state_io.hpp"
+
+// Last: extern template declarations for xlstm::precompiled (XLSTM_PRECOMPILED).
+#include "xlstm/precompiled.hpp"

@@ -14,3 +14,9 @@ run("${CMAKE_COMMAND}" -S "${CONSUMER_SOURCE_DIR}" -B "${WORK_DIR}/build"
     -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_BUILD_TYPE=Release)
 run("${CMAKE_COMMAND}" --build "${WORK_DIR}/build")
 run("${WORK_DIR}/build/consumer")
+# xlstm::precompiled is installed and exported with XLSTM_BUILD_PRECOMPILED.
+if(EXPECT_PRECOMPILED)
+  run("${WORK_DIR}/build/consumer_precompiled")
+elseif(EXISTS "${WORK_DIR}/build/consumer_precompiled")
+  message(FATAL_ERROR "xlstm::precompiled was installed without XLSTM_BUILD_PRECOMPILED")
+endif()

@@ -145,33 +145,7 @@ class LargeBlock {
 
   /// A block with zero weights (ones for the norms), to be filled by the
   /// caller; `storage` bf16/f16 holds the projections as 16-bit values.
-  LargeBlock(Config config, Uninitialized, WeightStorage storage = WeightStorage::native)
-      : config_(std::move(config)) {
-    config_.validate();
-    const Index e = config_.embedding_dim, nh = config_.num_heads, qk = config_.qk_dim(),
-                vd = config_.v_dim();
-    const bool b = config_.use_bias;
-    norm_mlstm_ = RmsNorm<Scalar>(e, config_.norm_eps, b);
-    q_ = Linear<Scalar>(e, qk, b, storage);
-    k_ = Linear<Scalar>(e, qk, b, storage);
-    v_ = Linear<Scalar>(e, vd, b, storage);
-    ogate_ = Linear<Scalar>(e, vd, b, storage);
-    igate_ = Linear<Scalar>(e, nh, true, storage);
-    fgate_ = Linear<Scalar>(e, nh, true, storage);
-    multihead_norm_ = GroupedNorm<Scalar>(vd, nh, NormWeight::direct, b, config_.norm_eps);
-    out_proj_ = Linear<Scalar>(vd, e, b, storage);
-    norm_ffn_ = RmsNorm<Scalar>(e, config_.norm_eps, b);
-    ffn_ = GatedFeedForward<Scalar>(e, config_.ffn_dim(), Activation::swish, b, GateLayout::split,
-                                    storage);
-    MLstmCellConfig cell;
-    cell.num_heads = nh;
-    cell.qk_head_dim = qk / nh;
-    cell.v_head_dim = vd / nh;
-    cell.eps = config_.eps;
-    cell.convention = MLstmStateConvention::unscaled_keys;
-    cell.chunk_size = config_.chunk_size;
-    cell_ = MLstmCell<Scalar>(cell);
-  }
+  LargeBlock(Config config, Uninitialized, WeightStorage storage = WeightStorage::native);
 
   const Config& config() const { return config_; }
   Index embedding_dim() const { return config_.embedding_dim; }
@@ -196,16 +170,7 @@ class LargeBlock {
   /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
   /// final state equal running it alone; outputs past its length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y) const {
-    check_input(x.features(), x.batch(), state, "LargeBlock::forward", "x");
-    check_state(state, x.batch(), "LargeBlock::forward");
-    check_lengths(lengths, x.batch(), x.time(), "LargeBlock::forward");
-    check(x.time() > 0, "LargeBlock::forward: argument 'x' must have at least one time step");
-    y = x;
-    Workspace ws;
-    forward_in_place(y.batch(), y.time(), lengths, y.matrix(), state, ws, Workload::sequence);
-    zero_padding(y, lengths);
-  }
+               Sequence<Scalar>& y) const;
 
   /// One step: x_t and y_t are B x E (a Matrix y_t is resized, a view must
   /// have the size). Does not allocate once the state's scratch has its size.
@@ -224,47 +189,7 @@ class LargeBlock {
   /// `Workload::step` (time 1) it allocates nothing once `ws` has its size.
   /// The caller has checked the state and the lengths.
   void forward_in_place(Index batch, Index time, const Lengths& lengths, MatrixRef<Scalar> x,
-                        State& state, Workspace& ws, Workload workload) const {
-    const Index n = x.rows(), e = embedding_dim(), nh = config_.num_heads,
-                qk = config_.qk_dim(), vd = config_.v_dim();
-    ensure_size(ws.normed, n, e);
-    ensure_size(ws.q, n, qk);
-    ensure_size(ws.k, n, qk);
-    ensure_size(ws.v, n, vd);
-    ensure_size(ws.o, n, vd);
-    ensure_size(ws.gate_i, n, nh);
-    ensure_size(ws.gate_f, n, nh);
-    ensure_size(ws.h, n, vd);
-    ensure_size(ws.delta, n, e);
-    ensure_size(ws.ffn_up, n, 2 * config_.ffn_dim());
-    norm_mlstm_.forward(x, ws.normed);
-    q_.forward(ws.normed, ws.q, workload);
-    k_.forward(ws.normed, ws.k, workload);
-    v_.forward(ws.normed, ws.v, workload);
-    ogate_.forward(ws.normed, ws.o, workload);
-    igate_.forward(ws.normed, ws.gate_i, workload);
-    fgate_.forward(ws.normed, ws.gate_f, workload);
-    // math §9.3 / §10.16: the cap comes after the bias, before logsig/exp.
-    if (config_.gate_soft_cap > 0) {
-      const Scalar cap = Scalar(config_.gate_soft_cap);
-      ws.gate_i.array() = soft_cap(ws.gate_i.array(), cap);
-      ws.gate_f.array() = soft_cap(ws.gate_f.array(), cap);
-    }
-    if (workload == Workload::step) {
-      cell_.step(ws.q, ws.k, ws.v, ws.gate_i, ws.gate_f, state.cell, ws.h);
-    } else {
-      cell_.forward(batch, time, ws.q, ws.k, ws.v, ws.gate_i, ws.gate_f, state.cell, ws.h,
-                    MLstmForm::chunkwise, lengths);
-    }
-    // delta = out_proj(sigmoid(o) * MultiHeadNorm(h)).
-    multihead_norm_.forward(ws.h, ws.h);
-    ws.h.array() *= sigmoid(ws.o.array());
-    out_proj_.forward(ws.h, ws.delta, workload);
-    x += ws.delta;
-    norm_ffn_.forward(x, ws.normed);
-    ffn_.forward(ws.normed, ws.delta, ws.ffn_up, workload);
-    x += ws.delta;
-  }
+                        State& state, Workspace& ws, Workload workload) const;
 
   /// Throws unless `state` has the sizes initial_state(batch) gives it.
   void check_state(const State& state, Index batch, const char* where) const {
@@ -285,27 +210,7 @@ class LargeBlock {
   /// weights make a fresh block degenerate; `noise` > 0 adds
   /// N(0, noise / sqrt(E)) to every projection so that tests and benchmarks
   /// exercise every path. Needs Scalar weights.
-  void initialize(Rng& rng, double noise = 0.0) {
-    const Index e = embedding_dim(), nb = config_._num_blocks, u = config_.ffn_dim();
-    small_init(q_.weight(), e, rng);
-    small_init(k_.weight(), e, rng);
-    small_init(v_.weight(), e, rng);
-    small_init(ffn_.proj_up().weight(), e, rng);
-    for (Linear<Scalar>* p : {&ogate_, &igate_, &fgate_, &ffn_.proj_up_gate()}) {
-      p->weight().setZero();
-    }
-    igate_.bias().setConstant(Scalar(-10));
-    linspace_init(fgate_.bias(), 3.0, 6.0);
-    wang_init(out_proj_.weight(), e, nb, rng);
-    wang_init(ffn_.proj_down().weight(), u, nb, rng);
-    if (noise > 0) {
-      for (Linear<Scalar>* p : projections()) {
-        Matrix<Scalar> extra(p->out_features(), p->in_features());
-        rng.normal(extra, 0.0, noise / std::sqrt(double(e)));
-        p->weight() += extra;
-      }
-    }
-  }
+  void initialize(Rng& rng, double noise = 0.0);
 
   /// The dense projections in checkpoint order.
   std::vector<Linear<Scalar>*> projections() {
@@ -348,5 +253,117 @@ class LargeBlock {
   GatedFeedForward<Scalar> ffn_;
   MLstmCell<Scalar> cell_{MLstmCellConfig{1, 1, 1}};
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+LargeBlock<Scalar_>::LargeBlock(Config config, Uninitialized, WeightStorage storage)
+    : config_(std::move(config)) {
+  config_.validate();
+  const Index e = config_.embedding_dim, nh = config_.num_heads, qk = config_.qk_dim(),
+              vd = config_.v_dim();
+  const bool b = config_.use_bias;
+  norm_mlstm_ = RmsNorm<Scalar>(e, config_.norm_eps, b);
+  q_ = Linear<Scalar>(e, qk, b, storage);
+  k_ = Linear<Scalar>(e, qk, b, storage);
+  v_ = Linear<Scalar>(e, vd, b, storage);
+  ogate_ = Linear<Scalar>(e, vd, b, storage);
+  igate_ = Linear<Scalar>(e, nh, true, storage);
+  fgate_ = Linear<Scalar>(e, nh, true, storage);
+  multihead_norm_ = GroupedNorm<Scalar>(vd, nh, NormWeight::direct, b, config_.norm_eps);
+  out_proj_ = Linear<Scalar>(vd, e, b, storage);
+  norm_ffn_ = RmsNorm<Scalar>(e, config_.norm_eps, b);
+  ffn_ = GatedFeedForward<Scalar>(e, config_.ffn_dim(), Activation::swish, b, GateLayout::split,
+                                  storage);
+  MLstmCellConfig cell;
+  cell.num_heads = nh;
+  cell.qk_head_dim = qk / nh;
+  cell.v_head_dim = vd / nh;
+  cell.eps = config_.eps;
+  cell.convention = MLstmStateConvention::unscaled_keys;
+  cell.chunk_size = config_.chunk_size;
+  cell_ = MLstmCell<Scalar>(cell);
+}
+
+template <typename Scalar_>
+void LargeBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+                                  Sequence<Scalar>& y) const {
+  check_input(x.features(), x.batch(), state, "LargeBlock::forward", "x");
+  check_state(state, x.batch(), "LargeBlock::forward");
+  check_lengths(lengths, x.batch(), x.time(), "LargeBlock::forward");
+  check(x.time() > 0, "LargeBlock::forward: argument 'x' must have at least one time step");
+  y = x;
+  Workspace ws;
+  forward_in_place(y.batch(), y.time(), lengths, y.matrix(), state, ws, Workload::sequence);
+  zero_padding(y, lengths);
+}
+
+template <typename Scalar_>
+void LargeBlock<Scalar_>::forward_in_place(Index batch, Index time, const Lengths& lengths,
+                                           MatrixRef<Scalar> x, State& state, Workspace& ws,
+                                           Workload workload) const {
+  const Index n = x.rows(), e = embedding_dim(), nh = config_.num_heads, qk = config_.qk_dim(),
+              vd = config_.v_dim();
+  ensure_size(ws.normed, n, e);
+  ensure_size(ws.q, n, qk);
+  ensure_size(ws.k, n, qk);
+  ensure_size(ws.v, n, vd);
+  ensure_size(ws.o, n, vd);
+  ensure_size(ws.gate_i, n, nh);
+  ensure_size(ws.gate_f, n, nh);
+  ensure_size(ws.h, n, vd);
+  ensure_size(ws.delta, n, e);
+  ensure_size(ws.ffn_up, n, 2 * config_.ffn_dim());
+  norm_mlstm_.forward(x, ws.normed);
+  q_.forward(ws.normed, ws.q, workload);
+  k_.forward(ws.normed, ws.k, workload);
+  v_.forward(ws.normed, ws.v, workload);
+  ogate_.forward(ws.normed, ws.o, workload);
+  igate_.forward(ws.normed, ws.gate_i, workload);
+  fgate_.forward(ws.normed, ws.gate_f, workload);
+  // math §9.3 / §10.16: the cap comes after the bias, before logsig/exp.
+  if (config_.gate_soft_cap > 0) {
+    const Scalar cap = Scalar(config_.gate_soft_cap);
+    ws.gate_i.array() = soft_cap(ws.gate_i.array(), cap);
+    ws.gate_f.array() = soft_cap(ws.gate_f.array(), cap);
+  }
+  if (workload == Workload::step) {
+    cell_.step(ws.q, ws.k, ws.v, ws.gate_i, ws.gate_f, state.cell, ws.h);
+  } else {
+    cell_.forward(batch, time, ws.q, ws.k, ws.v, ws.gate_i, ws.gate_f, state.cell, ws.h,
+                  MLstmForm::chunkwise, lengths);
+  }
+  // delta = out_proj(sigmoid(o) * MultiHeadNorm(h)).
+  multihead_norm_.forward(ws.h, ws.h);
+  ws.h.array() *= sigmoid(ws.o.array());
+  out_proj_.forward(ws.h, ws.delta, workload);
+  x += ws.delta;
+  norm_ffn_.forward(x, ws.normed);
+  ffn_.forward(ws.normed, ws.delta, ws.ffn_up, workload);
+  x += ws.delta;
+}
+
+template <typename Scalar_>
+void LargeBlock<Scalar_>::initialize(Rng& rng, double noise) {
+  const Index e = embedding_dim(), nb = config_._num_blocks, u = config_.ffn_dim();
+  small_init(q_.weight(), e, rng);
+  small_init(k_.weight(), e, rng);
+  small_init(v_.weight(), e, rng);
+  small_init(ffn_.proj_up().weight(), e, rng);
+  for (Linear<Scalar>* p : {&ogate_, &igate_, &fgate_, &ffn_.proj_up_gate()}) {
+    p->weight().setZero();
+  }
+  igate_.bias().setConstant(Scalar(-10));
+  linspace_init(fgate_.bias(), 3.0, 6.0);
+  wang_init(out_proj_.weight(), e, nb, rng);
+  wang_init(ffn_.proj_down().weight(), u, nb, rng);
+  if (noise > 0) {
+    for (Linear<Scalar>* p : projections()) {
+      Matrix<Scalar> extra(p->out_features(), p->in_features());
+      rng.normal(extra, 0.0, noise / std::sqrt(double(e)));
+      p->weight() += extra;
+    }
+  }
+}
 
 }  // namespace xlstm

@@ -117,30 +117,7 @@ class MLstmBlock {
   }
 
   /// A block with zero weights, to be filled by the caller.
-  MLstmBlock(Config config, Uninitialized) : config_(std::move(config)) {
-    config_.post_init();
-    const MLstmLayerConfig& c = config_.mlstm;
-    c.validate();
-    const Index e = c.embedding_dim, inner = c._inner_embedding_dim, nh = c.num_heads;
-    const Index proj_heads = inner / c.qkv_proj_blocksize;
-    xlstm_norm_ = make_layer_norm<Scalar>(e);
-    proj_up_ = Linear<Scalar>(e, 2 * inner, c.bias);
-    conv1d_ = CausalConv1d<Scalar>(inner, c.conv1d_kernel_size);
-    q_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
-    k_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
-    v_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
-    igate_ = Linear<Scalar>(3 * inner, nh, true);
-    fgate_ = Linear<Scalar>(3 * inner, nh, true);
-    outnorm_ = make_multi_head_layer_norm<Scalar>(inner, nh);
-    learnable_skip_.setOnes(inner);
-    proj_down_ = Linear<Scalar>(inner, e, c.bias);
-    MLstmCellConfig cell_config;
-    cell_config.num_heads = nh;
-    cell_config.qk_head_dim = inner / nh;
-    cell_config.v_head_dim = inner / nh;
-    cell_config.convention = MLstmStateConvention::scaled_keys;
-    cell_ = MLstmCell<Scalar>(cell_config);
-  }
+  MLstmBlock(Config config, Uninitialized);
 
   const Config& config() const { return config_; }
   Index embedding_dim() const { return config_.mlstm.embedding_dim; }
@@ -148,16 +125,7 @@ class MLstmBlock {
   MLstmCell<Scalar>& cell() { return cell_; }
   const MLstmCell<Scalar>& cell() const { return cell_; }
 
-  State initial_state(Index batch) const {
-    check(batch >= 0, "MLstmBlock::initial_state: argument 'batch' must be >= 0, got ", batch);
-    check_size_product({batch, 3 * inner_dim() + embedding_dim()}, "MLstmBlock::initial_state",
-                       "'batch' x step workspace width (3 x inner dim + embedding_dim)");
-    State s;
-    s.conv = conv1d_.initial_state(batch);
-    s.cell = cell_.initial_state(batch);
-    size_scratch(s.scratch.get(), batch);  // so that even the first step does not allocate
-    return s;
-  }
+  State initial_state(Index batch) const;
 
   /// x, y: B x T x E. `state` is the initial state and becomes the final one.
   /// From a zero state and T <= the cell's parallel_max_length this uses the
@@ -170,37 +138,7 @@ class MLstmBlock {
   /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
   /// final state equal running it alone; outputs past its length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
-               MLstmForm form = MLstmForm::automatic) const {
-    check_input(x.features(), x.batch(), state, "MLstmBlock::forward", "x");
-    check_state(state, x.batch(), "MLstmBlock::forward");
-    check_lengths(lengths, x.batch(), x.time(), "MLstmBlock::forward");
-    check(x.time() > 0, "MLstmBlock::forward: argument 'x' must have at least one time step");
-    const Index batch = x.batch(), time = x.time(), inner = inner_dim();
-    Matrix<Scalar> normed(x.matrix().rows(), embedding_dim());
-    xlstm_norm_.forward(x.matrix(), normed);
-    Matrix<Scalar> up(normed.rows(), 2 * inner);
-    proj_up_.forward(normed, up);
-    Sequence<Scalar> x_m(batch, time, inner), conv_act;
-    x_m.matrix() = up.leftCols(inner);
-    conv1d_.forward(x_m, lengths, state.conv, conv_act);
-    conv_act.matrix().array() = silu(conv_act.matrix().array());
-    Matrix<Scalar> qkv(up.rows(), 3 * inner);
-    q_proj_.forward(conv_act.matrix(), qkv.leftCols(inner));
-    k_proj_.forward(conv_act.matrix(), qkv.middleCols(inner, inner));
-    v_proj_.forward(x_m.matrix(), qkv.rightCols(inner));
-    Matrix<Scalar> gate_i(up.rows(), config_.mlstm.num_heads), gate_f(gate_i.rows(), gate_i.cols());
-    igate_.forward(qkv, gate_i);
-    fgate_.forward(qkv, gate_f);
-    Matrix<Scalar> h(up.rows(), inner);
-    cell_.forward(batch, time, qkv.leftCols(inner), qkv.middleCols(inner, inner),
-                  qkv.rightCols(inner), gate_i, gate_f, state.cell, h, form, lengths);
-    outnorm_.forward(h, h);
-    apply_skip_and_output_gate(h, conv_act.matrix(), up.rightCols(inner));
-    y.resize(batch, time, embedding_dim());
-    proj_down_.forward(h, y.matrix());
-    y.matrix() += x.matrix();
-    zero_padding(y, lengths);
-  }
+               MLstmForm form = MLstmForm::automatic) const;
 
   /// One step: x_t and y_t are B x E (y_t must not alias x_t; a Matrix is
   /// resized, a view must have the size). Does not allocate once the state's
@@ -210,25 +148,7 @@ class MLstmBlock {
     check_input(x_t.cols(), x_t.rows(), state, "MLstmBlock::step", "x_t");
     check_state(state, x_t.rows(), "MLstmBlock::step");
     prepare_output(y_out, x_t.rows(), embedding_dim(), "MLstmBlock::step", "y_t");
-    MatrixRef<Scalar> y_t(y_out);
-    const Index inner = inner_dim();
-    auto& ws = state.scratch.get();
-    size_scratch(ws, x_t.rows());
-    xlstm_norm_.forward(x_t, ws.normed);
-    proj_up_.forward(ws.normed, ws.up, Workload::step);
-    conv1d_.step(ws.up.leftCols(inner), state.conv, ws.conv_act);
-    ws.conv_act.array() = silu(ws.conv_act.array());
-    q_proj_.forward(ws.conv_act, ws.qkv.leftCols(inner), Workload::step);
-    k_proj_.forward(ws.conv_act, ws.qkv.middleCols(inner, inner), Workload::step);
-    v_proj_.forward(ws.up.leftCols(inner), ws.qkv.rightCols(inner), Workload::step);
-    igate_.forward(ws.qkv, ws.gates_i, Workload::step);
-    fgate_.forward(ws.qkv, ws.gates_f, Workload::step);
-    cell_.step(ws.qkv.leftCols(inner), ws.qkv.middleCols(inner, inner), ws.qkv.rightCols(inner),
-               ws.gates_i, ws.gates_f, state.cell, ws.h);
-    outnorm_.forward(ws.h, ws.h_norm);
-    apply_skip_and_output_gate(ws.h_norm, ws.conv_act, ws.up.rightCols(inner));
-    proj_down_.forward(ws.h_norm, y_t, Workload::step);
-    y_t += x_t;
+    step_into(x_t, state, y_out);
   }
 
   /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
@@ -245,30 +165,12 @@ class MLstmBlock {
   XLSTM_PARAMETER_VISITOR
 
   /// The official reset_parameters (math §8.2).
-  void initialize(Rng& rng) {
-    const Index e = embedding_dim(), nh = config_.mlstm.num_heads;
-    xlstm_norm_.weight().setZero();
-    small_init(proj_up_.weight(), e, rng);
-    for (HeadwiseLinear<Scalar>* p : {&q_proj_, &k_proj_, &v_proj_}) {
-      small_init(p->weight(), e, rng);  // dim = E, not the inner dim (math §8.2)
-      p->bias().setZero();
-    }
-    // The conv keeps PyTorch's default init (fan_in = K for a depthwise conv).
-    default_linear_init(conv1d_.weight(), config_.mlstm.conv1d_kernel_size, rng);
-    default_linear_init(conv1d_.bias(), config_.mlstm.conv1d_kernel_size, rng);
-    wang_init(proj_down_.weight(), e, config_.mlstm._num_blocks, rng);
-    proj_up_.bias().setZero();
-    proj_down_.bias().setZero();
-    learnable_skip_.setOnes();
-    fgate_.weight().setZero();
-    linspace_init(fgate_.bias(), 3.0, 6.0);
-    igate_.weight().setZero();
-    rng.normal(igate_.bias(), 0.0, 0.1);
-    outnorm_.weight().setZero();
-    (void)nh;
-  }
+  void initialize(Rng& rng);
 
  private:
+  /// step() after its checks, into an output of the right size.
+  void step_into(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
+
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
     self.xlstm_norm_.for_each_parameter(visit, prefix + "xlstm_norm.");
@@ -326,5 +228,126 @@ class MLstmBlock {
   Linear<Scalar> proj_down_;
   MLstmCell<Scalar> cell_{MLstmCellConfig{1, 1, 1}};
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+MLstmBlock<Scalar_>::MLstmBlock(Config config, Uninitialized) : config_(std::move(config)) {
+  config_.post_init();
+  const MLstmLayerConfig& c = config_.mlstm;
+  c.validate();
+  const Index e = c.embedding_dim, inner = c._inner_embedding_dim, nh = c.num_heads;
+  const Index proj_heads = inner / c.qkv_proj_blocksize;
+  xlstm_norm_ = make_layer_norm<Scalar>(e);
+  proj_up_ = Linear<Scalar>(e, 2 * inner, c.bias);
+  conv1d_ = CausalConv1d<Scalar>(inner, c.conv1d_kernel_size);
+  q_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
+  k_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
+  v_proj_ = HeadwiseLinear<Scalar>(inner, proj_heads, c.bias);
+  igate_ = Linear<Scalar>(3 * inner, nh, true);
+  fgate_ = Linear<Scalar>(3 * inner, nh, true);
+  outnorm_ = make_multi_head_layer_norm<Scalar>(inner, nh);
+  learnable_skip_.setOnes(inner);
+  proj_down_ = Linear<Scalar>(inner, e, c.bias);
+  MLstmCellConfig cell_config;
+  cell_config.num_heads = nh;
+  cell_config.qk_head_dim = inner / nh;
+  cell_config.v_head_dim = inner / nh;
+  cell_config.convention = MLstmStateConvention::scaled_keys;
+  cell_ = MLstmCell<Scalar>(cell_config);
+}
+
+template <typename Scalar_>
+auto MLstmBlock<Scalar_>::initial_state(Index batch) const -> State {
+  check(batch >= 0, "MLstmBlock::initial_state: argument 'batch' must be >= 0, got ", batch);
+  check_size_product({batch, 3 * inner_dim() + embedding_dim()}, "MLstmBlock::initial_state",
+                     "'batch' x step workspace width (3 x inner dim + embedding_dim)");
+  State s;
+  s.conv = conv1d_.initial_state(batch);
+  s.cell = cell_.initial_state(batch);
+  size_scratch(s.scratch.get(), batch);  // so that even the first step does not allocate
+  return s;
+}
+
+template <typename Scalar_>
+void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+                                  Sequence<Scalar>& y, MLstmForm form) const {
+  check_input(x.features(), x.batch(), state, "MLstmBlock::forward", "x");
+  check_state(state, x.batch(), "MLstmBlock::forward");
+  check_lengths(lengths, x.batch(), x.time(), "MLstmBlock::forward");
+  check(x.time() > 0, "MLstmBlock::forward: argument 'x' must have at least one time step");
+  const Index batch = x.batch(), time = x.time(), inner = inner_dim();
+  Matrix<Scalar> normed(x.matrix().rows(), embedding_dim());
+  xlstm_norm_.forward(x.matrix(), normed);
+  Matrix<Scalar> up(normed.rows(), 2 * inner);
+  proj_up_.forward(normed, up);
+  Sequence<Scalar> x_m(batch, time, inner), conv_act;
+  x_m.matrix() = up.leftCols(inner);
+  conv1d_.forward(x_m, lengths, state.conv, conv_act);
+  conv_act.matrix().array() = silu(conv_act.matrix().array());
+  Matrix<Scalar> qkv(up.rows(), 3 * inner);
+  q_proj_.forward(conv_act.matrix(), qkv.leftCols(inner));
+  k_proj_.forward(conv_act.matrix(), qkv.middleCols(inner, inner));
+  v_proj_.forward(x_m.matrix(), qkv.rightCols(inner));
+  Matrix<Scalar> gate_i(up.rows(), config_.mlstm.num_heads), gate_f(gate_i.rows(), gate_i.cols());
+  igate_.forward(qkv, gate_i);
+  fgate_.forward(qkv, gate_f);
+  Matrix<Scalar> h(up.rows(), inner);
+  cell_.forward(batch, time, qkv.leftCols(inner), qkv.middleCols(inner, inner),
+                qkv.rightCols(inner), gate_i, gate_f, state.cell, h, form, lengths);
+  outnorm_.forward(h, h);
+  apply_skip_and_output_gate(h, conv_act.matrix(), up.rightCols(inner));
+  y.resize(batch, time, embedding_dim());
+  proj_down_.forward(h, y.matrix());
+  y.matrix() += x.matrix();
+  zero_padding(y, lengths);
+}
+
+template <typename Scalar_>
+void MLstmBlock<Scalar_>::step_into(const ConstMatrixRef<Scalar>& x_t, State& state,
+                                    MatrixRef<Scalar> y_t) const {
+  const Index inner = inner_dim();
+  auto& ws = state.scratch.get();
+  size_scratch(ws, x_t.rows());
+  xlstm_norm_.forward(x_t, ws.normed);
+  proj_up_.forward(ws.normed, ws.up, Workload::step);
+  conv1d_.step(ws.up.leftCols(inner), state.conv, ws.conv_act);
+  ws.conv_act.array() = silu(ws.conv_act.array());
+  q_proj_.forward(ws.conv_act, ws.qkv.leftCols(inner), Workload::step);
+  k_proj_.forward(ws.conv_act, ws.qkv.middleCols(inner, inner), Workload::step);
+  v_proj_.forward(ws.up.leftCols(inner), ws.qkv.rightCols(inner), Workload::step);
+  igate_.forward(ws.qkv, ws.gates_i, Workload::step);
+  fgate_.forward(ws.qkv, ws.gates_f, Workload::step);
+  cell_.step(ws.qkv.leftCols(inner), ws.qkv.middleCols(inner, inner), ws.qkv.rightCols(inner),
+             ws.gates_i, ws.gates_f, state.cell, ws.h);
+  outnorm_.forward(ws.h, ws.h_norm);
+  apply_skip_and_output_gate(ws.h_norm, ws.conv_act, ws.up.rightCols(inner));
+  proj_down_.forward(ws.h_norm, y_t, Workload::step);
+  y_t += x_t;
+}
+
+template <typename Scalar_>
+void MLstmBlock<Scalar_>::initialize(Rng& rng) {
+  const Index e = embedding_dim(), nh = config_.mlstm.num_heads;
+  xlstm_norm_.weight().setZero();
+  small_init(proj_up_.weight(), e, rng);
+  for (HeadwiseLinear<Scalar>* p : {&q_proj_, &k_proj_, &v_proj_}) {
+    small_init(p->weight(), e, rng);  // dim = E, not the inner dim (math §8.2)
+    p->bias().setZero();
+  }
+  // The conv keeps PyTorch's default init (fan_in = K for a depthwise conv).
+  default_linear_init(conv1d_.weight(), config_.mlstm.conv1d_kernel_size, rng);
+  default_linear_init(conv1d_.bias(), config_.mlstm.conv1d_kernel_size, rng);
+  wang_init(proj_down_.weight(), e, config_.mlstm._num_blocks, rng);
+  proj_up_.bias().setZero();
+  proj_down_.bias().setZero();
+  learnable_skip_.setOnes();
+  fgate_.weight().setZero();
+  linspace_init(fgate_.bias(), 3.0, 6.0);
+  igate_.weight().setZero();
+  rng.normal(igate_.bias(), 0.0, 0.1);
+  outnorm_.weight().setZero();
+  (void)nh;
+}
 
 }  // namespace xlstm

@@ -152,29 +152,7 @@ class SLstmBlock {
   }
 
   /// A block with zero weights, to be filled by the caller.
-  SLstmBlock(Config config, Uninitialized) : config_(std::move(config)) {
-    config_.post_init();
-    const SLstmLayerConfig& c = config_.slstm;
-    c.validate();
-    const Index e = c.embedding_dim, nh = c.num_heads;
-    xlstm_norm_ = make_layer_norm<Scalar>(e);
-    conv1d_ = CausalConv1d<Scalar>(e, c.conv1d_kernel_size);
-    for (HeadwiseLinear<Scalar>* g : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) {
-      *g = HeadwiseLinear<Scalar>(e, nh, false);
-    }
-    SLstmCellConfig cell_config;
-    cell_config.hidden_size = e;
-    cell_config.num_heads = nh;
-    cell_config.function = parse_slstm_function(c.function);
-    cell_ = SLstmCell<Scalar>(cell_config);
-    group_norm_ = make_multi_head_layer_norm<Scalar>(e, nh, c.group_norm_weight);
-    if (config_.feedforward) {
-      const FeedForwardConfig& f = *config_.feedforward;
-      f.validate();
-      ffn_norm_ = make_layer_norm<Scalar>(e);
-      ffn_ = GatedFeedForward<Scalar>(e, f._proj_up_dim, parse_activation(f.act_fn), f.bias);
-    }
-  }
+  SLstmBlock(Config config, Uninitialized);
 
   const Config& config() const { return config_; }
   Index embedding_dim() const { return config_.slstm.embedding_dim; }
@@ -182,20 +160,7 @@ class SLstmBlock {
   SLstmCell<Scalar>& cell() { return cell_; }
   const SLstmCell<Scalar>& cell() const { return cell_; }
 
-  State initial_state(Index batch) const {
-    check(batch >= 0, "SLstmBlock::initial_state: argument 'batch' must be >= 0, got ", batch);
-    check_size_product({batch, 4, embedding_dim()}, "SLstmBlock::initial_state",
-                       "'batch' x 4 x embedding_dim");
-    if (has_feedforward()) {
-      check_size_product({batch, 2, ffn_.proj_up_dim()}, "SLstmBlock::initial_state",
-                         "'batch' x 2 x feed-forward width");
-    }
-    State s;
-    s.conv = conv1d_.initial_state(batch);
-    s.cell = cell_.initial_state(batch);
-    size_scratch(s.scratch.get(), batch);  // so that even the first step does not allocate
-    return s;
-  }
+  State initial_state(Index batch) const;
 
   /// x, y: B x T x E. `state` is the initial state and becomes the final one.
   void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
@@ -205,31 +170,7 @@ class SLstmBlock {
   /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
   /// final state equal running it alone; outputs past its length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y) const {
-    check_input(x.features(), x.batch(), state, "SLstmBlock::forward", "x");
-    check_state(state, x.batch(), "SLstmBlock::forward");
-    check_lengths(lengths, x.batch(), x.time(), "SLstmBlock::forward");
-    check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
-    const Index batch = x.batch(), time = x.time(), e = embedding_dim();
-    Sequence<Scalar> normed(batch, time, e), conv_act;
-    xlstm_norm_.forward(x.matrix(), normed.matrix());
-    conv1d_.forward(normed, lengths, state.conv, conv_act);
-    if (!conv1d_.is_identity()) conv_act.matrix().array() = silu(conv_act.matrix().array());
-    Sequence<Scalar> preact(batch, time, 4 * e);
-    gate_preactivations(normed.matrix(), conv_act.matrix(), preact.matrix());
-    Sequence<Scalar> cell_out;
-    cell_.forward(preact, lengths, state.cell, cell_out);
-    y.resize(batch, time, e);
-    group_norm_.forward(cell_out.matrix(), y.matrix());
-    y.matrix() += x.matrix();
-    if (has_feedforward()) {
-      Matrix<Scalar> ffn_in(y.matrix().rows(), e), ffn_out(y.matrix().rows(), e), up;
-      ffn_norm_.forward(y.matrix(), ffn_in);
-      ffn_.forward(ffn_in, ffn_out, up);
-      y.matrix() += ffn_out;
-    }
-    zero_padding(y, lengths);
-  }
+               Sequence<Scalar>& y) const;
 
   /// One step: x_t and y_t are B x E (y_t must not alias x_t; a Matrix is
   /// resized, a view must have the size). Does not allocate once the state's
@@ -239,21 +180,7 @@ class SLstmBlock {
     check_input(x_t.cols(), x_t.rows(), state, "SLstmBlock::step", "x_t");
     check_state(state, x_t.rows(), "SLstmBlock::step");
     prepare_output(y_out, x_t.rows(), embedding_dim(), "SLstmBlock::step", "y_t");
-    MatrixRef<Scalar> y_t(y_out);
-    auto& ws = state.scratch.get();
-    size_scratch(ws, x_t.rows());
-    xlstm_norm_.forward(x_t, ws.normed);
-    conv1d_.step(ws.normed, state.conv, ws.conv_act);
-    if (!conv1d_.is_identity()) ws.conv_act.array() = silu(ws.conv_act.array());
-    gate_preactivations(ws.normed, ws.conv_act, ws.preact, Workload::step);
-    cell_.step(ws.preact, state.cell);
-    group_norm_.forward(state.cell.y, y_t);
-    y_t += x_t;
-    if (has_feedforward()) {
-      ffn_norm_.forward(y_t, ws.ffn_in);
-      ffn_.forward(ws.ffn_in, ws.y_norm, ws.ffn_up, Workload::step);
-      y_t += ws.y_norm;
-    }
+    step_into(x_t, state, y_out);
   }
 
   /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
@@ -270,35 +197,12 @@ class SLstmBlock {
   XLSTM_PARAMETER_VISITOR
 
   /// The official reset_parameters (math §8.3).
-  void initialize(Rng& rng) {
-    const SLstmLayerConfig& c = config_.slstm;
-    const Index e = embedding_dim(), nh = c.num_heads, dh = e / nh;
-    xlstm_norm_.weight().setZero();
-    for (HeadwiseLinear<Scalar>* g : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) {
-      small_init(g->weight(), e, rng);
-    }
-    if (!conv1d_.is_identity()) {
-      default_linear_init(conv1d_.weight(), c.conv1d_kernel_size, rng);
-      default_linear_init(conv1d_.bias(), c.conv1d_kernel_size, rng);
-    }
-    if (c.recurrent_weight_init == "zeros") {
-      cell_.recurrent_kernel().setZero();
-    } else {
-      default_linear_init(cell_.recurrent_kernel(), e, rng);  // U(-1/sqrt(H), 1/sqrt(H))
-    }
-    initialize_bias(rng);
-    if (group_norm_.weight().size() > 0) group_norm_.weight().setZero();
-    if (has_feedforward()) {
-      ffn_norm_.weight().setZero();
-      small_init(ffn_.proj_up().weight(), e, rng);
-      wang_init(ffn_.proj_down().weight(), e, config_.feedforward->_num_blocks, rng);
-      ffn_.proj_up().bias().setZero();
-      ffn_.proj_down().bias().setZero();
-    }
-    (void)dh;
-  }
+  void initialize(Rng& rng);
 
  private:
+  /// step() after its checks, into an output of the right size.
+  void step_into(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
+
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
     self.xlstm_norm_.for_each_parameter(visit, prefix + "xlstm_norm.");
@@ -381,5 +285,124 @@ class SLstmBlock {
   GroupedNorm<Scalar> ffn_norm_;
   GatedFeedForward<Scalar> ffn_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+SLstmBlock<Scalar_>::SLstmBlock(Config config, Uninitialized) : config_(std::move(config)) {
+  config_.post_init();
+  const SLstmLayerConfig& c = config_.slstm;
+  c.validate();
+  const Index e = c.embedding_dim, nh = c.num_heads;
+  xlstm_norm_ = make_layer_norm<Scalar>(e);
+  conv1d_ = CausalConv1d<Scalar>(e, c.conv1d_kernel_size);
+  for (HeadwiseLinear<Scalar>* g : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) {
+    *g = HeadwiseLinear<Scalar>(e, nh, false);
+  }
+  SLstmCellConfig cell_config;
+  cell_config.hidden_size = e;
+  cell_config.num_heads = nh;
+  cell_config.function = parse_slstm_function(c.function);
+  cell_ = SLstmCell<Scalar>(cell_config);
+  group_norm_ = make_multi_head_layer_norm<Scalar>(e, nh, c.group_norm_weight);
+  if (config_.feedforward) {
+    const FeedForwardConfig& f = *config_.feedforward;
+    f.validate();
+    ffn_norm_ = make_layer_norm<Scalar>(e);
+    ffn_ = GatedFeedForward<Scalar>(e, f._proj_up_dim, parse_activation(f.act_fn), f.bias);
+  }
+}
+
+template <typename Scalar_>
+auto SLstmBlock<Scalar_>::initial_state(Index batch) const -> State {
+  check(batch >= 0, "SLstmBlock::initial_state: argument 'batch' must be >= 0, got ", batch);
+  check_size_product({batch, 4, embedding_dim()}, "SLstmBlock::initial_state",
+                     "'batch' x 4 x embedding_dim");
+  if (has_feedforward()) {
+    check_size_product({batch, 2, ffn_.proj_up_dim()}, "SLstmBlock::initial_state",
+                       "'batch' x 2 x feed-forward width");
+  }
+  State s;
+  s.conv = conv1d_.initial_state(batch);
+  s.cell = cell_.initial_state(batch);
+  size_scratch(s.scratch.get(), batch);  // so that even the first step does not allocate
+  return s;
+}
+
+template <typename Scalar_>
+void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+                                  Sequence<Scalar>& y) const {
+  check_input(x.features(), x.batch(), state, "SLstmBlock::forward", "x");
+  check_state(state, x.batch(), "SLstmBlock::forward");
+  check_lengths(lengths, x.batch(), x.time(), "SLstmBlock::forward");
+  check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
+  const Index batch = x.batch(), time = x.time(), e = embedding_dim();
+  Sequence<Scalar> normed(batch, time, e), conv_act;
+  xlstm_norm_.forward(x.matrix(), normed.matrix());
+  conv1d_.forward(normed, lengths, state.conv, conv_act);
+  if (!conv1d_.is_identity()) conv_act.matrix().array() = silu(conv_act.matrix().array());
+  Sequence<Scalar> preact(batch, time, 4 * e);
+  gate_preactivations(normed.matrix(), conv_act.matrix(), preact.matrix());
+  Sequence<Scalar> cell_out;
+  cell_.forward(preact, lengths, state.cell, cell_out);
+  y.resize(batch, time, e);
+  group_norm_.forward(cell_out.matrix(), y.matrix());
+  y.matrix() += x.matrix();
+  if (has_feedforward()) {
+    Matrix<Scalar> ffn_in(y.matrix().rows(), e), ffn_out(y.matrix().rows(), e), up;
+    ffn_norm_.forward(y.matrix(), ffn_in);
+    ffn_.forward(ffn_in, ffn_out, up);
+    y.matrix() += ffn_out;
+  }
+  zero_padding(y, lengths);
+}
+
+template <typename Scalar_>
+void SLstmBlock<Scalar_>::step_into(const ConstMatrixRef<Scalar>& x_t, State& state,
+                                    MatrixRef<Scalar> y_t) const {
+  auto& ws = state.scratch.get();
+  size_scratch(ws, x_t.rows());
+  xlstm_norm_.forward(x_t, ws.normed);
+  conv1d_.step(ws.normed, state.conv, ws.conv_act);
+  if (!conv1d_.is_identity()) ws.conv_act.array() = silu(ws.conv_act.array());
+  gate_preactivations(ws.normed, ws.conv_act, ws.preact, Workload::step);
+  cell_.step(ws.preact, state.cell);
+  group_norm_.forward(state.cell.y, y_t);
+  y_t += x_t;
+  if (has_feedforward()) {
+    ffn_norm_.forward(y_t, ws.ffn_in);
+    ffn_.forward(ws.ffn_in, ws.y_norm, ws.ffn_up, Workload::step);
+    y_t += ws.y_norm;
+  }
+}
+
+template <typename Scalar_>
+void SLstmBlock<Scalar_>::initialize(Rng& rng) {
+  const SLstmLayerConfig& c = config_.slstm;
+  const Index e = embedding_dim(), nh = c.num_heads, dh = e / nh;
+  xlstm_norm_.weight().setZero();
+  for (HeadwiseLinear<Scalar>* g : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) {
+    small_init(g->weight(), e, rng);
+  }
+  if (!conv1d_.is_identity()) {
+    default_linear_init(conv1d_.weight(), c.conv1d_kernel_size, rng);
+    default_linear_init(conv1d_.bias(), c.conv1d_kernel_size, rng);
+  }
+  if (c.recurrent_weight_init == "zeros") {
+    cell_.recurrent_kernel().setZero();
+  } else {
+    default_linear_init(cell_.recurrent_kernel(), e, rng);  // U(-1/sqrt(H), 1/sqrt(H))
+  }
+  initialize_bias(rng);
+  if (group_norm_.weight().size() > 0) group_norm_.weight().setZero();
+  if (has_feedforward()) {
+    ffn_norm_.weight().setZero();
+    small_init(ffn_.proj_up().weight(), e, rng);
+    wang_init(ffn_.proj_down().weight(), e, config_.feedforward->_num_blocks, rng);
+    ffn_.proj_up().bias().setZero();
+    ffn_.proj_down().bias().setZero();
+  }
+  (void)dh;
+}
 
 }  // namespace xlstm

@@ -229,92 +229,14 @@ class MLstmCell {
                const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
                const ConstMatrixRef<Scalar>& igate, const ConstMatrixRef<Scalar>& fgate,
                State& state, MatrixRef<Scalar> h, MLstmForm form = MLstmForm::automatic,
-               const Lengths& lengths = {}) const {
-    check_state(state, "MLstmCell::forward");
-    check_lengths(lengths, batch, time, "MLstmCell::forward");
-    check(batch == state.batch && time > 0, "MLstmCell::forward: 'batch' must equal the state's (",
-          state.batch, ") and 'time' be positive, got ", batch, " and ", time);
-    check_size_product({batch, time}, "MLstmCell::forward", "'batch' x 'time'");
-    const Index rows = batch * time;
-    check_shape(q, rows, num_heads() * qk_head_dim(), "MLstmCell::forward", "q");
-    check_shape(k, rows, num_heads() * qk_head_dim(), "MLstmCell::forward", "k");
-    check_shape(v, rows, num_heads() * v_head_dim(), "MLstmCell::forward", "v");
-    check_shape(igate, rows, num_heads(), "MLstmCell::forward", "igate");
-    check_shape(fgate, rows, num_heads(), "MLstmCell::forward", "fgate");
-    check_shape(h, rows, num_heads() * v_head_dim(), "MLstmCell::forward", "h");
-    if (form == MLstmForm::parallel) {
-      check(state.is_zero(),
-            "MLstmCell::forward: the parallel form starts from the zero state "
-            "(math §4.2); use the chunkwise form to continue from a state");
-    }
-    // `automatic` decides per row, from the row's own length and state, so
-    // that every row of a (ragged) batch runs exactly as it would alone.
-    std::vector<MLstmForm> row_forms(std::size_t(batch), form);
-    for (Index b = 0; b < batch; ++b) {
-      const Index len = length_of(lengths, b, time);
-      h.middleRows(b * time + len, time - len).setZero();  // padding
-      if (form == MLstmForm::automatic) {
-        row_forms[std::size_t(b)] = len <= config_.parallel_max_length && state.row_is_zero(b)
-                                        ? MLstmForm::parallel
-                                        : MLstmForm::chunkwise;
-      }
-    }
-    // (batch row, head) pairs are independent: spread them over the threads.
-    const bool parallel =
-        batch * num_heads() > 1 && time * qk_head_dim() * v_head_dim() >= (1 << 14);
-    parallel_for(batch * num_heads(), parallel, [&](Index item) {
-      const Index b = item / num_heads(), head = item % num_heads();
-      const Index len = length_of(lengths, b, time);
-      if (len == 0) return;
-      Workspace ws;
-      HeadInputs in = head_inputs(q, k, v, igate, fgate, time, len, b, head);
-      auto h_out = h.block(b * time, head * v_head_dim(), len, v_head_dim());
-      switch (row_forms[std::size_t(b)]) {
-        case MLstmForm::parallel:
-          parallel_head(in, h_out, ws);
-          // The final state: the inter-chunk recurrence over one chunk (§4.4a).
-          advance_state(in, 0, len, state, b, head, ws);
-          break;
-        case MLstmForm::chunkwise:
-          for (Index t0 = 0; t0 < len; t0 += config_.chunk_size) {
-            const Index chunk = std::min(config_.chunk_size, len - t0);
-            chunk_outputs(in, t0, chunk, state, b, head, h_out.middleRows(t0, chunk), ws);
-            advance_state(in, t0, chunk, state, b, head, ws);
-          }
-          break;
-        default:
-          for (Index t = 0; t < len; ++t) {
-            recurrent_step(in.q.row(t), in.k.row(t), in.v.row(t), in.igate(t), in.fgate(t), state,
-                           b, head, h_out.row(t));
-          }
-          break;
-      }
-    });
-  }
+               const Lengths& lengths = {}) const;
 
   /// One time step for all rows and heads (math §4.3). q, k: B x (NH*DHQK);
   /// v: B x (NH*DHV); igate, fgate: B x NH; h receives B x (NH*DHV).
   /// Does not allocate.
   void step(const ConstMatrixRef<Scalar>& q, const ConstMatrixRef<Scalar>& k,
             const ConstMatrixRef<Scalar>& v, const ConstMatrixRef<Scalar>& igate,
-            const ConstMatrixRef<Scalar>& fgate, State& state, MatrixRef<Scalar> h) const {
-    check_state(state, "MLstmCell::step");
-    const Index batch = state.batch;
-    check_shape(q, batch, num_heads() * qk_head_dim(), "MLstmCell::step", "q");
-    check_shape(k, batch, num_heads() * qk_head_dim(), "MLstmCell::step", "k");
-    check_shape(v, batch, num_heads() * v_head_dim(), "MLstmCell::step", "v");
-    check_shape(igate, batch, num_heads(), "MLstmCell::step", "igate");
-    check_shape(fgate, batch, num_heads(), "MLstmCell::step", "fgate");
-    check_shape(h, batch, num_heads() * v_head_dim(), "MLstmCell::step", "h");
-    const Index dqk = qk_head_dim(), dv = v_head_dim();
-    const bool parallel = batch * num_heads() * dqk * dv >= (1 << 15);
-    parallel_for(batch * num_heads(), parallel, [&](Index item) {
-      const Index b = item / num_heads(), head = item % num_heads();
-      recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
-                     v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
-                     head, h.row(b).segment(head * dv, dv));
-    });
-  }
+            const ConstMatrixRef<Scalar>& fgate, State& state, MatrixRef<Scalar> h) const;
 
   /// Throws unless `state` has the sizes initial_state() gives it (any batch).
   void check_state(const State& state, const char* where) const {
@@ -529,5 +451,98 @@ class MLstmCell {
 
   Config config_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void MLstmCell<Scalar_>::forward(Index batch, Index time, const ConstMatrixRef<Scalar>& q,
+                                 const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
+                                 const ConstMatrixRef<Scalar>& igate,
+                                 const ConstMatrixRef<Scalar>& fgate, State& state,
+                                 MatrixRef<Scalar> h, MLstmForm form,
+                                 const Lengths& lengths) const {
+  check_state(state, "MLstmCell::forward");
+  check_lengths(lengths, batch, time, "MLstmCell::forward");
+  check(batch == state.batch && time > 0, "MLstmCell::forward: 'batch' must equal the state's (",
+        state.batch, ") and 'time' be positive, got ", batch, " and ", time);
+  check_size_product({batch, time}, "MLstmCell::forward", "'batch' x 'time'");
+  const Index rows = batch * time;
+  check_shape(q, rows, num_heads() * qk_head_dim(), "MLstmCell::forward", "q");
+  check_shape(k, rows, num_heads() * qk_head_dim(), "MLstmCell::forward", "k");
+  check_shape(v, rows, num_heads() * v_head_dim(), "MLstmCell::forward", "v");
+  check_shape(igate, rows, num_heads(), "MLstmCell::forward", "igate");
+  check_shape(fgate, rows, num_heads(), "MLstmCell::forward", "fgate");
+  check_shape(h, rows, num_heads() * v_head_dim(), "MLstmCell::forward", "h");
+  if (form == MLstmForm::parallel) {
+    check(state.is_zero(),
+          "MLstmCell::forward: the parallel form starts from the zero state "
+          "(math §4.2); use the chunkwise form to continue from a state");
+  }
+  // `automatic` decides per row, from the row's own length and state, so
+  // that every row of a (ragged) batch runs exactly as it would alone.
+  std::vector<MLstmForm> row_forms(std::size_t(batch), form);
+  for (Index b = 0; b < batch; ++b) {
+    const Index len = length_of(lengths, b, time);
+    h.middleRows(b * time + len, time - len).setZero();  // padding
+    if (form == MLstmForm::automatic) {
+      row_forms[std::size_t(b)] = len <= config_.parallel_max_length && state.row_is_zero(b)
+                                      ? MLstmForm::parallel
+                                      : MLstmForm::chunkwise;
+    }
+  }
+  // (batch row, head) pairs are independent: spread them over the threads.
+  const bool parallel = batch * num_heads() > 1 && time * qk_head_dim() * v_head_dim() >= (1 << 14);
+  parallel_for(batch * num_heads(), parallel, [&](Index item) {
+    const Index b = item / num_heads(), head = item % num_heads();
+    const Index len = length_of(lengths, b, time);
+    if (len == 0) return;
+    Workspace ws;
+    HeadInputs in = head_inputs(q, k, v, igate, fgate, time, len, b, head);
+    auto h_out = h.block(b * time, head * v_head_dim(), len, v_head_dim());
+    switch (row_forms[std::size_t(b)]) {
+      case MLstmForm::parallel:
+        parallel_head(in, h_out, ws);
+        // The final state: the inter-chunk recurrence over one chunk (§4.4a).
+        advance_state(in, 0, len, state, b, head, ws);
+        break;
+      case MLstmForm::chunkwise:
+        for (Index t0 = 0; t0 < len; t0 += config_.chunk_size) {
+          const Index chunk = std::min(config_.chunk_size, len - t0);
+          chunk_outputs(in, t0, chunk, state, b, head, h_out.middleRows(t0, chunk), ws);
+          advance_state(in, t0, chunk, state, b, head, ws);
+        }
+        break;
+      default:
+        for (Index t = 0; t < len; ++t) {
+          recurrent_step(in.q.row(t), in.k.row(t), in.v.row(t), in.igate(t), in.fgate(t), state, b,
+                         head, h_out.row(t));
+        }
+        break;
+    }
+  });
+}
+
+template <typename Scalar_>
+void MLstmCell<Scalar_>::step(const ConstMatrixRef<Scalar>& q, const ConstMatrixRef<Scalar>& k,
+                              const ConstMatrixRef<Scalar>& v, const ConstMatrixRef<Scalar>& igate,
+                              const ConstMatrixRef<Scalar>& fgate, State& state,
+                              MatrixRef<Scalar> h) const {
+  check_state(state, "MLstmCell::step");
+  const Index batch = state.batch;
+  check_shape(q, batch, num_heads() * qk_head_dim(), "MLstmCell::step", "q");
+  check_shape(k, batch, num_heads() * qk_head_dim(), "MLstmCell::step", "k");
+  check_shape(v, batch, num_heads() * v_head_dim(), "MLstmCell::step", "v");
+  check_shape(igate, batch, num_heads(), "MLstmCell::step", "igate");
+  check_shape(fgate, batch, num_heads(), "MLstmCell::step", "fgate");
+  check_shape(h, batch, num_heads() * v_head_dim(), "MLstmCell::step", "h");
+  const Index dqk = qk_head_dim(), dv = v_head_dim();
+  const bool parallel = batch * num_heads() * dqk * dv >= (1 << 15);
+  parallel_for(batch * num_heads(), parallel, [&](Index item) {
+    const Index b = item / num_heads(), head = item % num_heads();
+    recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
+                   v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b, head,
+                   h.row(b).segment(head * dv, dv));
+  });
+}
 
 }  // namespace xlstm

@@ -169,34 +169,10 @@ class SLstmCell {
 
   /// Sets the parameters from the CUDA backend's layout (math §2.2): kernel
   /// (NH, DH, 4DH) flattened to (NH*DH) x 4DH, bias head-major [h][g][j].
-  void set_from_cuda_layout(const ConstMatrixRef<Scalar>& kernel, const Vector<Scalar>& bias) {
-    const Index nh = num_heads(), dh = head_dim(), h = hidden_size();
-    check(kernel.rows() == nh * dh && kernel.cols() == 4 * dh,
-          "SLstmCell::set_from_cuda_layout: argument 'kernel' must be ", nh * dh, " x ", 4 * dh,
-          ", got ", kernel.rows(), " x ", kernel.cols());
-    check_equal(bias.size(), 4 * h, "SLstmCell::set_from_cuda_layout", "bias.size()");
-    for (Index head = 0; head < nh; ++head) {
-      recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh) =
-          kernel.middleRows(head * dh, dh).transpose();
-      for (Index g = 0; g < 4; ++g) {
-        bias_.segment(g * h + head * dh, dh) = bias.segment(head * 4 * dh + g * dh, dh);
-      }
-    }
-  }
+  void set_from_cuda_layout(const ConstMatrixRef<Scalar>& kernel, const Vector<Scalar>& bias);
 
   /// The parameters in the CUDA backend's layout (inverse of set_from_cuda_layout).
-  void get_cuda_layout(Matrix<Scalar>& kernel, Vector<Scalar>& bias) const {
-    const Index nh = num_heads(), dh = head_dim(), h = hidden_size();
-    kernel.resize(nh * dh, 4 * dh);
-    bias.resize(4 * h);
-    for (Index head = 0; head < nh; ++head) {
-      kernel.middleRows(head * dh, dh) =
-          recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh).transpose();
-      for (Index g = 0; g < 4; ++g) {
-        bias.segment(head * 4 * dh + g * dh, dh) = bias_.segment(g * h + head * dh, dh);
-      }
-    }
-  }
+  void get_cuda_layout(Matrix<Scalar>& kernel, Vector<Scalar>& bias) const;
 
   /// The official parameters: `_recurrent_kernel_` (NH, 4DH, DH) and `_bias_`
   /// (4H), vanilla layout (math §2.2). Checkpoints in the CUDA layout are
@@ -209,14 +185,7 @@ class SLstmCell {
   /// One time step. `preactivations` is B x 4H, gate-major [g][h][j] (the
   /// input projections of math §2.3); the new hidden output is `state.y`.
   /// Does not allocate.
-  void step(const ConstMatrixRef<Scalar>& preactivations, State& state) const {
-    check_state(state, "SLstmCell::step");
-    check(preactivations.rows() == state.batch() && preactivations.cols() == 4 * hidden_size(),
-          "SLstmCell::step: argument 'preactivations' must be ", state.batch(), " x ",
-          4 * hidden_size(), " (batch x 4*hidden_size), got ", preactivations.rows(), " x ",
-          preactivations.cols());
-    step_unchecked(preactivations, state, Lengths{}, 0);
-  }
+  void step(const ConstMatrixRef<Scalar>& preactivations, State& state) const;
 
   /// Runs the cell over a sequence. `preactivations` is B x T x 4H; `y`
   /// receives B x T x H hidden outputs; `state` is read as the initial state
@@ -231,43 +200,7 @@ class SLstmCell {
   /// its state is left after its last valid step and its outputs (and trace)
   /// after that are zero.
   void forward(const Sequence<Scalar>& preactivations, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y, SLstmTrace<Scalar>* trace = nullptr) const {
-    check_state(state, "SLstmCell::forward");
-    check_equal(preactivations.features(), 4 * hidden_size(), "SLstmCell::forward",
-                "preactivations.features()");
-    check_equal(preactivations.batch(), state.batch(), "SLstmCell::forward",
-                "preactivations.batch() (must match state.batch())");
-    const Index batch = preactivations.batch(), time = preactivations.time(), h = hidden_size();
-    check_lengths(lengths, batch, time, "SLstmCell::forward");
-    y.resize(batch, time, h);
-    if (trace) {
-      for (Sequence<Scalar>* s : {&trace->c, &trace->n, &trace->m}) s->resize(batch, time, h);
-    }
-    // Rows t, T + t, 2T + t, ... of the input are the batch at time t.
-    for (Index t = 0; t < time; ++t) {
-      Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>> x_t(
-          preactivations.matrix().data() + t * 4 * h, batch, 4 * h,
-          Eigen::OuterStride<>(time * 4 * h));
-      step_unchecked(x_t, state, lengths, t);
-      for (Index b = 0; b < batch; ++b) {
-        if (t >= length_of(lengths, b, time)) {
-          y.at(b, t).setZero();
-          if (trace) {
-            trace->c.at(b, t).setZero();
-            trace->n.at(b, t).setZero();
-            trace->m.at(b, t).setZero();
-          }
-          continue;
-        }
-        y.at(b, t) = state.y.row(b);
-        if (trace) {
-          trace->c.at(b, t) = state.c.row(b);
-          trace->n.at(b, t) = state.n.row(b);
-          trace->m.at(b, t) = state.m.row(b);
-        }
-      }
-    }
-  }
+               Sequence<Scalar>& y, SLstmTrace<Scalar>* trace = nullptr) const;
 
   /// Throws unless `state` has the sizes initial_state() gives it (any batch).
   void check_state(const State& state, const char* where) const {
@@ -384,5 +317,89 @@ class SLstmCell {
   Matrix<Scalar> recurrent_kernel_;
   Vector<Scalar> bias_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void SLstmCell<Scalar_>::set_from_cuda_layout(const ConstMatrixRef<Scalar>& kernel,
+                                              const Vector<Scalar>& bias) {
+  const Index nh = num_heads(), dh = head_dim(), h = hidden_size();
+  check(kernel.rows() == nh * dh && kernel.cols() == 4 * dh,
+        "SLstmCell::set_from_cuda_layout: argument 'kernel' must be ", nh * dh, " x ", 4 * dh,
+        ", got ", kernel.rows(), " x ", kernel.cols());
+  check_equal(bias.size(), 4 * h, "SLstmCell::set_from_cuda_layout", "bias.size()");
+  for (Index head = 0; head < nh; ++head) {
+    recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh) =
+        kernel.middleRows(head * dh, dh).transpose();
+    for (Index g = 0; g < 4; ++g) {
+      bias_.segment(g * h + head * dh, dh) = bias.segment(head * 4 * dh + g * dh, dh);
+    }
+  }
+}
+
+template <typename Scalar_>
+void SLstmCell<Scalar_>::get_cuda_layout(Matrix<Scalar>& kernel, Vector<Scalar>& bias) const {
+  const Index nh = num_heads(), dh = head_dim(), h = hidden_size();
+  kernel.resize(nh * dh, 4 * dh);
+  bias.resize(4 * h);
+  for (Index head = 0; head < nh; ++head) {
+    kernel.middleRows(head * dh, dh) =
+        recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh).transpose();
+    for (Index g = 0; g < 4; ++g) {
+      bias.segment(head * 4 * dh + g * dh, dh) = bias_.segment(g * h + head * dh, dh);
+    }
+  }
+}
+
+template <typename Scalar_>
+void SLstmCell<Scalar_>::step(const ConstMatrixRef<Scalar>& preactivations, State& state) const {
+  check_state(state, "SLstmCell::step");
+  check(preactivations.rows() == state.batch() && preactivations.cols() == 4 * hidden_size(),
+        "SLstmCell::step: argument 'preactivations' must be ", state.batch(), " x ",
+        4 * hidden_size(), " (batch x 4*hidden_size), got ", preactivations.rows(), " x ",
+        preactivations.cols());
+  step_unchecked(preactivations, state, Lengths{}, 0);
+}
+
+template <typename Scalar_>
+void SLstmCell<Scalar_>::forward(const Sequence<Scalar>& preactivations, const Lengths& lengths,
+                                 State& state, Sequence<Scalar>& y,
+                                 SLstmTrace<Scalar>* trace) const {
+  check_state(state, "SLstmCell::forward");
+  check_equal(preactivations.features(), 4 * hidden_size(), "SLstmCell::forward",
+              "preactivations.features()");
+  check_equal(preactivations.batch(), state.batch(), "SLstmCell::forward",
+              "preactivations.batch() (must match state.batch())");
+  const Index batch = preactivations.batch(), time = preactivations.time(), h = hidden_size();
+  check_lengths(lengths, batch, time, "SLstmCell::forward");
+  y.resize(batch, time, h);
+  if (trace) {
+    for (Sequence<Scalar>* s : {&trace->c, &trace->n, &trace->m}) s->resize(batch, time, h);
+  }
+  // Rows t, T + t, 2T + t, ... of the input are the batch at time t.
+  for (Index t = 0; t < time; ++t) {
+    Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>> x_t(
+        preactivations.matrix().data() + t * 4 * h, batch, 4 * h,
+        Eigen::OuterStride<>(time * 4 * h));
+    step_unchecked(x_t, state, lengths, t);
+    for (Index b = 0; b < batch; ++b) {
+      if (t >= length_of(lengths, b, time)) {
+        y.at(b, t).setZero();
+        if (trace) {
+          trace->c.at(b, t).setZero();
+          trace->n.at(b, t).setZero();
+          trace->m.at(b, t).setZero();
+        }
+        continue;
+      }
+      y.at(b, t) = state.y.row(b);
+      if (trace) {
+        trace->c.at(b, t) = state.c.row(b);
+        trace->n.at(b, t) = state.n.row(b);
+        trace->m.at(b, t) = state.m.row(b);
+      }
+    }
+  }
+}
 
 }  // namespace xlstm

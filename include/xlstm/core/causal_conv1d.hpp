@@ -99,70 +99,10 @@ class CausalConv1d {
   /// Ragged batch: row b uses its first lengths[b] steps; its window ends up
   /// holding its last valid inputs; outputs past the length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y) const {
-    check_equal(x.features(), features_, "CausalConv1d::forward", "x.features()");
-    const Index batch = x.batch(), k = kernel_size_;
-    check_lengths(lengths, batch, x.time(), "CausalConv1d::forward");
-    y.resize(batch, x.time(), features_);
-    if (k == 0) {
-      y.matrix() = x.matrix();
-      zero_padding(y, lengths);
-      return;
-    }
-    check_state(state, batch, "CausalConv1d::forward");
-    // Taps as rows (K x F): the stored F x K weight would be read with a
-    // stride of K for every output row.
-    const Matrix<Scalar> taps = weight_.transpose();
-    for (Index b = 0; b < batch; ++b) {
-      const Index time = length_of(lengths, b, x.time());
-      y.rows_of(b).bottomRows(x.time() - time).setZero();
-      const auto in = x.rows_of(b).topRows(time);
-      auto out = y.rows_of(b).topRows(time);
-      auto window = state.window.middleRows(b * k, k);
-      // One output row at a time, all taps, so the row stays in L1.
-      for (Index t = 0; t < time; ++t) {
-        auto out_t = out.row(t).array();
-        out_t = bias_.transpose().array();
-        for (Index j = 0; j < k; ++j) {
-          const Index src = t - (k - 1 - j);  // tap j looks back k-1-j steps
-          if (src >= 0) {
-            out_t += taps.row(j).array() * in.row(src).array();
-          } else {
-            out_t += taps.row(j).array() * window.row(k + src).array();  // k + src in [1, k)
-          }
-        }
-      }
-      // New window: the last k inputs of [old window | x].
-      if (time >= k) {
-        window = in.bottomRows(k);
-      } else {
-        for (Index j = 0; j + time < k; ++j) window.row(j) = window.row(j + time);
-        window.bottomRows(time) = in;
-      }
-    }
-  }
+               Sequence<Scalar>& y) const;
 
   /// One step: x_t and y_t are B x F. Does not allocate.
-  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
-    check(x_t.cols() == features_ && y_t.cols() == features_ && y_t.rows() == x_t.rows(),
-          "CausalConv1d::step: expected B x ", features_, " input and output, got ", x_t.rows(),
-          " x ", x_t.cols(), " and ", y_t.rows(), " x ", y_t.cols());
-    const Index k = kernel_size_;
-    if (k == 0) {
-      y_t = x_t;
-      return;
-    }
-    check_state(state, x_t.rows(), "CausalConv1d::step");
-    for (Index b = 0; b < x_t.rows(); ++b) {
-      auto window = state.window.middleRows(b * k, k);
-      for (Index j = 0; j + 1 < k; ++j) window.row(j) = window.row(j + 1);  // roll left
-      window.row(k - 1) = x_t.row(b);
-      y_t.row(b) = bias_.transpose();
-      for (Index j = 0; j < k; ++j) {
-        y_t.row(b).array() += weight_.col(j).transpose().array() * window.row(j).array();
-      }
-    }
-  }
+  void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
 
   /// Official names `conv.weight` (F, 1, K) and `conv.bias` (F); none for K = 0.
   XLSTM_PARAMETER_VISITOR
@@ -193,5 +133,75 @@ class CausalConv1d {
   Matrix<Scalar> weight_;
   Vector<Scalar> bias_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void CausalConv1d<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+                                    Sequence<Scalar>& y) const {
+  check_equal(x.features(), features_, "CausalConv1d::forward", "x.features()");
+  const Index batch = x.batch(), k = kernel_size_;
+  check_lengths(lengths, batch, x.time(), "CausalConv1d::forward");
+  y.resize(batch, x.time(), features_);
+  if (k == 0) {
+    y.matrix() = x.matrix();
+    zero_padding(y, lengths);
+    return;
+  }
+  check_state(state, batch, "CausalConv1d::forward");
+  // Taps as rows (K x F): the stored F x K weight would be read with a
+  // stride of K for every output row.
+  const Matrix<Scalar> taps = weight_.transpose();
+  for (Index b = 0; b < batch; ++b) {
+    const Index time = length_of(lengths, b, x.time());
+    y.rows_of(b).bottomRows(x.time() - time).setZero();
+    const auto in = x.rows_of(b).topRows(time);
+    auto out = y.rows_of(b).topRows(time);
+    auto window = state.window.middleRows(b * k, k);
+    // One output row at a time, all taps, so the row stays in L1.
+    for (Index t = 0; t < time; ++t) {
+      auto out_t = out.row(t).array();
+      out_t = bias_.transpose().array();
+      for (Index j = 0; j < k; ++j) {
+        const Index src = t - (k - 1 - j);  // tap j looks back k-1-j steps
+        if (src >= 0) {
+          out_t += taps.row(j).array() * in.row(src).array();
+        } else {
+          out_t += taps.row(j).array() * window.row(k + src).array();  // k + src in [1, k)
+        }
+      }
+    }
+    // New window: the last k inputs of [old window | x].
+    if (time >= k) {
+      window = in.bottomRows(k);
+    } else {
+      for (Index j = 0; j + time < k; ++j) window.row(j) = window.row(j + time);
+      window.bottomRows(time) = in;
+    }
+  }
+}
+
+template <typename Scalar_>
+void CausalConv1d<Scalar_>::step(const ConstMatrixRef<Scalar>& x_t, State& state,
+                                 MatrixRef<Scalar> y_t) const {
+  check(x_t.cols() == features_ && y_t.cols() == features_ && y_t.rows() == x_t.rows(),
+        "CausalConv1d::step: expected B x ", features_, " input and output, got ", x_t.rows(),
+        " x ", x_t.cols(), " and ", y_t.rows(), " x ", y_t.cols());
+  const Index k = kernel_size_;
+  if (k == 0) {
+    y_t = x_t;
+    return;
+  }
+  check_state(state, x_t.rows(), "CausalConv1d::step");
+  for (Index b = 0; b < x_t.rows(); ++b) {
+    auto window = state.window.middleRows(b * k, k);
+    for (Index j = 0; j + 1 < k; ++j) window.row(j) = window.row(j + 1);  // roll left
+    window.row(k - 1) = x_t.row(b);
+    y_t.row(b) = bias_.transpose();
+    for (Index j = 0; j < k; ++j) {
+      y_t.row(b).array() += weight_.col(j).transpose().array() * window.row(j).array();
+    }
+  }
+}
 
 }  // namespace xlstm

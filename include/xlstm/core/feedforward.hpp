@@ -59,21 +59,7 @@ class GatedFeedForward {
 
   /// x, y: N x E. `up` is scratch (resized to N x 2U unless it has that size).
   void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y, Matrix<Scalar>& up,
-               Workload workload = Workload::sequence) const {
-    const Index u = proj_up_dim();
-    ensure_size(up, x.rows(), 2 * u);
-    if (layout_ == GateLayout::fused) {
-      proj_up_.forward(x, up, workload);
-    } else {
-      proj_up_gate_.forward(x, up.leftCols(u), workload);
-      proj_up_.forward(x, up.rightCols(u), workload);
-    }
-    // The first U columns are the gate, the second U the up branch.
-    auto gate = up.leftCols(u).array();
-    apply_activation(activation_, gate);
-    gate *= up.rightCols(u).array();
-    proj_down_.forward(up.leftCols(u), y, workload);
-  }
+               Workload workload = Workload::sequence) const;
 
   /// Fused: `proj_up`, `proj_down`; split: `proj_up_gate`, `proj_up`, `proj_down`.
   XLSTM_PARAMETER_VISITOR
@@ -92,5 +78,25 @@ class GatedFeedForward {
   Activation activation_ = Activation::gelu;
   GateLayout layout_ = GateLayout::fused;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void GatedFeedForward<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+                                        Matrix<Scalar>& up, Workload workload) const {
+  const Index u = proj_up_dim();
+  ensure_size(up, x.rows(), 2 * u);
+  if (layout_ == GateLayout::fused) {
+    proj_up_.forward(x, up, workload);
+  } else {
+    proj_up_gate_.forward(x, up.leftCols(u), workload);
+    proj_up_.forward(x, up.rightCols(u), workload);
+  }
+  // The first U columns are the gate, the second U the up branch.
+  auto gate = up.leftCols(u).array();
+  apply_activation(activation_, gate);
+  gate *= up.rightCols(u).array();
+  proj_down_.forward(up.leftCols(u), y, workload);
+}
 
 }  // namespace xlstm

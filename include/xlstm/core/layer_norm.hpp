@@ -46,21 +46,7 @@ class GroupedNorm {
   const Vector<Scalar>& bias() const { return bias_; }
 
   /// x, y: N x features (y may be x).
-  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
-    check(x.cols() == features_ && y.cols() == features_ && y.rows() == x.rows(),
-          "LayerNorm::forward: expected N x ", features_, " input and output, got ", x.rows(),
-          " x ", x.cols(), " and ", y.rows(), " x ", y.cols());
-    const Index g = features_ / num_groups_;
-    for (Index r = 0; r < x.rows(); ++r) {
-      for (Index h = 0; h < num_groups_; ++h) {
-        const auto in = x.row(r).segment(h * g, g).array();
-        const Scalar mean = in.mean();
-        const Scalar var = (in - mean).square().mean();
-        y.row(r).segment(h * g, g).array() = (in - mean) / std::sqrt(var + eps_);
-      }
-    }
-    apply_affine(y);
-  }
+  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const;
 
   XLSTM_PARAMETER_VISITOR
 
@@ -91,6 +77,25 @@ class GroupedNorm {
   Scalar eps_ = Scalar(1e-5);
   Vector<Scalar> weight_, bias_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void GroupedNorm<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
+  check(x.cols() == features_ && y.cols() == features_ && y.rows() == x.rows(),
+        "LayerNorm::forward: expected N x ", features_, " input and output, got ", x.rows(), " x ",
+        x.cols(), " and ", y.rows(), " x ", y.cols());
+  const Index g = features_ / num_groups_;
+  for (Index r = 0; r < x.rows(); ++r) {
+    for (Index h = 0; h < num_groups_; ++h) {
+      const auto in = x.row(r).segment(h * g, g).array();
+      const Scalar mean = in.mean();
+      const Scalar var = (in - mean).square().mean();
+      y.row(r).segment(h * g, g).array() = (in - mean) / std::sqrt(var + eps_);
+    }
+  }
+  apply_affine(y);
+}
 
 /// The NeurIPS LayerNorm (math §1.2): offset weight (1 + w), no bias, eps 1e-5.
 template <typename Scalar>

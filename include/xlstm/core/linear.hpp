@@ -59,13 +59,7 @@ class Linear {
   /// x: N x in, y: N x out (one product over all N rows). The `step`
   /// workload never allocates (core/matmul.hpp).
   void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
-               Workload workload = Workload::sequence) const {
-    check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
-          "Linear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
-          ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
-    weight_.multiply_transposed(x, y, /*accumulate=*/false, workload);
-    if (has_bias()) add_bias(y);
-  }
+               Workload workload = Workload::sequence) const;
 
   /// Convenience: returns x W^T + b.
   Matrix<Scalar> operator()(const ConstMatrixRef<Scalar>& x) const {
@@ -94,6 +88,18 @@ class Linear {
   WeightMatrix<Scalar> weight_;
   Vector<Scalar> bias_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void Linear<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+                              Workload workload) const {
+  check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
+        "Linear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
+        ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
+  weight_.multiply_transposed(x, y, /*accumulate=*/false, workload);
+  if (has_bias()) add_bias(y);
+}
 
 /// Block-diagonal linear map (math §1.4): the input splits into `num_heads`
 /// blocks of in/NH features, each mapped by its own (out/NH x in/NH) matrix.
@@ -130,13 +136,7 @@ class HeadwiseLinear {
   /// y[:, h*O + o] = sum_i x[:, h*I + i] W[h, o, i] (+ b). The `step`
   /// workload never allocates (core/kernels/headwise.hpp).
   void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
-               Workload workload = Workload::sequence) const {
-    check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
-          "HeadwiseLinear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
-          ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
-    kernels::headwise_product<Scalar>(x, weight_, num_heads_, y, workload);
-    if (bias_.size() > 0) y.rowwise() += bias_.transpose();
-  }
+               Workload workload = Workload::sequence) const;
 
   /// `weight` (NH, out/NH, in/NH) and, if present, `bias` (out).
   XLSTM_PARAMETER_VISITOR
@@ -157,5 +157,17 @@ class HeadwiseLinear {
   Matrix<Scalar> weight_;
   Vector<Scalar> bias_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void HeadwiseLinear<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+                                      Workload workload) const {
+  check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
+        "HeadwiseLinear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
+        ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
+  kernels::headwise_product<Scalar>(x, weight_, num_heads_, y, workload);
+  if (bias_.size() > 0) y.rowwise() += bias_.transpose();
+}
 
 }  // namespace xlstm

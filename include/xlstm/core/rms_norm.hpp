@@ -29,16 +29,7 @@ class RmsNorm {
   const Vector<Scalar>& bias() const { return bias_; }
 
   /// x, y: N x features (y may be x).
-  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
-    check(x.cols() == features() && y.cols() == features() && y.rows() == x.rows(),
-          "RmsNorm::forward: expected N x ", features(), " input and output, got ", x.rows(), " x ",
-          x.cols(), " and ", y.rows(), " x ", y.cols());
-    for (Index r = 0; r < x.rows(); ++r) {
-      const Scalar inv = Scalar(1) / std::sqrt(x.row(r).squaredNorm() / Scalar(x.cols()) + eps_);
-      y.row(r).array() = x.row(r).array() * inv * weight_.transpose().array();
-    }
-    if (bias_.size() > 0) y.rowwise() += bias_.transpose();
-  }
+  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const;
 
   XLSTM_PARAMETER_VISITOR
 
@@ -53,5 +44,19 @@ class RmsNorm {
   Scalar eps_ = Scalar(1e-6);
   Vector<Scalar> weight_, bias_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void RmsNorm<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
+  check(x.cols() == features() && y.cols() == features() && y.rows() == x.rows(),
+        "RmsNorm::forward: expected N x ", features(), " input and output, got ", x.rows(), " x ",
+        x.cols(), " and ", y.rows(), " x ", y.cols());
+  for (Index r = 0; r < x.rows(); ++r) {
+    const Scalar inv = Scalar(1) / std::sqrt(x.row(r).squaredNorm() / Scalar(x.cols()) + eps_);
+    y.row(r).array() = x.row(r).array() * inv * weight_.transpose().array();
+  }
+  if (bias_.size() > 0) y.rowwise() += bias_.transpose();
+}
 
 }  // namespace xlstm

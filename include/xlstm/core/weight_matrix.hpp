@@ -125,17 +125,7 @@ class WeightMatrix {
   /// y = x W^T, or y += x W^T with `accumulate`. x: N x cols, y: N x rows.
   /// The `step` workload never allocates (core/kernels/).
   void multiply_transposed(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
-                           bool accumulate = false, Workload workload = Workload::sequence) const {
-    check(x.cols() == cols_ && y.rows() == x.rows() && y.cols() == rows_,
-          "WeightMatrix: expected x N x ", cols_, " and y N x ", rows_, ", got x ", x.rows(), " x ",
-          x.cols(), " and y ", y.rows(), " x ", y.cols());
-    if (!is_half()) {
-      matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
-      return;
-    }
-    kernels::half_product<Scalar>(x, half_, rows_, cols_, storage_ == WeightStorage::bf16, y,
-                                  accumulate, workload);
-  }
+                           bool accumulate = false, Workload workload = Workload::sequence) const;
 
  private:
   float decode(std::uint16_t bits) const {
@@ -150,5 +140,22 @@ class WeightMatrix {
   std::uint16_t* owned_bits_ = nullptr;
   std::shared_ptr<const void> keep_alive_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+void WeightMatrix<Scalar_>::multiply_transposed(const ConstMatrixRef<Scalar>& x,
+                                                MatrixRef<Scalar> y, bool accumulate,
+                                                Workload workload) const {
+  check(x.cols() == cols_ && y.rows() == x.rows() && y.cols() == rows_,
+        "WeightMatrix: expected x N x ", cols_, " and y N x ", rows_, ", got x ", x.rows(), " x ",
+        x.cols(), " and y ", y.rows(), " x ", y.cols());
+  if (!is_half()) {
+    matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
+    return;
+  }
+  kernels::half_product<Scalar>(x, half_, rows_, cols_, storage_ == WeightStorage::bf16, y,
+                                accumulate, workload);
+}
 
 }  // namespace xlstm

@@ -184,24 +184,7 @@ class BlockStack {
   }
 
   /// A stack with zero weights, to be filled by the caller.
-  BlockStack(Config config, Uninitialized) : config_(std::move(config)) {
-    config_.post_init();
-    config_.validate();
-    const auto map = config_.block_map();
-    for (std::size_t i = 0; i < map.size(); ++i) {
-      // Each block gets its index in the whole stack (used by the sLSTM bias init).
-      if (map[i] == 0) {
-        MLstmBlockConfig c = *config_.mlstm_block;
-        c._block_idx = Index(i);
-        blocks_.emplace_back(std::in_place_type<MLstmBlock<Scalar>>, c, uninitialized);
-      } else {
-        SLstmBlockConfig c = *config_.slstm_block;
-        c._block_idx = Index(i);
-        blocks_.emplace_back(std::in_place_type<SLstmBlock<Scalar>>, c, uninitialized);
-      }
-    }
-    if (config_.add_post_blocks_norm) post_blocks_norm_ = make_layer_norm<Scalar>(embedding_dim());
-  }
+  BlockStack(Config config, Uninitialized);
 
   const Config& config() const { return config_; }
   Index embedding_dim() const { return config_.embedding_dim; }
@@ -209,15 +192,7 @@ class BlockStack {
   const std::vector<Block>& blocks() const { return blocks_; }
   std::vector<Block>& blocks() { return blocks_; }
 
-  State initial_state(Index batch) const {
-    State s;
-    for (const auto& b : blocks_) {
-      std::visit([&](const auto& block) { s.blocks.emplace_back(block.initial_state(batch)); }, b);
-    }
-    s.batch_size = batch;
-    size_scratch(s.scratch.get(), batch);
-    return s;
-  }
+  State initial_state(Index batch) const;
 
   /// x, y: B x T x E.
   void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
@@ -226,23 +201,7 @@ class BlockStack {
 
   /// Ragged batch (see MLstmBlock::forward); outputs past a row's length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y) const {
-    check_state(state, x.batch(), "BlockStack::forward");
-    check_lengths(lengths, x.batch(), x.time(), "BlockStack::forward");
-    Sequence<Scalar> a = x, b;
-    for (std::size_t i = 0; i < blocks_.size(); ++i) {
-      std::visit(
-          [&](const auto& block) {
-            using B = std::decay_t<decltype(block)>;
-            block.forward(a, lengths, std::get<typename B::State>(state.blocks[i]), b);
-          },
-          blocks_[i]);
-      std::swap(a, b);
-    }
-    if (config_.add_post_blocks_norm) post_blocks_norm_.forward(a.matrix(), a.matrix());
-    zero_padding(a, lengths);
-    y = std::move(a);
-  }
+               Sequence<Scalar>& y) const;
 
   /// One step: x_t and y_t are B x E (a Matrix y_t is resized, a view must
   /// have the size). Does not allocate once the state's scratch has its size.
@@ -252,35 +211,18 @@ class BlockStack {
     check(x_t.cols() == embedding_dim(), "BlockStack::step: argument 'x_t' must be ", x_t.rows(),
           " x ", embedding_dim(), ", got ", x_t.rows(), " x ", x_t.cols());
     prepare_output(y_out, x_t.rows(), embedding_dim(), "BlockStack::step", "y_t");
-    MatrixRef<Scalar> y_t(y_out);
-    auto& ws = state.scratch.get();
-    size_scratch(ws, x_t.rows());
-    ws.ping = x_t;
-    for (std::size_t i = 0; i < blocks_.size(); ++i) {
-      std::visit(
-          [&](const auto& block) {
-            using B = std::decay_t<decltype(block)>;
-            block.step(ws.ping, std::get<typename B::State>(state.blocks[i]), ws.pong);
-          },
-          blocks_[i]);
-      ws.ping.swap(ws.pong);  // swaps buffers, no allocation
-    }
-    if (config_.add_post_blocks_norm) {
-      post_blocks_norm_.forward(ws.ping, y_t);
-    } else {
-      y_t = ws.ping;
-    }
+    step_into(x_t, state, y_out);
   }
 
   /// Official names (math §7.1): "blocks.<i>." and "post_blocks_norm.".
   XLSTM_PARAMETER_VISITOR
 
-  void initialize(Rng& rng) {
-    for (auto& b : blocks_) std::visit([&](auto& block) { block.initialize(rng); }, b);
-    if (config_.add_post_blocks_norm) post_blocks_norm_.weight().setZero();
-  }
+  void initialize(Rng& rng);
 
  private:
+  /// step() after its checks, into an output of the right size.
+  void step_into(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
+
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
     for (std::size_t i = 0; i < self.blocks_.size(); ++i) {
@@ -324,5 +266,86 @@ class BlockStack {
   std::vector<Block> blocks_;
   GroupedNorm<Scalar> post_blocks_norm_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+BlockStack<Scalar_>::BlockStack(Config config, Uninitialized) : config_(std::move(config)) {
+  config_.post_init();
+  config_.validate();
+  const auto map = config_.block_map();
+  for (std::size_t i = 0; i < map.size(); ++i) {
+    // Each block gets its index in the whole stack (used by the sLSTM bias init).
+    if (map[i] == 0) {
+      MLstmBlockConfig c = *config_.mlstm_block;
+      c._block_idx = Index(i);
+      blocks_.emplace_back(std::in_place_type<MLstmBlock<Scalar>>, c, uninitialized);
+    } else {
+      SLstmBlockConfig c = *config_.slstm_block;
+      c._block_idx = Index(i);
+      blocks_.emplace_back(std::in_place_type<SLstmBlock<Scalar>>, c, uninitialized);
+    }
+  }
+  if (config_.add_post_blocks_norm) post_blocks_norm_ = make_layer_norm<Scalar>(embedding_dim());
+}
+
+template <typename Scalar_>
+auto BlockStack<Scalar_>::initial_state(Index batch) const -> State {
+  State s;
+  for (const auto& b : blocks_) {
+    std::visit([&](const auto& block) { s.blocks.emplace_back(block.initial_state(batch)); }, b);
+  }
+  s.batch_size = batch;
+  size_scratch(s.scratch.get(), batch);
+  return s;
+}
+
+template <typename Scalar_>
+void BlockStack<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+                                  Sequence<Scalar>& y) const {
+  check_state(state, x.batch(), "BlockStack::forward");
+  check_lengths(lengths, x.batch(), x.time(), "BlockStack::forward");
+  Sequence<Scalar> a = x, b;
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    std::visit(
+        [&](const auto& block) {
+          using B = std::decay_t<decltype(block)>;
+          block.forward(a, lengths, std::get<typename B::State>(state.blocks[i]), b);
+        },
+        blocks_[i]);
+    std::swap(a, b);
+  }
+  if (config_.add_post_blocks_norm) post_blocks_norm_.forward(a.matrix(), a.matrix());
+  zero_padding(a, lengths);
+  y = std::move(a);
+}
+
+template <typename Scalar_>
+void BlockStack<Scalar_>::step_into(const ConstMatrixRef<Scalar>& x_t, State& state,
+                                    MatrixRef<Scalar> y_t) const {
+  auto& ws = state.scratch.get();
+  size_scratch(ws, x_t.rows());
+  ws.ping = x_t;
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    std::visit(
+        [&](const auto& block) {
+          using B = std::decay_t<decltype(block)>;
+          block.step(ws.ping, std::get<typename B::State>(state.blocks[i]), ws.pong);
+        },
+        blocks_[i]);
+    ws.ping.swap(ws.pong);  // swaps buffers, no allocation
+  }
+  if (config_.add_post_blocks_norm) {
+    post_blocks_norm_.forward(ws.ping, y_t);
+  } else {
+    y_t = ws.ping;
+  }
+}
+
+template <typename Scalar_>
+void BlockStack<Scalar_>::initialize(Rng& rng) {
+  for (auto& b : blocks_) std::visit([&](auto& block) { block.initialize(rng); }, b);
+  if (config_.add_post_blocks_norm) post_blocks_norm_.weight().setZero();
+}
 
 }  // namespace xlstm

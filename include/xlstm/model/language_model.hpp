@@ -90,16 +90,7 @@ class LanguageModel {
   /// A model with zero weights, to be filled by the caller (loaders).
   /// `storage` bf16/f16 holds the embedding, the head and the dense
   /// projections as 16-bit values from the start.
-  LanguageModel(Config config, Uninitialized, WeightStorage storage = WeightStorage::native)
-      : config_(std::move(config)),
-        stack_(static_cast<const BlockStackConfig&>(config_), uninitialized) {
-    config_.post_init();
-    config_.validate();
-    embedding_ = Linear<Scalar>(config_.embedding_dim, config_.vocab_size, false, storage);
-    if (!config_.tie_weights) {
-      lm_head_ = Linear<Scalar>(config_.embedding_dim, config_.vocab_size, false, storage);
-    }
-  }
+  LanguageModel(Config config, Uninitialized, WeightStorage storage = WeightStorage::native);
 
   const Config& config() const { return config_; }
   Index vocab_size() const { return config_.vocab_size; }
@@ -116,12 +107,7 @@ class LanguageModel {
   const WeightMatrix<Scalar>& embedding_matrix() const { return embedding_.weight_matrix(); }
   const WeightMatrix<Scalar>& lm_head_matrix() const { return head().weight_matrix(); }
 
-  State initial_state(Index batch) const {
-    State s;
-    s.stack = stack_.initial_state(batch);
-    size_scratch(s.scratch.get(), batch);
-    return s;
-  }
+  State initial_state(Index batch) const;
 
   /// tokens: B x T ids in [0, vocab_size). logits: B x T x V.
   void forward(const Tokens& tokens, State& state, Sequence<Scalar>& logits) const {
@@ -131,24 +117,7 @@ class LanguageModel {
   /// Ragged batch: row b has lengths[b] valid tokens; the ids after them are
   /// padding (never read, need not be valid) and their logits are zero.
   void forward(const Tokens& tokens, const Lengths& lengths, State& state,
-               Sequence<Scalar>& logits) const {
-    check(tokens.rows() == state.batch(), "LanguageModel::forward: argument 'tokens' has batch ",
-          tokens.rows(), " but the state was made for batch ", state.batch());
-    check(tokens.cols() > 0,
-          "LanguageModel::forward: argument 'tokens' must have at least one "
-          "time step");
-    check_lengths(lengths, tokens.rows(), tokens.cols(), "LanguageModel::forward");
-    Sequence<Scalar> x = Sequence<Scalar>::zeros(tokens.rows(), tokens.cols(), embedding_dim()), y;
-    for (Index b = 0; b < tokens.rows(); ++b) {
-      for (Index t = 0; t < length_of(lengths, b, tokens.cols()); ++t) {
-        check_token(tokens(b, t), "LanguageModel::forward");
-        embedding_.weight_matrix().copy_row(Index(tokens(b, t)), x.at(b, t));
-      }
-    }
-    stack_.forward(x, lengths, state.stack, y);
-    logits.resize(tokens.rows(), tokens.cols(), vocab_size());
-    head().weight_matrix().multiply_transposed(y.matrix(), logits.matrix());
-  }
+               Sequence<Scalar>& logits) const;
 
   /// One step: `tokens` holds B ids; logits is B x V (a Matrix is resized, a
   /// view must have the size). Does not allocate once the state exists.
@@ -179,11 +148,7 @@ class LanguageModel {
   XLSTM_PARAMETER_VISITOR
 
   /// The full official reset_parameters (math §8.1, §8.4).
-  void initialize(Rng& rng) {
-    small_init(embedding_.weight(), embedding_dim(), rng);
-    stack_.initialize(rng);
-    if (!config_.tie_weights) small_init(lm_head_.weight(), embedding_dim(), rng);
-  }
+  void initialize(Rng& rng);
 
  private:
   template <typename Self, typename Visit>
@@ -211,5 +176,55 @@ class LanguageModel {
   BlockStack<Scalar> stack_;
   Linear<Scalar> embedding_, lm_head_;  ///< (V x E) weights; lm_head_ unused when tied
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+LanguageModel<Scalar_>::LanguageModel(Config config, Uninitialized, WeightStorage storage)
+    : config_(std::move(config)),
+      stack_(static_cast<const BlockStackConfig&>(config_), uninitialized) {
+  config_.post_init();
+  config_.validate();
+  embedding_ = Linear<Scalar>(config_.embedding_dim, config_.vocab_size, false, storage);
+  if (!config_.tie_weights) {
+    lm_head_ = Linear<Scalar>(config_.embedding_dim, config_.vocab_size, false, storage);
+  }
+}
+
+template <typename Scalar_>
+auto LanguageModel<Scalar_>::initial_state(Index batch) const -> State {
+  State s;
+  s.stack = stack_.initial_state(batch);
+  size_scratch(s.scratch.get(), batch);
+  return s;
+}
+
+template <typename Scalar_>
+void LanguageModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, State& state,
+                                     Sequence<Scalar>& logits) const {
+  check(tokens.rows() == state.batch(), "LanguageModel::forward: argument 'tokens' has batch ",
+        tokens.rows(), " but the state was made for batch ", state.batch());
+  check(tokens.cols() > 0,
+        "LanguageModel::forward: argument 'tokens' must have at least one "
+        "time step");
+  check_lengths(lengths, tokens.rows(), tokens.cols(), "LanguageModel::forward");
+  Sequence<Scalar> x = Sequence<Scalar>::zeros(tokens.rows(), tokens.cols(), embedding_dim()), y;
+  for (Index b = 0; b < tokens.rows(); ++b) {
+    for (Index t = 0; t < length_of(lengths, b, tokens.cols()); ++t) {
+      check_token(tokens(b, t), "LanguageModel::forward");
+      embedding_.weight_matrix().copy_row(Index(tokens(b, t)), x.at(b, t));
+    }
+  }
+  stack_.forward(x, lengths, state.stack, y);
+  logits.resize(tokens.rows(), tokens.cols(), vocab_size());
+  head().weight_matrix().multiply_transposed(y.matrix(), logits.matrix());
+}
+
+template <typename Scalar_>
+void LanguageModel<Scalar_>::initialize(Rng& rng) {
+  small_init(embedding_.weight(), embedding_dim(), rng);
+  stack_.initialize(rng);
+  if (!config_.tie_weights) small_init(lm_head_.weight(), embedding_dim(), rng);
+}
 
 }  // namespace xlstm

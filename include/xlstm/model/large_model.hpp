@@ -135,18 +135,7 @@ class LargeModel {
   /// caller. `storage` bf16/f16 allocates the weight matrices (not the
   /// vectors) as 16-bit values from the start, so a large model never exists
   /// in float (e.g. to fill with generated weights).
-  LargeModel(Config config, Uninitialized, WeightStorage storage = WeightStorage::native)
-      : config_(std::move(config)) {
-    config_.validate();
-    const Index e = config_.embedding_dim;
-    embedding_ = Linear<Scalar>(e, config_.vocab_size, false, storage);
-    blocks_.reserve(std::size_t(config_.num_blocks));
-    for (Index i = 0; i < config_.num_blocks; ++i) {
-      blocks_.emplace_back(config_.block_config(), uninitialized, storage);
-    }
-    if (config_.add_out_norm) out_norm_ = RmsNorm<Scalar>(e, config_.norm_eps, config_.use_bias);
-    lm_head_ = Linear<Scalar>(e, config_.vocab_size, false, storage);
-  }
+  LargeModel(Config config, Uninitialized, WeightStorage storage = WeightStorage::native);
 
   const Config& config() const { return config_; }
   Index vocab_size() const { return config_.vocab_size; }
@@ -167,17 +156,7 @@ class LargeModel {
     return total;
   }
 
-  State initial_state(Index batch) const {
-    check(batch >= 0, "LargeModel::initial_state: argument 'batch' must be >= 0, got ", batch);
-    check_size_product(
-        {batch, embedding_dim() + config_.qk_dim() + config_.v_dim() + config_.ffn_dim()},
-        "LargeModel::initial_state",
-        "'batch' x step workspace width (embedding_dim + qk dim + v dim + ffn dim)");
-    State s;
-    for (const Block& b : blocks_) s.blocks.push_back(b.initial_state(batch));
-    s.batch_size = batch;
-    return s;
-  }
+  State initial_state(Index batch) const;
 
   /// tokens: B x T; logits: B x T x V. Prefill uses the chunkwise form (any T;
   /// math §4.6 says any split agrees), starting from and updating `state`.
@@ -188,28 +167,7 @@ class LargeModel {
   /// Ragged batch: row b has lengths[b] valid tokens; the ids after them are
   /// padding (never read) and their logits are zero.
   void forward(const Tokens& tokens, const Lengths& lengths, State& state,
-               Sequence<Scalar>& logits) const {
-    check_batch(tokens.rows(), state, "LargeModel::forward", "tokens");
-    check_lengths(lengths, tokens.rows(), tokens.cols(), "LargeModel::forward");
-    check(tokens.cols() > 0, "LargeModel::forward: argument 'tokens' must have at least one step");
-    const Index batch = tokens.rows(), time = tokens.cols(), n = batch * time;
-    Matrix<Scalar> x = Matrix<Scalar>::Zero(n, embedding_dim());
-    for (Index b = 0; b < batch; ++b) {
-      for (Index t = 0; t < length_of(lengths, b, time); ++t) {
-        const std::int64_t id = tokens(b, t);
-        check_token(id, "LargeModel::forward");
-        embedding().copy_row(Index(id), x.row(b * time + t));
-      }
-    }
-    LargeBlockWorkspace<Scalar> ws;  // shared by the blocks, allocated once
-    for (std::size_t i = 0; i < blocks_.size(); ++i) {
-      blocks_[i].forward_in_place(batch, time, lengths, x, state.blocks[i], ws,
-                                  Workload::sequence);
-    }
-    logits.resize(batch, time, vocab_size());
-    head(x, ws.normed, logits.matrix(), Workload::sequence);
-    zero_padding(logits, lengths);
-  }
+               Sequence<Scalar>& logits) const;
 
   /// One step for B tokens; logits: B x V (a Matrix is resized, a view must
   /// have the size). Does not allocate once the state exists.
@@ -242,12 +200,7 @@ class LargeModel {
 
   /// Every block's initialize (math §8.5), small_init for the embedding and
   /// the head; `noise` as in LargeBlock::initialize. Needs Scalar weights.
-  void initialize(Rng& rng, double noise = 0.0) {
-    const Index e = embedding_dim();
-    small_init(embedding_.weight(), e, rng);
-    for (Block& b : blocks_) b.initialize(rng, noise);
-    small_init(lm_head_.weight(), e, rng);
-  }
+  void initialize(Rng& rng, double noise = 0.0);
 
  private:
   template <typename Self, typename Visit>
@@ -300,5 +253,66 @@ class LargeModel {
   RmsNorm<Scalar> out_norm_;
   Linear<Scalar> lm_head_;
 };
+
+// Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
+// a translation unit leaves these to the precompiled library.
+template <typename Scalar_>
+LargeModel<Scalar_>::LargeModel(Config config, Uninitialized, WeightStorage storage)
+    : config_(std::move(config)) {
+  config_.validate();
+  const Index e = config_.embedding_dim;
+  embedding_ = Linear<Scalar>(e, config_.vocab_size, false, storage);
+  blocks_.reserve(std::size_t(config_.num_blocks));
+  for (Index i = 0; i < config_.num_blocks; ++i) {
+    blocks_.emplace_back(config_.block_config(), uninitialized, storage);
+  }
+  if (config_.add_out_norm) out_norm_ = RmsNorm<Scalar>(e, config_.norm_eps, config_.use_bias);
+  lm_head_ = Linear<Scalar>(e, config_.vocab_size, false, storage);
+}
+
+template <typename Scalar_>
+auto LargeModel<Scalar_>::initial_state(Index batch) const -> State {
+  check(batch >= 0, "LargeModel::initial_state: argument 'batch' must be >= 0, got ", batch);
+  check_size_product(
+      {batch, embedding_dim() + config_.qk_dim() + config_.v_dim() + config_.ffn_dim()},
+      "LargeModel::initial_state",
+      "'batch' x step workspace width (embedding_dim + qk dim + v dim + ffn dim)");
+  State s;
+  for (const Block& b : blocks_) s.blocks.push_back(b.initial_state(batch));
+  s.batch_size = batch;
+  return s;
+}
+
+template <typename Scalar_>
+void LargeModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, State& state,
+                                  Sequence<Scalar>& logits) const {
+  check_batch(tokens.rows(), state, "LargeModel::forward", "tokens");
+  check_lengths(lengths, tokens.rows(), tokens.cols(), "LargeModel::forward");
+  check(tokens.cols() > 0, "LargeModel::forward: argument 'tokens' must have at least one step");
+  const Index batch = tokens.rows(), time = tokens.cols(), n = batch * time;
+  Matrix<Scalar> x = Matrix<Scalar>::Zero(n, embedding_dim());
+  for (Index b = 0; b < batch; ++b) {
+    for (Index t = 0; t < length_of(lengths, b, time); ++t) {
+      const std::int64_t id = tokens(b, t);
+      check_token(id, "LargeModel::forward");
+      embedding().copy_row(Index(id), x.row(b * time + t));
+    }
+  }
+  LargeBlockWorkspace<Scalar> ws;  // shared by the blocks, allocated once
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    blocks_[i].forward_in_place(batch, time, lengths, x, state.blocks[i], ws, Workload::sequence);
+  }
+  logits.resize(batch, time, vocab_size());
+  head(x, ws.normed, logits.matrix(), Workload::sequence);
+  zero_padding(logits, lengths);
+}
+
+template <typename Scalar_>
+void LargeModel<Scalar_>::initialize(Rng& rng, double noise) {
+  const Index e = embedding_dim();
+  small_init(embedding_.weight(), e, rng);
+  for (Block& b : blocks_) b.initialize(rng, noise);
+  small_init(lm_head_.weight(), e, rng);
+}
 
 }  // namespace xlstm

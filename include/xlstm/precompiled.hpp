@@ -1,0 +1,60 @@
+// The class templates that the xlstm::precompiled library (src/precompiled_*.cpp)
+// instantiates for float and double, and, when XLSTM_PRECOMPILED is defined
+// (linking xlstm::precompiled defines it), their explicit instantiation
+// declarations: a translation unit then leaves their non-inline members
+// (forward, step, constructors, initialize, ...: the ones defined outside the
+// class bodies) to the library instead of compiling them again.
+//
+// Not covered: member templates (e.g. `step(x, state, Out&& y)` and
+// `for_each_parameter(Visit&&)`) and the inline members defined in the class
+// bodies, which every translation unit still compiles; they are thin (checks,
+// accessors) and call the precompiled members. Other scalar types and the free
+// function templates (io/, generate.hpp) are unaffected.
+//
+// Included at the end of xlstm/xlstm.hpp; a translation unit that includes
+// single headers may include this one after them.
+#pragma once
+
+#include "xlstm/blocks/large_block.hpp"
+#include "xlstm/blocks/mlstm_block.hpp"
+#include "xlstm/blocks/slstm_block.hpp"
+#include "xlstm/cells/mlstm.hpp"
+#include "xlstm/cells/slstm.hpp"
+#include "xlstm/core/causal_conv1d.hpp"
+#include "xlstm/core/feedforward.hpp"
+#include "xlstm/core/layer_norm.hpp"
+#include "xlstm/core/linear.hpp"
+#include "xlstm/core/rms_norm.hpp"
+#include "xlstm/core/weight_matrix.hpp"
+#include "xlstm/model/block_stack.hpp"
+#include "xlstm/model/language_model.hpp"
+#include "xlstm/model/large_model.hpp"
+
+/// X(Class) for every class template of the precompiled library; one list for
+/// the declarations below and the definitions in src/precompiled_{float,double}.cpp.
+#define XLSTM_PRECOMPILED_CLASSES(X) \
+  X(WeightMatrix)                    \
+  X(Linear)                          \
+  X(HeadwiseLinear)                  \
+  X(GroupedNorm)                     \
+  X(RmsNorm)                         \
+  X(CausalConv1d)                    \
+  X(GatedFeedForward)                \
+  X(MLstmCell)                       \
+  X(SLstmCell)                       \
+  X(MLstmBlock)                      \
+  X(SLstmBlock)                      \
+  X(LargeBlock)                      \
+  X(BlockStack)                      \
+  X(LanguageModel)                   \
+  X(LargeModel)
+
+#ifdef XLSTM_PRECOMPILED
+#define XLSTM_DETAIL_EXTERN_TEMPLATE(Class) \
+  extern template class Class<float>;       \
+  extern template class Class<double>;
+namespace xlstm {
+XLSTM_PRECOMPILED_CLASSES(XLSTM_DETAIL_EXTERN_TEMPLATE)
+}  // namespace xlstm
+#undef XLSTM_DETAIL_EXTERN_TEMPLATE
+#endif
