@@ -7,11 +7,13 @@
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
 
+#include "test_util.hpp"
+
 namespace {
 
 template <typename T>
 class Activations : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
+using test_util::Scalars;
 TYPED_TEST_SUITE(Activations, Scalars);
 
 template <typename T>
@@ -33,7 +35,7 @@ Array<T> extreme_arguments() {
 
 template <typename T>
 T tolerance() {
-  return std::is_same_v<T, float> ? T(2e-6) : T(1e-14);
+  return T(test_util::per_scalar<T>(2e-6, 1e-14));
 }
 
 // Relative-or-absolute closeness against a double reference.

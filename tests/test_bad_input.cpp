@@ -38,6 +38,10 @@
 namespace {
 
 namespace io = xlstm::io;
+using test_util::mlstm_block_config;
+using test_util::mlstm_cell_config;
+using test_util::slstm_block_config;
+using test_util::slstm_cell_config;
 using test_util::ThrowsMentioning;
 using xlstm::BlockStack;
 using xlstm::BlockStackConfig;
@@ -160,58 +164,12 @@ Bytes parameters_of(LargeModel<S>& model) {
   return out;
 }
 
-/// A small mLSTM cell: 2 heads, q/k and v head dims 4.
-MLstmCellConfig mlstm_cell_config() {
-  MLstmCellConfig c;
-  c.num_heads = 2;
-  c.qk_head_dim = 4;
-  c.v_head_dim = 4;
-  return c;
-}
+/// The language model of these tests: mLSTM, sLSTM, mLSTM blocks of width 16,
+/// 4 heads each, context 8.
+LanguageModelConfig lm_config() { return test_util::lm_config(kEmbedding, 3, {1}, kVocab, 8); }
 
-/// A small sLSTM cell: 8 units in 2 heads.
-SLstmCellConfig slstm_cell_config() {
-  SLstmCellConfig c;
-  c.hidden_size = 8;
-  c.num_heads = 2;
-  return c;
-}
-
-MLstmBlockConfig mlstm_block_config() {
-  MLstmBlockConfig c;
-  c.mlstm.embedding_dim = kEmbedding;
-  c.mlstm.num_heads = 4;
-  return c;
-}
-
-SLstmBlockConfig slstm_block_config() {
-  SLstmBlockConfig c;
-  c.slstm.embedding_dim = kEmbedding;
-  c.slstm.num_heads = 4;
-  return c;
-}
-
-/// mLSTM, sLSTM, mLSTM.
-LanguageModelConfig lm_config() {
-  LanguageModelConfig c;
-  c.mlstm_block = mlstm_block_config();
-  c.slstm_block = slstm_block_config();
-  c.embedding_dim = kEmbedding;
-  c.num_blocks = 3;
-  c.slstm_at = {1};
-  c.context_length = 8;
-  c.vocab_size = kVocab;
-  return c;
-}
-
-LargeModelConfig large_config() {
-  LargeModelConfig c;
-  c.embedding_dim = 32;
-  c.num_heads = 2;
-  c.num_blocks = 2;
-  c.vocab_size = kVocab;
-  return c;
-}
+/// The xLSTM-Large model of these tests: 2 blocks of width 32 with 2 heads.
+LargeModelConfig large_config() { return test_util::large_config(32, 2, 2, kVocab); }
 
 Tokens tokens_of(Index batch, Index time, std::int64_t seed) {
   Tokens t(batch, time);
@@ -271,7 +229,7 @@ io::SafetensorsFile edited_checkpoint(LanguageModel<S>& model, Edit&& edit) {
 // ---------------------------------------------------------------------------
 
 TEST(BadInput, CellInputsOfTheWrongWidth) {
-  const MLstmCellConfig mc = mlstm_cell_config();
+  const MLstmCellConfig mc = mlstm_cell_config(2, 4, 4);
   const MLstmCell<S> mlstm(mc);
   auto ms = mlstm.initial_state(2);
   Matrix<S> q = Matrix<S>::Random(2, 8), v = Matrix<S>::Random(2, 8), h(2, 8);
@@ -292,7 +250,7 @@ TEST(BadInput, CellInputsOfTheWrongWidth) {
       [&] { mlstm.forward(seq, seq, random_sequence(2, 3, 9), seq_gates, seq_gates, ms, out); },
       {"MLstmCell::forward", "'v'", "2 x 3 x 8", "got 2 x 3 x 9"}));
 
-  const SLstmCellConfig sc = slstm_cell_config();
+  const SLstmCellConfig sc = slstm_cell_config(8, 2);
   const SLstmCell<S> slstm(sc);
   auto ss = slstm.initial_state(2);
   slstm.step(Matrix<S>::Random(2, 32), ss);
@@ -325,7 +283,7 @@ TEST(BadInput, BlockAndModelInputsOfTheWrongWidth) {
                              },
                              {"LanguageModel::step", "'logits'", "2 x 20", "got 2 x 19"}));
 
-  MLstmBlock<S> mlstm(mlstm_block_config());
+  MLstmBlock<S> mlstm(mlstm_block_config(kEmbedding));
   xlstm::Rng rng(3);
   mlstm.initialize(rng);
   auto ms = mlstm.initial_state(2);
@@ -335,7 +293,7 @@ TEST(BadInput, BlockAndModelInputsOfTheWrongWidth) {
                              {"MLstmBlock::step", "'x_t'", "embedding_dim", "got 15"}));
   EXPECT_TRUE(ThrowsAndKeeps(keep_m, [&] { mlstm.step(x_t, ms, narrow.leftCols(15)); },
                              {"MLstmBlock::step", "'y_t'", "2 x 16", "got 2 x 15"}));
-  SLstmBlock<S> slstm(slstm_block_config());
+  SLstmBlock<S> slstm(slstm_block_config(kEmbedding));
   slstm.initialize(rng);
   auto ss = slstm.initial_state(2);
   slstm.forward(random_sequence(2, 3, kEmbedding), ss, y);
@@ -433,7 +391,7 @@ TEST(BadInput, StateWithOneBlockOfAnotherBatchIsRejectedBeforeAnythingRuns) {
 }
 
 TEST(BadInput, StateOfAnotherCellIsRejected) {
-  const MLstmCellConfig mc = mlstm_cell_config();
+  const MLstmCellConfig mc = mlstm_cell_config(2, 4, 4);
   const MLstmCell<S> cell(mc);
   MLstmCellConfig other = mc;
   other.qk_head_dim = 2;
@@ -443,7 +401,7 @@ TEST(BadInput, StateOfAnotherCellIsRejected) {
                              [&] { cell.step(q, q, q, gates, gates, wrong, h); },
                              {"MLstmCell::step", "argument 'state'", "DHQK 4", "DHQK 2"}));
 
-  const SLstmCellConfig sc = slstm_cell_config();
+  const SLstmCellConfig sc = slstm_cell_config(8, 2);
   const SLstmCell<S> slstm(sc);
   auto tampered = slstm.initial_state(2);
   tampered.n.resize(1, 8);  // n no longer has a row per batch row
@@ -457,7 +415,7 @@ TEST(BadInput, StateOfAnotherCellIsRejected) {
 // ---------------------------------------------------------------------------
 
 TEST(BadInput, ZeroAndNegativeSizes) {
-  MLstmCellConfig mc = mlstm_cell_config();
+  MLstmCellConfig mc = mlstm_cell_config(2, 4, 4);
   mc.num_heads = 0;
   EXPECT_TRUE(
       ThrowsMentioning([&] { MLstmCell<S> c(mc); }, {"MLstmCellConfig", "'num_heads'", "0"}));
@@ -511,10 +469,10 @@ TEST(BadInput, ZeroAndNegativeSizes) {
   lc = large_config();
   lc.chunk_size = -64;
   EXPECT_TRUE(ThrowsMentioning([&] { LargeModel<S> m(lc); }, {"'chunk_size'"}));
-  MLstmBlockConfig mb = mlstm_block_config();
+  MLstmBlockConfig mb = mlstm_block_config(kEmbedding);
   mb.mlstm.qkv_proj_blocksize = 0;
   EXPECT_TRUE(ThrowsMentioning([&] { MLstmBlock<S> b(mb); }, {"'qkv_proj_blocksize'"}));
-  mb = mlstm_block_config();
+  mb = mlstm_block_config(kEmbedding);
   mb.mlstm.round_proj_up_to_multiple_of = 0;
   EXPECT_TRUE(ThrowsMentioning([&] { MLstmBlock<S> b(mb); }, {"'round_proj_up_to_multiple_of'"}));
 }
@@ -564,12 +522,12 @@ TEST(BadInput, SizeProductsThatOverflowAreRejectedBeforeAllocating) {
   c = lm_config();
   c.num_blocks = Index(1) << 60;
   EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'num_blocks'", "too large"}));
-  MLstmBlockConfig mb = mlstm_block_config();
+  MLstmBlockConfig mb = mlstm_block_config(kEmbedding);
   mb.mlstm.proj_factor = 1e300;  // int(ceil(1e300 * 16 / 64) * 64) is not an Index
   EXPECT_TRUE(ThrowsMentioning([&] { MLstmBlock<S> b(mb); }, {"'proj_factor'", "'embedding_dim'"}));
   mb.mlstm.proj_factor = std::numeric_limits<double>::quiet_NaN();
   EXPECT_TRUE(ThrowsMentioning([&] { MLstmBlock<S> b(mb); }, {"'proj_factor'", "nan"}));
-  SLstmBlockConfig sb = slstm_block_config();
+  SLstmBlockConfig sb = slstm_block_config(kEmbedding);
   sb.feedforward->proj_factor = std::numeric_limits<double>::infinity();
   EXPECT_TRUE(ThrowsMentioning([&] { SLstmBlock<S> b(sb); }, {"'proj_factor'", "inf"}));
 
@@ -700,7 +658,7 @@ TEST(BadInput, InconsistentConfigs) {
   c.slstm_block->feedforward->ff_type = "moe";
   EXPECT_TRUE(ThrowsMentioning([&] { LanguageModel<S> m(c); }, {"'ff_type'", "moe"}));
 
-  SLstmBlockConfig sb = slstm_block_config();
+  SLstmBlockConfig sb = slstm_block_config(kEmbedding);
   sb._num_blocks = 2;
   sb._block_idx = 2;
   EXPECT_TRUE(

@@ -35,6 +35,7 @@
 namespace {
 
 using test_util::fill_normal;
+using test_util::max_abs_diff;
 using test_util::random_sequence;
 using test_util::ThrowsMentioning;
 using test_util::time_slice;
@@ -49,7 +50,7 @@ using xlstm::ParameterList;
 using xlstm::Sequence;
 using xlstm::Vector;
 
-using Scalars = ::testing::Types<float, double>;
+using test_util::Scalars;
 using Real = long double;  // the naive references
 using RealMatrix = Eigen::Matrix<Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
@@ -81,11 +82,6 @@ template <typename A>
     }
   }
   return ::testing::AssertionSuccess() << "worst |diff|/bound " << worst_ratio;
-}
-
-// The largest |a - b| (for "the alternative formula would have failed" checks).
-inline Real max_abs_diff(const RealMatrix& a, const RealMatrix& b) {
-  return (a - b).cwiseAbs().maxCoeff();
 }
 
 template <typename S, typename D>

@@ -52,7 +52,6 @@ using xlstm::ParameterList;
 using xlstm::Sequence;
 using xlstm::Shape;
 using xlstm::SLstmBlock;
-using xlstm::SLstmBlockConfig;
 using xlstm::Tokens;
 using xlstm::io::DType;
 using xlstm::io::Json;
@@ -60,7 +59,7 @@ using xlstm::io::LoadOptions;
 using xlstm::io::SafetensorsFile;
 using xlstm::io::SafetensorsWriter;
 
-using Scalars = ::testing::Types<float, double>;
+using test_util::Scalars;
 
 const std::string kDataDir = XLSTM_TEST_DATA_DIR;
 const std::string kLmFile = kDataDir + "/golden/lm_step_v50_d32_nb3_t16.f32.safetensors";
@@ -143,16 +142,7 @@ Matrix<S> step_logits(const LanguageModel<S>& model, const Tokens& tokens,
 // A small mixed model: E = 16, blocks "0,1,0" (or as given), two heads each
 // (sLSTM DH = 8, so the CUDA and vanilla layouts really differ), vocab 20.
 LanguageModelConfig small_lm_config(std::vector<Index> slstm_at = {1}, bool tie = false) {
-  LanguageModelConfig c;
-  c.mlstm_block = xlstm::MLstmBlockConfig{};
-  c.mlstm_block->mlstm.num_heads = 2;
-  c.slstm_block = SLstmBlockConfig{};
-  c.slstm_block->slstm.num_heads = 2;
-  c.context_length = 8;
-  c.num_blocks = 3;
-  c.embedding_dim = 16;
-  c.slstm_at = std::move(slstm_at);
-  c.vocab_size = 20;
+  auto c = test_util::lm_config(16, 3, std::move(slstm_at), 20, 8, /*num_heads=*/2);
   c.tie_weights = tie;
   return c;
 }
@@ -480,9 +470,7 @@ TYPED_TEST(CheckpointTest, CudaLayoutSlstmCheckpointLoadsToTheSameModel) {
 // forget gate only acts from the second step on.
 TEST(Checkpoint, SlstmTensorNamedFgateDrivesTheInputGate) {
   using S = double;
-  SLstmBlockConfig config;
-  config.slstm.embedding_dim = 8;
-  config.slstm.num_heads = 2;
+  const auto config = test_util::slstm_block_config(8, 2);
   SLstmBlock<S> block(config);
   randomize(block, 7, 0.3);
   const auto params = tensors_of(block);

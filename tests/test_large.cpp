@@ -35,6 +35,7 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace io = xlstm::io;
+using test_util::max_abs_diff;
 using test_util::random_tokens;
 using xlstm::Index;
 using xlstm::LargeModel;
@@ -47,18 +48,16 @@ using xlstm::WeightMatrix;
 
 template <typename T>
 class Large : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
+using test_util::Scalars;
 TYPED_TEST_SUITE(Large, Scalars);
 
 // ---------------------------------------------------------------------------
 // Helpers
 
+/// The model of most tests here: 2 blocks of width 64 with 2 heads, vocabulary
+/// 64, in inference mode, returning its last states.
 LargeModelConfig tiny_config(bool use_bias = false, bool add_out_norm = true) {
-  LargeModelConfig c;
-  c.embedding_dim = 64;
-  c.num_heads = 2;
-  c.num_blocks = 2;
-  c.vocab_size = 64;
+  LargeModelConfig c = test_util::large_config(64, 2, 2, 64);
   c.use_bias = use_bias;
   c.add_out_norm = add_out_norm;
   c.mode = "inference";
@@ -95,15 +94,6 @@ Sequence<S> logits_of(const LargeModel<S>& model, const Tokens& tokens) {
   Sequence<S> logits;
   model.forward(tokens, state, logits);
   return logits;
-}
-
-template <typename A, typename B>
-double max_abs_diff(const A& a, const B& b) {
-  EXPECT_EQ(a.rows(), b.rows());
-  EXPECT_EQ(a.cols(), b.cols());
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return std::numeric_limits<double>::infinity();
-  if (a.size() == 0) return 0;
-  return (a.template cast<double>() - b.template cast<double>()).cwiseAbs().maxCoeff();
 }
 
 template <typename S>
@@ -235,11 +225,7 @@ TYPED_TEST(Large, EveryCheckpointFormatGivesIdenticalLogits) {
 // reproduce the file's shapes, also with v_dim != embedding_dim in fused mode.
 TYPED_TEST(Large, InferredConfigReproducesAwkwardDimensions) {
   using S = TypeParam;
-  LargeModelConfig config;
-  config.embedding_dim = 22;
-  config.num_heads = 3;
-  config.num_blocks = 1;
-  config.vocab_size = 16;
+  LargeModelConfig config = test_util::large_config(22, 3, 1, 16);
   config.qk_dim_factor = 0.682;     // int(15.004) = 15
   config.v_dim_factor = 1.364;      // int(30.008) = 30
   config.ffn_proj_factor = 1.3636;  // 29.9992 -> 30 with multiple 2
@@ -381,11 +367,7 @@ TEST(LargeMemory, Bf16CheckpointStaysSixteenBitInMemory) {
   if (read_rss().total < 0 || read_rss().anon < 0) {
     GTEST_SKIP() << "/proc/self/status with VmRSS/RssAnon is not available";
   }
-  LargeModelConfig config;
-  config.embedding_dim = 1024;
-  config.num_heads = 4;
-  config.num_blocks = 4;
-  config.vocab_size = 8192;
+  const LargeModelConfig config = test_util::large_config(1024, 4, 4, 8192);
   const std::string path = fresh("memory_bf16.safetensors");
   const auto start = std::chrono::steady_clock::now();
 
@@ -532,7 +514,7 @@ TEST(LargeMemory, NeuripsBf16CheckpointStaysSixteenBitInMemory) {
 /// double: ~1e-12.
 template <typename S>
 double form_tolerance(double scale) {
-  return (sizeof(S) == 4 ? 2e-5 : 1e-11) * (1 + scale);
+  return test_util::per_scalar<S>(2e-5, 1e-11) * (1 + scale);
 }
 
 TYPED_TEST(Large, PrefillThenStepsEqualsStepsAllTheWay) {
@@ -612,9 +594,12 @@ TYPED_TEST(Large, ForwardInPiecesEqualsOneForwardAndT1EqualsStep) {
     }
     for (std::size_t i = 0; i < state.blocks.size(); ++i) {
       const double cs = std::max<double>(1.0, whole_state.blocks[i].cell.C.cwiseAbs().maxCoeff());
-      EXPECT_LE(max_abs_diff(state.blocks[i].cell.C, whole_state.blocks[i].cell.C), form_tolerance<S>(cs));
-      EXPECT_LE(max_abs_diff(state.blocks[i].cell.n, whole_state.blocks[i].cell.n), form_tolerance<S>(cs));
-      EXPECT_LE(max_abs_diff(state.blocks[i].cell.m, whole_state.blocks[i].cell.m), form_tolerance<S>(1));
+      EXPECT_LE(max_abs_diff(state.blocks[i].cell.C, whole_state.blocks[i].cell.C),
+                form_tolerance<S>(cs));
+      EXPECT_LE(max_abs_diff(state.blocks[i].cell.n, whole_state.blocks[i].cell.n),
+                form_tolerance<S>(cs));
+      EXPECT_LE(max_abs_diff(state.blocks[i].cell.m, whole_state.blocks[i].cell.m),
+                form_tolerance<S>(1));
     }
   }
 

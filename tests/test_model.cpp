@@ -17,13 +17,10 @@
 //   in double (u = 1.1e-16). Measured maxima: 1.1e-6 (float), 2.9e-15
 //   (double).
 // * `with_parallel`: comparisons where one side ran the mLSTM parallel form
-//   (the forward pass from a zero state with T <= parallel_max_length). Its
+//   (the forward pass from a zero state with T <= parallel_max_length), whose
 //   outputs differ from the recurrent step by the eps term of math §4.5:
-//   every head's h at every step is scaled by a factor within
-//   1 +- eps = 1 +- 1e-6. That is far above double rounding, and it
-//   propagates through the following blocks and steps; we allow 1e-5 in
-//   double (10x the per-layer bound; measured 1.3e-8, as math §4.5
-//   predicts). In float, rounding dominates and the tolerance stays 1e-4.
+//   1e-4 in float, 1e-5 in double (test_util::kWithParallelTol, derived in
+//   test_util.hpp; measured 1.3e-8 in double, as math §4.5 predicts).
 // Any real defect (a lost state, a shifted conv window, a wrong gate) shows up
 // as differences of order 1e-2 or more.
 
@@ -51,9 +48,12 @@ namespace {
 
 using test_util::Close;
 using test_util::Identical;
+using test_util::mlstm_block_config;
 using test_util::random_sequence;
 using test_util::random_tokens;
 using test_util::randomize;
+using test_util::Scalars;
+using test_util::slstm_block_config;
 using test_util::ThrowsMentioning;
 using test_util::time_slice;
 using xlstm::BlockStack;
@@ -72,19 +72,10 @@ using xlstm::SLstmBlock;
 using xlstm::SLstmBlockConfig;
 using xlstm::Tokens;
 
-using Scalars = ::testing::Types<float, double>;
-
 template <typename S>
-struct Tol;
-template <>
-struct Tol<float> {
-  static constexpr double rounding = 1e-4;
-  static constexpr double with_parallel = 1e-4;
-};
-template <>
-struct Tol<double> {
-  static constexpr double rounding = 2e-13;
-  static constexpr double with_parallel = 1e-5;
+struct Tol {
+  static constexpr double rounding = test_util::per_scalar<S>(1e-4, 2e-13);
+  static constexpr double with_parallel = test_util::kWithParallelTol<S>;
 };
 
 // ---------------------------------------------------------------------------
@@ -150,21 +141,6 @@ constexpr Index kEmbedding = 32;
 constexpr Index kContext = 16;
 constexpr Index kVocab = 50;
 
-MLstmBlockConfig mlstm_block_config() {
-  MLstmBlockConfig c;
-  c.mlstm.embedding_dim = kEmbedding;
-  c.mlstm.num_heads = 4;
-  c.mlstm.context_length = kContext;
-  return c;
-}
-
-SLstmBlockConfig slstm_block_config() {
-  SLstmBlockConfig c;
-  c.slstm.embedding_dim = kEmbedding;
-  c.slstm.num_heads = 4;
-  return c;
-}
-
 // The mixed stack of the brief: E = 32, 4 blocks, sLSTM at {1, 3}, context 16.
 template <typename Config = BlockStackConfig>
 Config mixed_stack_config(Index embedding = kEmbedding, Index num_blocks = 4,
@@ -174,10 +150,9 @@ Config mixed_stack_config(Index embedding = kEmbedding, Index num_blocks = 4,
   return c;
 }
 
+// The language model over that stack.
 LanguageModelConfig lm_config(Index vocab = kVocab) {
-  auto c = mixed_stack_config<LanguageModelConfig>();
-  c.vocab_size = vocab;
-  return c;
+  return test_util::lm_config(kEmbedding, 4, {1, 3}, vocab, kContext);
 }
 
 // ---------------------------------------------------------------------------
@@ -191,7 +166,7 @@ TYPED_TEST_SUITE(ForwardThenStepTest, Scalars);
 TYPED_TEST(ForwardThenStepTest, MLstmBlockForwardThenStepEqualsStepAllTheWay) {
   using S = TypeParam;
   std::mt19937_64 rng(101);
-  MLstmBlock<S> block(mlstm_block_config());
+  MLstmBlock<S> block(mlstm_block_config(kEmbedding, 4, kContext));
   randomize(block, 1);
   const Index batch = 2, time = kContext;
   const Sequence<S> x = random_sequence<S>(batch, time, kEmbedding, rng);
@@ -230,7 +205,7 @@ TYPED_TEST(ForwardThenStepTest, MLstmBlockForwardThenStepEqualsStepAllTheWay) {
 TYPED_TEST(ForwardThenStepTest, SLstmBlockForwardThenStepEqualsStepAllTheWay) {
   using S = TypeParam;
   std::mt19937_64 rng(102);
-  SLstmBlock<S> block(slstm_block_config());
+  SLstmBlock<S> block(slstm_block_config(kEmbedding));
   randomize(block, 2);
   const Index batch = 2, time = kContext;
   const Sequence<S> x = random_sequence<S>(batch, time, kEmbedding, rng);
@@ -371,7 +346,7 @@ TEST_F(BadInputTest, WrongWidthIsRejectedNamingTheExpectedWidth) {
   Matrix<S> x_t(2, 31), y_t(2, 32);
   EXPECT_TRUE(ThrowsMentioning([&] { stack_.step(x_t, state, y_t); }, {"x_t", "31"}));
 
-  MLstmBlock<S> mlstm(mlstm_block_config());
+  MLstmBlock<S> mlstm(mlstm_block_config(kEmbedding, 4, kContext));
   auto ms = mlstm.initial_state(2);
   EXPECT_TRUE(ThrowsMentioning([&] { mlstm.forward(random_sequence<S>(2, 3, 31, rng_), ms, y); },
                                {"MLstmBlock::forward", "embedding_dim", "got 31"}));
@@ -382,7 +357,7 @@ TEST_F(BadInputTest, WrongWidthIsRejectedNamingTheExpectedWidth) {
   EXPECT_TRUE(
       ThrowsMentioning([&] { mlstm.step(x_ok, ms, y_bad.leftCols(30)); }, {"y_t", "2 x 32"}));
 
-  SLstmBlock<S> slstm(slstm_block_config());
+  SLstmBlock<S> slstm(slstm_block_config(kEmbedding));
   auto ss = slstm.initial_state(2);
   EXPECT_TRUE(
       ThrowsMentioning([&] { slstm.step(x_t, ss, y_t); }, {"SLstmBlock::step", "'x_t'", "got 31"}));
@@ -424,11 +399,11 @@ TEST_F(BadInputTest, EmptySequencesAreRejected) {
   EXPECT_TRUE(
       ThrowsMentioning([&] { stack_.forward(Sequence<S>(2, 0, kEmbedding), stack_state, y); },
                        {"at least one time step"}));
-  MLstmBlock<S> mlstm(mlstm_block_config());
+  MLstmBlock<S> mlstm(mlstm_block_config(kEmbedding, 4, kContext));
   auto ms = mlstm.initial_state(2);
   EXPECT_TRUE(ThrowsMentioning([&] { mlstm.forward(Sequence<S>(2, 0, kEmbedding), ms, y); },
                                {"MLstmBlock::forward", "at least one time step"}));
-  SLstmBlock<S> slstm(slstm_block_config());
+  SLstmBlock<S> slstm(slstm_block_config(kEmbedding));
   auto ss = slstm.initial_state(2);
   EXPECT_TRUE(ThrowsMentioning([&] { slstm.forward(Sequence<S>(2, 0, kEmbedding), ss, y); },
                                {"SLstmBlock::forward", "at least one time step"}));
@@ -456,10 +431,10 @@ TEST_F(BadInputTest, MismatchedBatchBetweenInputAndStateIsRejected) {
   EXPECT_TRUE(
       ThrowsMentioning([&] { stack_.step(x_t, stack_state, y_t); }, {"batch 3", "batch 2"}));
 
-  MLstmBlock<S> mlstm(mlstm_block_config());
+  MLstmBlock<S> mlstm(mlstm_block_config(kEmbedding, 4, kContext));
   auto ms = mlstm.initial_state(2);
   EXPECT_TRUE(ThrowsMentioning([&] { mlstm.step(x_t, ms, y_t); }, {"batch 3", "batch 2"}));
-  SLstmBlock<S> slstm(slstm_block_config());
+  SLstmBlock<S> slstm(slstm_block_config(kEmbedding));
   auto ss = slstm.initial_state(2);
   EXPECT_TRUE(
       ThrowsMentioning([&] { slstm.forward(random_sequence<S>(4, 2, kEmbedding, rng_), ss, y); },
@@ -746,10 +721,7 @@ TEST_F(InitTest, LanguageModelEmbeddingAndHeadUseSmallInit) {
 // igate.bias ~ N(0, 0.1) has only NH entries per block, so pool many blocks
 // (seeds) of a block with many heads: 40 x 32 = 1280 draws.
 TEST(Init, MLstmInputGateBiasIsNormalWithStd01AndForgetBiasIsLinspace) {
-  MLstmBlockConfig c;
-  c.mlstm.embedding_dim = 64;  // inner 128
-  c.mlstm.num_heads = 32;
-  c.mlstm.context_length = 8;
+  const MLstmBlockConfig c = mlstm_block_config(64, 32, 8);  // E 64 (inner 128), context 8
   std::vector<double> igate_bias;
   for (std::uint64_t seed = 0; seed < 40; ++seed) {
     MLstmBlock<double> block(c);
@@ -768,7 +740,7 @@ TEST(Init, MLstmInputGateBiasIsNormalWithStd01AndForgetBiasIsLinspace) {
 }
 
 TEST(Init, SLstmAlternativeInitialisersFollowSpec83) {
-  SLstmBlockConfig c = slstm_block_config();  // E = 32, NH = 4, DH = 8
+  SLstmBlockConfig c = slstm_block_config(kEmbedding);  // E = 32, NH = 4, DH = 8
   c.slstm.recurrent_weight_init = "standard";
   c.slstm.bias_init = "small_init";
   SLstmBlock<double> block(c);

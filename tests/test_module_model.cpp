@@ -27,18 +27,12 @@ using xlstm::Matrix;
 using xlstm::Sequence;
 using xlstm::Tokens;
 
-xlstm::LanguageModelConfig small_lm_config() {
-  auto c = test_util::mixed_stack_config<xlstm::LanguageModelConfig>(32, 3, {1});
-  c.vocab_size = 40;
-  return c;
-}
+// Both families small: a mixed NeurIPS stack (sLSTM at block 1) and a
+// two-block Large model with short chunks.
+xlstm::LanguageModelConfig small_lm_config() { return test_util::lm_config(32, 3, {1}, 40); }
 
 xlstm::LargeModelConfig small_large_config() {
-  xlstm::LargeModelConfig c;
-  c.embedding_dim = 32;
-  c.num_heads = 2;
-  c.num_blocks = 2;
-  c.vocab_size = 50;
+  auto c = test_util::large_config(32, 2, 2, 50);
   c.chunk_size = 8;
   return c;
 }

@@ -164,7 +164,10 @@ extern "C" int pthread_mutex_lock(pthread_mutex_t* mutex) {
 
 namespace {
 
+using test_util::mlstm_block_config;
+using test_util::random_matrix;
 using test_util::randomize;
+using test_util::slstm_block_config;
 using xlstm::Index;
 using xlstm::Matrix;
 
@@ -186,15 +189,6 @@ Allocations count_allocations(Fn&& fn) {
   Eigen::internal::set_is_malloc_allowed(true);
   return {g_new_calls.load() - news_before, g_eigen_assert_failures.load() - eigen_before,
           g_mutex_locks.load() - locks_before};
-}
-
-template <typename S>
-Matrix<S> random_matrix(Index rows, Index cols, std::mt19937& rng, double mean = 0.0,
-                        double stddev = 1.0) {
-  std::normal_distribution<double> dist(mean, stddev);
-  Matrix<S> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(dist(rng));
-  return m;
 }
 
 // Steps counted after the warm-up. Every step runs the same code, so a few
@@ -244,7 +238,7 @@ TEST(NoAllocControl, CountersSeeOperatorNewAndEigenHeapAllocations) {
 
 template <typename S>
 class NoAllocTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
+using test_util::Scalars;
 TYPED_TEST_SUITE(NoAllocTest, Scalars);
 
 struct SLstmSize {
@@ -296,12 +290,8 @@ TYPED_TEST(NoAllocTest, SLstmStepDoesNotAllocate) {
                        << " NH " << size.num_heads << " rule " << int(rule) << " function "
                        << int(function));
           std::mt19937 rng(301);
-          xlstm::SLstmCellConfig cfg;
-          cfg.hidden_size = size.hidden_size;
-          cfg.num_heads = size.num_heads;
-          cfg.first_step_rule = rule;
-          cfg.function = function;
-          xlstm::SLstmCell<S> cell(cfg);
+          xlstm::SLstmCell<S> cell(
+              test_util::slstm_cell_config(size.hidden_size, size.num_heads, rule, function));
           cell.recurrent_kernel() = random_matrix<S>(cell.recurrent_kernel().rows(),
                                                      cell.recurrent_kernel().cols(), rng, 0.0, 0.1);
           cell.bias() = random_matrix<S>(4 * size.hidden_size, 1, rng);
@@ -344,12 +334,8 @@ TYPED_TEST(NoAllocTest, MLstmStepDoesNotAllocate) {
                      << " DHQK " << size.qk_head_dim << " DHV " << size.v_head_dim << " convention "
                      << int(convention));
         std::mt19937 rng(302);
-        xlstm::MLstmCellConfig cfg;
-        cfg.num_heads = size.num_heads;
-        cfg.qk_head_dim = size.qk_head_dim;
-        cfg.v_head_dim = size.v_head_dim;
-        cfg.convention = convention;
-        const xlstm::MLstmCell<S> cell(cfg);
+        const xlstm::MLstmCell<S> cell(test_util::mlstm_cell_config(
+            size.num_heads, size.qk_head_dim, size.v_head_dim, convention));
         auto state = cell.initial_state(size.batch);
         const Index B = size.batch, nh = size.num_heads;
         struct StepInputs {
@@ -428,11 +414,7 @@ TYPED_TEST(NoAllocTest, MLstmBlockStepDoesNotAllocate) {
   // GEMM packing exceeds EIGEN_STACK_ALLOCATION_LIMIT at B 16).
   for (const Index e : {Index(32), Index(256)}) {
     SCOPED_TRACE(::testing::Message() << "E " << e);
-    xlstm::MLstmBlockConfig cfg;
-    cfg.mlstm.embedding_dim = e;
-    cfg.mlstm.num_heads = 4;
-    cfg.mlstm.context_length = 16;
-    xlstm::MLstmBlock<S> block(cfg);
+    xlstm::MLstmBlock<S> block(mlstm_block_config(e, 4, 16));
     randomize(block, 11);
     check_block(block, e);
   }
@@ -442,19 +424,14 @@ TYPED_TEST(NoAllocTest, SLstmBlockStepDoesNotAllocate) {
   using S = TypeParam;
   for (const Index e : {Index(32), Index(256)}) {
     SCOPED_TRACE(::testing::Message() << "E " << e);
-    xlstm::SLstmBlockConfig cfg;
-    cfg.slstm.embedding_dim = e;
-    cfg.slstm.num_heads = 4;
-    xlstm::SLstmBlock<S> block(cfg);
+    xlstm::SLstmBlock<S> block(slstm_block_config(e));
     randomize(block, 12);
     check_block(block, e);
   }
 }
 
 xlstm::LanguageModelConfig small_lm_config(Index embedding_dim, Index vocab, bool tie) {
-  auto c = test_util::mixed_stack_config<xlstm::LanguageModelConfig>(embedding_dim, 3, {1});
-  c.context_length = 16;
-  c.vocab_size = vocab;
+  auto c = test_util::lm_config(embedding_dim, 3, {1}, vocab, 16);
   c.tie_weights = tie;
   return c;
 }
@@ -494,11 +471,7 @@ TYPED_TEST(NoAllocTest, LanguageModelStepDoesNotAllocate) {
 }
 
 xlstm::LargeModelConfig small_large_config() {
-  xlstm::LargeModelConfig c;
-  c.embedding_dim = 128;
-  c.num_heads = 2;
-  c.num_blocks = 2;
-  c.vocab_size = 1000;
+  xlstm::LargeModelConfig c = test_util::large_config(128, 2, 2, 1000);
   c.mode = "inference";
   c.return_last_states = true;
   return c;

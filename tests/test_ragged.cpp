@@ -78,7 +78,9 @@ using test_util::add_noise;
 using test_util::AllFinite;
 using test_util::fill_normal;
 using test_util::Identical;
+using test_util::random_tokens;
 using test_util::randomize;
+using test_util::Scalars;
 using test_util::ThrowsMentioning;
 using xlstm::BlockStack;
 using xlstm::BlockStackConfig;
@@ -106,8 +108,6 @@ using xlstm::SLstmCellConfig;
 using xlstm::SLstmFunction;
 using xlstm::Tokens;
 
-using Scalars = ::testing::Types<float, double>;
-
 // ---------------------------------------------------------------------------
 // Tolerances and comparisons
 // ---------------------------------------------------------------------------
@@ -118,18 +118,16 @@ struct Tolerance {
 };
 
 template <typename S>
-struct Tol;
-template <>
-struct Tol<float> {
-  static constexpr Tolerance same_arithmetic{1e-5, "float same_arithmetic"};
-  static constexpr Tolerance rounding{1e-4, "float rounding"};
-  static constexpr Tolerance with_parallel{1e-4, "float with_parallel"};
-};
-template <>
-struct Tol<double> {
-  static constexpr Tolerance same_arithmetic{1e-13, "double same_arithmetic"};
-  static constexpr Tolerance rounding{1e-11, "double rounding"};
-  static constexpr Tolerance with_parallel{1e-5, "double with_parallel"};
+struct Tol {
+  static constexpr Tolerance same_arithmetic{
+      test_util::per_scalar<S>(1e-5, 1e-13),
+      test_util::per_scalar<S>("float same_arithmetic", "double same_arithmetic")};
+  static constexpr Tolerance rounding{
+      test_util::per_scalar<S>(1e-4, 1e-11),
+      test_util::per_scalar<S>("float rounding", "double rounding")};
+  static constexpr Tolerance with_parallel{
+      test_util::kWithParallelTol<S>,
+      test_util::per_scalar<S>("float with_parallel", "double with_parallel")};
 };
 
 // Worst relative differences seen per tolerance class, printed at the end.
@@ -402,12 +400,7 @@ struct SLstmCellLevel : SequenceLevel<S, xlstm::SLstmState<S>> {
     fill_normal(cell.bias(), rng, 0.0, 1.0);
   }
   static SLstmCellConfig config(FirstStepRule rule, SLstmFunction function) {
-    SLstmCellConfig c;
-    c.hidden_size = 8;
-    c.num_heads = 2;
-    c.function = function;
-    c.first_step_rule = rule;
-    return c;
+    return test_util::slstm_cell_config(8, 2, rule, function);
   }
   xlstm::SLstmState<S> init(Index batch) const { return cell.initial_state(batch); }
   void forward(const Sequence<S>& x, const Lengths& lengths, xlstm::SLstmState<S>& state,
@@ -447,12 +440,7 @@ struct MLstmCellLevel : SequenceLevel<S, xlstm::MLstmState<S>> {
     if (form == MLstmForm::automatic) this->whole_vs_split = Tol<S>::with_parallel;
   }
   static MLstmCellConfig config(MLstmStateConvention convention, Index parallel_max_length) {
-    MLstmCellConfig c;
-    c.num_heads = 2;
-    c.qk_head_dim = 4;
-    c.v_head_dim = 6;
-    c.chunk_size = kChunk;
-    c.convention = convention;
+    MLstmCellConfig c = test_util::mlstm_cell_config(2, 4, 6, convention, kChunk);
     c.parallel_max_length = parallel_max_length;
     return c;
   }
@@ -544,12 +532,7 @@ struct MLstmBlockLevel : ModuleLevel<MLstmBlock<S>> {
     this->warm_forward = form != MLstmForm::parallel;
     if (form == MLstmForm::automatic) this->whole_vs_split = Tol<S>::with_parallel;
   }
-  static MLstmBlockConfig config() {
-    MLstmBlockConfig c;
-    c.mlstm.embedding_dim = kEmbedding;
-    c.mlstm.num_heads = 4;
-    return c;
-  }
+  static MLstmBlockConfig config() { return test_util::mlstm_block_config(kEmbedding); }
   void forward(const Sequence<S>& x, const Lengths& lengths, xlstm::MLstmBlockState<S>& state,
                Sequence<S>& y) const {
     this->module.forward(x, lengths, state, y, form);
@@ -557,9 +540,7 @@ struct MLstmBlockLevel : ModuleLevel<MLstmBlock<S>> {
 };
 
 SLstmBlockConfig slstm_block_config(bool feedforward, Index conv_kernel, const char* function) {
-  SLstmBlockConfig c;
-  c.slstm.embedding_dim = kEmbedding;
-  c.slstm.num_heads = 4;
+  SLstmBlockConfig c = test_util::slstm_block_config(kEmbedding);
   c.slstm.conv1d_kernel_size = conv_kernel;
   c.slstm.function = function;
   c.slstm.recurrent_weight_init = "standard";
@@ -593,18 +574,10 @@ ModuleLevel<BlockStack<S>> stack_level() {
   return level;
 }
 
-LanguageModelConfig lm_config() {
-  auto c = mixed_stack_config<LanguageModelConfig>();
-  c.vocab_size = kVocab;
-  return c;
-}
+LanguageModelConfig lm_config() { return test_util::lm_config(kEmbedding, 4, {1, 3}, kVocab); }
 
 LargeModelConfig large_config(Index num_blocks = 2, Index num_heads = 2) {
-  LargeModelConfig c;
-  c.embedding_dim = 32;
-  c.num_heads = num_heads;
-  c.num_blocks = num_blocks;
-  c.vocab_size = kVocab;
+  LargeModelConfig c = test_util::large_config(32, num_heads, num_blocks, kVocab);
   c.chunk_size = kChunk;
   return c;
 }
@@ -629,10 +602,7 @@ struct TokenLevel {
         whole_vs_split(whole_vs_split_) {}
 
   Tokens streams(Index batch, Index time, std::mt19937_64& rng) const {
-    std::uniform_int_distribution<std::int64_t> dist(0, model.vocab_size() - 1);
-    Tokens t(batch, time);
-    for (Index i = 0; i < t.size(); ++i) t.data()[i] = dist(rng);
-    return t;
+    return random_tokens(batch, time, model.vocab_size(), rng);
   }
   State init(Index batch) const { return model.initial_state(batch); }
   void forward(const Tokens& x, const Lengths& lengths, State& state, Sequence<S>& logits) const {

@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -28,14 +27,15 @@
 
 namespace {
 
+using test_util::BitIdentical;
+using test_util::mlstm_block_config;
 using test_util::randomize;
+using test_util::slstm_block_config;
 using xlstm::Index;
 using xlstm::Matrix;
 using xlstm::MLstmBlock;
-using xlstm::MLstmBlockConfig;
 using xlstm::Sequence;
 using xlstm::SLstmBlock;
-using xlstm::SLstmBlockConfig;
 
 // One million steps; a tenth of that under AddressSanitizer, whose checks
 // make every step about ten times slower (the release run does the million).
@@ -87,10 +87,7 @@ double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-st
 // ---------------------------------------------------------------------------
 
 TEST(Robustness, SLstmBlockMillionStepsStayFiniteAndBounded) {
-  SLstmBlockConfig cfg;
-  cfg.slstm.embedding_dim = kEmbedding;
-  cfg.slstm.num_heads = 4;
-  SLstmBlock<float> block(cfg);
+  SLstmBlock<float> block(slstm_block_config(kEmbedding, 4));
   randomize(block, 21);
   const Index e = kEmbedding, dh = e / 4;
   const auto& cell = block.cell();
@@ -157,11 +154,7 @@ TEST(Robustness, SLstmBlockMillionStepsStayFiniteAndBounded) {
 // ---------------------------------------------------------------------------
 
 TEST(Robustness, MLstmBlockMillionStepsStayFiniteAndBounded) {
-  MLstmBlockConfig cfg;
-  cfg.mlstm.embedding_dim = kEmbedding;
-  cfg.mlstm.num_heads = 2;
-  cfg.mlstm.context_length = 16;
-  MLstmBlock<float> block(cfg);
+  MLstmBlock<float> block(mlstm_block_config(kEmbedding, 2, 16));
   randomize(block, 23);
   const Index inner = block.inner_dim(), nh = 2, dh = inner / nh;
   const double inv_sqrt_dh = 1.0 / std::sqrt(double(dh));
@@ -196,9 +189,11 @@ TEST(Robustness, MLstmBlockMillionStepsStayFiniteAndBounded) {
         max_f[i_rh] = std::max(max_f[i_rh], fg);
         for (Index j = 0; j < dh; ++j) {
           max_k(b * nh + h, j) =
-              std::max(max_k(b * nh + h, j), std::abs(double(state.scratch.get().qkv(b, inner + h * dh + j))));
-          max_v(b * nh + h, j) = std::max(
-              max_v(b * nh + h, j), std::abs(double(state.scratch.get().qkv(b, 2 * inner + h * dh + j))));
+              std::max(max_k(b * nh + h, j),
+                       std::abs(double(state.scratch.get().qkv(b, inner + h * dh + j))));
+          max_v(b * nh + h, j) =
+              std::max(max_v(b * nh + h, j),
+                       std::abs(double(state.scratch.get().qkv(b, 2 * inner + h * dh + j))));
         }
         total[i_rh] = std::exp(lf + m_prev[i_rh] - m) * total[i_rh] + std::exp(ig - m);
         const double f_max = 1.0 / (1.0 + std::exp(-max_f[i_rh]));
@@ -265,11 +260,7 @@ TEST(Robustness, MLstmBlockExtremeGatesGiveFiniteOutputs) {
   for (const bool input_gate : {true, false}) {
     for (const float value : kExtremes) {
       SCOPED_TRACE(::testing::Message() << (input_gate ? "igate" : "fgate") << " bias " << value);
-      MLstmBlockConfig cfg;
-      cfg.mlstm.embedding_dim = kEmbedding;
-      cfg.mlstm.num_heads = 2;
-      cfg.mlstm.context_length = 32;
-      MLstmBlock<float> block(cfg);
+      MLstmBlock<float> block(mlstm_block_config(kEmbedding, 2, 32));
       randomize(block, 25);
       xlstm::ParameterList<float> params;
       params = xlstm::parameter_list(block, "");
@@ -293,10 +284,7 @@ TEST(Robustness, SLstmBlockExtremeGatesGiveFiniteOutputs) {
     for (const float value : kExtremes) {
       SCOPED_TRACE(::testing::Message()
                    << (input_gate ? "input" : "forget") << " gate bias " << value);
-      SLstmBlockConfig cfg;
-      cfg.slstm.embedding_dim = kEmbedding;
-      cfg.slstm.num_heads = 4;
-      SLstmBlock<float> block(cfg);
+      SLstmBlock<float> block(slstm_block_config(kEmbedding, 4));
       randomize(block, 26);
       // Bias layout gate-major (math §2.2): i, f, z, o; units 0..3 of head 0.
       auto& bias = block.cell().bias();
@@ -329,28 +317,11 @@ std::vector<float> parameter_snapshot(Module& module) {
   return all;
 }
 
-bool bit_identical(const Eigen::Ref<const Matrix<float>>& a,
-                   const Eigen::Ref<const Matrix<float>>& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
-  for (Index r = 0; r < a.rows(); ++r) {
-    for (Index c = 0; c < a.cols(); ++c) {
-      const float x = a(r, c), y = b(r, c);
-      if (std::memcmp(&x, &y, sizeof x) != 0) return false;
-    }
-  }
-  return true;
-}
-
 TEST(Robustness, NaNInOneRowStaysInThatRowAndDoesNotPoisonTheModel) {
-  xlstm::BlockStackConfig cfg;
-  cfg.mlstm_block = MLstmBlockConfig{};
+  // mLSTM (2 heads), sLSTM (4 heads), mLSTM.
+  auto cfg = test_util::mixed_stack_config<xlstm::BlockStackConfig>(kEmbedding, 3, {1}, 4);
   cfg.mlstm_block->mlstm.num_heads = 2;
-  cfg.slstm_block = SLstmBlockConfig{};
-  cfg.slstm_block->slstm.num_heads = 4;
   cfg.context_length = 32;
-  cfg.num_blocks = 3;
-  cfg.embedding_dim = kEmbedding;
-  cfg.slstm_at = {1};
   xlstm::BlockStack<float> stack(cfg);
   randomize(stack, 27);
   const std::vector<float> params_before = parameter_snapshot(stack);
@@ -398,24 +369,24 @@ TEST(Robustness, NaNInOneRowStaysInThatRowAndDoesNotPoisonTheModel) {
     const auto stepped_clean = s_clean.middleRows(b * kTime, kTime);
     if (b == kPoisoned) {
       EXPECT_TRUE(y_dirty.at(b, kNaNAt).hasNaN());
-      EXPECT_TRUE(bit_identical(stepped_dirty.topRows(kNaNAt), stepped_clean.topRows(kNaNAt)));
+      EXPECT_TRUE(BitIdentical(stepped_dirty.topRows(kNaNAt), stepped_clean.topRows(kNaNAt)));
       EXPECT_TRUE(stepped_dirty.row(kNaNAt).hasNaN());
       EXPECT_TRUE(stepped_dirty.bottomRows(1).hasNaN());  // the state carried it on
     } else {
-      EXPECT_TRUE(bit_identical(y_dirty.rows_of(b), y_clean.rows_of(b)));
-      EXPECT_TRUE(bit_identical(stepped_dirty, stepped_clean));
+      EXPECT_TRUE(BitIdentical(y_dirty.rows_of(b), y_clean.rows_of(b)));
+      EXPECT_TRUE(BitIdentical(stepped_dirty, stepped_clean));
     }
   }
   // After reset_row the poisoned row runs exactly as the clean run's row
   // after the same reset.
   EXPECT_TRUE(r_dirty.allFinite());
-  EXPECT_TRUE(bit_identical(r_dirty, r_clean));
+  EXPECT_TRUE(BitIdentical(r_dirty, r_clean));
   // The model is untouched and gives the same results again.
   EXPECT_TRUE(parameter_snapshot(stack) == params_before);
   forward(clean, y_again);
   steps(clean, s_again, r_again);
-  EXPECT_TRUE(bit_identical(y_again.matrix(), y_clean.matrix()));
-  EXPECT_TRUE(bit_identical(s_again, s_clean));
+  EXPECT_TRUE(BitIdentical(y_again.matrix(), y_clean.matrix()));
+  EXPECT_TRUE(BitIdentical(s_again, s_clean));
 }
 
 }  // namespace

@@ -64,20 +64,11 @@ constexpr int kConcurrentRuns = 3;
 // E = 64, four blocks with the sLSTM at index 1. The vocabulary of 4096 makes
 // the LM head 4096 x 64 = 2^18 weights, the size from which a decode step
 // splits the weight rows over the threads (core/matmul.hpp).
-LanguageModelConfig lm_config() {
-  auto c = test_util::mixed_stack_config<LanguageModelConfig>(64, 4, {1});
-  c.context_length = 64;
-  c.vocab_size = 4096;
-  return c;
-}
+LanguageModelConfig lm_config() { return test_util::lm_config(64, 4, {1}, 4096, 64); }
 
 // Also a 4096 x 64 LM head, for the same reason.
 LargeModelConfig large_config() {
-  LargeModelConfig c;
-  c.embedding_dim = 64;
-  c.num_heads = 2;
-  c.num_blocks = 2;
-  c.vocab_size = 4096;
+  LargeModelConfig c = test_util::large_config(64, 2, 2, 4096);
   c.chunk_size = 16;
   c.mode = "inference";
   return c;
@@ -304,7 +295,7 @@ void expect_decode_independent_of_thread_count(const Model& model) {
 
 template <typename S>
 class SharedModelTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
+using test_util::Scalars;
 TYPED_TEST_SUITE(SharedModelTest, Scalars);
 
 TYPED_TEST(SharedModelTest, LanguageModelGivesEachThreadTheSequentialLogits) {
