@@ -271,7 +271,7 @@ TEST(BadInput, BlockAndModelInputsOfTheWrongWidth) {
       {"'x'", "16 features", "got 17"}));
   Matrix<S> x_t = Matrix<S>::Random(2, kEmbedding), y_t(2, kEmbedding), narrow(2, kEmbedding - 1);
   EXPECT_TRUE(ThrowsAndKeeps(keep, [&] { stack.step(narrow, f.state.stack, y_t); },
-                             {"BlockStack::step", "'x_t'", "got 2 x 15"}));
+                             {"BlockStack::step", "'x_t'", "got 15"}));
   // Outputs: a Matrix is resized (as forward does); a view must have the size.
   EXPECT_TRUE(ThrowsAndKeeps(keep, [&] { stack.step(x_t, f.state.stack, narrow.leftCols(15)); },
                              {"BlockStack::step", "'y_t'", "2 x 15"}));

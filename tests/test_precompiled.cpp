@@ -9,8 +9,8 @@
 // products against a loop); example_quickstart_precompiled compares the
 // library's numbers with the header-only ones.
 //
-// Tolerances as in test_model.cpp: step vs forward (parallel mLSTM form on one
-// side) 1e-4 in float, 1e-5 in double.
+// Tolerances: step vs forward with the parallel mLSTM form on one side,
+// test_util::kWithParallelTol (1e-4 in float, 1e-5 in double).
 
 #include <gtest/gtest.h>
 
@@ -39,11 +39,6 @@ using xlstm::Index;
 using xlstm::Matrix;
 using xlstm::Sequence;
 
-template <typename S>
-constexpr double tolerance() {
-  return sizeof(S) == sizeof(float) ? 1e-4 : 1e-5;
-}
-
 template <typename T>
 class Precompiled : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
@@ -66,7 +61,7 @@ Sequence<typename Model::Scalar> expect_step_continues_forward(const Model& mode
   Matrix<S> logits;
   model.step(last, prefix_state, logits);
   for (Index b = 0; b < batch; ++b) {
-    EXPECT_TRUE(Close(logits.row(b), full.at(b, time - 1), tolerance<S>()));
+    EXPECT_TRUE(Close(logits.row(b), full.at(b, time - 1), test_util::kWithParallelTol<S>));
   }
   return full;
 }
@@ -76,8 +71,7 @@ Sequence<typename Model::Scalar> expect_step_continues_forward(const Model& mode
 // saved and reloaded model gives the same logits.
 TYPED_TEST(Precompiled, LanguageModel) {
   using S = TypeParam;
-  auto config = test_util::mixed_stack_config<xlstm::LanguageModelConfig>(32, 3, {1});
-  config.vocab_size = 40;
+  const auto config = test_util::lm_config(32, 3, {1}, 40);
   xlstm::LanguageModel<S> model(config);
   randomize(model, 1);
   const xlstm::Tokens tokens = random_tokens(/*batch*/ 2, /*time*/ 12, config.vocab_size, 2);
@@ -96,11 +90,7 @@ TYPED_TEST(Precompiled, LanguageModel) {
 // LargeModel, LargeBlock, RmsNorm, GatedFeedForward (split) and WeightMatrix.
 TYPED_TEST(Precompiled, LargeModel) {
   using S = TypeParam;
-  xlstm::LargeModelConfig config;
-  config.embedding_dim = 32;
-  config.num_heads = 2;
-  config.num_blocks = 2;
-  config.vocab_size = 30;
+  auto config = test_util::large_config(32, 2, 2, 30);
   config.chunk_size = 8;
   xlstm::LargeModel<S> model(config);
   xlstm::Rng rng(3);
@@ -142,7 +132,7 @@ TYPED_TEST(Precompiled, BlocksAndCells) {
     Matrix<S> y_t;
     block.step(x.time_step(time - 1), prefix_state, y_t);
     for (Index b = 0; b < batch; ++b) {
-      EXPECT_TRUE(Close(y_t.row(b), y.at(b, time - 1), tolerance<S>()));
+      EXPECT_TRUE(Close(y_t.row(b), y.at(b, time - 1), test_util::kWithParallelTol<S>));
     }
   };
   forward_then_step(mblock);
@@ -170,7 +160,7 @@ TYPED_TEST(Precompiled, BlocksAndCells) {
   scell.forward(pre, scell_state, sy);
   auto scell_steps = scell.initial_state(batch);
   for (Index t = 0; t < 3; ++t) scell.step(pre.time_step(t), scell_steps);
-  EXPECT_TRUE(Close(scell_steps.y, scell_state.y, tolerance<S>()));
+  EXPECT_TRUE(Close(scell_steps.y, scell_state.y, test_util::kWithParallelTol<S>));
 
   // MLstmCell: forward vs step.
   xlstm::MLstmCellConfig mcc;
@@ -189,7 +179,7 @@ TYPED_TEST(Precompiled, BlocksAndCells) {
   auto mstep_state = mcell.initial_state(batch);
   Matrix<S> h_t(batch, 8);
   mcell.step(q.matrix(), k.matrix(), v.matrix(), ig.matrix(), fg.matrix(), mstep_state, h_t);
-  EXPECT_TRUE(Close(h_t, h.matrix(), tolerance<S>()));
+  EXPECT_TRUE(Close(h_t, h.matrix(), test_util::kWithParallelTol<S>));
 }
 
 // The components on their own.

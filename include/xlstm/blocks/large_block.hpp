@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "xlstm/blocks/block_state.hpp"
+#include "xlstm/blocks/sequence_module.hpp"
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/feedforward.hpp"
@@ -130,11 +131,12 @@ struct LargeBlockState {
 /// with its own state; `step` allocates nothing once the state's scratch has
 /// its size. Weights may be kept BF16/F16 (`WeightStorage`).
 template <typename Scalar_>
-class LargeBlock {
+class LargeBlock : public SequenceModule<LargeBlock<Scalar_>, Scalar_, LargeBlockState<Scalar_>> {
  public:
   using Scalar = Scalar_;
   using Config = LargeBlockConfig;
   using State = LargeBlockState<Scalar>;
+  static constexpr const char* kStepWhere = "LargeBlock::step";
   using Workspace = LargeBlockWorkspace<Scalar>;
 
   /// A block with the initialisation of math §8.5 from kDefaultSeed.
@@ -161,28 +163,15 @@ class LargeBlock {
     return s;
   }
 
-  /// x, y: B x T x E. The chunkwise mLSTM form from any state (math §4.4;
-  /// any split of the sequence agrees, math §4.6).
-  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
-    forward(x, Lengths{}, state, y);
-  }
+  /// forward(x, state, y) and step(x_t, state, y_t): SequenceModule. The
+  /// chunkwise mLSTM form from any state (math §4.4; any split of the
+  /// sequence agrees, math §4.6).
+  using SequenceModule<LargeBlock, Scalar, State>::forward;
 
   /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
   /// final state equal running it alone; outputs past its length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                Sequence<Scalar>& y) const;
-
-  /// One step: x_t and y_t are B x E (a Matrix y_t is resized, a view must
-  /// have the size). Does not allocate once the state's scratch has its size.
-  template <typename Out>
-  void step(const ConstMatrixRef<Scalar>& x_t, State& state, Out&& y_out) const {
-    check_input(x_t.cols(), x_t.rows(), state, "LargeBlock::step", "x_t");
-    check_state(state, x_t.rows(), "LargeBlock::step");
-    prepare_output(y_out, x_t.rows(), embedding_dim(), "LargeBlock::step", "y_t");
-    MatrixRef<Scalar> y_t(y_out);
-    y_t = x_t;
-    forward_in_place(x_t.rows(), 1, Lengths{}, y_t, state, state.scratch.get(), Workload::step);
-  }
 
   /// The block on N = batch x time rows of `x`, updated in place, with the
   /// caller's buffers (LargeModel shares one set between its blocks). With
@@ -223,6 +212,15 @@ class LargeBlock {
   }
 
  private:
+  friend class SequenceModule<LargeBlock, Scalar, State>;
+  using SequenceModule<LargeBlock, Scalar, State>::check_input;
+
+  /// step() after its checks: the block in place on a copy of x_t.
+  void step_into(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const {
+    y_t = x_t;
+    forward_in_place(x_t.rows(), 1, Lengths{}, y_t, state, state.scratch.get(), Workload::step);
+  }
+
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
     self.norm_mlstm_.for_each_parameter(visit, prefix + "norm_mlstm.");
@@ -237,11 +235,6 @@ class LargeBlock {
     self.out_proj_.for_each_parameter(visit, m + "out_proj.");
     self.norm_ffn_.for_each_parameter(visit, prefix + "norm_ffn.");
     self.ffn_.for_each_parameter(visit, prefix + "ffn.");
-  }
-
-  void check_input(Index features, Index batch, const State& state, const char* where,
-                   const char* name) const {
-    check_block_input(features, batch, embedding_dim(), state.batch(), where, name);
   }
 
   Config config_;

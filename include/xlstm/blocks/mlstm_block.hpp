@@ -5,6 +5,7 @@
 #include <string>
 
 #include "xlstm/blocks/block_state.hpp"
+#include "xlstm/blocks/sequence_module.hpp"
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/causal_conv1d.hpp"
@@ -103,11 +104,12 @@ using MLstmBlockState = ConvCellState<Scalar, MLstmState<Scalar>, MLstmBlockWork
 /// `forward` and `step` are const: one block may run on many threads, each
 /// with its own state. `step` allocates nothing once the state exists.
 template <typename Scalar_>
-class MLstmBlock {
+class MLstmBlock : public SequenceModule<MLstmBlock<Scalar_>, Scalar_, MLstmBlockState<Scalar_>> {
  public:
   using Scalar = Scalar_;
   using Config = MLstmBlockConfig;
   using State = MLstmBlockState<Scalar>;
+  static constexpr const char* kStepWhere = "MLstmBlock::step";
 
   /// A block with the official initialisation from kDefaultSeed; call
   /// initialize(rng) for another draw, or load weights.
@@ -140,16 +142,7 @@ class MLstmBlock {
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
                MLstmForm form = MLstmForm::automatic) const;
 
-  /// One step: x_t and y_t are B x E (y_t must not alias x_t; a Matrix is
-  /// resized, a view must have the size). Does not allocate once the state's
-  /// scratch has its size (from initial_state, or after the first step).
-  template <typename Out>
-  void step(const ConstMatrixRef<Scalar>& x_t, State& state, Out&& y_out) const {
-    check_input(x_t.cols(), x_t.rows(), state, "MLstmBlock::step", "x_t");
-    check_state(state, x_t.rows(), "MLstmBlock::step");
-    prepare_output(y_out, x_t.rows(), embedding_dim(), "MLstmBlock::step", "y_t");
-    step_into(x_t, state, y_out);
-  }
+  // step(x_t, state, y_t): SequenceModule.
 
   /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
   /// before anything is written, so a call that throws leaves the state as
@@ -168,6 +161,9 @@ class MLstmBlock {
   void initialize(Rng& rng);
 
  private:
+  friend class SequenceModule<MLstmBlock, Scalar, State>;
+  using SequenceModule<MLstmBlock, Scalar, State>::check_input;
+
   /// step() after its checks, into an output of the right size.
   void step_into(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
 
@@ -198,11 +194,6 @@ class MLstmBlock {
     ensure_size(ws.gates_f, batch, nh);
     ensure_size(ws.h, batch, inner);
     ensure_size(ws.h_norm, batch, inner);
-  }
-
-  void check_input(Index features, Index batch, const State& state, const char* where,
-                   const char* name) const {
-    check_block_input(features, batch, embedding_dim(), state.batch(), where, name);
   }
 
   /// math §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in place.

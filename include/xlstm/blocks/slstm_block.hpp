@@ -7,6 +7,7 @@
 #include <string>
 
 #include "xlstm/blocks/block_state.hpp"
+#include "xlstm/blocks/sequence_module.hpp"
 #include "xlstm/cells/slstm.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/causal_conv1d.hpp"
@@ -138,11 +139,12 @@ using SLstmBlockState = ConvCellState<Scalar, SLstmState<Scalar>, SLstmBlockWork
 /// `forward` and `step` are const: one block may run on many threads, each
 /// with its own state. `step` allocates nothing once the state exists.
 template <typename Scalar_>
-class SLstmBlock {
+class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBlockState<Scalar_>> {
  public:
   using Scalar = Scalar_;
   using Config = SLstmBlockConfig;
   using State = SLstmBlockState<Scalar>;
+  static constexpr const char* kStepWhere = "SLstmBlock::step";
 
   /// A block with the official initialisation from kDefaultSeed; call
   /// initialize(rng) for another draw, or load weights.
@@ -162,26 +164,13 @@ class SLstmBlock {
 
   State initial_state(Index batch) const;
 
-  /// x, y: B x T x E. `state` is the initial state and becomes the final one.
-  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
-    forward(x, Lengths{}, state, y);
-  }
+  /// forward(x, state, y) and step(x_t, state, y_t): SequenceModule.
+  using SequenceModule<SLstmBlock, Scalar, State>::forward;
 
   /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
   /// final state equal running it alone; outputs past its length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                Sequence<Scalar>& y) const;
-
-  /// One step: x_t and y_t are B x E (y_t must not alias x_t; a Matrix is
-  /// resized, a view must have the size). Does not allocate once the state's
-  /// scratch has its size (from initial_state, or after the first step).
-  template <typename Out>
-  void step(const ConstMatrixRef<Scalar>& x_t, State& state, Out&& y_out) const {
-    check_input(x_t.cols(), x_t.rows(), state, "SLstmBlock::step", "x_t");
-    check_state(state, x_t.rows(), "SLstmBlock::step");
-    prepare_output(y_out, x_t.rows(), embedding_dim(), "SLstmBlock::step", "y_t");
-    step_into(x_t, state, y_out);
-  }
 
   /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
   /// before anything is written, so a call that throws leaves the state as
@@ -200,6 +189,9 @@ class SLstmBlock {
   void initialize(Rng& rng);
 
  private:
+  friend class SequenceModule<SLstmBlock, Scalar, State>;
+  using SequenceModule<SLstmBlock, Scalar, State>::check_input;
+
   /// step() after its checks, into an output of the right size.
   void step_into(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
 
@@ -269,11 +261,6 @@ class SLstmBlock {
     forget_gate_.forward(conv_act, preact.middleCols(e, e), workload);
     z_gate_.forward(normed, preact.middleCols(2 * e, e), workload);
     o_gate_.forward(normed, preact.middleCols(3 * e, e), workload);
-  }
-
-  void check_input(Index features, Index batch, const State& state, const char* where,
-                   const char* name) const {
-    check_block_input(features, batch, embedding_dim(), state.batch(), where, name);
   }
 
   Config config_;

@@ -94,9 +94,7 @@ class Linear {
 template <typename Scalar_>
 void Linear<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
                               Workload workload) const {
-  check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
-        "Linear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
-        ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
+  check_product_shapes(x, y, in_features(), out_features(), "Linear::forward");
   weight_.multiply_transposed(x, y, /*accumulate=*/false, workload);
   if (has_bias()) add_bias(y);
 }
@@ -163,9 +161,7 @@ class HeadwiseLinear {
 template <typename Scalar_>
 void HeadwiseLinear<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
                                       Workload workload) const {
-  check(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features(),
-        "HeadwiseLinear::forward: expected x N x ", in_features(), " and y N x ", out_features(),
-        ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ", y.cols());
+  check_product_shapes(x, y, in_features(), out_features(), "HeadwiseLinear::forward");
   kernels::headwise_product<Scalar>(x, weight_, num_heads_, y, workload);
   if (bias_.size() > 0) y.rowwise() += bias_.transpose();
 }

@@ -157,6 +157,15 @@ class Sequence {
 /// Token ids of a batch: B x T, row-major.
 using Tokens = Eigen::Matrix<std::int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+/// The shape check of a product y = f(x) over N rows: x must be N x `in`
+/// and y N x `out` (Linear, HeadwiseLinear, WeightMatrix).
+template <typename X, typename Y>
+void check_product_shapes(const X& x, const Y& y, Index in, Index out, const char* where) {
+  check(x.cols() == in && y.rows() == x.rows() && y.cols() == out, where, ": expected x N x ", in,
+        " and y N x ", out, ", got x ", x.rows(), " x ", x.cols(), " and y ", y.rows(), " x ",
+        y.cols());
+}
+
 /// Sizes a module's output `y` to rows x cols: a Matrix is resized (no
 /// allocation when it has the size already), a view (block, Ref, Map) must
 /// have the size. So `step` takes its output like `forward` does.

@@ -147,9 +147,7 @@ template <typename Scalar_>
 void WeightMatrix<Scalar_>::multiply_transposed(const ConstMatrixRef<Scalar>& x,
                                                 MatrixRef<Scalar> y, bool accumulate,
                                                 Workload workload) const {
-  check(x.cols() == cols_ && y.rows() == x.rows() && y.cols() == rows_,
-        "WeightMatrix: expected x N x ", cols_, " and y N x ", rows_, ", got x ", x.rows(), " x ",
-        x.cols(), " and y ", y.rows(), " x ", y.cols());
+  check_product_shapes(x, y, cols_, rows_, "WeightMatrix::multiply_transposed");
   if (!is_half()) {
     matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
     return;

@@ -169,11 +169,12 @@ struct BlockStackState {
 /// `forward` and `step` are const (one stack, many threads, a state each);
 /// `step` allocates nothing once the state exists.
 template <typename Scalar_>
-class BlockStack {
+class BlockStack : public SequenceModule<BlockStack<Scalar_>, Scalar_, BlockStackState<Scalar_>> {
  public:
   using Scalar = Scalar_;
   using Config = BlockStackConfig;
   using State = BlockStackState<Scalar>;
+  static constexpr const char* kStepWhere = "BlockStack::step";
   using Block = std::variant<MLstmBlock<Scalar>, SLstmBlock<Scalar>>;
 
   /// A stack with the official initialisation from kDefaultSeed; call
@@ -194,25 +195,12 @@ class BlockStack {
 
   State initial_state(Index batch) const;
 
-  /// x, y: B x T x E.
-  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y) const {
-    forward(x, Lengths{}, state, y);
-  }
+  /// forward(x, state, y) and step(x_t, state, y_t): SequenceModule.
+  using SequenceModule<BlockStack, Scalar, State>::forward;
 
   /// Ragged batch (see MLstmBlock::forward); outputs past a row's length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                Sequence<Scalar>& y) const;
-
-  /// One step: x_t and y_t are B x E (a Matrix y_t is resized, a view must
-  /// have the size). Does not allocate once the state's scratch has its size.
-  template <typename Out>
-  void step(const ConstMatrixRef<Scalar>& x_t, State& state, Out&& y_out) const {
-    check_state(state, x_t.rows(), "BlockStack::step");
-    check(x_t.cols() == embedding_dim(), "BlockStack::step: argument 'x_t' must be ", x_t.rows(),
-          " x ", embedding_dim(), ", got ", x_t.rows(), " x ", x_t.cols());
-    prepare_output(y_out, x_t.rows(), embedding_dim(), "BlockStack::step", "y_t");
-    step_into(x_t, state, y_out);
-  }
 
   /// Official names (math §7.1): "blocks.<i>." and "post_blocks_norm.".
   XLSTM_PARAMETER_VISITOR
@@ -220,6 +208,9 @@ class BlockStack {
   void initialize(Rng& rng);
 
  private:
+  friend class SequenceModule<BlockStack, Scalar, State>;
+  using SequenceModule<BlockStack, Scalar, State>::check_input;
+
   /// step() after its checks, into an output of the right size.
   void step_into(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
 
@@ -303,6 +294,7 @@ auto BlockStack<Scalar_>::initial_state(Index batch) const -> State {
 template <typename Scalar_>
 void BlockStack<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                                   Sequence<Scalar>& y) const {
+  check_input(x.features(), x.batch(), state, "BlockStack::forward", "x");
   check_state(state, x.batch(), "BlockStack::forward");
   check_lengths(lengths, x.batch(), x.time(), "BlockStack::forward");
   Sequence<Scalar> a = x, b;
