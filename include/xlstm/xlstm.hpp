@@ -41,3 +41,6 @@
 #include "xlstm/io/safetensors.hpp"
 #include "xlstm/io/shard_index.hpp"
 #include "xlstm/io/state_io.hpp"
+#include "xlstm/io/torch_checkpoint.hpp"
+#include "xlstm/io/torch_pickle.hpp"
+#include "xlstm/io/zip_archive.hpp"
