@@ -43,4 +43,8 @@ TEST(FuzzRegressions, ModelLoadInputsNeverCrashOrThrowAnythingButError) {
   EXPECT_GT(replay("model_load", fuzz::model_load), 0u);
 }
 
+TEST(FuzzRegressions, TorchCheckpointInputsNeverCrashOrThrowAnythingButError) {
+  EXPECT_GT(replay("torch_checkpoint", fuzz::torch_checkpoint), 0u);
+}
+
 }  // namespace

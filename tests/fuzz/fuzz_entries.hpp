@@ -16,6 +16,9 @@
 #include "xlstm/io/config_json.hpp"
 #include "xlstm/io/large_checkpoint.hpp"
 #include "xlstm/io/safetensors.hpp"
+#include "xlstm/io/torch_checkpoint.hpp"
+
+#include "stored_zip.hpp"
 
 namespace fuzz {
 
@@ -34,6 +37,35 @@ inline void safetensors(const std::uint8_t* data, std::size_t size) {
     for (const auto& [key, value] : file.metadata()) (void)key.size(), (void)value.size();
   } catch (const xlstm::Error&) {
   }
+}
+
+/// Read a PyTorch checkpoint from bytes twice: the bytes as the whole file
+/// (the zip layer), and as the data.pkl of an archive whose storages "0" to
+/// "15" (256 bytes each) are valid, so that mutations reach the unpickler and
+/// the tensor checks past the zip's checksums. Whatever loads is read in
+/// every way.
+inline void torch_checkpoint(const std::uint8_t* data, std::size_t size) {
+  auto read_all = [](std::vector<std::uint8_t> bytes) {
+    try {
+      const auto checkpoint = xlstm::io::TorchCheckpoint::from_bytes(std::move(bytes), "fuzz.ckpt");
+      for (const auto& name : checkpoint.names()) {
+        if (checkpoint.info(name).element_count() > (std::size_t(1) << 22)) continue;
+        (void)checkpoint.read<double>(name);
+        (void)checkpoint.bytes(name);
+      }
+      (void)checkpoint.to_safetensors(xlstm::io::tirex_state_dict_key);
+      if (const auto* hyper = checkpoint.hyper_parameters()) (void)hyper->describe();
+    } catch (const xlstm::Error&) {
+    }
+  };
+  std::vector<std::uint8_t> bytes(data, data + size);
+  read_all(bytes);
+  std::vector<ZipFile> files = {{"archive/data.pkl", std::move(bytes)}};
+  for (int key = 0; key < 16; ++key) {
+    files.push_back({"archive/data/" + std::to_string(key),
+                     std::vector<std::uint8_t>(256, static_cast<std::uint8_t>(17 * key))});
+  }
+  read_all(stored_zip(files));
 }
 
 /// Parse a config JSON as every config kind the library reads.

@@ -1,6 +1,7 @@
 // CheckpointFiles: the tensors of one checkpoint, whether a single
-// safetensors file or the shards of a directory listed by
-// model.safetensors.index.json (the Hugging Face layout), looked up by name.
+// safetensors file, the shards of a directory listed by
+// model.safetensors.index.json (the Hugging Face layout) or the state dict of
+// a PyTorch checkpoint (.ckpt, .pt, .pth), looked up by name.
 #pragma once
 
 #include <filesystem>
@@ -12,14 +13,17 @@
 #include "xlstm/core/error.hpp"
 #include "xlstm/io/config_json.hpp"
 #include "xlstm/io/safetensors.hpp"
+#include "xlstm/io/torch_checkpoint.hpp"
 
 namespace xlstm::io {
 
 /// One checkpoint: a single safetensors file or the shards of a directory.
 class CheckpointFiles {
  public:
-  /// `path`: a .safetensors file, or a directory holding
-  /// model.safetensors.index.json (sharded) or model.safetensors.
+  /// `path`: a .safetensors file, a directory holding
+  /// model.safetensors.index.json (sharded) or model.safetensors, or a
+  /// PyTorch checkpoint (.ckpt, .pt, .pth: its state dict, keys unchanged,
+  /// copied into memory; see TorchCheckpoint::to_safetensors to rename them).
   static CheckpointFiles open(const std::string& path) {
     namespace fs = std::filesystem;
     CheckpointFiles c;
@@ -55,6 +59,10 @@ class CheckpointFiles {
       check(fs::exists(single), path,
             ": directory has neither model.safetensors.index.json nor model.safetensors");
       c.add_file(SafetensorsFile::open(single.string()));
+      return c;
+    }
+    if (is_torch_checkpoint_path(path)) {
+      c.add_file(TorchCheckpoint::open(path).to_safetensors());
       return c;
     }
     c.add_file(SafetensorsFile::open(path));
