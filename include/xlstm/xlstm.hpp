@@ -41,12 +41,9 @@
 #include "xlstm/io/safetensors.hpp"
 #include "xlstm/io/shard_index.hpp"
 #include "xlstm/io/state_io.hpp"
-<<<<<<< HEAD
-
-// Last: extern template declarations for xlstm::precompiled (XLSTM_PRECOMPILED).
-#include "xlstm/precompiled.hpp"
-=======
 #include "xlstm/io/torch_checkpoint.hpp"
 #include "xlstm/io/torch_pickle.hpp"
 #include "xlstm/io/zip_archive.hpp"
->>>>>>> torch-ckpt
+
+// Last: extern template declarations for xlstm::precompiled (XLSTM_PRECOMPILED).
+#include "xlstm/precompiled.hpp"
