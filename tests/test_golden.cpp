@@ -14,6 +14,7 @@
 #include "golden/golden_case.hpp"
 #include "golden/golden_cells.hpp"
 #include "golden/golden_model.hpp"
+#include "golden/golden_tirex.hpp"
 
 namespace {
 
@@ -40,10 +41,10 @@ struct MLstmCellKind {
   static void run(golden::GoldenCase& g) { golden::run_mlstm_cell<S>(g); }
 };
 
-#define XLSTM_GOLDEN_KIND(Name, function)                        \
-  template <typename S>                                          \
-  struct Name {                                                  \
-    static void run(golden::GoldenCase& g) { function<S>(g); }   \
+#define XLSTM_GOLDEN_KIND(Name, function)                      \
+  template <typename S>                                        \
+  struct Name {                                                \
+    static void run(golden::GoldenCase& g) { function<S>(g); } \
   };
 XLSTM_GOLDEN_KIND(MLstmBlockKind, golden::run_mlstm_block)
 XLSTM_GOLDEN_KIND(SLstmBlockKind, golden::run_slstm_block)
@@ -63,13 +64,16 @@ const std::map<std::string, KindRunners>& implemented_kinds() {
       {"lm_model", runners_for<LmModelKind>()},
       {"lm_step", runners_for<LmStepKind>()},
       {"xlstm_large", runners_for<XlstmLargeKind>()},
+      {"tirex_slstm_cell",
+       {golden::run_tirex_slstm_cell,
+        [](golden::GoldenCase&) { FAIL() << "TiRex golden files are float32 only"; }}},
   };
   return kinds;
 }
 
-const std::vector<std::string> known_kinds = {"slstm_cell", "mlstm_cell",  "mlstm_block",
-                                              "slstm_block", "block_stack", "lm_model",
-                                              "lm_step",     "xlstm_large"};
+const std::vector<std::string> known_kinds = {
+    "slstm_cell", "mlstm_cell", "mlstm_block", "slstm_block",      "block_stack",
+    "lm_model",   "lm_step",    "xlstm_large", "tirex_slstm_cell", "tirex_model"};
 
 class GoldenFileTest : public ::testing::Test {
  public:
@@ -89,6 +93,11 @@ class GoldenFileTest : public ::testing::Test {
     ASSERT_TRUE(g.dtype() == "float32" || g.dtype() == "float64") << "dtype " << g.dtype();
     (g.dtype() == "float32" ? it->second.f32 : it->second.f64)(g);
     g.expect_all_outputs_compared();
+    // The tight tier is a diagnostic read across the set (golden README §11.3).
+    if (g.has_tight_tier()) {
+      std::printf("  %s: tight: %s\n", fs::path(path_).filename().c_str(),
+                  g.tight_pass() ? "pass" : "fail");
+    }
   }
 
  private:

@@ -275,38 +275,48 @@ TYPED_TEST(NoAllocTest, SLstmStepDoesNotAllocate) {
   using S = TypeParam;
   using Rule = xlstm::FirstStepRule;
   using Function = xlstm::SLstmFunction;
+  using Numerics = xlstm::SLstmNumerics;
   const ThreadCountGuard guard;
   for (const int threads : thread_counts()) {
     xlstm::set_num_threads(threads);
     for (const auto& size : kSLstmSizes) {
       // The rule and the function only change the elementwise part; try all
       // four on the sizes where that is cheap, the default on the large ones.
+      // The TiRex numerics (math §12) have their own recurrent product: every
+      // size, with the rule and function they require.
       const bool cheap = size.batch * size.hidden_size <= 4096;
       for (const auto rule : {Rule::whole_batch, Rule::per_element}) {
         for (const auto function : {Function::slstm, Function::lstm}) {
-          if (!cheap && (rule != Rule::whole_batch || function != Function::slstm)) continue;
-          SCOPED_TRACE(::testing::Message()
-                       << "threads " << threads << " B " << size.batch << " H " << size.hidden_size
-                       << " NH " << size.num_heads << " rule " << int(rule) << " function "
-                       << int(function));
-          std::mt19937 rng(301);
-          xlstm::SLstmCell<S> cell(
-              test_util::slstm_cell_config(size.hidden_size, size.num_heads, rule, function));
-          cell.recurrent_kernel() = random_matrix<S>(cell.recurrent_kernel().rows(),
-                                                     cell.recurrent_kernel().cols(), rng, 0.0, 0.1);
-          cell.bias() = random_matrix<S>(4 * size.hidden_size, 1, rng);
-          auto state = cell.initial_state(size.batch);
-          std::vector<Matrix<S>> x;  // a few inputs, cycled (the large batch is big)
-          for (int t = 0; t < kInputs; ++t) {
-            x.push_back(random_matrix<S>(size.batch, 4 * size.hidden_size, rng));
+          for (const auto numerics : {Numerics::plain, Numerics::tirex_official}) {
+            const bool defaults = rule == Rule::whole_batch && function == Function::slstm;
+            if (!cheap && !defaults) continue;
+            if (numerics == Numerics::tirex_official && !defaults) continue;
+            SCOPED_TRACE(::testing::Message()
+                         << "threads " << threads << " B " << size.batch << " H "
+                         << size.hidden_size << " NH " << size.num_heads << " rule " << int(rule)
+                         << " function " << int(function) << " numerics "
+                         << xlstm::numerics_name(numerics));
+            std::mt19937 rng(301);
+            auto config =
+                test_util::slstm_cell_config(size.hidden_size, size.num_heads, rule, function);
+            config.numerics = numerics;
+            xlstm::SLstmCell<S> cell(config);
+            cell.recurrent_kernel() = random_matrix<S>(
+                cell.recurrent_kernel().rows(), cell.recurrent_kernel().cols(), rng, 0.0, 0.1);
+            cell.bias() = random_matrix<S>(4 * size.hidden_size, 1, rng);
+            auto state = cell.initial_state(size.batch);
+            std::vector<Matrix<S>> x;  // a few inputs, cycled (the large batch is big)
+            for (int t = 0; t < kInputs; ++t) {
+              x.push_back(random_matrix<S>(size.batch, 4 * size.hidden_size, rng));
+            }
+            cell.step(x[0], state);  // warm-up
+            const auto counted = count_allocations([&] {
+              for (int t = 1; t <= kSteps; ++t) cell.step(x[std::size_t(t % kInputs)], state);
+            });
+            EXPECT_EQ(counted.news, 0);
+            EXPECT_EQ(counted.eigen, 0);
+            EXPECT_TRUE(state.y.allFinite());
           }
-          cell.step(x[0], state);  // warm-up
-          const auto counted = count_allocations([&] {
-            for (int t = 1; t <= kSteps; ++t) cell.step(x[std::size_t(t % kInputs)], state);
-          });
-          EXPECT_EQ(counted.news, 0);
-          EXPECT_EQ(counted.eigen, 0);
-          EXPECT_TRUE(state.y.allFinite());
         }
       }
     }

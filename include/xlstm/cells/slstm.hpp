@@ -9,6 +9,7 @@
 #include <string>
 
 #include "xlstm/cells/gates.hpp"
+#include "xlstm/cells/slstm_numerics.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/parallel.hpp"
@@ -46,6 +47,8 @@ struct SLstmCellConfig {
   Index num_heads = 4;    ///< NH; the recurrence mixes units inside a head only
   SLstmFunction function = SLstmFunction::slstm;
   FirstStepRule first_step_rule = FirstStepRule::whole_batch;
+  /// Plain float math or the official TiRex bf16 rounding points (math §12).
+  SLstmNumerics numerics = SLstmNumerics::plain;
 
   Index head_dim() const { return hidden_size / num_heads; }
 
@@ -57,6 +60,15 @@ struct SLstmCellConfig {
     // The recurrent kernel holds 4 x hidden_size x head_dim values.
     check_size_product({4, hidden_size, head_dim()}, "SLstmCellConfig",
                        "recurrent kernel (4 x 'hidden_size' x head dim)");
+    if (numerics == SLstmNumerics::tirex_official) {
+      // math §12.5: the official TiRex cell is the sLSTM function with the
+      // whole-batch first-step rule; nothing else would be "official".
+      check(function == SLstmFunction::slstm,
+            "SLstmCellConfig: 'numerics' tirex_official needs 'function' \"slstm\", got \"lstm\"");
+      check(first_step_rule == FirstStepRule::whole_batch,
+            "SLstmCellConfig: 'numerics' tirex_official needs 'first_step_rule' whole_batch, got "
+            "per_element");
+    }
   }
 };
 
@@ -219,8 +231,7 @@ class SLstmCell {
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
     const auto nh = std::size_t(self.num_heads()), dh = std::size_t(self.head_dim());
-    visit_parameter(visit, prefix, "_recurrent_kernel_", {nh, 4 * dh, dh},
-                    self.recurrent_kernel_);
+    visit_parameter(visit, prefix, "_recurrent_kernel_", {nh, 4 * dh, dh}, self.recurrent_kernel_);
     visit_parameter(visit, prefix, "_bias_", {4 * nh * dh}, self.bias_);
   }
 
@@ -232,8 +243,10 @@ class SLstmCell {
   /// most 32 rows at compile time. So: panels of at most `block` (<= 32) rows
   /// and `block` columns, written through such a destination. Usual sizes
   /// (4*DH*DH*sizeof(Scalar) <= 128 KiB, batch <= 32) are a single panel.
+  /// With `accumulate`, out += y * kernel^T instead.
   template <typename Y, typename Kernel, typename Out>
-  static void recurrent_product(const Y& y, const Kernel& kernel, Out& out) {
+  static void recurrent_product(const Y& y, const Kernel& kernel, Out& out,
+                                bool accumulate = false) {
     constexpr Index kMaxPanelRows = 32;
     using PanelMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor,
                                       kMaxPanelRows, Eigen::Dynamic>;
@@ -246,7 +259,47 @@ class SLstmCell {
       for (Index c0 = 0; c0 < out.cols(); c0 += block) {
         const Index cols = std::min(block, out.cols() - c0);
         Panel panel(&out(r0, c0), rows, cols, Eigen::OuterStride<>(out.outerStride()));
-        panel.noalias() = y.middleRows(r0, rows) * kernel.middleRows(c0, cols).transpose();
+        if (accumulate) {
+          panel.noalias() += y.middleRows(r0, rows) * kernel.middleRows(c0, cols).transpose();
+        } else {
+          panel.noalias() = y.middleRows(r0, rows) * kernel.middleRows(c0, cols).transpose();
+        }
+      }
+    }
+  }
+
+  /// out = bf16(y * bf16(kernel)^T) (math §12.2): the kernel is rounded panel
+  /// by panel into a buffer on the stack (`step` allocates nothing), each
+  /// panel multiplied in the scalar type. y is bf16 already, so every product
+  /// is exact and only the order of the sums differs from an exact sum, which
+  /// the final rounding to bf16 almost always hides.
+  template <typename Y, typename Kernel, typename Out>
+  static void bf16_recurrent_product(const Y& y, const Kernel& kernel, Out& out) {
+    constexpr Index kPanelSize = 4096;  // scalars: 16 KiB (float) on the stack
+    Scalar buffer[kPanelSize];
+    const Index depth = std::min(kernel.cols(), kPanelSize);
+    const Index panel_rows = kPanelSize / depth;
+    for (Index k0 = 0; k0 < kernel.cols(); k0 += depth) {
+      const Index k_size = std::min(depth, kernel.cols() - k0);
+      for (Index r0 = 0; r0 < kernel.rows(); r0 += panel_rows) {
+        const Index rows = std::min(panel_rows, kernel.rows() - r0);
+        Eigen::Map<Matrix<Scalar>> rounded(buffer, rows, k_size);
+        rounded = rounded_to_bf16(kernel.block(r0, k0, rows, k_size));
+        auto out_panel = out.middleCols(r0, rows);
+        recurrent_product(y.middleCols(k0, k_size), rounded, out_panel, /*accumulate=*/k0 > 0);
+      }
+    }
+    out = rounded_to_bf16(out);
+  }
+
+  /// math §12.2: in the TiRex numerics the state enters a step rounded to
+  /// bf16 (rows that take part in step `t`). A no-op for a state that mode
+  /// produced; it rounds a state the caller set.
+  static void round_state_to_bf16(State& state, const Lengths& lengths, Index t) {
+    for (Index b = 0; b < state.batch(); ++b) {
+      if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
+      for (Matrix<Scalar>* s : {&state.y, &state.c, &state.n, &state.m}) {
+        s->row(b) = rounded_to_bf16(s->row(b));
       }
     }
   }
@@ -256,6 +309,8 @@ class SLstmCell {
   template <typename Input>
   void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t) const {
     const Index batch = state.batch(), h = hidden_size(), dh = head_dim(), nh = num_heads();
+    const bool tirex = config_.numerics == SLstmNumerics::tirex_official;
+    if (tirex) round_state_to_bf16(state, lengths, t);
     // math §2.4: the vanilla backend tests n == 0 over the whole batch.
     const bool first_step_everywhere = (state.n.array() == Scalar(0)).all();
     Matrix<Scalar>& recurrent = state.recurrent.get();
@@ -266,11 +321,22 @@ class SLstmCell {
       // math §2.3: raw = x + R y + b. R y is one product per head over all
       // batch rows, written head-major (column h*4DH + g*DH + j) into the
       // workspace; x and b are gate-major and added per (head, gate) segment.
+      // math §12.2: TiRex rounds x, R and R y to bf16, not the bias.
       auto raw_all = recurrent.middleCols(head * 4 * dh, 4 * dh);
-      recurrent_product(state.y.middleCols(head * dh, dh),
-                        recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh), raw_all);
+      const auto y_head = state.y.middleCols(head * dh, dh);
+      const auto kernel_head = recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh);
+      if (tirex) {
+        bf16_recurrent_product(y_head, kernel_head, raw_all);
+      } else {
+        recurrent_product(y_head, kernel_head, raw_all);
+      }
       for (Index g = 0; g < 4; ++g) {
-        raw_all.middleCols(g * dh, dh) += x.middleCols(g * h + head * dh, dh);
+        const auto x_segment = x.middleCols(g * h + head * dh, dh);
+        if (tirex) {
+          raw_all.middleCols(g * dh, dh) += rounded_to_bf16(x_segment);
+        } else {
+          raw_all.middleCols(g * dh, dh) += x_segment;
+        }
         raw_all.middleCols(g * dh, dh).rowwise() +=
             bias_.segment(g * h + head * dh, dh).transpose();
       }
@@ -289,6 +355,10 @@ class SLstmCell {
         }
         auto n = state.n.row(b).segment(head * dh, dh).array();
         auto m = state.m.row(b).segment(head * dh, dh).array();
+        if (tirex) {
+          tirex_official_pointwise(raw_i, raw_f, raw_z, raw_o, y, c, n, m, first_step_everywhere);
+          continue;
+        }
         raw_i = clamp_gates(raw_i);
         // The workspace is reused in place: raw_f becomes log f + m, then f';
         // raw_i becomes i'.

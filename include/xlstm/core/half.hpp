@@ -42,6 +42,17 @@ inline std::uint16_t float_to_bf16(float value) {
   return static_cast<std::uint16_t>((bits + rounding_bias) >> 16);
 }
 
+/// A float rounded to the nearest bfloat16 (ties to even) and held as a float
+/// again: what PyTorch's `.to(torch.bfloat16)` keeps of a value. Exact for
+/// values that are bfloat16 already (rounding twice changes nothing).
+inline float round_to_bf16(float value) { return bf16_to_float(float_to_bf16(value)); }
+
+/// The same for a double, through the nearest float (the computations that
+/// round to bfloat16 are float32 ones).
+inline double round_to_bf16(double value) {
+  return double(round_to_bf16(static_cast<float>(value)));
+}
+
 /// IEEE binary16 bits -> float. Exact, including subnormals, infinities and
 /// NaN payloads.
 inline float f16_to_float(std::uint16_t bits) {

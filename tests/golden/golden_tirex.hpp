@@ -1,0 +1,81 @@
+// Golden runner for the TiRex kind tirex_slstm_cell (golden README §11): the
+// sLSTM cell in the official TiRex numerics (math §12).
+#pragma once
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "golden/golden_case.hpp"
+#include "xlstm/cells/slstm.hpp"
+#include "xlstm/io/checkpoint.hpp"
+
+namespace golden {
+
+/// The outputs of one run of the cell on a tirex_slstm_cell file, in the
+/// layouts of the stored tensors.
+struct TirexCellOutputs {
+  std::vector<double> y, c_all, n_all, m_all, y_out, c_out, n_out, m_out;
+};
+
+inline TirexCellOutputs run_tirex_cell_in(const GoldenCase& g, xlstm::SLstmNumerics numerics) {
+  xlstm::SLstmCellConfig config;
+  config.hidden_size = g.config().at("embedding_dim").get<Index>();
+  config.num_heads = g.config().at("num_heads").get<Index>();
+  config.numerics = numerics;
+  xlstm::SLstmCell<float> cell(config);
+  // The kernel (NH, DH, 4DH) and the head-major bias are the CUDA layout of
+  // math §2.2, which the loader converts (golden README §11.2).
+  xlstm::io::load_module(cell, g.file(), {"param."});
+
+  const auto x = g.sequence<float>("input.x");
+  auto state = cell.initial_state(x.batch());
+  if (g.has("state_in.y")) {
+    auto load = [&](const char* name, xlstm::Matrix<float>& dst) {
+      g.file().read_into<float>(name, dst.data(), std::size_t(dst.size()));
+    };
+    load("state_in.y", state.y);
+    load("state_in.c", state.c);
+    load("state_in.n", state.n);
+    load("state_in.m", state.m);
+  }
+  xlstm::Sequence<float> y;
+  xlstm::SLstmTrace<float> trace;
+  cell.forward(x, state, y, &trace);
+  return {g.in_heads_layout("output.y", y),        GoldenCase::to_double(trace.c.matrix()),
+          GoldenCase::to_double(trace.n.matrix()), GoldenCase::to_double(trace.m.matrix()),
+          GoldenCase::to_double(state.y),          GoldenCase::to_double(state.c),
+          GoldenCase::to_double(state.n),          GoldenCase::to_double(state.m)};
+}
+
+/// The outputs paired with the names of the tensors they are checked against.
+inline std::vector<std::pair<std::string, const std::vector<double>*>> by_tensor(
+    const TirexCellOutputs& o) {
+  return {{"output.y", &o.y},         {"output.c_all", &o.c_all}, {"output.n_all", &o.n_all},
+          {"output.m_all", &o.m_all}, {"state_out.y", &o.y_out},  {"state_out.c", &o.c_out},
+          {"state_out.n", &o.n_out},  {"state_out.m", &o.m_out}};
+}
+
+/// Checks the official numerics against every output at the file's
+/// per-tensor tolerances, and prints how far the plain float mode lands, for
+/// information (math §12.6). Float only: every TiRex golden file is float32.
+inline void run_tirex_slstm_cell(GoldenCase& g) {
+  const TirexCellOutputs official = run_tirex_cell_in(g, xlstm::SLstmNumerics::tirex_official);
+  for (const auto& [name, values] : by_tensor(official)) g.compare(name, *values);
+
+  const TirexCellOutputs plain = run_tirex_cell_in(g, xlstm::SLstmNumerics::plain);
+  double robust = 0, tight = 0;
+  std::printf("    plain float mode (information), max|b-g|:");
+  for (const auto& [name, values] : by_tensor(plain)) {
+    if (name.rfind("output.", 0) == 0) {
+      std::printf(" %s %.3g", name.c_str() + 7, g.max_abs_diff(name, *values));
+    }
+    robust = std::max(robust, g.worst_ratio(name, *values));
+    tight = std::max(tight, g.worst_ratio(name, *values, /*tight=*/true));
+  }
+  std::printf("; worst ratio robust %.3g, tight %.3g\n", robust, tight);
+}
+
+}  // namespace golden
