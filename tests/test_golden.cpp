@@ -40,10 +40,10 @@ struct MLstmCellKind {
   static void run(golden::GoldenCase& g) { golden::run_mlstm_cell<S>(g); }
 };
 
-#define XLSTM_GOLDEN_KIND(Name, function)                        \
-  template <typename S>                                          \
-  struct Name {                                                  \
-    static void run(golden::GoldenCase& g) { function<S>(g); }   \
+#define XLSTM_GOLDEN_KIND(Name, function)                      \
+  template <typename S>                                        \
+  struct Name {                                                \
+    static void run(golden::GoldenCase& g) { function<S>(g); } \
   };
 XLSTM_GOLDEN_KIND(MLstmBlockKind, golden::run_mlstm_block)
 XLSTM_GOLDEN_KIND(SLstmBlockKind, golden::run_slstm_block)
@@ -51,6 +51,7 @@ XLSTM_GOLDEN_KIND(BlockStackKind, golden::run_block_stack)
 XLSTM_GOLDEN_KIND(LmModelKind, golden::run_lm_model)
 XLSTM_GOLDEN_KIND(LmStepKind, golden::run_lm_step)
 XLSTM_GOLDEN_KIND(XlstmLargeKind, golden::run_xlstm_large)
+XLSTM_GOLDEN_KIND(SLstmCellGradKind, golden::run_slstm_cell_grad)
 
 // Kinds whose module exists map to runners; the others are known but skipped.
 const std::map<std::string, KindRunners>& implemented_kinds() {
@@ -63,13 +64,17 @@ const std::map<std::string, KindRunners>& implemented_kinds() {
       {"lm_model", runners_for<LmModelKind>()},
       {"lm_step", runners_for<LmStepKind>()},
       {"xlstm_large", runners_for<XlstmLargeKind>()},
+      {"slstm_cell_grad", runners_for<SLstmCellGradKind>()},
   };
   return kinds;
 }
 
-const std::vector<std::string> known_kinds = {"slstm_cell", "mlstm_cell",  "mlstm_block",
-                                              "slstm_block", "block_stack", "lm_model",
-                                              "lm_step",     "xlstm_large"};
+// The gradient kinds (golden README §11) run as their backward passes land.
+const std::vector<std::string> known_kinds = {
+    "slstm_cell",       "mlstm_cell",      "mlstm_block",      "slstm_block",
+    "block_stack",      "lm_model",        "lm_step",          "xlstm_large",
+    "slstm_cell_grad",  "mlstm_cell_grad", "mlstm_block_grad", "slstm_block_grad",
+    "block_stack_grad", "lm_model_grad",   "lm_train_steps"};
 
 class GoldenFileTest : public ::testing::Test {
  public:

@@ -109,8 +109,8 @@ class GoldenCase {
     }
     std::printf("    %-44s worst |b-g|/(atol+rtol|g|) = %.3g  (atol %.3g, rtol %.3g)\n",
                 name.c_str(), worst, atol, rtol);
-    EXPECT_LE(worst, 1.0) << name << ": element " << worst_at << " computed "
-                          << computed[worst_at] << ", golden " << golden[worst_at];
+    EXPECT_LE(worst, 1.0) << name << ": element " << worst_at << " computed " << computed[worst_at]
+                          << ", golden " << golden[worst_at];
   }
 
   template <typename Scalar>
@@ -144,10 +144,11 @@ class GoldenCase {
     return out;
   }
 
-  /// Every output.* and state_out.* tensor must have been compared.
+  /// Every output.*, state_out.* and grad.* tensor must have been compared.
   void expect_all_outputs_compared() const {
     for (const auto& name : file_.names()) {
-      if (name.rfind("output.", 0) == 0 || name.rfind("state_out.", 0) == 0) {
+      if (name.rfind("output.", 0) == 0 || name.rfind("state_out.", 0) == 0 ||
+          name.rfind("grad.", 0) == 0) {
         EXPECT_TRUE(checked_.count(name)) << "golden tensor " << name << " was not checked";
       }
     }
