@@ -398,6 +398,15 @@ TYPED_TEST(SLstmBackwardTyped, RejectsMismatchedArguments) {
       [&] { xlstm::backward(cell, tape, grad_y, grad_state, other_grads, grad_x); }, "'grads'"));
   EXPECT_TRUE(ThrowsMentioning(
       [&] { xlstm::backward(other, tape, grad_y, grad_state, other_grads, grad_x); }, "'tape'"));
+  // A tape of function lstm (no n, m) for a cell of function slstm.
+  const xlstm::SLstmCell<S> lstm(test_util::slstm_cell_config(
+      8, 2, xlstm::FirstStepRule::whole_batch, xlstm::SLstmFunction::lstm));
+  xlstm::SLstmTape<S> lstm_tape;
+  auto lstm_state = lstm.initial_state(2);
+  lstm.forward(x, lstm_state, y, lstm_tape);
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { xlstm::backward(cell, lstm_tape, grad_y, grad_state, grads, grad_x); },
+                       {"'tape'", "function slstm"}));
   // A rejected call leaves the tape recorded.
   EXPECT_NO_THROW(xlstm::backward(cell, tape, grad_y, grad_state, grads, grad_x));
 }

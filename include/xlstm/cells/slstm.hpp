@@ -280,7 +280,8 @@ class SLstmCell {
   void start_tape(Tape& tape, const State& state, const Lengths& lengths, Index time) const;
 
   /// One step; with `lengths`, rows whose sequence ended before step `t` are
-  /// left untouched.
+  /// left untouched; with `tape`, the step's pre-activations are recorded as
+  /// step `t` (the caller records the states).
   template <typename Input>
   void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t,
                       Tape* tape = nullptr) const {

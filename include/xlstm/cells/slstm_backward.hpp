@@ -176,9 +176,15 @@ void check_slstm_backward_arguments(const SLstmCell<Scalar>& cell, const SLstmTa
   check(tape.recorded, where,
         ": argument 'tape' holds no recorded forward pass (record one with forward(..., tape); "
         "a recording serves one backward)");
-  check(tape.raw.cols() == 4 * h && tape.raw.rows() == tape.batch * tape.time, where,
-        ": argument 'tape' was recorded by a cell of another size: expected ", 4 * h,
-        " pre-activation columns, got ", tape.raw.cols());
+  const Index states = (tape.time + 1) * tape.batch;
+  const Index slstm_states = cell.config().function == SLstmFunction::lstm ? 0 : states;
+  check(tape.raw.cols() == 4 * h && tape.raw.rows() == tape.batch * tape.time &&
+            tape.y.rows() == states && tape.c.rows() == states && tape.y.cols() == h &&
+            tape.n.rows() == slstm_states && tape.m.rows() == slstm_states,
+        where, ": argument 'tape' was recorded by another cell: expected ", 4 * h,
+        " pre-activation columns and the states of function ",
+        cell.config().function == SLstmFunction::lstm ? "lstm" : "slstm", " (", slstm_states,
+        " rows of n), got ", tape.raw.cols(), " columns and ", tape.n.rows(), " rows of n");
   check(grad_y.batch() == tape.batch && grad_y.time() == tape.time && grad_y.features() == h, where,
         ": argument 'grad_y' must be ", tape.batch, " x ", tape.time, " x ", h,
         " (the forward's batch x time x hidden_size), got ", grad_y.batch(), " x ", grad_y.time(),
