@@ -259,7 +259,9 @@ TEST(SLstmBackward, HugeGatePreactivationsGiveFiniteExactGradients) {
 
 template <typename S>
 class SLstmBackwardTyped : public ::testing::Test {};
-TYPED_TEST_SUITE(SLstmBackwardTyped, test_util::Scalars);
+// The empty third argument: clang's -Wpedantic rejects a variadic macro
+// called without one (-Wgnu-zero-variadic-macro-arguments).
+TYPED_TEST_SUITE(SLstmBackwardTyped, test_util::Scalars, );
 
 // A cell of `hidden_size` units in `num_heads` heads with random parameters.
 template <typename S>
