@@ -18,6 +18,7 @@
 #include "test_util.hpp"
 #include "xlstm/cells/slstm.hpp"
 #include "xlstm/cells/slstm_backward.hpp"
+#include "xlstm/core/parallel.hpp"
 
 namespace {
 
@@ -373,6 +374,37 @@ TYPED_TEST(SLstmBackwardTyped, GradientsAreNamedLikeParametersAndAccumulate) {
   Sequence<S> grad_x;
   EXPECT_TRUE(ThrowsMentioning(
       [&] { xlstm::backward(cell, tape, grad_y, grad_state, grads, grad_x); }, "'tape'"));
+}
+
+// Heads are independent, so the backward gives the same bits with any thread
+// count. H 512 in 4 heads: a kernel large enough for the per-head parallel
+// loop (when built with OpenMP).
+TYPED_TEST(SLstmBackwardTyped, SameBitsWithAnyThreadCount) {
+  using S = TypeParam;
+  std::mt19937_64 rng(2100);
+  const auto cell = random_cell<S>(512, 4, rng);
+  const auto x = random_sequence<S>(3, 4, 4 * 512, rng);
+  const auto grad_y = random_sequence<S>(3, 4, 512, rng);
+  struct Result {
+    Matrix<S> kernel, initial_y;
+    Sequence<S> grad_x;
+  };
+  auto run = [&](int threads) {
+    xlstm::set_num_threads(threads);
+    auto state = cell.initial_state(3), grad_state = cell.initial_state(3);
+    Sequence<S> y, grad_x;
+    xlstm::SLstmTape<S> tape;
+    cell.forward(x, state, y, tape);
+    xlstm::SLstmCellGradients<S> grads(cell);
+    xlstm::backward(cell, tape, grad_y, grad_state, grads, grad_x);
+    return Result{grads.recurrent_kernel(), grad_state.y, grad_x};
+  };
+  const int saved = xlstm::num_threads();
+  const Result one = run(1), two = run(2);
+  xlstm::set_num_threads(saved);
+  EXPECT_TRUE(test_util::BitIdentical(one.kernel, two.kernel));
+  EXPECT_TRUE(test_util::BitIdentical(one.initial_y, two.initial_y));
+  EXPECT_TRUE(test_util::BitIdentical(one.grad_x.matrix(), two.grad_x.matrix()));
 }
 
 TYPED_TEST(SLstmBackwardTyped, RejectsMismatchedArguments) {
