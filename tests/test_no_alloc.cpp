@@ -241,7 +241,9 @@ TEST(NoAllocControl, CountersSeeOperatorNewAndEigenHeapAllocations) {
 template <typename S>
 class NoAllocTest : public ::testing::Test {};
 using test_util::Scalars;
-TYPED_TEST_SUITE(NoAllocTest, Scalars);
+// The empty third argument: clang's -Wpedantic rejects a variadic macro
+// called without one (-Wgnu-zero-variadic-macro-arguments).
+TYPED_TEST_SUITE(NoAllocTest, Scalars, );
 
 struct SLstmSize {
   Index batch, hidden_size, num_heads;
