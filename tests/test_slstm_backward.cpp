@@ -34,7 +34,7 @@ using xlstm::SLstmFunction;
 
 using Cell = xlstm::SLstmCell<double>;
 using State = xlstm::SLstmState<double>;
-using Gradients = xlstm::SLstmCellGradients<double>;
+using Gradients = Cell::Gradients;
 
 enum class Start { zero, prefix, mixed };  // initial state: zeros, a prefix's, row 0 zero
 

@@ -151,6 +151,10 @@ struct SLstmTape {
   bool recorded = false;
 };
 
+/// The gradients of an SLstmCell's parameters (cells/slstm_backward.hpp).
+template <typename Scalar>
+class SLstmCellGradients;
+
 /// The sLSTM cell (math §2): exponential input gate, sigmoid forget gate in
 /// log space, stabiliser m, normaliser n, and a block-diagonal recurrent
 /// matrix that mixes the units of a head. It takes the gate pre-activations
@@ -170,6 +174,7 @@ class SLstmCell {
   using Config = SLstmCellConfig;
   using State = SLstmState<Scalar>;
   using Tape = SLstmTape<Scalar>;
+  using Gradients = SLstmCellGradients<Scalar>;  ///< defined in cells/slstm_backward.hpp
 
   explicit SLstmCell(const Config& config) : config_(config) {
     config_.validate();
