@@ -52,6 +52,7 @@ XLSTM_GOLDEN_KIND(BlockStackKind, golden::run_block_stack)
 XLSTM_GOLDEN_KIND(LmModelKind, golden::run_lm_model)
 XLSTM_GOLDEN_KIND(LmStepKind, golden::run_lm_step)
 XLSTM_GOLDEN_KIND(XlstmLargeKind, golden::run_xlstm_large)
+XLSTM_GOLDEN_KIND(SLstmCellGradKind, golden::run_slstm_cell_grad)
 
 // Kinds whose module exists map to runners; the others are known but skipped.
 const std::map<std::string, KindRunners>& implemented_kinds() {
@@ -67,13 +68,18 @@ const std::map<std::string, KindRunners>& implemented_kinds() {
       {"tirex_slstm_cell",
        {golden::run_tirex_slstm_cell,
         [](golden::GoldenCase&) { FAIL() << "TiRex golden files are float32 only"; }}},
+      {"slstm_cell_grad", runners_for<SLstmCellGradKind>()},
   };
   return kinds;
 }
 
+// The gradient kinds (golden README §11) and tirex_model run as their code lands.
 const std::vector<std::string> known_kinds = {
-    "slstm_cell", "mlstm_cell", "mlstm_block", "slstm_block",      "block_stack",
-    "lm_model",   "lm_step",    "xlstm_large", "tirex_slstm_cell", "tirex_model"};
+    "slstm_cell",       "mlstm_cell",       "mlstm_block",      "slstm_block",
+    "block_stack",      "lm_model",         "lm_step",          "xlstm_large",
+    "tirex_slstm_cell", "tirex_model",      "slstm_cell_grad",  "mlstm_cell_grad",
+    "mlstm_block_grad", "slstm_block_grad", "block_stack_grad", "lm_model_grad",
+    "lm_train_steps"};
 
 class GoldenFileTest : public ::testing::Test {
  public:
@@ -93,7 +99,7 @@ class GoldenFileTest : public ::testing::Test {
     ASSERT_TRUE(g.dtype() == "float32" || g.dtype() == "float64") << "dtype " << g.dtype();
     (g.dtype() == "float32" ? it->second.f32 : it->second.f64)(g);
     g.expect_all_outputs_compared();
-    // The tight tier is a diagnostic read across the set (golden README §11.3).
+    // The tight tier is a diagnostic read across the set (golden README §12.3).
     if (g.has_tight_tier()) {
       std::printf("  %s: tight: %s\n", fs::path(path_).filename().c_str(),
                   g.tight_pass() ? "pass" : "fail");

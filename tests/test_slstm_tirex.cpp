@@ -1,5 +1,5 @@
 // Tests of the official TiRex numerics of the sLSTM cell (math §12); the
-// golden files of kind tirex_slstm_cell (golden README §11) pin it to the
+// golden files of kind tirex_slstm_cell (golden README §12) pin it to the
 // official code, these check the relations that must hold on any input:
 // forward equals stepping, the rounding points and clamps of math §12, bad
 // configs throw, and the default (plain) mode is untouched.
@@ -43,7 +43,7 @@ SLstmCellConfig tirex_config(Index hidden_size, Index num_heads) {
   return config;
 }
 
-// Parameters like the TiRex golden files (golden README §11): R ~ N(0, 1/DH),
+// Parameters like the TiRex golden files (golden README §12): R ~ N(0, 1/DH),
 // biases i ~ N(0, 0.5^2), f ~ N(2, 1), z and o ~ N(0, 0.3^2).
 template <typename S>
 SLstmCell<S> random_tirex_cell(const SLstmCellConfig& config, std::mt19937& rng) {
@@ -387,6 +387,21 @@ TEST(SLstmTirex, ContradictoryConfigsThrowNamingTheField) {
   per_element.first_step_rule = FirstStepRule::per_element;
   EXPECT_TRUE(ThrowsMentioning([&] { SLstmCell<float> cell(per_element); },
                                {"numerics", "first_step_rule"}));
+}
+
+// The backward (math §2.8) is of the plain math: recording a tape in the
+// TiRex numerics is refused, and the state is left as it was.
+TEST(SLstmTirex, RecordingATapeIsRefused) {
+  std::mt19937 rng(1503);
+  const auto cell = random_tirex_cell<float>(tirex_config(8, 2), rng);
+  const auto x = random_sequence<float>(2, 3, 32, rng, 0.0, 1.0);
+  auto state = random_state(cell, 2, rng);
+  const auto before = state;
+  SLstmCell<float>::Tape tape;
+  Sequence<float> y;
+  EXPECT_TRUE(ThrowsMentioning([&] { cell.forward(x, state, y, tape); }, {"tape", "plain"}));
+  EXPECT_TRUE(BitIdentical(state.y, before.y));
+  EXPECT_TRUE(BitIdentical(state.m, before.m));
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/cells/slstm.hpp"
+#include "xlstm/cells/slstm_backward.hpp"
 
 #include "xlstm/blocks/large_block.hpp"
 #include "xlstm/blocks/mlstm_block.hpp"

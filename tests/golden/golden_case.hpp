@@ -88,7 +88,7 @@ class GoldenCase {
   /// Compares computed values (in the stored tensor's layout) with tensor
   /// `name`: |b - g| <= atol + rtol |g| elementwise with the tensor's own
   /// tolerances (golden README §3). A file with a tight tier also records
-  /// whether the values are within it (golden README §11.3); that is
+  /// whether the values are within it (golden README §12.3); that is
   /// reported, not asserted (tight_pass()).
   void compare(const std::string& name, const std::vector<double>& computed) {
     checked_.insert(name);
@@ -175,10 +175,11 @@ class GoldenCase {
     return out;
   }
 
-  /// Every output.* and state_out.* tensor must have been compared.
+  /// Every output.*, state_out.* and grad.* tensor must have been compared.
   void expect_all_outputs_compared() const {
     for (const auto& name : file_.names()) {
-      if (name.rfind("output.", 0) == 0 || name.rfind("state_out.", 0) == 0) {
+      if (name.rfind("output.", 0) == 0 || name.rfind("state_out.", 0) == 0 ||
+          name.rfind("grad.", 0) == 0) {
         EXPECT_TRUE(checked_.count(name)) << "golden tensor " << name << " was not checked";
       }
     }

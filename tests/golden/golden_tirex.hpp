@@ -1,4 +1,4 @@
-// Golden runner for the TiRex kind tirex_slstm_cell (golden README §11): the
+// Golden runner for the TiRex kind tirex_slstm_cell (golden README §12): the
 // sLSTM cell in the official TiRex numerics (math §12).
 #pragma once
 
@@ -27,7 +27,7 @@ inline TirexCellOutputs run_tirex_cell_in(const GoldenCase& g, xlstm::SLstmNumer
   config.numerics = numerics;
   xlstm::SLstmCell<float> cell(config);
   // The kernel (NH, DH, 4DH) and the head-major bias are the CUDA layout of
-  // math §2.2, which the loader converts (golden README §11.2).
+  // math §2.2, which the loader converts (golden README §12.2).
   xlstm::io::load_module(cell, g.file(), {"param."});
 
   const auto x = g.sequence<float>("input.x");

@@ -12,6 +12,7 @@
 #include "xlstm/cells/slstm_numerics.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/kernels/panelled.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/scratch.hpp"
@@ -137,6 +138,35 @@ struct SLstmTrace {
   Sequence<Scalar> c, n, m;
 };
 
+/// What a forward pass records for its backward pass (design §7.3): the caller
+/// owns it, like the state. `SLstmCell::forward(x, state, y, tape)` fills it;
+/// `backward` (cells/slstm_backward.hpp) reads it and reuses its storage as
+/// workspace, so one recording serves one backward. Recording again with the
+/// same shapes allocates nothing.
+///
+/// Per batch row and step it holds 8H scalars: the 4H pre-activations and the
+/// state after the step (y, c, n, m; function lstm: 6H, y and c). The gate
+/// values are recomputed from them in the backward (math §2.8).
+template <typename Scalar>
+struct SLstmTape {
+  /// raw = x + R y + b of every step (math §2.3), time-major and head-major:
+  /// row t*B + b, column h*4DH + g*DH + j, (T*B) x 4H. The backward
+  /// overwrites it with the gradient with respect to raw.
+  Matrix<Scalar> raw;
+  /// The states, time-major, ((T+1)*B) x H each: rows [t*B, (t+1)*B) hold
+  /// the state before step t, the last B rows the final state. n and m are
+  /// empty for function lstm (they do not change there).
+  Matrix<Scalar> y, c, n, m;
+  Lengths lengths;  ///< the forward's per-row lengths (empty: all T steps)
+  Index batch = 0, time = 0;
+  /// Set by a recording forward, cleared by the backward that consumes it.
+  bool recorded = false;
+};
+
+/// The gradients of an SLstmCell's parameters (cells/slstm_backward.hpp).
+template <typename Scalar>
+class SLstmCellGradients;
+
 /// The sLSTM cell (math §2): exponential input gate, sigmoid forget gate in
 /// log space, stabiliser m, normaliser n, and a block-diagonal recurrent
 /// matrix that mixes the units of a head. It takes the gate pre-activations
@@ -155,6 +185,8 @@ class SLstmCell {
   using Scalar = Scalar_;
   using Config = SLstmCellConfig;
   using State = SLstmState<Scalar>;
+  using Tape = SLstmTape<Scalar>;
+  using Gradients = SLstmCellGradients<Scalar>;  ///< defined in cells/slstm_backward.hpp
 
   explicit SLstmCell(const Config& config) : config_(config) {
     config_.validate();
@@ -212,7 +244,30 @@ class SLstmCell {
   /// its state is left after its last valid step and its outputs (and trace)
   /// after that are zero.
   void forward(const Sequence<Scalar>& preactivations, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y, SLstmTrace<Scalar>* trace = nullptr) const;
+               Sequence<Scalar>& y, SLstmTrace<Scalar>* trace = nullptr) const {
+    forward_recorded(preactivations, lengths, state, y, trace, nullptr);
+  }
+
+  /// The same, recording into `tape` what `backward` needs (design §7.3).
+  void forward(const Sequence<Scalar>& preactivations, State& state, Sequence<Scalar>& y,
+               Tape& tape) const {
+    forward_recorded(preactivations, Lengths{}, state, y, nullptr, &tape);
+  }
+  void forward(const Sequence<Scalar>& preactivations, const Lengths& lengths, State& state,
+               Sequence<Scalar>& y, Tape& tape) const {
+    forward_recorded(preactivations, lengths, state, y, nullptr, &tape);
+  }
+
+  /// Lists `kernel` and `bias` under the names and shapes of the parameters
+  /// of a cell with `config`: the one place these names live, shared by the
+  /// cell and its gradients (cells/slstm_backward.hpp).
+  template <typename Visit, typename Kernel, typename Bias>
+  static void visit_parameters_as(const Config& config, Visit& visit, const std::string& prefix,
+                                  Kernel& kernel, Bias& bias) {
+    const auto nh = std::size_t(config.num_heads), dh = std::size_t(config.head_dim());
+    visit_parameter(visit, prefix, "_recurrent_kernel_", {nh, 4 * dh, dh}, kernel);
+    visit_parameter(visit, prefix, "_bias_", {4 * nh * dh}, bias);
+  }
 
   /// Throws unless `state` has the sizes initial_state() gives it (any batch).
   void check_state(const State& state, const char* where) const {
@@ -230,43 +285,16 @@ class SLstmCell {
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    const auto nh = std::size_t(self.num_heads()), dh = std::size_t(self.head_dim());
-    visit_parameter(visit, prefix, "_recurrent_kernel_", {nh, 4 * dh, dh}, self.recurrent_kernel_);
-    visit_parameter(visit, prefix, "_bias_", {4 * nh * dh}, self.bias_);
+    visit_parameters_as(self.config_, visit, prefix, self.recurrent_kernel_, self.bias_);
   }
 
-  /// out = y * kernel^T without heap allocation (`step` promises none).
-  /// Eigen's GEMM packs its operands into buffers of up to DH x (rows of out)
-  /// and DH x (columns of out) scalars. It takes them from the heap when one
-  /// exceeds EIGEN_STACK_ALLOCATION_LIMIT bytes, and always when it splits the
-  /// product over OpenMP threads, which it never does for a destination of at
-  /// most 32 rows at compile time. So: panels of at most `block` (<= 32) rows
-  /// and `block` columns, written through such a destination. Usual sizes
-  /// (4*DH*DH*sizeof(Scalar) <= 128 KiB, batch <= 32) are a single panel.
-  /// With `accumulate`, out += y * kernel^T instead.
-  template <typename Y, typename Kernel, typename Out>
-  static void recurrent_product(const Y& y, const Kernel& kernel, Out& out,
-                                bool accumulate = false) {
-    constexpr Index kMaxPanelRows = 32;
-    using PanelMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor,
-                                      kMaxPanelRows, Eigen::Dynamic>;
-    using Panel = Eigen::Map<PanelMatrix, Eigen::Unaligned, Eigen::OuterStride<>>;
-    const Index block = std::max<Index>(
-        1, Index(EIGEN_STACK_ALLOCATION_LIMIT) / (Index(sizeof(Scalar)) * y.cols()));
-    const Index panel_rows = std::min(kMaxPanelRows, block);
-    for (Index r0 = 0; r0 < out.rows(); r0 += panel_rows) {
-      const Index rows = std::min(panel_rows, out.rows() - r0);
-      for (Index c0 = 0; c0 < out.cols(); c0 += block) {
-        const Index cols = std::min(block, out.cols() - c0);
-        Panel panel(&out(r0, c0), rows, cols, Eigen::OuterStride<>(out.outerStride()));
-        if (accumulate) {
-          panel.noalias() += y.middleRows(r0, rows) * kernel.middleRows(c0, cols).transpose();
-        } else {
-          panel.noalias() = y.middleRows(r0, rows) * kernel.middleRows(c0, cols).transpose();
-        }
-      }
-    }
-  }
+  /// forward with an optional trace and an optional tape.
+  void forward_recorded(const Sequence<Scalar>& preactivations, const Lengths& lengths,
+                        State& state, Sequence<Scalar>& y, SLstmTrace<Scalar>* trace,
+                        Tape* tape) const;
+
+  /// Sizes `tape` for `batch` rows and `time` steps and stores the initial state.
+  void start_tape(Tape& tape, const State& state, const Lengths& lengths, Index time) const;
 
   /// out = bf16(y * bf16(kernel)^T) (math §12.2): the kernel is rounded panel
   /// by panel into a buffer on the stack (`step` allocates nothing), each
@@ -286,7 +314,8 @@ class SLstmCell {
         Eigen::Map<Matrix<Scalar>> rounded(buffer, rows, k_size);
         rounded = rounded_to_bf16(kernel.block(r0, k0, rows, k_size));
         auto out_panel = out.middleCols(r0, rows);
-        recurrent_product(y.middleCols(k0, k_size), rounded, out_panel, /*accumulate=*/k0 > 0);
+        kernels::panelled_product(y.middleCols(k0, k_size), rounded, out_panel,
+                                  /*accumulate=*/k0 > 0);
       }
     }
     out = rounded_to_bf16(out);
@@ -305,9 +334,11 @@ class SLstmCell {
   }
 
   /// One step; with `lengths`, rows whose sequence ended before step `t` are
-  /// left untouched.
+  /// left untouched; with `tape`, the step's pre-activations are recorded as
+  /// step `t` (the caller records the states).
   template <typename Input>
-  void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t) const {
+  void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t,
+                      Tape* tape = nullptr) const {
     const Index batch = state.batch(), h = hidden_size(), dh = head_dim(), nh = num_heads();
     const bool tirex = config_.numerics == SLstmNumerics::tirex_official;
     if (tirex) round_state_to_bf16(state, lengths, t);
@@ -328,7 +359,7 @@ class SLstmCell {
       if (tirex) {
         bf16_recurrent_product(y_head, kernel_head, raw_all);
       } else {
-        recurrent_product(y_head, kernel_head, raw_all);
+        kernels::panelled_product(y_head, kernel_head, raw_all, /*accumulate=*/false);
       }
       for (Index g = 0; g < 4; ++g) {
         const auto x_segment = x.middleCols(g * h + head * dh, dh);
@@ -340,6 +371,8 @@ class SLstmCell {
         raw_all.middleCols(g * dh, dh).rowwise() +=
             bias_.segment(g * h + head * dh, dh).transpose();
       }
+      // design §7.3: the backward recomputes the gates from raw.
+      if (tape) tape->raw.block(t * batch, head * 4 * dh, batch, 4 * dh) = raw_all;
       for (Index b = 0; b < batch; ++b) {
         if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
         auto raw = recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
@@ -432,9 +465,29 @@ void SLstmCell<Scalar_>::step(const ConstMatrixRef<Scalar>& preactivations, Stat
 }
 
 template <typename Scalar_>
-void SLstmCell<Scalar_>::forward(const Sequence<Scalar>& preactivations, const Lengths& lengths,
-                                 State& state, Sequence<Scalar>& y,
-                                 SLstmTrace<Scalar>* trace) const {
+void SLstmCell<Scalar_>::start_tape(Tape& tape, const State& state, const Lengths& lengths,
+                                    Index time) const {
+  const Index batch = state.batch(), h = hidden_size();
+  const bool lstm = config_.function == SLstmFunction::lstm;
+  ensure_size(tape.raw, time * batch, 4 * h);
+  for (Matrix<Scalar>* s : {&tape.y, &tape.c}) ensure_size(*s, (time + 1) * batch, h);
+  for (Matrix<Scalar>* s : {&tape.n, &tape.m}) ensure_size(*s, lstm ? 0 : (time + 1) * batch, h);
+  tape.y.topRows(batch) = state.y;
+  tape.c.topRows(batch) = state.c;
+  if (!lstm) {
+    tape.n.topRows(batch) = state.n;
+    tape.m.topRows(batch) = state.m;
+  }
+  tape.lengths = lengths;  // no allocation when its capacity suffices
+  tape.batch = batch;
+  tape.time = time;
+  tape.recorded = false;  // until the forward completes
+}
+
+template <typename Scalar_>
+void SLstmCell<Scalar_>::forward_recorded(const Sequence<Scalar>& preactivations,
+                                          const Lengths& lengths, State& state, Sequence<Scalar>& y,
+                                          SLstmTrace<Scalar>* trace, Tape* tape) const {
   check_state(state, "SLstmCell::forward");
   check_equal(preactivations.features(), 4 * hidden_size(), "SLstmCell::forward",
               "preactivations.features()");
@@ -446,12 +499,26 @@ void SLstmCell<Scalar_>::forward(const Sequence<Scalar>& preactivations, const L
   if (trace) {
     for (Sequence<Scalar>* s : {&trace->c, &trace->n, &trace->m}) s->resize(batch, time, h);
   }
+  // The backward differentiates the plain float math (math §2.8); the bf16
+  // roundings of the TiRex numerics (math §12) have no useful derivative.
+  check(!tape || config_.numerics == SLstmNumerics::plain,
+        "SLstmCell::forward: a tape (for backward) needs numerics 'plain', got '",
+        numerics_name(config_.numerics), "'");
+  if (tape) start_tape(*tape, state, lengths, time);
   // Rows t, T + t, 2T + t, ... of the input are the batch at time t.
   for (Index t = 0; t < time; ++t) {
     Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>> x_t(
         preactivations.matrix().data() + t * 4 * h, batch, 4 * h,
         Eigen::OuterStride<>(time * 4 * h));
-    step_unchecked(x_t, state, lengths, t);
+    step_unchecked(x_t, state, lengths, t, tape);
+    if (tape) {
+      tape->y.middleRows((t + 1) * batch, batch) = state.y;
+      tape->c.middleRows((t + 1) * batch, batch) = state.c;
+      if (config_.function != SLstmFunction::lstm) {
+        tape->n.middleRows((t + 1) * batch, batch) = state.n;
+        tape->m.middleRows((t + 1) * batch, batch) = state.m;
+      }
+    }
     for (Index b = 0; b < batch; ++b) {
       if (t >= length_of(lengths, b, time)) {
         y.at(b, t).setZero();
@@ -470,6 +537,7 @@ void SLstmCell<Scalar_>::forward(const Sequence<Scalar>& preactivations, const L
       }
     }
   }
+  if (tape) tape->recorded = true;
 }
 
 }  // namespace xlstm
