@@ -45,6 +45,11 @@
 #include "xlstm/io/torch_checkpoint.hpp"
 #include "xlstm/io/torch_pickle.hpp"
 #include "xlstm/io/zip_archive.hpp"
+#include "xlstm/train/adamw.hpp"
+#include "xlstm/train/grad_clip.hpp"
+#include "xlstm/train/lr_schedule.hpp"
+#include "xlstm/train/sgd.hpp"
+#include "xlstm/train/trainable_parameters.hpp"
 
 // Last: extern template declarations for xlstm::precompiled (XLSTM_PRECOMPILED).
 #include "xlstm/precompiled.hpp"
