@@ -404,4 +404,38 @@ TEST(SLstmTirex, RecordingATapeIsRefused) {
   EXPECT_TRUE(BitIdentical(state.m, before.m));
 }
 
+// prepare_bf16_kernel stores bf16(R) once instead of rounding it every step:
+// the same bits, and any writable access to the parameters drops the copy.
+TEST(SLstmTirex, PreparedBf16KernelGivesTheSameBits) {
+  const Index B = 3, T = 9, H = 64, NH = 2;
+  std::mt19937 rng(1504);
+  auto cell = random_tirex_cell<float>(tirex_config(H, NH), rng);
+  const auto x = random_sequence<float>(B, T, 4 * H, rng, 0.0, 1.5);
+  const auto start = random_state(cell, B, rng);
+  auto plain_state = start;
+  const auto y_plain = run_forward(cell, x, plain_state);
+  ASSERT_FALSE(cell.has_bf16_kernel());
+  cell.prepare_bf16_kernel();
+  ASSERT_TRUE(cell.has_bf16_kernel());
+  auto prepared_state = start;
+  const auto y_prepared = run_forward(cell, x, prepared_state);
+  EXPECT_TRUE(BitIdentical(y_prepared.matrix(), y_plain.matrix()));
+  EXPECT_TRUE(BitIdentical(prepared_state.m, plain_state.m));
+  EXPECT_TRUE(BitIdentical(prepared_state.c, plain_state.c));
+
+  // A changed kernel must be seen: writable access drops the copy.
+  cell.recurrent_kernel()(0, 0) += 1.0f;
+  EXPECT_FALSE(cell.has_bf16_kernel());
+  cell.prepare_bf16_kernel();
+  cell.for_each_parameter([](const xlstm::ParameterRef<float>&) {});
+  EXPECT_FALSE(cell.has_bf16_kernel());
+  cell.prepare_bf16_kernel();
+  const SLstmCell<float>& const_cell = cell;
+  const_cell.for_each_parameter([](const xlstm::ConstParameterRef<float>&) {});
+  EXPECT_TRUE(cell.has_bf16_kernel());  // reading keeps it
+
+  SLstmCell<float> plain(xlstm::SLstmCellConfig{8, 2});
+  EXPECT_TRUE(ThrowsMentioning([&] { plain.prepare_bf16_kernel(); }, {"tirex_official", "plain"}));
+}
+
 }  // namespace

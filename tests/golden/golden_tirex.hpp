@@ -20,7 +20,8 @@ struct TirexCellOutputs {
   std::vector<double> y, c_all, n_all, m_all, y_out, c_out, n_out, m_out;
 };
 
-inline TirexCellOutputs run_tirex_cell_in(const GoldenCase& g, xlstm::SLstmNumerics numerics) {
+inline TirexCellOutputs run_tirex_cell_in(const GoldenCase& g, xlstm::SLstmNumerics numerics,
+                                          bool prepare_bf16_kernel = false) {
   xlstm::SLstmCellConfig config;
   config.hidden_size = g.config().at("embedding_dim").get<Index>();
   config.num_heads = g.config().at("num_heads").get<Index>();
@@ -29,6 +30,7 @@ inline TirexCellOutputs run_tirex_cell_in(const GoldenCase& g, xlstm::SLstmNumer
   // The kernel (NH, DH, 4DH) and the head-major bias are the CUDA layout of
   // math §2.2, which the loader converts (golden README §12.2).
   xlstm::io::load_module(cell, g.file(), {"param."});
+  if (prepare_bf16_kernel) cell.prepare_bf16_kernel();
 
   const auto x = g.sequence<float>("input.x");
   auto state = cell.initial_state(x.batch());
@@ -64,6 +66,15 @@ inline std::vector<std::pair<std::string, const std::vector<double>*>> by_tensor
 inline void run_tirex_slstm_cell(GoldenCase& g) {
   const TirexCellOutputs official = run_tirex_cell_in(g, xlstm::SLstmNumerics::tirex_official);
   for (const auto& [name, values] : by_tensor(official)) g.compare(name, *values);
+  // The kernel rounded once (SLstmCell::prepare_bf16_kernel) gives the same bits.
+  const TirexCellOutputs prepared =
+      run_tirex_cell_in(g, xlstm::SLstmNumerics::tirex_official, /*prepare_bf16_kernel=*/true);
+  const auto official_tensors = by_tensor(official);
+  const auto prepared_tensors = by_tensor(prepared);
+  for (std::size_t i = 0; i < official_tensors.size(); ++i) {
+    EXPECT_EQ(*prepared_tensors[i].second, *official_tensors[i].second)
+        << official_tensors[i].first << " with the prepared bf16 kernel";
+  }
 
   const TirexCellOutputs plain = run_tirex_cell_in(g, xlstm::SLstmNumerics::plain);
   double robust = 0, tight = 0;

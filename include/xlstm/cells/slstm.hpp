@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/cells/slstm_numerics.hpp"
@@ -204,8 +205,27 @@ class SLstmCell {
   /// (NH*4*DH) x DH: row h*4*DH + g*DH + j, column k is the weight from the
   /// previous y[h*DH + k] to unit j of gate g (order i, f, z, o) of head h.
   /// Head h's block is a Linear-style (4DH x DH) matrix.
-  Matrix<Scalar>& recurrent_kernel() { return recurrent_kernel_; }
+  /// Writable access drops the bf16 copy of prepare_bf16_kernel().
+  Matrix<Scalar>& recurrent_kernel() {
+    recurrent_kernel_bf16_.resize(0, 0);
+    return recurrent_kernel_;
+  }
   const Matrix<Scalar>& recurrent_kernel() const { return recurrent_kernel_; }
+
+  /// math §12.2: the TiRex numerics multiply by bf16(R). By default each step
+  /// rounds R again (the cell cannot know whether R changed since the last
+  /// step); this stores bf16(R) once so that steps use it directly, with the
+  /// same results. Any writable access to the parameters (recurrent_kernel(),
+  /// for_each_parameter, set_from_cuda_layout) drops the copy again; call it
+  /// after loading weights. Numerics 'tirex_official' only.
+  void prepare_bf16_kernel() {
+    check(config_.numerics == SLstmNumerics::tirex_official,
+          "SLstmCell::prepare_bf16_kernel: needs numerics 'tirex_official', got '",
+          numerics_name(config_.numerics), "'");
+    recurrent_kernel_bf16_ = rounded_to_bf16(recurrent_kernel_);
+  }
+  /// Whether prepare_bf16_kernel()'s copy is in use.
+  bool has_bf16_kernel() const { return recurrent_kernel_bf16_.size() > 0; }
 
   /// Gate biases, gate-major: bias[g*H + h*DH + j] (the vanilla `_bias_`).
   Vector<Scalar>& bias() { return bias_; }
@@ -285,6 +305,8 @@ class SLstmCell {
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    // Writable access may change R: drop the bf16 copy (prepare_bf16_kernel).
+    if constexpr (!std::is_const_v<Self>) self.recurrent_kernel_bf16_.resize(0, 0);
     visit_parameters_as(self.config_, visit, prefix, self.recurrent_kernel_, self.bias_);
   }
 
@@ -356,7 +378,12 @@ class SLstmCell {
       auto raw_all = recurrent.middleCols(head * 4 * dh, 4 * dh);
       const auto y_head = state.y.middleCols(head * dh, dh);
       const auto kernel_head = recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh);
-      if (tirex) {
+      if (tirex && has_bf16_kernel()) {
+        // y and bf16(R) are bf16 values: the products are exact in float.
+        kernels::panelled_product(y_head, recurrent_kernel_bf16_.middleRows(head * 4 * dh, 4 * dh),
+                                  raw_all, /*accumulate=*/false);
+        raw_all = rounded_to_bf16(raw_all);
+      } else if (tirex) {
         bf16_recurrent_product(y_head, kernel_head, raw_all);
       } else {
         kernels::panelled_product(y_head, kernel_head, raw_all, /*accumulate=*/false);
@@ -419,6 +446,7 @@ class SLstmCell {
   Config config_;
   Matrix<Scalar> recurrent_kernel_;
   Vector<Scalar> bias_;
+  Matrix<Scalar> recurrent_kernel_bf16_;  ///< bf16(R), or empty (prepare_bf16_kernel)
 };
 
 // Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
@@ -431,6 +459,7 @@ void SLstmCell<Scalar_>::set_from_cuda_layout(const ConstMatrixRef<Scalar>& kern
         "SLstmCell::set_from_cuda_layout: argument 'kernel' must be ", nh * dh, " x ", 4 * dh,
         ", got ", kernel.rows(), " x ", kernel.cols());
   check_equal(bias.size(), 4 * h, "SLstmCell::set_from_cuda_layout", "bias.size()");
+  recurrent_kernel_bf16_.resize(0, 0);
   for (Index head = 0; head < nh; ++head) {
     recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh) =
         kernel.middleRows(head * dh, dh).transpose();
