@@ -110,12 +110,14 @@ class NumpyGenerator {
     detail::multiply_64x64(next_uint64(), range_excl, high, leftover);
     if (leftover < range_excl) {
       const std::uint64_t threshold = (~std::uint64_t(0) - range) % range_excl;
-      while (leftover < threshold) detail::multiply_64x64(next_uint64(), range_excl, high, leftover);
+      while (leftover < threshold)
+        detail::multiply_64x64(next_uint64(), range_excl, high, leftover);
     }
     return high;
   }
 
-  static void add(std::uint64_t& hi, std::uint64_t& lo, std::uint64_t add_hi, std::uint64_t add_lo) {
+  static void add(std::uint64_t& hi, std::uint64_t& lo, std::uint64_t add_hi,
+                  std::uint64_t add_lo) {
     const std::uint64_t sum_lo = lo + add_lo;
     hi = hi + add_hi + (sum_lo < lo ? 1u : 0u);
     lo = sum_lo;
