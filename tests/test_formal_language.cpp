@@ -336,6 +336,24 @@ TEST(FormalLanguageBatch, LengthsMarkTheLastScoredTarget) {
   EXPECT_EQ(xlstm::counted_targets(batch.targets), xlstm::counted_targets(before));
 }
 
+TEST(FormalLanguageBatch, LongestWidthAndReusedStorageGiveTheSameBatches) {
+  const FormalLanguageDataset data(small_parity(10));
+  xlstm::FormalLanguageBatches full(data.train(), 4);
+  xlstm::FormalLanguageBatches narrow(data.train(), 4, xlstm::BatchOrder::sequential, 0,
+                                      xlstm::BatchWidth::longest);
+  xlstm::FormalLanguageBatch reused;
+  for (int i = 0; i < 4; ++i) {  // a partial batch and a new pass included
+    auto expected = full.next();
+    narrow.next(reused);
+    ASSERT_EQ(reused.indices, expected.indices);
+    expected.trim_to_longest();
+    EXPECT_EQ(reused.inputs, expected.inputs);
+    EXPECT_EQ(reused.targets, expected.targets);
+    EXPECT_EQ(reused.lengths, expected.lengths);
+    EXPECT_EQ(reused.sequence_lengths, expected.sequence_lengths);
+  }
+}
+
 TEST(FormalLanguageBatch, RaggedTrimmedForwardGivesTheFullLoss) {
   using S = double;
   const FormalLanguageDataset data(small_parity(10));

@@ -4,8 +4,10 @@
 // first lengths[b] steps produces every logit the loss and the metric read
 // and nothing past them; `trim_to_longest` drops the columns no row needs.
 //
-//   xlstm::FormalLanguageBatches batches(data.train(), 256);   // official order
-//   auto batch = batches.next();
+//   xlstm::FormalLanguageBatches batches(data.train(), 256, xlstm::BatchOrder::sequential, 0,
+//                                        xlstm::BatchWidth::longest);   // official order
+//   xlstm::FormalLanguageBatch batch;
+//   batches.next(batch);   // storage reused from the previous batch
 //   model.forward(batch.inputs, batch.lengths, state, logits);
 #pragma once
 
@@ -44,19 +46,41 @@ struct FormalLanguageBatch {
   }
 };
 
-/// The examples `indices` of `split` as one batch, rows in that order.
-inline FormalLanguageBatch make_formal_language_batch(const FormalLanguageSplit& split,
-                                                      const std::vector<std::int64_t>& indices) {
+/// How many columns a batch has.
+enum class BatchWidth {
+  /// Every position of the examples (context_length − |shift|): the
+  /// official tensors.
+  context,
+  /// Up to the longest row's length: what a causal model needs (the same
+  /// as `trim_to_longest` on a full batch, without filling the rest first).
+  longest,
+};
+
+/// The examples `indices` of `split` as one batch, rows in that order,
+/// written into `batch`. `scratch` holds the examples between generating and
+/// copying them; passing the same vector (and batch) again reuses their
+/// storage, so a training loop does not allocate and fault in fresh memory
+/// for every batch.
+inline void make_formal_language_batch(const FormalLanguageSplit& split,
+                                       const std::vector<std::int64_t>& indices, BatchWidth width,
+                                       std::vector<FormalLanguageExample>& scratch,
+                                       FormalLanguageBatch& batch) {
   check(!indices.empty(), "make_formal_language_batch: 'indices' must not be empty");
-  const Index rows = Index(indices.size()), time = split.example_length();
-  FormalLanguageBatch batch;
+  if (scratch.size() < indices.size()) scratch.resize(indices.size());
+  Index longest = 0;
+  for (std::size_t b = 0; b < indices.size(); ++b) {
+    split.example(indices[b], scratch[b]);
+    longest = std::max(longest, scratch[b].length);
+  }
+  const Index rows = Index(indices.size());
+  const Index time = width == BatchWidth::longest ? longest : split.example_length();
   batch.inputs.resize(rows, time);
   batch.targets.resize(rows, time);
   batch.lengths.resize(indices.size());
   batch.sequence_lengths.resize(indices.size());
   batch.indices = indices;
   for (Index b = 0; b < rows; ++b) {
-    const FormalLanguageExample example = split.example(indices[std::size_t(b)]);
+    const FormalLanguageExample& example = scratch[std::size_t(b)];
     for (Index t = 0; t < time; ++t) {
       batch.inputs(b, t) = example.input[std::size_t(t)];
       batch.targets(b, t) = example.target[std::size_t(t)];
@@ -64,6 +88,15 @@ inline FormalLanguageBatch make_formal_language_batch(const FormalLanguageSplit&
     batch.lengths[std::size_t(b)] = example.length;
     batch.sequence_lengths[std::size_t(b)] = example.sequence_length;
   }
+}
+
+/// The same, returning a new batch.
+inline FormalLanguageBatch make_formal_language_batch(const FormalLanguageSplit& split,
+                                                      const std::vector<std::int64_t>& indices,
+                                                      BatchWidth width = BatchWidth::context) {
+  std::vector<FormalLanguageExample> scratch;
+  FormalLanguageBatch batch;
+  make_formal_language_batch(split, indices, width, scratch, batch);
   return batch;
 }
 
@@ -83,9 +116,15 @@ enum class BatchOrder {
 /// restarts its loader until the step budget is spent.
 class FormalLanguageBatches {
  public:
+  /// `split` must outlive this object.
   FormalLanguageBatches(const FormalLanguageSplit& split, Index batch_size,
-                        BatchOrder order = BatchOrder::sequential, std::uint64_t shuffle_seed = 0)
-      : split_(&split), batch_size_(batch_size), order_(order), shuffler_(shuffle_seed) {
+                        BatchOrder order = BatchOrder::sequential, std::uint64_t shuffle_seed = 0,
+                        BatchWidth width = BatchWidth::context)
+      : split_(&split),
+        batch_size_(batch_size),
+        order_(order),
+        width_(width),
+        shuffler_(shuffle_seed) {
     check(batch_size >= 1, "FormalLanguageBatches: 'batch_size' must be >= 1, got ", batch_size);
     check(split.count() >= 1, "FormalLanguageBatches: split '", split.name(),
           "' must hold at least one example, got 0");
@@ -94,6 +133,13 @@ class FormalLanguageBatches {
 
   /// The next batch; starts a new pass when the current one is used up.
   FormalLanguageBatch next() {
+    FormalLanguageBatch batch;
+    next(batch);
+    return batch;
+  }
+
+  /// The same into `batch`, reusing its storage and this object's scratch.
+  void next(FormalLanguageBatch& batch) {
     if (position_ >= split_->count()) {
       ++pass_;
       start_pass();
@@ -105,7 +151,7 @@ class FormalLanguageBatches {
       indices.push_back(order_ == BatchOrder::sequential ? i : permutation_[std::size_t(i)]);
     }
     position_ = end;
-    return make_formal_language_batch(*split_, indices);
+    make_formal_language_batch(*split_, indices, width_, scratch_, batch);
   }
 
   /// Passes completed before the batch `next` returns next (from 0).
@@ -129,8 +175,10 @@ class FormalLanguageBatches {
   const FormalLanguageSplit* split_;
   Index batch_size_;
   BatchOrder order_;
+  BatchWidth width_;
   NumpyGenerator shuffler_;
   std::vector<std::int64_t> permutation_;
+  std::vector<FormalLanguageExample> scratch_;
   std::int64_t position_ = 0;
   std::int64_t pass_ = 0;
 };

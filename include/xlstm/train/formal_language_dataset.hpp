@@ -80,10 +80,11 @@ struct FormalLanguageExample {
 /// §15.5): with the mask on, the input has padding 0 where the mask is 1
 /// and the target has −1 where it is 0; a positive shift pairs input[t]
 /// with the token at t + shift (the input loses its last `shift` positions,
-/// the target its first), a negative shift the other way round.
-inline FormalLanguageExample make_formal_language_example(const Tokens& tokens, const Tokens& mask,
-                                                          Index row, std::int64_t shift,
-                                                          bool enable_mask) {
+/// the target its first), a negative shift the other way round. Writes into
+/// `example`, reusing its storage; `sequence_length` is left as it was.
+inline void make_formal_language_example(const Tokens& tokens, const Tokens& mask, Index row,
+                                         std::int64_t shift, bool enable_mask,
+                                         FormalLanguageExample& example) {
   const Index n = tokens.cols();
   check(mask.rows() == tokens.rows() && mask.cols() == n,
         "make_formal_language_example: 'mask' must be ", tokens.rows(), " x ", n, ", got ",
@@ -96,9 +97,9 @@ inline FormalLanguageExample make_formal_language_example(const Tokens& tokens, 
   const Index kept = n - Index(shift < 0 ? -shift : shift);
   const Index input_from = shift < 0 ? Index(-shift) : 0;
   const Index target_from = shift > 0 ? Index(shift) : 0;
-  FormalLanguageExample example;
   example.input.resize(std::size_t(kept));
   example.target.resize(std::size_t(kept));
+  example.length = 0;
   for (Index t = 0; t < kept; ++t) {
     const Index i = input_from + t, o = target_from + t;
     const bool masked_in = mask(row, i) == 1, masked_out = mask(row, o) == 1;
@@ -106,6 +107,14 @@ inline FormalLanguageExample make_formal_language_example(const Tokens& tokens, 
     example.target[std::size_t(t)] = !enable_mask || masked_out ? tokens(row, o) : kIgnore;
     if (example.target[std::size_t(t)] != kIgnore) example.length = t + 1;
   }
+}
+
+/// The same, returning a new example.
+inline FormalLanguageExample make_formal_language_example(const Tokens& tokens, const Tokens& mask,
+                                                          Index row, std::int64_t shift,
+                                                          bool enable_mask) {
+  FormalLanguageExample example;
+  make_formal_language_example(tokens, mask, row, shift, enable_mask, example);
   return example;
 }
 
@@ -151,13 +160,19 @@ class FormalLanguageSplit {
     return generate_formal_language(task_, base_seed_ + std::uint64_t(index), 1);
   }
 
-  /// Sample `index` transformed as the official dataset returns it.
-  FormalLanguageExample example(std::int64_t index) const {
+  /// Sample `index` transformed as the official dataset returns it,
+  /// written into `example` (its storage reused).
+  void example(std::int64_t index, FormalLanguageExample& example) const {
     const FormalLanguageRows drawn = rows(index);
-    FormalLanguageExample example =
-        make_formal_language_example(drawn.tokens, drawn.mask, 0, shift_, enable_mask_);
+    make_formal_language_example(drawn.tokens, drawn.mask, 0, shift_, enable_mask_, example);
     example.sequence_length = Index(drawn.lengths[0]);
-    return example;
+  }
+
+  /// The same, returning a new example.
+  FormalLanguageExample example(std::int64_t index) const {
+    FormalLanguageExample out;
+    example(index, out);
+    return out;
   }
 
  private:
