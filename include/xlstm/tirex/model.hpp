@@ -60,8 +60,11 @@ class TiRexModel {
   Block& block(Index i) { return blocks_[std::size_t(i)]; }
   const Block& block(Index i) const { return blocks_[std::size_t(i)]; }
   ResidualMlp<Scalar>& input_patch_embedding() { return input_patch_embedding_; }
+  const ResidualMlp<Scalar>& input_patch_embedding() const { return input_patch_embedding_; }
   ResidualMlp<Scalar>& output_patch_embedding() { return output_patch_embedding_; }
+  const ResidualMlp<Scalar>& output_patch_embedding() const { return output_patch_embedding_; }
   RmsNorm<Scalar>& out_norm() { return out_norm_; }
+  const RmsNorm<Scalar>& out_norm() const { return out_norm_; }
 
   /// The zero state of every block for `batch` rows.
   State initial_state(Index batch) const {
