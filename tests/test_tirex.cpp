@@ -417,3 +417,19 @@ TEST(TiRexModelTokens, NumericsModesDiffer) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(TiRexModelTokens, DoubleMatchesFloat) {
+  TiRexConfig config = tiny_plain_model().config();
+  TiRexModel<double> model(config);
+  load_tirex_weights(model, xlstm::io::SafetensorsFile::open(data_path("tirex_tiny.safetensors")));
+  const Matrix<float> context = random_context(2, 13, 14);
+  const Matrix<double> context_double = context.cast<double>();
+  const auto a = forecast(model, context_double, 6, 2);
+  const auto b = forecast(tiny_plain_model(), context, 6, 2);
+  EXPECT_LT(max_abs_diff(a.quantiles.matrix(), b.quantiles.matrix()), 1e-3);
+  EXPECT_EQ(embed_context(model, context_double).time(), 4);  // pad 3: no token fully padded
+}
+
+}  // namespace
