@@ -98,13 +98,28 @@ TEST(TiRexScaler, NaNGapsAreLeftOut) {
   EXPECT_NEAR(unscale(scaled(9.0f, a), a), 9.0f, 1e-6);
 }
 
-TEST(TiRexScaler, LargeOffsetMeanIsCorrectlyRounded) {
-  // A float loop drifts here; the mean must be the correctly rounded one.
-  Eigen::VectorXf x(2048);
-  for (Index i = 0; i < x.size(); ++i) x(i) = 1000.0f + 0.001f * float(i % 7);
-  double exact = 0;
-  for (Index i = 0; i < x.size(); ++i) exact += double(x(i));
-  EXPECT_EQ(instance_statistics(x).loc, float(exact) / 2048.0f);
+TEST(TiRexScaler, SumsInTorchsOrder) {
+  // tests/data/torch/torch_sums.safetensors: rows with NaN gaps and what
+  // torch.nansum (float32, CPU) returns for them (make_tirex_checkpoint.py).
+  const auto file = xlstm::io::SafetensorsFile::open(data_path("torch_sums.safetensors"));
+  int checked = 0, naive_differs = 0;
+  for (const std::string& name : file.names()) {
+    if (name.rfind("x.", 0) != 0) continue;
+    const auto x = file.read<float>(name);
+    const float expected = file.read<float>("nansum." + name.substr(2))[0];
+    EXPECT_EQ(xlstm::torch_cascade_sum(x.data(), Index(x.size()), true), expected) << name;
+    float naive = 0;
+    for (float v : x) naive += std::isnan(v) ? 0.0f : v;
+    naive_differs += naive != expected;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 11);
+  EXPECT_GT(naive_differs, 0);  // the order matters on these rows
+  // The scaler's loc is that sum over the count of present values.
+  const auto x = file.read<float>("x.2048");
+  const Eigen::Map<const Eigen::VectorXf> row(x.data(), Index(x.size()));
+  const Index count = (row.array() == row.array()).count();
+  EXPECT_EQ(instance_statistics(row).loc, file.read<float>("nansum.2048")[0] / float(count));
 }
 
 // ---------------------------------------------------------------------------

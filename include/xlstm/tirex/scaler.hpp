@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "xlstm/core/cascade_sum.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -21,33 +22,21 @@ struct ScaleStatistics {
 ///   loc   = mean of the present values             (none present: 0)
 ///   scale = sqrt(mean((x - loc)^2)) over them      (none present: 1)
 ///   scale = |loc| + 1e-5                           if that is 0 (a constant series)
-/// The official code sums in float32 with torch's cascade summation, which is
-/// nearly exact; the sums here are in double and rounded once, so that loc
-/// and scale agree with it to an ulp (a plain float loop would drift by
-/// several, and on offset-heavy series that shifts every token; math §13.5).
-/// The mean itself is the scalar type's sum / count, as officially.
+/// Each mean is a NaN-ignoring sum divided by the count of present values,
+/// the sum taken in the order of torch's CPU reduction (torch_cascade_sum),
+/// so that loc and scale are the official ones to the bit: an ulp of loc
+/// shifts every token, which on offset-heavy series flips bf16 roundings in
+/// the blocks (math §13.5).
 template <typename Derived>
 ScaleStatistics<typename Derived::Scalar> instance_statistics(const Eigen::DenseBase<Derived>& x) {
   using Scalar = typename Derived::Scalar;
-  double sum = 0;
-  Index count = 0;
-  for (Index i = 0; i < x.size(); ++i) {
-    const Scalar v = x.derived()(i);
-    if (std::isnan(v)) continue;
-    sum += double(v);
-    ++count;
-  }
+  const Vector<Scalar> values = x.derived().transpose().template cast<Scalar>();
+  const Index count = (values.array() == values.array()).count();  // NaN != NaN
   ScaleStatistics<Scalar> s;
   if (count == 0) return s;  // the official NaN -> 0 and NaN -> 1 fallbacks
-  s.loc = Scalar(sum) / Scalar(count);
-  double squares = 0;
-  for (Index i = 0; i < x.size(); ++i) {
-    const Scalar v = x.derived()(i);
-    if (std::isnan(v)) continue;
-    const Scalar d = v - s.loc;
-    squares += double(d * d);
-  }
-  s.scale = std::sqrt(Scalar(squares) / Scalar(count));
+  s.loc = torch_cascade_sum(values.data(), values.size(), true) / Scalar(count);
+  const Vector<Scalar> squares = (values.array() - s.loc).square().matrix();
+  s.scale = std::sqrt(torch_cascade_sum(squares.data(), squares.size(), true) / Scalar(count));
   if (s.scale == Scalar(0)) s.scale = std::abs(s.loc) + Scalar(1e-5);
   return s;
 }

@@ -8,6 +8,10 @@ loader deletes, the sLSTM recurrent kernel as (NH, DH, 4DH) and its bias head-ma
 weights from a seeded torch generator (the same bytes on every run). Beside it,
 tirex_tiny.safetensors holds the same tensors under the keys with the prefix removed.
 
+It also writes torch_sums.safetensors: float32 rows of several lengths with NaN gaps and offsets
+(`x.<n>`) and what torch.nansum returns for them (`nansum.<n>`, shape (1,)), the reference of
+torch's CPU summation order for xlstm::torch_cascade_sum (float32, one thread).
+
 Run with Debian's python3-torch: /usr/bin/python3 tests/data/torch/make_tirex_checkpoint.py
 """
 
@@ -58,8 +62,22 @@ def state_dict():
     return s
 
 
+def torch_sums():
+    """Rows whose float32 sum depends on the summation order, and torch's sums of them."""
+    torch.manual_seed(18)
+    torch.set_num_threads(1)
+    tensors = collections.OrderedDict()
+    for n in (3, 7, 8, 13, 31, 64, 100, 257, 1000, 2048, 5000):
+        x = 40.0 + 7.0 * torch.randn(n)
+        x[torch.rand(n) < 0.15] = float("nan")
+        tensors[f"x.{n}"] = x
+        tensors[f"nansum.{n}"] = torch.nansum(x).reshape(1)
+    return tensors
+
+
 def main():
     print(f"torch {torch.__version__}")
+    write_safetensors(os.path.join(HERE, "torch_sums.safetensors"), torch_sums())
     s = state_dict()
     checkpoint = {
         "state_dict": s,
