@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -445,6 +447,83 @@ TEST(TiRexModelTokens, DoubleMatchesFloat) {
   const auto b = forecast(tiny_plain_model(), context, 6, 2);
   EXPECT_LT(max_abs_diff(a.quantiles.matrix(), b.quantiles.matrix()), 1e-3);
   EXPECT_EQ(embed_context(model, context_double).time(), 4);  // pad 3: no token fully padded
+}
+
+}  // namespace
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// The SLstmBlock options TiRex uses (math §13.3)
+// ---------------------------------------------------------------------------
+
+TEST(TiRexBlock, OptionsGiveTheOfficialNamesAndShapes) {
+  TiRexConfig c;
+  c.embedding_dim = 48;
+  c.num_heads = 2;
+  xlstm::SLstmBlock<float> block(c.block_config(3), xlstm::uninitialized);
+  std::vector<std::string> names;
+  std::vector<xlstm::Shape> shapes;
+  for (const auto& p : xlstm::parameter_list(block, "blocks.3.")) {
+    names.push_back(p.name);
+    shapes.push_back(p.shape);
+  }
+  const std::vector<std::string> expected = {"blocks.3.norm_slstm.weight",
+                                             "blocks.3.slstm_layer.fgate.weight",
+                                             "blocks.3.slstm_layer.igate.weight",
+                                             "blocks.3.slstm_layer.zgate.weight",
+                                             "blocks.3.slstm_layer.ogate.weight",
+                                             "blocks.3.slstm_layer.slstm_cell._recurrent_kernel_",
+                                             "blocks.3.slstm_layer.slstm_cell._bias_",
+                                             "blocks.3.slstm_layer.group_norm.weight",
+                                             "blocks.3.norm_ffn.weight",
+                                             "blocks.3.ffn.proj_up_gate.weight",
+                                             "blocks.3.ffn.proj_up.weight",
+                                             "blocks.3.ffn.proj_down.weight"};
+  EXPECT_EQ(names, expected);  // no conv, no biases, RMSNorm weights only
+  EXPECT_EQ(shapes[1], (xlstm::Shape{2, 24, 24}));
+  EXPECT_EQ(shapes[9], (xlstm::Shape{128, 48}));  // F = 128 by the float formula
+  EXPECT_EQ(shapes[11], (xlstm::Shape{48, 128}));
+  EXPECT_EQ(block.cell().config().numerics, xlstm::SLstmNumerics::tirex_official);
+}
+
+TEST(TiRexBlock, RmsPreNormAndSplitSwiGlu) {
+  // With zero gate weights, kernel and bias the cell input z is tanh(0) = 0,
+  // so the sLSTM branch adds exactly 0 and the SwiGLU branch remains:
+  // y = x + proj_down(silu(proj_up_gate(u)) * proj_up(u)),
+  // u = x / sqrt(mean(x^2) + 1e-6) * w (math §13.3).
+  TiRexConfig c;
+  c.embedding_dim = 8;
+  c.num_heads = 2;
+  c.numerics = xlstm::SLstmNumerics::plain;
+  xlstm::SLstmBlock<float> block(c.block_config(0), xlstm::uninitialized);
+  std::mt19937_64 rng(21);
+  std::normal_distribution<float> normal(0.0f, 0.5f);
+  std::map<std::string, Eigen::Map<Eigen::VectorXf>> params;
+  for (const auto& p : xlstm::parameter_list(block, "")) {
+    Eigen::Map<Eigen::VectorXf> values(p.data, Index(p.size()));
+    const bool ffn_part = p.name.rfind("ffn.", 0) == 0 || p.name == "norm_ffn.weight";
+    for (Index i = 0; i < values.size(); ++i) values(i) = ffn_part ? normal(rng) : 0.0f;
+    if (p.name == "norm_ffn.weight") values.array() += 1.0f;
+    params.emplace(p.name, values);
+  }
+  const Index d = 8, f = c.ffn_dim();
+  const Eigen::Map<const Matrix<float>> gate(params.at("ffn.proj_up_gate.weight").data(), f, d);
+  const Eigen::Map<const Matrix<float>> up(params.at("ffn.proj_up.weight").data(), f, d);
+  const Eigen::Map<const Matrix<float>> down(params.at("ffn.proj_down.weight").data(), d, f);
+  const Eigen::VectorXf w = params.at("norm_ffn.weight");
+
+  const Sequence<float> x = random_sequence<float>(1, 3, d, rng);
+  auto state = block.initial_state(1);
+  Sequence<float> y;
+  block.forward(x, state, y);
+  for (Index t = 0; t < 3; ++t) {
+    const Eigen::VectorXf xt = x.at(0, t).transpose();
+    const Eigen::VectorXf u = (xt / std::sqrt(xt.squaredNorm() / float(d) + 1e-6f)).cwiseProduct(w);
+    const Eigen::ArrayXf g = (gate * u).array(), v = (up * u).array();
+    const Eigen::VectorXf expected = xt + down * (g / (1.0f + (-g).exp()) * v).matrix();
+    EXPECT_LT(max_abs_diff(y.at(0, t).transpose(), expected), 1e-5) << t;
+  }
 }
 
 }  // namespace
