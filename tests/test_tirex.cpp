@@ -183,6 +183,30 @@ TEST(TiRexCheckpoint, ConfigFromHyperParameters) {
   EXPECT_EQ(c.numerics, xlstm::SLstmNumerics::tirex_official);
 }
 
+TEST(TiRexCheckpoint, ConfigOfALightningCheckpointShapedLikeTheRelease) {
+  // tests/data/torch/lightning.ckpt: the released TiRex's hyper_parameters
+  // (with extra block_kwargs and top-level entries, which are ignored).
+  const auto checkpoint = xlstm::io::TorchCheckpoint::open(data_path("lightning.ckpt"));
+  const xlstm::io::Json json = xlstm::io::pickled_to_json(*checkpoint.hyper_parameters());
+  EXPECT_TRUE(json.at("nothing").is_null());
+  EXPECT_EQ(json.at("big").get<std::int64_t>(), std::int64_t(1) << 40);
+  EXPECT_EQ(json.at("pair"), xlstm::io::Json::parse(R"([1, "two"])"));
+  const TiRexConfig c = tirex_config_from_checkpoint(checkpoint);
+  EXPECT_EQ(c.patch_size(), 32);
+  EXPECT_EQ(c.train_ctx_len, 2048);
+  EXPECT_EQ(c.embedding_dim, 512);
+  EXPECT_EQ(c.num_heads, 4);
+  EXPECT_EQ(c.num_blocks, 12);
+  EXPECT_EQ(c.input_ff_dim, 2048);
+  EXPECT_EQ(c.ffn_dim(), 1408);
+  EXPECT_EQ(c.num_quantiles(), 9);
+  EXPECT_EQ(c.median_index(), 4);
+  // plain.ckpt is a bare state dict: no config to read.
+  EXPECT_THROW(
+      tirex_config_from_checkpoint(xlstm::io::TorchCheckpoint::open(data_path("plain.ckpt"))),
+      Error);
+}
+
 TEST(TiRexCheckpoint, FfnWidthUsesTheFloatFormula) {
   TiRexConfig c;
   c.embedding_dim = 48;
