@@ -3,6 +3,7 @@
 // against the official code (golden README §13); these tests check the rules around them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -238,6 +239,24 @@ TEST(TiRexCheckpoint, CkptEqualsItsSafetensorsTwin) {
     for (Index k = 0; k < dh; ++k)
       for (Index o = 0; o < 4 * dh; ++o)
         EXPECT_EQ(kernel(h * 4 * dh + o, k), stored[std::size_t((h * dh + k) * 4 * dh + o)]);
+}
+
+TEST(TiRexCheckpoint, SavesTheOfficialLayout) {
+  // Saved, the tiny model is its safetensors twin again: the official keys,
+  // the kernel (NH, DH, 4DH) and the bias head-major, the same values.
+  xlstm::io::SafetensorsWriter writer;
+  add_tirex_weights(writer, tiny_model());
+  const auto saved = xlstm::io::SafetensorsFile::from_bytes(writer.to_bytes(), "saved");
+  const auto twin = xlstm::io::SafetensorsFile::open(data_path("tirex_tiny.safetensors"));
+  auto sorted = [](std::vector<std::string> v) {
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  ASSERT_EQ(sorted(saved.names()), sorted(twin.names()));
+  for (const std::string& name : twin.names()) {
+    EXPECT_EQ(saved.info(name).shape, twin.info(name).shape) << name;
+    EXPECT_EQ(saved.read<float>(name), twin.read<float>(name)) << name;
+  }
 }
 
 TEST(TiRexCheckpoint, KeysKeepTheirPrefixWithoutTheRule) {

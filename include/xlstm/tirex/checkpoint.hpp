@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/io/checkpoint.hpp"
@@ -41,6 +42,43 @@ template <typename Scalar>
 void load_tirex_weights(TiRexModel<Scalar>& model, const io::SafetensorsFile& file,
                         const io::LoadOptions& options = {}) {
   io::load_module(model, file, options);
+}
+
+/// Adds the model's parameters to `writer` as the official TiRex state dict
+/// (math §13.7): the official keys, and each cell's `_recurrent_kernel_` as
+/// (NH, DH, 4DH) with its `_bias_` head-major, the layout TiRex stores (the
+/// model holds them in the vanilla layout). Loading the result gives the
+/// same model; the official code loads it too.
+template <typename Scalar>
+void add_tirex_weights(io::SafetensorsWriter& writer, const TiRexModel<Scalar>& model) {
+  auto is_cell_tensor = [](const std::string& name) {
+    return io::detail::ends_with(name, "slstm_cell._recurrent_kernel_") ||
+           io::detail::ends_with(name, "slstm_cell._bias_");
+  };
+  std::vector<ConstParameterRef<Scalar>> others;
+  for (const auto& p : parameter_list(model, "")) {
+    if (!is_cell_tensor(p.name)) others.push_back(p);
+  }
+  io::add_targets(writer, io::tensor_targets(others));
+  const TiRexConfig& c = model.config();
+  const auto nh = std::size_t(c.num_heads), dh = std::size_t(c.head_dim());
+  Matrix<Scalar> kernel;
+  Vector<Scalar> bias;
+  for (Index i = 0; i < model.num_blocks(); ++i) {
+    model.block(i).cell().get_cuda_layout(kernel, bias);
+    const std::string prefix = "blocks." + std::to_string(i) + ".slstm_layer.slstm_cell.";
+    writer.add(prefix + "_recurrent_kernel_", {nh, dh, 4 * dh}, kernel.data());
+    writer.add(prefix + "_bias_", {4 * nh * dh}, bias.data());
+  }
+}
+
+/// Saves the model as a safetensors file of the official TiRex state dict
+/// (add_tirex_weights).
+template <typename Scalar>
+void save_tirex_weights(const TiRexModel<Scalar>& model, const std::string& path) {
+  io::SafetensorsWriter writer;
+  add_tirex_weights(writer, model);
+  writer.save(path);
 }
 
 /// The model of an official TiRex checkpoint (`model.ckpt`): config from its
