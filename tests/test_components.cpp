@@ -28,6 +28,7 @@
 #include "xlstm/core/feedforward.hpp"
 #include "xlstm/core/layer_norm.hpp"
 #include "xlstm/core/linear.hpp"
+#include "xlstm/core/residual_mlp.hpp"
 #include "xlstm/core/rounding.hpp"
 
 #include "test_util.hpp"
@@ -132,6 +133,69 @@ TYPED_TEST(LinearTest, LinearMatchesNaiveLoop) {
     EXPECT_EQ(params[0].name, "lin.weight");
     EXPECT_EQ(params[0].shape, (xlstm::Shape{std::size_t(out), std::size_t(in)}));
   }
+}
+
+// ResidualMlp (math §13.4): y = (b2 + W2 relu(b1 + W1 x)) + (b3 + W3 x). The
+// hidden values carry at most gamma_{in+1} * their magnitude m_j each; an
+// output then errs by at most gamma_{ff+in+3} * (sum of the output terms'
+// magnitudes + sum_j |W2[o, j]| m_j), allowed twice.
+TYPED_TEST(LinearTest, ResidualMlpMatchesNaiveFormula) {
+  using S = TypeParam;
+  std::mt19937_64 rng(12);
+  const Index in = 11, ff = 17, out = 5, rows = 6;
+  xlstm::ResidualMlp<S> mlp(in, ff, out);
+  for (xlstm::Linear<S>* l : {&mlp.hidden_layer(), &mlp.output_layer(), &mlp.residual_layer()}) {
+    fill_normal(l->weight(), rng);
+    fill_normal(l->bias(), rng);
+  }
+  Matrix<S> x(rows, in), y(rows, out);
+  fill_normal(x, rng);
+  xlstm::ResidualMlpScratch<S> scratch;
+  mlp.forward(x, y, scratch);
+
+  const auto& w1 = mlp.hidden_layer().weight();
+  const auto& w2 = mlp.output_layer().weight();
+  const auto& w3 = mlp.residual_layer().weight();
+  RealMatrix ref(rows, out), bound(rows, out);
+  for (Index n = 0; n < rows; ++n) {
+    std::vector<Real> hidden(static_cast<std::size_t>(ff)),
+        hidden_magnitude(static_cast<std::size_t>(ff));
+    for (Index j = 0; j < ff; ++j) {
+      Real sum = Real(mlp.hidden_layer().bias()(j)), magnitude = std::abs(sum);
+      for (Index i = 0; i < in; ++i) {
+        sum += Real(x(n, i)) * Real(w1(j, i));
+        magnitude += std::abs(Real(x(n, i)) * Real(w1(j, i)));
+      }
+      hidden[std::size_t(j)] = sum > 0 ? sum : 0;
+      hidden_magnitude[std::size_t(j)] = magnitude;
+    }
+    for (Index o = 0; o < out; ++o) {
+      Real sum = Real(mlp.output_layer().bias()(o)) + Real(mlp.residual_layer().bias()(o));
+      Real magnitude = std::abs(Real(mlp.output_layer().bias()(o))) +
+                       std::abs(Real(mlp.residual_layer().bias()(o)));
+      for (Index j = 0; j < ff; ++j) {
+        sum += hidden[std::size_t(j)] * Real(w2(o, j));
+        magnitude += std::abs(Real(w2(o, j))) *
+                     (std::abs(hidden[std::size_t(j)]) + hidden_magnitude[std::size_t(j)]);
+      }
+      for (Index i = 0; i < in; ++i) {
+        sum += Real(x(n, i)) * Real(w3(o, i));
+        magnitude += std::abs(Real(x(n, i)) * Real(w3(o, i)));
+      }
+      ref(n, o) = sum;
+      bound(n, o) = 2 * (ff + in + 3) * unit_roundoff<S>() * magnitude;
+    }
+  }
+  EXPECT_TRUE(WithinBound(y, ref, bound));
+
+  ParameterList<S> params;
+  params = xlstm::parameter_list(mlp, "emb.");
+  ASSERT_EQ(params.size(), 6u);
+  EXPECT_EQ(params[0].name, "emb.hidden_layer.weight");
+  EXPECT_EQ(params[0].shape, (xlstm::Shape{std::size_t(ff), std::size_t(in)}));
+  EXPECT_EQ(params[3].name, "emb.output_layer.bias");
+  EXPECT_EQ(params[4].name, "emb.residual_layer.weight");
+  EXPECT_EQ(params[4].shape, (xlstm::Shape{std::size_t(out), std::size_t(in)}));
 }
 
 // y[n, h*O + o] = b[h*O + o] + sum_d x[n, h*I + d] W[h, o, d] (math §1.4), with

@@ -68,12 +68,15 @@ const std::map<std::string, KindRunners>& implemented_kinds() {
       {"tirex_slstm_cell",
        {golden::run_tirex_slstm_cell,
         [](golden::GoldenCase&) { FAIL() << "TiRex golden files are float32 only"; }}},
+      {"tirex_model",
+       {golden::run_tirex_model,
+        [](golden::GoldenCase&) { FAIL() << "TiRex golden files are float32 only"; }}},
       {"slstm_cell_grad", runners_for<SLstmCellGradKind>()},
   };
   return kinds;
 }
 
-// The gradient kinds (golden README §11) and tirex_model run as their code lands.
+// The gradient kinds (golden README §11) run as their code lands.
 const std::vector<std::string> known_kinds = {
     "slstm_cell",       "mlstm_cell",       "mlstm_block",      "slstm_block",
     "block_stack",      "lm_model",         "lm_step",          "xlstm_large",

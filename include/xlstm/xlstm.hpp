@@ -4,6 +4,7 @@
 #include "xlstm/version.hpp"
 
 #include "xlstm/core/activations.hpp"
+#include "xlstm/core/cascade_sum.hpp"
 #include "xlstm/core/causal_conv1d.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/feedforward.hpp"
@@ -14,6 +15,7 @@
 #include "xlstm/core/matmul.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/core/residual_mlp.hpp"
 #include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"
 #include "xlstm/core/scratch.hpp"
@@ -40,6 +42,7 @@
 #include "xlstm/io/dtype.hpp"
 #include "xlstm/io/large_checkpoint.hpp"
 #include "xlstm/io/large_naming.hpp"
+#include "xlstm/io/pickle_json.hpp"
 #include "xlstm/io/safetensors.hpp"
 #include "xlstm/io/shard_index.hpp"
 #include "xlstm/io/state_io.hpp"
@@ -58,6 +61,8 @@
 #include "xlstm/train/sequence_accuracy.hpp"
 #include "xlstm/train/sgd.hpp"
 #include "xlstm/train/trainable_parameters.hpp"
+
+#include "xlstm/tirex/tirex.hpp"
 
 // Last: extern template declarations for xlstm::precompiled (XLSTM_PRECOMPILED).
 #include "xlstm/precompiled.hpp"

@@ -1,5 +1,7 @@
 // SLstmBlock: the NeurIPS sLSTM block with post-up-projection (math §3):
 //   x = x + SLstmLayer(LayerNorm(x));   x = x + GatedFeedForward(LayerNorm(x)).
+// Options of its config also make the TiRex block (math §13.3): RMSNorm
+// pre-norms, no conv, the split SwiGLU, the TiRex cell numerics and names.
 #pragma once
 
 #include <cmath>
@@ -15,9 +17,16 @@
 #include "xlstm/core/init.hpp"
 #include "xlstm/core/layer_norm.hpp"
 #include "xlstm/core/linear.hpp"
+#include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"
 
 namespace xlstm {
+
+/// How a feed-forward width is rounded to a multiple (math §13.3).
+enum class ProjUpRounding {
+  ceil_ratio,    ///< m * ceil(f * E / m): the NeurIPS FeedForwardConfig (math §1.7)
+  floor_divide,  ///< int(((f * E + m - 1) // m) * m) in float: xLSTM-Large and TiRex
+};
 
 /// Mirrors the official FeedForwardConfig (math §1.7).
 struct FeedForwardConfig {
@@ -30,10 +39,18 @@ struct FeedForwardConfig {
   Index _num_blocks = 1;
   bool round_proj_up_dim_up = true;
   Index round_proj_up_to_multiple_of = 64;
+  /// Not official fields: the TiRex block's SwiGLU (math §13.3) keeps its gate
+  /// and up projections apart and rounds its width like xLSTM-Large.
+  GateLayout gate_layout = GateLayout::fused;
+  ProjUpRounding rounding = ProjUpRounding::ceil_ratio;
   Index _proj_up_dim = -1;  ///< derived
 
   void post_init() {
-    if (embedding_dim > 0) {
+    if (embedding_dim <= 0) return;
+    if (rounding == ProjUpRounding::floor_divide) {
+      _proj_up_dim = round_up_to_next_multiple_of(proj_factor * double(embedding_dim),
+                                                  round_proj_up_to_multiple_of);
+    } else {
       _proj_up_dim = up_projection_dim(proj_factor, embedding_dim, round_proj_up_to_multiple_of,
                                        round_proj_up_dim_up);
     }
@@ -66,6 +83,8 @@ struct SLstmLayerConfig {
   Index conv1d_kernel_size = 4;
   bool group_norm_weight = true;
   double dropout = 0.0;
+  /// Not an official field: plain float or the TiRex bf16 numerics (math §12).
+  SLstmNumerics numerics = SLstmNumerics::plain;
   Index _block_idx = 0;
   Index _num_blocks = 1;
 
@@ -97,10 +116,25 @@ struct SLstmLayerConfig {
   }
 };
 
-/// Mirrors sLSTMBlockConfig: the layer and an optional feed-forward.
+/// The norm before the sLSTM layer and before the feed-forward.
+enum class PreNormKind {
+  layer_norm,  ///< NeurIPS: LayerNorm, offset weight (1 + w), eps 1e-5 (math §1.2)
+  rms_norm,    ///< TiRex: RMSNorm, plain weight, eps 1e-6 (math §13.3)
+};
+
+/// The state_dict names of the block's parts: the NeurIPS names by default;
+/// TiRex's are {"norm_slstm", "slstm_layer", "norm_ffn", "ffn"} (math §13.3).
+struct SLstmBlockNames {
+  std::string norm = "xlstm_norm", layer = "xlstm", ffn_norm = "ffn_norm", ffn = "ffn";
+};
+
+/// Mirrors sLSTMBlockConfig: the layer and an optional feed-forward; the
+/// pre-norm kind and the names are options for other models built from it.
 struct SLstmBlockConfig {
   SLstmLayerConfig slstm;
   std::optional<FeedForwardConfig> feedforward = FeedForwardConfig{};
+  PreNormKind pre_norm = PreNormKind::layer_norm;
+  SLstmBlockNames names;
   Index _num_blocks = 1;
   Index _block_idx = 0;
 
@@ -197,8 +231,14 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
 
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    self.xlstm_norm_.for_each_parameter(visit, prefix + "xlstm_norm.");
-    const std::string p = prefix + "xlstm.";
+    const SLstmBlockNames& names = self.config_.names;
+    const bool rms = self.config_.pre_norm == PreNormKind::rms_norm;
+    if (rms) {
+      self.rms_norm_.for_each_parameter(visit, prefix + names.norm + ".");
+    } else {
+      self.xlstm_norm_.for_each_parameter(visit, prefix + names.norm + ".");
+    }
+    const std::string p = prefix + names.layer + ".";
     self.conv1d_.for_each_parameter(visit, p + "conv1d.");
     // Official checkpoint quirk (math §3.2): the module named "fgate" produces
     // the INPUT-gate pre-activation and "igate" the FORGET gate.
@@ -209,8 +249,12 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
     self.cell_.for_each_parameter(visit, p + "slstm_cell.");
     self.group_norm_.for_each_parameter(visit, p + "group_norm.");
     if (self.has_feedforward()) {
-      self.ffn_norm_.for_each_parameter(visit, prefix + "ffn_norm.");
-      self.ffn_.for_each_parameter(visit, prefix + "ffn.");
+      if (rms) {
+        self.ffn_rms_norm_.for_each_parameter(visit, prefix + names.ffn_norm + ".");
+      } else {
+        self.ffn_norm_.for_each_parameter(visit, prefix + names.ffn_norm + ".");
+      }
+      self.ffn_.for_each_parameter(visit, prefix + names.ffn + ".");
     }
   }
 
@@ -263,8 +307,19 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
     o_gate_.forward(normed, preact.middleCols(3 * e, e), workload);
   }
 
+  /// The pre-norm `config_.pre_norm` picks: `layer_norm` or `rms_norm`.
+  void pre_norm(const GroupedNorm<Scalar>& layer_norm, const RmsNorm<Scalar>& rms_norm,
+                const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y) const {
+    if (config_.pre_norm == PreNormKind::rms_norm) {
+      rms_norm.forward(x, y);
+    } else {
+      layer_norm.forward(x, y);
+    }
+  }
+
   Config config_;
   GroupedNorm<Scalar> xlstm_norm_;
+  RmsNorm<Scalar> rms_norm_, ffn_rms_norm_;  ///< used instead with PreNormKind::rms_norm
   CausalConv1d<Scalar> conv1d_;
   HeadwiseLinear<Scalar> input_gate_, forget_gate_, z_gate_, o_gate_;
   SLstmCell<Scalar> cell_{SLstmCellConfig{1, 1}};
@@ -282,6 +337,7 @@ SLstmBlock<Scalar_>::SLstmBlock(Config config, Uninitialized) : config_(std::mov
   c.validate();
   const Index e = c.embedding_dim, nh = c.num_heads;
   xlstm_norm_ = make_layer_norm<Scalar>(e);
+  if (config_.pre_norm == PreNormKind::rms_norm) rms_norm_ = RmsNorm<Scalar>(e, 1e-6, false);
   conv1d_ = CausalConv1d<Scalar>(e, c.conv1d_kernel_size);
   for (HeadwiseLinear<Scalar>* g : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) {
     *g = HeadwiseLinear<Scalar>(e, nh, false);
@@ -290,13 +346,16 @@ SLstmBlock<Scalar_>::SLstmBlock(Config config, Uninitialized) : config_(std::mov
   cell_config.hidden_size = e;
   cell_config.num_heads = nh;
   cell_config.function = parse_slstm_function(c.function);
+  cell_config.numerics = c.numerics;
   cell_ = SLstmCell<Scalar>(cell_config);
   group_norm_ = make_multi_head_layer_norm<Scalar>(e, nh, c.group_norm_weight);
   if (config_.feedforward) {
     const FeedForwardConfig& f = *config_.feedforward;
     f.validate();
     ffn_norm_ = make_layer_norm<Scalar>(e);
-    ffn_ = GatedFeedForward<Scalar>(e, f._proj_up_dim, parse_activation(f.act_fn), f.bias);
+    if (config_.pre_norm == PreNormKind::rms_norm) ffn_rms_norm_ = RmsNorm<Scalar>(e, 1e-6, false);
+    ffn_ = GatedFeedForward<Scalar>(e, f._proj_up_dim, parse_activation(f.act_fn), f.bias,
+                                    f.gate_layout);
   }
 }
 
@@ -325,7 +384,7 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
   const Index batch = x.batch(), time = x.time(), e = embedding_dim();
   Sequence<Scalar> normed(batch, time, e), conv_act;
-  xlstm_norm_.forward(x.matrix(), normed.matrix());
+  pre_norm(xlstm_norm_, rms_norm_, x.matrix(), normed.matrix());
   conv1d_.forward(normed, lengths, state.conv, conv_act);
   if (!conv1d_.is_identity()) conv_act.matrix().array() = silu(conv_act.matrix().array());
   Sequence<Scalar> preact(batch, time, 4 * e);
@@ -337,7 +396,7 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   y.matrix() += x.matrix();
   if (has_feedforward()) {
     Matrix<Scalar> ffn_in(y.matrix().rows(), e), ffn_out(y.matrix().rows(), e), up;
-    ffn_norm_.forward(y.matrix(), ffn_in);
+    pre_norm(ffn_norm_, ffn_rms_norm_, y.matrix(), ffn_in);
     ffn_.forward(ffn_in, ffn_out, up);
     y.matrix() += ffn_out;
   }
@@ -349,7 +408,7 @@ void SLstmBlock<Scalar_>::step_into(const ConstMatrixRef<Scalar>& x_t, State& st
                                     MatrixRef<Scalar> y_t) const {
   auto& ws = state.scratch.get();
   size_scratch(ws, x_t.rows());
-  xlstm_norm_.forward(x_t, ws.normed);
+  pre_norm(xlstm_norm_, rms_norm_, x_t, ws.normed);
   conv1d_.step(ws.normed, state.conv, ws.conv_act);
   if (!conv1d_.is_identity()) ws.conv_act.array() = silu(ws.conv_act.array());
   gate_preactivations(ws.normed, ws.conv_act, ws.preact, Workload::step);
@@ -357,7 +416,7 @@ void SLstmBlock<Scalar_>::step_into(const ConstMatrixRef<Scalar>& x_t, State& st
   group_norm_.forward(state.cell.y, y_t);
   y_t += x_t;
   if (has_feedforward()) {
-    ffn_norm_.forward(y_t, ws.ffn_in);
+    pre_norm(ffn_norm_, ffn_rms_norm_, y_t, ws.ffn_in);
     ffn_.forward(ws.ffn_in, ws.y_norm, ws.ffn_up, Workload::step);
     y_t += ws.y_norm;
   }
@@ -368,6 +427,7 @@ void SLstmBlock<Scalar_>::initialize(Rng& rng) {
   const SLstmLayerConfig& c = config_.slstm;
   const Index e = embedding_dim(), nh = c.num_heads, dh = e / nh;
   xlstm_norm_.weight().setZero();
+  rms_norm_.weight().setOnes();  // an empty vector unless the pre-norm is RMSNorm
   for (HeadwiseLinear<Scalar>* g : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) {
     small_init(g->weight(), e, rng);
   }
@@ -384,6 +444,8 @@ void SLstmBlock<Scalar_>::initialize(Rng& rng) {
   if (group_norm_.weight().size() > 0) group_norm_.weight().setZero();
   if (has_feedforward()) {
     ffn_norm_.weight().setZero();
+    ffn_rms_norm_.weight().setOnes();
+    if (ffn_.layout() == GateLayout::split) small_init(ffn_.proj_up_gate().weight(), e, rng);
     small_init(ffn_.proj_up().weight(), e, rng);
     wang_init(ffn_.proj_down().weight(), e, config_.feedforward->_num_blocks, rng);
     ffn_.proj_up().bias().setZero();

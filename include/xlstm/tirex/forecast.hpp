@@ -1,0 +1,193 @@
+// The TiRex forecasting API (math §13.6, §13.8; NX-AI/tirex `forecast`, `_forecast_tensor`,
+// `_embed_context`): quantile forecasts of any horizon from a batch matrix with NaN for missing
+// values or from a list of series of different lengths, and the per-token embeddings.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/tensor.hpp"
+#include "xlstm/tirex/model.hpp"
+#include "xlstm/tirex/patch_tokens.hpp"
+#include "xlstm/tirex/scaler.hpp"
+
+namespace xlstm::tirex {
+
+/// The result of forecast().
+template <typename Scalar>
+struct Forecast {
+  /// B x h x Q: quantiles(b, t, q) is quantile config().quantiles[q] of step t.
+  Sequence<Scalar> quantiles;
+  /// B x h: the 0.5 quantile (the official API calls it "mean"; it is the median).
+  Matrix<Scalar> median;
+
+  /// The official shape of the median: [B, h], squeezed to [B] when h = 1.
+  Shape median_shape() const {
+    if (median.cols() == 1) return {std::size_t(median.rows())};
+    return {std::size_t(median.rows()), std::size_t(median.cols())};
+  }
+};
+
+/// What the first pass of a forecast saw and produced (the golden files'
+/// `pass0_*` tensors; for debugging): the scaler statistics per row, the
+/// tokens (B x S x 2P) and the head output (B x S x Q*P) before rescaling.
+template <typename Scalar>
+struct FirstPass {
+  std::vector<ScaleStatistics<Scalar>> stats;
+  Sequence<Scalar> tokens, head;
+};
+
+namespace detail {
+
+/// Throws unless `context` is a non-empty B x L matrix of finite values or NaN.
+template <typename Scalar>
+void check_context(const ConstMatrixRef<Scalar>& context, const char* where) {
+  check(context.rows() > 0 && context.cols() > 0, where,
+        ": argument 'context' must hold at least one series of at least one value, got ",
+        context.rows(), " x ", context.cols());
+  for (Index b = 0; b < context.rows(); ++b) {
+    for (Index i = 0; i < context.cols(); ++i) {
+      check(!std::isinf(context(b, i)), where, ": argument 'context' holds an infinite value (",
+            context(b, i), ") at series ", b, ", position ", i, "; mark missing values with NaN");
+    }
+  }
+}
+
+}  // namespace detail
+
+/// Forecasts `prediction_length` steps of every row of `context` (B x L, NaN
+/// = missing) with the official rollout (math §13.6): each pass sees the last
+/// W values of the context followed by the NaN values of the steps already
+/// forecast (left-padded with NaN to W), scales them, and predicts
+/// n = min(remaining patches, max_accelerated_rollout_steps) patches; one pass
+/// per n patches. Predictions are never fed back.
+///
+/// A row with no value present in a pass's window is forecast with loc 0 and
+/// scale 1 (what the official scaler does). Throws xlstm::Error for an empty
+/// context, an infinite value, prediction_length < 1 or
+/// max_accelerated_rollout_steps < 1. `first_pass`, if given, receives the
+/// first pass's statistics, tokens and head output.
+template <typename Scalar>
+Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
+                          const ConstMatrixRef<typename TiRexModel<Scalar>::Scalar>& context,
+                          Index prediction_length, Index max_accelerated_rollout_steps = 1,
+                          FirstPass<Scalar>* first_pass = nullptr) {
+  const char* where = "tirex::forecast";
+  detail::check_context(context, where);
+  check(prediction_length >= 1, where, ": argument 'prediction_length' must be >= 1, got ",
+        prediction_length);
+  check(max_accelerated_rollout_steps >= 1, where,
+        ": argument 'max_accelerated_rollout_steps' must be >= 1, got ",
+        max_accelerated_rollout_steps);
+  const TiRexConfig& c = model.config();
+  const Index batch = context.rows(), p = c.patch_size(), nq = c.num_quantiles();
+  Forecast<Scalar> out;
+  out.quantiles.resize(batch, prediction_length, nq);
+  Index remaining = (prediction_length + p - 1) / p;  // patches still to predict
+  Index appended = 0;  // NaN values appended to the context (= steps forecast so far)
+  Matrix<Scalar> window;
+  std::vector<ScaleStatistics<Scalar>> stats;
+  Sequence<Scalar> tokens, head;
+  while (remaining > 0) {
+    const Index n = std::min(remaining, max_accelerated_rollout_steps);
+    window_of(context, appended, c.train_ctx_len, window);
+    tokenize_window<Scalar>(window, p, n - 1, Scalar(c.nan_mask_value), stats, tokens);
+    auto state = model.initial_state(batch);
+    model.forward_tokens(tokens, state, head);
+    // The last n tokens predict the next n patches (math §13.6).
+    const Index first_token = tokens.time() - n;
+    for (Index b = 0; b < batch; ++b) {
+      const ScaleStatistics<Scalar>& s = stats[std::size_t(b)];
+      for (Index i = 0; i < n; ++i) {
+        for (Index j = 0; j < p; ++j) {
+          const Index step = appended + i * p + j;
+          if (step >= prediction_length) break;
+          for (Index q = 0; q < nq; ++q) {
+            out.quantiles(b, step, q) = unscale(head(b, first_token + i, q * p + j), s);
+          }
+        }
+      }
+    }
+    if (first_pass && appended == 0) *first_pass = {stats, tokens, head};
+    remaining -= n;
+    appended += n * p;
+  }
+  out.median.resize(batch, prediction_length);
+  const Index median = c.median_index();
+  for (Index b = 0; b < batch; ++b) {
+    for (Index t = 0; t < prediction_length; ++t) out.median(b, t) = out.quantiles(b, t, median);
+  }
+  return out;
+}
+
+/// The series of different lengths as one batch, each left-padded with NaN
+/// to the longest (what the official list path does, math §13.6); every row
+/// is forecast exactly as if it were alone. An empty series is an Error.
+template <typename Scalar>
+Matrix<Scalar> ragged_to_batch(const std::vector<std::vector<Scalar>>& series) {
+  check(!series.empty(), "tirex::forecast: argument 'series' must hold at least one series");
+  std::size_t longest = 0;
+  for (std::size_t b = 0; b < series.size(); ++b) {
+    check(!series[b].empty(), "tirex::forecast: series ", b, " of argument 'series' is empty");
+    longest = std::max(longest, series[b].size());
+  }
+  Matrix<Scalar> batch(Index(series.size()), Index(longest));
+  batch.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+  for (std::size_t b = 0; b < series.size(); ++b) {
+    const Index length = Index(series[b].size());
+    batch.row(Index(b)).tail(length) =
+        Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(series[b].data(), length);
+  }
+  return batch;
+}
+
+/// forecast() of a list of series of different lengths (NaN = missing).
+template <typename Scalar>
+Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
+                          const std::vector<std::vector<Scalar>>& series, Index prediction_length,
+                          Index max_accelerated_rollout_steps = 1,
+                          FirstPass<Scalar>* first_pass = nullptr) {
+  const Matrix<Scalar> batch = ragged_to_batch(series);
+  return forecast(model, ConstMatrixRef<Scalar>(batch), prediction_length,
+                  max_accelerated_rollout_steps, first_pass);
+}
+
+/// The per-token embeddings of `context` (B x L, NaN = missing; math §13.8,
+/// the official `_embed_context`): the context's window (as in a forecast's
+/// first pass, without rollout tokens) through every block; the output of
+/// every block (before the output norm) for every token but the fully padded
+/// ones (the first floor(pad / P) tokens, pad = max(W - L, 0)). Returns a
+/// B x K x (NB * D) sequence: feature i * D + k is block i's feature k, i.e.
+/// the official [B, K, NB, D] tensor in row-major order.
+template <typename Scalar>
+Sequence<Scalar> embed_context(const TiRexModel<Scalar>& model,
+                               const ConstMatrixRef<typename TiRexModel<Scalar>::Scalar>& context) {
+  detail::check_context(context, "tirex::embed_context");
+  const TiRexConfig& c = model.config();
+  const Index batch = context.rows(), p = c.patch_size(), d = c.embedding_dim;
+  const Index pad = std::max<Index>(c.train_ctx_len - context.cols(), 0);
+  const Index dropped = pad / p;
+  Matrix<Scalar> window;
+  window_of(context, 0, c.train_ctx_len, window);
+  std::vector<ScaleStatistics<Scalar>> stats;
+  Sequence<Scalar> tokens, head;
+  tokenize_window<Scalar>(window, p, 0, Scalar(c.nan_mask_value), stats, tokens);
+  auto state = model.initial_state(batch);
+  std::vector<Sequence<Scalar>> blocks;
+  model.forward_tokens(tokens, state, head, &blocks);
+  const Index kept = tokens.time() - dropped, nb = model.num_blocks();
+  Sequence<Scalar> out(batch, kept, nb * d);
+  for (Index b = 0; b < batch; ++b) {
+    for (Index t = 0; t < kept; ++t) {
+      for (Index i = 0; i < nb; ++i) {
+        out.at(b, t).segment(i * d, d) = blocks[std::size_t(i)].at(b, dropped + t);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace xlstm::tirex
