@@ -96,9 +96,11 @@ Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
     window_of(context, appended, c.train_ctx_len, window);
     tokenize_window<Scalar>(window, p, n - 1, Scalar(c.nan_mask_value), stats, tokens);
     auto state = model.initial_state(batch);
-    model.forward_tokens(tokens, state, head);
-    // The last n tokens predict the next n patches (math §13.6).
-    const Index first_token = tokens.time() - n;
+    // The last n tokens predict the next n patches (math §13.6); the head
+    // runs on those only, except for the first pass's record (`first_pass`).
+    const bool record = first_pass && appended == 0;
+    model.forward_tokens(tokens, state, head, nullptr, record ? 0 : n);
+    const Index first_token = head.time() - n;
     for (Index b = 0; b < batch; ++b) {
       const ScaleStatistics<Scalar>& s = stats[std::size_t(b)];
       for (Index i = 0; i < n; ++i) {
@@ -111,7 +113,7 @@ Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
         }
       }
     }
-    if (first_pass && appended == 0) *first_pass = {stats, tokens, head};
+    if (record) *first_pass = {stats, tokens, head};
     remaining -= n;
     appended += n * p;
   }

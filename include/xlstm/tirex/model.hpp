@@ -3,6 +3,7 @@
 // SwiGLU (SLstmBlock options), output RMSNorm and the quantile head (ResidualMlp).
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -90,8 +91,12 @@ class TiRexModel {
   /// quantile q at offset j). With `block_outputs`, element i receives block
   /// i's output (B x S x D, before the output norm; math §13.8). Every
   /// projection runs once over all tokens; the cells step through them.
+  /// With `head_tokens` k > 0, only the last k tokens of each row go through
+  /// the output norm and head (a forecast reads no others): `head` is then
+  /// B x k x Q*P.
   void forward_tokens(const Sequence<Scalar>& tokens, State& state, Sequence<Scalar>& head,
-                      std::vector<Sequence<Scalar>>* block_outputs = nullptr) const {
+                      std::vector<Sequence<Scalar>>* block_outputs = nullptr,
+                      Index head_tokens = 0) const {
     const Index p = config_.patch_size(), d = config_.embedding_dim;
     check(tokens.features() == 2 * p, "TiRexModel::forward_tokens: argument 'tokens' must have ",
           2 * p, " features (2 x patch size), got ", tokens.features());
@@ -106,6 +111,8 @@ class TiRexModel {
       blocks_[std::size_t(i)].check_state(state.blocks[std::size_t(i)], tokens.batch(),
                                           "TiRexModel::forward_tokens");
     }
+    check(head_tokens >= 0, "TiRexModel::forward_tokens: argument 'head_tokens' must be >= 0, got ",
+          head_tokens);
     const Index batch = tokens.batch(), time = tokens.time();
     Sequence<Scalar> h(batch, time, d), next;
     ResidualMlpScratch<Scalar> scratch;
@@ -116,8 +123,17 @@ class TiRexModel {
       std::swap(h, next);
       if (block_outputs) (*block_outputs)[std::size_t(i)] = h;
     }
+    const Index keep = head_tokens > 0 ? std::min(head_tokens, time) : time;
+    if (keep < time) {  // the last `keep` tokens of every row, into `next`
+      next.resize(batch, keep, d);
+      for (Index b = 0; b < batch; ++b) {
+        next.matrix().middleRows(b * keep, keep) =
+            h.matrix().middleRows(b * time + time - keep, keep);
+      }
+      std::swap(h, next);
+    }
     out_norm_.forward(h.matrix(), h.matrix());
-    head.resize(batch, time, output_patch_embedding_.out_features());
+    head.resize(batch, keep, output_patch_embedding_.out_features());
     output_patch_embedding_.forward(h.matrix(), head.matrix(), scratch);
   }
 
