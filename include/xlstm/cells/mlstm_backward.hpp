@@ -372,10 +372,9 @@ void segment_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j,
   }
 }
 
+/// Throws unless `tape` holds a recording of a cell of `cell`'s sizes.
 template <typename Scalar>
-void check_mlstm_backward_arguments(const MLstmCell<Scalar>& cell, const MLstmTape<Scalar>& tape,
-                                    const ConstMatrixRef<Scalar>& grad_h,
-                                    const MLstmState<Scalar>& grad_state) {
+void check_mlstm_tape(const MLstmCell<Scalar>& cell, const MLstmTape<Scalar>& tape) {
   const char* where = "backward (MLstmCell)";
   check(tape.recorded, where,
         ": argument 'tape' holds no recorded forward pass (record one with forward(..., tape); "
@@ -388,12 +387,28 @@ void check_mlstm_backward_arguments(const MLstmCell<Scalar>& cell, const MLstmTa
         where, ": argument 'tape' was recorded by another cell: expected ", nh, " heads, DHQK ",
         dqk, ", DHV ", dv, ", got q with ", tape.q.cols(), " and v with ", tape.v.cols(),
         " columns");
+}
+
+template <typename Scalar>
+void check_mlstm_backward_arguments(const MLstmCell<Scalar>& cell, const MLstmTape<Scalar>& tape,
+                                    const ConstMatrixRef<Scalar>& grad_h,
+                                    const MLstmState<Scalar>& grad_state) {
+  const char* where = "backward (MLstmCell)";
+  check_mlstm_tape(cell, tape);
+  const Index rows = tape.batch * tape.time, nh = cell.num_heads();
+  const Index dqk = cell.qk_head_dim(), dv = cell.v_head_dim();
   check(grad_h.rows() == rows && grad_h.cols() == nh * dv, where, ": argument 'grad_h' must be ",
         rows, " x ", nh * dv, " (the forward's (B*T) x (NH*DHV)), got ", grad_h.rows(), " x ",
         grad_h.cols());
-  cell.check_state(grad_state, where);
-  check(grad_state.batch == tape.batch, where, ": argument 'grad_state' must have batch ",
-        tape.batch, " (the forward's), got ", grad_state.batch);
+  const Index items = tape.batch * nh;
+  check(grad_state.C.rows() == items * dqk && grad_state.C.cols() == dv &&
+            grad_state.n.rows() == items && grad_state.n.cols() == dqk &&
+            grad_state.m.size() == items,
+        where, ": argument 'grad_state' must be a state of batch ", tape.batch,
+        " (the forward's; make it with initial_state(batch)): C ", items * dqk, " x ", dv, ", n ",
+        items, " x ", dqk, ", m ", items, "; got C ", grad_state.C.rows(), " x ",
+        grad_state.C.cols(), ", n ", grad_state.n.rows(), " x ", grad_state.n.cols(), ", m ",
+        grad_state.m.size());
 }
 
 }  // namespace detail
@@ -471,6 +486,7 @@ template <typename Scalar>
 void backward(const MLstmCell<Scalar>& cell, MLstmTape<Scalar>& tape,
               const Sequence<Scalar>& grad_h, MLstmState<Scalar>& grad_state,
               MLstmInputGradients<Scalar>& grads) {
+  detail::check_mlstm_tape(cell, tape);
   const Index batch = tape.batch, time = tape.time, nh = cell.num_heads();
   check(grad_h.batch() == batch && grad_h.time() == time &&
             grad_h.features() == nh * cell.v_head_dim(),
