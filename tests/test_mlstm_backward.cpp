@@ -25,25 +25,13 @@ namespace {
 using test_util::fill_normal;
 using test_util::random_sequence;
 using test_util::ThrowsMentioning;
+using xlstm::form_name;
 using xlstm::Index;
 using xlstm::Lengths;
 using xlstm::Matrix;
 using xlstm::MLstmForm;
 using xlstm::MLstmStateConvention;
 using xlstm::Sequence;
-
-const char* form_name(MLstmForm form) {
-  switch (form) {
-    case MLstmForm::parallel:
-      return "parallel";
-    case MLstmForm::chunkwise:
-      return "chunkwise";
-    case MLstmForm::recurrent:
-      return "recurrent";
-    default:
-      return "automatic";
-  }
-}
 
 struct Case {
   std::string name;
@@ -135,79 +123,35 @@ Analytic<S> analytic(const Problem<S>& p) {
   return a;
 }
 
-// A tensor of the problem, its analytic gradient and a name for messages.
-struct Target {
-  const char* name;
-  double* (*data)(Problem<double>&);
-  Index size;
-  const double* grad;
-};
-
-// The directional derivative of L along a unit direction of one tensor, by
-// central differences with one Richardson step (error O(eps^4)).
-double numeric_derivative(Problem<double>& p, const Target& target, const std::vector<double>& u) {
-  double* data = target.data(p);
-  auto shifted = [&](double eps) {
-    std::vector<double> saved(data, data + target.size);
-    for (Index i = 0; i < target.size; ++i) data[i] += eps * u[std::size_t(i)];
-    const long double l = loss(p);
-    std::copy(saved.begin(), saved.end(), data);
-    return l;
-  };
-  auto central = [&](double eps) { return double((shifted(eps) - shifted(-eps)) / (2 * eps)); };
-  const double eps = 1e-3;
-  return (4 * central(eps / 2) - central(eps)) / 3;
-}
-
-// Every gradient of `p` against differences along two random directions;
-// returns the worst relative error.
-double expect_gradients_match_differences(Problem<double>& p, std::uint64_t seed) {
-  const Analytic<double> a = analytic(p);
-  std::vector<Target> targets = {
-      {"q", [](Problem<double>& x) { return x.q.matrix().data(); }, p.q.matrix().size(),
-       a.inputs.q.matrix().data()},
-      {"k", [](Problem<double>& x) { return x.k.matrix().data(); }, p.k.matrix().size(),
-       a.inputs.k.matrix().data()},
-      {"v", [](Problem<double>& x) { return x.v.matrix().data(); }, p.v.matrix().size(),
-       a.inputs.v.matrix().data()},
-      {"igate", [](Problem<double>& x) { return x.igate.matrix().data(); }, p.igate.matrix().size(),
-       a.inputs.igate.matrix().data()},
-      {"fgate", [](Problem<double>& x) { return x.fgate.matrix().data(); }, p.fgate.matrix().size(),
-       a.inputs.fgate.matrix().data()},
-  };
-  if (p.form != MLstmForm::parallel) {  // the parallel form starts from the zero state
-    targets.push_back({"initial C", [](Problem<double>& x) { return x.start.C.data(); },
-                       p.start.C.size(), a.grad_start.C.data()});
-    targets.push_back({"initial n", [](Problem<double>& x) { return x.start.n.data(); },
-                       p.start.n.size(), a.grad_start.n.data()});
-    targets.push_back({"initial m", [](Problem<double>& x) { return x.start.m.data(); },
-                       p.start.m.size(), a.grad_start.m.data()});
-  }
-  std::mt19937_64 rng(seed + 1);
-  std::normal_distribution<double> normal;
-  double worst = 0;
-  for (const auto& target : targets) {
-    for (int trial = 0; trial < 2; ++trial) {
-      std::vector<double> u(std::size_t(target.size));
-      double norm = 0;
-      for (double& x : u) {
-        x = normal(rng);
-        norm += x * x;
-      }
-      for (double& x : u) x /= std::sqrt(norm);
-      double exact = 0;
-      for (Index i = 0; i < target.size; ++i) exact += target.grad[i] * u[std::size_t(i)];
-      const double numeric = numeric_derivative(p, target, u);
-      // Relative to the directional derivative, floored at 1e-6 of the
-      // loss's scale (a direction along which L hardly changes).
-      const double scale = std::max(std::abs(numeric), 1e-6 * double(std::abs(loss(p))) + 1e-12);
-      const double error = std::abs(exact - numeric) / scale;
-      worst = std::max(worst, error);
-      EXPECT_LE(error, 1e-6) << target.name << ": backward " << exact << ", differences "
-                             << numeric;
+// Sets a fraction of the gate pre-activations to +-1000.
+template <typename S>
+void set_huge_gates(Problem<S>& p, double fraction, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::bernoulli_distribution pick(fraction), sign(0.5);
+  for (Sequence<S>* gates : {&p.igate, &p.fgate}) {
+    for (Index i = 0; i < gates->matrix().size(); ++i) {
+      if (pick(rng)) gates->matrix().data()[i] = sign(rng) ? S(1000) : S(-1000);
     }
   }
-  return worst;
+}
+
+// Every gradient of `p` against finite differences (test_util).
+double expect_gradients_match_differences(Problem<double>& p, std::uint64_t seed) {
+  const Analytic<double> a = analytic(p);
+  std::vector<test_util::GradientTarget> targets = {
+      {"q", p.q.matrix().data(), p.q.matrix().size(), a.inputs.q.matrix().data()},
+      {"k", p.k.matrix().data(), p.k.matrix().size(), a.inputs.k.matrix().data()},
+      {"v", p.v.matrix().data(), p.v.matrix().size(), a.inputs.v.matrix().data()},
+      {"igate", p.igate.matrix().data(), p.igate.matrix().size(), a.inputs.igate.matrix().data()},
+      {"fgate", p.fgate.matrix().data(), p.fgate.matrix().size(), a.inputs.fgate.matrix().data()},
+  };
+  if (p.form != MLstmForm::parallel) {  // the parallel form starts from the zero state
+    targets.push_back({"initial C", p.start.C.data(), p.start.C.size(), a.grad_start.C.data()});
+    targets.push_back({"initial n", p.start.n.data(), p.start.n.size(), a.grad_start.n.data()});
+    targets.push_back({"initial m", p.start.m.data(), p.start.m.size(), a.grad_start.m.data()});
+  }
+  return test_util::expect_gradients_match_differences(
+      targets, [&] { return loss(p); }, seed);
 }
 
 TEST(MLstmBackward, MatchesFiniteDifferences) {
@@ -279,13 +223,7 @@ TEST(MLstmBackward, HugeGatePreactivationsGiveFiniteExactGradients) {
     SCOPED_TRACE(form_name(form));
     Case c{"+-1000 gates", 2, 6, 2, 3, 4, form, 4, false};
     auto p = make_problem<double>(c, 4800);
-    std::mt19937_64 rng(4801);
-    std::bernoulli_distribution pick(0.4), sign(0.5);
-    for (Sequence<double>* gates : {&p.igate, &p.fgate}) {
-      for (Index i = 0; i < gates->matrix().size(); ++i) {
-        if (pick(rng)) gates->matrix().data()[i] = sign(rng) ? 1000 : -1000;
-      }
-    }
+    set_huge_gates(p, 0.4, 4801);
     // Row 0, head 0: every gate -1000, so m_t <= -1000 and exp(-m) = inf.
     for (Index t = 0; t < c.time; ++t) p.igate(0, t, 0) = p.fgate(0, t, 0) = -1000;
     const auto a = analytic(p);
@@ -382,13 +320,7 @@ TYPED_TEST(MLstmBackwardTyped, HugeGatePreactivationsGiveFiniteGradients) {
     SCOPED_TRACE(form_name(form));
     Case c{"+-1000", 3, 16, 2, 4, 4, form, 5, false};
     auto p = make_problem<S>(c, 5000);
-    std::mt19937_64 rng(5001);
-    std::bernoulli_distribution pick(0.3), sign(0.5);
-    for (Sequence<S>* gates : {&p.igate, &p.fgate}) {
-      for (Index i = 0; i < gates->matrix().size(); ++i) {
-        if (pick(rng)) gates->matrix().data()[i] = sign(rng) ? S(1000) : S(-1000);
-      }
-    }
+    set_huge_gates(p, 0.3, 5001);
     // float: m < -88.7 after one step; input gates of a row all below -89
     // make the parallel form's exp(-m) overflow too.
     for (Index t = 0; t < c.time; ++t) p.igate(1, t, 1) = p.fgate(1, t, 1) = S(-1000);

@@ -39,6 +39,20 @@ enum class MLstmForm {
   recurrent,  ///< §4.3 step by step
 };
 
+/// The form's name, as in messages and reports ("parallel", ...).
+inline const char* form_name(MLstmForm form) {
+  switch (form) {
+    case MLstmForm::parallel:
+      return "parallel";
+    case MLstmForm::chunkwise:
+      return "chunkwise";
+    case MLstmForm::recurrent:
+      return "recurrent";
+    default:
+      return "automatic";
+  }
+}
+
 struct MLstmCellConfig {
   Index num_heads = 4;    ///< NH
   Index qk_head_dim = 0;  ///< DHQK: query and key size per head
