@@ -21,6 +21,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/cells/mlstm.hpp"
@@ -158,24 +159,27 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
 
   // Recompute (math §4.4(b)): stabiliser m_t with its argument, weights W.
   auto W = ws.weights.topLeftCorner(len, len);
+  auto log_decay = ws.log_decay.topLeftCorner(len, len);
   auto m = ws.m.head(len);
   auto w_inter = ws.w_inter.head(len);
+  const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
   for (Index t = 0; t < len; ++t) {
-    Scalar m_intra = b(t) - b(0) + i_of(0);
+    Scalar m_intra = neg_inf;
     Index arg = 0;
-    for (Index s = 1; s <= t; ++s) {
+    for (Index s = 0; s <= t; ++s) {
       const Scalar value = b(t) - b(s) + i_of(s);
-      if (value > m_intra) {
+      log_decay(t, s) = value;
+      if (value > m_intra) {  // the first maximal entry
         m_intra = value;
         arg = s;
       }
     }
+    for (Index s = t + 1; s < len; ++s) log_decay(t, s) = neg_inf;
     ws.arg_max(t) = arg;
     m(t) = inter ? std::max(b(t) + m0, m_intra) : m_intra;
     w_inter(t) = inter ? std::exp(b(t) + m0 - m(t)) : Scalar(0);
-    for (Index s = 0; s <= t; ++s) W(t, s) = std::exp(b(t) - b(s) + i_of(s) - m(t));
-    for (Index s = t + 1; s < len; ++s) W(t, s) = 0;
   }
+  W = (log_decay.colwise() - m).array().exp().matrix();  // 0 above the diagonal
   auto qs = ws.qs.topLeftCorner(len, dqk);
   auto ks = ws.ks.topLeftCorner(len, dqk);
   qs = it.rows_of(it.tape.q, t0, len, dqk) * cell.query_scale();
