@@ -446,6 +446,8 @@ void backward(const MLstmCell<Scalar>& cell, MLstmTape<Scalar>& tape,
   expect(grad_igate, nh, "grad_igate");
   expect(grad_fgate, nh, "grad_fgate");
   tape.recorded = false;
+  // One set of buffers per thread, also if the thread count grew since the forward.
+  if (tape.buffers.size() < std::size_t(num_threads())) tape.buffers.resize(num_threads());
   const bool parallel = batch * nh > 1 && time * dqk * dv >= (1 << 14);
   parallel_for_indexed(batch * nh, parallel, [&](Index item, int thread) {
     const Index b = item / nh, head = item % nh;
