@@ -13,6 +13,7 @@
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/kernels/panelled.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/scratch.hpp"
@@ -476,14 +477,14 @@ class MLstmCell {
     auto scores = ws.scores.topLeftCorner(time, time);
     const auto max_log = ws.max_log.head(time);
     // C[t, s] = (q_t . k_s) * scale * exp(logD[t, s] - m_t)
-    scores.noalias() = in.q * in.k.transpose();
+    kernels::panelled_product(in.q, in.k, scores, false);
     scores.array() *= query_scale() * key_scale() *
                       (ws.log_decay.topLeftCorner(time, time).colwise() - max_log).array().exp();
     for (Index t = 0; t < time; ++t) {
       const Scalar norm = std::max(std::abs(scores.row(t).sum()), std::exp(-max_log(t)));
       scores.row(t) /= norm + eps();
     }
-    h_out.noalias() = scores * in.v;
+    kernels::panelled_product(scores, in.v.transpose(), h_out, false);
   }
 
   /// math §4.4(b): outputs of steps [t0, t0+len) from the state at the chunk
@@ -508,14 +509,14 @@ class MLstmCell {
     }
     auto scores = ws.scores.topLeftCorner(len, len);
     auto qbar = ws.qbar.topLeftCorner(len, qk_head_dim());
-    scores.noalias() = q * k.transpose();
+    kernels::panelled_product(q, k, scores, false);
     scores.array() *=
         query_scale() * key_scale() *
         (ws.log_decay.topLeftCorner(len, len).colwise() - ws.max_log.head(len)).array().exp();
     // qbar = q * exp(m_inter - m_combined) * qk_scale
     qbar = ws.log_f.head(len).asDiagonal() * q;
-    h_out.noalias() = qbar * state.C_of(b, head);
-    h_out.noalias() += scores * v;
+    kernels::panelled_product(qbar, state.C_of(b, head).transpose(), h_out, false);
+    kernels::panelled_product(scores, v.transpose(), h_out, true);
     for (Index t = 0; t < len; ++t) {
       const Scalar den = qbar.row(t).dot(state.n.row(r)) + scores.row(t).sum();
       h_out.row(t) /= std::max(std::abs(den), std::exp(-ws.max_log(t))) + eps();
@@ -542,7 +543,8 @@ class MLstmCell {
     // K^T diag(w) V with diag(w) K in a buffer: no temporary on the heap.
     auto weighted_k = ws.qbar.topLeftCorner(len, qk_head_dim());
     weighted_k = log_weight.asDiagonal() * in.k.middleRows(t0, len);
-    C.noalias() += weighted_k.transpose() * in.v.middleRows(t0, len);
+    kernels::panelled_product(weighted_k.transpose(), in.v.middleRows(t0, len).transpose(), C,
+                              true);
     state.n.row(r) *= decay;
     state.n.row(r).noalias() += log_weight.transpose() * in.k.middleRows(t0, len);
     state.m(r) = m_new;

@@ -27,6 +27,7 @@
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/kernels/panelled.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -185,7 +186,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   qs = it.rows_of(it.tape.q, t0, len, dqk) * cell.query_scale();
   ks = it.rows_of(it.tape.k, t0, len, dqk) * cell.key_scale();
   auto S = ws.scores.topLeftCorner(len, len);
-  S.noalias() = qs * ks.transpose();
+  kernels::panelled_product(qs, ks, S, false);
   // V and the start state extended by the normaliser's column: den is the
   // numerator of v = 1 (math §4.7(b)).
   auto v_ext = ws.v_ext.topLeftCorner(len, dv + 1);
@@ -194,11 +195,11 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   ws.state_ext.leftCols(dv) = it.boundary_C(j);
   ws.state_ext.col(dv) = it.tape.n.row(it.slot(j)).transpose();
   auto q_state = ws.q_state.topLeftCorner(len, dv + 1);
-  q_state.noalias() = qs * ws.state_ext;
+  kernels::panelled_product(qs, ws.state_ext.transpose(), q_state, false);
   auto P = ws.d_log.topLeftCorner(len, len);  // S .* W, until G replaces it
   P = S.cwiseProduct(W);
   auto num = ws.num.topLeftCorner(len, dv + 1);
-  num.noalias() = P * v_ext;
+  kernels::panelled_product(P, v_ext.transpose(), num, false);
   num += w_inter.asDiagonal() * q_state;
 
   // Outputs: h = num / N, N = max(|den|, exp(-m)) + eps.
@@ -213,23 +214,23 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
     normaliser_backward(den, m(t), d_norm, d_num(t, dv), d_m_t(t));
   }
   auto d_v_ext = ws.d_v_ext.topLeftCorner(len, dv + 1);
-  d_v_ext.noalias() = P.transpose() * d_num;
+  kernels::panelled_product(P.transpose(), d_num.transpose(), d_v_ext, false);
   auto dP = ws.d_scores.topLeftCorner(len, len);
-  dP.noalias() = d_num * v_ext.transpose();
+  kernels::panelled_product(d_num, v_ext, dP, false);
   // G = dL/dlogD = dP .* S .* W (lower triangle; W is 0 above it); then dP .* W.
   auto G = ws.d_log.topLeftCorner(len, len);
   G = dP.cwiseProduct(S).cwiseProduct(W);
   dP = dP.cwiseProduct(W);
   auto d_qs = ws.d_qs.topLeftCorner(len, dqk);
   auto d_ks = ws.d_ks.topLeftCorner(len, dqk);
-  d_qs.noalias() = dP * ks;
-  d_ks.noalias() = dP.transpose() * qs;
+  kernels::panelled_product(dP, ks.transpose(), d_qs, false);
+  kernels::panelled_product(dP.transpose(), qs.transpose(), d_ks, false);
   // Through the start state: num_t += w_t qs_t^T [C0, n0]. (num is not needed
   // any more: its buffer holds diag(w) d_num, products take no temporaries.)
   auto weighted_d_num = num;
   weighted_d_num = w_inter.asDiagonal() * d_num;
-  d_qs.noalias() += weighted_d_num * ws.state_ext.transpose();
-  ws.d_state_out.noalias() = qs.transpose() * weighted_d_num;
+  kernels::panelled_product(weighted_d_num, ws.state_ext, d_qs, true);
+  kernels::panelled_product(qs.transpose(), weighted_d_num.transpose(), ws.d_state_out, false);
 
   // Log space (math §4.7(b)): m_t enters every W(t, .) and w_inter(t) with a
   // minus sign and is the max of b_t + m0 and the row of logD.
@@ -266,7 +267,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   A = (a.array() - m1).exp().matrix();
   const auto& d_state = ws.d_state;                // dL/d[C1, n1]
   auto Y = ws.q_state.topLeftCorner(len, dv + 1);  // ks dC1', reusing q_state
-  Y.noalias() = ks * d_state;
+  kernels::panelled_product(ks, d_state.transpose(), Y, false);
   const Scalar g_g = g * d_state.cwiseProduct(ws.state_ext).sum();
   Scalar g_a_sum = 0;
   for (Index s = 0; s < len; ++s) {
@@ -277,7 +278,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   }
   d_v_ext.noalias() += A.asDiagonal() * Y;
   v_ext = A.asDiagonal() * v_ext;  // not needed unscaled any more
-  d_ks.noalias() += v_ext * d_state.transpose();
+  kernels::panelled_product(v_ext, d_state, d_ks, true);
   Scalar to_g, to_a;
   split_max(total + m0, a(arg_a), d_m - g_g - g_a_sum, to_g, to_a);
   d_i(arg_a) += to_a;
@@ -425,7 +426,7 @@ void check_mlstm_backward_arguments(const MLstmCell<Scalar>& cell, const MLstmTa
 ///  - `grad_q` ... `grad_fgate`: out, dL/d(inputs), shaped like the inputs;
 ///    zero past a row's length.
 /// Consumes the tape. Allocates nothing once the tape's buffers have grown
-/// (and the products are small enough for Eigen's stack buffers).
+/// (the chunk products are panelled, core/kernels/panelled.hpp).
 template <typename Scalar>
 void backward(const MLstmCell<Scalar>& cell, MLstmTape<Scalar>& tape,
               const ConstMatrixRef<detail::Same<Scalar>>& grad_h, MLstmState<Scalar>& grad_state,
