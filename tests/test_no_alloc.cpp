@@ -432,15 +432,18 @@ TYPED_TEST(NoAllocTest, MLstmStepDoesNotAllocate) {
 // The mLSTM cell's recorded forward and backward (math §4.7), repeated on the
 // same shapes: the tape holds the per-thread buffers. Sizes: a single chunk;
 // a partial last chunk (T 10, chunk 4) and ragged rows, whose smaller chunks
-// reuse the larger buffers; chunks of 16 with DH 32.
+// reuse the larger buffers; chunks of 16 with DH 32; chunks of 64 with heads of
+// 256, whose products would take Eigen's heap buffers without the panels.
 TYPED_TEST(NoAllocTest, MLstmForwardBackwardDoesNotAllocate) {
   using S = TypeParam;
   struct Size {
     Index batch, time, num_heads, qk_head_dim, v_head_dim, chunk_size;
     xlstm::Lengths lengths;
   };
-  const std::vector<Size> sizes = {
-      {1, 3, 1, 8, 8, 4, {}}, {2, 10, 2, 8, 12, 4, {10, 7}}, {3, 40, 2, 32, 32, 16, {}}};
+  const std::vector<Size> sizes = {{1, 3, 1, 8, 8, 4, {}},
+                                   {2, 10, 2, 8, 12, 4, {10, 7}},
+                                   {3, 40, 2, 32, 32, 16, {}},
+                                   {1, 70, 1, 256, 256, 64, {}}};
   const ThreadCountGuard guard;
   for (const int threads : thread_counts()) {
     xlstm::set_num_threads(threads);
