@@ -152,25 +152,12 @@ void bm_mlstm_cell_step(benchmark::State& state) {
   report(state, w, sw.total());
 }
 
-const char* form_name(MLstmForm f) {
-  switch (f) {
-    case MLstmForm::parallel:
-      return "parallel";
-    case MLstmForm::chunkwise:
-      return "chunkwise";
-    case MLstmForm::recurrent:
-      return "recurrent";
-    default:
-      return "automatic";
-  }
-}
-
 template <typename Scalar>
 void register_mlstm_forms(bool quick) {
   for (MLstmForm form : {MLstmForm::parallel, MLstmForm::chunkwise, MLstmForm::recurrent}) {
     if (quick && form != MLstmForm::chunkwise) continue;
     const std::string name =
-        std::string("mlstm_cell/") + dtype_name<Scalar>() + "/" + form_name(form);
+        std::string("mlstm_cell/") + dtype_name<Scalar>() + "/" + xlstm::form_name(form);
     auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_mlstm_cell_forward<Scalar>, form);
     b->ArgName("T")->UseManualTime()->Unit(benchmark::kMillisecond);
     if (quick) {

@@ -61,18 +61,7 @@ using Tol = test_util::CellTol<S>;
 constexpr auto kScaled = MLstmStateConvention::scaled_keys;
 constexpr auto kUnscaled = MLstmStateConvention::unscaled_keys;
 
-const char* name_of(MLstmForm form) {
-  switch (form) {
-    case MLstmForm::automatic:
-      return "automatic";
-    case MLstmForm::parallel:
-      return "parallel";
-    case MLstmForm::chunkwise:
-      return "chunkwise";
-    default:
-      return "recurrent";
-  }
-}
+const char* name_of(MLstmForm form) { return xlstm::form_name(form); }
 const char* name_of(MLstmStateConvention c) {
   return c == kScaled ? "scaled_keys" : "unscaled_keys";
 }

@@ -3,7 +3,7 @@
 // LanguageModel and LargeModel (float and 16-bit weights); float and double;
 // one thread and the default thread count (design §3: the state holds the
 // workspace). A recorded forward and its backward allocate nothing after a
-// warm-up of the same shapes (design §7.6): SLstmCell.
+// warm-up of the same shapes (design §7.6): SLstmCell, MLstmCell (all forms).
 //
 // Two independent counters, because Eigen allocates with malloc, not new:
 //  1. Every replaceable global operator new / new[] (plain, nothrow, aligned,
@@ -50,6 +50,7 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include "xlstm/blocks/mlstm_block.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
 #include "xlstm/cells/mlstm.hpp"
+#include "xlstm/cells/mlstm_backward.hpp"
 #include "xlstm/cells/slstm.hpp"
 #include "xlstm/cells/slstm_backward.hpp"
 #include "xlstm/core/init.hpp"
@@ -423,6 +424,63 @@ TYPED_TEST(NoAllocTest, MLstmStepDoesNotAllocate) {
         EXPECT_EQ(counted.news, 0);
         EXPECT_EQ(counted.eigen, 0);
         EXPECT_TRUE(h.allFinite());
+      }
+    }
+  }
+}
+
+// The mLSTM cell's recorded forward and backward (math §4.7), repeated on the
+// same shapes: the tape holds the per-thread buffers. Sizes: a single chunk;
+// a partial last chunk (T 10, chunk 4) and ragged rows, whose smaller chunks
+// reuse the larger buffers; chunks of 16 with DH 32; chunks of 64 with heads of
+// 256, whose products would take Eigen's heap buffers without the panels.
+TYPED_TEST(NoAllocTest, MLstmForwardBackwardDoesNotAllocate) {
+  using S = TypeParam;
+  struct Size {
+    Index batch, time, num_heads, qk_head_dim, v_head_dim, chunk_size;
+    xlstm::Lengths lengths;
+  };
+  const std::vector<Size> sizes = {{1, 3, 1, 8, 8, 4, {}},
+                                   {2, 10, 2, 8, 12, 4, {10, 7}},
+                                   {3, 40, 2, 32, 32, 16, {}},
+                                   {1, 70, 1, 256, 256, 64, {}}};
+  const ThreadCountGuard guard;
+  for (const int threads : thread_counts()) {
+    xlstm::set_num_threads(threads);
+    for (const auto& size : sizes) {
+      for (const auto form : {xlstm::MLstmForm::parallel, xlstm::MLstmForm::chunkwise,
+                              xlstm::MLstmForm::recurrent, xlstm::MLstmForm::automatic}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "threads " << threads << " B " << size.batch << " T " << size.time << " DH "
+                     << size.qk_head_dim << " form " << int(form));
+        std::mt19937 rng(305);
+        const Index B = size.batch, T = size.time, nh = size.num_heads;
+        const xlstm::MLstmCell<S> cell(test_util::mlstm_cell_config(
+            nh, size.qk_head_dim, size.v_head_dim, xlstm::MLstmStateConvention::scaled_keys,
+            size.chunk_size));
+        const auto q = test_util::random_sequence<S>(B, T, nh * size.qk_head_dim, rng);
+        const auto k = test_util::random_sequence<S>(B, T, nh * size.qk_head_dim, rng);
+        const auto v = test_util::random_sequence<S>(B, T, nh * size.v_head_dim, rng);
+        const auto igate = test_util::random_sequence<S>(B, T, nh, rng);
+        const auto fgate = test_util::random_sequence<S>(B, T, nh, rng, 3.0, 1.5);
+        const auto grad_h = test_util::random_sequence<S>(B, T, nh * size.v_head_dim, rng);
+        auto state = cell.initial_state(B), grad_state = cell.initial_state(B);
+        xlstm::MLstmTape<S> tape;
+        xlstm::MLstmInputGradients<S> grads;
+        xlstm::Sequence<S> h;
+        auto forward_backward = [&] {
+          state.reset();
+          grad_state.reset();
+          cell.forward(q, k, v, igate, fgate, size.lengths, state, h, tape, form);
+          xlstm::backward(cell, tape, grad_h, grad_state, grads);
+        };
+        forward_backward();  // warm-up
+        const auto counted = count_allocations([&] {
+          for (int i = 0; i < 3; ++i) forward_backward();
+        });
+        EXPECT_EQ(counted.news, 0);
+        EXPECT_EQ(counted.eigen, 0);
+        EXPECT_TRUE(grads.q.matrix().allFinite());
       }
     }
   }

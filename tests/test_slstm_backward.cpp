@@ -115,79 +115,25 @@ Analytic analytic(const Problem& p) {
   return a;
 }
 
-// A tensor of the problem, its analytic gradient and a name for messages.
-struct Target {
-  const char* name;
-  double* (*data)(Problem&);
-  Index size;
-  const double* grad;
-};
-
-// The directional derivative of L along a random unit direction of one
-// tensor, by central differences with one Richardson step (error O(eps^4)).
-double numeric_derivative(Problem& p, const Target& target, const std::vector<double>& u) {
-  double* data = target.data(p);
-  auto shifted = [&](double eps) {
-    std::vector<double> saved(data, data + target.size);
-    for (Index i = 0; i < target.size; ++i) data[i] += eps * u[std::size_t(i)];
-    const long double l = loss(p);
-    std::copy(saved.begin(), saved.end(), data);
-    return l;
-  };
-  auto central = [&](double eps) { return double((shifted(eps) - shifted(-eps)) / (2 * eps)); };
-  const double eps = 1e-3;
-  return (4 * central(eps / 2) - central(eps)) / 3;
-}
-
-// Every gradient of `p` against differences along two random directions.
-// `n_differentiable`: false where a first-step rule tests an n that is zero
-// (it switches as soon as n moves); with the whole-batch rule and mixed rows
-// L is differentiable in n.
+// Every gradient of `p` against finite differences (test_util). `n_differentiable`:
+// false where a first-step rule tests an n that is zero (it switches as soon as n moves);
+// with the whole-batch rule and mixed rows L is differentiable in n.
 double expect_gradients_match_differences(Problem& p, bool n_differentiable, std::uint64_t seed) {
   const Analytic a = analytic(p);
-  std::vector<Target> targets = {
-      {"recurrent kernel", [](Problem& q) { return q.cell.recurrent_kernel().data(); },
-       a.grads.recurrent_kernel().size(), a.grads.recurrent_kernel().data()},
-      {"bias", [](Problem& q) { return q.cell.bias().data(); }, a.grads.bias().size(),
-       a.grads.bias().data()},
-      {"preactivations", [](Problem& q) { return q.x.matrix().data(); }, p.x.matrix().size(),
-       a.grad_x.matrix().data()},
-      {"initial y", [](Problem& q) { return q.start.y.data(); }, p.start.y.size(),
-       a.grad_start.y.data()},
-      {"initial c", [](Problem& q) { return q.start.c.data(); }, p.start.c.size(),
-       a.grad_start.c.data()},
-      {"initial m", [](Problem& q) { return q.start.m.data(); }, p.start.m.size(),
-       a.grad_start.m.data()},
+  std::vector<test_util::GradientTarget> targets = {
+      {"recurrent kernel", p.cell.recurrent_kernel().data(), a.grads.recurrent_kernel().size(),
+       a.grads.recurrent_kernel().data()},
+      {"bias", p.cell.bias().data(), a.grads.bias().size(), a.grads.bias().data()},
+      {"preactivations", p.x.matrix().data(), p.x.matrix().size(), a.grad_x.matrix().data()},
+      {"initial y", p.start.y.data(), p.start.y.size(), a.grad_start.y.data()},
+      {"initial c", p.start.c.data(), p.start.c.size(), a.grad_start.c.data()},
+      {"initial m", p.start.m.data(), p.start.m.size(), a.grad_start.m.data()},
   };
   if (n_differentiable) {
-    targets.push_back({"initial n", [](Problem& q) { return q.start.n.data(); }, p.start.n.size(),
-                       a.grad_start.n.data()});
+    targets.push_back({"initial n", p.start.n.data(), p.start.n.size(), a.grad_start.n.data()});
   }
-  std::mt19937_64 rng(seed + 1);
-  std::normal_distribution<double> normal;
-  double worst = 0;
-  for (const auto& target : targets) {
-    for (int trial = 0; trial < 2; ++trial) {
-      std::vector<double> u(std::size_t(target.size));
-      double norm = 0;
-      for (double& v : u) {
-        v = normal(rng);
-        norm += v * v;
-      }
-      for (double& v : u) v /= std::sqrt(norm);
-      double exact = 0;
-      for (Index i = 0; i < target.size; ++i) exact += target.grad[i] * u[std::size_t(i)];
-      const double numeric = numeric_derivative(p, target, u);
-      // Relative to the directional derivative, floored at 1e-6 of the
-      // loss's scale (a direction along which L hardly changes).
-      const double scale = std::max(std::abs(numeric), 1e-6 * double(std::abs(loss(p))) + 1e-12);
-      const double error = std::abs(exact - numeric) / scale;
-      worst = std::max(worst, error);
-      EXPECT_LE(error, 1e-6) << target.name << ": backward " << exact << ", differences "
-                             << numeric;
-    }
-  }
-  return worst;
+  return test_util::expect_gradients_match_differences(
+      targets, [&] { return loss(p); }, seed);
 }
 
 TEST(SLstmBackward, MatchesFiniteDifferences) {

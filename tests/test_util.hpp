@@ -341,6 +341,62 @@ inline Tokens random_tokens(Index batch, Index time, Index vocab, std::uint64_t 
 }
 
 // ---------------------------------------------------------------------------
+// Gradients against finite differences (the backward tests)
+// ---------------------------------------------------------------------------
+
+/// A float64 tensor that a loss reads, its analytic gradient (same size) and
+/// a name for messages.
+struct GradientTarget {
+  const char* name;
+  double* data;
+  Index size;
+  const double* grad;
+};
+
+/// Checks every target's analytic gradient against central differences of
+/// `loss()` (a long double, so that the difference of two nearby losses loses
+/// fewer digits) with one Richardson step (error O(h^4), h = 1e-3), along two
+/// random unit directions per target. The error is relative to the
+/// directional derivative, floored at 1e-6 of |L| (a direction along which L
+/// hardly changes); it must be <= 1e-6. Returns the worst error.
+template <typename Loss>
+double expect_gradients_match_differences(const std::vector<GradientTarget>& targets, Loss&& loss,
+                                          std::uint64_t seed) {
+  std::mt19937_64 rng(seed + 1);
+  std::normal_distribution<double> normal;
+  double worst = 0;
+  for (const auto& target : targets) {
+    for (int trial = 0; trial < 2; ++trial) {
+      std::vector<double> u(std::size_t(target.size));
+      double norm = 0;
+      for (double& x : u) {
+        x = normal(rng);
+        norm += x * x;
+      }
+      for (double& x : u) x /= std::sqrt(norm);
+      double exact = 0;
+      for (Index i = 0; i < target.size; ++i) exact += target.grad[i] * u[std::size_t(i)];
+      auto shifted = [&](double h) {
+        std::vector<double> saved(target.data, target.data + target.size);
+        for (Index i = 0; i < target.size; ++i) target.data[i] += h * u[std::size_t(i)];
+        const long double l = loss();
+        std::copy(saved.begin(), saved.end(), target.data);
+        return l;
+      };
+      auto central = [&](double h) { return double((shifted(h) - shifted(-h)) / (2 * h)); };
+      const double h = 1e-3;
+      const double numeric = (4 * central(h / 2) - central(h)) / 3;
+      const double scale = std::max(std::abs(numeric), 1e-6 * double(std::abs(loss())) + 1e-12);
+      const double error = std::abs(exact - numeric) / scale;
+      worst = std::max(worst, error);
+      EXPECT_LE(error, 1e-6) << target.name << ": backward " << exact << ", differences "
+                             << numeric;
+    }
+  }
+  return worst;
+}
+
+// ---------------------------------------------------------------------------
 // Random parameters
 // ---------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@
 #include "xlstm/core/weight_matrix.hpp"
 
 #include "xlstm/cells/mlstm.hpp"
+#include "xlstm/cells/mlstm_backward.hpp"
 #include "xlstm/cells/slstm.hpp"
 #include "xlstm/cells/slstm_backward.hpp"
 

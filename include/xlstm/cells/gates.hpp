@@ -2,6 +2,8 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
 
 namespace xlstm {
 
@@ -32,5 +34,25 @@ Scalar clamp_gate(Scalar x) {
   const Scalar hi = gate_limit<Scalar>();
   return x > hi ? hi : (x < -hi ? -hi : x);
 }
+
+namespace detail {
+
+/// Derivative of clamp_gate: 1 inside the bounds, 0 outside (for the backward passes).
+template <typename Scalar>
+Scalar clamp_gate_derivative(Scalar x) {
+  return std::abs(x) <= gate_limit<Scalar>() ? Scalar(1) : Scalar(0);
+}
+
+template <typename Scalar>
+Scalar sigmoid_of(Scalar x) {
+  return Scalar(1) / (Scalar(1) + std::exp(-x));
+}
+
+template <typename Scalar>
+Scalar log_sigmoid_of(Scalar x) {
+  return std::min(x, Scalar(0)) - std::log1p(std::exp(-std::abs(x)));
+}
+
+}  // namespace detail
 
 }  // namespace xlstm

@@ -13,8 +13,10 @@
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/kernels/panelled.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/core/scratch.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -37,6 +39,20 @@ enum class MLstmForm {
   chunkwise,  ///< §4.4 (any T, any initial state, memory linear in T)
   recurrent,  ///< §4.3 step by step
 };
+
+/// The form's name, as in messages and reports ("parallel", ...).
+inline const char* form_name(MLstmForm form) {
+  switch (form) {
+    case MLstmForm::parallel:
+      return "parallel";
+    case MLstmForm::chunkwise:
+      return "chunkwise";
+    case MLstmForm::recurrent:
+      return "recurrent";
+    default:
+      return "automatic";
+  }
+}
 
 struct MLstmCellConfig {
   Index num_heads = 4;    ///< NH
@@ -168,6 +184,76 @@ struct MLstmState {
   }
 };
 
+namespace detail {
+
+/// Grows `m` to at least rows x cols (never shrinks): buffers used through
+/// their top-left corner, so that smaller chunks allocate nothing.
+template <typename MatrixType>
+void grow_to(MatrixType& m, Index rows, Index cols) {
+  if (m.rows() < rows || m.cols() < cols) {
+    m.resize(std::max<Index>(rows, m.rows()), std::max<Index>(cols, m.cols()));
+  }
+}
+
+/// Working memory of the mLSTM cell for one (batch row, head) at a time,
+/// reused across heads and chunks (one per thread). A chunk of `len` steps
+/// uses the leading `len` entries, so buffers sized once serve every chunk.
+template <typename Scalar>
+struct MLstmBuffers {
+  // Forward (math §4.2, §4.4).
+  Vector<Scalar> log_f, cum_log_f, log_weight, max_log;
+  Matrix<Scalar> log_decay, scores, qbar;
+  // Backward (math §4.7; cells/mlstm_backward.hpp): the recomputed chunk
+  // (scores S, weights W, their cotangents), the chunk's inputs with V
+  // extended by a column of ones, the running state cotangent, and the states
+  // of one segment of the recurrent form.
+  Matrix<Scalar> weights, d_scores, d_log, qs, ks, d_qs, d_ks, v_ext, num, d_num, d_v_ext, q_state,
+      state_ext, d_state, d_state_out, segment_C, segment_n;
+  Vector<Scalar> m, w_inter, norm, d_b, d_i, d_m, segment_m;
+  Eigen::Matrix<Index, Eigen::Dynamic, 1> arg_max;
+
+  /// Capacity for chunks of `len` steps of the forward.
+  void reserve_forward(Index len, Index dqk) {
+    for (Vector<Scalar>* x : {&log_f, &cum_log_f, &log_weight, &max_log}) grow_to(*x, len, 1);
+    grow_to(log_decay, len, len);
+    grow_to(scores, len, len);
+    grow_to(qbar, len, dqk);
+  }
+};
+
+}  // namespace detail
+
+/// What a recording forward of the mLSTM cell keeps for its backward (design
+/// §7.3, math §4.7). The caller owns it, like the state;
+/// `MLstmCell::forward(..., tape)` fills it, `backward`
+/// (cells/mlstm_backward.hpp) consumes it. Recording again with the same
+/// shapes allocates nothing.
+///
+/// Per token and head: the inputs q, k, v, i, f (2 DHQK + DHV + 2 scalars);
+/// per `chunk_size` tokens and head: the state at the chunk's start
+/// (DHQK x DHV + DHQK + 1 scalars). Memory is linear in T: inside a chunk
+/// the backward recomputes what it needs, never a T x T matrix (except the
+/// parallel form, which is T x T by nature).
+template <typename Scalar>
+struct MLstmTape {
+  /// The forward's inputs, (B*T) rows as given (row b*T + t), head-major columns.
+  Matrix<Scalar> q, k, v, igate, fgate;
+  /// Chunk-boundary states of item r = b*NH + head: slot r*boundaries + j
+  /// holds the state before step j*segment (C rows slot*DHQK.., n row slot,
+  /// m entry slot), in the cell's convention.
+  Matrix<Scalar> C, n;
+  Vector<Scalar> m;
+  std::vector<MLstmForm> forms;  ///< per batch row, the form that ran
+  Lengths lengths;               ///< the forward's per-row lengths (empty: all T)
+  Index batch = 0, time = 0;
+  Index segment = 0;     ///< steps between stored states (the chunk size)
+  Index boundaries = 0;  ///< stored states per item: ceil(time / segment)
+  /// Set by a recording forward, cleared by the backward that consumes it.
+  bool recorded = false;
+  /// Working memory, one per thread (forward and backward).
+  std::vector<detail::MLstmBuffers<Scalar>> buffers;
+};
+
 /// The mLSTM cell (math §4): matrix memory C with the covariance update,
 /// normaliser n and stabiliser m, in its parallel, chunkwise and recurrent
 /// forms, which agree (math §4.5). It has no parameters: q, k, v and the
@@ -186,6 +272,7 @@ class MLstmCell {
   using Scalar = Scalar_;
   using Config = MLstmCellConfig;
   using State = MLstmState<Scalar>;
+  using Tape = MLstmTape<Scalar>;
 
   explicit MLstmCell(const Config& config) : config_(config) { config_.validate(); }
 
@@ -231,6 +318,45 @@ class MLstmCell {
                State& state, MatrixRef<Scalar> h, MLstmForm form = MLstmForm::automatic,
                const Lengths& lengths = {}) const;
 
+  /// The forwards above, recording into `tape` what `backward` needs (design
+  /// §7.3, math §4.7). Same outputs, bit for bit.
+  void forward(const Sequence<Scalar>& q, const Sequence<Scalar>& k, const Sequence<Scalar>& v,
+               const Sequence<Scalar>& igate, const Sequence<Scalar>& fgate, State& state,
+               Sequence<Scalar>& h, Tape& tape, MLstmForm form = MLstmForm::automatic) const {
+    forward(q, k, v, igate, fgate, Lengths{}, state, h, tape, form);
+  }
+  void forward(const Sequence<Scalar>& q, const Sequence<Scalar>& k, const Sequence<Scalar>& v,
+               const Sequence<Scalar>& igate, const Sequence<Scalar>& fgate, const Lengths& lengths,
+               State& state, Sequence<Scalar>& h, Tape& tape,
+               MLstmForm form = MLstmForm::automatic) const {
+    check_sequence_inputs(q, k, v, igate, fgate, state);
+    h.resize(q.batch(), q.time(), num_heads() * v_head_dim());
+    forward_recorded(q.batch(), q.time(), q.matrix(), k.matrix(), v.matrix(), igate.matrix(),
+                     fgate.matrix(), state, h.matrix(), form, lengths, &tape);
+  }
+  void forward(Index batch, Index time, const ConstMatrixRef<Scalar>& q,
+               const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
+               const ConstMatrixRef<Scalar>& igate, const ConstMatrixRef<Scalar>& fgate,
+               State& state, MatrixRef<Scalar> h, Tape& tape, MLstmForm form = MLstmForm::automatic,
+               const Lengths& lengths = {}) const {
+    forward_recorded(batch, time, q, k, v, igate, fgate, state, h, form, lengths, &tape);
+  }
+
+  /// The scale applied to q (1/sqrt(DHQK) in the unscaled-keys convention, else 1).
+  Scalar query_scale() const {
+    return config_.convention == MLstmStateConvention::unscaled_keys
+               ? Scalar(1) / std::sqrt(Scalar(qk_head_dim()))
+               : Scalar(1);
+  }
+  /// The scale applied to k (1/sqrt(DHQK) in the scaled-keys convention, else 1).
+  Scalar key_scale() const {
+    return config_.convention == MLstmStateConvention::scaled_keys
+               ? Scalar(1) / std::sqrt(Scalar(qk_head_dim()))
+               : Scalar(1);
+  }
+  /// The normaliser's eps (math §4.1) in Scalar.
+  Scalar eps() const { return static_cast<Scalar>(config_.eps); }
+
   /// One time step for all rows and heads (math §4.3). q, k: B x (NH*DHQK);
   /// v: B x (NH*DHV); igate, fgate: B x NH; h receives B x (NH*DHV).
   /// Does not allocate.
@@ -264,11 +390,45 @@ class MLstmCell {
     ColumnBlock igate, fgate;
   };
 
-  /// Buffers reused across heads and chunks of one forward call.
-  struct Workspace {
-    Vector<Scalar> log_f, cum_log_f, log_weight, max_log;
-    Matrix<Scalar> log_decay, scores, qbar;
-  };
+  using Workspace = detail::MLstmBuffers<Scalar>;
+
+  /// forward with an optional tape.
+  void forward_recorded(Index batch, Index time, const ConstMatrixRef<Scalar>& q,
+                        const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
+                        const ConstMatrixRef<Scalar>& igate, const ConstMatrixRef<Scalar>& fgate,
+                        State& state, MatrixRef<Scalar> h, MLstmForm form, const Lengths& lengths,
+                        Tape* tape) const;
+
+  /// Sizes `tape` and copies the inputs into it.
+  void start_tape(Tape& tape, Index batch, Index time, const ConstMatrixRef<Scalar>& q,
+                  const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
+                  const ConstMatrixRef<Scalar>& igate, const ConstMatrixRef<Scalar>& fgate,
+                  const Lengths& lengths) const {
+    const Index items = batch * num_heads(), segment = config_.chunk_size;
+    tape.q = q;  // no allocation when the sizes are unchanged
+    tape.k = k;
+    tape.v = v;
+    tape.igate = igate;
+    tape.fgate = fgate;
+    tape.boundaries = (time + segment - 1) / segment;
+    ensure_size(tape.C, items * tape.boundaries * qk_head_dim(), v_head_dim());
+    ensure_size(tape.n, items * tape.boundaries, qk_head_dim());
+    ensure_size(tape.m, items * tape.boundaries, Index(1));
+    tape.lengths = lengths;
+    tape.batch = batch;
+    tape.time = time;
+    tape.segment = segment;
+    tape.recorded = false;  // until the forward completes
+    if (tape.buffers.size() < std::size_t(num_threads())) tape.buffers.resize(num_threads());
+  }
+
+  /// Stores the state of (b, head) as boundary `j` of the tape.
+  void record_boundary(Tape& tape, Index j, const State& state, Index b, Index head) const {
+    const Index r = b * num_heads() + head, slot = r * tape.boundaries + j;
+    tape.C.middleRows(slot * qk_head_dim(), qk_head_dim()) = state.C_of(b, head);
+    tape.n.row(slot) = state.n.row(r);
+    tape.m(slot) = state.m(r);
+  }
 
   /// The first `len` steps of batch row b, head `head` (rows b*time ...).
   HeadInputs head_inputs(const InputRef& q, const InputRef& k, const InputRef& v,
@@ -282,23 +442,9 @@ class MLstmCell {
                       fgate.template block<Eigen::Dynamic, 1>(b * time, head, len, 1)};
   }
 
-  /// Scales applied to q and k: one of them carries 1/sqrt(DHQK).
-  Scalar query_scale() const {
-    return config_.convention == MLstmStateConvention::unscaled_keys
-               ? Scalar(1) / std::sqrt(Scalar(qk_head_dim()))
-               : Scalar(1);
-  }
-  Scalar key_scale() const {
-    return config_.convention == MLstmStateConvention::scaled_keys
-               ? Scalar(1) / std::sqrt(Scalar(qk_head_dim()))
-               : Scalar(1);
-  }
-  Scalar eps() const { return static_cast<Scalar>(config_.eps); }
-
   /// log f over steps [t0, t0+len) and their inclusive cumulative sum.
   void cumulative_log_forget(const HeadInputs& in, Index t0, Index len, Workspace& ws) const {
-    ws.log_f = log_sigmoid(clamp_gates(in.fgate.segment(t0, len).array())).matrix();
-    ws.cum_log_f.resize(len);
+    ws.log_f.head(len) = log_sigmoid(clamp_gates(in.fgate.segment(t0, len).array())).matrix();
     Scalar sum = 0;
     for (Index t = 0; t < len; ++t) {
       sum += ws.log_f(t);
@@ -310,8 +456,6 @@ class MLstmCell {
   /// and its row max (never -inf: the diagonal is unmasked, math §10.6).
   void causal_log_decay(const HeadInputs& in, Index t0, Index len, Workspace& ws) const {
     const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
-    ws.log_decay.resize(len, len);
-    ws.max_log.resize(len);
     for (Index t = 0; t < len; ++t) {
       Scalar row_max = neg_inf;
       for (Index s = 0; s <= t; ++s) {
@@ -330,15 +474,17 @@ class MLstmCell {
     const Index time = in.q.rows();
     cumulative_log_forget(in, 0, time, ws);
     causal_log_decay(in, 0, time, ws);
+    auto scores = ws.scores.topLeftCorner(time, time);
+    const auto max_log = ws.max_log.head(time);
     // C[t, s] = (q_t . k_s) * scale * exp(logD[t, s] - m_t)
-    ws.scores.noalias() = in.q * in.k.transpose();
-    ws.scores.array() *=
-        query_scale() * key_scale() * (ws.log_decay.colwise() - ws.max_log).array().exp();
+    kernels::panelled_product(in.q, in.k, scores, false);
+    scores.array() *= query_scale() * key_scale() *
+                      (ws.log_decay.topLeftCorner(time, time).colwise() - max_log).array().exp();
     for (Index t = 0; t < time; ++t) {
-      const Scalar norm = std::max(std::abs(ws.scores.row(t).sum()), std::exp(-ws.max_log(t)));
-      ws.scores.row(t) /= norm + eps();
+      const Scalar norm = std::max(std::abs(scores.row(t).sum()), std::exp(-max_log(t)));
+      scores.row(t) /= norm + eps();
     }
-    h_out.noalias() = ws.scores * in.v;
+    kernels::panelled_product(scores, in.v.transpose(), h_out, false);
   }
 
   /// math §4.4(b): outputs of steps [t0, t0+len) from the state at the chunk
@@ -361,15 +507,18 @@ class MLstmCell {
       ws.log_f(t) = std::exp(m_inter - m_combined) * query_scale();
       ws.max_log(t) = m_combined;
     }
-    ws.scores.noalias() = q * k.transpose();
-    ws.scores.array() *=
-        query_scale() * key_scale() * (ws.log_decay.colwise() - ws.max_log).array().exp();
+    auto scores = ws.scores.topLeftCorner(len, len);
+    auto qbar = ws.qbar.topLeftCorner(len, qk_head_dim());
+    kernels::panelled_product(q, k, scores, false);
+    scores.array() *=
+        query_scale() * key_scale() *
+        (ws.log_decay.topLeftCorner(len, len).colwise() - ws.max_log.head(len)).array().exp();
     // qbar = q * exp(m_inter - m_combined) * qk_scale
-    ws.qbar = ws.log_f.asDiagonal() * q;
-    h_out.noalias() = ws.qbar * state.C_of(b, head);
-    h_out.noalias() += ws.scores * v;
+    qbar = ws.log_f.head(len).asDiagonal() * q;
+    kernels::panelled_product(qbar, state.C_of(b, head).transpose(), h_out, false);
+    kernels::panelled_product(scores, v.transpose(), h_out, true);
     for (Index t = 0; t < len; ++t) {
-      const Scalar den = ws.qbar.row(t).dot(state.n.row(r)) + ws.scores.row(t).sum();
+      const Scalar den = qbar.row(t).dot(state.n.row(r)) + scores.row(t).sum();
       h_out.row(t) /= std::max(std::abs(den), std::exp(-ws.max_log(t))) + eps();
     }
   }
@@ -381,20 +530,23 @@ class MLstmCell {
     cumulative_log_forget(in, t0, len, ws);
     const Scalar total = ws.cum_log_f(len - 1);
     // a[s] = cum[L] - cum[s] + i[s]: log weight of step s at the chunk end.
-    ws.log_weight.resize(len);
+    auto log_weight = ws.log_weight.head(len);
     for (Index s = 0; s < len; ++s) {
-      ws.log_weight(s) = total - ws.cum_log_f(s) + clamp_gate(in.igate(t0 + s));
+      log_weight(s) = total - ws.cum_log_f(s) + clamp_gate(in.igate(t0 + s));
     }
     const Scalar m_prev = state.m(r);
-    const Scalar m_new = std::max(total + m_prev, ws.log_weight.maxCoeff());
+    const Scalar m_new = std::max(total + m_prev, log_weight.maxCoeff());
     const Scalar decay = std::exp(total + m_prev - m_new);
-    ws.log_weight = ((ws.log_weight.array() - m_new).exp() * key_scale()).matrix();
+    log_weight = ((log_weight.array() - m_new).exp() * key_scale()).matrix();
     auto C = state.C_of(b, head);
     C *= decay;
-    C.noalias() += in.k.middleRows(t0, len).transpose() * ws.log_weight.asDiagonal() *
-                   in.v.middleRows(t0, len);
+    // K^T diag(w) V with diag(w) K in a buffer: no temporary on the heap.
+    auto weighted_k = ws.qbar.topLeftCorner(len, qk_head_dim());
+    weighted_k = log_weight.asDiagonal() * in.k.middleRows(t0, len);
+    kernels::panelled_product(weighted_k.transpose(), in.v.middleRows(t0, len).transpose(), C,
+                              true);
     state.n.row(r) *= decay;
-    state.n.row(r).noalias() += ws.log_weight.transpose() * in.k.middleRows(t0, len);
+    state.n.row(r).noalias() += log_weight.transpose() * in.k.middleRows(t0, len);
     state.m(r) = m_new;
   }
 
@@ -461,6 +613,17 @@ void MLstmCell<Scalar_>::forward(Index batch, Index time, const ConstMatrixRef<S
                                  const ConstMatrixRef<Scalar>& fgate, State& state,
                                  MatrixRef<Scalar> h, MLstmForm form,
                                  const Lengths& lengths) const {
+  forward_recorded(batch, time, q, k, v, igate, fgate, state, h, form, lengths, nullptr);
+}
+
+template <typename Scalar_>
+void MLstmCell<Scalar_>::forward_recorded(Index batch, Index time, const ConstMatrixRef<Scalar>& q,
+                                          const ConstMatrixRef<Scalar>& k,
+                                          const ConstMatrixRef<Scalar>& v,
+                                          const ConstMatrixRef<Scalar>& igate,
+                                          const ConstMatrixRef<Scalar>& fgate, State& state,
+                                          MatrixRef<Scalar> h, MLstmForm form,
+                                          const Lengths& lengths, Tape* tape) const {
   check_state(state, "MLstmCell::forward");
   check_lengths(lengths, batch, time, "MLstmCell::forward");
   check(batch == state.batch && time > 0, "MLstmCell::forward: 'batch' must equal the state's (",
@@ -480,7 +643,10 @@ void MLstmCell<Scalar_>::forward(Index batch, Index time, const ConstMatrixRef<S
   }
   // `automatic` decides per row, from the row's own length and state, so
   // that every row of a (ragged) batch runs exactly as it would alone.
-  std::vector<MLstmForm> row_forms(std::size_t(batch), form);
+  std::vector<MLstmForm> local_forms;
+  std::vector<MLstmForm>& row_forms = tape ? tape->forms : local_forms;
+  row_forms.assign(std::size_t(batch), form);  // no allocation when the tape's capacity suffices
+  if (tape) start_tape(*tape, batch, time, q, k, v, igate, fgate, lengths);
   for (Index b = 0; b < batch; ++b) {
     const Index len = length_of(lengths, b, time);
     h.middleRows(b * time + len, time - len).setZero();  // padding
@@ -492,34 +658,43 @@ void MLstmCell<Scalar_>::forward(Index batch, Index time, const ConstMatrixRef<S
   }
   // (batch row, head) pairs are independent: spread them over the threads.
   const bool parallel = batch * num_heads() > 1 && time * qk_head_dim() * v_head_dim() >= (1 << 14);
-  parallel_for(batch * num_heads(), parallel, [&](Index item) {
+  const Index segment = config_.chunk_size;
+  parallel_for_indexed(batch * num_heads(), parallel, [&](Index item, int thread) {
     const Index b = item / num_heads(), head = item % num_heads();
     const Index len = length_of(lengths, b, time);
+    if (tape) record_boundary(*tape, 0, state, b, head);
     if (len == 0) return;
-    Workspace ws;
+    Workspace local;  // allocates only without a tape
+    Workspace& ws = tape ? tape->buffers[std::size_t(thread)] : local;
     HeadInputs in = head_inputs(q, k, v, igate, fgate, time, len, b, head);
     auto h_out = h.block(b * time, head * v_head_dim(), len, v_head_dim());
     switch (row_forms[std::size_t(b)]) {
       case MLstmForm::parallel:
+        ws.reserve_forward(len, qk_head_dim());
         parallel_head(in, h_out, ws);
         // The final state: the inter-chunk recurrence over one chunk (§4.4a).
         advance_state(in, 0, len, state, b, head, ws);
         break;
       case MLstmForm::chunkwise:
-        for (Index t0 = 0; t0 < len; t0 += config_.chunk_size) {
-          const Index chunk = std::min(config_.chunk_size, len - t0);
+        ws.reserve_forward(std::min(segment, len), qk_head_dim());
+        for (Index t0 = 0; t0 < len; t0 += segment) {
+          const Index chunk = std::min(segment, len - t0);
+          if (tape && t0 > 0) record_boundary(*tape, t0 / segment, state, b, head);
           chunk_outputs(in, t0, chunk, state, b, head, h_out.middleRows(t0, chunk), ws);
           advance_state(in, t0, chunk, state, b, head, ws);
         }
         break;
       default:
         for (Index t = 0; t < len; ++t) {
+          if (tape && t > 0 && t % segment == 0)
+            record_boundary(*tape, t / segment, state, b, head);
           recurrent_step(in.q.row(t), in.k.row(t), in.v.row(t), in.igate(t), in.fgate(t), state, b,
                          head, h_out.row(t));
         }
         break;
     }
   });
+  if (tape) tape->recorded = true;
 }
 
 template <typename Scalar_>

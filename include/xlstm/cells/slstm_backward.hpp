@@ -76,16 +76,6 @@ class SLstmCellGradients {
 
 namespace detail {
 
-template <typename Scalar>
-Scalar sigmoid_of(Scalar x) {
-  return Scalar(1) / (Scalar(1) + std::exp(-x));
-}
-
-template <typename Scalar>
-Scalar log_sigmoid_of(Scalar x) {
-  return std::min(x, Scalar(0)) - std::log1p(std::exp(-std::abs(x)));
-}
-
 /// dL/de for min(e, 1), given dL/dmin: all of it below 1, half on the tie
 /// (torch's convention, math §2.8), none above. Multiplied by de/dx = e for
 /// e = exp(x); above 1 the product is 0, also where e overflowed (the official
@@ -95,12 +85,6 @@ Scalar through_clamped_exp(Scalar grad, Scalar e) {
   if (e < Scalar(1)) return grad * e;
   if (e == Scalar(1)) return Scalar(0.5) * grad;
   return Scalar(0);
-}
-
-/// Derivative of clamp_gates (gates.hpp): 1 inside the bounds, 0 outside.
-template <typename Scalar>
-Scalar clamp_gate_derivative(Scalar x) {
-  return std::abs(x) <= gate_limit<Scalar>() ? Scalar(1) : Scalar(0);
 }
 
 /// The pointwise backward of one sLSTM unit at one step (math §2.8).

@@ -61,21 +61,29 @@ inline void set_num_threads(int threads) {
 #endif
 }
 
-/// Calls fn(i) for i in [0, count), spread over the threads when `parallel`
-/// is true and we are not already inside a parallel region. Items must be
-/// independent.
+/// Calls fn(i, thread) for i in [0, count), spread over the threads when
+/// `parallel` is true and we are not already inside a parallel region;
+/// `thread` is the executing thread's index in [0, num_threads()), 0 when the
+/// items run on one thread (for per-thread workspaces, e.g. the mLSTM cell's
+/// tape). Items must be independent.
 template <typename Fn>
-void parallel_for(Index count, bool parallel, Fn&& fn) {
+void parallel_for_indexed(Index count, bool parallel, Fn&& fn) {
 #ifdef _OPENMP
   const int threads = num_threads();
   if (parallel && count > 1 && threads > 1 && !omp_in_parallel()) {
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (Index i = 0; i < count; ++i) fn(i);
+    for (Index i = 0; i < count; ++i) fn(i, omp_get_thread_num());
     return;
   }
 #endif
   (void)parallel;
-  for (Index i = 0; i < count; ++i) fn(i);
+  for (Index i = 0; i < count; ++i) fn(i, 0);
+}
+
+/// Calls fn(i) for i in [0, count), as parallel_for_indexed.
+template <typename Fn>
+void parallel_for(Index count, bool parallel, Fn&& fn) {
+  parallel_for_indexed(count, parallel, [&fn](Index i, int) { fn(i); });
 }
 
 }  // namespace xlstm
