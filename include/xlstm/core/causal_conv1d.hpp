@@ -56,10 +56,10 @@ struct CausalConv1dState {
   template <typename Self, typename Visit>
   static void visit_tensors(Self& self, Visit& visit, const std::string& prefix) {
     if (self.kernel_size == 0) return;
-    visit_parameter(visit, prefix, "conv_state.0",
-                    {std::size_t(self.batch()), std::size_t(self.kernel_size),
-                     std::size_t(self.window.cols())},
-                    self.window);
+    visit_parameter(
+        visit, prefix, "conv_state.0",
+        {std::size_t(self.batch()), std::size_t(self.kernel_size), std::size_t(self.window.cols())},
+        self.window);
   }
 };
 
@@ -119,14 +119,23 @@ class CausalConv1d {
           state.window.cols());
   }
 
+  /// Lists the taps `weight` (F x K) and `bias` (F) under the conv's names;
+  /// nothing for K = 0 (shared with CausalConv1dGradients,
+  /// core/causal_conv1d_backward.hpp).
+  template <typename Visit, typename Weight, typename Bias>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix, Weight& weight,
+                                  Bias& bias) {
+    if (weight.cols() == 0) return;
+    const auto features = std::size_t(weight.rows());
+    visit_parameter(visit, prefix, "conv.weight", {features, 1, std::size_t(weight.cols())},
+                    weight);
+    visit_parameter(visit, prefix, "conv.bias", {features}, bias);
+  }
+
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    if (self.kernel_size_ == 0) return;
-    const auto features = std::size_t(self.features_);
-    visit_parameter(visit, prefix, "conv.weight", {features, 1, std::size_t(self.kernel_size_)},
-                    self.weight_);
-    visit_parameter(visit, prefix, "conv.bias", {features}, self.bias_);
+    visit_parameters_as(visit, prefix, self.weight_, self.bias_);
   }
 
   Index features_ = 0, kernel_size_ = 0;
