@@ -23,6 +23,7 @@
 
 namespace {
 
+using test_util::dot;
 using test_util::expect_gradients_match_differences;
 using test_util::fill_normal;
 using test_util::GradientTarget;
@@ -34,14 +35,6 @@ using xlstm::Index;
 using xlstm::Lengths;
 using xlstm::Matrix;
 using xlstm::Sequence;
-
-// sum(a * b) in long double.
-template <typename A, typename B>
-long double dot(const A& a, const B& b) {
-  long double sum = 0;
-  for (Index i = 0; i < a.size(); ++i) sum += (long double)a.data()[i] * b.data()[i];
-  return sum;
-}
 
 // Checks a layer y = f(x) of N rows: L = sum(y * grad_y). `forward(x, y)` runs
 // the layer, `backward(x, grad_y, grads, grad_x)` its backward.

@@ -344,6 +344,15 @@ inline Tokens random_tokens(Index batch, Index time, Index vocab, std::uint64_t 
 // Finite differences (backward passes, design §7)
 // ---------------------------------------------------------------------------
 
+// sum(a * b) over all elements (dense storage), in long double: a loss of
+// cotangent form whose differences lose fewer digits.
+template <typename A, typename B>
+long double dot(const A& a, const B& b) {
+  long double sum = 0;
+  for (Index i = 0; i < a.size(); ++i) sum += (long double)a.data()[i] * b.data()[i];
+  return sum;
+}
+
 // A float64 tensor a loss reads (perturbed in place by the check) and its
 // analytic gradient.
 struct GradientTarget {
