@@ -16,6 +16,7 @@
 #include "test_util.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
 #include "xlstm/blocks/slstm_block_backward.hpp"
+#include "xlstm/core/parallel.hpp"
 
 namespace {
 
@@ -247,6 +248,39 @@ TYPED_TEST(SLstmBlockBackwardTyped, GradientsAreNamedLikeParametersAndAccumulate
     EXPECT_TRUE(ThrowsMentioning(
         [&] { xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x); }, "'tape'"));
   }
+}
+
+// The parallel loops split work by heads, panels and row ranges, never a sum,
+// so the gradients have the same bits with any thread count. E 256 in 4
+// heads: large enough for every parallel loop of the backward (with OpenMP).
+TYPED_TEST(SLstmBlockBackwardTyped, SameBitsWithAnyThreadCount) {
+  using S = TypeParam;
+  xlstm::SLstmBlock<S> block(test_util::slstm_block_config(256, 4));
+  test_util::randomize(block, 3400, 0.1);
+  std::mt19937_64 rng(3401);
+  const auto x = random_sequence<S>(3, 8, 256, rng), grad_y = random_sequence<S>(3, 8, 256, rng);
+  struct Result {
+    std::vector<S> grads;
+    Sequence<S> grad_x;
+  };
+  auto run = [&](int threads) {
+    xlstm::set_num_threads(threads);
+    auto state = block.initial_state(3), grad_state = block.initial_state(3);
+    Sequence<S> y, grad_x;
+    xlstm::SLstmBlockTape<S> tape;
+    block.forward(x, state, y, tape);
+    xlstm::SLstmBlockGradients<S> grads(block);
+    xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
+    Result r{{}, grad_x};
+    for (const auto& p : xlstm::parameter_list(grads))
+      r.grads.insert(r.grads.end(), p.data, p.data + p.size());
+    return r;
+  };
+  const int saved = xlstm::num_threads();
+  const Result one = run(1), two = run(2);
+  xlstm::set_num_threads(saved);
+  EXPECT_TRUE(one.grads == two.grads);
+  EXPECT_TRUE(test_util::BitIdentical(one.grad_x.matrix(), two.grad_x.matrix()));
 }
 
 TYPED_TEST(SLstmBlockBackwardTyped, RejectsMismatchedArguments) {

@@ -13,6 +13,7 @@
 //   // grads += dL/dparameters; grad_state = dL/d(initial state); grad_x = dL/dx
 #pragma once
 
+#include <algorithm>
 #include <string>
 
 #include "xlstm/blocks/slstm_block.hpp"
