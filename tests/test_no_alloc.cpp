@@ -3,7 +3,8 @@
 // LanguageModel and LargeModel (float and 16-bit weights); float and double;
 // one thread and the default thread count (design §3: the state holds the
 // workspace). A recorded forward and its backward allocate nothing after a
-// warm-up of the same shapes (design §7.6): SLstmCell, MLstmCell (all forms).
+// warm-up of the same shapes (design §7.6): SLstmCell, MLstmCell (all forms),
+// SLstmBlock.
 //
 // Two independent counters, because Eigen allocates with malloc, not new:
 //  1. Every replaceable global operator new / new[] (plain, nothrow, aligned,
@@ -49,6 +50,7 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 
 #include "xlstm/blocks/mlstm_block.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
+#include "xlstm/blocks/slstm_block_backward.hpp"
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/cells/mlstm_backward.hpp"
 #include "xlstm/cells/slstm.hpp"
@@ -374,6 +376,58 @@ TYPED_TEST(NoAllocTest, SLstmForwardBackwardDoesNotAllocate) {
         EXPECT_EQ(counted.eigen, 0);
         EXPECT_TRUE(grads.recurrent_kernel().allFinite());
       }
+    }
+  }
+}
+
+// The sLSTM block: a recorded forward and its backward (layers, cell, conv,
+// norms, feed-forward), repeated on the same shapes after a warm-up; ragged
+// rows and a non-zero state cotangent included. The backward's products are
+// panelled (kernels/panelled.hpp); the forward's sequence products are
+// Eigen's GEMM, which stays off the heap at these sizes.
+TYPED_TEST(NoAllocTest, SLstmBlockForwardBackwardDoesNotAllocate) {
+  using S = TypeParam;
+  struct Size {
+    Index embedding_dim, num_heads, kernel_size, batch, time;
+    bool feedforward;
+    xlstm::Lengths lengths;
+  };
+  const std::vector<Size> sizes = {{32, 4, 4, 2, 6, true, {}},
+                                   {16, 1, 0, 3, 1, true, {1, 0, 1}},
+                                   {24, 3, 2, 3, 5, false, {5, 2, 4}}};
+  const ThreadCountGuard guard;
+  for (const int threads : thread_counts()) {
+    xlstm::set_num_threads(threads);
+    for (const auto& size : sizes) {
+      SCOPED_TRACE(::testing::Message() << "threads " << threads << " E " << size.embedding_dim
+                                        << " B " << size.batch << " T " << size.time);
+      auto config = slstm_block_config(size.embedding_dim, size.num_heads);
+      config.slstm.conv1d_kernel_size = size.kernel_size;
+      if (!size.feedforward) config.feedforward.reset();
+      xlstm::SLstmBlock<S> block(config);
+      randomize(block, 15);
+      std::mt19937 rng(305);
+      const auto x = test_util::random_sequence<S>(size.batch, size.time, size.embedding_dim, rng);
+      const auto grad_y =
+          test_util::random_sequence<S>(size.batch, size.time, size.embedding_dim, rng);
+      auto state = block.initial_state(size.batch), grad_state = block.initial_state(size.batch);
+      xlstm::SLstmBlockTape<S> tape;
+      xlstm::SLstmBlockGradients<S> grads(block);
+      xlstm::Sequence<S> y, grad_x;
+      auto forward_backward = [&] {
+        state.reset();
+        grad_state.reset();
+        grad_state.cell.c.setConstant(S(0.5));
+        block.forward(x, size.lengths, state, y, tape);
+        xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
+      };
+      forward_backward();  // warm-up
+      const auto counted = count_allocations([&] {
+        for (int i = 0; i < 3; ++i) forward_backward();
+      });
+      EXPECT_EQ(counted.news, 0);
+      EXPECT_EQ(counted.eigen, 0);
+      EXPECT_TRUE(grad_x.matrix().allFinite());
     }
   }
 }

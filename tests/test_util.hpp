@@ -341,56 +341,83 @@ inline Tokens random_tokens(Index batch, Index time, Index vocab, std::uint64_t 
 }
 
 // ---------------------------------------------------------------------------
-// Gradients against finite differences (the backward tests)
+// Finite differences (backward passes, design §7)
 // ---------------------------------------------------------------------------
 
-/// A float64 tensor that a loss reads, its analytic gradient (same size) and
-/// a name for messages.
+// sum(a * b) over all elements (dense storage), in long double: a loss of
+// cotangent form whose differences lose fewer digits.
+template <typename A, typename B>
+long double dot(const A& a, const B& b) {
+  long double sum = 0;
+  for (Index i = 0; i < a.size(); ++i) sum += (long double)a.data()[i] * b.data()[i];
+  return sum;
+}
+
+// A float64 tensor a loss reads (perturbed in place by the check) and its
+// analytic gradient.
 struct GradientTarget {
-  const char* name;
+  std::string name;
   double* data;
   Index size;
   const double* grad;
 };
 
-/// Checks every target's analytic gradient against central differences of
-/// `loss()` (a long double, so that the difference of two nearby losses loses
-/// fewer digits) with one Richardson step (error O(h^4), h = 1e-3), along two
-/// random unit directions per target. The error is relative to the
-/// directional derivative, floored at 1e-6 of |L| (a direction along which L
-/// hardly changes); it must be <= 1e-6. Returns the worst error.
+// One target per parameter of `module`, its gradient the tensor of the same
+// name in `grads` (a gradient object listing the same names and shapes).
+template <typename Module, typename Grads>
+std::vector<GradientTarget> parameter_targets(Module& module, const Grads& grads) {
+  const auto params = xlstm::parameter_list(module);
+  const auto grad_list = xlstm::parameter_list(grads);
+  EXPECT_EQ(params.size(), grad_list.size());
+  std::vector<GradientTarget> out;
+  for (std::size_t i = 0; i < std::min(params.size(), grad_list.size()); ++i) {
+    EXPECT_EQ(params[i].name, grad_list[i].name);
+    EXPECT_EQ(params[i].shape, grad_list[i].shape) << params[i].name;
+    out.push_back({params[i].name, params[i].data, Index(params[i].size()), grad_list[i].data});
+  }
+  return out;
+}
+
+// Every target against float64 central differences of `loss` (a callable
+// returning long double) along `directions` random unit directions, with one
+// Richardson step (error O(h^4)). The error is relative to the directional
+// derivative, floored at 1e-6 of the loss's scale. EXPECTs each error <=
+// `tol` and returns the worst.
 template <typename Loss>
-double expect_gradients_match_differences(const std::vector<GradientTarget>& targets, Loss&& loss,
-                                          std::uint64_t seed) {
-  std::mt19937_64 rng(seed + 1);
+double expect_gradients_match_differences(Loss&& loss, const std::vector<GradientTarget>& targets,
+                                          std::uint64_t seed, double tol = 1e-6, int directions = 2,
+                                          double step = 1e-3) {
+  std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal;
+  const double floor = 1e-6 * double(std::abs(loss())) + 1e-12;
   double worst = 0;
   for (const auto& target : targets) {
-    for (int trial = 0; trial < 2; ++trial) {
+    for (int trial = 0; trial < directions; ++trial) {
       std::vector<double> u(std::size_t(target.size));
       double norm = 0;
-      for (double& x : u) {
-        x = normal(rng);
-        norm += x * x;
+      for (double& v : u) {
+        v = normal(rng);
+        norm += v * v;
       }
-      for (double& x : u) x /= std::sqrt(norm);
       double exact = 0;
-      for (Index i = 0; i < target.size; ++i) exact += target.grad[i] * u[std::size_t(i)];
-      auto shifted = [&](double h) {
-        std::vector<double> saved(target.data, target.data + target.size);
-        for (Index i = 0; i < target.size; ++i) target.data[i] += h * u[std::size_t(i)];
-        const long double l = loss();
+      for (std::size_t i = 0; i < u.size(); ++i) {
+        u[i] /= std::sqrt(norm);
+        exact += target.grad[i] * u[i];
+      }
+      const std::vector<double> saved(target.data, target.data + target.size);
+      auto central = [&](double h) {
+        auto at = [&](double shift) {
+          for (std::size_t i = 0; i < u.size(); ++i) target.data[i] = saved[i] + shift * u[i];
+          return loss();
+        };
+        const long double difference = at(h) - at(-h);
         std::copy(saved.begin(), saved.end(), target.data);
-        return l;
+        return double(difference / (2 * h));
       };
-      auto central = [&](double h) { return double((shifted(h) - shifted(-h)) / (2 * h)); };
-      const double h = 1e-3;
-      const double numeric = (4 * central(h / 2) - central(h)) / 3;
-      const double scale = std::max(std::abs(numeric), 1e-6 * double(std::abs(loss())) + 1e-12);
-      const double error = std::abs(exact - numeric) / scale;
+      const double numeric = (4 * central(step / 2) - central(step)) / 3;
+      const double error = std::abs(exact - numeric) / std::max(std::abs(numeric), floor);
       worst = std::max(worst, error);
-      EXPECT_LE(error, 1e-6) << target.name << ": backward " << exact << ", differences "
-                             << numeric;
+      EXPECT_LE(error, tol) << target.name << ": backward " << exact << ", differences " << numeric;
     }
   }
   return worst;

@@ -3,13 +3,65 @@
 // public config reader and loaded with the public checkpoint loader.
 #pragma once
 
+#include <map>
+#include <string>
+#include <vector>
+
 #include "golden/golden_case.hpp"
+#include "xlstm/blocks/slstm_block_backward.hpp"
 #include "xlstm/io/checkpoint.hpp"
 #include "xlstm/io/config_json.hpp"
 #include "xlstm/io/large_checkpoint.hpp"
 #include "xlstm/io/state_io.hpp"
 
 namespace golden {
+
+/// Compares every tensor of `state` (official step-state names, golden
+/// README §5.7; sliced tensors joined) with the file's tensor `prefix + name`.
+template <typename Scalar, typename State>
+void compare_state(GoldenCase& g, const State& state, const std::string& prefix) {
+  std::map<std::string, std::vector<double>> tensors;
+  state.for_each_tensor(
+      [&](const xlstm::ConstParameterRef<Scalar>& r) {
+        ASSERT_TRUE(g.has(r.name)) << "state tensor " << r.name << " is not in the golden file";
+        EXPECT_EQ(r.shape, g.shape(r.name)) << r.name;
+        auto& values = tensors[r.name];
+        values.resize(r.size());
+        std::copy(r.data, r.data + r.slice_size(),
+                  values.begin() + std::ptrdiff_t(r.part * r.slice_size()));
+      },
+      prefix);
+  for (const auto& [name, values] : tensors) g.compare(name, values);
+}
+
+/// Reads the file's tensors `prefix + name` into `state` (sliced tensors split).
+template <typename Scalar, typename State>
+void read_state(const GoldenCase& g, State& state, const std::string& prefix) {
+  state.for_each_tensor(
+      [&](const xlstm::ParameterRef<Scalar>& r) {
+        const auto values = g.values<Scalar>(r.name);
+        ASSERT_EQ(values.size(), r.size()) << r.name;
+        const auto first = values.begin() + std::ptrdiff_t(r.part * r.slice_size());
+        std::copy(first, first + std::ptrdiff_t(r.slice_size()), r.data);
+      },
+      prefix);
+}
+
+/// Whether the file has a tensor whose name starts with `prefix`.
+inline bool has_prefix(const GoldenCase& g, const std::string& prefix) {
+  for (const auto& name : g.file().names()) {
+    if (name.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
+/// Compares every gradient tensor of `grads` with the file's `grad.param.<name>`.
+template <typename Grads>
+void compare_parameter_gradients(GoldenCase& g, const Grads& grads) {
+  grads.for_each_parameter(
+      [&](const auto& p) { g.compare(p.name, std::vector<double>(p.data, p.data + p.size())); },
+      "grad.param.");
+}
 
 template <typename Module>
 void run_sequence_module(GoldenCase& g, Module& module) {
@@ -31,6 +83,37 @@ template <typename Scalar>
 void run_slstm_block(GoldenCase& g) {
   xlstm::SLstmBlock<Scalar> block(xlstm::io::slstm_block_config_from_json(g.config()));
   run_sequence_module(g, block);
+}
+
+/// slstm_block_grad (golden README §11.5): the recorded forward, then the
+/// backward with the file's cotangents. An initial state (`state_in.*`, the
+/// step-state names) and final-state cotangents are used where the file
+/// has them.
+template <typename Scalar>
+void run_slstm_block_grad(GoldenCase& g) {
+  xlstm::SLstmBlock<Scalar> block(xlstm::io::slstm_block_config_from_json(g.config()));
+  xlstm::io::load_module(block, g.file(), {"param."});
+  const auto x = g.sequence<Scalar>("input.x");
+  auto state = block.initial_state(x.batch());
+  const bool state_in = has_prefix(g, "state_in.");
+  if (state_in) read_state<Scalar>(g, state, "state_in.");
+  Sequence<Scalar> y;
+  xlstm::SLstmBlockTape<Scalar> tape;
+  block.forward(x, state, y, tape);
+  g.compare("output.y", y);
+  if (has_prefix(g, "state_out.")) compare_state<Scalar>(g, state, "state_out.");
+
+  auto grad_state = block.initial_state(x.batch());
+  if (has_prefix(g, "input.grad_state_out.")) {
+    read_state<Scalar>(g, grad_state, "input.grad_state_out.");
+  }
+  xlstm::SLstmBlockGradients<Scalar> grads(block);
+  Sequence<Scalar> grad_x;
+  xlstm::backward(block, tape, g.sequence<Scalar>("input.grad_output.y"), grad_state, grads,
+                  grad_x);
+  compare_parameter_gradients(g, grads);
+  g.compare("grad.input.x", grad_x);
+  if (state_in) compare_state<Scalar>(g, grad_state, "grad.state_in.");
 }
 
 template <typename Scalar>
@@ -77,14 +160,7 @@ void run_lm_step(GoldenCase& g) {
   }
   g.compare("output.logits", logits);
 
-  xlstm::io::SafetensorsWriter writer;
-  xlstm::io::add_state(writer, state.stack, "state_out.");
-  const auto saved = xlstm::io::SafetensorsFile::from_bytes(writer.to_bytes(), "saved state");
-  for (const auto& name : saved.names()) {
-    ASSERT_TRUE(g.has(name)) << "state tensor " << name << " is not in the golden file";
-    EXPECT_EQ(saved.info(name).shape, g.shape(name)) << name;
-    g.compare(name, saved.read<double>(name));
-  }
+  compare_state<Scalar>(g, state.stack, "state_out.");
 
   auto fresh = model.initial_state(batch);
   Sequence<Scalar> forward_logits;

@@ -159,6 +159,30 @@ struct SLstmBlockWorkspace {
 template <typename Scalar>
 using SLstmBlockState = ConvCellState<Scalar, SLstmState<Scalar>, SLstmBlockWorkspace<Scalar>>;
 
+/// What a recording forward keeps for the backward (design §7.3;
+/// blocks/slstm_block_backward.hpp): the children's tapes and the inputs of
+/// every layer, per token (B*T rows each). The backward uses it as its
+/// workspace: a recording serves one backward; recording again with the same
+/// shapes allocates nothing.
+template <typename Scalar>
+struct SLstmBlockTape {
+  Sequence<Scalar> x;         ///< the block's input (pre-norm input, residual)
+  Sequence<Scalar> normed;    ///< LayerNorm(x): conv input, z and o gate input
+  Sequence<Scalar> conv_out;  ///< conv output before the SiLU (without conv: normed)
+  Sequence<Scalar> conv_act;  ///< SiLU(conv_out), or normed without conv: i and f gate input
+  Sequence<Scalar> preact;    ///< the cell's input, 4E
+  SLstmTape<Scalar> cell;
+  Sequence<Scalar> cell_out;  ///< the cell's output: group norm input
+  Sequence<Scalar> x1;        ///< after the first residual: ffn_norm input (with a feed-forward)
+  Sequence<Scalar> ffn_in;    ///< ffn_norm(x1): feed-forward input
+  GatedFeedForwardTape<Scalar> ffn;
+  Sequence<Scalar> work;                 ///< E per token of workspace
+  CausalConv1dState<Scalar> conv_start;  ///< the conv window before the forward
+  Matrix<Scalar> conv_taps;              ///< scratch of the conv's forward
+  Lengths lengths;
+  bool recorded = false;
+};
+
 /// The NeurIPS sLSTM block: LayerNorm, optional causal conv + SiLU,
 /// headwise gate projections, the sLSTM cell, group norm, residual; then an
 /// optional pre-norm gated feed-forward (post-up-projection), residual.
@@ -178,6 +202,7 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   using Scalar = Scalar_;
   using Config = SLstmBlockConfig;
   using State = SLstmBlockState<Scalar>;
+  using Tape = SLstmBlockTape<Scalar>;
   static constexpr const char* kStepWhere = "SLstmBlock::step";
 
   /// A block with the official initialisation from kDefaultSeed; call
@@ -206,6 +231,26 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                Sequence<Scalar>& y) const;
 
+  /// The same, recording into `tape` what `backward` needs (design §7.3,
+  /// blocks/slstm_block_backward.hpp); the same y.
+  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y, Tape& tape) const {
+    forward(x, Lengths{}, state, y, tape);
+  }
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
+               Tape& tape) const;
+
+  /// The layers, read-only (for the backward pass). gate_projection(g) for
+  /// g = 0..3 is the projection of the i, f, z, o pre-activation (math §3.2).
+  const GroupedNorm<Scalar>& xlstm_norm() const { return xlstm_norm_; }
+  const CausalConv1d<Scalar>& conv1d() const { return conv1d_; }
+  const HeadwiseLinear<Scalar>& gate_projection(Index g) const {
+    check(g >= 0 && g < 4, "SLstmBlock::gate_projection: argument 'g' must be in [0, 4), got ", g);
+    return g == 0 ? input_gate_ : g == 1 ? forget_gate_ : g == 2 ? z_gate_ : o_gate_;
+  }
+  const GroupedNorm<Scalar>& group_norm() const { return group_norm_; }
+  const GroupedNorm<Scalar>& ffn_norm() const { return ffn_norm_; }
+  const GatedFeedForward<Scalar>& ffn() const { return ffn_; }
+
   /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
   /// before anything is written, so a call that throws leaves the state as
   /// it was.
@@ -222,6 +267,33 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   /// The official reset_parameters (math §8.3).
   void initialize(Rng& rng);
 
+  /// Lists the parameters of the parts (the layers, or their gradients: any
+  /// objects with for_each_parameter) under the block's names (shared with
+  /// SLstmBlockGradients, blocks/slstm_block_backward.hpp).
+  template <typename Visit, typename PreNorm, typename Conv, typename Gate, typename Cell,
+            typename GroupNorm, typename Ffn>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix,
+                                  const SLstmBlockNames& names, bool has_feedforward,
+                                  PreNorm& xlstm_norm, Conv& conv1d, Gate& input_gate,
+                                  Gate& forget_gate, Gate& z_gate, Gate& o_gate, Cell& cell,
+                                  GroupNorm& group_norm, PreNorm& ffn_norm, Ffn& ffn) {
+    xlstm_norm.for_each_parameter(visit, prefix + names.norm + ".");
+    const std::string p = prefix + names.layer + ".";
+    conv1d.for_each_parameter(visit, p + "conv1d.");
+    // Official checkpoint quirk (math §3.2): the module named "fgate" produces
+    // the INPUT-gate pre-activation and "igate" the FORGET gate.
+    input_gate.for_each_parameter(visit, p + "fgate.");
+    forget_gate.for_each_parameter(visit, p + "igate.");
+    z_gate.for_each_parameter(visit, p + "zgate.");
+    o_gate.for_each_parameter(visit, p + "ogate.");
+    cell.for_each_parameter(visit, p + "slstm_cell.");
+    group_norm.for_each_parameter(visit, p + "group_norm.");
+    if (has_feedforward) {
+      ffn_norm.for_each_parameter(visit, prefix + names.ffn_norm + ".");
+      ffn.for_each_parameter(visit, prefix + names.ffn + ".");
+    }
+  }
+
  private:
   friend class SequenceModule<SLstmBlock, Scalar, State>;
   using SequenceModule<SLstmBlock, Scalar, State>::check_input;
@@ -232,29 +304,14 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
     const SLstmBlockNames& names = self.config_.names;
-    const bool rms = self.config_.pre_norm == PreNormKind::rms_norm;
-    if (rms) {
-      self.rms_norm_.for_each_parameter(visit, prefix + names.norm + ".");
+    if (self.config_.pre_norm == PreNormKind::rms_norm) {
+      visit_parameters_as(visit, prefix, names, self.has_feedforward(), self.rms_norm_,
+                          self.conv1d_, self.input_gate_, self.forget_gate_, self.z_gate_,
+                          self.o_gate_, self.cell_, self.group_norm_, self.ffn_rms_norm_, self.ffn_);
     } else {
-      self.xlstm_norm_.for_each_parameter(visit, prefix + names.norm + ".");
-    }
-    const std::string p = prefix + names.layer + ".";
-    self.conv1d_.for_each_parameter(visit, p + "conv1d.");
-    // Official checkpoint quirk (math §3.2): the module named "fgate" produces
-    // the INPUT-gate pre-activation and "igate" the FORGET gate.
-    self.input_gate_.for_each_parameter(visit, p + "fgate.");
-    self.forget_gate_.for_each_parameter(visit, p + "igate.");
-    self.z_gate_.for_each_parameter(visit, p + "zgate.");
-    self.o_gate_.for_each_parameter(visit, p + "ogate.");
-    self.cell_.for_each_parameter(visit, p + "slstm_cell.");
-    self.group_norm_.for_each_parameter(visit, p + "group_norm.");
-    if (self.has_feedforward()) {
-      if (rms) {
-        self.ffn_rms_norm_.for_each_parameter(visit, prefix + names.ffn_norm + ".");
-      } else {
-        self.ffn_norm_.for_each_parameter(visit, prefix + names.ffn_norm + ".");
-      }
-      self.ffn_.for_each_parameter(visit, prefix + names.ffn + ".");
+      visit_parameters_as(visit, prefix, names, self.has_feedforward(), self.xlstm_norm_,
+                          self.conv1d_, self.input_gate_, self.forget_gate_, self.z_gate_,
+                          self.o_gate_, self.cell_, self.group_norm_, self.ffn_norm_, self.ffn_);
     }
   }
 
@@ -401,6 +458,45 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
     y.matrix() += ffn_out;
   }
   zero_padding(y, lengths);
+}
+
+template <typename Scalar_>
+void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+                                  Sequence<Scalar>& y, Tape& tape) const {
+  check_input(x.features(), x.batch(), state, "SLstmBlock::forward", "x");
+  check_state(state, x.batch(), "SLstmBlock::forward");
+  check_lengths(lengths, x.batch(), x.time(), "SLstmBlock::forward");
+  check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
+  check(config_.pre_norm == PreNormKind::layer_norm,
+        "SLstmBlock::forward: recording a tape needs the LayerNorm pre-norm (the backward of the "
+        "RMSNorm pre-norm block is not implemented), got pre_norm = rms_norm");
+  const Index batch = x.batch(), time = x.time(), e = embedding_dim();
+  tape.recorded = false;  // until the forward completes
+  tape.x = x;
+  tape.lengths = lengths;
+  tape.conv_start = state.conv;
+  // The steps of forward() above, each layer's input kept in the tape.
+  tape.normed.resize(batch, time, e);
+  xlstm_norm_.forward(x.matrix(), tape.normed.matrix());
+  conv1d_.forward(tape.normed, lengths, state.conv, tape.conv_out, tape.conv_taps);
+  tape.conv_act = tape.conv_out;
+  if (!conv1d_.is_identity()) tape.conv_act.matrix().array() = silu(tape.conv_out.matrix().array());
+  tape.preact.resize(batch, time, 4 * e);
+  gate_preactivations(tape.normed.matrix(), tape.conv_act.matrix(), tape.preact.matrix());
+  cell_.forward(tape.preact, lengths, state.cell, tape.cell_out, tape.cell);
+  y.resize(batch, time, e);
+  group_norm_.forward(tape.cell_out.matrix(), y.matrix());
+  y.matrix() += x.matrix();
+  tape.work.resize(batch, time, e);
+  if (has_feedforward()) {
+    tape.x1 = y;
+    tape.ffn_in.resize(batch, time, e);
+    ffn_norm_.forward(y.matrix(), tape.ffn_in.matrix());
+    ffn_.forward(tape.ffn_in.matrix(), tape.work.matrix(), tape.ffn);
+    y.matrix() += tape.work.matrix();
+  }
+  zero_padding(y, lengths);
+  tape.recorded = true;
 }
 
 template <typename Scalar_>

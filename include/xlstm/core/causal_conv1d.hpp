@@ -56,10 +56,10 @@ struct CausalConv1dState {
   template <typename Self, typename Visit>
   static void visit_tensors(Self& self, Visit& visit, const std::string& prefix) {
     if (self.kernel_size == 0) return;
-    visit_parameter(visit, prefix, "conv_state.0",
-                    {std::size_t(self.batch()), std::size_t(self.kernel_size),
-                     std::size_t(self.window.cols())},
-                    self.window);
+    visit_parameter(
+        visit, prefix, "conv_state.0",
+        {std::size_t(self.batch()), std::size_t(self.kernel_size), std::size_t(self.window.cols())},
+        self.window);
   }
 };
 
@@ -99,7 +99,16 @@ class CausalConv1d {
   /// Ragged batch: row b uses its first lengths[b] steps; its window ends up
   /// holding its last valid inputs; outputs past the length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y) const;
+               Sequence<Scalar>& y) const {
+    Matrix<Scalar> taps;
+    forward(x, lengths, state, y, taps);
+  }
+
+  /// The same with `taps` as scratch (K x F, resized unless it has that
+  /// size): allocates nothing once it and y have their sizes (the recording
+  /// forward of a block, design §7.6).
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
+               Matrix<Scalar>& taps) const;
 
   /// One step: x_t and y_t are B x F. Does not allocate.
   void step(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
@@ -119,14 +128,23 @@ class CausalConv1d {
           state.window.cols());
   }
 
+  /// Lists the taps `weight` (F x K) and `bias` (F) under the conv's names;
+  /// nothing for K = 0 (shared with CausalConv1dGradients,
+  /// core/causal_conv1d_backward.hpp).
+  template <typename Visit, typename Weight, typename Bias>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix, Weight& weight,
+                                  Bias& bias) {
+    if (weight.cols() == 0) return;
+    const auto features = std::size_t(weight.rows());
+    visit_parameter(visit, prefix, "conv.weight", {features, 1, std::size_t(weight.cols())},
+                    weight);
+    visit_parameter(visit, prefix, "conv.bias", {features}, bias);
+  }
+
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    if (self.kernel_size_ == 0) return;
-    const auto features = std::size_t(self.features_);
-    visit_parameter(visit, prefix, "conv.weight", {features, 1, std::size_t(self.kernel_size_)},
-                    self.weight_);
-    visit_parameter(visit, prefix, "conv.bias", {features}, self.bias_);
+    visit_parameters_as(visit, prefix, self.weight_, self.bias_);
   }
 
   Index features_ = 0, kernel_size_ = 0;
@@ -138,7 +156,7 @@ class CausalConv1d {
 // a translation unit leaves these to the precompiled library.
 template <typename Scalar_>
 void CausalConv1d<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-                                    Sequence<Scalar>& y) const {
+                                    Sequence<Scalar>& y, Matrix<Scalar>& taps) const {
   check_equal(x.features(), features_, "CausalConv1d::forward", "x.features()");
   const Index batch = x.batch(), k = kernel_size_;
   check_lengths(lengths, batch, x.time(), "CausalConv1d::forward");
@@ -151,7 +169,8 @@ void CausalConv1d<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& le
   check_state(state, batch, "CausalConv1d::forward");
   // Taps as rows (K x F): the stored F x K weight would be read with a
   // stride of K for every output row.
-  const Matrix<Scalar> taps = weight_.transpose();
+  if (taps.rows() != k || taps.cols() != features_) taps.resize(k, features_);
+  taps = weight_.transpose();
   for (Index b = 0; b < batch; ++b) {
     const Index time = length_of(lengths, b, x.time());
     y.rows_of(b).bottomRows(x.time() - time).setZero();

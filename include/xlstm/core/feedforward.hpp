@@ -18,6 +18,17 @@ enum class GateLayout {
   split,  ///< `proj_up_gate` (U x E) and `proj_up` (U x E)
 };
 
+/// What a recording forward keeps for the backward (design §7.3), per row of
+/// x: the projections before the activation, [gate | up] (2U), and the
+/// input of proj_down, act(gate) * up (U). The backward reuses both as its
+/// workspace, so a recording serves one backward.
+template <typename Scalar>
+struct GatedFeedForwardTape {
+  Matrix<Scalar> pre;     ///< N x 2U: [gate | up] before the activation
+  Matrix<Scalar> hidden;  ///< N x U: act(gate) * up
+  bool recorded = false;
+};
+
 /// The gated feed-forward of both model families; a SwiGLU is
 /// `GatedFeedForward(e, u, Activation::swish, false, GateLayout::split)`.
 ///
@@ -41,7 +52,8 @@ class GatedFeedForward {
         proj_down_(proj_up_dim, embedding_dim, bias, storage),
         activation_(activation),
         layout_(layout) {
-    if (layout == GateLayout::split) proj_up_gate_ = Linear<Scalar>(embedding_dim, proj_up_dim, bias, storage);
+    if (layout == GateLayout::split)
+      proj_up_gate_ = Linear<Scalar>(embedding_dim, proj_up_dim, bias, storage);
   }
 
   Index embedding_dim() const { return proj_down_.out_features(); }
@@ -61,17 +73,32 @@ class GatedFeedForward {
   void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y, Matrix<Scalar>& up,
                Workload workload = Workload::sequence) const;
 
+  /// The same, recording into `tape` what the backward needs
+  /// (core/feedforward_backward.hpp, design §7.3). Gives the same y.
+  void forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+               GatedFeedForwardTape<Scalar>& tape) const;
+
   /// Fused: `proj_up`, `proj_down`; split: `proj_up_gate`, `proj_up`, `proj_down`.
   XLSTM_PARAMETER_VISITOR
+
+  /// Lists the parameters of the three projections (modules or their
+  /// gradients, with `for_each_parameter`) under the feed-forward's names
+  /// (shared with GatedFeedForwardGradients, core/feedforward_backward.hpp).
+  template <typename Visit, typename Projection>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix, GateLayout layout,
+                                  Projection& proj_up_gate, Projection& proj_up,
+                                  Projection& proj_down) {
+    if (layout == GateLayout::split)
+      proj_up_gate.for_each_parameter(visit, prefix + "proj_up_gate.");
+    proj_up.for_each_parameter(visit, prefix + "proj_up.");
+    proj_down.for_each_parameter(visit, prefix + "proj_down.");
+  }
 
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    if (self.layout_ == GateLayout::split) {
-      self.proj_up_gate_.for_each_parameter(visit, prefix + "proj_up_gate.");
-    }
-    self.proj_up_.for_each_parameter(visit, prefix + "proj_up.");
-    self.proj_down_.for_each_parameter(visit, prefix + "proj_down.");
+    visit_parameters_as(visit, prefix, self.layout_, self.proj_up_gate_, self.proj_up_,
+                        self.proj_down_);
   }
 
   Linear<Scalar> proj_up_gate_, proj_up_, proj_down_;
@@ -97,6 +124,26 @@ void GatedFeedForward<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixR
   apply_activation(activation_, gate);
   gate *= up.rightCols(u).array();
   proj_down_.forward(up.leftCols(u), y, workload);
+}
+
+template <typename Scalar_>
+void GatedFeedForward<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,
+                                        GatedFeedForwardTape<Scalar>& tape) const {
+  const Index u = proj_up_dim();
+  ensure_size(tape.pre, x.rows(), 2 * u);
+  ensure_size(tape.hidden, x.rows(), u);
+  if (layout_ == GateLayout::fused) {
+    proj_up_.forward(x, tape.pre);
+  } else {
+    proj_up_gate_.forward(x, tape.pre.leftCols(u));
+    proj_up_.forward(x, tape.pre.rightCols(u));
+  }
+  auto hidden = tape.hidden.array();
+  hidden = tape.pre.leftCols(u).array();
+  apply_activation(activation_, hidden);
+  hidden *= tape.pre.rightCols(u).array();
+  proj_down_.forward(tape.hidden, y);
+  tape.recorded = true;
 }
 
 }  // namespace xlstm

@@ -50,12 +50,25 @@ class GroupedNorm {
 
   XLSTM_PARAMETER_VISITOR
 
+  Index num_groups() const { return num_groups_; }
+  NormWeight weight_mode() const { return weight_mode_; }
+  Scalar eps() const { return eps_; }
+
+  /// Lists `weight` and `bias`, each unless empty, under a norm's names
+  /// (shared with GroupedNormGradients, core/layer_norm_backward.hpp).
+  template <typename Visit, typename Weight, typename Bias>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix, Weight& weight,
+                                  Bias& bias) {
+    if (weight.size() > 0) {
+      visit_parameter(visit, prefix, "weight", {std::size_t(weight.size())}, weight);
+    }
+    if (bias.size() > 0) visit_parameter(visit, prefix, "bias", {std::size_t(bias.size())}, bias);
+  }
+
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    const Shape shape{std::size_t(self.features_)};
-    if (self.weight_.size() > 0) visit_parameter(visit, prefix, "weight", shape, self.weight_);
-    if (self.bias_.size() > 0) visit_parameter(visit, prefix, "bias", shape, self.bias_);
+    visit_parameters_as(visit, prefix, self.weight_, self.bias_);
   }
 
  private:

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/kernels/headwise.hpp"
@@ -71,13 +72,25 @@ class Linear {
   /// `weight` (out, in) and, if present, `bias` (out).
   XLSTM_PARAMETER_VISITOR
 
+  /// Lists `weight` (a WeightMatrix or a dense out x in matrix) and `bias`
+  /// (unless empty) under a Linear's names and shapes: the one place these
+  /// names live, shared by the layer and LinearGradients (core/linear_backward.hpp).
+  template <typename Visit, typename Weight, typename Bias>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix, Weight& weight,
+                                  Bias& bias) {
+    if constexpr (std::is_same_v<std::remove_const_t<Weight>, WeightMatrix<Scalar>>) {
+      visit_parameter(visit, prefix, "weight", weight);
+    } else {
+      visit_parameter(visit, prefix, "weight",
+                      {std::size_t(weight.rows()), std::size_t(weight.cols())}, weight);
+    }
+    if (bias.size() > 0) visit_parameter(visit, prefix, "bias", {std::size_t(bias.size())}, bias);
+  }
+
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    visit_parameter(visit, prefix, "weight", self.weight_);
-    if (self.has_bias()) {
-      visit_parameter(visit, prefix, "bias", {std::size_t(self.out_features())}, self.bias_);
-    }
+    visit_parameters_as(visit, prefix, self.weight_, self.bias_);
   }
 
   // Row by row: a rowwise() broadcast of a vector is not vectorised.
@@ -139,16 +152,23 @@ class HeadwiseLinear {
   /// `weight` (NH, out/NH, in/NH) and, if present, `bias` (out).
   XLSTM_PARAMETER_VISITOR
 
+  /// Lists `weight` ((NH * out/NH) x in/NH) and `bias` (unless empty) under
+  /// the names and shapes of a HeadwiseLinear's parameters (shared with
+  /// HeadwiseLinearGradients, core/linear_backward.hpp).
+  template <typename Visit, typename Weight, typename Bias>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix, Index num_heads,
+                                  Weight& weight, Bias& bias) {
+    visit_parameter(visit, prefix, "weight",
+                    {std::size_t(num_heads), std::size_t(weight.rows() / num_heads),
+                     std::size_t(weight.cols())},
+                    weight);
+    if (bias.size() > 0) visit_parameter(visit, prefix, "bias", {std::size_t(bias.size())}, bias);
+  }
+
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    visit_parameter(
-        visit, prefix, "weight",
-        {std::size_t(self.num_heads_), std::size_t(self.head_out()), std::size_t(self.head_in())},
-        self.weight_);
-    if (self.bias_.size() > 0) {
-      visit_parameter(visit, prefix, "bias", {std::size_t(self.out_features())}, self.bias_);
-    }
+    visit_parameters_as(visit, prefix, self.num_heads_, self.weight_, self.bias_);
   }
 
   Index num_heads_ = 1;

@@ -33,12 +33,22 @@ class RmsNorm {
 
   XLSTM_PARAMETER_VISITOR
 
+  Scalar eps() const { return eps_; }
+
+  /// Lists `weight` and `bias` (unless empty) under an RmsNorm's names
+  /// (shared with RmsNormGradients, core/rms_norm_backward.hpp).
+  template <typename Visit, typename Weight, typename Bias>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix, Weight& weight,
+                                  Bias& bias) {
+    const Shape shape{std::size_t(weight.size())};
+    visit_parameter(visit, prefix, "weight", shape, weight);
+    if (bias.size() > 0) visit_parameter(visit, prefix, "bias", shape, bias);
+  }
+
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    const Shape shape{std::size_t(self.features())};
-    visit_parameter(visit, prefix, "weight", shape, self.weight_);
-    if (self.bias_.size() > 0) visit_parameter(visit, prefix, "bias", shape, self.bias_);
+    visit_parameters_as(visit, prefix, self.weight_, self.bias_);
   }
 
   Scalar eps_ = Scalar(1e-6);

@@ -122,6 +122,20 @@ class WeightMatrix {
     for (Index c = 0; c < cols_; ++c) out(c) = Scalar(decode(half_[r * cols_ + c]));
   }
 
+  /// out = W[r0 : r0 + out.rows(), c0 : c0 + out.cols()], decoded (e.g. a
+  /// panel of 16-bit weights for a product with W itself rather than W^T).
+  template <typename Out>
+  void copy_block(Index r0, Index c0, Out&& out) const {
+    if (!is_half()) {
+      out = native_.block(r0, c0, out.rows(), out.cols());
+      return;
+    }
+    for (Index r = 0; r < out.rows(); ++r) {
+      const std::uint16_t* row = half_ + (r0 + r) * cols_ + c0;
+      for (Index c = 0; c < out.cols(); ++c) out(r, c) = Scalar(decode(row[c]));
+    }
+  }
+
   /// y = x W^T, or y += x W^T with `accumulate`. x: N x cols, y: N x rows.
   /// The `step` workload never allocates (core/kernels/).
   void multiply_transposed(const ConstMatrixRef<Scalar>& x, MatrixRef<Scalar> y,

@@ -1,0 +1,174 @@
+// The backward pass of the sLSTM block (math §3.4, design §7): through the
+// feed-forward and its pre-norm, the residuals, the group norm, the sLSTM
+// cell (cells/slstm_backward.hpp), the gate projections, the conv + SiLU and
+// the pre-norm, with respect to the parameters, the input and the initial
+// state (conv window and cell state), for ragged batches.
+//
+//   xlstm::SLstmBlockTape<float> tape;
+//   block.forward(x, state, y, tape);                   // records
+//   xlstm::SLstmBlockGradients<float> grads(block);     // zeros, named like the parameters
+//   auto grad_state = block.initial_state(batch);       // cotangent of the final state
+//   xlstm::Sequence<float> grad_x;
+//   xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
+//   // grads += dL/dparameters; grad_state = dL/d(initial state); grad_x = dL/dx
+#pragma once
+
+#include <algorithm>
+#include <string>
+
+#include "xlstm/blocks/slstm_block.hpp"
+#include "xlstm/cells/slstm_backward.hpp"
+#include "xlstm/core/activations_backward.hpp"
+#include "xlstm/core/causal_conv1d_backward.hpp"
+#include "xlstm/core/error.hpp"
+#include "xlstm/core/feedforward_backward.hpp"
+#include "xlstm/core/layer_norm_backward.hpp"
+#include "xlstm/core/linear_backward.hpp"
+#include "xlstm/core/parameters.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+
+/// The gradients of an SLstmBlock's parameters: one gradient object per
+/// layer, listed under the block's names and shapes (design §7.2).
+template <typename Scalar_>
+class SLstmBlockGradients {
+ public:
+  using Scalar = Scalar_;
+
+  explicit SLstmBlockGradients(const SLstmBlock<Scalar>& block)
+      : names_((check_trainable(block), block.config().names)),
+        has_feedforward_(block.has_feedforward()),
+        xlstm_norm_(block.xlstm_norm()),
+        conv1d_(block.conv1d()),
+        input_gate_(block.gate_projection(0)),
+        forget_gate_(block.gate_projection(1)),
+        z_gate_(block.gate_projection(2)),
+        o_gate_(block.gate_projection(3)),
+        cell_(block.cell()),
+        group_norm_(block.group_norm()),
+        ffn_norm_(block.ffn_norm()),
+        ffn_(block.ffn()) {}
+
+  GroupedNormGradients<Scalar>& xlstm_norm() { return xlstm_norm_; }
+  CausalConv1dGradients<Scalar>& conv1d() { return conv1d_; }
+  /// g = 0..3: the i, f, z, o gate projections (as SLstmBlock::gate_projection).
+  HeadwiseLinearGradients<Scalar>& gate_projection(Index g) {
+    check(g >= 0 && g < 4,
+          "SLstmBlockGradients::gate_projection: argument 'g' must be in [0, 4), "
+          "got ",
+          g);
+    return g == 0 ? input_gate_ : g == 1 ? forget_gate_ : g == 2 ? z_gate_ : o_gate_;
+  }
+  SLstmCellGradients<Scalar>& cell() { return cell_; }
+  GroupedNormGradients<Scalar>& group_norm() { return group_norm_; }
+  GroupedNormGradients<Scalar>& ffn_norm() { return ffn_norm_; }
+  GatedFeedForwardGradients<Scalar>& ffn() { return ffn_; }
+
+  void zero() {
+    for_each_parameter(
+        [](const ParameterRef<Scalar>& p) { std::fill(p.data, p.data + p.size(), Scalar(0)); });
+  }
+
+  XLSTM_PARAMETER_VISITOR
+
+ private:
+  template <typename Self, typename Visit>
+  static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
+    SLstmBlock<Scalar>::visit_parameters_as(visit, prefix, self.names_, self.has_feedforward_,
+                                            self.xlstm_norm_,
+                                            self.conv1d_, self.input_gate_, self.forget_gate_,
+                                            self.z_gate_, self.o_gate_, self.cell_,
+                                            self.group_norm_, self.ffn_norm_, self.ffn_);
+  }
+
+  /// The backward covers the LayerNorm pre-norm block (math §3.4); the
+  /// RMSNorm (TiRex) variant runs inference only.
+  static void check_trainable(const SLstmBlock<Scalar>& block) {
+    check(block.config().pre_norm == PreNormKind::layer_norm,
+          "SLstmBlockGradients: argument 'block' must use the LayerNorm pre-norm (the backward "
+          "of the RMSNorm pre-norm block is not implemented), got pre_norm = rms_norm");
+  }
+
+  SLstmBlockNames names_;
+  bool has_feedforward_;
+  GroupedNormGradients<Scalar> xlstm_norm_;
+  CausalConv1dGradients<Scalar> conv1d_;
+  HeadwiseLinearGradients<Scalar> input_gate_, forget_gate_, z_gate_, o_gate_;
+  SLstmCellGradients<Scalar> cell_;
+  GroupedNormGradients<Scalar> group_norm_, ffn_norm_;
+  GatedFeedForwardGradients<Scalar> ffn_;
+};
+
+/// The backward pass of `block` over the forward recorded in `tape`
+/// (math §3.4, design §7.4):
+///  - `grad_y`: dL/dy, B x T x E (ignored past a row's length);
+///  - `grad_state`: in, dL/d(final state) (conv window and cell state; make
+///    it with initial_state(batch): zeros when the loss does not see it);
+///    out, dL/d(initial state);
+///  - `grads`: dL/d(parameters) is added to it;
+///  - `grad_x`: out, dL/dx, B x T x E (zero past a row's length); not grad_y.
+/// Consumes the tape (its storage becomes the workspace). Allocates nothing
+/// once grad_x has its size.
+template <typename Scalar>
+void backward(const SLstmBlock<Scalar>& block, SLstmBlockTape<Scalar>& tape,
+              const Sequence<Scalar>& grad_y, SLstmBlockState<Scalar>& grad_state,
+              SLstmBlockGradients<Scalar>& grads, Sequence<Scalar>& grad_x) {
+  const char* where = "backward (SLstmBlock)";
+  check(tape.recorded, where,
+        ": argument 'tape' holds no recorded forward pass (record one with forward(..., tape); "
+        "a recording serves one backward)");
+  const Index batch = tape.x.batch(), time = tape.x.time(), e = block.embedding_dim();
+  check(tape.x.features() == e, where, ": argument 'tape' was recorded by a block of width ",
+        tape.x.features(), ", this block has ", e);
+  check(grad_y.batch() == batch && grad_y.time() == time && grad_y.features() == e, where,
+        ": argument 'grad_y' must be ", batch, " x ", time, " x ", e,
+        " (the forward's batch x time x embedding_dim), got ", grad_y.batch(), " x ", grad_y.time(),
+        " x ", grad_y.features());
+  check(&grad_y != &grad_x, where, ": arguments 'grad_y' and 'grad_x' must be different sequences");
+  block.check_state(grad_state, batch, "backward (SLstmBlock), argument 'grad_state'");
+  tape.recorded = false;  // from here on its storage is the workspace
+
+  // The residual path: grad_x starts as dL/dy (zero past the lengths, where
+  // the output is zero whatever the input) and collects dL/dx1 (math §3.4).
+  grad_x = grad_y;
+  zero_padding(grad_x, tape.lengths);
+  auto& work = tape.work;
+  if (block.has_feedforward()) {
+    backward(block.ffn(), tape.ffn_in.matrix(), tape.ffn, grad_x.matrix(), grads.ffn(),
+             work.matrix());
+    backward(block.ffn_norm(), tape.x1.matrix(), work.matrix(), grads.ffn_norm(), grad_x.matrix(),
+             InputGradient::add);
+  }
+  // x1 = x + GroupNorm(cell output).
+  backward(block.group_norm(), tape.cell_out.matrix(), grad_x.matrix(), grads.group_norm(),
+           work.matrix());
+  backward(block.cell(), tape.cell, work, grad_state.cell, grads.cell(), tape.preact);
+  // Gate projections: i, f from the conv path, z, o from the normed input.
+  const auto& d_preact = tape.preact.matrix();
+  auto& d_conv_act = work.matrix();
+  auto& d_normed = tape.conv_out.matrix();  // conv_out is read for the SiLU first
+  backward(block.gate_projection(0), tape.conv_act.matrix(), d_preact.leftCols(e),
+           grads.gate_projection(0), d_conv_act);
+  backward(block.gate_projection(1), tape.conv_act.matrix(), d_preact.middleCols(e, e),
+           grads.gate_projection(1), d_conv_act, InputGradient::add);
+  if (block.conv1d().is_identity()) {
+    d_normed = d_conv_act;
+  } else {
+    auto d = d_conv_act.array();
+    multiply_by_activation_derivative(Activation::swish, tape.conv_out.matrix().array(), d);
+  }
+  backward(block.gate_projection(2), tape.normed.matrix(), d_preact.middleCols(2 * e, e),
+           grads.gate_projection(2), d_normed,
+           block.conv1d().is_identity() ? InputGradient::add : InputGradient::replace);
+  backward(block.gate_projection(3), tape.normed.matrix(), d_preact.rightCols(e),
+           grads.gate_projection(3), d_normed, InputGradient::add);
+  if (!block.conv1d().is_identity()) {
+    backward(block.conv1d(), tape.normed, tape.lengths, tape.conv_start, work, grad_state.conv,
+             grads.conv1d(), tape.conv_out, InputGradient::add);
+  }
+  backward(block.xlstm_norm(), tape.x.matrix(), d_normed, grads.xlstm_norm(), grad_x.matrix(),
+           InputGradient::add);
+}
+
+}  // namespace xlstm

@@ -1,0 +1,308 @@
+// The sLSTM block's backward pass (blocks/slstm_block_backward.hpp, math §3.4)
+// against float64 central finite differences of the same C++ forward, in
+// random directions: odd shapes, T = 1, an initial state (conv window and
+// cell state) with cotangents on the final state, a zero state with a loss on
+// y only, no conv, one head, no feed-forward, function lstm, other
+// activations, ragged lengths. Also: the recording forward gives the plain
+// forward's output, names, accumulation, consumed tapes, argument checks.
+// The goldens against the official autograd are in test_golden.cpp.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+#include "xlstm/blocks/slstm_block.hpp"
+#include "xlstm/blocks/slstm_block_backward.hpp"
+#include "xlstm/core/parallel.hpp"
+
+namespace {
+
+using test_util::dot;
+using test_util::expect_gradients_match_differences;
+using test_util::fill_normal;
+using test_util::GradientTarget;
+using test_util::parameter_targets;
+using test_util::random_sequence;
+using test_util::ThrowsMentioning;
+using xlstm::Index;
+using xlstm::Lengths;
+using xlstm::Sequence;
+
+using Block = xlstm::SLstmBlock<double>;
+using State = xlstm::SLstmBlockState<double>;
+
+struct Case {
+  std::string name;
+  Index batch, time, embedding_dim, num_heads, kernel_size;
+  bool state_in = true;  // a prefix's state, and cotangents on the final state
+  Lengths lengths = {};
+  bool feedforward = true;
+  std::string act_fn = "gelu";
+  std::string function = "slstm";
+  bool group_norm_weight = true;
+  bool ffn_bias = false;
+};
+
+xlstm::SLstmBlockConfig config_of(const Case& c) {
+  auto config = test_util::slstm_block_config(c.embedding_dim, c.num_heads);
+  config.slstm.conv1d_kernel_size = c.kernel_size;
+  config.slstm.function = c.function;
+  config.slstm.group_norm_weight = c.group_norm_weight;
+  if (c.feedforward) {
+    config.feedforward->act_fn = c.act_fn;
+    config.feedforward->bias = c.ffn_bias;
+    config.feedforward->round_proj_up_to_multiple_of = 4;  // a small, odd-ish width
+  } else {
+    config.feedforward.reset();
+  }
+  return config;
+}
+
+// The tensors of a state (sliced ones part by part), in visiting order.
+std::vector<std::pair<std::string, double*>> state_tensors(State& s) {
+  std::vector<std::pair<std::string, double*>> out;
+  s.for_each_tensor([&](const xlstm::ParameterRef<double>& r) {
+    out.push_back({r.name + "[" + std::to_string(r.part) + "]", r.data});
+  });
+  return out;
+}
+
+struct Problem {
+  Block block;
+  Sequence<double> x, grad_y;
+  State start, grad_final;
+  Lengths lengths;
+};
+
+Problem make_problem(const Case& c, std::uint64_t seed) {
+  Block block(config_of(c));
+  test_util::randomize(block, seed, 0.3);
+  std::mt19937_64 rng(seed);
+  auto x = random_sequence<double>(c.batch, c.time, c.embedding_dim, rng);
+  auto start = block.initial_state(c.batch);
+  auto grad_final = block.initial_state(c.batch);
+  if (c.state_in) {
+    const auto prefix = random_sequence<double>(c.batch, 3, c.embedding_dim, rng);
+    Sequence<double> unused;
+    block.forward(prefix, start, unused);
+    fill_normal(grad_final.conv.window, rng);
+    for (auto* m :
+         {&grad_final.cell.y, &grad_final.cell.c, &grad_final.cell.n, &grad_final.cell.m}) {
+      fill_normal(*m, rng);
+    }
+  }
+  auto grad_y = random_sequence<double>(c.batch, c.time, c.embedding_dim, rng);
+  return {std::move(block), std::move(x),          std::move(grad_y),
+          std::move(start), std::move(grad_final), c.lengths};
+}
+
+long double loss(Problem& p) {
+  auto state = p.start;
+  Sequence<double> y;
+  p.block.forward(p.x, p.lengths, state, y);
+  long double sum = dot(y.matrix(), p.grad_y.matrix());
+  sum += dot(state.conv.window, p.grad_final.conv.window);
+  sum += dot(state.cell.y, p.grad_final.cell.y) + dot(state.cell.c, p.grad_final.cell.c);
+  sum += dot(state.cell.n, p.grad_final.cell.n) + dot(state.cell.m, p.grad_final.cell.m);
+  return sum;
+}
+
+struct Analytic {
+  xlstm::SLstmBlockGradients<double> grads;
+  State grad_start;
+  Sequence<double> grad_x;
+};
+
+Analytic analytic(const Problem& p) {
+  auto state = p.start;
+  Sequence<double> y;
+  xlstm::SLstmBlockTape<double> tape;
+  p.block.forward(p.x, p.lengths, state, y, tape);
+  Analytic a{xlstm::SLstmBlockGradients<double>(p.block), p.grad_final, {}};
+  xlstm::backward(p.block, tape, p.grad_y, a.grad_start, a.grads, a.grad_x);
+  return a;
+}
+
+TEST(SLstmBlockBackward, MatchesFiniteDifferences) {
+  const std::vector<Case> cases = {
+      {"odd shape, state in", 2, 5, 12, 3, 4},
+      {"T = 1, state in", 3, 1, 8, 2, 4},
+      {"zero state, loss on y only", 2, 6, 8, 4, 4, false},
+      {"no conv, one head", 2, 4, 6, 1, 0},
+      {"ragged lengths, state in", 3, 5, 8, 2, 3, true, {5, 2, 0}},
+      {"ragged, no conv, zero state", 3, 4, 6, 3, 0, false, {1, 4, 3}},
+      {"no feed-forward, kernel 2", 2, 4, 6, 2, 2, true, {}, false},
+      {"function lstm", 2, 4, 6, 2, 4, true, {}, true, "gelu", "lstm"},
+      {"relu^2 with bias, no group-norm weight",
+       2,
+       3,
+       8,
+       2,
+       4,
+       true,
+       {},
+       true,
+       "relu^2",
+       "slstm",
+       false,
+       true},
+      {"swish", 1, 4, 6, 3, 1, true, {}, true, "swish"},
+  };
+  std::uint64_t seed = 3000;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    Problem p = make_problem(c, seed);
+    const Analytic a = analytic(p);
+    auto targets = parameter_targets(p.block, a.grads);
+    targets.push_back({"x", p.x.matrix().data(), p.x.matrix().size(), a.grad_x.matrix().data()});
+    if (c.state_in) {
+      auto start = state_tensors(p.start);
+      auto grad = state_tensors(const_cast<State&>(a.grad_start));
+      ASSERT_EQ(start.size(), grad.size());
+      const Index rows_cols = c.batch * c.embedding_dim;
+      for (std::size_t i = 0; i < start.size(); ++i) {
+        const bool conv = start[i].first.find("conv_state") != std::string::npos;
+        const Index size = conv ? p.start.conv.window.size() : rows_cols;
+        targets.push_back({"initial " + start[i].first, start[i].second, size, grad[i].second});
+      }
+    }
+    const double worst =
+        expect_gradients_match_differences([&] { return loss(p); }, targets, seed++);
+    std::printf("  %-44s worst relative error %.2e\n", c.name.c_str(), worst);
+    // Past a row's length the input gradient is zero.
+    for (Index b = 0; b < c.batch; ++b) {
+      const Index len = xlstm::length_of(c.lengths, b, c.time);
+      EXPECT_EQ(a.grad_x.rows_of(b).bottomRows(c.time - len).cwiseAbs().sum(), 0.0);
+    }
+  }
+}
+
+template <typename S>
+class SLstmBlockBackwardTyped : public ::testing::Test {};
+TYPED_TEST_SUITE(SLstmBlockBackwardTyped, test_util::Scalars, );
+
+TYPED_TEST(SLstmBlockBackwardTyped, RecordingForwardGivesThePlainOutputAndState) {
+  using S = TypeParam;
+  xlstm::SLstmBlock<S> block(test_util::slstm_block_config(16, 4));
+  test_util::randomize(block, 3100, 0.2);
+  std::mt19937_64 rng(3101);
+  const auto x = random_sequence<S>(3, 7, 16, rng);
+  const Lengths lengths = {7, 3, 5};
+  auto state = block.initial_state(3), taped_state = block.initial_state(3);
+  Sequence<S> y, y_taped;
+  block.forward(x, lengths, state, y);
+  xlstm::SLstmBlockTape<S> tape;
+  block.forward(x, lengths, taped_state, y_taped, tape);
+  EXPECT_TRUE(test_util::BitIdentical(y_taped.matrix(), y.matrix()));
+  EXPECT_TRUE(test_util::BitIdentical(taped_state.cell.c, state.cell.c));
+  EXPECT_TRUE(test_util::BitIdentical(taped_state.conv.window, state.conv.window));
+}
+
+TYPED_TEST(SLstmBlockBackwardTyped, GradientsAreNamedLikeParametersAndAccumulate) {
+  using S = TypeParam;
+  for (const bool ffn : {true, false}) {
+    auto config = test_util::slstm_block_config(12, 3);
+    if (!ffn) config.feedforward.reset();
+    xlstm::SLstmBlock<S> block(config);
+    test_util::randomize(block, 3200, 0.2);
+    xlstm::SLstmBlockGradients<S> grads(block);
+    const auto params = xlstm::parameter_list(block, "blocks.0.");
+    const auto list = xlstm::parameter_list(grads, "blocks.0.");
+    ASSERT_EQ(params.size(), list.size());
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      EXPECT_EQ(list[i].name, params[i].name);
+      EXPECT_EQ(list[i].shape, params[i].shape);
+    }
+    std::mt19937_64 rng(3201);
+    const auto x = random_sequence<S>(2, 5, 12, rng), grad_y = random_sequence<S>(2, 5, 12, rng);
+    xlstm::SLstmBlockTape<S> tape;
+    auto run = [&] {
+      auto state = block.initial_state(2), grad_state = block.initial_state(2);
+      Sequence<S> y, grad_x;
+      block.forward(x, state, y, tape);
+      xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
+    };
+    run();
+    const auto once = xlstm::parameter_list(grads);
+    std::vector<std::vector<S>> first;
+    for (const auto& p : once) first.emplace_back(p.data, p.data + p.size());
+    run();  // the same tape, recorded again
+    const double tol = test_util::per_scalar<S>(1e-5, 1e-12);
+    for (std::size_t i = 0; i < once.size(); ++i) {
+      for (std::size_t j = 0; j < first[i].size(); ++j) {
+        ASSERT_NEAR(double(once[i].data[j]), 2.0 * double(first[i][j]),
+                    tol * (1 + std::abs(double(first[i][j]))))
+            << once[i].name;
+      }
+    }
+    grads.zero();
+    for (const auto& p : xlstm::parameter_list(grads)) {
+      for (std::size_t j = 0; j < p.size(); ++j) ASSERT_EQ(p.data[j], S(0)) << p.name;
+    }
+    // The tape was consumed.
+    auto grad_state = block.initial_state(2);
+    Sequence<S> grad_x;
+    EXPECT_TRUE(ThrowsMentioning(
+        [&] { xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x); }, "'tape'"));
+  }
+}
+
+// The parallel loops split work by heads, panels and row ranges, never a sum,
+// so the gradients have the same bits with any thread count. E 256 in 4
+// heads: large enough for every parallel loop of the backward (with OpenMP).
+TYPED_TEST(SLstmBlockBackwardTyped, SameBitsWithAnyThreadCount) {
+  using S = TypeParam;
+  xlstm::SLstmBlock<S> block(test_util::slstm_block_config(256, 4));
+  test_util::randomize(block, 3400, 0.1);
+  std::mt19937_64 rng(3401);
+  const auto x = random_sequence<S>(3, 8, 256, rng), grad_y = random_sequence<S>(3, 8, 256, rng);
+  struct Result {
+    std::vector<S> grads;
+    Sequence<S> grad_x;
+  };
+  auto run = [&](int threads) {
+    xlstm::set_num_threads(threads);
+    auto state = block.initial_state(3), grad_state = block.initial_state(3);
+    Sequence<S> y, grad_x;
+    xlstm::SLstmBlockTape<S> tape;
+    block.forward(x, state, y, tape);
+    xlstm::SLstmBlockGradients<S> grads(block);
+    xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
+    Result r{{}, grad_x};
+    for (const auto& p : xlstm::parameter_list(grads))
+      r.grads.insert(r.grads.end(), p.data, p.data + p.size());
+    return r;
+  };
+  const int saved = xlstm::num_threads();
+  const Result one = run(1), two = run(2);
+  xlstm::set_num_threads(saved);
+  EXPECT_TRUE(one.grads == two.grads);
+  EXPECT_TRUE(test_util::BitIdentical(one.grad_x.matrix(), two.grad_x.matrix()));
+}
+
+TYPED_TEST(SLstmBlockBackwardTyped, RejectsMismatchedArguments) {
+  using S = TypeParam;
+  xlstm::SLstmBlock<S> block(test_util::slstm_block_config(8, 2));
+  std::mt19937_64 rng(3300);
+  const auto x = random_sequence<S>(2, 4, 8, rng);
+  auto state = block.initial_state(2);
+  Sequence<S> y, grad_x;
+  xlstm::SLstmBlockTape<S> tape;
+  block.forward(x, state, y, tape);
+  xlstm::SLstmBlockGradients<S> grads(block);
+  auto grad_state = block.initial_state(2), wrong_state = block.initial_state(3);
+  const auto grad_y = random_sequence<S>(2, 4, 8, rng);
+  const auto short_grad_y = random_sequence<S>(2, 3, 8, rng);
+  EXPECT_TRUE(ThrowsMentioning(
+      [&] { xlstm::backward(block, tape, short_grad_y, grad_state, grads, grad_x); },
+      {"'grad_y'", "2 x 4 x 8", "2 x 3 x 8"}));
+  EXPECT_TRUE(ThrowsMentioning(
+      [&] { xlstm::backward(block, tape, grad_y, wrong_state, grads, grad_x); }, "'grad_state'"));
+  // A rejected call leaves the tape recorded.
+  EXPECT_NO_THROW(xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x));
+}
+
+}  // namespace
