@@ -16,8 +16,8 @@
 
 namespace golden {
 
-/// Compares every tensor of `state` (official step-state names, golden
-/// README §5.7; sliced tensors joined) with the file's tensor `prefix + name`.
+/// Compares every tensor of `state` (official step-state names,
+/// golden README §5.7; sliced tensors joined) with the file's tensor `prefix + name`.
 template <typename Scalar, typename State>
 void compare_state(GoldenCase& g, const State& state, const std::string& prefix) {
   std::map<std::string, std::vector<double>> tensors;

@@ -223,8 +223,8 @@ struct MLstmBuffers {
 
 }  // namespace detail
 
-/// What a recording forward of the mLSTM cell keeps for its backward (design
-/// §7.3, math §4.7). The caller owns it, like the state;
+/// What a recording forward of the mLSTM cell keeps for its backward
+/// (design §7.3, math §4.7). The caller owns it, like the state;
 /// `MLstmCell::forward(..., tape)` fills it, `backward`
 /// (cells/mlstm_backward.hpp) consumes it. Recording again with the same
 /// shapes allocates nothing.
@@ -318,8 +318,8 @@ class MLstmCell {
                State& state, MatrixRef<Scalar> h, MLstmForm form = MLstmForm::automatic,
                const Lengths& lengths = {}) const;
 
-  /// The forwards above, recording into `tape` what `backward` needs (design
-  /// §7.3, math §4.7). Same outputs, bit for bit.
+  /// The forwards above, recording into `tape` what `backward` needs
+  /// (design §7.3, math §4.7). Same outputs, bit for bit.
   void forward(const Sequence<Scalar>& q, const Sequence<Scalar>& k, const Sequence<Scalar>& v,
                const Sequence<Scalar>& igate, const Sequence<Scalar>& fgate, State& state,
                Sequence<Scalar>& h, Tape& tape, MLstmForm form = MLstmForm::automatic) const {

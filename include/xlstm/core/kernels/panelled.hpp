@@ -62,8 +62,8 @@ void panelled_product(const A& a, const B& b, Out& out, bool accumulate) {
 }
 
 /// panelled_product with the rows of `out` split over the threads in tasks
-/// of whole panels (the products of the layers' backward passes, design
-/// §7.6): every element is computed by the same operations whatever the
+/// of whole panels (the products of the layers' backward passes,
+/// design §7.6): every element is computed by the same operations whatever the
 /// thread count, so the bits do not depend on it. Never allocates.
 template <typename A, typename B, typename Out>
 void parallel_panelled_product(const A& a, const B& b, Out& out, bool accumulate) {
