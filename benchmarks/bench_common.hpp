@@ -69,6 +69,12 @@ struct Limits {
   double dram_read_gbps = 0;   ///< read-only sweep over the same arrays
   double cache_1mib_ns = 0;    ///< time to read a 1 MiB buffer that is in cache
   double l3_read_gbps = 0;     ///< read of a buffer half the size of the L3
+  /// Register-only float FMA loops at the build's vector width: the
+  /// arithmetic peak of the run's thread count and of one thread. The
+  /// physical ceiling of every compute-bound row (the GEMM rate is what a
+  /// library reaches, which can sit far below it). Double: half of it.
+  double fma_peak_f32_gflops = 0;
+  double fma_peak_f32_1t_gflops = 0;
 
   /// The DRAM limit: the better of triad and read-only.
   double dram_gbps() const { return std::max(triad_gbps, dram_read_gbps); }
@@ -76,6 +82,10 @@ struct Limits {
     return cache_1mib_ns > 0 ? double(1 << 20) / cache_1mib_ns : 0.0;
   }
   double gemm_gflops(bool f64) const { return f64 ? gemm_f64_gflops : gemm_f32_gflops; }
+  /// One FMA instruction does half as many double lanes as float ones.
+  double fma_peak_gflops(bool f64) const {
+    return f64 ? fma_peak_f32_gflops / 2 : fma_peak_f32_gflops;
+  }
 };
 Limits& limits();
 

@@ -8,7 +8,11 @@
 //   limits/l3_read    a read-only sweep over half the L3;
 //   limits/cache_read_1MiB the time to read a 1 MiB buffer that is in cache
 //                     (the size of the sLSTM recurrent kernel at H = 512,
-//                     NH = 4), 16 sweeps per timed pass.
+//                     NH = 4), 16 sweeps per timed pass;
+//   limits/fma_peak_f32 independent float FMA chains in registers at the
+//                     build's vector width (Eigen's packet, the one the
+//                     kernels use), on 1 thread and on the run's threads:
+//                     the arithmetic peak, GFLOP/s = 2 * lanes * FMAs / time.
 // Each keeps its best iteration in limits(); report() divides by them.
 #include <cstdint>
 #include <limits>
@@ -161,6 +165,41 @@ struct ReadKernel {
   double seconds_per_sweep(double seconds) const { return seconds / sweeps; }
 };
 
+/// Float FMAs on registers only: kChains independent accumulators, enough to
+/// cover the FMA latency times the FMA ports of current x86 cores (4-5
+/// cycles x 2 ports), few enough to stay in the 16 vector registers of AVX2.
+struct FmaPeakKernel {
+  using Packet = Eigen::internal::packet_traits<float>::type;
+  static constexpr int kLanes = Eigen::internal::packet_traits<float>::size;
+  static constexpr int kChains = 12;
+  static constexpr long kIterations = 1 << 22;  ///< per thread and pass
+  int threads;
+  std::vector<float> sink;
+  explicit FmaPeakKernel(int threads_) : threads(threads_), sink(std::size_t(threads_)) {}
+
+  static float chains(float seed) {
+    namespace ei = Eigen::internal;
+    Packet acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = ei::pset1<Packet>(seed + float(c));
+    // Multiplier and addend keep the values bounded (x -> 0.999999 x + 1e-7).
+    const Packet a = ei::pset1<Packet>(0.999999f), b = ei::pset1<Packet>(1e-7f);
+    for (long i = 0; i < kIterations; ++i) {
+      for (int c = 0; c < kChains; ++c) acc[c] = ei::pmadd(acc[c], a, b);
+    }
+    Packet total = acc[0];
+    for (int c = 1; c < kChains; ++c) total = ei::padd(total, acc[c]);
+    return ei::predux(total);
+  }
+  void run() {
+    parallel_slices(std::size_t(threads), threads, [&](int part, std::size_t, std::size_t) {
+      sink[std::size_t(part)] = chains(float(part));
+    });
+    benchmark::DoNotOptimize(sink.data());
+    benchmark::ClobberMemory();
+  }
+  double work() const { return 2.0 * kLanes * kChains * double(kIterations) * threads; }
+};
+
 constexpr std::size_t kMiB = std::size_t(1) << 20;
 constexpr std::size_t kDramReadBytes = 384 * kMiB;
 constexpr int kCacheSweeps = 16;
@@ -213,6 +252,16 @@ void bm_cache_1mib(benchmark::State& state) {
   l.cache_1mib_ns = l.cache_1mib_ns > 0 ? std::min(l.cache_1mib_ns, best * 1e9) : best * 1e9;
 }
 
+/// state.range(0) = 1: one thread; 0: the run's thread count.
+void bm_fma_peak(benchmark::State& state) {
+  const int threads = state.range(0) == 1 ? 1 : memory_threads();
+  FmaPeakKernel kernel(threads);
+  const double gflops = kernel.work() / run_limit(state, kernel, "GFLOPs") / 1e9;
+  auto& l = limits();
+  keep_max(threads == 1 ? l.fma_peak_f32_1t_gflops : l.fma_peak_f32_gflops, gflops);
+  if (threads == 1 && memory_threads() == 1) keep_max(l.fma_peak_f32_gflops, gflops);
+}
+
 /// Best seconds of `reps` passes, outside Google Benchmark.
 template <typename Kernel>
 double best_of(Kernel& kernel, int reps) {
@@ -247,6 +296,14 @@ Limits measure_missing(Limits l) {
     ReadKernel k(l3_read_bytes(), 1);
     l.l3_read_gbps = k.work() / best_of(k, 50) / 1e9;
   }
+  if (l.fma_peak_f32_gflops == 0) {
+    FmaPeakKernel k(memory_threads());
+    l.fma_peak_f32_gflops = k.work() / best_of(k, 5) / 1e9;
+  }
+  if (l.fma_peak_f32_1t_gflops == 0) {
+    FmaPeakKernel k(1);
+    l.fma_peak_f32_1t_gflops = k.work() / best_of(k, 5) / 1e9;
+  }
   if (l.cache_1mib_ns == 0) {
     ReadKernel k(kMiB, 1, kCacheSweeps);
     l.cache_1mib_ns = k.seconds_per_sweep(best_of(k, 100)) * 1e9;
@@ -266,6 +323,7 @@ void report(benchmark::State& state, const Work& w, double seconds) {
     state.counters["GFLOPs"] = rate(w.flops / 1e9);
     if (w.bound == Bound::gemm) {
       state.counters["pct_of_gemm"] = rate(w.flops / 1e9 / l.gemm_gflops(w.f64) * 100);
+      state.counters["pct_of_fma_peak"] = rate(w.flops / 1e9 / l.fma_peak_gflops(w.f64) * 100);
     }
   }
   std::string bound = w.f64 ? "gemm_f64" : "gemm_f32";
@@ -302,6 +360,13 @@ void register_limit_benchmarks(bool quick) {
   benchmark::RegisterBenchmark("limits/gemm_f64", bm_gemm<double>)
       ->Args({512, 768, 3072})
       ->Args({1024, 1024, 1024})
+      ->Iterations(5 * scale)
+      ->UseManualTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("limits/fma_peak_f32", bm_fma_peak)
+      ->ArgName("one_thread")
+      ->Arg(1)
+      ->Arg(0)
       ->Iterations(5 * scale)
       ->UseManualTime()
       ->Unit(benchmark::kMillisecond);
