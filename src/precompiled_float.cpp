@@ -13,3 +13,9 @@
 namespace xlstm {
 XLSTM_PRECOMPILED_CLASSES(XLSTM_DETAIL_INSTANTIATE)
 }  // namespace xlstm
+
+// The library's Eigen alignment, which consumers check at link time
+// (xlstm/precompiled.hpp).
+namespace xlstm::detail {
+const int XLSTM_PRECOMPILED_ABI_SYMBOL = EIGEN_MAX_ALIGN_BYTES;
+}  // namespace xlstm::detail

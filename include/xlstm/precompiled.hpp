@@ -57,4 +57,25 @@ namespace xlstm {
 XLSTM_PRECOMPILED_CLASSES(XLSTM_DETAIL_EXTERN_TEMPLATE)
 }  // namespace xlstm
 #undef XLSTM_DETAIL_EXTERN_TEMPLATE
+
+// Eigen's vectorisation is part of the ABI: a translation unit built for a
+// wider vector unit than the library (say -march=native against a library built
+// for x86-64) would share the library's copies of Eigen's inline functions
+// (buffer allocation, packing) and crash on misaligned stores. The library
+// defines a symbol that names its Eigen alignment (src/precompiled_float.cpp);
+// every translation unit that includes this header refers to the symbol of its
+// own alignment, so a mismatch is a link error ("undefined reference to
+// xlstm::detail::precompiled_built_with_eigen_align_64") instead of a crash.
+#define XLSTM_DETAIL_ABI_SYMBOL_NAME(bytes) precompiled_built_with_eigen_align_##bytes
+#define XLSTM_DETAIL_ABI_SYMBOL(bytes) XLSTM_DETAIL_ABI_SYMBOL_NAME(bytes)
+#define XLSTM_PRECOMPILED_ABI_SYMBOL XLSTM_DETAIL_ABI_SYMBOL(EIGEN_MAX_ALIGN_BYTES)
+namespace xlstm::detail {
+extern const int XLSTM_PRECOMPILED_ABI_SYMBOL;
+}  // namespace xlstm::detail
+#if defined(__GNUC__) || defined(__clang__)
+namespace {
+[[maybe_unused]] __attribute__((used)) const int* const xlstm_precompiled_abi_check =
+    &xlstm::detail::XLSTM_PRECOMPILED_ABI_SYMBOL;
+}  // namespace
+#endif
 #endif
