@@ -103,6 +103,12 @@ using MLstmBlockState = ConvCellState<Scalar, MLstmState<Scalar>, MLstmBlockWork
 ///
 /// `forward` and `step` are const: one block may run on many threads, each
 /// with its own state. `step` allocates nothing once the state exists.
+// STUB (replaced by the mlstm-block-backward branch)
+template <typename Scalar>
+struct MLstmBlockTape {
+  bool recorded = false;
+};
+
 template <typename Scalar_>
 class MLstmBlock : public SequenceModule<MLstmBlock<Scalar_>, Scalar_, MLstmBlockState<Scalar_>> {
  public:
@@ -110,6 +116,11 @@ class MLstmBlock : public SequenceModule<MLstmBlock<Scalar_>, Scalar_, MLstmBloc
   using Config = MLstmBlockConfig;
   using State = MLstmBlockState<Scalar>;
   static constexpr const char* kStepWhere = "MLstmBlock::step";
+  using Tape = MLstmBlockTape<Scalar>;
+  // STUB
+  void forward(const Sequence<Scalar>&, const Lengths&, State&, Sequence<Scalar>&, Tape&) const {
+    fail("STUB");
+  }
 
   /// A block with the official initialisation from kDefaultSeed; call
   /// initialize(rng) for another draw, or load weights.
