@@ -55,6 +55,9 @@ XLSTM_GOLDEN_KIND(XlstmLargeKind, golden::run_xlstm_large)
 XLSTM_GOLDEN_KIND(SLstmCellGradKind, golden::run_slstm_cell_grad)
 XLSTM_GOLDEN_KIND(MLstmCellGradKind, golden::run_mlstm_cell_grad)
 XLSTM_GOLDEN_KIND(SLstmBlockGradKind, golden::run_slstm_block_grad)
+XLSTM_GOLDEN_KIND(BlockStackGradKind, golden::run_block_stack_grad)
+XLSTM_GOLDEN_KIND(LmModelGradKind, golden::run_lm_model_grad)
+XLSTM_GOLDEN_KIND(LmTrainStepsKind, golden::run_lm_train_steps)
 
 // Kinds whose module exists map to runners; the others are known but skipped.
 const std::map<std::string, KindRunners>& implemented_kinds() {
@@ -76,6 +79,9 @@ const std::map<std::string, KindRunners>& implemented_kinds() {
       {"slstm_cell_grad", runners_for<SLstmCellGradKind>()},
       {"mlstm_cell_grad", runners_for<MLstmCellGradKind>()},
       {"slstm_block_grad", runners_for<SLstmBlockGradKind>()},
+      {"block_stack_grad", runners_for<BlockStackGradKind>()},
+      {"lm_model_grad", runners_for<LmModelGradKind>()},
+      {"lm_train_steps", runners_for<LmTrainStepsKind>()},
   };
   return kinds;
 }

@@ -58,7 +58,9 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include "xlstm/core/init.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/model/block_stack.hpp"
+#include "xlstm/model/block_stack_backward.hpp"
 #include "xlstm/model/language_model.hpp"
+#include "xlstm/model/language_model_backward.hpp"
 #include "xlstm/model/large_model.hpp"
 
 // After EIGEN_RUNTIME_NO_MALLOC and eigen_assert above, like every include of Eigen.
@@ -618,6 +620,46 @@ TYPED_TEST(NoAllocTest, BlockStackStepDoesNotAllocate) {
   xlstm::BlockStack<S> stack(static_cast<const xlstm::BlockStackConfig&>(cfg));
   randomize(stack, 13);
   check_block(stack, 64);
+}
+
+// A training example of the language model (math §6.6): the recorded
+// forward, the cross-entropy and the backward through head, stack (mLSTM and
+// sLSTM blocks) and embedding, repeated on the same shapes after a warm-up;
+// ragged rows with ignored targets, tied and untied heads.
+TYPED_TEST(NoAllocTest, LanguageModelLossAndBackwardDoesNotAllocate) {
+  using S = TypeParam;
+  const ThreadCountGuard guard;
+  for (const bool tie : {false, true}) {
+    xlstm::LanguageModel<S> model(small_lm_config(32, 50, tie));
+    randomize(model, 16);
+    xlstm::LanguageModelGradients<S> grads(model);
+    xlstm::LanguageModelLossWorkspace<S> work;
+    std::mt19937_64 rng(17);
+    const xlstm::Tokens tokens = test_util::random_tokens(3, 12, 50, rng);
+    xlstm::Tokens targets = test_util::random_tokens(3, 12, 50, rng);
+    const xlstm::Lengths lengths = {12, 5, 9};
+    for (Index b = 0; b < 3; ++b) {
+      for (Index t = lengths[std::size_t(b)]; t < 12; ++t) targets(b, t) = -1;
+    }
+    targets(0, 3) = -1;
+    for (const int threads : thread_counts()) {
+      xlstm::set_num_threads(threads);
+      SCOPED_TRACE(::testing::Message() << "tie " << tie << " threads " << threads);
+      S loss = 0;
+      auto example = [&] {
+        grads.zero();
+        loss = xlstm::loss_and_backward(model, tokens, targets, lengths, grads, work);
+      };
+      example();  // warm-up
+      const auto counted = count_allocations([&] {
+        for (int i = 0; i < 3; ++i) example();
+      });
+      EXPECT_EQ(counted.news, 0);
+      EXPECT_EQ(counted.eigen, 0);
+      EXPECT_TRUE(std::isfinite(double(loss)));
+      EXPECT_TRUE(grads.embedding().weight().allFinite());
+    }
+  }
 }
 
 TYPED_TEST(NoAllocTest, LanguageModelStepDoesNotAllocate) {

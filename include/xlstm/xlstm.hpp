@@ -32,9 +32,11 @@
 #include "xlstm/blocks/slstm_block.hpp"
 
 #include "xlstm/model/block_stack.hpp"
+#include "xlstm/model/block_stack_backward.hpp"
 #include "xlstm/model/cross_entropy.hpp"
 #include "xlstm/model/generate.hpp"
 #include "xlstm/model/language_model.hpp"
+#include "xlstm/model/language_model_backward.hpp"
 #include "xlstm/model/large_model.hpp"
 
 #include "xlstm/io/checkpoint.hpp"

@@ -13,6 +13,11 @@
 #include "xlstm/io/config_json.hpp"
 #include "xlstm/io/large_checkpoint.hpp"
 #include "xlstm/io/state_io.hpp"
+#include "xlstm/model/block_stack_backward.hpp"
+#include "xlstm/model/language_model_backward.hpp"
+#include "xlstm/train/adamw.hpp"
+#include "xlstm/train/lr_schedule.hpp"
+#include "xlstm/train/trainable_parameters.hpp"
 
 namespace golden {
 
@@ -122,11 +127,148 @@ void run_block_stack(GoldenCase& g) {
   run_sequence_module(g, stack);
 }
 
-inline xlstm::Tokens tokens_of(const GoldenCase& g) {
-  const auto shape = g.shape("input.tokens");
-  xlstm::Tokens tokens{Index(shape[0]), Index(shape[1])};
-  g.file().read_into<std::int64_t>("input.tokens", tokens.data(), std::size_t(tokens.size()));
+/// block_stack_grad (golden README §11.5): the recorded forward of the
+/// stack, then its backward with the file's cotangent of y.
+template <typename Scalar>
+void run_block_stack_grad(GoldenCase& g) {
+  xlstm::BlockStack<Scalar> stack(xlstm::io::block_stack_config_from_json(g.config()));
+  xlstm::io::load_module(stack, g.file(), {"param."});
+  const auto x = g.sequence<Scalar>("input.x");
+  auto state = stack.initial_state(x.batch());
+  Sequence<Scalar> y;
+  xlstm::BlockStackTape<Scalar> tape;
+  stack.forward(x, state, y, tape);
+  g.compare("output.y", y);
+
+  auto grad_state = stack.initial_state(x.batch());
+  xlstm::BlockStackGradients<Scalar> grads(stack);
+  Sequence<Scalar> grad_x;
+  xlstm::backward(stack, tape, g.sequence<Scalar>("input.grad_output.y"), grad_state, grads,
+                  grad_x);
+  compare_parameter_gradients(g, grads);
+  g.compare("grad.input.x", grad_x);
+}
+
+/// The file's int64 tensor `name` of shape (B, T), or batch `s` of an (S, B, T) one.
+inline xlstm::Tokens tokens_of(const GoldenCase& g, const std::string& name = "input.tokens",
+                               Index s = -1) {
+  const auto shape = g.shape(name);
+  if (s < 0) {
+    xlstm::Tokens tokens{Index(shape[0]), Index(shape[1])};
+    g.file().read_into<std::int64_t>(name, tokens.data(), std::size_t(tokens.size()));
+    return tokens;
+  }
+  xlstm::Tokens all{Index(shape[0]), Index(shape[1] * shape[2])};
+  g.file().read_into<std::int64_t>(name, all.data(), std::size_t(all.size()));
+  xlstm::Tokens tokens{Index(shape[1]), Index(shape[2])};
+  for (Index b = 0; b < tokens.rows(); ++b) {
+    tokens.row(b) = all.row(s).segment(b * tokens.cols(), tokens.cols());
+  }
   return tokens;
+}
+
+/// lm_model_grad (golden README §11.6): logits, the mean cross-entropy and
+/// its gradient with respect to every parameter (a tied head under both names).
+template <typename Scalar>
+void run_lm_model_grad(GoldenCase& g) {
+  xlstm::LanguageModel<Scalar> model(xlstm::io::language_model_config_from_json(g.config()));
+  xlstm::io::load_module(model, g.file(), {"param."});
+  const auto tokens = tokens_of(g), targets = tokens_of(g, "input.targets");
+  xlstm::LanguageModelGradients<Scalar> grads(model);
+  xlstm::LanguageModelLossWorkspace<Scalar> work;
+  const Scalar loss = xlstm::loss_and_backward(model, tokens, targets, grads, work);
+  g.compare("output.logits", work.logits);
+  g.compare("output.loss", std::vector<double>{double(loss)});
+  compare_parameter_gradients(g, grads);
+}
+
+/// lm_train_steps (golden README §11.7): S AdamW steps with the official
+/// weight-decay groups and the file's learning-rate schedule: the losses, the
+/// gradient of the first step, the final parameters and both moments.
+template <typename Scalar>
+void run_lm_train_steps(GoldenCase& g) {
+  const auto config = xlstm::io::language_model_config_from_json(g.config());
+  xlstm::LanguageModel<Scalar> model(config);
+  xlstm::io::load_module(model, g.file(), {"param."});
+  xlstm::LanguageModelGradients<Scalar> grads(model);
+  xlstm::TrainableParameters<Scalar> parameters(
+      model, grads, xlstm::official_weight_decay_rule(config.weight_decay_on_embedding));
+  // The groups are the official ones (a tied head is listed once, under
+  // token_embedding.weight; the file lists both of its keys).
+  auto listed = [&](const char* key) {
+    auto names = nlohmann::json::parse(g.meta(key)).get<std::vector<std::string>>();
+    names.erase(std::remove(names.begin(), names.end(), std::string("lm_head.weight")),
+                names.end());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  auto sorted = [](std::vector<std::string> names) {
+    names.erase(std::remove(names.begin(), names.end(), std::string("lm_head.weight")),
+                names.end());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  EXPECT_EQ(sorted(parameters.names(true)), listed("weight_decay_params"));
+  EXPECT_EQ(sorted(parameters.names(false)), listed("no_weight_decay_params"));
+
+  const auto optimizer = nlohmann::json::parse(g.meta("optimizer"));
+  ASSERT_EQ(optimizer.at("type").get<std::string>(), "torch.optim.AdamW");
+  ASSERT_FALSE(optimizer.at("amsgrad").get<bool>());
+  ASSERT_FALSE(optimizer.at("maximize").get<bool>());
+  xlstm::AdamWOptions options;
+  options.learning_rate = optimizer.at("lr").get<double>();
+  options.beta1 = optimizer.at("betas").at(0).get<double>();
+  options.beta2 = optimizer.at("betas").at(1).get<double>();
+  options.eps = optimizer.at("eps").get<double>();
+  options.weight_decay = optimizer.at("weight_decay").get<double>();
+  xlstm::AdamW<Scalar> adamw(parameters, options);
+  const auto& schedule_json = optimizer.at("lr_schedule");
+  const bool scheduled = schedule_json.is_object();
+  xlstm::LinearWarmupCosine schedule;
+  if (scheduled) {
+    ASSERT_EQ(schedule_json.at("type").get<std::string>(), "linear_warmup_cosine");
+    schedule.warmup_steps = schedule_json.at("warmup_steps").get<std::int64_t>();
+    schedule.decay_until_step = schedule_json.at("decay_until_step").get<std::int64_t>();
+    schedule.max_lr = schedule_json.at("max_lr").get<double>();
+    schedule.min_lr = schedule_json.at("min_lr").get<double>();
+    schedule.validate();
+  } else {
+    ASSERT_EQ(schedule_json.get<std::string>(), "constant");
+  }
+
+  const Index steps = Index(std::stoll(g.meta("steps")));
+  ASSERT_EQ(g.shape("input.tokens")[0], std::size_t(steps));
+  std::vector<double> losses, rates;
+  xlstm::LanguageModelLossWorkspace<Scalar> work;
+  for (Index s = 0; s < steps; ++s) {
+    grads.zero();
+    losses.push_back(double(xlstm::loss_and_backward(
+        model, tokens_of(g, "input.tokens", s), tokens_of(g, "input.targets", s), grads, work)));
+    if (s == 0) compare_parameter_gradients(g, grads);
+    if (scheduled) adamw.set_learning_rate(schedule(s));
+    rates.push_back(double(Scalar(adamw.learning_rate())));
+    adamw.step();
+  }
+  g.compare("output.losses", losses);
+  if (g.has("output.lr")) g.compare("output.lr", rates);
+
+  // Final parameters and moments; a tied head's keys hold the embedding's.
+  model.for_each_parameter(
+      [&](const auto& p) { g.compare(p.name, std::vector<double>(p.data, p.data + p.size())); },
+      "state_out.param.");
+  std::map<std::string, std::vector<double>> moments;
+  adamw.for_each_parameter(
+      [&](const auto& p) { moments[p.name] = std::vector<double>(p.data, p.data + p.size()); },
+      "state_out.");
+  for (const char* moment : {"exp_avg.", "exp_avg_sq."}) {
+    const std::string prefix = std::string("state_out.") + moment;
+    for (const auto& [name, values] : moments) {
+      if (name.rfind(prefix, 0) == 0) g.compare(name, values);
+    }
+    if (config.tie_weights) {
+      g.compare(prefix + "lm_head.weight", moments.at(prefix + "token_embedding.weight"));
+    }
+  }
 }
 
 template <typename Scalar>

@@ -157,6 +157,21 @@ struct BlockStackState {
   }
 };
 
+/// What a recording forward of the stack keeps for the backward (math §6.6;
+/// model/block_stack_backward.hpp): each block's tape (which holds the
+/// block's input) and the post-blocks norm's input. The backward uses it as
+/// its workspace: a recording serves one backward; recording again with the
+/// same shapes allocates nothing.
+template <typename Scalar>
+struct BlockStackTape {
+  using BlockTape = std::variant<MLstmBlockTape<Scalar>, SLstmBlockTape<Scalar>>;
+  std::vector<BlockTape> blocks;
+  Sequence<Scalar> ping, pong;  ///< the activations between blocks; the backward's dL/d them
+  Sequence<Scalar> last;        ///< the last block's output: the post-blocks norm's input
+  Lengths lengths;
+  bool recorded = false;
+};
+
 /// The official xLSTMBlockStack: mLSTM and sLSTM blocks placed by
 /// `slstm_at`, each with its index for the initialisation, and an optional
 /// post-blocks LayerNorm.
@@ -176,6 +191,7 @@ class BlockStack : public SequenceModule<BlockStack<Scalar_>, Scalar_, BlockStac
   using State = BlockStackState<Scalar>;
   static constexpr const char* kStepWhere = "BlockStack::step";
   using Block = std::variant<MLstmBlock<Scalar>, SLstmBlock<Scalar>>;
+  using Tape = BlockStackTape<Scalar>;
 
   /// A stack with the official initialisation from kDefaultSeed; call
   /// initialize(rng) for another draw, or load weights.
@@ -192,6 +208,8 @@ class BlockStack : public SequenceModule<BlockStack<Scalar_>, Scalar_, BlockStac
   Index num_blocks() const { return Index(blocks_.size()); }
   const std::vector<Block>& blocks() const { return blocks_; }
   std::vector<Block>& blocks() { return blocks_; }
+  /// The post-blocks LayerNorm (empty without add_post_blocks_norm).
+  const GroupedNorm<Scalar>& post_blocks_norm() const { return post_blocks_norm_; }
 
   State initial_state(Index batch) const;
 
@@ -201,6 +219,14 @@ class BlockStack : public SequenceModule<BlockStack<Scalar_>, Scalar_, BlockStac
   /// Ragged batch (see MLstmBlock::forward); outputs past a row's length are zero.
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                Sequence<Scalar>& y) const;
+
+  /// The same, recording in `tape` what the backward needs (math §6.6;
+  /// model/block_stack_backward.hpp).
+  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y, Tape& tape) const {
+    forward(x, Lengths{}, state, y, tape);
+  }
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
+               Tape& tape) const;
 
   /// Official names (math §7.1): "blocks.<i>." and "post_blocks_norm.".
   XLSTM_PARAMETER_VISITOR
@@ -310,6 +336,44 @@ void BlockStack<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   if (config_.add_post_blocks_norm) post_blocks_norm_.forward(a.matrix(), a.matrix());
   zero_padding(a, lengths);
   y = std::move(a);
+}
+
+template <typename Scalar_>
+void BlockStack<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+                                  Sequence<Scalar>& y, Tape& tape) const {
+  check_input(x.features(), x.batch(), state, "BlockStack::forward", "x");
+  check_state(state, x.batch(), "BlockStack::forward");
+  check_lengths(lengths, x.batch(), x.time(), "BlockStack::forward");
+  check(&x != &y, "BlockStack::forward: arguments 'x' and 'y' must be different sequences");
+  tape.recorded = false;  // until the forward completes
+  tape.blocks.resize(blocks_.size());
+  const Sequence<Scalar>* in = &x;
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    // Block i writes where block i+1 does not read: the last one into
+    // `last`, the others alternately into ping and pong.
+    Sequence<Scalar>& out =
+        i + 1 == blocks_.size() ? tape.last : (i % 2 == 0 ? tape.ping : tape.pong);
+    std::visit(
+        [&](const auto& block) {
+          using B = std::decay_t<decltype(block)>;
+          using BlockTape = typename B::Tape;
+          // Keeps the alternative (and its storage) when the kind is unchanged.
+          if (!std::holds_alternative<BlockTape>(tape.blocks[i])) tape.blocks[i] = BlockTape{};
+          block.forward(*in, lengths, std::get<typename B::State>(state.blocks[i]), out,
+                        std::get<BlockTape>(tape.blocks[i]));
+        },
+        blocks_[i]);
+    in = &out;
+  }
+  y.resize(x.batch(), x.time(), embedding_dim());
+  if (config_.add_post_blocks_norm) {
+    post_blocks_norm_.forward(tape.last.matrix(), y.matrix());
+  } else {
+    y = tape.last;
+  }
+  zero_padding(y, lengths);
+  tape.lengths = lengths;
+  tape.recorded = true;
 }
 
 template <typename Scalar_>

@@ -73,12 +73,28 @@ struct LanguageModelState {
 /// with its own state. `step` allocates nothing once the state exists. The
 /// embedding, the head and the dense projections may be kept BF16/F16 when
 /// loaded (io::LoadOptions::keep_half_weights).
+/// What a recording forward of the language model keeps for the backward
+/// (math §6.6; model/language_model_backward.hpp): the token ids, the
+/// embedded input, the stack's tape and the stack's output (the head's
+/// input). The backward uses it as its workspace; recording again with the
+/// same shapes allocates nothing.
+template <typename Scalar>
+struct LanguageModelTape {
+  Tokens tokens;
+  Lengths lengths;
+  Sequence<Scalar> embedded;  ///< B x T x E: the stack's input; the backward's dL/d it
+  BlockStackTape<Scalar> stack;
+  Sequence<Scalar> hidden;  ///< B x T x E: the head's input; the backward's dL/d it
+  bool recorded = false;
+};
+
 template <typename Scalar_>
 class LanguageModel {
  public:
   using Scalar = Scalar_;
   using Config = LanguageModelConfig;
   using State = LanguageModelState<Scalar>;
+  using Tape = LanguageModelTape<Scalar>;
 
   /// A model with the official initialisation from kDefaultSeed; call
   /// initialize(rng) for another draw, or load weights.
@@ -106,6 +122,9 @@ class LanguageModel {
   /// The same in whatever storage they have.
   const WeightMatrix<Scalar>& embedding_matrix() const { return embedding_.weight_matrix(); }
   const WeightMatrix<Scalar>& lm_head_matrix() const { return head().weight_matrix(); }
+  /// The embedding and the head as layers (with tie_weights, the same one).
+  const Linear<Scalar>& embedding_layer() const { return embedding_; }
+  const Linear<Scalar>& lm_head_layer() const { return head(); }
 
   State initial_state(Index batch) const;
 
@@ -121,6 +140,11 @@ class LanguageModel {
 
   /// One step: `tokens` holds B ids; logits is B x V (a Matrix is resized, a
   /// view must have the size). Does not allocate once the state exists.
+  /// The same, recording in `tape` what the backward needs (math §6.6;
+  /// model/language_model_backward.hpp).
+  void forward(const Tokens& tokens, const Lengths& lengths, State& state, Sequence<Scalar>& logits,
+               Tape& tape) const;
+
   template <typename TokenVector, typename Out>
   void step(const TokenVector& tokens, State& state, Out&& logits_out) const {
     check(Index(tokens.size()) == state.batch(), "LanguageModel::step: argument 'tokens' has ",
@@ -218,6 +242,37 @@ void LanguageModel<Scalar_>::forward(const Tokens& tokens, const Lengths& length
   stack_.forward(x, lengths, state.stack, y);
   logits.resize(tokens.rows(), tokens.cols(), vocab_size());
   head().weight_matrix().multiply_transposed(y.matrix(), logits.matrix());
+}
+
+template <typename Scalar_>
+void LanguageModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, State& state,
+                                     Sequence<Scalar>& logits, Tape& tape) const {
+  check(tokens.rows() == state.batch(), "LanguageModel::forward: argument 'tokens' has batch ",
+        tokens.rows(), " but the state was made for batch ", state.batch());
+  check(tokens.cols() > 0,
+        "LanguageModel::forward: argument 'tokens' must have at least one "
+        "time step");
+  check_lengths(lengths, tokens.rows(), tokens.cols(), "LanguageModel::forward");
+  const Index batch = tokens.rows(), time = tokens.cols();
+  for (Index b = 0; b < batch; ++b) {
+    for (Index t = 0; t < length_of(lengths, b, time); ++t) {
+      check_token(tokens(b, t), "LanguageModel::forward");
+    }
+  }
+  tape.recorded = false;  // until the forward completes
+  tape.tokens = tokens;
+  tape.lengths = lengths;
+  tape.embedded.resize(batch, time, embedding_dim());
+  tape.embedded.matrix().setZero();
+  for (Index b = 0; b < batch; ++b) {
+    for (Index t = 0; t < length_of(lengths, b, time); ++t) {
+      embedding_.weight_matrix().copy_row(Index(tokens(b, t)), tape.embedded.at(b, t));
+    }
+  }
+  stack_.forward(tape.embedded, lengths, state.stack, tape.hidden, tape.stack);
+  logits.resize(batch, time, vocab_size());
+  head().weight_matrix().multiply_transposed(tape.hidden.matrix(), logits.matrix());
+  tape.recorded = true;
 }
 
 template <typename Scalar_>
