@@ -115,9 +115,7 @@ void backward(const SLstmBlock<Scalar>& block, SLstmBlockTape<Scalar>& tape,
               const Sequence<Scalar>& grad_y, SLstmBlockState<Scalar>& grad_state,
               SLstmBlockGradients<Scalar>& grads, Sequence<Scalar>& grad_x) {
   const char* where = "backward (SLstmBlock)";
-  check(tape.recorded, where,
-        ": argument 'tape' holds no recorded forward pass (record one with forward(..., tape); "
-        "a recording serves one backward)");
+  check_tape_recorded(tape.recorded, where);
   const Index batch = tape.x.batch(), time = tape.x.time(), e = block.embedding_dim();
   check(tape.x.features() == e, where, ": argument 'tape' was recorded by a block of width ",
         tape.x.features(), ", this block has ", e);

@@ -157,9 +157,7 @@ void check_slstm_backward_arguments(const SLstmCell<Scalar>& cell, const SLstmTa
                                     const SLstmCellGradients<Scalar>& grads) {
   const char* where = "backward (SLstmCell)";
   const Index h = cell.hidden_size();
-  check(tape.recorded, where,
-        ": argument 'tape' holds no recorded forward pass (record one with forward(..., tape); "
-        "a recording serves one backward)");
+  check_tape_recorded(tape.recorded, where);
   const Index states = (tape.time + 1) * tape.batch;
   const Index slstm_states = cell.config().function == SLstmFunction::lstm ? 0 : states;
   check(tape.raw.cols() == 4 * h && tape.raw.rows() == tape.batch * tape.time &&

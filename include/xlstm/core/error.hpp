@@ -41,6 +41,14 @@ void check(bool condition, Parts&&... parts) {
   if (!condition) fail(std::forward<Parts>(parts)...);
 }
 
+/// A backward pass consumes its tape (design §7.3): throws unless `recorded`
+/// (a forward recorded into it and no backward has used it since).
+inline void check_tape_recorded(bool recorded, const char* where) {
+  check(recorded, where,
+        ": argument 'tape' holds no recorded forward pass (record one with forward(..., tape); "
+        "a recording serves one backward)");
+}
+
 /// `where`: argument `name` must equal `expected`, got `actual`.
 template <typename A, typename B>
 void check_equal(const A& actual, const B& expected, const char* where, const char* name) {

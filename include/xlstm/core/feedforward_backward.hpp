@@ -72,9 +72,7 @@ void backward(const GatedFeedForward<Scalar>& ffn, ConstMatrixArg<Scalar> x,
               InputGradient mode = InputGradient::replace) {
   const char* where = "backward (GatedFeedForward)";
   const Index u = ffn.proj_up_dim();
-  check(tape.recorded, where,
-        ": argument 'tape' holds no recorded forward pass (record one with forward(x, y, tape); "
-        "a recording serves one backward)");
+  check_tape_recorded(tape.recorded, where);
   check(tape.pre.rows() == x.rows() && tape.pre.cols() == 2 * u && tape.hidden.cols() == u, where,
         ": argument 'tape' was recorded for other shapes: expected ", x.rows(), " x ", 2 * u,
         " pre-activations, got ", tape.pre.rows(), " x ", tape.pre.cols());

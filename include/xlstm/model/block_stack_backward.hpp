@@ -94,9 +94,7 @@ void backward(const BlockStack<Scalar>& stack, BlockStackTape<Scalar>& tape,
               const Sequence<Scalar>& grad_y, BlockStackState<Scalar>& grad_state,
               BlockStackGradients<Scalar>& grads, Sequence<Scalar>& grad_x) {
   const char* where = "backward (BlockStack)";
-  check(tape.recorded, where,
-        ": argument 'tape' holds no recorded forward pass (record one with forward(..., tape); "
-        "a recording serves one backward)");
+  check_tape_recorded(tape.recorded, where);
   const std::size_t num_blocks = stack.blocks().size();
   check(tape.blocks.size() == num_blocks && grads.blocks().size() == num_blocks, where,
         ": arguments 'tape' and 'grads' must belong to this stack of ", num_blocks, " blocks, got ",

@@ -191,6 +191,11 @@ class LanguageModel {
     ensure_size(ws.hidden, batch, embedding_dim());
   }
 
+  /// The checks of forward, then x = the embedded tokens (B x T x E; zero
+  /// past a row's length).
+  void embed(const Tokens& tokens, const Lengths& lengths, const State& state,
+             Sequence<Scalar>& x) const;
+
   void check_token(std::int64_t id, const char* where) const {
     check(id >= 0 && id < vocab_size(), where, ": token id ", id, " is out of range [0, ",
           vocab_size(), ")");
@@ -224,21 +229,33 @@ auto LanguageModel<Scalar_>::initial_state(Index batch) const -> State {
 }
 
 template <typename Scalar_>
-void LanguageModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, State& state,
-                                     Sequence<Scalar>& logits) const {
+void LanguageModel<Scalar_>::embed(const Tokens& tokens, const Lengths& lengths, const State& state,
+                                   Sequence<Scalar>& x) const {
   check(tokens.rows() == state.batch(), "LanguageModel::forward: argument 'tokens' has batch ",
         tokens.rows(), " but the state was made for batch ", state.batch());
   check(tokens.cols() > 0,
         "LanguageModel::forward: argument 'tokens' must have at least one "
         "time step");
   check_lengths(lengths, tokens.rows(), tokens.cols(), "LanguageModel::forward");
-  Sequence<Scalar> x = Sequence<Scalar>::zeros(tokens.rows(), tokens.cols(), embedding_dim()), y;
   for (Index b = 0; b < tokens.rows(); ++b) {
     for (Index t = 0; t < length_of(lengths, b, tokens.cols()); ++t) {
       check_token(tokens(b, t), "LanguageModel::forward");
+    }
+  }
+  x.resize(tokens.rows(), tokens.cols(), embedding_dim());
+  x.matrix().setZero();
+  for (Index b = 0; b < tokens.rows(); ++b) {
+    for (Index t = 0; t < length_of(lengths, b, tokens.cols()); ++t) {
       embedding_.weight_matrix().copy_row(Index(tokens(b, t)), x.at(b, t));
     }
   }
+}
+
+template <typename Scalar_>
+void LanguageModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, State& state,
+                                     Sequence<Scalar>& logits) const {
+  Sequence<Scalar> x, y;
+  embed(tokens, lengths, state, x);
   stack_.forward(x, lengths, state.stack, y);
   logits.resize(tokens.rows(), tokens.cols(), vocab_size());
   head().weight_matrix().multiply_transposed(y.matrix(), logits.matrix());
@@ -247,30 +264,12 @@ void LanguageModel<Scalar_>::forward(const Tokens& tokens, const Lengths& length
 template <typename Scalar_>
 void LanguageModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, State& state,
                                      Sequence<Scalar>& logits, Tape& tape) const {
-  check(tokens.rows() == state.batch(), "LanguageModel::forward: argument 'tokens' has batch ",
-        tokens.rows(), " but the state was made for batch ", state.batch());
-  check(tokens.cols() > 0,
-        "LanguageModel::forward: argument 'tokens' must have at least one "
-        "time step");
-  check_lengths(lengths, tokens.rows(), tokens.cols(), "LanguageModel::forward");
-  const Index batch = tokens.rows(), time = tokens.cols();
-  for (Index b = 0; b < batch; ++b) {
-    for (Index t = 0; t < length_of(lengths, b, time); ++t) {
-      check_token(tokens(b, t), "LanguageModel::forward");
-    }
-  }
   tape.recorded = false;  // until the forward completes
+  embed(tokens, lengths, state, tape.embedded);
   tape.tokens = tokens;
   tape.lengths = lengths;
-  tape.embedded.resize(batch, time, embedding_dim());
-  tape.embedded.matrix().setZero();
-  for (Index b = 0; b < batch; ++b) {
-    for (Index t = 0; t < length_of(lengths, b, time); ++t) {
-      embedding_.weight_matrix().copy_row(Index(tokens(b, t)), tape.embedded.at(b, t));
-    }
-  }
   stack_.forward(tape.embedded, lengths, state.stack, tape.hidden, tape.stack);
-  logits.resize(batch, time, vocab_size());
+  logits.resize(tokens.rows(), tokens.cols(), vocab_size());
   head().weight_matrix().multiply_transposed(tape.hidden.matrix(), logits.matrix());
   tape.recorded = true;
 }

@@ -80,9 +80,7 @@ void backward(const LanguageModel<Scalar>& model, LanguageModelTape<Scalar>& tap
               const Sequence<Scalar>& grad_logits, LanguageModelState<Scalar>& grad_state,
               LanguageModelGradients<Scalar>& grads) {
   const char* where = "backward (LanguageModel)";
-  check(tape.recorded, where,
-        ": argument 'tape' holds no recorded forward pass (record one with forward(..., tape); "
-        "a recording serves one backward)");
+  check_tape_recorded(tape.recorded, where);
   const Index batch = tape.tokens.rows(), time = tape.tokens.cols();
   check(grad_logits.batch() == batch && grad_logits.time() == time &&
             grad_logits.features() == model.vocab_size(),
