@@ -44,6 +44,7 @@ struct Case {
   std::string function = "slstm";
   bool group_norm_weight = true;
   bool ffn_bias = false;
+  bool rms_pre_norm = false;  // the TiRex block: RMSNorm pre-norms, split SwiGLU (math §13.3)
 };
 
 xlstm::SLstmBlockConfig config_of(const Case& c) {
@@ -57,6 +58,13 @@ xlstm::SLstmBlockConfig config_of(const Case& c) {
     config.feedforward->round_proj_up_to_multiple_of = 4;  // a small, odd-ish width
   } else {
     config.feedforward.reset();
+  }
+  if (c.rms_pre_norm) {
+    config.pre_norm = xlstm::PreNormKind::rms_norm;
+    if (config.feedforward) {
+      config.feedforward->act_fn = "swish";
+      config.feedforward->gate_layout = xlstm::GateLayout::split;
+    }
   }
   return config;
 }
@@ -150,6 +158,34 @@ TEST(SLstmBlockBackward, MatchesFiniteDifferences) {
        false,
        true},
       {"swish", 1, 4, 6, 3, 1, true, {}, true, "swish"},
+      {"TiRex block: RMSNorm, no conv, split SwiGLU",
+       2,
+       5,
+       8,
+       2,
+       0,
+       true,
+       {},
+       true,
+       "swish",
+       "slstm",
+       true,
+       false,
+       true},
+      {"RMSNorm pre-norm, conv, ragged, state in",
+       3,
+       4,
+       6,
+       3,
+       3,
+       true,
+       {4, 1, 3},
+       true,
+       "gelu",
+       "slstm",
+       true,
+       false,
+       true},
   };
   std::uint64_t seed = 3000;
   for (const auto& c : cases) {

@@ -249,6 +249,9 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   }
   const GroupedNorm<Scalar>& group_norm() const { return group_norm_; }
   const GroupedNorm<Scalar>& ffn_norm() const { return ffn_norm_; }
+  /// The RMSNorm pre-norms (PreNormKind::rms_norm; else empty).
+  const RmsNorm<Scalar>& rms_norm() const { return rms_norm_; }
+  const RmsNorm<Scalar>& ffn_rms_norm() const { return ffn_rms_norm_; }
   const GatedFeedForward<Scalar>& ffn() const { return ffn_; }
 
   /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
@@ -307,7 +310,8 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
     if (self.config_.pre_norm == PreNormKind::rms_norm) {
       visit_parameters_as(visit, prefix, names, self.has_feedforward(), self.rms_norm_,
                           self.conv1d_, self.input_gate_, self.forget_gate_, self.z_gate_,
-                          self.o_gate_, self.cell_, self.group_norm_, self.ffn_rms_norm_, self.ffn_);
+                          self.o_gate_, self.cell_, self.group_norm_, self.ffn_rms_norm_,
+                          self.ffn_);
     } else {
       visit_parameters_as(visit, prefix, names, self.has_feedforward(), self.xlstm_norm_,
                           self.conv1d_, self.input_gate_, self.forget_gate_, self.z_gate_,
@@ -467,9 +471,6 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   check_state(state, x.batch(), "SLstmBlock::forward");
   check_lengths(lengths, x.batch(), x.time(), "SLstmBlock::forward");
   check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
-  check(config_.pre_norm == PreNormKind::layer_norm,
-        "SLstmBlock::forward: recording a tape needs the LayerNorm pre-norm (the backward of the "
-        "RMSNorm pre-norm block is not implemented), got pre_norm = rms_norm");
   const Index batch = x.batch(), time = x.time(), e = embedding_dim();
   tape.recorded = false;  // until the forward completes
   tape.x = x;
@@ -477,7 +478,7 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   tape.conv_start = state.conv;
   // The steps of forward() above, each layer's input kept in the tape.
   tape.normed.resize(batch, time, e);
-  xlstm_norm_.forward(x.matrix(), tape.normed.matrix());
+  pre_norm(xlstm_norm_, rms_norm_, x.matrix(), tape.normed.matrix());
   conv1d_.forward(tape.normed, lengths, state.conv, tape.conv_out, tape.conv_taps);
   tape.conv_act = tape.conv_out;
   if (!conv1d_.is_identity()) tape.conv_act.matrix().array() = silu(tape.conv_out.matrix().array());
@@ -491,7 +492,7 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   if (has_feedforward()) {
     tape.x1 = y;
     tape.ffn_in.resize(batch, time, e);
-    ffn_norm_.forward(y.matrix(), tape.ffn_in.matrix());
+    pre_norm(ffn_norm_, ffn_rms_norm_, y.matrix(), tape.ffn_in.matrix());
     ffn_.forward(tape.ffn_in.matrix(), tape.work.matrix(), tape.ffn);
     y.matrix() += tape.work.matrix();
   }

@@ -1,7 +1,8 @@
 // The backward pass of the sLSTM block (math §3.4, design §7): through the
 // feed-forward and its pre-norm, the residuals, the group norm, the sLSTM
 // cell (cells/slstm_backward.hpp), the gate projections, the conv + SiLU and
-// the pre-norm, with respect to the parameters, the input and the initial
+// the pre-norm (LayerNorm, or RMSNorm as in TiRex), with respect to the
+// parameters, the input and the initial
 // state (conv window and cell state), for ragged batches.
 //
 //   xlstm::SLstmBlockTape<float> tape;
@@ -25,6 +26,7 @@
 #include "xlstm/core/layer_norm_backward.hpp"
 #include "xlstm/core/linear_backward.hpp"
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/core/rms_norm_backward.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -37,8 +39,9 @@ class SLstmBlockGradients {
   using Scalar = Scalar_;
 
   explicit SLstmBlockGradients(const SLstmBlock<Scalar>& block)
-      : names_((check_trainable(block), block.config().names)),
+      : names_(block.config().names),
         has_feedforward_(block.has_feedforward()),
+        rms_pre_norm_(block.config().pre_norm == PreNormKind::rms_norm),
         xlstm_norm_(block.xlstm_norm()),
         conv1d_(block.conv1d()),
         input_gate_(block.gate_projection(0)),
@@ -48,7 +51,9 @@ class SLstmBlockGradients {
         cell_(block.cell()),
         group_norm_(block.group_norm()),
         ffn_norm_(block.ffn_norm()),
-        ffn_(block.ffn()) {}
+        ffn_(block.ffn()),
+        rms_norm_(block.rms_norm()),
+        ffn_rms_norm_(block.ffn_rms_norm()) {}
 
   GroupedNormGradients<Scalar>& xlstm_norm() { return xlstm_norm_; }
   CausalConv1dGradients<Scalar>& conv1d() { return conv1d_; }
@@ -63,6 +68,9 @@ class SLstmBlockGradients {
   SLstmCellGradients<Scalar>& cell() { return cell_; }
   GroupedNormGradients<Scalar>& group_norm() { return group_norm_; }
   GroupedNormGradients<Scalar>& ffn_norm() { return ffn_norm_; }
+  /// The RMSNorm pre-norms' (PreNormKind::rms_norm; else empty).
+  RmsNormGradients<Scalar>& rms_norm() { return rms_norm_; }
+  RmsNormGradients<Scalar>& ffn_rms_norm() { return ffn_rms_norm_; }
   GatedFeedForwardGradients<Scalar>& ffn() { return ffn_; }
 
   void zero() {
@@ -75,30 +83,48 @@ class SLstmBlockGradients {
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    SLstmBlock<Scalar>::visit_parameters_as(visit, prefix, self.names_, self.has_feedforward_,
-                                            self.xlstm_norm_,
-                                            self.conv1d_, self.input_gate_, self.forget_gate_,
-                                            self.z_gate_, self.o_gate_, self.cell_,
-                                            self.group_norm_, self.ffn_norm_, self.ffn_);
-  }
-
-  /// The backward covers the LayerNorm pre-norm block (math §3.4); the
-  /// RMSNorm (TiRex) variant runs inference only.
-  static void check_trainable(const SLstmBlock<Scalar>& block) {
-    check(block.config().pre_norm == PreNormKind::layer_norm,
-          "SLstmBlockGradients: argument 'block' must use the LayerNorm pre-norm (the backward "
-          "of the RMSNorm pre-norm block is not implemented), got pre_norm = rms_norm");
+    if (self.rms_pre_norm_) {
+      SLstmBlock<Scalar>::visit_parameters_as(
+          visit, prefix, self.names_, self.has_feedforward_, self.rms_norm_, self.conv1d_,
+          self.input_gate_, self.forget_gate_, self.z_gate_, self.o_gate_, self.cell_,
+          self.group_norm_, self.ffn_rms_norm_, self.ffn_);
+    } else {
+      SLstmBlock<Scalar>::visit_parameters_as(
+          visit, prefix, self.names_, self.has_feedforward_, self.xlstm_norm_, self.conv1d_,
+          self.input_gate_, self.forget_gate_, self.z_gate_, self.o_gate_, self.cell_,
+          self.group_norm_, self.ffn_norm_, self.ffn_);
+    }
   }
 
   SLstmBlockNames names_;
   bool has_feedforward_;
+  bool rms_pre_norm_;
   GroupedNormGradients<Scalar> xlstm_norm_;
   CausalConv1dGradients<Scalar> conv1d_;
   HeadwiseLinearGradients<Scalar> input_gate_, forget_gate_, z_gate_, o_gate_;
   SLstmCellGradients<Scalar> cell_;
   GroupedNormGradients<Scalar> group_norm_, ffn_norm_;
   GatedFeedForwardGradients<Scalar> ffn_;
+  RmsNormGradients<Scalar> rms_norm_, ffn_rms_norm_;
 };
+
+namespace detail {
+
+/// The backward of the block's pre-norm: LayerNorm or RMSNorm (math §3.4, §13.3).
+template <typename Scalar>
+void pre_norm_backward(bool rms, const GroupedNorm<Scalar>& layer_norm,
+                       const RmsNorm<Scalar>& rms_norm, ConstMatrixArg<Scalar> x,
+                       ConstMatrixArg<Scalar> grad_y,
+                       GroupedNormGradients<Scalar>& layer_norm_grads,
+                       RmsNormGradients<Scalar>& rms_norm_grads, MatrixArg<Scalar> grad_x) {
+  if (rms) {
+    backward(rms_norm, x, grad_y, rms_norm_grads, grad_x, InputGradient::add);
+  } else {
+    backward(layer_norm, x, grad_y, layer_norm_grads, grad_x, InputGradient::add);
+  }
+}
+
+}  // namespace detail
 
 /// The backward pass of `block` over the forward recorded in `tape`
 /// (math §3.4, design §7.4):
@@ -125,6 +151,9 @@ void backward(const SLstmBlock<Scalar>& block, SLstmBlockTape<Scalar>& tape,
         " x ", grad_y.features());
   check(&grad_y != &grad_x, where, ": arguments 'grad_y' and 'grad_x' must be different sequences");
   block.check_state(grad_state, batch, "backward (SLstmBlock), argument 'grad_state'");
+  const bool rms = block.config().pre_norm == PreNormKind::rms_norm;
+  check(grads.rms_norm().weight().size() == block.rms_norm().weight().size(), where,
+        ": argument 'grads' was made for a block with the other pre-norm kind");
   tape.recorded = false;  // from here on its storage is the workspace
 
   // The residual path: grad_x starts as dL/dy (zero past the lengths, where
@@ -135,8 +164,9 @@ void backward(const SLstmBlock<Scalar>& block, SLstmBlockTape<Scalar>& tape,
   if (block.has_feedforward()) {
     backward(block.ffn(), tape.ffn_in.matrix(), tape.ffn, grad_x.matrix(), grads.ffn(),
              work.matrix());
-    backward(block.ffn_norm(), tape.x1.matrix(), work.matrix(), grads.ffn_norm(), grad_x.matrix(),
-             InputGradient::add);
+    detail::pre_norm_backward(rms, block.ffn_norm(), block.ffn_rms_norm(), tape.x1.matrix(),
+                              work.matrix(), grads.ffn_norm(), grads.ffn_rms_norm(),
+                              grad_x.matrix());
   }
   // x1 = x + GroupNorm(cell output).
   backward(block.group_norm(), tape.cell_out.matrix(), grad_x.matrix(), grads.group_norm(),
@@ -165,8 +195,8 @@ void backward(const SLstmBlock<Scalar>& block, SLstmBlockTape<Scalar>& tape,
     backward(block.conv1d(), tape.normed, tape.lengths, tape.conv_start, work, grad_state.conv,
              grads.conv1d(), tape.conv_out, InputGradient::add);
   }
-  backward(block.xlstm_norm(), tape.x.matrix(), d_normed, grads.xlstm_norm(), grad_x.matrix(),
-           InputGradient::add);
+  detail::pre_norm_backward(rms, block.xlstm_norm(), block.rms_norm(), tape.x.matrix(), d_normed,
+                            grads.xlstm_norm(), grads.rms_norm(), grad_x.matrix());
 }
 
 }  // namespace xlstm
