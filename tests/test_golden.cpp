@@ -55,6 +55,7 @@ XLSTM_GOLDEN_KIND(XlstmLargeKind, golden::run_xlstm_large)
 XLSTM_GOLDEN_KIND(SLstmCellGradKind, golden::run_slstm_cell_grad)
 XLSTM_GOLDEN_KIND(MLstmCellGradKind, golden::run_mlstm_cell_grad)
 XLSTM_GOLDEN_KIND(SLstmBlockGradKind, golden::run_slstm_block_grad)
+XLSTM_GOLDEN_KIND(MLstmBlockGradKind, golden::run_mlstm_block_grad)
 
 // Kinds whose module exists map to runners; the others are known but skipped.
 const std::map<std::string, KindRunners>& implemented_kinds() {
@@ -76,6 +77,7 @@ const std::map<std::string, KindRunners>& implemented_kinds() {
       {"slstm_cell_grad", runners_for<SLstmCellGradKind>()},
       {"mlstm_cell_grad", runners_for<MLstmCellGradKind>()},
       {"slstm_block_grad", runners_for<SLstmBlockGradKind>()},
+      {"mlstm_block_grad", runners_for<MLstmBlockGradKind>()},
   };
   return kinds;
 }
