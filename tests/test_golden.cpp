@@ -58,6 +58,7 @@ XLSTM_GOLDEN_KIND(SLstmBlockGradKind, golden::run_slstm_block_grad)
 XLSTM_GOLDEN_KIND(BlockStackGradKind, golden::run_block_stack_grad)
 XLSTM_GOLDEN_KIND(LmModelGradKind, golden::run_lm_model_grad)
 XLSTM_GOLDEN_KIND(LmTrainStepsKind, golden::run_lm_train_steps)
+XLSTM_GOLDEN_KIND(MLstmBlockGradKind, golden::run_mlstm_block_grad)
 
 // Kinds whose module exists map to runners; the others are known but skipped.
 const std::map<std::string, KindRunners>& implemented_kinds() {
@@ -82,6 +83,7 @@ const std::map<std::string, KindRunners>& implemented_kinds() {
       {"block_stack_grad", runners_for<BlockStackGradKind>()},
       {"lm_model_grad", runners_for<LmModelGradKind>()},
       {"lm_train_steps", runners_for<LmTrainStepsKind>()},
+      {"mlstm_block_grad", runners_for<MLstmBlockGradKind>()},
   };
   return kinds;
 }

@@ -4,7 +4,7 @@
 // one thread and the default thread count (design §3: the state holds the
 // workspace). A recorded forward and its backward allocate nothing after a
 // warm-up of the same shapes (design §7.6): SLstmCell, MLstmCell (all forms),
-// SLstmBlock.
+// SLstmBlock, MLstmBlock.
 //
 // Two independent counters, because Eigen allocates with malloc, not new:
 //  1. Every replaceable global operator new / new[] (plain, nothrow, aligned,
@@ -49,6 +49,7 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include <mutex>
 
 #include "xlstm/blocks/mlstm_block.hpp"
+#include "xlstm/blocks/mlstm_block_backward.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
 #include "xlstm/blocks/slstm_block_backward.hpp"
 #include "xlstm/cells/mlstm.hpp"
@@ -382,11 +383,42 @@ TYPED_TEST(NoAllocTest, SLstmForwardBackwardDoesNotAllocate) {
   }
 }
 
-// The sLSTM block: a recorded forward and its backward (layers, cell, conv,
-// norms, feed-forward), repeated on the same shapes after a warm-up; ragged
-// rows and a non-zero state cotangent included. The backward's products are
-// panelled (kernels/panelled.hpp); the forward's sequence products are
-// Eigen's GEMM, which stays off the heap at these sizes.
+// A block's recorded forward and its backward, repeated on the same shapes
+// after a warm-up (ragged rows and a non-zero state cotangent included): no
+// allocation. The backward's products are panelled (kernels/panelled.hpp);
+// the forward's sequence products are Eigen's GEMM, which stays off the heap
+// at these sizes.
+template <typename Tape, typename Grads, typename Block, typename SetCotangent, typename... Form>
+void expect_block_forward_backward_allocates_nothing(const Block& block, Index batch, Index time,
+                                                     const xlstm::Lengths& lengths,
+                                                     const SetCotangent& set_cotangent,
+                                                     Form... form) {
+  using S = typename Block::Scalar;
+  std::mt19937 rng(305);
+  const Index e = block.embedding_dim();
+  const auto x = test_util::random_sequence<S>(batch, time, e, rng);
+  const auto grad_y = test_util::random_sequence<S>(batch, time, e, rng);
+  auto state = block.initial_state(batch), grad_state = block.initial_state(batch);
+  Tape tape;
+  Grads grads(block);
+  xlstm::Sequence<S> y, grad_x;
+  auto forward_backward = [&] {
+    state.reset();
+    grad_state.reset();
+    set_cotangent(grad_state);
+    block.forward(x, lengths, state, y, tape, form...);
+    xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
+  };
+  forward_backward();  // warm-up
+  const auto counted = count_allocations([&] {
+    for (int i = 0; i < 3; ++i) forward_backward();
+  });
+  EXPECT_EQ(counted.news, 0);
+  EXPECT_EQ(counted.eigen, 0);
+  EXPECT_TRUE(grad_x.matrix().allFinite());
+}
+
+// The sLSTM block (layers, cell, conv, norms, feed-forward).
 TYPED_TEST(NoAllocTest, SLstmBlockForwardBackwardDoesNotAllocate) {
   using S = TypeParam;
   struct Size {
@@ -408,28 +440,48 @@ TYPED_TEST(NoAllocTest, SLstmBlockForwardBackwardDoesNotAllocate) {
       if (!size.feedforward) config.feedforward.reset();
       xlstm::SLstmBlock<S> block(config);
       randomize(block, 15);
-      std::mt19937 rng(305);
-      const auto x = test_util::random_sequence<S>(size.batch, size.time, size.embedding_dim, rng);
-      const auto grad_y =
-          test_util::random_sequence<S>(size.batch, size.time, size.embedding_dim, rng);
-      auto state = block.initial_state(size.batch), grad_state = block.initial_state(size.batch);
-      xlstm::SLstmBlockTape<S> tape;
-      xlstm::SLstmBlockGradients<S> grads(block);
-      xlstm::Sequence<S> y, grad_x;
-      auto forward_backward = [&] {
-        state.reset();
-        grad_state.reset();
-        grad_state.cell.c.setConstant(S(0.5));
-        block.forward(x, size.lengths, state, y, tape);
-        xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
-      };
-      forward_backward();  // warm-up
-      const auto counted = count_allocations([&] {
-        for (int i = 0; i < 3; ++i) forward_backward();
-      });
-      EXPECT_EQ(counted.news, 0);
-      EXPECT_EQ(counted.eigen, 0);
-      EXPECT_TRUE(grad_x.matrix().allFinite());
+      expect_block_forward_backward_allocates_nothing<xlstm::SLstmBlockTape<S>,
+                                                      xlstm::SLstmBlockGradients<S>>(
+          block, size.batch, size.time, size.lengths,
+          [](auto& grad_state) { grad_state.cell.c.setConstant(S(0.5)); });
+    }
+  }
+}
+
+// The mLSTM block (math §5.5) in every form of its cell: from the zero state
+// (parallel up to the chunk size), chunkwise beyond a chunk and ragged,
+// recurrent.
+TYPED_TEST(NoAllocTest, MLstmBlockForwardBackwardDoesNotAllocate) {
+  using S = TypeParam;
+  struct Size {
+    Index embedding_dim, num_heads, chunk_size, batch, time;
+    xlstm::Lengths lengths;
+  };
+  const std::vector<Size> sizes = {
+      {16, 4, 64, 2, 6, {}}, {8, 2, 64, 3, 1, {1, 0, 1}}, {16, 2, 4, 3, 10, {10, 3, 7}}};
+  const ThreadCountGuard guard;
+  for (const int threads : thread_counts()) {
+    xlstm::set_num_threads(threads);
+    for (const auto& size : sizes) {
+      for (const auto form : {xlstm::MLstmForm::automatic, xlstm::MLstmForm::recurrent}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "threads " << threads << " E " << size.embedding_dim << " B " << size.batch
+                     << " T " << size.time << " form " << xlstm::form_name(form));
+        xlstm::MLstmBlock<S> block(mlstm_block_config(size.embedding_dim, size.num_heads));
+        randomize(block, 16);
+        auto cell_config = block.cell().config();
+        cell_config.chunk_size = size.chunk_size;
+        cell_config.parallel_max_length = size.chunk_size;
+        block.cell() = xlstm::MLstmCell<S>(cell_config);
+        expect_block_forward_backward_allocates_nothing<xlstm::MLstmBlockTape<S>,
+                                                        xlstm::MLstmBlockGradients<S>>(
+            block, size.batch, size.time, size.lengths,
+            [](auto& grad_state) {
+              grad_state.cell.C.setConstant(S(0.5));
+              grad_state.conv.window.setConstant(S(0.25));
+            },
+            form);
+      }
     }
   }
 }

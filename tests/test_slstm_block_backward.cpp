@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "block_backward_tests.hpp"
 #include "test_util.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
 #include "xlstm/blocks/slstm_block_backward.hpp"
@@ -244,45 +245,9 @@ TYPED_TEST(SLstmBlockBackwardTyped, GradientsAreNamedLikeParametersAndAccumulate
     if (!ffn) config.feedforward.reset();
     xlstm::SLstmBlock<S> block(config);
     test_util::randomize(block, 3200, 0.2);
-    xlstm::SLstmBlockGradients<S> grads(block);
-    const auto params = xlstm::parameter_list(block, "blocks.0.");
-    const auto list = xlstm::parameter_list(grads, "blocks.0.");
-    ASSERT_EQ(params.size(), list.size());
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      EXPECT_EQ(list[i].name, params[i].name);
-      EXPECT_EQ(list[i].shape, params[i].shape);
-    }
-    std::mt19937_64 rng(3201);
-    const auto x = random_sequence<S>(2, 5, 12, rng), grad_y = random_sequence<S>(2, 5, 12, rng);
-    xlstm::SLstmBlockTape<S> tape;
-    auto run = [&] {
-      auto state = block.initial_state(2), grad_state = block.initial_state(2);
-      Sequence<S> y, grad_x;
-      block.forward(x, state, y, tape);
-      xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
-    };
-    run();
-    const auto once = xlstm::parameter_list(grads);
-    std::vector<std::vector<S>> first;
-    for (const auto& p : once) first.emplace_back(p.data, p.data + p.size());
-    run();  // the same tape, recorded again
-    const double tol = test_util::per_scalar<S>(1e-5, 1e-12);
-    for (std::size_t i = 0; i < once.size(); ++i) {
-      for (std::size_t j = 0; j < first[i].size(); ++j) {
-        ASSERT_NEAR(double(once[i].data[j]), 2.0 * double(first[i][j]),
-                    tol * (1 + std::abs(double(first[i][j]))))
-            << once[i].name;
-      }
-    }
-    grads.zero();
-    for (const auto& p : xlstm::parameter_list(grads)) {
-      for (std::size_t j = 0; j < p.size(); ++j) ASSERT_EQ(p.data[j], S(0)) << p.name;
-    }
-    // The tape was consumed.
-    auto grad_state = block.initial_state(2);
-    Sequence<S> grad_x;
-    EXPECT_TRUE(ThrowsMentioning(
-        [&] { xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x); }, "'tape'"));
+    block_backward_tests::expect_named_accumulating_gradients<xlstm::SLstmBlockTape<S>,
+                                                              xlstm::SLstmBlockGradients<S>>(
+        block, 2, 5, 3201);
   }
 }
 
@@ -293,52 +258,17 @@ TYPED_TEST(SLstmBlockBackwardTyped, SameBitsWithAnyThreadCount) {
   using S = TypeParam;
   xlstm::SLstmBlock<S> block(test_util::slstm_block_config(256, 4));
   test_util::randomize(block, 3400, 0.1);
-  std::mt19937_64 rng(3401);
-  const auto x = random_sequence<S>(3, 8, 256, rng), grad_y = random_sequence<S>(3, 8, 256, rng);
-  struct Result {
-    std::vector<S> grads;
-    Sequence<S> grad_x;
-  };
-  auto run = [&](int threads) {
-    xlstm::set_num_threads(threads);
-    auto state = block.initial_state(3), grad_state = block.initial_state(3);
-    Sequence<S> y, grad_x;
-    xlstm::SLstmBlockTape<S> tape;
-    block.forward(x, state, y, tape);
-    xlstm::SLstmBlockGradients<S> grads(block);
-    xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x);
-    Result r{{}, grad_x};
-    for (const auto& p : xlstm::parameter_list(grads))
-      r.grads.insert(r.grads.end(), p.data, p.data + p.size());
-    return r;
-  };
-  const int saved = xlstm::num_threads();
-  const Result one = run(1), two = run(2);
-  xlstm::set_num_threads(saved);
-  EXPECT_TRUE(one.grads == two.grads);
-  EXPECT_TRUE(test_util::BitIdentical(one.grad_x.matrix(), two.grad_x.matrix()));
+  block_backward_tests::expect_same_bits_with_any_thread_count<xlstm::SLstmBlockTape<S>,
+                                                               xlstm::SLstmBlockGradients<S>>(
+      block, 3, 8, 3401);
 }
 
 TYPED_TEST(SLstmBlockBackwardTyped, RejectsMismatchedArguments) {
   using S = TypeParam;
   xlstm::SLstmBlock<S> block(test_util::slstm_block_config(8, 2));
-  std::mt19937_64 rng(3300);
-  const auto x = random_sequence<S>(2, 4, 8, rng);
-  auto state = block.initial_state(2);
-  Sequence<S> y, grad_x;
-  xlstm::SLstmBlockTape<S> tape;
-  block.forward(x, state, y, tape);
-  xlstm::SLstmBlockGradients<S> grads(block);
-  auto grad_state = block.initial_state(2), wrong_state = block.initial_state(3);
-  const auto grad_y = random_sequence<S>(2, 4, 8, rng);
-  const auto short_grad_y = random_sequence<S>(2, 3, 8, rng);
-  EXPECT_TRUE(ThrowsMentioning(
-      [&] { xlstm::backward(block, tape, short_grad_y, grad_state, grads, grad_x); },
-      {"'grad_y'", "2 x 4 x 8", "2 x 3 x 8"}));
-  EXPECT_TRUE(ThrowsMentioning(
-      [&] { xlstm::backward(block, tape, grad_y, wrong_state, grads, grad_x); }, "'grad_state'"));
-  // A rejected call leaves the tape recorded.
-  EXPECT_NO_THROW(xlstm::backward(block, tape, grad_y, grad_state, grads, grad_x));
+  block_backward_tests::expect_rejects_mismatched_arguments<xlstm::SLstmBlockTape<S>,
+                                                            xlstm::SLstmBlockGradients<S>>(
+      block, 3300, [](auto&&...) {});
 }
 
 }  // namespace

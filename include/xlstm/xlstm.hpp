@@ -29,7 +29,9 @@
 
 #include "xlstm/blocks/large_block.hpp"
 #include "xlstm/blocks/mlstm_block.hpp"
+#include "xlstm/blocks/mlstm_block_backward.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
+#include "xlstm/blocks/slstm_block_backward.hpp"
 
 #include "xlstm/model/block_stack.hpp"
 #include "xlstm/model/block_stack_backward.hpp"

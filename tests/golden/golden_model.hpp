@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "golden/golden_case.hpp"
+#include "xlstm/blocks/mlstm_block_backward.hpp"
 #include "xlstm/blocks/slstm_block_backward.hpp"
 #include "xlstm/io/checkpoint.hpp"
 #include "xlstm/io/config_json.hpp"
@@ -90,20 +91,20 @@ void run_slstm_block(GoldenCase& g) {
   run_sequence_module(g, block);
 }
 
-/// slstm_block_grad (golden README §11.5): the recorded forward, then the
-/// backward with the file's cotangents. An initial state (`state_in.*`, the
-/// step-state names) and final-state cotangents are used where the file
-/// has them.
-template <typename Scalar>
-void run_slstm_block_grad(GoldenCase& g) {
-  xlstm::SLstmBlock<Scalar> block(xlstm::io::slstm_block_config_from_json(g.config()));
+/// The block gradient kinds (golden README §11.5, §11.6): the recorded
+/// forward, then the backward with the file's cotangents. An initial state
+/// (`state_in.*`, the step-state names) and final-state cotangents are used
+/// where the file has them.
+template <typename Block, typename Tape, typename Grads>
+void run_block_grad(GoldenCase& g, Block& block) {
+  using Scalar = typename Block::Scalar;
   xlstm::io::load_module(block, g.file(), {"param."});
   const auto x = g.sequence<Scalar>("input.x");
   auto state = block.initial_state(x.batch());
   const bool state_in = has_prefix(g, "state_in.");
   if (state_in) read_state<Scalar>(g, state, "state_in.");
   Sequence<Scalar> y;
-  xlstm::SLstmBlockTape<Scalar> tape;
+  Tape tape;
   block.forward(x, state, y, tape);
   g.compare("output.y", y);
   if (has_prefix(g, "state_out.")) compare_state<Scalar>(g, state, "state_out.");
@@ -112,7 +113,7 @@ void run_slstm_block_grad(GoldenCase& g) {
   if (has_prefix(g, "input.grad_state_out.")) {
     read_state<Scalar>(g, grad_state, "input.grad_state_out.");
   }
-  xlstm::SLstmBlockGradients<Scalar> grads(block);
+  Grads grads(block);
   Sequence<Scalar> grad_x;
   xlstm::backward(block, tape, g.sequence<Scalar>("input.grad_output.y"), grad_state, grads,
                   grad_x);
@@ -121,13 +122,30 @@ void run_slstm_block_grad(GoldenCase& g) {
   if (state_in) compare_state<Scalar>(g, grad_state, "grad.state_in.");
 }
 
+/// slstm_block_grad (golden README §11.5).
+template <typename Scalar>
+void run_slstm_block_grad(GoldenCase& g) {
+  xlstm::SLstmBlock<Scalar> block(xlstm::io::slstm_block_config_from_json(g.config()));
+  run_block_grad<xlstm::SLstmBlock<Scalar>, xlstm::SLstmBlockTape<Scalar>,
+                 xlstm::SLstmBlockGradients<Scalar>>(g, block);
+}
+
+/// mlstm_block_grad (golden README §11.6): the cell in the form the plain
+/// forward picks (parallel from the zero state, as the official block).
+template <typename Scalar>
+void run_mlstm_block_grad(GoldenCase& g) {
+  xlstm::MLstmBlock<Scalar> block(xlstm::io::mlstm_block_config_from_json(g.config()));
+  run_block_grad<xlstm::MLstmBlock<Scalar>, xlstm::MLstmBlockTape<Scalar>,
+                 xlstm::MLstmBlockGradients<Scalar>>(g, block);
+}
+
 template <typename Scalar>
 void run_block_stack(GoldenCase& g) {
   xlstm::BlockStack<Scalar> stack(xlstm::io::block_stack_config_from_json(g.config()));
   run_sequence_module(g, stack);
 }
 
-/// block_stack_grad (golden README §11.5): the recorded forward of the
+/// block_stack_grad (golden README §11.7): the recorded forward of the
 /// stack, then its backward with the file's cotangent of y.
 template <typename Scalar>
 void run_block_stack_grad(GoldenCase& g) {
@@ -167,7 +185,7 @@ inline xlstm::Tokens tokens_of(const GoldenCase& g, const std::string& name = "i
   return tokens;
 }
 
-/// lm_model_grad (golden README §11.6): logits, the mean cross-entropy and
+/// lm_model_grad (golden README §11.7): logits, the mean cross-entropy and
 /// its gradient with respect to every parameter (a tied head under both names).
 template <typename Scalar>
 void run_lm_model_grad(GoldenCase& g) {

@@ -90,6 +90,34 @@ struct MLstmBlockWorkspace {
 template <typename Scalar>
 using MLstmBlockState = ConvCellState<Scalar, MLstmState<Scalar>, MLstmBlockWorkspace<Scalar>>;
 
+/// What a recording forward keeps for the backward (design §7.3, math §5.5;
+/// blocks/mlstm_block_backward.hpp): the cell's tape and the inputs of every
+/// layer, per token (B*T rows each; I = the inner width). Padded positions
+/// are recorded as zeros, so nothing past a row's length is read. The
+/// backward uses it as its workspace: a recording serves one backward;
+/// recording again with the same shapes allocates nothing.
+template <typename Scalar>
+struct MLstmBlockTape {
+  Sequence<Scalar> x;       ///< the block's input, zero past the lengths (pre-norm input, residual)
+  Sequence<Scalar> normed;  ///< LayerNorm(x): proj_up input
+  Sequence<Scalar> up;      ///< proj_up(normed) = [x_m | z], 2I
+  Sequence<Scalar> x_m;     ///< up's first I columns: conv and v_proj input
+  Sequence<Scalar> conv_out;        ///< the conv's output before the SiLU
+  Sequence<Scalar> conv_act;        ///< SiLU(conv_out): q_proj, k_proj input and the skip
+  Sequence<Scalar> qkv;             ///< [q | k | v], 3I: the gates' input
+  Sequence<Scalar> gate_i, gate_f;  ///< the gate pre-activations, NH each
+  MLstmTape<Scalar> cell;
+  Sequence<Scalar> h;       ///< the cell's output: outnorm input
+  Sequence<Scalar> h_norm;  ///< outnorm(h)
+  Sequence<Scalar> gated;   ///< (h_norm + learnable_skip * conv_act) * silu(z): proj_down input
+  /// Workspace of the backward: dL/d[x_m | z], dL/dqkv, dL/dgates, dL/dx_m.
+  Sequence<Scalar> d_up, d_qkv, d_gate_i, d_gate_f, d_x_m;
+  CausalConv1dState<Scalar> conv_start;  ///< the conv window before the forward
+  Matrix<Scalar> conv_taps;              ///< scratch of the conv's forward
+  Lengths lengths;
+  bool recorded = false;
+};
+
 /// The NeurIPS mLSTM block: LayerNorm, up-projection to the inner width,
 /// causal conv + SiLU, headwise q/k projections, the mLSTM cell, multi-head
 /// norm, learnable skip, output gate and down-projection, as a residual.
@@ -103,24 +131,14 @@ using MLstmBlockState = ConvCellState<Scalar, MLstmState<Scalar>, MLstmBlockWork
 ///
 /// `forward` and `step` are const: one block may run on many threads, each
 /// with its own state. `step` allocates nothing once the state exists.
-// STUB (replaced by the mlstm-block-backward branch)
-template <typename Scalar>
-struct MLstmBlockTape {
-  bool recorded = false;
-};
-
 template <typename Scalar_>
 class MLstmBlock : public SequenceModule<MLstmBlock<Scalar_>, Scalar_, MLstmBlockState<Scalar_>> {
  public:
   using Scalar = Scalar_;
   using Config = MLstmBlockConfig;
   using State = MLstmBlockState<Scalar>;
-  static constexpr const char* kStepWhere = "MLstmBlock::step";
   using Tape = MLstmBlockTape<Scalar>;
-  // STUB
-  void forward(const Sequence<Scalar>&, const Lengths&, State&, Sequence<Scalar>&, Tape&) const {
-    fail("STUB");
-  }
+  static constexpr const char* kStepWhere = "MLstmBlock::step";
 
   /// A block with the official initialisation from kDefaultSeed; call
   /// initialize(rng) for another draw, or load weights.
@@ -153,6 +171,31 @@ class MLstmBlock : public SequenceModule<MLstmBlock<Scalar_>, Scalar_, MLstmBloc
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
                MLstmForm form = MLstmForm::automatic) const;
 
+  /// The same, recording into `tape` what `backward` needs (design §7.3,
+  /// blocks/mlstm_block_backward.hpp); the same y and final state, bit for
+  /// bit, with the cell in the form the plain forward picks (in the parallel
+  /// form with ragged rows the recording cell reuses its buffers across rows,
+  /// which may change the last bit).
+  void forward(const Sequence<Scalar>& x, State& state, Sequence<Scalar>& y, Tape& tape,
+               MLstmForm form = MLstmForm::automatic) const {
+    forward(x, Lengths{}, state, y, tape, form);
+  }
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
+               Tape& tape, MLstmForm form = MLstmForm::automatic) const;
+
+  /// The layers, read-only (for the backward pass, math §5.2).
+  const GroupedNorm<Scalar>& xlstm_norm() const { return xlstm_norm_; }
+  const Linear<Scalar>& proj_up() const { return proj_up_; }
+  const CausalConv1d<Scalar>& conv1d() const { return conv1d_; }
+  const HeadwiseLinear<Scalar>& q_proj() const { return q_proj_; }
+  const HeadwiseLinear<Scalar>& k_proj() const { return k_proj_; }
+  const HeadwiseLinear<Scalar>& v_proj() const { return v_proj_; }
+  const Linear<Scalar>& igate() const { return igate_; }
+  const Linear<Scalar>& fgate() const { return fgate_; }
+  const GroupedNorm<Scalar>& outnorm() const { return outnorm_; }
+  const Vector<Scalar>& learnable_skip() const { return learnable_skip_; }
+  const Linear<Scalar>& proj_down() const { return proj_down_; }
+
   // step(x_t, state, y_t): SequenceModule.
 
   /// Throws unless `state` has the sizes initial_state(batch) gives it. Runs
@@ -171,28 +214,42 @@ class MLstmBlock : public SequenceModule<MLstmBlock<Scalar_>, Scalar_, MLstmBloc
   /// The official reset_parameters (math §8.2).
   void initialize(Rng& rng);
 
+  /// Lists the parameters of the parts (the layers, or their gradients: any
+  /// objects with for_each_parameter, and the skip vector) under the block's
+  /// names (shared with MLstmBlockGradients, blocks/mlstm_block_backward.hpp).
+  template <typename Visit, typename Norm, typename Proj, typename Conv, typename Headwise,
+            typename Skip>
+  static void visit_parameters_as(Visit& visit, const std::string& prefix, Norm& xlstm_norm,
+                                  Proj& proj_up, Headwise& q_proj, Headwise& k_proj,
+                                  Headwise& v_proj, Conv& conv1d, Proj& igate, Proj& fgate,
+                                  Norm& outnorm, Skip& learnable_skip, Proj& proj_down) {
+    xlstm_norm.for_each_parameter(visit, prefix + "xlstm_norm.");
+    const std::string p = prefix + "xlstm.";
+    proj_up.for_each_parameter(visit, p + "proj_up.");
+    q_proj.for_each_parameter(visit, p + "q_proj.");
+    k_proj.for_each_parameter(visit, p + "k_proj.");
+    v_proj.for_each_parameter(visit, p + "v_proj.");
+    conv1d.for_each_parameter(visit, p + "conv1d.");
+    igate.for_each_parameter(visit, p + "mlstm_cell.igate.");
+    fgate.for_each_parameter(visit, p + "mlstm_cell.fgate.");
+    outnorm.for_each_parameter(visit, p + "mlstm_cell.outnorm.");
+    visit_parameter(visit, p, "learnable_skip", {std::size_t(learnable_skip.size())},
+                    learnable_skip);
+    proj_down.for_each_parameter(visit, p + "proj_down.");
+  }
+
  private:
   friend class SequenceModule<MLstmBlock, Scalar, State>;
-  using SequenceModule<MLstmBlock, Scalar, State>::check_input;
+  using SequenceModule<MLstmBlock, Scalar, State>::check_forward;
 
   /// step() after its checks, into an output of the right size.
   void step_into(const ConstMatrixRef<Scalar>& x_t, State& state, MatrixRef<Scalar> y_t) const;
 
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    self.xlstm_norm_.for_each_parameter(visit, prefix + "xlstm_norm.");
-    const std::string p = prefix + "xlstm.";
-    self.proj_up_.for_each_parameter(visit, p + "proj_up.");
-    self.q_proj_.for_each_parameter(visit, p + "q_proj.");
-    self.k_proj_.for_each_parameter(visit, p + "k_proj.");
-    self.v_proj_.for_each_parameter(visit, p + "v_proj.");
-    self.conv1d_.for_each_parameter(visit, p + "conv1d.");
-    self.igate_.for_each_parameter(visit, p + "mlstm_cell.igate.");
-    self.fgate_.for_each_parameter(visit, p + "mlstm_cell.fgate.");
-    self.outnorm_.for_each_parameter(visit, p + "mlstm_cell.outnorm.");
-    visit_parameter(visit, p, "learnable_skip", {std::size_t(self.inner_dim())},
-                    self.learnable_skip_);
-    self.proj_down_.for_each_parameter(visit, p + "proj_down.");
+    visit_parameters_as(visit, prefix, self.xlstm_norm_, self.proj_up_, self.q_proj_, self.k_proj_,
+                        self.v_proj_, self.conv1d_, self.igate_, self.fgate_, self.outnorm_,
+                        self.learnable_skip_, self.proj_down_);
   }
 
   void size_scratch(MLstmBlockWorkspace<Scalar>& ws, Index batch) const {
@@ -274,10 +331,7 @@ auto MLstmBlock<Scalar_>::initial_state(Index batch) const -> State {
 template <typename Scalar_>
 void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                                   Sequence<Scalar>& y, MLstmForm form) const {
-  check_input(x.features(), x.batch(), state, "MLstmBlock::forward", "x");
-  check_state(state, x.batch(), "MLstmBlock::forward");
-  check_lengths(lengths, x.batch(), x.time(), "MLstmBlock::forward");
-  check(x.time() > 0, "MLstmBlock::forward: argument 'x' must have at least one time step");
+  check_forward(x, lengths, state, "MLstmBlock::forward");
   const Index batch = x.batch(), time = x.time(), inner = inner_dim();
   Matrix<Scalar> normed(x.matrix().rows(), embedding_dim());
   xlstm_norm_.forward(x.matrix(), normed);
@@ -303,6 +357,54 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   proj_down_.forward(h, y.matrix());
   y.matrix() += x.matrix();
   zero_padding(y, lengths);
+}
+
+template <typename Scalar_>
+void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
+                                  Sequence<Scalar>& y, Tape& tape, MLstmForm form) const {
+  check_forward(x, lengths, state, "MLstmBlock::forward");
+  const Index batch = x.batch(), time = x.time(), e = embedding_dim(), inner = inner_dim();
+  const Index nh = config_.mlstm.num_heads;
+  tape.recorded = false;  // until the forward completes
+  // The steps of forward() above, each layer's input kept in the tape. The
+  // input's padding is recorded as zeros: every row's valid steps are
+  // computed as before, and the backward's products never meet the padding.
+  tape.x = x;
+  zero_padding(tape.x, lengths);
+  tape.lengths = lengths;
+  tape.conv_start = state.conv;
+  tape.normed.resize(batch, time, e);
+  xlstm_norm_.forward(tape.x.matrix(), tape.normed.matrix());
+  tape.up.resize(batch, time, 2 * inner);
+  proj_up_.forward(tape.normed.matrix(), tape.up.matrix());
+  tape.x_m.resize(batch, time, inner);
+  tape.x_m.matrix() = tape.up.matrix().leftCols(inner);
+  conv1d_.forward(tape.x_m, lengths, state.conv, tape.conv_out, tape.conv_taps);
+  tape.conv_act.resize(batch, time, inner);
+  tape.conv_act.matrix().array() = silu(tape.conv_out.matrix().array());
+  tape.qkv.resize(batch, time, 3 * inner);
+  auto& qkv = tape.qkv.matrix();
+  q_proj_.forward(tape.conv_act.matrix(), qkv.leftCols(inner));
+  k_proj_.forward(tape.conv_act.matrix(), qkv.middleCols(inner, inner));
+  v_proj_.forward(tape.x_m.matrix(), qkv.rightCols(inner));
+  tape.gate_i.resize(batch, time, nh);
+  tape.gate_f.resize(batch, time, nh);
+  igate_.forward(qkv, tape.gate_i.matrix());
+  fgate_.forward(qkv, tape.gate_f.matrix());
+  tape.h.resize(batch, time, inner);
+  cell_.forward(batch, time, qkv.leftCols(inner), qkv.middleCols(inner, inner),
+                qkv.rightCols(inner), tape.gate_i.matrix(), tape.gate_f.matrix(), state.cell,
+                tape.h.matrix(), tape.cell, form, lengths);
+  tape.h_norm.resize(batch, time, inner);
+  outnorm_.forward(tape.h.matrix(), tape.h_norm.matrix());
+  tape.gated = tape.h_norm;
+  apply_skip_and_output_gate(tape.gated.matrix(), tape.conv_act.matrix(),
+                             tape.up.matrix().rightCols(inner));
+  y.resize(batch, time, e);
+  proj_down_.forward(tape.gated.matrix(), y.matrix());
+  y.matrix() += tape.x.matrix();
+  zero_padding(y, lengths);
+  tape.recorded = true;
 }
 
 template <typename Scalar_>

@@ -48,6 +48,16 @@ class SequenceModule {
     check_block_input(features, batch, derived().embedding_dim(), state.batch(), where, name);
   }
 
+  /// The checks of a sequence forward, before anything is written: `x`
+  /// against the module and the state, the lengths, at least one step.
+  void check_forward(const Sequence<Scalar>& x, const Lengths& lengths, const State& state,
+                     const char* where) const {
+    check_input(x.features(), x.batch(), state, where, "x");
+    derived().check_state(state, x.batch(), where);
+    check_lengths(lengths, x.batch(), x.time(), where);
+    check(x.time() > 0, where, ": argument 'x' must have at least one time step");
+  }
+
  private:
   const Derived& derived() const { return static_cast<const Derived&>(*this); }
 };

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <string>
 
+#include "xlstm/blocks/block_backward_checks.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
 #include "xlstm/cells/slstm_backward.hpp"
 #include "xlstm/core/activations_backward.hpp"
@@ -73,10 +74,7 @@ class SLstmBlockGradients {
   RmsNormGradients<Scalar>& ffn_rms_norm() { return ffn_rms_norm_; }
   GatedFeedForwardGradients<Scalar>& ffn() { return ffn_; }
 
-  void zero() {
-    for_each_parameter(
-        [](const ParameterRef<Scalar>& p) { std::fill(p.data, p.data + p.size(), Scalar(0)); });
-  }
+  void zero() { zero_parameters(*this); }
 
   XLSTM_PARAMETER_VISITOR
 
@@ -140,20 +138,14 @@ template <typename Scalar>
 void backward(const SLstmBlock<Scalar>& block, SLstmBlockTape<Scalar>& tape,
               const Sequence<Scalar>& grad_y, SLstmBlockState<Scalar>& grad_state,
               SLstmBlockGradients<Scalar>& grads, Sequence<Scalar>& grad_x) {
-  const char* where = "backward (SLstmBlock)";
-  check_tape_recorded(tape.recorded, where);
-  const Index batch = tape.x.batch(), time = tape.x.time(), e = block.embedding_dim();
-  check(tape.x.features() == e, where, ": argument 'tape' was recorded by a block of width ",
-        tape.x.features(), ", this block has ", e);
-  check(grad_y.batch() == batch && grad_y.time() == time && grad_y.features() == e, where,
-        ": argument 'grad_y' must be ", batch, " x ", time, " x ", e,
-        " (the forward's batch x time x embedding_dim), got ", grad_y.batch(), " x ", grad_y.time(),
-        " x ", grad_y.features());
-  check(&grad_y != &grad_x, where, ": arguments 'grad_y' and 'grad_x' must be different sequences");
-  block.check_state(grad_state, batch, "backward (SLstmBlock), argument 'grad_state'");
+  detail::check_block_backward("backward (SLstmBlock)",
+                               "backward (SLstmBlock), argument 'grad_state'", block, tape.recorded,
+                               tape.x, grad_y, grad_state, grad_x);
+  const Index e = block.embedding_dim();
   const bool rms = block.config().pre_norm == PreNormKind::rms_norm;
-  check(grads.rms_norm().weight().size() == block.rms_norm().weight().size(), where,
-        ": argument 'grads' was made for a block with the other pre-norm kind");
+  check(
+      grads.rms_norm().weight().size() == block.rms_norm().weight().size(),
+      "backward (SLstmBlock): argument 'grads' was made for a block with the other pre-norm kind");
   tape.recorded = false;  // from here on its storage is the workspace
 
   // The residual path: grad_x starts as dL/dy (zero past the lengths, where

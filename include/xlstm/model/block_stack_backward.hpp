@@ -55,10 +55,7 @@ class BlockStackGradients {
   const std::vector<Block>& blocks() const { return blocks_; }
   GroupedNormGradients<Scalar>& post_blocks_norm() { return post_blocks_norm_; }
 
-  void zero() {
-    for_each_parameter(
-        [](const ParameterRef<Scalar>& p) { std::fill(p.data, p.data + p.size(), Scalar(0)); });
-  }
+  void zero() { zero_parameters(*this); }
 
   XLSTM_PARAMETER_VISITOR
 

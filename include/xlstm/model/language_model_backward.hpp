@@ -44,10 +44,7 @@ class LanguageModelGradients {
   LinearGradients<Scalar>& lm_head() { return tied_ ? embedding_ : lm_head_; }
   BlockStackGradients<Scalar>& stack() { return stack_; }
 
-  void zero() {
-    for_each_parameter(
-        [](const ParameterRef<Scalar>& p) { std::fill(p.data, p.data + p.size(), Scalar(0)); });
-  }
+  void zero() { zero_parameters(*this); }
 
   XLSTM_PARAMETER_VISITOR
 

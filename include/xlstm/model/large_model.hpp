@@ -148,8 +148,8 @@ class LargeModel {
 
   /// Bytes of the weights one decode step reads (one embedding row).
   std::size_t weight_bytes() const {
-    std::size_t total = embedding().bytes() / std::size_t(vocab_size()) +
-                        lm_head_.weight_matrix().bytes();
+    std::size_t total =
+        embedding().bytes() / std::size_t(vocab_size()) + lm_head_.weight_matrix().bytes();
     for (const Block& b : blocks_) {
       for (const Linear<Scalar>* p : b.projections()) total += p->weight_matrix().bytes();
     }
