@@ -67,6 +67,8 @@ const char* kUsage =
     "  --print-every N        plain progress lines every N steps when not a terminal (100)\n"
     "  --save FILE            training checkpoint at every evaluation and at the end\n"
     "  --resume FILE          continue a run saved with --save (same options)\n"
+    "  --stop-at-step N       end after step N (the schedule still runs to --steps); with\n"
+    "                         --save a checkpoint there that --resume continues\n"
     "  --threads N            0 = all hardware threads (0)\n"
     "  --expect-final-loss-below X\n"
     "                         exit 1 unless the mean training loss of the last 10%\n"
@@ -78,6 +80,7 @@ struct Options : train_example::CommonOptions {
   std::int64_t train_min_length = 3, train_max_length = 40, data_seed = 1;
   std::int64_t eval_samples = 8192, eval_batch_size = 256;
   std::string save, resume;
+  std::int64_t stop_at_step = 0;  // 0: run to --steps
   double expect_final_loss_below = std::nan("");
 
   Options() { model.slstm_at = {0, 1}; }  // parity_xlstm01.yaml; the rest are the defaults
@@ -100,6 +103,8 @@ Options parse(int argc, char** argv, bool& help) {
       o.save = args.value();
     } else if (arg == "--resume") {
       o.resume = args.value();
+    } else if (arg == "--stop-at-step") {
+      o.stop_at_step = args.integer(1);
     } else if (arg == "--expect-final-loss-below") {
       o.expect_final_loss_below = args.number(0, /*exclusive=*/true);
     } else {
@@ -107,6 +112,10 @@ Options parse(int argc, char** argv, bool& help) {
     }
     return true;
   });
+  if (o.stop_at_step > o.recipe.steps) {
+    throw UsageError("--stop-at-step (" + std::to_string(o.stop_at_step) +
+                     ") must be <= --steps (" + std::to_string(o.recipe.steps) + ")");
+  }
   if (o.train_min_length > o.train_max_length) {
     throw UsageError("--train-min-length (" + std::to_string(o.train_min_length) +
                      ") must be <= --train-max-length (" + std::to_string(o.train_max_length) +
@@ -201,6 +210,7 @@ int run(const Options& o) {
                                   {"eval_samples", o.eval_samples},
                                   {"eval_batch_size", o.eval_batch_size}});
   run_json["model_config"] = xlstm::io::to_json(config);
+  std::int64_t resumed_at = -1;
   if (!o.resume.empty()) {
     const auto position = xlstm::load_training_checkpoint(o.resume, model, adamw);
     const auto saved = position.extra.find("train_parity.run");
@@ -211,13 +221,12 @@ int run(const Options& o) {
     }
     trainer.set_schedule_steps(position.schedule_steps);
     batches.skip(position.batches_drawn);
-    run_json["resumed_from"] = o.resume;
-    run_json["resumed_at_step"] = position.step_count;
+    resumed_at = position.step_count;
   }
   const std::int64_t first_step = adamw.step_count();
-  if (first_step >= recipe.steps) {
-    throw UsageError(format("--steps (%lld) must exceed the step of --resume (%lld)",
-                            (long long)recipe.steps, (long long)first_step));
+  if (first_step >= (o.stop_at_step > 0 ? o.stop_at_step : recipe.steps)) {
+    throw UsageError(format("--steps / --stop-at-step must exceed the step of --resume (%lld)",
+                            (long long)first_step));
   }
 
   std::printf("model: xLSTM, %lld blocks [%s] (1 = sLSTM), E=%lld, %lld head(s), %zu parameters\n",
@@ -238,6 +247,10 @@ int run(const Options& o) {
       validation_batches(*data.validation().front(), o.eval_samples, o.eval_batch_size);
 
   Json log = run_json;
+  if (resumed_at >= 0) {
+    log["resumed_from"] = o.resume;
+    log["resumed_at_step"] = resumed_at;
+  }
   log["steps"] = Json::array();
   log["evaluations"] = Json::array();
   auto write_log = [&] {
@@ -261,7 +274,8 @@ int run(const Options& o) {
   double window_tokens = 0, window_seconds = 0, train_seconds = 0;
   std::int64_t window_steps = 0;
   Json last_eval;
-  for (std::int64_t step = first_step + 1; step <= recipe.steps; ++step) {
+  const std::int64_t end_step = o.stop_at_step > 0 ? o.stop_at_step : recipe.steps;
+  for (std::int64_t step = first_step + 1; step <= end_step; ++step) {
     const auto start = Clock::now();
     batches.next(batch);
     const auto result = trainer.step(batch.inputs, batch.targets, batch.lengths);
@@ -290,8 +304,8 @@ int run(const Options& o) {
       return 1;
     }
 
-    const bool last = step == recipe.steps;
-    const double eta = double(recipe.steps - step) * train_seconds / double(step - first_step);
+    const bool last = step == recipe.steps || step == o.stop_at_step;
+    const double eta = double(end_step - step) * train_seconds / double(step - first_step);
     progress.update(
         step,
         format("step %lld/%lld | loss %.4f (avg %.4f) | train acc %.3f | lr %.2e | gnorm %.3f | "
@@ -319,7 +333,7 @@ int run(const Options& o) {
   }
   progress.finish();
 
-  const std::int64_t run_steps = recipe.steps - first_step;
+  const std::int64_t run_steps = end_step - first_step;
   const auto tail =
       std::size_t(std::min<std::int64_t>(50, std::max<std::int64_t>(1, run_steps / 10)));
   const double final_loss = train_example::mean_of_last(losses, tail);
