@@ -3,7 +3,7 @@
 # at step 20 (--stop-at-step, --save) and continued with --resume.
 set(args --steps 40 --batch-size 16 --train-min-length 3 --train-max-length 6
          --embedding-dim 8 --num-heads 1 --lr 1e-2 --warmup-steps 5 --eval-every 0
-         --eval-samples 0 --threads 2 --print-every 40)
+         --eval-samples 0 --threads 1 --print-every 40)
 file(MAKE_DIRECTORY "${DIR}")
 set(straight "${DIR}/straight.safetensors")
 set(half "${DIR}/half.safetensors")
