@@ -133,12 +133,16 @@ struct Evaluation {
 Evaluation evaluate(const xlstm::LanguageModel<float>& model,
                     const std::vector<xlstm::FormalLanguageBatch>& batches, std::int64_t step) {
   const auto start = Clock::now();
-  xlstm::BucketedSequenceAccuracy accuracy(xlstm::parity_evaluation_buckets());
-  xlstm::Sequence<float> logits;
-  for (const auto& batch : batches) {
+  // One batch per thread: the forward is const and each batch has its own state.
+  std::vector<xlstm::Sequence<float>> logits(batches.size());
+  xlstm::parallel_for(Index(batches.size()), /*parallel=*/true, [&](Index i) {
+    const auto& batch = batches[std::size_t(i)];
     auto state = model.initial_state(batch.batch());
-    model.forward(batch.inputs, batch.lengths, state, logits);
-    accuracy.update(logits, batch.targets, batch.sequence_lengths);
+    model.forward(batch.inputs, batch.lengths, state, logits[std::size_t(i)]);
+  });
+  xlstm::BucketedSequenceAccuracy accuracy(xlstm::parity_evaluation_buckets());
+  for (std::size_t i = 0; i < batches.size(); ++i) {
+    accuracy.update(logits[i], batches[i].targets, batches[i].sequence_lengths);
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   Evaluation e;
