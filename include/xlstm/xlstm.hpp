@@ -66,6 +66,7 @@
 #include "xlstm/train/sequence_accuracy.hpp"
 #include "xlstm/train/sgd.hpp"
 #include "xlstm/train/trainable_parameters.hpp"
+#include "xlstm/train/training_checkpoint.hpp"
 
 #include "xlstm/tirex/tirex.hpp"
 

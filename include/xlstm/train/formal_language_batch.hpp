@@ -140,24 +140,40 @@ class FormalLanguageBatches {
 
   /// The same into `batch`, reusing its storage and this object's scratch.
   void next(FormalLanguageBatch& batch) {
-    if (position_ >= split_->count()) {
-      ++pass_;
-      start_pass();
-    }
-    const std::int64_t end = std::min<std::int64_t>(position_ + batch_size_, split_->count());
+    const std::int64_t begin = advance();
     std::vector<std::int64_t> indices;
-    indices.reserve(std::size_t(end - position_));
-    for (std::int64_t i = position_; i < end; ++i) {
+    indices.reserve(std::size_t(position_ - begin));
+    for (std::int64_t i = begin; i < position_; ++i) {
       indices.push_back(order_ == BatchOrder::sequential ? i : permutation_[std::size_t(i)]);
     }
-    position_ = end;
     make_formal_language_batch(*split_, indices, width_, scratch_, batch);
   }
+  /// Moves past `count` batches without generating them: afterwards `next`
+  /// returns what it would have returned after `count` more calls (for
+  /// resuming a run from its batches_drawn()).
+  void skip(std::int64_t count) {
+    check(count >= 0, "FormalLanguageBatches::skip: 'count' must be >= 0, got ", count);
+    for (std::int64_t i = 0; i < count; ++i) advance();
+  }
+  /// Batches returned (or skipped) since construction.
+  std::int64_t batches_drawn() const { return drawn_; }
 
   /// Passes completed before the batch `next` returns next (from 0).
   std::int64_t pass() const { return position_ >= split_->count() ? pass_ + 1 : pass_; }
 
  private:
+  // Starts a new pass if the current one is used up, moves position_ past
+  // the next batch and returns where that batch begins.
+  std::int64_t advance() {
+    if (position_ >= split_->count()) {
+      ++pass_;
+      start_pass();
+    }
+    const std::int64_t begin = position_;
+    position_ = std::min<std::int64_t>(position_ + batch_size_, split_->count());
+    ++drawn_;
+    return begin;
+  }
   // Fisher–Yates from the back with numpy's bounded integers: the same
   // permutation on every platform (std::shuffle's is implementation-defined).
   void start_pass() {
@@ -181,6 +197,7 @@ class FormalLanguageBatches {
   std::vector<FormalLanguageExample> scratch_;
   std::int64_t position_ = 0;
   std::int64_t pass_ = 0;
+  std::int64_t drawn_ = 0;
 };
 
 }  // namespace xlstm
