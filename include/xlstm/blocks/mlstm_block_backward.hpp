@@ -64,7 +64,15 @@ class MLstmBlockGradients {
   Vector<Scalar>& learnable_skip() { return learnable_skip_; }
   LinearGradients<Scalar>& proj_down() { return proj_down_; }
 
-  void zero() { zero_parameters(*this); }
+  /// Member by member: a training step calls it, and listing the parameters
+  /// would build their names (allocations; design §7.6).
+  void zero() {
+    for (auto* norm : {&xlstm_norm_, &outnorm_}) norm->zero();
+    for (auto* linear : {&proj_up_, &igate_, &fgate_, &proj_down_}) linear->zero();
+    for (auto* proj : {&q_proj_, &k_proj_, &v_proj_}) proj->zero();
+    conv1d_.zero();
+    learnable_skip_.setZero();
+  }
 
   XLSTM_PARAMETER_VISITOR
 

@@ -74,7 +74,17 @@ class SLstmBlockGradients {
   RmsNormGradients<Scalar>& ffn_rms_norm() { return ffn_rms_norm_; }
   GatedFeedForwardGradients<Scalar>& ffn() { return ffn_; }
 
-  void zero() { zero_parameters(*this); }
+  /// Member by member: a training step calls it, and listing the parameters
+  /// would build their names (allocations; design §7.6).
+  void zero() {
+    for (auto* norm : {&xlstm_norm_, &group_norm_, &ffn_norm_}) norm->zero();
+    for (auto* gate : {&input_gate_, &forget_gate_, &z_gate_, &o_gate_}) gate->zero();
+    conv1d_.zero();
+    cell_.zero();
+    ffn_.zero();
+    rms_norm_.zero();
+    ffn_rms_norm_.zero();
+  }
 
   XLSTM_PARAMETER_VISITOR
 

@@ -164,14 +164,6 @@ auto parameter_list(Module& module, const std::string& prefix = "") {
   return list;
 }
 
-/// Sets every parameter of `module` to zero (the zero() of a gradient object).
-template <typename Module>
-void zero_parameters(Module& module) {
-  using Scalar = typename Module::Scalar;
-  module.for_each_parameter(
-      [](const ParameterRef<Scalar>& p) { std::fill(p.data, p.data + p.size(), Scalar(0)); });
-}
-
 /// Every weight matrix of `module` (Linear layers, embeddings, heads), in
 /// visiting order, const when the module is: e.g. to fill a model built with
 /// 16-bit storage. A tied head (the embedding again) is listed once.

@@ -55,7 +55,11 @@ class BlockStackGradients {
   const std::vector<Block>& blocks() const { return blocks_; }
   GroupedNormGradients<Scalar>& post_blocks_norm() { return post_blocks_norm_; }
 
-  void zero() { zero_parameters(*this); }
+  /// Member by member, allocation-free (design §7.6).
+  void zero() {
+    for (auto& block : blocks_) std::visit([](auto& g) { g.zero(); }, block);
+    post_blocks_norm_.zero();
+  }
 
   XLSTM_PARAMETER_VISITOR
 

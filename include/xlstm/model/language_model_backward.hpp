@@ -44,7 +44,12 @@ class LanguageModelGradients {
   LinearGradients<Scalar>& lm_head() { return tied_ ? embedding_ : lm_head_; }
   BlockStackGradients<Scalar>& stack() { return stack_; }
 
-  void zero() { zero_parameters(*this); }
+  /// Member by member, allocation-free (design §7.6).
+  void zero() {
+    embedding_.zero();
+    lm_head_.zero();
+    stack_.zero();
+  }
 
   XLSTM_PARAMETER_VISITOR
 
