@@ -3,7 +3,8 @@
 // §15): AdamW with the official weight-decay groups, linear warm-up + cosine
 // to lr·0.001, batch 256, 20,000 steps, train lengths 3–40, and evaluates on
 // the official validation split (lengths 40–256) in the buckets 40–64,
-// 65–128, 129–256 (accuracy and scaled accuracy (acc − 0.5)/0.5).
+// 65–128, 129–256 (accuracy and scaled accuracy (acc − 0.5)/0.5), and on
+// sequences of the training lengths (in-distribution).
 //
 //   train_parity [--slstm-at 0,1 | all | none] [--mlstm-only] [--steps N] ...
 //   train_parity --help
@@ -12,12 +13,16 @@
 // line every --eval-every steps, and writes every step and evaluation to
 // --log FILE.json. --save FILE keeps a training checkpoint (parameters, AdamW
 // moments, step, data position) that --resume FILE continues bit for bit.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "train_common.hpp"
@@ -62,6 +67,8 @@ const char* kUsage =
     "  --eval-every N         steps between evaluations; 0 = only at the end (1000)\n"
     "  --eval-samples N       first N of the 8192 validation samples (8192)\n"
     "  --eval-batch-size N    (256)\n"
+    "  --in-dist-samples N    also evaluate N sequences of the training lengths (a split of\n"
+    "                         its own, seeded like the official ones); 0 = off (512)\n"
     "output:\n"
     "  --log FILE.json        every step (loss, lr, grad norm, tokens/s) and evaluation\n"
     "  --print-every N        plain progress lines every N steps when not a terminal (100)\n"
@@ -73,15 +80,52 @@ const char* kUsage =
     "  --expect-final-loss-below X\n"
     "                         exit 1 unless the mean training loss of the last 10%\n"
     "                         of steps (at most 50) is below X (for tests)\n"
+    "  --expect NAME>=X, --expect NAME<=X\n"
+    "                         exit 1 unless the final evaluation's accuracy NAME (in-dist,\n"
+    "                         40-256, 40-64, 65-128, 129-256) is >= / <= X; repeatable\n"
     "\n"
     "Exit codes: 0 done, 1 error or failed expectation, 2 bad command line.\n";
+
+// --expect NAME>=X or NAME<=X: a bound on one accuracy of the final
+// evaluation (for tests: the CI-sized parity runs).
+struct AccuracyExpectation {
+  std::string name;  // in-dist, 40-256 or a bucket "min-max"
+  bool at_least = true;
+  double bound = 0;
+};
+
+AccuracyExpectation parse_expectation(const std::string& text) {
+  const char* names[] = {"in-dist", "40-256", "40-64", "65-128", "129-256"};
+  const auto op = text.find_first_of("<>");
+  AccuracyExpectation e;
+  bool ok = op != std::string::npos && op + 1 < text.size() && text[op + 1] == '=';
+  if (ok) {
+    e.name = text.substr(0, op);
+    e.at_least = text[op] == '>';
+    ok = false;
+    for (const char* name : names) ok = ok || e.name == name;
+    char* end = nullptr;
+    const std::string number = text.substr(op + 2);
+    e.bound = std::strtod(number.c_str(), &end);
+    ok = ok && !number.empty() && *end == '\0' && e.bound >= 0 && e.bound <= 1;
+  }
+  if (!ok) {
+    throw UsageError(
+        "--expect must be NAME>=X or NAME<=X with NAME one of in-dist, 40-256, "
+        "40-64, 65-128, 129-256 and X in [0, 1], got '" +
+        text + "'");
+  }
+  return e;
+}
 
 struct Options : train_example::CommonOptions {
   std::int64_t train_min_length = 3, train_max_length = 40, data_seed = 1;
   std::int64_t eval_samples = 8192, eval_batch_size = 256;
   std::string save, resume;
   std::int64_t stop_at_step = 0;  // 0: run to --steps
+  std::int64_t in_dist_samples = 512;
   double expect_final_loss_below = std::nan("");
+  std::vector<AccuracyExpectation> expectations;
 
   Options() { model.slstm_at = {0, 1}; }  // parity_xlstm01.yaml; the rest are the defaults
 };
@@ -105,8 +149,12 @@ Options parse(int argc, char** argv, bool& help) {
       o.resume = args.value();
     } else if (arg == "--stop-at-step") {
       o.stop_at_step = args.integer(1);
+    } else if (arg == "--in-dist-samples") {
+      o.in_dist_samples = args.integer(0, 8192);
     } else if (arg == "--expect-final-loss-below") {
       o.expect_final_loss_below = args.number(0, /*exclusive=*/true);
+    } else if (arg == "--expect") {
+      o.expectations.push_back(parse_expectation(args.value()));
     } else {
       return false;
     }
@@ -124,51 +172,100 @@ Options parse(int argc, char** argv, bool& help) {
   return o;
 }
 
-// One evaluation over the cached validation batches: accuracy per bucket.
+// One evaluation over the cached validation batches: accuracy per bucket,
+// and on the in-distribution batches (training lengths) if there are any.
 struct Evaluation {
   Json json;
   std::string line;
+  std::vector<std::pair<std::string, double>> accuracies;  // by --expect name
 };
 
 Evaluation evaluate(const xlstm::LanguageModel<float>& model,
-                    const std::vector<xlstm::FormalLanguageBatch>& batches, std::int64_t step) {
+                    const std::vector<xlstm::FormalLanguageBatch>& batches,
+                    const std::vector<xlstm::FormalLanguageBatch>& in_dist_batches,
+                    std::int64_t step) {
   const auto start = Clock::now();
   // One batch per thread: the forward is const and each batch has its own state.
-  std::vector<xlstm::Sequence<float>> logits(batches.size());
-  xlstm::parallel_for(Index(batches.size()), /*parallel=*/true, [&](Index i) {
-    const auto& batch = batches[std::size_t(i)];
+  const std::size_t count = batches.size() + in_dist_batches.size();
+  auto batch_at = [&](std::size_t i) -> const xlstm::FormalLanguageBatch& {
+    return i < batches.size() ? batches[i] : in_dist_batches[i - batches.size()];
+  };
+  std::vector<xlstm::Sequence<float>> logits(count);
+  xlstm::parallel_for(Index(count), /*parallel=*/true, [&](Index i) {
+    const auto& batch = batch_at(std::size_t(i));
     auto state = model.initial_state(batch.batch());
     model.forward(batch.inputs, batch.lengths, state, logits[std::size_t(i)]);
   });
   xlstm::BucketedSequenceAccuracy accuracy(xlstm::parity_evaluation_buckets());
-  for (std::size_t i = 0; i < batches.size(); ++i) {
-    accuracy.update(logits[i], batches[i].targets, batches[i].sequence_lengths);
+  xlstm::SequenceAccuracy in_dist;
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto& batch = batch_at(i);
+    if (i < batches.size()) {
+      accuracy.update(logits[i], batch.targets, batch.sequence_lengths);
+    } else {
+      in_dist.update(logits[i], batch.targets);
+    }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   Evaluation e;
-  const double overall = accuracy.overall().value();
   e.json["step"] = step;
-  e.json["accuracy"] = overall;
-  e.json["scaled_accuracy"] = xlstm::scaled_accuracy(overall, 0.5);
-  e.json["sequences"] = accuracy.overall().counted();
-  e.json["seconds"] = seconds;
-  e.line = "eval @ step " + std::to_string(step) + ": 40-256 acc " + format("%.4f", overall) +
-           " (scaled " + format("%+.3f", xlstm::scaled_accuracy(overall, 0.5)) + ")";
-  for (std::size_t i = 0; i < accuracy.buckets().size(); ++i) {
-    const auto& b = accuracy.buckets()[i];
-    const double acc = accuracy.bucket(i).value();
-    Json bucket;
-    bucket["min_length"] = b.min_length;
-    bucket["max_length"] = b.max_length;
-    bucket["accuracy"] = acc;
-    bucket["scaled_accuracy"] = xlstm::scaled_accuracy(acc, 0.5);
-    bucket["sequences"] = accuracy.bucket(i).counted();
-    e.json["buckets"].push_back(bucket);
-    e.line += format(" | %lld-%lld %.4f (%+.3f)", (long long)b.min_length, (long long)b.max_length,
-                     acc, xlstm::scaled_accuracy(acc, 0.5));
+  e.line = "eval @ step " + std::to_string(step) + ":";
+  if (!in_dist_batches.empty()) {
+    e.json["in_distribution"] = {{"accuracy", in_dist.value()}, {"sequences", in_dist.counted()}};
+    e.accuracies.emplace_back("in-dist", in_dist.value());
+    e.line += format(" in-dist acc %.4f |", in_dist.value());
   }
-  e.line += format(" [%lld seqs, %.1f s]", (long long)accuracy.overall().counted(), seconds);
+  if (!batches.empty()) {
+    const double overall = accuracy.overall().value();
+    e.json["accuracy"] = overall;
+    e.json["scaled_accuracy"] = xlstm::scaled_accuracy(overall, 0.5);
+    e.json["sequences"] = accuracy.overall().counted();
+    e.accuracies.emplace_back("40-256", overall);
+    e.line += " 40-256 acc " + format("%.4f", overall) + " (scaled " +
+              format("%+.3f", xlstm::scaled_accuracy(overall, 0.5)) + ")";
+    for (std::size_t i = 0; i < accuracy.buckets().size(); ++i) {
+      const auto& b = accuracy.buckets()[i];
+      const double acc = accuracy.bucket(i).value();
+      Json bucket;
+      bucket["min_length"] = b.min_length;
+      bucket["max_length"] = b.max_length;
+      bucket["accuracy"] = acc;
+      bucket["scaled_accuracy"] = xlstm::scaled_accuracy(acc, 0.5);
+      bucket["sequences"] = accuracy.bucket(i).counted();
+      e.json["buckets"].push_back(bucket);
+      const std::string name =
+          std::to_string((long long)b.min_length) + "-" + std::to_string((long long)b.max_length);
+      e.accuracies.emplace_back(name, acc);
+      e.line += format(" | %s %.4f (%+.3f)", name.c_str(), acc, xlstm::scaled_accuracy(acc, 0.5));
+    }
+  }
+  e.json["seconds"] = seconds;
+  e.line += format(" [%lld + %lld seqs, %.1f s]", (long long)accuracy.overall().counted(),
+                   (long long)in_dist.counted(), seconds);
   return e;
+}
+
+// Exit code 1 (with a message) if an --expect bound does not hold for the
+// final evaluation `e`, or if it has no such accuracy.
+int check_expectations(const std::vector<AccuracyExpectation>& expectations, const Evaluation* e) {
+  int failed = 0;
+  for (const auto& x : expectations) {
+    const double* value = nullptr;
+    if (e) {
+      for (const auto& a : e->accuracies) {
+        if (a.first == x.name) value = &a.second;
+      }
+    }
+    if (!value) {
+      std::fprintf(stderr, "expectation failed: no %s accuracy was evaluated\n", x.name.c_str());
+      failed = 1;
+    } else if (x.at_least ? !(*value >= x.bound) : !(*value <= x.bound)) {
+      std::fprintf(stderr, "expectation failed: %s accuracy %.4f is not %s %g\n", x.name.c_str(),
+                   *value, x.at_least ? ">=" : "<=", x.bound);
+      failed = 1;
+    }
+  }
+  return failed;
 }
 
 // The validation samples (lengths 40-256), generated once: the first
@@ -199,6 +296,11 @@ int run(const Options& o) {
   data_config.seed = o.data_seed;
   data_config.task.min_sequence_length = o.train_min_length;
   data_config.task.max_sequence_length = o.train_max_length;
+  // The in-distribution evaluation: a validation part of the training
+  // lengths, after the official ones, so their seeds stay the official
+  // (math §15.4: seeds are drawn per split in config order).
+  data_config.subparts.push_back(
+      {"validation_in_distribution", o.train_min_length, o.train_max_length});
   const xlstm::FormalLanguageDataset data(data_config);
   // The official order (DataLoader without shuffle), each batch trimmed to
   // its longest row (exact for a causal model, math §15.5).
@@ -249,6 +351,8 @@ int run(const Options& o) {
   }
   const auto eval_batches =
       validation_batches(*data.validation().front(), o.eval_samples, o.eval_batch_size);
+  const auto in_dist_batches = validation_batches(data.split("validation_in_distribution"),
+                                                  o.in_dist_samples, o.eval_batch_size);
 
   Json log = run_json;
   if (resumed_at >= 0) {
@@ -278,6 +382,7 @@ int run(const Options& o) {
   double window_tokens = 0, window_seconds = 0, train_seconds = 0;
   std::int64_t window_steps = 0;
   Json last_eval;
+  std::unique_ptr<Evaluation> final_eval;
   const std::int64_t end_step = o.stop_at_step > 0 ? o.stop_at_step : recipe.steps;
   for (std::int64_t step = first_step + 1; step <= end_step; ++step) {
     const auto start = Clock::now();
@@ -325,11 +430,12 @@ int run(const Options& o) {
       window_steps = 0;
     }
     if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
-      if (!eval_batches.empty()) {
-        const Evaluation e = evaluate(model, eval_batches, step);
+      if (!eval_batches.empty() || !in_dist_batches.empty()) {
+        Evaluation e = evaluate(model, eval_batches, in_dist_batches, step);
         progress.line(e.line);
         log["evaluations"].push_back(e.json);
         last_eval = e.json;
+        final_eval = std::make_unique<Evaluation>(std::move(e));
       }
       write_log();
       save();
@@ -351,7 +457,9 @@ int run(const Options& o) {
               double(run_steps) / train_seconds, tail, final_loss);
   if (!o.log.empty()) std::printf("log: %s\n", o.log.c_str());
   if (!o.save.empty()) std::printf("checkpoint: %s\n", o.save.c_str());
-  return train_example::expect_below("final loss", final_loss, o.expect_final_loss_below);
+  const int loss_check =
+      train_example::expect_below("final loss", final_loss, o.expect_final_loss_below);
+  return std::max(loss_check, check_expectations(o.expectations, final_eval.get()));
 }
 
 }  // namespace
