@@ -15,6 +15,13 @@ Cases (float32, sLSTM backend "vanilla", autograd):
           ignore_index -1, backward, AdamW with the official two groups; batch 256, inputs of
           length 40 (the longest training length; rows not trimmed further), answer at the end
 
+Debian's torch calls whatever libblas.so.3 the system selects: with the reference BLAS (libblas3
+alone, no libopenblas0-pthread) its products run about ten times slower than with OpenBLAS, which
+would flatter any comparison. The script prints the float32 GEMM rate torch reaches first; to
+use an unpacked OpenBLAS without installing it:
+    apt-get download libopenblas0-pthread && dpkg -x libopenblas0-pthread_*.deb ob
+    export LD_LIBRARY_PATH=$PWD/ob/usr/lib/x86_64-linux-gnu/openblas-pthread
+
 The thread count is set in the environment before torch is imported (Debian's torch runs its
 float32 products on OpenBLAS, whose pool torch.set_num_threads does not reach). Every timing is
 `reps` individually timed calls after `warmup` untimed ones; the median is printed.
@@ -146,6 +153,11 @@ def main():
     import torch  # after the thread variables
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    gemm = median_seconds(lambda: a @ b, 1, 5)
+    print(json.dumps(dict(case="gemm_1024", threads=args.threads,
+                          gflops=2 * 1024**3 / gemm[0] / 1e9,
+                          gflops_cpu_time=2 * 1024**3 / gemm[3] / 1e9)), flush=True)
 
     def emit(record):  # as soon as measured: a long run shows its progress
         record["threads"] = args.threads
