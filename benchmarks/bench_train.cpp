@@ -163,8 +163,9 @@ void bm_parity_step(benchmark::State& state, std::vector<Index> slstm_at) {
 // ---------------------------------------------------------------------------
 // The 125M language model
 
-/// Bytes per token the LM step needed beyond what was resident before it, the
-/// largest seen so far (to skip a batch that would not fit).
+/// Bytes per token the LM step needed beyond what was resident before it and
+/// its parameter-sized buffers (gradients, two AdamW moments), the largest
+/// seen so far: to skip a batch that would not fit.
 double g_lm_bytes_per_token = 0;
 
 /// One training step of B x 512 random tokens (next-token targets, every
@@ -182,8 +183,9 @@ void bm_lm_train_step(benchmark::State& state) {
   const Index batch = state.range(0), time = state.range(1);
   auto& model = model_125m();
   const double tokens_per_step = double(batch * time);
+  const double fixed = 3 * parameter_bytes(model);
   if (g_lm_bytes_per_token > 0 &&
-      available_bytes() < 1.25 * g_lm_bytes_per_token * tokens_per_step) {
+      available_bytes() < 1.1 * (fixed + g_lm_bytes_per_token * tokens_per_step)) {
     state.SkipWithError("skipped: not enough free memory for this batch");
     for (auto _ : state) {
     }
@@ -231,8 +233,9 @@ void bm_lm_train_step(benchmark::State& state) {
   state.counters["optimizer_ms"] = 1e3 * update / iters;
   const double peak = peak_rss_bytes();
   state.counters["peak_rss_MB"] = peak / 1e6;
-  if (peak > rss_before) {
-    g_lm_bytes_per_token = std::max(g_lm_bytes_per_token, (peak - rss_before) / tokens_per_step);
+  if (peak > rss_before + fixed) {
+    g_lm_bytes_per_token =
+        std::max(g_lm_bytes_per_token, (peak - rss_before - fixed) / tokens_per_step);
   }
 }
 
