@@ -3,15 +3,14 @@
 #include "bench_common.hpp"
 
 namespace xbench {
-namespace {
 
-constexpr Index kEmbedding = 512, kHeads = 4, kTime = 1024;
-
+// The builders are shared with the backward rows (bench_backward.cpp), which
+// run the same blocks.
 xlstm::MLstmBlock<float> make_mlstm_block() {
   xlstm::MLstmBlockConfig c;
-  c.mlstm.embedding_dim = kEmbedding;
-  c.mlstm.num_heads = kHeads;
-  c.mlstm.context_length = kTime;
+  c.mlstm.embedding_dim = kBlockEmbedding;
+  c.mlstm.num_heads = kBlockHeads;
+  c.mlstm.context_length = kBlockTime;
   xlstm::MLstmBlock<float> block(c);
   xlstm::Rng rng(31);
   block.initialize(rng);
@@ -20,8 +19,8 @@ xlstm::MLstmBlock<float> make_mlstm_block() {
 
 xlstm::SLstmBlock<float> make_slstm_block() {
   xlstm::SLstmBlockConfig c;
-  c.slstm.embedding_dim = kEmbedding;
-  c.slstm.num_heads = kHeads;
+  c.slstm.embedding_dim = kBlockEmbedding;
+  c.slstm.num_heads = kBlockHeads;
   c.slstm.recurrent_weight_init = "standard";  // non-zero R: the recurrence does real work
   xlstm::SLstmBlock<float> block(c);
   xlstm::Rng rng(32);
@@ -29,11 +28,13 @@ xlstm::SLstmBlock<float> make_slstm_block() {
   return block;
 }
 
+namespace {
+
 /// Forward of B x T x E from a fresh state (what the block does with
 /// MLstmForm::automatic: chunkwise at T = 1024).
 template <typename Block>
 void bm_block_forward(benchmark::State& state) {
-  const Index batch = state.range(0), time = kTime;
+  const Index batch = state.range(0), time = kBlockTime;
   Block block = [] {
     if constexpr (std::is_same_v<Block, xlstm::MLstmBlock<float>>) {
       return make_mlstm_block();
@@ -41,7 +42,7 @@ void bm_block_forward(benchmark::State& state) {
       return make_slstm_block();
     }
   }();
-  xlstm::Sequence<float> x(batch, time, kEmbedding), y;
+  xlstm::Sequence<float> x(batch, time, kBlockEmbedding), y;
   fill_normal(x.matrix(), 41);
   auto s = block.initial_state(batch);
   Stopwatch sw;
@@ -72,7 +73,7 @@ void bm_block_step(benchmark::State& state) {
       return make_slstm_block();
     }
   }();
-  xlstm::Matrix<float> x(batch, kEmbedding), y(batch, kEmbedding);
+  xlstm::Matrix<float> x(batch, kBlockEmbedding), y(batch, kBlockEmbedding);
   fill_normal(x, 42);
   auto s = block.initial_state(batch);
   Stopwatch sw;

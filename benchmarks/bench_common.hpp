@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <ctime>
 #include <set>
 #include <string>
@@ -104,6 +105,24 @@ void register_cell_benchmarks(bool quick);
 void register_block_benchmarks(bool quick);
 void register_model_benchmarks(bool quick);
 void register_large_benchmarks(bool quick);
+
+// ---------------------------------------------------------------------------
+// Modules shared by the forward rows and the backward/training rows
+
+/// The blocks of bench_blocks.cpp: E = 512, NH = 4, rows over T = 1024.
+constexpr Index kBlockEmbedding = 512, kBlockHeads = 4, kBlockTime = 1024;
+xlstm::MLstmBlock<float> make_mlstm_block();
+xlstm::SLstmBlock<float> make_slstm_block();
+
+/// The 125M language model of bench_model.cpp (context 512), built once.
+constexpr Index kLmContext = 512;
+xlstm::LanguageModelConfig config_125m();
+xlstm::LanguageModel<float>& model_125m();
+/// B x T tokens uniform over the vocabulary.
+xlstm::Tokens random_tokens(Index batch, Index time, Index vocab, std::uint64_t seed);
+
+void register_backward_benchmarks(bool quick);
+void register_training_benchmarks(bool quick);
 
 // ---------------------------------------------------------------------------
 // Counters

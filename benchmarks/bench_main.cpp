@@ -356,6 +356,8 @@ int main(int argc, char** argv) {
   register_cell_benchmarks(g_options.quick);
   register_block_benchmarks(g_options.quick);
   register_model_benchmarks(g_options.quick);
+  register_backward_benchmarks(g_options.quick);
+  register_training_benchmarks(g_options.quick);
   register_large_benchmarks(g_options.quick);
 
   benchmark::Initialize(&argc, argv);

@@ -11,15 +11,14 @@
 #include "bench_common.hpp"
 
 namespace xbench {
-namespace {
 
-constexpr Index kContext = 512, kPrompt = 16;
+constexpr Index kPrompt = 16;
 
 xlstm::LanguageModelConfig config_125m() {
   xlstm::LanguageModelConfig c;
   c.embedding_dim = 768;
   c.num_blocks = 24;
-  c.context_length = kContext;
+  c.context_length = kLmContext;
   c.vocab_size = 50304;
   c.tie_weights = true;  // 124M parameters; untied would add another 38.6M
   c.slstm_at = {3, 11, 19};
@@ -51,6 +50,8 @@ xlstm::Tokens random_tokens(Index batch, Index time, Index vocab, std::uint64_t 
   for (Index i = 0; i < t.size(); ++i) t.data()[i] = dist(rng.engine());
   return t;
 }
+
+namespace {
 
 /// Prefill: forward of B x T tokens from a fresh state, logits for every
 /// position. FLOPs per token: the stack (mLSTM blocks chunkwise at T = 512)
@@ -153,10 +154,10 @@ void bm_serve(benchmark::State& state) {
 
 void register_model_benchmarks(bool quick) {
   auto* p = benchmark::RegisterBenchmark("lm125m/f32/prefill", bm_prefill, 0);
-  p->ArgNames({"B", "T"})->Args({1, kContext})->UseManualTime()->Unit(benchmark::kMillisecond);
+  p->ArgNames({"B", "T"})->Args({1, kLmContext})->UseManualTime()->Unit(benchmark::kMillisecond);
   if (options().used_threads > 1) {  // for the summary's thread-scaling target
     auto* p1 = benchmark::RegisterBenchmark("lm125m/f32/prefill", bm_prefill, 1);
-    p1->ArgNames({"B", "T", "threads"})->Args({1, kContext, 1})->UseManualTime();
+    p1->ArgNames({"B", "T", "threads"})->Args({1, kLmContext, 1})->UseManualTime();
     p1->Unit(benchmark::kMillisecond);
     if (quick) p1->MinTime(kQuickMinTime);
   }
