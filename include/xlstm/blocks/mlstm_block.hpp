@@ -13,6 +13,7 @@
 #include "xlstm/core/layer_norm.hpp"
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/rounding.hpp"
+#include "xlstm/core/valid_rows.hpp"
 
 namespace xlstm {
 
@@ -114,6 +115,9 @@ struct MLstmBlockTape {
   Sequence<Scalar> d_up, d_qkv, d_gate_i, d_gate_f, d_x_m;
   CausalConv1dState<Scalar> conv_start;  ///< the conv window before the forward
   Matrix<Scalar> conv_taps;              ///< scratch of the conv's forward
+  /// The valid rows of proj_up's and proj_down's inputs and outputs (forward
+  /// and backward), packed: the projections skip the padding (core/valid_rows.hpp).
+  PackedRows<Scalar> packed_up, packed_down;
   Lengths lengths;
   bool recorded = false;
 };
@@ -376,7 +380,8 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   tape.normed.resize(batch, time, e);
   xlstm_norm_.forward(tape.x.matrix(), tape.normed.matrix());
   tape.up.resize(batch, time, 2 * inner);
-  proj_up_.forward(tape.normed.matrix(), tape.up.matrix());
+  forward_valid_rows(proj_up_, tape.normed.matrix(), tape.up.matrix(), time, lengths,
+                     tape.packed_up);
   tape.x_m.resize(batch, time, inner);
   tape.x_m.matrix() = tape.up.matrix().leftCols(inner);
   conv1d_.forward(tape.x_m, lengths, state.conv, tape.conv_out, tape.conv_taps);
@@ -401,7 +406,7 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   apply_skip_and_output_gate(tape.gated.matrix(), tape.conv_act.matrix(),
                              tape.up.matrix().rightCols(inner));
   y.resize(batch, time, e);
-  proj_down_.forward(tape.gated.matrix(), y.matrix());
+  forward_valid_rows(proj_down_, tape.gated.matrix(), y.matrix(), time, lengths, tape.packed_down);
   y.matrix() += tape.x.matrix();
   zero_padding(y, lengths);
   tape.recorded = true;

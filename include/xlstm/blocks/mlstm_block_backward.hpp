@@ -140,7 +140,8 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
   grad_x = grad_y;
   zero_padding(grad_x, tape.lengths);
   auto& d_gated = tape.gated.matrix();
-  backward(block.proj_down(), tape.gated.matrix(), grad_x.matrix(), grads.proj_down(), d_gated);
+  backward_valid_rows(block.proj_down(), tape.gated.matrix(), grad_x.matrix(), grads.proj_down(),
+                      d_gated, time, tape.lengths, tape.packed_down);
 
   // gated = (h_norm + skip * conv_act) * silu(z), row by row (math §5.5):
   // dL/dz into d_up's right half, dL/dh_norm replaces h_norm, and the skip's
@@ -193,7 +194,8 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
   d_up.leftCols(inner) = tape.d_x_m.matrix();
 
   // normed -> [x_m | z]; dL/dnormed replaces normed. Then the pre-norm.
-  backward(block.proj_up(), tape.normed.matrix(), d_up, grads.proj_up(), tape.normed.matrix());
+  backward_valid_rows(block.proj_up(), tape.normed.matrix(), d_up, grads.proj_up(),
+                      tape.normed.matrix(), time, tape.lengths, tape.packed_up);
   backward(block.xlstm_norm(), tape.x.matrix(), tape.normed.matrix(), grads.xlstm_norm(),
            grad_x.matrix(), InputGradient::add);
 }
