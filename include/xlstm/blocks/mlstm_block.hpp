@@ -268,13 +268,15 @@ class MLstmBlock : public SequenceModule<MLstmBlock<Scalar_>, Scalar_, MLstmBloc
     ensure_size(ws.h_norm, batch, inner);
   }
 
-  /// math §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in place.
+  /// math §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in
+  /// place, on rows [first, first + count) (count < 0: to the end).
   template <typename Z>
-  void apply_skip_and_output_gate(Matrix<Scalar>& h, const Matrix<Scalar>& conv_act,
-                                  const Z& z) const {
+  void apply_skip_and_output_gate(Matrix<Scalar>& h, const Matrix<Scalar>& conv_act, const Z& z,
+                                  Index first = 0, Index count = -1) const {
     // Row by row: a rowwise() broadcast of the skip vector is not vectorised.
     const auto skip = learnable_skip_.transpose().array();
-    for (Index r = 0; r < h.rows(); ++r) {
+    const Index end = count < 0 ? h.rows() : first + count;
+    for (Index r = first; r < end; ++r) {
       h.row(r).array() =
           (h.row(r).array() + conv_act.row(r).array() * skip) * silu(z.row(r).array());
     }
@@ -403,8 +405,11 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   tape.h_norm.resize(batch, time, inner);
   outnorm_.forward(tape.h.matrix(), tape.h_norm.matrix());
   tape.gated = tape.h_norm;
-  apply_skip_and_output_gate(tape.gated.matrix(), tape.conv_act.matrix(),
-                             tape.up.matrix().rightCols(inner));
+  // The valid rows only: proj_down and its backward read no padding of `gated`.
+  for_each_valid_range(batch, time, lengths, [&](Index first, Index count) {
+    apply_skip_and_output_gate(tape.gated.matrix(), tape.conv_act.matrix(),
+                               tape.up.matrix().rightCols(inner), first, count);
+  });
   y.resize(batch, time, e);
   forward_valid_rows(proj_down_, tape.gated.matrix(), y.matrix(), time, lengths, tape.packed_down);
   y.matrix() += tape.x.matrix();

@@ -29,6 +29,17 @@ inline Index count_valid_rows(const Lengths& lengths, Index batch, Index time) {
   return rows;
 }
 
+/// Calls fn(first_row, rows) with the valid rows [b*T, b*T + lengths[b]) of
+/// each batch row b that has any: for the row-wise loops of a layer whose
+/// padding nothing reads.
+template <typename Fn>
+void for_each_valid_range(Index batch, Index time, const Lengths& lengths, Fn&& fn) {
+  for (Index b = 0; b < batch; ++b) {
+    const Index len = length_of(lengths, b, time);
+    if (len > 0) fn(b * time, len);
+  }
+}
+
 /// The leading `rows` x `cols` of `buffer`, grown (never shrunk) to hold
 /// them: batches of varying lengths reuse one allocation.
 template <typename Scalar>
