@@ -13,6 +13,7 @@
 #include "xlstm/core/layer_norm.hpp"
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/rounding.hpp"
+#include "xlstm/core/valid_rows.hpp"
 
 namespace xlstm {
 
@@ -114,6 +115,9 @@ struct MLstmBlockTape {
   Sequence<Scalar> d_up, d_qkv, d_gate_i, d_gate_f, d_x_m;
   CausalConv1dState<Scalar> conv_start;  ///< the conv window before the forward
   Matrix<Scalar> conv_taps;              ///< scratch of the conv's forward
+  /// The valid rows of proj_up's and proj_down's inputs and outputs (forward
+  /// and backward), packed: the projections skip the padding (core/valid_rows.hpp).
+  PackedRows<Scalar> packed_up, packed_down;
   Lengths lengths;
   bool recorded = false;
 };
@@ -264,13 +268,15 @@ class MLstmBlock : public SequenceModule<MLstmBlock<Scalar_>, Scalar_, MLstmBloc
     ensure_size(ws.h_norm, batch, inner);
   }
 
-  /// math §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in place.
+  /// math §5.2: h <- (h_norm + learnable_skip * conv_act) * silu(z), in
+  /// place, on rows [first, first + count) (count < 0: to the end).
   template <typename Z>
-  void apply_skip_and_output_gate(Matrix<Scalar>& h, const Matrix<Scalar>& conv_act,
-                                  const Z& z) const {
+  void apply_skip_and_output_gate(Matrix<Scalar>& h, const Matrix<Scalar>& conv_act, const Z& z,
+                                  Index first = 0, Index count = -1) const {
     // Row by row: a rowwise() broadcast of the skip vector is not vectorised.
     const auto skip = learnable_skip_.transpose().array();
-    for (Index r = 0; r < h.rows(); ++r) {
+    const Index end = count < 0 ? h.rows() : first + count;
+    for (Index r = first; r < end; ++r) {
       h.row(r).array() =
           (h.row(r).array() + conv_act.row(r).array() * skip) * silu(z.row(r).array());
     }
@@ -376,7 +382,8 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   tape.normed.resize(batch, time, e);
   xlstm_norm_.forward(tape.x.matrix(), tape.normed.matrix());
   tape.up.resize(batch, time, 2 * inner);
-  proj_up_.forward(tape.normed.matrix(), tape.up.matrix());
+  forward_valid_rows(proj_up_, tape.normed.matrix(), tape.up.matrix(), time, lengths,
+                     tape.packed_up);
   tape.x_m.resize(batch, time, inner);
   tape.x_m.matrix() = tape.up.matrix().leftCols(inner);
   conv1d_.forward(tape.x_m, lengths, state.conv, tape.conv_out, tape.conv_taps);
@@ -398,10 +405,13 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   tape.h_norm.resize(batch, time, inner);
   outnorm_.forward(tape.h.matrix(), tape.h_norm.matrix());
   tape.gated = tape.h_norm;
-  apply_skip_and_output_gate(tape.gated.matrix(), tape.conv_act.matrix(),
-                             tape.up.matrix().rightCols(inner));
+  // The valid rows only: proj_down and its backward read no padding of `gated`.
+  for_each_valid_range(batch, time, lengths, [&](Index first, Index count) {
+    apply_skip_and_output_gate(tape.gated.matrix(), tape.conv_act.matrix(),
+                               tape.up.matrix().rightCols(inner), first, count);
+  });
   y.resize(batch, time, e);
-  proj_down_.forward(tape.gated.matrix(), y.matrix());
+  forward_valid_rows(proj_down_, tape.gated.matrix(), y.matrix(), time, lengths, tape.packed_down);
   y.matrix() += tape.x.matrix();
   zero_padding(y, lengths);
   tape.recorded = true;

@@ -140,7 +140,8 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
   grad_x = grad_y;
   zero_padding(grad_x, tape.lengths);
   auto& d_gated = tape.gated.matrix();
-  backward(block.proj_down(), tape.gated.matrix(), grad_x.matrix(), grads.proj_down(), d_gated);
+  backward_valid_rows(block.proj_down(), tape.gated.matrix(), grad_x.matrix(), grads.proj_down(),
+                      d_gated, time, tape.lengths, tape.packed_down);
 
   // gated = (h_norm + skip * conv_act) * silu(z), row by row (math §5.5):
   // dL/dz into d_up's right half, dL/dh_norm replaces h_norm, and the skip's
@@ -148,17 +149,22 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
   tape.d_up.resize(batch, time, 2 * inner);
   auto& d_up = tape.d_up.matrix();
   const auto& up = tape.up.matrix();
+  // On the valid rows; in the padding dL/dgated is zero, hence dL/dh_norm
+  // too, and proj_up's backward reads no padding of d_up.
   const auto skip = block.learnable_skip().transpose().array();
-  for (Index r = 0; r < d_gated.rows(); ++r) {
-    const auto z = up.row(r).tail(inner).array();
-    const auto conv_act = tape.conv_act.matrix().row(r).array();
-    auto d_g = d_gated.row(r).array();
-    auto h_norm = tape.h_norm.matrix().row(r).array();
-    d_up.row(r).tail(inner).array() = d_g * (h_norm + conv_act * skip) * silu_derivative(z);
-    h_norm = d_g * silu(z);  // dL/dh_norm = dL/d(h_norm + skip * conv_act)
-    grads.learnable_skip().array() += (h_norm * conv_act).transpose();
-    d_g = h_norm * skip;
-  }
+  zero_padding(tape.h_norm, tape.lengths);
+  for_each_valid_range(batch, time, tape.lengths, [&](Index first, Index count) {
+    for (Index r = first; r < first + count; ++r) {
+      const auto z = up.row(r).tail(inner).array();
+      const auto conv_act = tape.conv_act.matrix().row(r).array();
+      auto d_g = d_gated.row(r).array();
+      auto h_norm = tape.h_norm.matrix().row(r).array();
+      d_up.row(r).tail(inner).array() = d_g * (h_norm + conv_act * skip) * silu_derivative(z);
+      h_norm = d_g * silu(z);  // dL/dh_norm = dL/d(h_norm + skip * conv_act)
+      grads.learnable_skip().array() += (h_norm * conv_act).transpose();
+      d_g = h_norm * skip;
+    }
+  });
 
   // The multi-head norm, then the cell: dL/dh lives in d_x_m until v_proj's
   // backward writes dL/dx_m there.
@@ -193,7 +199,8 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
   d_up.leftCols(inner) = tape.d_x_m.matrix();
 
   // normed -> [x_m | z]; dL/dnormed replaces normed. Then the pre-norm.
-  backward(block.proj_up(), tape.normed.matrix(), d_up, grads.proj_up(), tape.normed.matrix());
+  backward_valid_rows(block.proj_up(), tape.normed.matrix(), d_up, grads.proj_up(),
+                      tape.normed.matrix(), time, tape.lengths, tape.packed_up);
   backward(block.xlstm_norm(), tape.x.matrix(), tape.normed.matrix(), grads.xlstm_norm(),
            grad_x.matrix(), InputGradient::add);
 }

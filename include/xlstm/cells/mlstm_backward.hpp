@@ -194,13 +194,16 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   v_ext.col(dv).setOnes();
   ws.state_ext.leftCols(dv) = it.boundary_C(j);
   ws.state_ext.col(dv) = it.tape.n.row(it.slot(j)).transpose();
+  // Without the inter-chunk part (the parallel form: zero start state and
+  // w_inter = 0) every product with the start state is zero: skipped, which
+  // at small T is most of the work (len x DHQK x DHV each against len^2 x D).
   auto q_state = ws.q_state.topLeftCorner(len, dv + 1);
-  kernels::panelled_product(qs, ws.state_ext.transpose(), q_state, false);
+  if (inter) kernels::panelled_product(qs, ws.state_ext.transpose(), q_state, false);
   auto P = ws.d_log.topLeftCorner(len, len);  // S .* W, until G replaces it
   P = S.cwiseProduct(W);
   auto num = ws.num.topLeftCorner(len, dv + 1);
   kernels::panelled_product(P, v_ext.transpose(), num, false);
-  num += w_inter.asDiagonal() * q_state;
+  if (inter) num += w_inter.asDiagonal() * q_state;
 
   // Outputs: h = num / N, N = max(|den|, exp(-m)) + eps.
   auto d_num = ws.d_num.topLeftCorner(len, dv + 1);
@@ -228,9 +231,13 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   // Through the start state: num_t += w_t qs_t^T [C0, n0]. (num is not needed
   // any more: its buffer holds diag(w) d_num, products take no temporaries.)
   auto weighted_d_num = num;
-  weighted_d_num = w_inter.asDiagonal() * d_num;
-  kernels::panelled_product(weighted_d_num, ws.state_ext, d_qs, true);
-  kernels::panelled_product(qs.transpose(), weighted_d_num.transpose(), ws.d_state_out, false);
+  if (inter) {
+    weighted_d_num = w_inter.asDiagonal() * d_num;
+    kernels::panelled_product(weighted_d_num, ws.state_ext, d_qs, true);
+    kernels::panelled_product(qs.transpose(), weighted_d_num.transpose(), ws.d_state_out, false);
+  } else {
+    ws.d_state_out.setZero();
+  }
 
   // Log space (math §4.7(b)): m_t enters every W(t, .) and w_inter(t) with a
   // minus sign and is the max of b_t + m0 and the row of logD.
@@ -238,7 +245,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   auto d_i = ws.d_i.head(len);
   Scalar d_m0 = 0;
   for (Index t = 0; t < len; ++t) {
-    const Scalar g_inter = q_state.row(t).dot(weighted_d_num.row(t));
+    const Scalar g_inter = inter ? q_state.row(t).dot(weighted_d_num.row(t)) : Scalar(0);
     const Scalar d_mt = d_m_t(t) - G.row(t).sum() - g_inter;
     Scalar to_inter = 0, to_intra = d_mt;
     if (inter) {
@@ -265,20 +272,25 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   const Scalar g = std::exp(total + m0 - m1);
   auto A = ws.max_log.head(len);
   A = (a.array() - m1).exp().matrix();
-  const auto& d_state = ws.d_state;                // dL/d[C1, n1]
-  auto Y = ws.q_state.topLeftCorner(len, dv + 1);  // ks dC1', reusing q_state
-  kernels::panelled_product(ks, d_state.transpose(), Y, false);
-  const Scalar g_g = g * d_state.cwiseProduct(ws.state_ext).sum();
-  Scalar g_a_sum = 0;
-  for (Index s = 0; s < len; ++s) {
-    const Scalar g_a = A(s) * Y.row(s).dot(v_ext.row(s));
-    d_i(s) += g_a;
-    d_b(s) -= g_a;
-    g_a_sum += g_a;
+  const auto& d_state = ws.d_state;  // dL/d[C1, n1]
+  // A final state the loss does not see (the last chunk of a training
+  // forward) has a zero cotangent: its products only add zeros, skipped.
+  const bool end_state_seen = !(d_state.array() == Scalar(0)).all();
+  Scalar g_g = 0, g_a_sum = 0;
+  if (end_state_seen) {
+    auto Y = ws.q_state.topLeftCorner(len, dv + 1);  // ks dC1', reusing q_state
+    kernels::panelled_product(ks, d_state.transpose(), Y, false);
+    g_g = g * d_state.cwiseProduct(ws.state_ext).sum();
+    for (Index s = 0; s < len; ++s) {
+      const Scalar g_a = A(s) * Y.row(s).dot(v_ext.row(s));
+      d_i(s) += g_a;
+      d_b(s) -= g_a;
+      g_a_sum += g_a;
+    }
+    d_v_ext.noalias() += A.asDiagonal() * Y;
+    v_ext = A.asDiagonal() * v_ext;  // not needed unscaled any more
+    kernels::panelled_product(v_ext, d_state, d_ks, true);
   }
-  d_v_ext.noalias() += A.asDiagonal() * Y;
-  v_ext = A.asDiagonal() * v_ext;  // not needed unscaled any more
-  kernels::panelled_product(v_ext, d_state, d_ks, true);
   Scalar to_g, to_a;
   split_max(total + m0, a(arg_a), d_m - g_g - g_a_sum, to_g, to_a);
   d_i(arg_a) += to_a;
