@@ -104,6 +104,7 @@ void register_cell_benchmarks(bool quick);
 void register_block_benchmarks(bool quick);
 void register_model_benchmarks(bool quick);
 void register_large_benchmarks(bool quick);
+void register_tirex_benchmarks(bool quick);
 
 // ---------------------------------------------------------------------------
 // Counters
