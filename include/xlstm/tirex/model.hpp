@@ -40,7 +40,8 @@ struct TiRexState {
 template <typename Scalar>
 struct StepWorkspace {
   Matrix<Scalar> x, y;
-  ResidualMlpScratch<Scalar> scratch;
+  /// One per MLP: their outputs differ in width (D and Q*P).
+  ResidualMlpScratch<Scalar> input_scratch, output_scratch;
 };
 
 /// The TiRex network on tokens (math §13.2). Parameter names are the
@@ -181,13 +182,13 @@ class TiRexModel {
     const Workload workload = Workload::row_invariant;
     ensure_size(workspace.x, batch, config_.embedding_dim);
     ensure_size(workspace.y, batch, config_.embedding_dim);
-    input_patch_embedding_.forward(token, workspace.x, workspace.scratch, workload);
+    input_patch_embedding_.forward(token, workspace.x, workspace.input_scratch, workload);
     for (Index i = 0; i < num_blocks(); ++i) {
       blocks_[std::size_t(i)].step(workspace.x, state.blocks[std::size_t(i)], workspace.y);
       workspace.x.swap(workspace.y);
     }
     out_norm_.forward(workspace.x, workspace.x);
-    output_patch_embedding_.forward(workspace.x, head, workspace.scratch, workload);
+    output_patch_embedding_.forward(workspace.x, head, workspace.output_scratch, workload);
   }
 
   /// Ragged rows (math §13.10): row b runs only its first lengths[b] tokens
