@@ -633,8 +633,9 @@ TEST(TiRexPaddingStates, ForecastsEqualRunningEveryTokenBitForBit) {
 
 TEST(TiRexPaddingStates, EachRowEqualsItselfAloneBitForBit) {
   // Row-invariant products and the per-row first step: a row's forecast does
-  // not depend on the rows beside it, whether they skip padding or not.
-  const std::vector<Index> lengths = {64, 9, 40, 1};
+  // not depend on the rows beside it, whether they skip padding or not, nor
+  // on the group of 8 series a large batch runs it in.
+  const std::vector<Index> lengths = {64, 9, 40, 1, 70, 16, 33, 2, 64, 50, 8};
   for (const auto numerics : kBothNumerics) {
     const TiRexModel<float> model = random_model(numerics, 33);
     const auto series = ragged_series(lengths, 34);
