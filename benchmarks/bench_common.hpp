@@ -105,6 +105,7 @@ void register_cell_benchmarks(bool quick);
 void register_block_benchmarks(bool quick);
 void register_model_benchmarks(bool quick);
 void register_large_benchmarks(bool quick);
+void register_tirex_benchmarks(bool quick);
 
 // ---------------------------------------------------------------------------
 // Modules shared by the forward rows and the backward/training rows

@@ -359,6 +359,7 @@ int main(int argc, char** argv) {
   register_backward_benchmarks(g_options.quick);
   register_training_benchmarks(g_options.quick);
   register_large_benchmarks(g_options.quick);
+  register_tirex_benchmarks(g_options.quick);
 
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

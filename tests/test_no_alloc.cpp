@@ -63,9 +63,11 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include "xlstm/model/language_model.hpp"
 #include "xlstm/model/language_model_backward.hpp"
 #include "xlstm/model/large_model.hpp"
+#include "xlstm/tirex/tirex.hpp"
 
 // After EIGEN_RUNTIME_NO_MALLOC and eigen_assert above, like every include of Eigen.
 #include "test_util.hpp"
+#include "tirex_test_model.hpp"
 
 // ---------------------------------------------------------------------------
 // Counting global operator new / delete
@@ -793,6 +795,30 @@ TEST(NoAllocLarge, SixteenBitWeightStepDoesNotAllocate) {
     }
     check_large_model(model);
   }
+}
+
+// TiRex streaming (math §13.11): a new patch is one token step; after the
+// first, append allocates nothing (no operator new, no Eigen heap, no lock).
+TEST(NoAllocTiRex, FrozenScalerAppendDoesNotAllocate) {
+  const auto model = small_random_tirex(xlstm::SLstmNumerics::tirex_official, 17);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> context(40), patch(8);
+  for (float& v : context) v = normal(rng);
+  for (float& v : patch) v = normal(rng);
+  xlstm::tirex::ForecastStream<float> stream(model, context,
+                                             xlstm::tirex::StreamMode::frozen_scaler);
+  stream.append(patch);  // warm-up: sizes the workspace
+  const auto counted = count_allocations([&] {
+    for (int i = 0; i < kSteps; ++i) stream.append(patch.data(), 8);
+  });
+  EXPECT_EQ(counted.news, 0);
+  EXPECT_EQ(counted.eigen, 0);
+  EXPECT_EQ(counted.locks, 0);
+  xlstm::tirex::ForecastStream<float> exact(model, context, xlstm::tirex::StreamMode::exact);
+  const auto shifted = count_allocations([&] { exact.append(patch.data(), 8); });
+  EXPECT_EQ(shifted.news, 0);
+  EXPECT_EQ(shifted.eigen, 0);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "test_util.hpp"
+#include "tirex_test_model.hpp"
 #include "xlstm/tirex/tirex.hpp"
 
 namespace {
@@ -566,6 +567,302 @@ TEST(TiRexBlock, RmsPreNormAndSplitSwiGlu) {
     const Eigen::ArrayXf g = (gate * u).array(), v = (up * u).array();
     const Eigen::VectorXf expected = xt + down * (g / (1.0f + (-g).exp()) * v).matrix();
     EXPECT_LT(max_abs_diff(y.at(0, t).transpose(), expected), 1e-5) << t;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Padding states and ragged rows (math §13.10): exact, bit for bit
+// ---------------------------------------------------------------------------
+
+// A model large enough for the dense kernels (head size 32 > the small-head
+// kernel's 16) with random weights (tirex_test_model.hpp).
+TiRexModel<float> random_model(xlstm::SLstmNumerics numerics, std::uint64_t seed) {
+  return small_random_tirex(numerics, seed);
+}
+
+// The model without its padding states: every token of every row runs.
+TiRexModel<float> without_padding_states(const TiRexModel<float>& model) {
+  TiRexModel<float> copy = model;
+  copy.clear_padding_states();
+  return copy;
+}
+
+const xlstm::SLstmNumerics kBothNumerics[] = {xlstm::SLstmNumerics::tirex_official,
+                                              xlstm::SLstmNumerics::plain};
+
+std::vector<std::vector<float>> ragged_series(const std::vector<Index>& lengths,
+                                              std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<std::vector<float>> series;
+  for (std::size_t b = 0; b < lengths.size(); ++b) {
+    std::vector<float> s(std::size_t(lengths[b]));
+    for (std::size_t i = 0; i < s.size(); ++i)
+      s[i] = 5.0f * float(b) + std::sin(0.3f * float(i)) + 0.3f * normal(rng);
+    if (s.size() > 20) s[7] = kNaN;  // a gap
+    series.push_back(s);
+  }
+  return series;
+}
+
+TEST(TiRexPaddingStates, ForecastsEqualRunningEveryTokenBitForBit) {
+  // Contexts shorter than W by a multiple of P and not, longer than W, of
+  // one value and without any; horizons of one and of several passes, with
+  // and without the accelerated rollout; both numerics.
+  const std::vector<Index> lengths = {64, 56, 37, 5, 1, 130, 8, 23};
+  for (const auto numerics : kBothNumerics) {
+    const TiRexModel<float> cached = random_model(numerics, 31);
+    const TiRexModel<float> uncached = without_padding_states(cached);
+    ASSERT_TRUE(cached.has_padding_states());
+    ASSERT_FALSE(uncached.has_padding_states());
+    const auto series = ragged_series(lengths, 32);
+    for (const Index horizon : {Index(8), Index(3), Index(29)}) {
+      for (const Index rollout : {Index(1), Index(2), Index(5)}) {
+        const auto a = forecast(cached, series, horizon, rollout);
+        const auto b = forecast(uncached, series, horizon, rollout);
+        EXPECT_EQ(flat(a.quantiles.matrix()), flat(b.quantiles.matrix()))
+            << xlstm::numerics_name(numerics) << " h " << horizon << " k " << rollout;
+      }
+    }
+  }
+}
+
+TEST(TiRexPaddingStates, EachRowEqualsItselfAloneBitForBit) {
+  // Row-invariant products and the per-row first step: a row's forecast does
+  // not depend on the rows beside it, whether they skip padding or not, nor
+  // on the group of 8 series a large batch runs it in.
+  const std::vector<Index> lengths = {64, 9, 40, 1, 70, 16, 33, 2, 64, 50, 8};
+  for (const auto numerics : kBothNumerics) {
+    const TiRexModel<float> model = random_model(numerics, 33);
+    const auto series = ragged_series(lengths, 34);
+    const auto together = forecast(model, series, 20, 2);
+    for (std::size_t b = 0; b < series.size(); ++b) {
+      const auto alone = forecast(without_padding_states(model),
+                                  std::vector<std::vector<float>>{series[b]}, 20, 2);
+      EXPECT_EQ(flat(alone.quantiles.matrix()),
+                flat(Matrix<float>(together.quantiles.matrix().middleRows(Index(b) * 20, 20))))
+          << xlstm::numerics_name(numerics) << " row " << b;
+    }
+  }
+}
+
+TEST(TiRexPaddingStates, AreTheStatesAfterZeroTokens) {
+  const TiRexModel<float> model = random_model(xlstm::SLstmNumerics::tirex_official, 35);
+  auto state = model.initial_state(1);
+  Sequence<float> tokens(1, 3, 16), head;
+  tokens.matrix().setZero();
+  model.forward_tokens(tokens, state, head);
+  const auto& cached = model.padding_state(3);
+  for (std::size_t i = 0; i < state.blocks.size(); ++i) {
+    EXPECT_EQ(flat(state.blocks[i].cell.c), flat(cached.blocks[i].cell.c)) << i;
+    EXPECT_EQ(flat(state.blocks[i].cell.m), flat(cached.blocks[i].cell.m)) << i;
+  }
+  EXPECT_THROW(model.padding_state(8), Error);  // k < N = 8
+  TiRexModel<float> changed = model;
+  changed.for_each_parameter([](const xlstm::ParameterRef<float>&) {});
+  EXPECT_FALSE(changed.has_padding_states());  // writable access drops them
+}
+
+TEST(TiRexModelTokens, ChunkedRunEqualsWholeRunBitForBit) {
+  // Row-invariant products: a run cut into calls is the run in one call.
+  for (const auto numerics : kBothNumerics) {
+    const TiRexModel<float> model = random_model(numerics, 36);
+    std::mt19937_64 rng(37);
+    const Sequence<float> tokens = random_sequence<float>(3, 7, 16, rng);
+    auto whole_state = model.initial_state(3), state = model.initial_state(3);
+    Sequence<float> whole, first, second;
+    model.forward_tokens(tokens, whole_state, whole);
+    model.forward_tokens(time_slice(tokens, 0, 5), state, first);
+    model.forward_tokens(time_slice(tokens, 5, 2), state, second);
+    for (Index b = 0; b < 3; ++b) {
+      EXPECT_EQ(flat(Matrix<float>(whole.at(b, 6))), flat(Matrix<float>(second.at(b, 1))));
+      EXPECT_EQ(flat(Matrix<float>(whole.at(b, 2))), flat(Matrix<float>(first.at(b, 2))));
+    }
+  }
+}
+
+TEST(TiRexModelTokens, ForwardRowsRunsEachRowsOwnTokens) {
+  const TiRexModel<float> model = random_model(xlstm::SLstmNumerics::tirex_official, 38);
+  std::mt19937_64 rng(39);
+  const Sequence<float> tokens = random_sequence<float>(2, 5, 16, rng);
+  auto state = model.initial_state(2);
+  Sequence<float> head;
+  model.forward_rows(tokens, {5, 2}, state, head, 2);
+  for (Index b = 0; b < 2; ++b) {
+    const Index length = b == 0 ? 5 : 2;
+    auto alone_state = model.initial_state(1);
+    Sequence<float> alone;
+    Sequence<float> own(1, length, 16);
+    own.matrix() = tokens.matrix().middleRows(b * 5, length);
+    model.forward_tokens(own, alone_state, alone, nullptr, 2);
+    EXPECT_EQ(flat(alone.matrix()), flat(Matrix<float>(head.matrix().middleRows(b * 2, 2)))) << b;
+  }
+  auto fresh = model.initial_state(2);
+  EXPECT_TRUE(ThrowsMentioning(
+      [&] {
+        model.forward_rows(tokens, {5, 1}, fresh, head, 2);
+      },
+      "head_tokens"));
+}
+
+}  // namespace
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// ForecastStream (math §13.11)
+// ---------------------------------------------------------------------------
+
+std::vector<float> stream_series(Index length, std::uint64_t seed) {
+  return ragged_series({length}, seed).front();
+}
+
+TEST(TiRexStream, StepTokenGivesTheBitsOfForwardTokens) {
+  const TiRexModel<float> model = random_model(xlstm::SLstmNumerics::tirex_official, 40);
+  std::mt19937_64 rng(41);
+  const Sequence<float> tokens = random_sequence<float>(2, 3, 16, rng);
+  auto whole_state = model.initial_state(2), state = model.initial_state(2);
+  Sequence<float> whole;
+  model.forward_tokens(tokens, whole_state, whole);
+  StepWorkspace<float> workspace;
+  Matrix<float> token(2, 16), head(2, 9 * 8);
+  for (Index t = 0; t < 3; ++t) {
+    for (Index b = 0; b < 2; ++b) token.row(b) = tokens.at(b, t);
+    model.step_token(token, state, head, workspace);
+    for (Index b = 0; b < 2; ++b) {
+      EXPECT_EQ(flat(Matrix<float>(head.row(b))), flat(Matrix<float>(whole.at(b, t)))) << t;
+    }
+  }
+}
+
+TEST(TiRexStream, ExactModeEqualsForecastOfTheWholeSeriesBitForBit) {
+  for (const auto numerics : kBothNumerics) {
+    const TiRexModel<float> model = random_model(numerics, 42);
+    std::vector<float> series = stream_series(100, 43);
+    std::vector<float> seen(series.begin(), series.begin() + 21);
+    ForecastStream<float> stream(model, seen, StreamMode::exact);
+    EXPECT_FALSE(stream.carries_state());
+    for (Index patch = 0; patch < 8; ++patch) {  // 21 -> 85 values: shorter, then longer than W
+      const std::vector<float> next(series.begin() + 21 + patch * 8,
+                                    series.begin() + 29 + patch * 8);
+      stream.append(next);
+      seen.insert(seen.end(), next.begin(), next.end());
+      const auto a = stream.forecast(19, 2);
+      const auto b =
+          forecast(without_padding_states(model), std::vector<std::vector<float>>{seen}, 19, 2);
+      EXPECT_EQ(flat(a.quantiles.matrix()), flat(b.quantiles.matrix())) << patch;
+    }
+    EXPECT_EQ(stream.observed(), 85);
+  }
+}
+
+TEST(TiRexStream, FrozenScalerStartsAtTheOfficialForecast) {
+  // Before any new value the frozen stream is the first pass of forecast();
+  // with the accelerated rollout over all patches, the whole forecast.
+  for (const auto numerics : kBothNumerics) {
+    const TiRexModel<float> model = random_model(numerics, 44);
+    for (const Index length : {Index(30), Index(64), Index(90)}) {
+      const std::vector<float> context = stream_series(length, 45);
+      ForecastStream<float> stream(model, context, StreamMode::frozen_scaler);
+      EXPECT_TRUE(stream.carries_state());
+      const auto a = stream.forecast(20);
+      const auto b = forecast(model, std::vector<std::vector<float>>{context}, 20, 3);
+      EXPECT_EQ(flat(a.quantiles.matrix()), flat(b.quantiles.matrix())) << length;
+      EXPECT_EQ(flat(a.median), flat(b.median));
+    }
+  }
+}
+
+TEST(TiRexStream, FrozenScalerAppendIsOneStepOfTheFrozenTokens) {
+  const TiRexModel<float> model = random_model(xlstm::SLstmNumerics::tirex_official, 46);
+  const std::vector<float> series = stream_series(80, 47);
+  const std::vector<float> context(series.begin(), series.begin() + 48);
+  ForecastStream<float> stream(model, context, StreamMode::frozen_scaler);
+  const ScaleStatistics<float> s = stream.statistics();
+  // The same tokens through forward_tokens: the window's, then the new patches
+  // scaled with the frozen statistics.
+  Matrix<float> window;
+  const Matrix<float> row = Eigen::Map<const Matrix<float>>(context.data(), 1, 48);
+  window_of<float>(row, 0, 64, window);
+  std::vector<ScaleStatistics<float>> stats;
+  Sequence<float> tokens, head;
+  tokenize_window<float>(window, 8, 0, 0.0f, stats, tokens);
+  Sequence<float> all(1, 8 + 4, 16);
+  all.matrix().topRows(8) = tokens.matrix();
+  for (Index i = 0; i < 4; ++i) {
+    std::vector<float> patch(series.begin() + 48 + i * 8, series.begin() + 56 + i * 8);
+    if (i == 2) patch[3] = kNaN;
+    stream.append(patch);
+    for (Index j = 0; j < 8; ++j) {
+      const float v = (patch[size_t(j)] - s.loc) / s.scale;
+      all.at(0, 8 + i)(j) = std::isnan(v) ? 0.0f : v;
+      all.at(0, 8 + i)(8 + j) = std::isnan(v) ? 0.0f : 1.0f;
+    }
+  }
+  auto state = model.initial_state(1);
+  model.forward_tokens(all, state, head, nullptr, 1);
+  const auto f = stream.forecast(8);
+  for (Index t = 0; t < 8; ++t) {
+    EXPECT_EQ(f.quantiles(0, t, 4), head(0, 0, 4 * 8 + t) * s.scale + s.loc) << t;
+  }
+}
+
+TEST(TiRexStream, SaveRestoreRoundTrips) {
+  const TiRexModel<float> model = random_model(xlstm::SLstmNumerics::tirex_official, 48);
+  const std::vector<float> series = stream_series(90, 49);
+  for (const StreamMode mode : {StreamMode::exact, StreamMode::frozen_scaler}) {
+    ForecastStream<float> stream(model, {series.begin(), series.begin() + 40}, mode);
+    stream.append({series.begin() + 40, series.begin() + 48});
+    const std::vector<std::uint8_t> bytes = stream.save();
+    // Another stream, restored, continues exactly like the first.
+    ForecastStream<float> other(model, {1.0f, 2.0f}, mode);
+    other.restore(bytes);
+    EXPECT_EQ(other.observed(), 48);
+    for (ForecastStream<float>* s : {&stream, &other})
+      s->append({series.begin() + 48, series.begin() + 56});
+    EXPECT_EQ(flat(stream.forecast(12).quantiles.matrix()),
+              flat(other.forecast(12).quantiles.matrix()));
+    // Bad bytes: nothing changes.
+    const auto before = other.save();
+    std::vector<std::uint8_t> truncated(bytes.begin(), bytes.end() - 3), longer = bytes;
+    longer.push_back(0);
+    EXPECT_TRUE(ThrowsMentioning([&] { other.restore(truncated); }, "end early"));
+    EXPECT_TRUE(ThrowsMentioning([&] { other.restore(longer); }, "trailing"));
+    EXPECT_TRUE(ThrowsMentioning([&] { other.restore({1, 2, 3, 4, 5, 6, 7, 8}); }, "magic"));
+    EXPECT_EQ(other.save(), before);
+  }
+  // Another mode or another model shape is refused.
+  ForecastStream<float> exact(model, {1.0f}, StreamMode::exact);
+  ForecastStream<float> frozen(model, {1.0f}, StreamMode::frozen_scaler);
+  EXPECT_TRUE(ThrowsMentioning([&] { exact.restore(frozen.save()); }, "mode"));
+  ForecastStream<float> tiny(tiny_model(), {1.0f}, StreamMode::exact);
+  EXPECT_TRUE(ThrowsMentioning([&] { tiny.restore(exact.save()); }, "shape"));
+}
+
+TEST(TiRexStream, BadInputThrowsAndLeavesTheStream) {
+  const TiRexModel<float> model = random_model(xlstm::SLstmNumerics::tirex_official, 50);
+  EXPECT_TRUE(ThrowsMentioning([&] { ForecastStream<float>(model, {}, StreamMode::frozen_scaler); },
+                               "context"));
+  EXPECT_TRUE(ThrowsMentioning(
+      [&] {
+        ForecastStream<float>(model, {1.0f, std::numeric_limits<float>::infinity()},
+                              StreamMode::exact);
+      },
+      "infinite"));
+  for (const StreamMode mode : {StreamMode::exact, StreamMode::frozen_scaler}) {
+    ForecastStream<float> stream(model, stream_series(30, 51), mode);
+    const auto before = stream.save();
+    std::vector<float> patch(8, 1.0f);
+    patch[5] = -std::numeric_limits<float>::infinity();
+    EXPECT_TRUE(ThrowsMentioning([&] { stream.append(patch); }, "infinite"));
+    EXPECT_TRUE(ThrowsMentioning([&] { stream.append(std::vector<float>(7, 1.0f)); },
+                                 {"one patch of 8", "got 7"}));
+    EXPECT_TRUE(ThrowsMentioning([&] { stream.forecast(0); }, "prediction_length"));
+    EXPECT_EQ(stream.save(), before);
   }
 }
 

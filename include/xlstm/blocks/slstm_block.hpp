@@ -85,6 +85,11 @@ struct SLstmLayerConfig {
   double dropout = 0.0;
   /// Not an official field: plain float or the TiRex bf16 numerics (math §12).
   SLstmNumerics numerics = SLstmNumerics::plain;
+  /// Not an official field: the cell's first-step rule (cells/slstm.hpp).
+  FirstStepRule first_step_rule = FirstStepRule::whole_batch;
+  /// Not an official field: the cell's R y and the products of `step` by the
+  /// row-invariant kernel (cells/slstm.hpp, core/kernels/dense.hpp).
+  bool row_invariant = false;
   Index _block_idx = 0;
   Index _num_blocks = 1;
 
@@ -228,8 +233,10 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
 
   /// Ragged batch: row b has lengths[b] valid steps; each row's outputs and
   /// final state equal running it alone; outputs past its length are zero.
-  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-               Sequence<Scalar>& y) const;
+  /// `workload` picks the projections' product (Workload::row_invariant: a
+  /// row's bits do not depend on the other rows, core/kernels/dense.hpp).
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
+               Workload workload = Workload::sequence) const;
 
   /// The same, recording into `tape` what `backward` needs (design §7.3,
   /// blocks/slstm_block_backward.hpp); the same y.
@@ -408,6 +415,8 @@ SLstmBlock<Scalar_>::SLstmBlock(Config config, Uninitialized) : config_(std::mov
   cell_config.num_heads = nh;
   cell_config.function = parse_slstm_function(c.function);
   cell_config.numerics = c.numerics;
+  cell_config.first_step_rule = c.first_step_rule;
+  cell_config.row_invariant = c.row_invariant;
   cell_ = SLstmCell<Scalar>(cell_config);
   group_norm_ = make_multi_head_layer_norm<Scalar>(e, nh, c.group_norm_weight);
   if (config_.feedforward) {
@@ -438,7 +447,7 @@ auto SLstmBlock<Scalar_>::initial_state(Index batch) const -> State {
 
 template <typename Scalar_>
 void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-                                  Sequence<Scalar>& y) const {
+                                  Sequence<Scalar>& y, Workload workload) const {
   check_input(x.features(), x.batch(), state, "SLstmBlock::forward", "x");
   check_state(state, x.batch(), "SLstmBlock::forward");
   check_lengths(lengths, x.batch(), x.time(), "SLstmBlock::forward");
@@ -449,7 +458,7 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   conv1d_.forward(normed, lengths, state.conv, conv_act);
   if (!conv1d_.is_identity()) conv_act.matrix().array() = silu(conv_act.matrix().array());
   Sequence<Scalar> preact(batch, time, 4 * e);
-  gate_preactivations(normed.matrix(), conv_act.matrix(), preact.matrix());
+  gate_preactivations(normed.matrix(), conv_act.matrix(), preact.matrix(), workload);
   Sequence<Scalar> cell_out;
   cell_.forward(preact, lengths, state.cell, cell_out);
   y.resize(batch, time, e);
@@ -458,7 +467,7 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   if (has_feedforward()) {
     Matrix<Scalar> ffn_in(y.matrix().rows(), e), ffn_out(y.matrix().rows(), e), up;
     pre_norm(ffn_norm_, ffn_rms_norm_, y.matrix(), ffn_in);
-    ffn_.forward(ffn_in, ffn_out, up);
+    ffn_.forward(ffn_in, ffn_out, up, workload);
     y.matrix() += ffn_out;
   }
   zero_padding(y, lengths);
@@ -508,13 +517,16 @@ void SLstmBlock<Scalar_>::step_into(const ConstMatrixRef<Scalar>& x_t, State& st
   pre_norm(xlstm_norm_, rms_norm_, x_t, ws.normed);
   conv1d_.step(ws.normed, state.conv, ws.conv_act);
   if (!conv1d_.is_identity()) ws.conv_act.array() = silu(ws.conv_act.array());
-  gate_preactivations(ws.normed, ws.conv_act, ws.preact, Workload::step);
+  // Row-invariant blocks (TiRex, math §13.10) step with the products of their
+  // forward, so that a step gives the bits of the same token in a sequence.
+  const Workload workload = config_.slstm.row_invariant ? Workload::row_invariant : Workload::step;
+  gate_preactivations(ws.normed, ws.conv_act, ws.preact, workload);
   cell_.step(ws.preact, state.cell);
   group_norm_.forward(state.cell.y, y_t);
   y_t += x_t;
   if (has_feedforward()) {
     pre_norm(ffn_norm_, ffn_rms_norm_, y_t, ws.ffn_in);
-    ffn_.forward(ws.ffn_in, ws.y_norm, ws.ffn_up, Workload::step);
+    ffn_.forward(ws.ffn_in, ws.y_norm, ws.ffn_up, workload);
     y_t += ws.y_norm;
   }
 }

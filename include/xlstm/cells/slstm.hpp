@@ -13,6 +13,7 @@
 #include "xlstm/cells/slstm_numerics.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/kernels/dense.hpp"
 #include "xlstm/core/kernels/panelled.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
@@ -36,6 +37,15 @@ enum class FirstStepRule {
   /// zero in some rows/units and not in others (e.g. a batch where one row was
   /// reset). Prefer it when rows are reset independently.
   per_element,
+  /// Tested over the units of one head of one row (math §12.5): a row that
+  /// starts from zero takes the first step whatever the other rows hold. For
+  /// states that are zero in a whole row or nowhere in it (a pass from zero,
+  /// a state carried from an earlier pass, where n >= 1), it is the vanilla
+  /// rule applied to each row as if alone, and equals whole_batch whenever
+  /// all rows start from zero together. TiRex's padding cache and streaming
+  /// (math §13.10) start rows from carried states next to rows from zero. The
+  /// backward (plain numerics) treats it as per_element, the same for such states.
+  per_row,
 };
 
 inline SLstmFunction parse_slstm_function(const std::string& name) {
@@ -51,6 +61,12 @@ struct SLstmCellConfig {
   FirstStepRule first_step_rule = FirstStepRule::whole_batch;
   /// Plain float math or the official TiRex bf16 rounding points (math §12).
   SLstmNumerics numerics = SLstmNumerics::plain;
+  /// R y of each row by the same operations whatever the batch
+  /// (Workload::row_invariant, core/kernels/dense.hpp) instead of one GEMM
+  /// over the rows: a row's state then does not depend on its batch, which
+  /// exact state caches need (TiRex, math §13.10). A little slower for large
+  /// batches.
+  bool row_invariant = false;
 
   Index head_dim() const { return hidden_size / num_heads; }
 
@@ -67,9 +83,9 @@ struct SLstmCellConfig {
       // whole-batch first-step rule; nothing else would be "official".
       check(function == SLstmFunction::slstm,
             "SLstmCellConfig: 'numerics' tirex_official needs 'function' \"slstm\", got \"lstm\"");
-      check(first_step_rule == FirstStepRule::whole_batch,
-            "SLstmCellConfig: 'numerics' tirex_official needs 'first_step_rule' whole_batch, got "
-            "per_element");
+      check(first_step_rule != FirstStepRule::per_element,
+            "SLstmCellConfig: 'numerics' tirex_official needs 'first_step_rule' whole_batch or "
+            "per_row, got per_element");
     }
   }
 };
@@ -323,8 +339,19 @@ class SLstmCell {
   /// panel multiplied in the scalar type. y is bf16 already, so every product
   /// is exact and only the order of the sums differs from an exact sum, which
   /// the final rounding to bf16 almost always hides.
+  /// out = y kernel^T: one GEMM over the rows, or row by row with
+  /// `row_invariant` (SLstmCellConfig).
   template <typename Y, typename Kernel, typename Out>
-  static void bf16_recurrent_product(const Y& y, const Kernel& kernel, Out& out) {
+  void recurrent_product(const Y& y, const Kernel& kernel, Out& out) const {
+    if (config_.row_invariant) {
+      matmul_transposed<Scalar>(y, kernel, out, /*accumulate=*/false, Workload::row_invariant);
+    } else {
+      kernels::panelled_product(y, kernel, out, /*accumulate=*/false);
+    }
+  }
+
+  template <typename Y, typename Kernel, typename Out>
+  void bf16_recurrent_product(const Y& y, const Kernel& kernel, Out& out) const {
     constexpr Index kPanelSize = 4096;  // scalars: 16 KiB (float) on the stack
     Scalar buffer[kPanelSize];
     const Index depth = std::min(kernel.cols(), kPanelSize);
@@ -336,8 +363,12 @@ class SLstmCell {
         Eigen::Map<Matrix<Scalar>> rounded(buffer, rows, k_size);
         rounded = rounded_to_bf16(kernel.block(r0, k0, rows, k_size));
         auto out_panel = out.middleCols(r0, rows);
-        kernels::panelled_product(y.middleCols(k0, k_size), rounded, out_panel,
-                                  /*accumulate=*/k0 > 0);
+        if (k0 == 0) {
+          recurrent_product(y.middleCols(k0, k_size), rounded, out_panel);
+        } else {
+          kernels::panelled_product(y.middleCols(k0, k_size), rounded, out_panel,
+                                    /*accumulate=*/true);
+        }
       }
     }
     out = rounded_to_bf16(out);
@@ -380,13 +411,13 @@ class SLstmCell {
       const auto kernel_head = recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh);
       if (tirex && has_bf16_kernel()) {
         // y and bf16(R) are bf16 values: the products are exact in float.
-        kernels::panelled_product(y_head, recurrent_kernel_bf16_.middleRows(head * 4 * dh, 4 * dh),
-                                  raw_all, /*accumulate=*/false);
+        recurrent_product(y_head, recurrent_kernel_bf16_.middleRows(head * 4 * dh, 4 * dh),
+                          raw_all);
         raw_all = rounded_to_bf16(raw_all);
       } else if (tirex) {
         bf16_recurrent_product(y_head, kernel_head, raw_all);
       } else {
-        kernels::panelled_product(y_head, kernel_head, raw_all, /*accumulate=*/false);
+        recurrent_product(y_head, kernel_head, raw_all);
       }
       for (Index g = 0; g < 4; ++g) {
         const auto x_segment = x.middleCols(g * h + head * dh, dh);
@@ -415,8 +446,11 @@ class SLstmCell {
         }
         auto n = state.n.row(b).segment(head * dh, dh).array();
         auto m = state.m.row(b).segment(head * dh, dh).array();
+        const bool first_step = config_.first_step_rule == FirstStepRule::per_row
+                                    ? (n == Scalar(0)).all()
+                                    : first_step_everywhere;
         if (tirex) {
-          tirex_official_pointwise(raw_i, raw_f, raw_z, raw_o, y, c, n, m, first_step_everywhere);
+          tirex_official_pointwise(raw_i, raw_f, raw_z, raw_o, y, c, n, m, first_step);
           continue;
         }
         raw_i = clamp_gates(raw_i);
@@ -424,8 +458,8 @@ class SLstmCell {
         // raw_i becomes i'.
         auto log_f_plus_m = raw_f;
         log_f_plus_m = m + log_sigmoid(clamp_gates(raw_f));
-        if (config_.first_step_rule == FirstStepRule::whole_batch) {
-          if (first_step_everywhere) {
+        if (config_.first_step_rule != FirstStepRule::per_element) {
+          if (first_step) {
             m = raw_i;
           } else {
             m = raw_i.max(log_f_plus_m);

@@ -29,12 +29,13 @@ inline TiRexConfig tirex_config_from_checkpoint(const io::TorchCheckpoint& check
 /// the sLSTM kernels and biases converted from their stored layout
 /// (math §13.7), every tensor required and none left over. Throws
 /// xlstm::Error listing every mismatch (e.g. a checkpoint of another shape);
-/// then the model is unchanged. Prepares the bf16 kernels (prepare_bf16_kernels).
+/// then the model is unchanged. Prepares the bf16 kernels and the padding states
+/// (TiRexModel::prepare).
 template <typename Scalar>
 void load_tirex_weights(TiRexModel<Scalar>& model, const io::TorchCheckpoint& checkpoint,
                         const io::LoadOptions& options = {}) {
   io::load_module(model, checkpoint.to_safetensors(io::tirex_state_dict_key), options);
-  model.prepare_bf16_kernels();
+  model.prepare();
 }
 
 /// Fills `model` from a safetensors file with the official keys (under
@@ -43,7 +44,7 @@ template <typename Scalar>
 void load_tirex_weights(TiRexModel<Scalar>& model, const io::SafetensorsFile& file,
                         const io::LoadOptions& options = {}) {
   io::load_module(model, file, options);
-  model.prepare_bf16_kernels();
+  model.prepare();
 }
 
 /// Adds the model's parameters to `writer` as the official TiRex state dict

@@ -81,6 +81,11 @@ struct TiRexConfig {
     c.slstm.num_heads = num_heads;
     c.slstm.conv1d_kernel_size = 0;
     c.slstm.numerics = numerics;
+    // math §13.10: each row tests its own first step. The same as the official
+    // whole-batch test for a pass whose rows all start from zero; needed when
+    // rows start from padding states (tirex/padding_cache.hpp) or carried ones.
+    c.slstm.first_step_rule = FirstStepRule::per_row;
+    c.slstm.row_invariant = true;
     FeedForwardConfig f;
     f.proj_factor = ffn_proj_factor;
     f.act_fn = "swish";

@@ -6,4 +6,6 @@
 #include "xlstm/tirex/forecast.hpp"
 #include "xlstm/tirex/model.hpp"
 #include "xlstm/tirex/patch_tokens.hpp"
+#include "xlstm/tirex/random_weights.hpp"
 #include "xlstm/tirex/scaler.hpp"
+#include "xlstm/tirex/stream.hpp"

@@ -24,7 +24,15 @@
 namespace xlstm {
 
 /// Which product strategy a caller wants (see the file comment).
-enum class Workload { sequence, step };
+///  - `row_invariant`: a sequence product whose every output element is
+///    computed by the same operations in the same order whatever the number
+///    of rows, their position and the thread count (row_invariant_rows), so
+///    that a row's result does not depend on the other rows of the product.
+///    Exact caches need it (TiRex's padding states, math §13.10): Eigen's GEMM
+///    picks its micro-kernel by a row's position in a panel and the step
+///    kernel its depth pieces by the row count, and both change the order of
+///    the sums.
+enum class Workload { sequence, step, row_invariant };
 
 /// Products with at most this many rows use the step kernel in every workload.
 constexpr Index kStepKernelMaxRows = 8;
@@ -75,34 +83,31 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
   }
 }
 
-/// Rows [r0, r0 + count) of W against every row of x, in panels of 16 rows
-/// of W. Within a panel the columns go in pieces whose slice of x (all B
-/// rows) fits the L1 cache, so x is re-read from L2 once per panel rather
-/// than once per row of W; each entry of W is still read from memory once.
-/// Register blocks: 2 W rows x 4 x rows, then single x rows against 8 (with
-/// 32 vector registers) or 4 W rows (one row of x still needs several
-/// accumulators to keep the FMA units busy).
-template <typename Scalar, typename Rows, typename XRef, typename YRef>
-void step_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0, Index count) {
+/// Rows [r0, r0 + count) of W against every row of x, in panels of `panel`
+/// rows of W and pieces of `piece` columns: each piece's slice of W stays in
+/// cache while every row of x passes, in register blocks of kWRows W rows x
+/// kXRows x rows, then the remaining x rows one at a time against 8 (with 32
+/// vector registers), 4 or 1 W rows. Every block computes an element by the
+/// same operations (dot_block), so the bits depend on `piece` only.
+template <int kWRows, int kXRows, typename Scalar, typename Rows, typename XRef, typename YRef>
+void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0, Index count,
+                Index panel, Index piece) {
   const Index batch = x.rows(), cols = x.cols(), ldx = x.outerStride(), ldy = y.outerStride();
-  constexpr Index kPanel = 16;
-  constexpr Index kL1Scalars = Index(24 * 1024) / Index(sizeof(Scalar));
-  const Index piece = std::max<Index>(256, kL1Scalars / std::max<Index>(batch, 1) / 16 * 16);
-  for (Index p0 = r0; p0 < r0 + count; p0 += kPanel) {
-    const Index end = std::min(p0 + kPanel, r0 + count);
+  for (Index p0 = r0; p0 < r0 + count; p0 += panel) {
+    const Index end = std::min(p0 + panel, r0 + count);
     for (Index k0 = 0; k0 < cols; k0 += piece) {
       const Index n = std::min(piece, cols - k0);
       const bool acc = accumulate || k0 > 0;
       const Scalar* xs = x.data() + k0;
       Scalar* ys = y.data();
       Index b = 0;
-      for (; b + 4 <= batch; b += 4) {
+      for (; b + kXRows <= batch; b += kXRows) {
         Index o = p0;
-        for (; o + 2 <= end; o += 2) {
-          dot_block<2, 4>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+        for (; o + kWRows <= end; o += kWRows) {
+          dot_block<kWRows, kXRows>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
         }
         for (; o < end; ++o)
-          dot_block<1, 4>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+          dot_block<1, kXRows>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
       }
       for (; b < batch; ++b) {
         Index o = p0;
@@ -122,6 +127,37 @@ void step_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0,
       }
     }
   }
+}
+
+/// The step kernel: rows [r0, r0 + count) of W against every row of x, in
+/// panels of 16 rows of W. Within a panel the columns go in pieces whose
+/// slice of x (all B rows) fits the L1 cache, so x is re-read from L2 once per
+/// panel rather than once per row of W; each entry of W is still read from
+/// memory once. Register blocks: 2 W rows x 4 x rows, then single x rows
+/// (one row of x still needs several accumulators to keep the FMA units busy).
+template <typename Scalar, typename Rows, typename XRef, typename YRef>
+void step_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0, Index count) {
+  constexpr Index kL1Scalars = Index(24 * 1024) / Index(sizeof(Scalar));
+  const Index piece = std::max<Index>(256, kL1Scalars / std::max<Index>(x.rows(), 1) / 16 * 16);
+  panel_rows<2, 4, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
+}
+
+/// The row-invariant product (Workload::row_invariant) over rows
+/// [r0, r0 + count) of W: every output element is the sum of kDepthPiece-long
+/// pieces of its dot product, each a fused multiply-add chain over packets
+/// (dot_block), reduced, plus the tail, added to the element in piece order.
+/// None of that depends on the row count of x or on the register block a row
+/// falls into, so the bits of a row do not either. The register block is 3 W
+/// rows x 8 x rows with 32 vector registers (24 accumulators; about 1.5x the
+/// step kernel's speed on 64-token sequences), the step kernel's 2 x 4 with 16.
+template <typename Scalar, typename Rows, typename XRef, typename YRef>
+void row_invariant_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0,
+                        Index count) {
+  constexpr Index kDepthPiece = 512;  // fixed: the order of the sums must not depend on x
+  constexpr Index kPanel = 48;        // W rows whose piece (96 KiB in float) stays in L2
+  constexpr int kWRows = simd::kVectorRegisters >= 32 ? 3 : 2;
+  constexpr int kXRows = simd::kVectorRegisters >= 32 ? 8 : 4;
+  panel_rows<kWRows, kXRows, Scalar>(w, x, y, accumulate, r0, count, kPanel, kDepthPiece);
 }
 
 /// Calls rows(r0, count) over [0, out) rows of W, split over the threads in
@@ -162,6 +198,14 @@ void matmul_transposed(const ConstMatrixRef<Scalar>& x, const WeightRef& w, Matr
     return;
   }
   const kernels::NativeRows<Scalar> rows{&w.coeffRef(0, 0), w.outerStride()};
+  if (workload == Workload::row_invariant) {
+    // Threads split the rows of W: no element's operations change with them.
+    kernels::split_weight_rows(
+        w.rows(), w.size() * std::max<Index>(1, x.rows() / 8), [&](Index r0, Index count) {
+          kernels::row_invariant_rows<Scalar>(rows, x, y, accumulate, r0, count);
+        });
+    return;
+  }
   kernels::split_weight_rows(w.rows(), w.size(), [&](Index r0, Index count) {
     kernels::step_rows<Scalar>(rows, x, y, accumulate, r0, count);
   });

@@ -85,9 +85,9 @@ void headwise_product(const ConstMatrixRef<Scalar>& x, const Weight& weight, Ind
     return;
   }
   for (Index h = 0; h < num_heads; ++h) {
-    if (workload == Workload::step) {
+    if (workload != Workload::sequence) {
       matmul_transposed<Scalar>(x.middleCols(h * in, in), weight.middleRows(h * out, out),
-                                y.middleCols(h * out, out), false, Workload::step);
+                                y.middleCols(h * out, out), false, workload);
     } else {
       y.middleCols(h * out, out).noalias() =
           x.middleCols(h * in, in) * weight.middleRows(h * out, out).transpose();
