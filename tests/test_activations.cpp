@@ -9,6 +9,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_activations {
+
 namespace {
 
 template <typename T>
@@ -211,3 +215,5 @@ TEST(ActivationNames, ApplyActivationInPlaceMatchesFunction) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_activations

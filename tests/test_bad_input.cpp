@@ -35,6 +35,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_bad_input {
+
 namespace {
 
 namespace io = xlstm::io;
@@ -853,3 +857,5 @@ TEST(BadInput, CorruptStateFilesLeaveTheStateAlone) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_bad_input

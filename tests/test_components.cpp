@@ -33,6 +33,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_components {
+
 namespace {
 
 using test_util::fill_normal;
@@ -764,3 +768,5 @@ TEST(Rounding, RoundUpToNextMultipleOfFloorsBeforeRounding) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_components

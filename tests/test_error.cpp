@@ -2,6 +2,10 @@
 
 #include "xlstm/core/error.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_error {
+
 namespace {
 
 std::string message_of(void (*fn)()) {
@@ -40,3 +44,5 @@ TEST(Error, CheckPassesSilentlyWhenTrue) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_error

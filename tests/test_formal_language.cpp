@@ -25,6 +25,10 @@
 #include "xlstm/train/python_random.hpp"
 #include "xlstm/train/sequence_accuracy.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_formal_language {
+
 namespace {
 
 using test_util::ThrowsMentioning;
@@ -533,3 +537,5 @@ TEST(FormalLanguageErrors, BadConfigsNameTheField) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_formal_language

@@ -8,6 +8,10 @@
 
 #include "fuzz/fuzz_entries.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_fuzz_regressions {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -48,3 +52,5 @@ TEST(FuzzRegressions, TorchCheckpointInputsNeverCrashOrThrowAnythingButError) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_fuzz_regressions

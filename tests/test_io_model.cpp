@@ -36,6 +36,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_io_model {
+
 namespace {
 
 using test_util::BitIdentical;
@@ -673,3 +677,5 @@ TYPED_TEST(StateIoTest, WrongStateFileThrowsAndLeavesTheStateUnchanged) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_io_model

@@ -31,6 +31,10 @@
 #include <unistd.h>
 #endif
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_large {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -1090,3 +1094,5 @@ TEST(LargeConfig, HuggingFaceNamesNullCapsAndRounding) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_large

@@ -21,6 +21,10 @@
 #include "xlstm/core/linear_backward.hpp"
 #include "xlstm/core/rms_norm_backward.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_layers_backward {
+
 namespace {
 
 using test_util::dot;
@@ -370,3 +374,5 @@ REGISTER_TYPED_TEST_SUITE_P(LayersBackwardTyped, HalfWeightsGiveTheGradientsOfTh
 INSTANTIATE_TYPED_TEST_SUITE_P(Scalars, LayersBackwardTyped, test_util::Scalars, );
 
 }  // namespace
+
+}  // namespace xlstm_test_layers_backward

@@ -19,6 +19,10 @@
 #include "xlstm/model/block_stack_backward.hpp"
 #include "xlstm/model/language_model_backward.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_lm_backward {
+
 namespace {
 
 using test_util::dot;
@@ -300,3 +304,5 @@ TEST(BlockStackBackward, RejectsBadArguments) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_lm_backward

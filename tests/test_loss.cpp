@@ -13,6 +13,10 @@
 #include "xlstm/io/safetensors_reader.hpp"
 #include "xlstm/model/cross_entropy.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_loss {
+
 namespace {
 
 using test_util::ThrowsMentioning;
@@ -103,3 +107,5 @@ TEST(Loss, BadTargetsThrowNamingThePosition) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_loss

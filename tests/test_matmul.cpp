@@ -14,6 +14,10 @@
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/weight_matrix.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_matmul {
+
 namespace {
 
 using xlstm::Index;
@@ -133,3 +137,5 @@ TEST(MatmulTest, SixteenBitWeightsMatchTheDecodedProduct) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_matmul

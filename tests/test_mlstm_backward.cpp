@@ -20,6 +20,10 @@
 #include "xlstm/cells/mlstm_backward.hpp"
 #include "xlstm/core/parallel.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_mlstm_backward {
+
 namespace {
 
 using test_util::fill_normal;
@@ -399,3 +403,5 @@ TYPED_TEST(MLstmBackwardTyped, RejectsMismatchedArgumentsAndConsumesTheTape) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_mlstm_backward

@@ -21,6 +21,10 @@
 #include "xlstm/blocks/mlstm_block.hpp"
 #include "xlstm/blocks/mlstm_block_backward.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_mlstm_block_backward {
+
 namespace {
 
 using test_util::dot;
@@ -277,3 +281,5 @@ TYPED_TEST(MLstmBlockBackwardTyped, RejectsMismatchedArguments) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_mlstm_block_backward

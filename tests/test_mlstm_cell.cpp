@@ -30,6 +30,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_mlstm_cell {
+
 namespace {
 
 using test_util::AllFinite;
@@ -787,3 +791,5 @@ TEST(MLstmCellLong, DoubleChunkwiseAndRecurrentStillAgreeAfter100000Steps) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_mlstm_cell

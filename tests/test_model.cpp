@@ -44,6 +44,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_model {
+
 namespace {
 
 using test_util::Close;
@@ -787,3 +791,5 @@ TEST(Init, SameSeedGivesIdenticalParametersAndOtherSeedsDiffer) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_model

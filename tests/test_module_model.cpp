@@ -18,6 +18,10 @@
 #include "test_util.hpp"
 #include "xlstm/xlstm.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_module_model {
+
 namespace {
 
 using test_util::random_tokens;
@@ -278,3 +282,5 @@ TEST(SequenceTimeStep, ViewsOneStepOfEveryRow) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_module_model

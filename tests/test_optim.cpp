@@ -26,6 +26,10 @@
 #include "xlstm/train/sgd.hpp"
 #include "xlstm/train/trainable_parameters.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_optim {
+
 namespace {
 
 using test_util::Scalars;
@@ -372,3 +376,5 @@ TEST(Optim, BadArgumentsThrowNamingThem) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_optim

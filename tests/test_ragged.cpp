@@ -72,6 +72,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_ragged {
+
 namespace {
 
 using test_util::add_noise;
@@ -1128,3 +1132,5 @@ TYPED_TEST(Ragged, CopyRowFromRejectsStatesOfAnotherShape) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_ragged

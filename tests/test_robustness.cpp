@@ -25,6 +25,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_robustness {
+
 namespace {
 
 using test_util::BitIdentical;
@@ -390,3 +394,5 @@ TEST(Robustness, NaNInOneRowStaysInThatRowAndDoesNotPoisonTheModel) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_robustness

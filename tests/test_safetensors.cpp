@@ -20,6 +20,10 @@
 #include "xlstm/io/dtype.hpp"
 #include "xlstm/io/safetensors.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_safetensors {
+
 namespace {
 
 using xlstm::io::DType;
@@ -888,3 +892,8 @@ TEST(SafetensorsWriter, AddAsConvertsIntegersAndDoubles) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_safetensors
+
+#undef EXPECT_ERROR_CONTAINS
+#undef EXPECT_CORRUPT

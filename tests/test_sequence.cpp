@@ -2,6 +2,10 @@
 
 #include "xlstm/core/tensor.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_sequence {
+
 namespace {
 
 TEST(Sequence, RowOfBatchAndTimeIsBTimesTPlusT) {
@@ -22,3 +26,5 @@ TEST(Sequence, ZerosIsZeroAndNegativeSizesThrow) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_sequence

@@ -20,6 +20,10 @@
 #include "xlstm/cells/slstm_backward.hpp"
 #include "xlstm/core/parallel.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_slstm_backward {
+
 namespace {
 
 using test_util::fill_normal;
@@ -391,3 +395,5 @@ TYPED_TEST(SLstmBackwardTyped, RejectsMismatchedArguments) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_slstm_backward

@@ -19,6 +19,10 @@
 #include "xlstm/blocks/slstm_block_backward.hpp"
 #include "xlstm/core/parallel.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_slstm_block_backward {
+
 namespace {
 
 using test_util::dot;
@@ -272,3 +276,5 @@ TYPED_TEST(SLstmBlockBackwardTyped, RejectsMismatchedArguments) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_slstm_block_backward

@@ -30,6 +30,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_slstm_cell {
+
 namespace {
 
 using test_util::AllFinite;
@@ -651,3 +655,5 @@ TEST(SLstmCellLong, FloatOutputsAndStatesStayFiniteOver100000Steps) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_slstm_cell

@@ -17,6 +17,10 @@
 
 #include "test_util.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_slstm_tirex {
+
 namespace {
 
 using test_util::AllFinite;
@@ -439,3 +443,5 @@ TEST(SLstmTirex, PreparedBf16KernelGivesTheSameBits) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_slstm_tirex

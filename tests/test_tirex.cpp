@@ -15,6 +15,10 @@
 #include "tirex_test_model.hpp"
 #include "xlstm/tirex/tirex.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_tirex {
+
 namespace {
 
 using xlstm::Error;
@@ -867,3 +871,5 @@ TEST(TiRexStream, BadInputThrowsAndLeavesTheStream) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_tirex

@@ -19,6 +19,10 @@
 #include "xlstm/io/checkpoint.hpp"
 #include "xlstm/io/torch_checkpoint.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_torch_checkpoint {
+
 namespace {
 
 using test_util::ThrowsMentioning;
@@ -644,3 +648,5 @@ TEST(TorchCheckpoint, SharedContainersKeepPythonsReferenceSemantics) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_torch_checkpoint

@@ -19,6 +19,10 @@
 #include "xlstm/train/lr_schedule.hpp"
 #include "xlstm/train/training_checkpoint.hpp"
 
+// Everything of this file is in its own namespace: the test programs are unity builds
+// (tests/CMakeLists.txt), where several test files share one translation unit.
+namespace xlstm_test_training_checkpoint {
+
 namespace {
 
 using xlstm::Index;
@@ -169,3 +173,5 @@ TEST(TrainingCheckpoint, RejectsMismatchesAndChangesNothing) {
 }
 
 }  // namespace
+
+}  // namespace xlstm_test_training_checkpoint
