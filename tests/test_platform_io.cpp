@@ -30,12 +30,13 @@ using xlstm::io::detail::load_file;
 using xlstm::io::detail::utf8_path;
 using xlstm::io::detail::utf8_string;
 
-// Written in UTF-8 as the library takes every path. Spelled with escapes so
-// the test does not depend on the compiler's source character set (MSVC
-// reads a file without a BOM in the ANSI code page).
-const std::string kDirectory = "donn\xC3\xA9" "es";  // données
+// Written in UTF-8 as the library takes every path. Spelled as octal escapes
+// (a hex escape would swallow a following "e" or "c") so that the test does
+// not depend on the compiler's source character set: MSVC reads a file
+// without a BOM in the ANSI code page.
+const std::string kDirectory = "donn\303\251es";  // données
 const std::string kFile =
-    "\xC3\xBCn\xC3\xAF" "c\xC3\xB6" "d\xC3\xA9_\xE6\xA8\xA1\xE5\x9E\x8B.safetensors";  // ünïcödé_模型
+    "\303\274n\303\257c\303\266d\303\251_\346\250\241\345\236\213.safetensors";  // ünïcödé_模型
 
 constexpr bool kPlatformMaps = XLSTM_IO_HAVE_MMAP || XLSTM_IO_HAVE_WIN32_MAPPING;
 
@@ -94,7 +95,7 @@ TEST_F(PlatformIo, Utf8PathRoundTrips) {
   EXPECT_EQ(utf8_string(utf8_path(kFile).extension()), ".safetensors");
 #ifdef _WIN32
   // The native (wide) name holds the characters, not the UTF-8 bytes.
-  EXPECT_EQ(utf8_path(kDirectory).native(), std::wstring(L"donn\u00e9" L"es"));
+  EXPECT_EQ(utf8_path(kDirectory).native(), std::wstring(L"donn\u00e9es"));
 #endif
 }
 
@@ -144,7 +145,7 @@ TEST_F(PlatformIo, SavingAgainReplacesTheFile) {
 TEST_F(PlatformIo, NonAsciiCheckpointDirectoryAndShardNames) {
   const std::string directory = under_root(kDirectory);
   fs::create_directories(utf8_path(directory));
-  const std::string shard = "\xC3\xA9tape-1.safetensors";  // étape-1
+  const std::string shard = "\303\251tape-1.safetensors";  // étape-1
   small_writer(1.0f).save(directory + "/" + shard);
   std::ofstream(utf8_path(directory + "/model.safetensors.index.json"))
       << R"({"weight_map": {"weight": ")" << shard << R"(", "bias": ")" << shard << "\"}}";
@@ -156,7 +157,7 @@ TEST_F(PlatformIo, NonAsciiCheckpointDirectoryAndShardNames) {
 }
 
 TEST_F(PlatformIo, EmptyFileIsNoBytes) {
-  const std::string path = under_root("leer_\xC3\xA9.bin");  // leer_é.bin
+  const std::string path = under_root("leer_\303\251.bin");  // leer_é.bin
   std::ofstream(utf8_path(path), std::ios::binary).close();
   ASSERT_TRUE(fs::exists(utf8_path(path)));
 
@@ -168,7 +169,7 @@ TEST_F(PlatformIo, EmptyFileIsNoBytes) {
 }
 
 TEST_F(PlatformIo, MissingFileIsAnErrorNamingIt) {
-  const std::string path = under_root("fehlt_\xC3\x9F.safetensors");  // fehlt_ß
+  const std::string path = under_root("fehlt_\303\237.safetensors");  // fehlt_ß
   expect_error_containing([&] { load_file(path); }, path + ": cannot open");
   expect_error_containing([&] { SafetensorsFile::open(path); }, path);
 }
