@@ -85,7 +85,8 @@ class SafetensorsWriter {
   /// crash never leaves a half-written checkpoint under the real name.
   ///
   /// std::filesystem rather than std::rename: UTF-8 paths work on Windows
-  /// too, and there it replaces an existing file as on POSIX.
+  /// too, and there it replaces an existing file as on POSIX, except a file
+  /// that is still mapped (a live SafetensorsFile of it): Windows refuses.
   void save(const std::string& path) const {
     const std::string temporary = path + ".tmp";
     const std::filesystem::path native_temporary = detail::utf8_path(temporary);
@@ -107,7 +108,14 @@ class SafetensorsWriter {
     std::filesystem::rename(native_temporary, detail::utf8_path(path), error);
     if (error) {
       std::filesystem::remove(native_temporary, ignored);
+#ifdef _WIN32
+      // Unlike POSIX, Windows refuses to replace a file that is mapped.
+      fail(path, ": cannot rename '", temporary, "' to it: ", error.message(),
+           " (Windows cannot replace a file while it is open or mapped, e.g. by a live "
+           "SafetensorsFile or CheckpointFiles of it)");
+#else
       fail(path, ": cannot rename '", temporary, "' to it: ", error.message());
+#endif
     }
   }
 
