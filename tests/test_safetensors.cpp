@@ -557,12 +557,16 @@ TEST(Safetensors, SaveAndOpenRoundTripThroughAFile) {
   EXPECT_EQ(file.read<std::int64_t>("steps"), steps);
   EXPECT_EQ(file.read<float>("layer.bias")[2], 8.0f);
 
-  // Saving again replaces the file.
+  // Saving again replaces the file. Not on Windows while `file` still maps it:
+  // Windows refuses to replace a mapped file (the writer's error says so), and
+  // test_platform_io covers replacing a file that is not open.
+#ifndef _WIN32
   SafetensorsWriter other;
   other.add("only", {1}, steps.data());
   other.save(path);
   EXPECT_EQ(SafetensorsFile::open(path).names(), std::vector<std::string>{"only"});
   EXPECT_EQ(file.read<float>("layer.weight"), weight);  // the old mapping stays readable
+#endif
 }
 
 TEST(Safetensors, OpenAndSaveReportThePath) {

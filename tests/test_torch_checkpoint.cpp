@@ -462,12 +462,12 @@ TEST(TorchCheckpoint, ZipDefectsAreRefused) {
   zip64[zip64.size() - 22 + 10] = zip64[zip64.size() - 22 + 11] = 0xFF;
   EXPECT_TRUE(ThrowsMentioning([&] { (void)load(zip64); }, "ZIP64"));
 
-  Bytes far = archive_of(pickle);
+  Bytes beyond = archive_of(pickle);
   const std::size_t directory =
-      xlstm::io::detail::load_little_endian<std::uint32_t>(far.data() + far.size() - 6);
-  far[directory + 42 + 3] = 0x7F;  // the first local header "at" 2 GB
+      xlstm::io::detail::load_little_endian<std::uint32_t>(beyond.data() + beyond.size() - 6);
+  beyond[directory + 42 + 3] = 0x7F;  // the first local header "at" 2 GB
   EXPECT_TRUE(
-      ThrowsMentioning([&] { (void)load(far); }, "does not fit before the central directory"));
+      ThrowsMentioning([&] { (void)load(beyond); }, "does not fit before the central directory"));
 
   EXPECT_TRUE(ThrowsMentioning(
       [&] {

@@ -26,6 +26,7 @@
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/io/checkpoint_report.hpp"
 #include "xlstm/io/config_json.hpp"
+#include "xlstm/io/file_path.hpp"
 #include "xlstm/io/safetensors.hpp"
 #include "xlstm/io/shard_index.hpp"
 #include "xlstm/model/language_model.hpp"
@@ -334,12 +335,14 @@ template <typename Scalar>
 LanguageModel<Scalar> load_language_model(const std::string& path,
                                           const LoadOptions& options = {}) {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  const fs::path native = detail::utf8_path(path);
+  const fs::path dir = fs::is_directory(native) ? native : native.parent_path();
   const fs::path config_path = dir / "config.json";
   check(fs::exists(config_path), "load_language_model: '", path,
         "' has no config.json beside its weights");
-  LanguageModel<Scalar> model(language_model_config_from_json(read_json_file(config_path.string())),
-                              uninitialized);
+  LanguageModel<Scalar> model(
+      language_model_config_from_json(read_json_file(detail::utf8_string(config_path))),
+      uninitialized);
   load_module(model, CheckpointFiles::open(path), options);
   return model;
 }

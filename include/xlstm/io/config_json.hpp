@@ -17,6 +17,7 @@
 #include <string>
 
 #include "xlstm/core/error.hpp"
+#include "xlstm/io/file_path.hpp"
 #include "xlstm/model/language_model.hpp"
 #include "xlstm/model/large_model.hpp"
 
@@ -67,7 +68,7 @@ inline Json parse_json(const std::string& text, const std::string& what) {
 }
 
 inline Json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(detail::utf8_path(path), std::ios::binary);
   check(bool(in), path, ": cannot open config file");
   std::ostringstream text;
   text << in.rdbuf();

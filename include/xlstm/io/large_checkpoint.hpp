@@ -20,6 +20,7 @@
 
 #include "xlstm/io/checkpoint.hpp"
 #include "xlstm/io/config_json.hpp"
+#include "xlstm/io/file_path.hpp"
 #include "xlstm/io/large_naming.hpp"
 #include "xlstm/io/safetensors.hpp"
 #include "xlstm/io/shard_index.hpp"
@@ -168,9 +169,10 @@ void save_large_model(const LargeModel<Scalar>& model, const std::string& path,
     shards[0].save(path);
     return;
   }
-  fs::create_directories(path);
+  const fs::path directory = detail::utf8_path(path);
+  fs::create_directories(directory);
   if (num_shards == 1) {
-    shards[0].save((fs::path(path) / "model.safetensors").string());
+    shards[0].save(detail::utf8_string(directory / "model.safetensors"));
   } else {
     Json index{{"metadata", Json::object()}, {"weight_map", Json::object()}};
     auto shard_name = [&](std::size_t s) {
@@ -179,14 +181,14 @@ void save_large_model(const LargeModel<Scalar>& model, const std::string& path,
       return n.str();
     };
     for (std::size_t s = 0; s < shards.size(); ++s) {
-      shards[s].save((fs::path(path) / shard_name(s)).string());
+      shards[s].save(detail::utf8_string(directory / shard_name(s)));
     }
     for (const auto& [name, s] : placed) index["weight_map"][name] = shard_name(s);
-    std::ofstream((fs::path(path) / "model.safetensors.index.json").string()) << index.dump(2);
+    std::ofstream(directory / "model.safetensors.index.json") << index.dump(2);
   }
   Json config = to_json(model.config());
   config["weight_mode"] = fused ? "fused" : "single";
-  std::ofstream((fs::path(path) / "config.json").string()) << config.dump(2);
+  std::ofstream(directory / "config.json") << config.dump(2);
 }
 
 }  // namespace xlstm::io

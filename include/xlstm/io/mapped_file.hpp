@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "xlstm/core/error.hpp"
+#include "xlstm/io/file_path.hpp"
 
 // The platform layer's system headers (its code is at the end of this file).
 #if defined(__unix__) || defined(__APPLE__)
@@ -27,6 +29,31 @@
 #define XLSTM_IO_HAVE_MMAP 1
 #else
 #define XLSTM_IO_HAVE_MMAP 0
+#endif
+#if !XLSTM_IO_HAVE_MMAP && defined(_WIN32)
+// The smallest <windows.h>, and no min/max macros (they break std::min and
+// Eigen). Only what this header defines is undefined again, so a user's own
+// choice of these macros stands.
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#define XLSTM_IO_UNDEF_WIN32_LEAN_AND_MEAN
+#endif
+#ifndef NOMINMAX
+#define NOMINMAX
+#define XLSTM_IO_UNDEF_NOMINMAX
+#endif
+#include <windows.h>
+#ifdef XLSTM_IO_UNDEF_WIN32_LEAN_AND_MEAN
+#undef WIN32_LEAN_AND_MEAN
+#undef XLSTM_IO_UNDEF_WIN32_LEAN_AND_MEAN
+#endif
+#ifdef XLSTM_IO_UNDEF_NOMINMAX
+#undef NOMINMAX
+#undef XLSTM_IO_UNDEF_NOMINMAX
+#endif
+#define XLSTM_IO_HAVE_WIN32_MAPPING 1
+#else
+#define XLSTM_IO_HAVE_WIN32_MAPPING 0
 #endif
 
 namespace xlstm::io::detail {
@@ -57,6 +84,8 @@ class FileBytes {
 
   const std::uint8_t* data() const { return data_; }
   std::size_t size() const { return size_; }
+  /// Whether the bytes are a mapping of the file (else a copy in memory).
+  bool mapped() const { return mapping_ != nullptr; }
 
  private:
   std::vector<std::uint8_t> buffer_;
@@ -72,8 +101,9 @@ inline std::shared_ptr<const FileBytes> load_file(const std::string& path);
 
 // ---------------------------------------------------------------------------
 // Platform layer: the only OS-specific code of this header. Each platform
-// defines unmap_file() and load_file(); without a mapping API, load_file()
-// reads the file through the standard library.
+// defines unmap_file() and load_file(): mmap on POSIX, a file mapping on
+// Windows; without a mapping API, load_file() reads the file through the
+// standard library.
 // ---------------------------------------------------------------------------
 
 #if XLSTM_IO_HAVE_MMAP
@@ -122,11 +152,109 @@ inline std::shared_ptr<const FileBytes> load_file(const std::string& path) {
   }
   return std::make_shared<const FileBytes>(std::move(buffer));
 }
+#elif XLSTM_IO_HAVE_WIN32_MAPPING
+inline void unmap_file(void* mapping, std::size_t /*size*/) { ::UnmapViewOfFile(mapping); }
+
+/// The system's text for a GetLastError() value, in UTF-8, with its number.
+inline std::string windows_error_message(DWORD error) {
+  wchar_t* text = nullptr;
+  const DWORD length = ::FormatMessageW(
+      FORMAT_MESSAGE_ALLOCATE_BUFFER | FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
+      nullptr, error, 0, reinterpret_cast<LPWSTR>(&text), 0, nullptr);
+  std::string message;
+  if (length > 0 && text != nullptr) {
+    // FormatMessageW, not ...A: the A text is in the ANSI code page.
+    const int bytes = ::WideCharToMultiByte(CP_UTF8, 0, text, static_cast<int>(length), nullptr, 0,
+                                            nullptr, nullptr);
+    if (bytes > 0) {
+      message.resize(static_cast<std::size_t>(bytes));
+      ::WideCharToMultiByte(CP_UTF8, 0, text, static_cast<int>(length), &message[0], bytes, nullptr,
+                            nullptr);
+    }
+  }
+  if (text != nullptr) ::LocalFree(text);
+  // The system's messages end in ".\r\n".
+  while (!message.empty() && (message.back() == '\n' || message.back() == '\r' ||
+                              message.back() == ' ' || message.back() == '.')) {
+    message.pop_back();
+  }
+  if (message.empty()) message = "unknown error";
+  return message + " (Windows error " + std::to_string(error) + ")";
+}
+
+/// Closes a Windows handle on every exit path.
+class WindowsHandle {
+ public:
+  explicit WindowsHandle(HANDLE handle) : handle_(handle) {}
+  WindowsHandle(const WindowsHandle&) = delete;
+  WindowsHandle& operator=(const WindowsHandle&) = delete;
+  ~WindowsHandle() {
+    if (valid()) ::CloseHandle(handle_);
+  }
+  HANDLE get() const { return handle_; }
+  // CreateFileW fails with INVALID_HANDLE_VALUE, CreateFileMappingW with null.
+  bool valid() const { return handle_ != nullptr && handle_ != INVALID_HANDLE_VALUE; }
+
+ private:
+  HANDLE handle_;
+};
+
+inline std::shared_ptr<const FileBytes> load_file(const std::string& path) {
+  const std::filesystem::path native = utf8_path(path);  // wide: non-ASCII names work
+  // Sharing everything matches POSIX, where another process may hold the
+  // file open for writing or rename it while it is read.
+  WindowsHandle file(::CreateFileW(native.c_str(), GENERIC_READ,
+                                   FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr,
+                                   OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, nullptr));
+  if (!file.valid()) {
+    const DWORD error = ::GetLastError();
+    // Opening a directory fails as "access denied", which would mislead.
+    const DWORD attributes = ::GetFileAttributesW(native.c_str());
+    if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0)
+      fail(path, ": cannot read: it is a directory");
+    fail(path, ": cannot open: ", windows_error_message(error));
+  }
+  if (::GetFileType(file.get()) == FILE_TYPE_DISK) {
+    LARGE_INTEGER file_size{};
+    if (!::GetFileSizeEx(file.get(), &file_size))
+      fail(path, ": cannot get the file size: ", windows_error_message(::GetLastError()));
+    // MapViewOfFile cannot map 0 bytes: an empty file is an empty buffer.
+    if (file_size.QuadPart == 0)
+      return std::make_shared<const FileBytes>(std::vector<std::uint8_t>());
+    if (static_cast<std::uint64_t>(file_size.QuadPart) <=
+        (std::numeric_limits<std::size_t>::max)()) {
+      const auto size = static_cast<std::size_t>(file_size.QuadPart);
+      // A read-only view never writes back. The view keeps the file mapped
+      // after both handles are closed. If mapping fails (some network file
+      // systems cannot), reading into memory below still works.
+      WindowsHandle section(
+          ::CreateFileMappingW(file.get(), nullptr, PAGE_READONLY, 0, 0, nullptr));
+      if (section.valid()) {
+        void* mapping = ::MapViewOfFile(section.get(), FILE_MAP_READ, 0, 0, 0);
+        if (mapping != nullptr) return std::make_shared<const FileBytes>(mapping, size);
+      }
+    }
+  }
+  // Pipes, devices and unmappable files: read to the end.
+  std::vector<std::uint8_t> buffer;
+  std::vector<std::uint8_t> chunk(1 << 16);
+  for (;;) {
+    DWORD got = 0;
+    if (!::ReadFile(file.get(), chunk.data(), static_cast<DWORD>(chunk.size()), &got, nullptr)) {
+      const DWORD error = ::GetLastError();
+      if (error == ERROR_BROKEN_PIPE) break;  // the writing end closed: the end of a pipe
+      fail(path, ": cannot read: ", windows_error_message(error));
+    }
+    if (got == 0) break;
+    buffer.insert(buffer.end(), chunk.begin(), chunk.begin() + got);
+  }
+  return std::make_shared<const FileBytes>(std::move(buffer));
+}
 #else
 inline void unmap_file(void* /*mapping*/, std::size_t /*size*/) {}
 
 inline std::shared_ptr<const FileBytes> load_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(utf8_path(path), std::ios::binary);
   if (!in) fail(path, ": cannot open for reading");
   std::vector<std::uint8_t> buffer((std::istreambuf_iterator<char>(in)),
                                    std::istreambuf_iterator<char>());

@@ -10,16 +10,19 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/tensor.hpp"
 #include "xlstm/io/dtype.hpp"
+#include "xlstm/io/file_path.hpp"
 #include "xlstm/io/mapped_file.hpp"  // detail::errno_message
 
 namespace xlstm::io {
@@ -80,10 +83,16 @@ class SafetensorsWriter {
 
   /// Writes the file to `path` + ".tmp", then renames it over `path`, so a
   /// crash never leaves a half-written checkpoint under the real name.
+  ///
+  /// std::filesystem rather than std::rename: UTF-8 paths work on Windows
+  /// too, and there it replaces an existing file as on POSIX, except a file
+  /// that is still mapped (a live SafetensorsFile of it): Windows refuses.
   void save(const std::string& path) const {
     const std::string temporary = path + ".tmp";
+    const std::filesystem::path native_temporary = detail::utf8_path(temporary);
+    std::error_code ignored;
     {
-      std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+      std::ofstream out(native_temporary, std::ios::binary | std::ios::trunc);
       if (!out)
         fail(path, ": cannot open '", temporary, "' for writing: ", detail::errno_message(errno));
       const std::vector<std::uint8_t> header = header_bytes();
@@ -91,14 +100,22 @@ class SafetensorsWriter {
       for (const auto* entry : data_order()) write_all(out, entry->second.data);
       out.close();
       if (!out) {
-        std::remove(temporary.c_str());
+        std::filesystem::remove(native_temporary, ignored);
         fail(path, ": writing '", temporary, "' failed (disk full?)");
       }
     }
-    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-      const int error = errno;
-      std::remove(temporary.c_str());
-      fail(path, ": cannot rename '", temporary, "' to it: ", detail::errno_message(error));
+    std::error_code error;
+    std::filesystem::rename(native_temporary, detail::utf8_path(path), error);
+    if (error) {
+      std::filesystem::remove(native_temporary, ignored);
+#ifdef _WIN32
+      // Unlike POSIX, Windows refuses to replace a file that is mapped.
+      fail(path, ": cannot rename '", temporary, "' to it: ", error.message(),
+           " (Windows cannot replace a file while it is open or mapped, e.g. by a live "
+           "SafetensorsFile or CheckpointFiles of it)");
+#else
+      fail(path, ": cannot rename '", temporary, "' to it: ", error.message());
+#endif
     }
   }
 

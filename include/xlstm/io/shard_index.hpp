@@ -12,6 +12,7 @@
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/io/config_json.hpp"
+#include "xlstm/io/file_path.hpp"
 #include "xlstm/io/safetensors.hpp"
 #include "xlstm/io/torch_checkpoint.hpp"
 
@@ -28,37 +29,40 @@ class CheckpointFiles {
     namespace fs = std::filesystem;
     CheckpointFiles c;
     c.path_ = path;
-    if (fs::is_directory(path)) {
+    const fs::path native = detail::utf8_path(path);
+    if (fs::is_directory(native)) {
       c.directory_ = path;
-      const fs::path index = fs::path(path) / "model.safetensors.index.json";
+      const fs::path index = native / "model.safetensors.index.json";
       if (fs::exists(index)) {
-        const Json j = read_json_file(index.string());
-        check(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
-              index.string(), ": has no 'weight_map' object");
+        const std::string index_name = detail::utf8_string(index);
+        const Json j = read_json_file(index_name);
+        check(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index_name,
+              ": has no 'weight_map' object");
         std::map<std::string, std::size_t> shard_of_file;
         for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-          check(it.value().is_string(), index.string(), ": weight_map entry '", it.key(),
+          check(it.value().is_string(), index_name, ": weight_map entry '", it.key(),
                 "' is not a file name");
           const std::string shard = it.value().get<std::string>();
           check(shard.find('/') == std::string::npos && shard.find("..") == std::string::npos,
-                index.string(), ": shard name '", shard, "' must be a plain file name");
+                index_name, ": shard name '", shard, "' must be a plain file name");
           auto found = shard_of_file.find(shard);
           if (found == shard_of_file.end()) {
             found = shard_of_file.emplace(shard, c.files_.size()).first;
-            c.files_.push_back(SafetensorsFile::open((fs::path(path) / shard).string()));
+            c.files_.push_back(
+                SafetensorsFile::open(detail::utf8_string(native / detail::utf8_path(shard))));
           }
           c.where_[it.key()] = found->second;
         }
         for (const auto& [name, file] : c.where_) {
-          check(c.files_[file].contains(name), index.string(), ": tensor '", name,
+          check(c.files_[file].contains(name), index_name, ": tensor '", name,
                 "' is listed for a shard that does not hold it");
         }
         return c;
       }
-      const fs::path single = fs::path(path) / "model.safetensors";
+      const fs::path single = native / "model.safetensors";
       check(fs::exists(single), path,
             ": directory has neither model.safetensors.index.json nor model.safetensors");
-      c.add_file(SafetensorsFile::open(single.string()));
+      c.add_file(SafetensorsFile::open(detail::utf8_string(single)));
       return c;
     }
     if (is_torch_checkpoint_path(path)) {
@@ -93,9 +97,9 @@ class CheckpointFiles {
   /// The JSON config next to the checkpoint (config.json), if any.
   std::optional<Json> config_json() const {
     if (directory_.empty()) return std::nullopt;
-    const auto p = std::filesystem::path(directory_) / "config.json";
+    const auto p = detail::utf8_path(directory_) / "config.json";
     if (!std::filesystem::exists(p)) return std::nullopt;
-    return read_json_file(p.string());
+    return read_json_file(detail::utf8_string(p));
   }
 
  private:

@@ -20,6 +20,7 @@
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/tensor.hpp"
 #include "xlstm/io/dtype.hpp"
+#include "xlstm/io/file_path.hpp"
 #include "xlstm/io/mapped_file.hpp"
 #include "xlstm/io/safetensors.hpp"
 #include "xlstm/io/torch_pickle.hpp"
@@ -69,7 +70,7 @@ inline std::string tirex_state_dict_key(const std::string& key) {
 /// Whether `path` names a PyTorch checkpoint by its extension (.ckpt, .pt or
 /// .pth, any case) rather than a safetensors file.
 inline bool is_torch_checkpoint_path(const std::string& path) {
-  std::string extension = std::filesystem::path(path).extension().string();
+  std::string extension = detail::utf8_string(detail::utf8_path(path).extension());
   for (char& c : extension) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return extension == ".ckpt" || extension == ".pt" || extension == ".pth";
 }
