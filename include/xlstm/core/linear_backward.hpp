@@ -98,7 +98,8 @@ void add_half_input_gradient(const WeightMatrix<Scalar>& w, const GradY& grad_y,
 /// The backward pass of `layer` (math §1.11) for the forward y = layer(x):
 /// adds dL/dW and dL/db to `grads` and writes (or, with InputGradient::add,
 /// adds) dL/dx = grad_y W to `grad_x`, N x in. `grad_x` may be `x` itself
-/// (the parameter gradients are formed first). Works for 16-bit weights.
+/// (the parameter gradients are formed first). Works for 16-bit weights; throws
+/// for quantised ones (math §16.4).
 /// Allocates nothing.
 template <typename Scalar>
 void backward(const Linear<Scalar>& layer, ConstMatrixArg<Scalar> x, ConstMatrixArg<Scalar> grad_y,
@@ -112,6 +113,10 @@ void backward(const Linear<Scalar>& layer, ConstMatrixArg<Scalar> x, ConstMatrix
   detail::add_row_sum(grads.bias(), grad_y);
   const bool accumulate = mode == InputGradient::add;
   const WeightMatrix<Scalar>& w = layer.weight_matrix();
+  // Checked before anything is written: no gradient is formed through
+  // quantised weights (they could not take an update; math §16.4).
+  check(!w.is_quantized(), "backward (Linear): the layer's weights are quantised (",
+        storage_name(w.storage()), "); training needs native or 16-bit weights");
   if (w.is_half()) {
     detail::add_half_input_gradient(w, grad_y, grad_x, accumulate);
   } else {

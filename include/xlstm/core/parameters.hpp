@@ -37,7 +37,7 @@ inline std::size_t shape_product(const Shape& shape) {
 }
 
 /// One parameter of a module. It is either dense Scalar storage (`data`) or a
-/// weight matrix (`matrix`, which may hold 16-bit values); a weight matrix in
+/// weight matrix (`matrix`, which may hold 16-bit or quantised values); a weight matrix in
 /// Scalar storage has both set, so code that only handles Scalar values can
 /// use `data` alone. `kConst` makes every pointer read-only.
 template <typename Scalar, bool kConst>
@@ -60,7 +60,7 @@ struct BasicParameterRef {
 
   std::string name;           ///< full state_dict key
   Shape shape;                ///< PyTorch shape
-  Value* data = nullptr;      ///< shape product elements, row-major; null for 16-bit weights
+  Value* data = nullptr;      ///< shape product elements, row-major; null unless Scalar storage
   Weights* matrix = nullptr;  ///< set when the parameter is a WeightMatrix
   /// A checkpoint may leave it out: it shares storage with a parameter listed
   /// before it (the tied LM head), so loading that one fills it too.
@@ -148,7 +148,7 @@ void visit_parameter(Visit& visit, const std::string& prefix, const char* name, 
   BasicParameterRef<typename Weights::Scalar, std::is_const_v<Weights>> ref;
   ref.name = prefix + name;
   ref.shape = {std::size_t(weights.rows()), std::size_t(weights.cols())};
-  ref.data = weights.is_half() ? nullptr : weights.native().data();
+  ref.data = weights.is_native() ? weights.native().data() : nullptr;
   ref.matrix = &weights;
   ref.optional = optional;
   visit(ref);

@@ -1,14 +1,16 @@
 // WeightMatrix: a (out x in) weight used as y = x W^T, stored either in the
-// model's Scalar type or as 16-bit floats (BF16/F16) that stay 16-bit in
-// memory — often a view straight into a memory-mapped checkpoint.
+// model's Scalar type, as 16-bit floats (BF16/F16) that stay 16-bit in
+// memory — often a view straight into a memory-mapped checkpoint — or
+// quantised to 8 or 4 bits with float scales (math §16).
 //
 // This class only stores the weights; its products run the kernels of
 // core/kernels/: dense.hpp for native storage, widening.hpp for 16-bit
-// storage (accumulation in Scalar, and no full-size float copy of the
-// weights ever exists).
+// storage, quantized.hpp for 8- and 4-bit storage (accumulation in Scalar,
+// and no full-size float copy of the weights ever exists).
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/half.hpp"
 #include "xlstm/core/kernels/dense.hpp"
+#include "xlstm/core/kernels/quantized.hpp"
 #include "xlstm/core/kernels/widening.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -25,7 +28,24 @@ enum class WeightStorage {
   native,  ///< Scalar, owned
   bf16,    ///< bfloat16 bits
   f16,     ///< IEEE half bits
+  /// int8 values, one float scale per output row, symmetric (math §16.1).
+  int8_rows,
+  /// 4-bit values in groups of 32 input columns, one float scale per group,
+  /// symmetric, two values per byte (math §16.2).
+  q4_g32,
 };
+
+/// The name of a storage format, for messages.
+inline const char* storage_name(WeightStorage storage) {
+  switch (storage) {
+    case WeightStorage::native: return "native";
+    case WeightStorage::bf16: return "bf16";
+    case WeightStorage::f16: return "f16";
+    case WeightStorage::int8_rows: return "int8_rows";
+    case WeightStorage::q4_g32: return "q4_g32";
+  }
+  return "unknown";
+}
 
 template <typename Scalar_>
 class WeightMatrix {
@@ -43,7 +63,9 @@ class WeightMatrix {
   /// owns the memory (e.g. the mapped file) for as long as the view lives.
   static WeightMatrix half_view(WeightStorage storage, const std::uint16_t* bits, Index rows,
                                 Index cols, std::shared_ptr<const void> keep_alive) {
-    check(storage != WeightStorage::native, "WeightMatrix::half_view: storage must be bf16 or f16");
+    check(storage == WeightStorage::bf16 || storage == WeightStorage::f16,
+          "WeightMatrix::half_view: argument 'storage' must be bf16 or f16, got ",
+          storage_name(storage));
     WeightMatrix w;
     w.storage_ = storage;
     w.half_ = bits;
@@ -87,52 +109,90 @@ class WeightMatrix {
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
   WeightStorage storage() const { return storage_; }
-  bool is_half() const { return storage_ != WeightStorage::native; }
-  /// Bytes the weights occupy (what one full product reads).
+  bool is_native() const { return storage_ == WeightStorage::native; }
+  /// 16-bit floats (bf16 or f16).
+  bool is_half() const {
+    return storage_ == WeightStorage::bf16 || storage_ == WeightStorage::f16;
+  }
+  /// 8- or 4-bit values with float scales (math §16).
+  bool is_quantized() const {
+    return storage_ == WeightStorage::int8_rows || storage_ == WeightStorage::q4_g32;
+  }
+  /// Bytes the weights occupy (what one full product reads), scales included.
   std::size_t bytes() const {
-    return std::size_t(rows_ * cols_) * (is_half() ? 2 : sizeof(Scalar));
+    const std::size_t n = std::size_t(rows_ * cols_);
+    switch (storage_) {
+      case WeightStorage::native: return n * sizeof(Scalar);
+      case WeightStorage::bf16:
+      case WeightStorage::f16: return n * 2;
+      case WeightStorage::int8_rows: return n + std::size_t(rows_) * sizeof(float);
+      case WeightStorage::q4_g32:
+        return n / 2 + n / kernels::kQ4Group * sizeof(float);
+    }
+    return 0;
   }
 
   /// The Scalar matrix (native storage only).
   Matrix<Scalar>& native() {
-    check(!is_half(), "WeightMatrix::native: the weights are stored as 16-bit floats");
+    check_native();
     return native_;
   }
   const Matrix<Scalar>& native() const {
-    check(!is_half(), "WeightMatrix::native: the weights are stored as 16-bit floats");
+    check_native();
     return native_;
   }
 
+  /// W quantised to `format` (int8_rows or q4_g32, math §16.1, §16.2), row by
+  /// row from `source` in any storage: only one decoded row exists at a time,
+  /// never a float copy of the whole matrix. q4_g32 needs cols % 32 == 0.
+  /// Throws on a non-finite weight (its scale would be meaningless).
+  static WeightMatrix quantized(const WeightMatrix& source, WeightStorage format);
+
+  /// The raw quantised values (int8: rows x cols bytes; q4_g32: rows x cols/2
+  /// bytes, low nibble = even column) and scales (int8: one per row; q4_g32:
+  /// rows x cols/32, row-major); null unless quantised.
+  const std::uint8_t* quantized_values() const { return quant_; }
+  const float* quantized_scales() const { return scales_; }
+
   /// Rows [start, start + count) as a matrix of its own (a view for 16-bit
-  /// storage, a copy for native storage).
+  /// and quantised storage, a copy for native storage).
   WeightMatrix row_range(Index start, Index count) const {
     check(start >= 0 && count >= 0 && start + count <= rows_, "WeightMatrix::row_range: rows [",
           start, ", ", start + count, ") out of [0, ", rows_, ")");
-    if (!is_half()) return WeightMatrix(Matrix<Scalar>(native_.middleRows(start, count)));
-    return half_view(storage_, half_ + start * cols_, count, cols_, keep_alive_);  // a view
+    if (is_native()) return WeightMatrix(Matrix<Scalar>(native_.middleRows(start, count)));
+    if (is_half()) {
+      return half_view(storage_, half_ + start * cols_, count, cols_, keep_alive_);  // a view
+    }
+    WeightMatrix w;  // a view sharing the quantised buffers
+    w.storage_ = storage_;
+    w.rows_ = count;
+    w.cols_ = cols_;
+    w.quant_ = quant_ + start * value_bytes_per_row();
+    w.scales_ = scales_ + start * scales_per_row();
+    w.keep_alive_ = keep_alive_;
+    return w;
   }
 
   /// out = row r of W, decoded.
   template <typename Out>
   void copy_row(Index r, Out&& out) const {
-    if (!is_half()) {
+    if (is_native()) {
       out = native_.row(r);
       return;
     }
-    for (Index c = 0; c < cols_; ++c) out(c) = Scalar(decode(half_[r * cols_ + c]));
+    for (Index c = 0; c < cols_; ++c) out(c) = Scalar(at(r, c));
   }
 
   /// out = W[r0 : r0 + out.rows(), c0 : c0 + out.cols()], decoded (e.g. a
   /// panel of 16-bit weights for a product with W itself rather than W^T).
   template <typename Out>
   void copy_block(Index r0, Index c0, Out&& out) const {
-    if (!is_half()) {
+    if (is_native()) {
       out = native_.block(r0, c0, out.rows(), out.cols());
       return;
     }
     for (Index r = 0; r < out.rows(); ++r) {
-      const std::uint16_t* row = half_ + (r0 + r) * cols_ + c0;
-      for (Index c = 0; c < out.cols(); ++c) out(r, c) = Scalar(decode(row[c]));
+      for (Index c = 0; c < out.cols(); ++c) out(r, c) = Scalar(at(r0 + r, c0 + c));
     }
   }
 
@@ -142,14 +202,36 @@ class WeightMatrix {
                            bool accumulate = false, Workload workload = Workload::sequence) const;
 
  private:
-  float decode(std::uint16_t bits) const {
-    return storage_ == WeightStorage::bf16 ? bf16_to_float(bits) : f16_to_float(bits);
+  void check_native() const {
+    check(is_native(), "WeightMatrix::native: the weights are stored as ", storage_name(storage_),
+          is_half() ? " (16-bit floats)" : " (quantised)", ", not as Scalar values");
+  }
+
+  /// W(r, c) decoded, for any storage but native (the slow path: copies, tails).
+  float at(Index r, Index c) const {
+    switch (storage_) {
+      case WeightStorage::bf16: return bf16_to_float(half_[r * cols_ + c]);
+      case WeightStorage::f16: return f16_to_float(half_[r * cols_ + c]);
+      case WeightStorage::int8_rows: return kernels::Int8Rows{quant_, scales_, cols_}.at(r, c);
+      case WeightStorage::q4_g32: return kernels::Q4Rows{quant_, scales_, cols_}.at(r, c);
+      default: return float(native_(r, c));
+    }
+  }
+
+  Index value_bytes_per_row() const {
+    return storage_ == WeightStorage::q4_g32 ? cols_ / 2 : cols_;
+  }
+  Index scales_per_row() const {
+    return storage_ == WeightStorage::q4_g32 ? cols_ / kernels::kQ4Group : 1;
   }
 
   WeightStorage storage_ = WeightStorage::native;
   Index rows_ = 0, cols_ = 0;
   Matrix<Scalar> native_;
   const std::uint16_t* half_ = nullptr;
+  /// Quantised storage: the values and the scales (math §16).
+  const std::uint8_t* quant_ = nullptr;
+  const float* scales_ = nullptr;
   /// half_ as writable bits when it points into a buffer of our own (else null).
   std::uint16_t* owned_bits_ = nullptr;
   std::shared_ptr<const void> keep_alive_;
@@ -162,12 +244,67 @@ void WeightMatrix<Scalar_>::multiply_transposed(const ConstMatrixRef<Scalar>& x,
                                                 MatrixRef<Scalar> y, bool accumulate,
                                                 Workload workload) const {
   check_product_shapes(x, y, cols_, rows_, "WeightMatrix::multiply_transposed");
-  if (!is_half()) {
+  if (is_native()) {
     matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
+    return;
+  }
+  if (is_quantized()) {
+    kernels::quantized_product<Scalar>(x, quant_, scales_, rows_, cols_,
+                                       storage_ == WeightStorage::q4_g32, y, accumulate, workload);
     return;
   }
   kernels::half_product<Scalar>(x, half_, rows_, cols_, storage_ == WeightStorage::bf16, y,
                                 accumulate, workload);
+}
+
+template <typename Scalar_>
+WeightMatrix<Scalar_> WeightMatrix<Scalar_>::quantized(const WeightMatrix& source,
+                                                       WeightStorage format) {
+  check(format == WeightStorage::int8_rows || format == WeightStorage::q4_g32,
+        "WeightMatrix::quantized: argument 'format' must be int8_rows or q4_g32, got ",
+        storage_name(format));
+  const Index rows = source.rows(), cols = source.cols();
+  const bool q4 = format == WeightStorage::q4_g32;
+  check(!q4 || cols % kernels::kQ4Group == 0, "WeightMatrix::quantized: argument 'source' must have ",
+        "cols a multiple of ", kernels::kQ4Group, " for q4_g32, got cols = ", cols);
+  // One owner for both buffers; Eigen's allocator aligns them like half_zeros
+  // (the kernels load 8 or 16 bytes of values at a time).
+  struct Buffers {
+    Eigen::Matrix<std::uint8_t, Eigen::Dynamic, 1> values;
+    Eigen::Matrix<float, Eigen::Dynamic, 1> scales;
+  };
+  auto owner = std::make_shared<Buffers>();
+  WeightMatrix w;
+  w.storage_ = format;
+  w.rows_ = rows;
+  w.cols_ = cols;
+  owner->values.setZero(rows * w.value_bytes_per_row());
+  owner->scales.setZero(rows * w.scales_per_row());
+  Vector<float> row(cols);  // the one decoded row
+  for (Index r = 0; r < rows; ++r) {
+    if (source.is_native()) {
+      row = source.native_.row(r).transpose().template cast<float>();
+    } else {
+      for (Index c = 0; c < cols; ++c) row(c) = source.at(r, c);
+    }
+    check(row.allFinite(), "WeightMatrix::quantized: row ", r,
+          " has a non-finite weight (or one beyond float's range)");
+    std::uint8_t* values = owner->values.data() + r * w.value_bytes_per_row();
+    float* scales = owner->scales.data() + r * w.scales_per_row();
+    if (q4) {
+      for (Index g = 0; g < cols / kernels::kQ4Group; ++g) {
+        kernels::quantize_q4_group(row.data() + g * kernels::kQ4Group,
+                                   values + g * kernels::kQ4Group / 2, scales[g]);
+      }
+    } else {
+      kernels::quantize_int8_row(row.data(), cols, reinterpret_cast<std::int8_t*>(values),
+                                 scales[0]);
+    }
+  }
+  w.quant_ = owner->values.data();
+  w.scales_ = owner->scales.data();
+  w.keep_alive_ = std::move(owner);
+  return w;
 }
 
 }  // namespace xlstm

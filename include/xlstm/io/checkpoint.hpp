@@ -267,6 +267,18 @@ template <typename Scalar>
 void add_targets(SafetensorsWriter& writer,
                  const std::vector<TensorTarget<ConstParameterRef<Scalar>>>& targets,
                  std::optional<DType> matrix_dtype = std::nullopt) {
+  // Saving quantised weights (their values and scales) is not done yet
+  // (math §16.4): refuse before anything is added, rather than write decoded
+  // or garbage values.
+  for (const auto& target : targets) {
+    for (const auto& part : target.parts) {
+      if (part.matrix && part.matrix->is_quantized()) {
+        throw Error("saving tensor '" + target.name + "': its weights are quantised (" +
+                    storage_name(part.matrix->storage()) +
+                    "), which checkpoints cannot hold yet");
+      }
+    }
+  }
   for (const auto& target : targets) {
     std::vector<Scalar> joined(shape_product(target.shape));
     std::size_t offset = 0;

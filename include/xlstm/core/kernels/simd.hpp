@@ -19,6 +19,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <cstring>
 
 #include "xlstm/core/half.hpp"
 #include "xlstm/core/tensor.hpp"
@@ -128,6 +129,67 @@ inline Packet<float> load_f16(const std::uint16_t* p) {
 #else
   return detail::widen_lanes(p, f16_to_float);
 #endif
+}
+
+/// Whether load_i8 / load_q4 widen inside the registers (else lane by lane).
+#if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
+inline constexpr bool kWidenQuantized = true;
+#else
+inline constexpr bool kWidenQuantized = false;
+#endif
+
+/// kLanes<float> int8 values from `p`, widened to float (sign-extend, then
+/// convert): reads exactly kLanes<float> bytes.
+inline Packet<float> load_i8(const std::int8_t* p) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+#elif defined(XLSTM_SIMD_AVX2)
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+#else
+  float lanes[kLanes<float>];
+  for (Index i = 0; i < kLanes<float>; ++i) lanes[i] = float(p[i]);
+  return load<float>(lanes);
+#endif
+}
+
+/// kLanes<float> signed 4-bit values from the kLanes<float> / 2 bytes at `p`
+/// (math §16.2: the low nibble of a byte is the even column), widened to
+/// float. Each byte is copied into two 32-bit lanes; shifting the wanted
+/// nibble to the top of its lane (by 28 for the low one, 24 for the high
+/// one) and back by an arithmetic shift of 28 sign-extends it.
+inline Packet<float> load_q4(const std::uint8_t* p) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m128i pairs =
+      _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+  const __m512i shifts =
+      _mm512_setr_epi32(28, 24, 28, 24, 28, 24, 28, 24, 28, 24, 28, 24, 28, 24, 28, 24);
+  const __m512i lanes = _mm512_sllv_epi32(_mm512_cvtepu8_epi32(pairs), shifts);
+  return _mm512_cvtepi32_ps(_mm512_srai_epi32(lanes, 28));
+#elif defined(XLSTM_SIMD_AVX2)
+  std::int32_t four;  // 8 nibbles
+  std::memcpy(&four, p, sizeof four);
+  const __m128i pairs = _mm_shuffle_epi8(_mm_cvtsi32_si128(four),
+                                         _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1,
+                                                       -1, -1, -1));
+  const __m256i shifts = _mm256_setr_epi32(28, 24, 28, 24, 28, 24, 28, 24);
+  const __m256i lanes = _mm256_sllv_epi32(_mm256_cvtepu8_epi32(pairs), shifts);
+  return _mm256_cvtepi32_ps(_mm256_srai_epi32(lanes, 28));
+#else
+  float lanes[kLanes<float>];
+  for (Index i = 0; i < kLanes<float>; ++i) {
+    const int nibble = (p[i / 2] >> (4 * (i % 2))) & 15;
+    lanes[i] = float(nibble >= 8 ? nibble - 16 : nibble);
+  }
+  return load<float>(lanes);
+#endif
+}
+
+/// p * s, lane by lane (s broadcast).
+inline Packet<float> scale(const Packet<float>& p, float s) {
+  return Eigen::internal::pmul(p, Eigen::internal::pset1<Packet<float>>(s));
 }
 
 }  // namespace simd

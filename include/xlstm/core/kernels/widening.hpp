@@ -48,18 +48,21 @@ struct HalfRows {
 using Bf16Rows = HalfRows<true>;
 using F16Rows = HalfRows<false>;
 
-/// Fallback for 16-bit weights without an in-register widening loader:
-/// each row is widened to Scalar into a stack buffer, a piece at a time.
-template <typename Scalar, typename XRef, typename YRef, typename Decode>
-void step_rows_buffered(const std::uint16_t* half, Index cols, Decode decode, const XRef& x,
-                        YRef& y, bool accumulate, Index r0, Index count) {
+/// Fallback for compressed weights without an in-register widening loader
+/// (or a Scalar other than float): each row is decoded to Scalar into a stack
+/// buffer, a piece at a time, by decode_piece(row, c0, n, out) (out[0, n) =
+/// W(row, c0 : c0 + n)). A row's sums go piece by piece whatever the batch,
+/// so the result of a row of x does not depend on the others.
+template <typename Scalar, typename XRef, typename YRef, typename DecodePiece>
+void step_rows_decoded(Index cols, DecodePiece decode_piece, const XRef& x, YRef& y,
+                       bool accumulate, Index r0, Index count) {
   constexpr Index kPiece = 1024;
   alignas(64) Scalar buffer[kPiece];
   const Index batch = x.rows(), ldx = x.outerStride(), ldy = y.outerStride();
   for (Index o = r0; o < r0 + count; ++o) {
     for (Index c0 = 0; c0 < cols; c0 += kPiece) {
       const Index n = std::min(kPiece, cols - c0);
-      for (Index i = 0; i < n; ++i) buffer[i] = Scalar(decode(half[o * cols + c0 + i]));
+      decode_piece(o, c0, n, buffer);
       const NativeRows<Scalar> piece{buffer, 0};
       for (Index b = 0; b < batch; ++b) {
         dot_block<1, 1>(piece, 0, 0, x.data() + b * ldx + c0, ldx, n, y.data() + b * ldy + o, ldy,
@@ -67,6 +70,18 @@ void step_rows_buffered(const std::uint16_t* half, Index cols, Decode decode, co
       }
     }
   }
+}
+
+/// step_rows_decoded for 16-bit weights, widened value by value by `decode`.
+template <typename Scalar, typename XRef, typename YRef, typename Decode>
+void step_rows_buffered(const std::uint16_t* half, Index cols, Decode decode, const XRef& x,
+                        YRef& y, bool accumulate, Index r0, Index count) {
+  step_rows_decoded<Scalar>(
+      cols,
+      [&](Index o, Index c0, Index n, Scalar* out) {
+        for (Index i = 0; i < n; ++i) out[i] = Scalar(decode(half[o * cols + c0 + i]));
+      },
+      x, y, accumulate, r0, count);
 }
 
 /// Rows of W per tile of the prefill path: about 2^18 weights (1 MiB of
@@ -89,18 +104,19 @@ void widen_rows(const std::uint16_t* half, Index cols, bool bf16, Index r0, Inde
   }
 }
 
-/// The prefill path: y (+)= x W^T one tile of W at a time, each tile widened
+/// The prefill path: y (+)= x W^T one tile of W at a time, each tile decoded
 /// into `tile` (at least half_tile_rows(rows, cols) x cols; resized if
-/// smaller or of another width) and multiplied with Eigen's GEMM.
-template <typename Scalar>
-void half_tiled_gemm(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half, Index rows,
-                     Index cols, bool bf16, MatrixRef<Scalar> y, bool accumulate,
-                     Matrix<Scalar>& tile) {
+/// smaller or of another width) by decode_rows(r0, count, out) (out[0, count
+/// * cols) = rows [r0, r0 + count) of W, row-major) and multiplied with
+/// Eigen's GEMM. Any compressed storage reuses it with its own decoder.
+template <typename Scalar, typename DecodeRows>
+void tiled_gemm(const ConstMatrixRef<Scalar>& x, Index rows, Index cols, DecodeRows decode_rows,
+                MatrixRef<Scalar> y, bool accumulate, Matrix<Scalar>& tile) {
   const Index tile_rows = half_tile_rows(rows, cols);
   if (tile.rows() < tile_rows || tile.cols() != cols) tile.resize(tile_rows, cols);
   for (Index r0 = 0; r0 < rows; r0 += tile_rows) {
     const Index count = std::min(tile_rows, rows - r0);
-    widen_rows(half, cols, bf16, r0, count, tile.data());
+    decode_rows(r0, count, tile.data());
     auto w = tile.topRows(count);
     if (accumulate) {
       y.middleCols(r0, count).noalias() += x * w.transpose();
@@ -108,6 +124,17 @@ void half_tiled_gemm(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half,
       y.middleCols(r0, count).noalias() = x * w.transpose();
     }
   }
+}
+
+/// tiled_gemm for 16-bit weights.
+template <typename Scalar>
+void half_tiled_gemm(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half, Index rows,
+                     Index cols, bool bf16, MatrixRef<Scalar> y, bool accumulate,
+                     Matrix<Scalar>& tile) {
+  tiled_gemm<Scalar>(
+      x, rows, cols,
+      [&](Index r0, Index count, Scalar* out) { widen_rows(half, cols, bf16, r0, count, out); }, y,
+      accumulate, tile);
 }
 
 }  // namespace kernels

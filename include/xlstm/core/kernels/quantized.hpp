@@ -1,0 +1,198 @@
+// Products y = x W^T with quantised weights (math §16): int8 values with one
+// float scale per row (int8_rows) or 4-bit values with one float scale per
+// group of 32 columns (q4_g32), accumulated in Scalar; activations stay
+// Scalar. The weights stay quantised in memory and are decoded on the way in,
+// with the same two strategies as 16-bit weights (kernels/widening.hpp):
+//  - few rows (decode, short batches) and the row-invariant workload: the
+//    dense step kernel (kernels/dense.hpp) with a row loader that widens and
+//    scales inside the SIMD registers. Decoding is bound by reading the
+//    weights, so the multiply by the scale costs nothing next to the load.
+//    Builds without in-register widening (kernels/simd.hpp), and Scalar
+//    double, decode a piece of a row at a time into a stack buffer instead.
+//    Never allocates.
+//  - many rows (prefill): tiles of W decoded into a Scalar buffer and
+//    multiplied with Eigen's GEMM (kernels::tiled_gemm).
+// Also here: the quantisers of one row (int8) and one group (q4), which
+// define the formats' values.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "xlstm/core/kernels/dense.hpp"
+#include "xlstm/core/kernels/simd.hpp"
+#include "xlstm/core/kernels/widening.hpp"
+#include "xlstm/core/tensor.hpp"
+
+namespace xlstm {
+namespace kernels {
+
+/// Input columns per scale of q4_g32 (math §16.2).
+constexpr Index kQ4Group = 32;
+
+namespace detail {
+
+/// round(w / s) clamped to [-limit, limit], computed in double so that the
+/// quotient is exact enough that only the clamp's rounding slack (w at the
+/// row's or group's maximum) can reach the limit. s == 0: 0.
+inline int quantize_value(float w, float s, int limit) {
+  if (s == 0.0f) return 0;
+  const double q = std::nearbyint(double(w) / double(s));
+  return int(std::clamp(q, double(-limit), double(limit)));
+}
+
+/// The symmetric scale max|w| / limit of n values, in float (math §16.1).
+/// A scale that underflows float is 0 and its values quantise to 0 (the
+/// weights were below 127 * 1.4e-45 anyway).
+inline float symmetric_scale(const float* w, Index n, int limit) {
+  float max_abs = 0.0f;
+  for (Index i = 0; i < n; ++i) max_abs = std::max(max_abs, std::abs(w[i]));
+  return float(double(max_abs) / double(limit));
+}
+
+}  // namespace detail
+
+/// Quantises one row of `n` weights to int8_rows (math §16.1): scale =
+/// max|w| / 127, q = round(w / scale) in [-127, 127]; an all-zero row gets
+/// scale 0 and q = 0 (no division by zero).
+inline void quantize_int8_row(const float* w, Index n, std::int8_t* q, float& scale) {
+  scale = detail::symmetric_scale(w, n, 127);
+  for (Index i = 0; i < n; ++i) q[i] = std::int8_t(detail::quantize_value(w[i], scale, 127));
+}
+
+/// Quantises one group of kQ4Group weights to q4_g32 (math §16.2): scale =
+/// max|w| / 7, q = round(w / scale) clamped to [-7, 7] (symmetric: -8 is
+/// never produced, though the decoders read it), packed two per byte, the
+/// even column in the low nibble.
+inline void quantize_q4_group(const float* w, std::uint8_t* q, float& scale) {
+  scale = detail::symmetric_scale(w, kQ4Group, 7);
+  for (Index i = 0; i < kQ4Group; i += 2) {
+    const int lo = detail::quantize_value(w[i], scale, 7);
+    const int hi = detail::quantize_value(w[i + 1], scale, 7);
+    q[i / 2] = std::uint8_t((lo & 15) | ((hi & 15) << 4));
+  }
+}
+
+/// A signed nibble (two's complement, -8..7) as an int.
+inline int q4_nibble(std::uint8_t byte, Index column) {
+  const int nibble = (column % 2 == 0 ? byte : byte >> 4) & 15;
+  return nibble >= 8 ? nibble - 16 : nibble;
+}
+
+/// Rows of int8_rows W (`data`: rows x stride bytes, `scales`: one per row),
+/// widened and scaled to float packets as they are loaded.
+struct Int8Rows {
+  const std::uint8_t* data;
+  const float* scales;
+  Index stride;
+  simd::Packet<float> load(Index row, Index col) const {
+    const auto* p = reinterpret_cast<const std::int8_t*>(data + row * stride + col);
+    return simd::scale(simd::load_i8(p), scales[row]);
+  }
+  float at(Index row, Index col) const {
+    return float(std::int8_t(data[row * stride + col])) * scales[row];
+  }
+};
+
+/// Rows of q4_g32 W (`data`: rows x cols / 2 bytes, `scales`: rows x cols /
+/// 32), widened and scaled to float packets as they are loaded. A packet
+/// starts at a multiple of its lane count (the step kernel walks columns so,
+/// in pieces of multiples of 16), and the lane count divides 32: it lies
+/// within one group (one scale) and starts on a byte.
+struct Q4Rows {
+  const std::uint8_t* data;
+  const float* scales;
+  Index cols;
+  simd::Packet<float> load(Index row, Index col) const {
+    static_assert(kQ4Group % simd::kLanes<float> == 0, "a packet must not straddle two groups");
+    if constexpr (simd::kLanes<float> % 2 != 0) {  // unvectorised builds: one lane, maybe odd
+      const float lane = at(row, col);
+      return simd::load<float>(&lane);
+    } else {
+      return simd::scale(simd::load_q4(data + (row * cols + col) / 2), scale(row, col));
+    }
+  }
+  float at(Index row, Index col) const {
+    return float(q4_nibble(data[(row * cols + col) / 2], col)) * scale(row, col);
+  }
+  float scale(Index row, Index col) const {
+    return scales[row * (cols / kQ4Group) + col / kQ4Group];
+  }
+};
+
+/// out[0, n) = W(row, c0 : c0 + n) decoded to Scalar, for either format.
+template <typename Scalar>
+void decode_quantized(const std::uint8_t* data, const float* scales, Index cols, bool q4, Index row,
+                      Index c0, Index n, Scalar* out) {
+  if (q4) {
+    const Q4Rows w{data, scales, cols};
+    for (Index i = 0; i < n; ++i) out[i] = Scalar(w.at(row, c0 + i));
+    return;
+  }
+  // q * s in float, like the packet loaders: one dequantised value whatever
+  // the Scalar (math §16.1).
+  const auto* q = reinterpret_cast<const std::int8_t*>(data + row * cols + c0);
+  const float s = scales[row];
+  for (Index i = 0; i < n; ++i) out[i] = Scalar(float(q[i]) * s);
+}
+
+/// y (+)= x W^T for quantised W (q4 selects q4_g32, else int8_rows) with the
+/// strategy of the workload: the step kernel for `step` and for at most
+/// kStepKernelMaxRows rows (never allocates), the row-invariant kernel for
+/// `row_invariant` (never allocates), else the tiled GEMM with a tile buffer
+/// allocated here.
+template <typename Scalar>
+void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data,
+                       const float* scales, Index rows, Index cols, bool q4, MatrixRef<Scalar> y,
+                       bool accumulate, Workload workload) {
+  if (x.rows() == 0) return;
+  if (rows * cols == 0) {
+    if (!accumulate) y.setZero();
+    return;
+  }
+  if (workload == Workload::sequence && x.rows() > kStepKernelMaxRows) {
+    Matrix<Scalar> tile;
+    tiled_gemm<Scalar>(
+        x, rows, cols,
+        [&](Index r0, Index count, Scalar* out) {
+          for (Index r = 0; r < count; ++r) {
+            decode_quantized(data, scales, cols, q4, r0 + r, 0, cols, out + r * cols);
+          }
+        },
+        y, accumulate, tile);
+    return;
+  }
+  const bool row_invariant = workload == Workload::row_invariant;
+  const Index work = rows * cols * (row_invariant ? std::max<Index>(1, x.rows() / 8) : 1);
+  split_weight_rows(rows, work, [&](Index r0, Index count) {
+    if constexpr (std::is_same_v<Scalar, float> && simd::kWidenQuantized) {
+      auto run = [&](const auto& loader) {
+        if (row_invariant) {
+          row_invariant_rows<float>(loader, x, y, accumulate, r0, count);
+        } else {
+          step_rows<float>(loader, x, y, accumulate, r0, count);
+        }
+      };
+      if (q4) {
+        run(Q4Rows{data, scales, cols});
+      } else {
+        run(Int8Rows{data, scales, cols});
+      }
+      return;
+    }
+    // Row by row in pieces: a row's sums do not depend on the other rows of
+    // x either, so this serves the row-invariant workload too.
+    step_rows_decoded<Scalar>(
+        cols,
+        [&](Index o, Index c0, Index n, Scalar* out) {
+          decode_quantized(data, scales, cols, q4, o, c0, n, out);
+        },
+        x, y, accumulate, r0, count);
+  });
+}
+
+}  // namespace kernels
+}  // namespace xlstm

@@ -1,0 +1,444 @@
+// Quantised weights (math §16): the int8_rows and q4_g32 formats of
+// WeightMatrix, their products in every workload, quantize_weights on a
+// language model, and the refusals (training, saving, bad shapes).
+//
+// The step workload must allocate nothing: like test_no_alloc.cpp (whose
+// comment explains the two counters), Eigen heap allocations are caught by
+// EIGEN_RUNTIME_NO_MALLOC with a counting eigen_assert, and operator new is
+// replaced by a counting version. Both must come before the first include of
+// Eigen.
+#define EIGEN_RUNTIME_NO_MALLOC
+
+#include <atomic>
+
+inline std::atomic<int> g_quantized_eigen_asserts{0};
+#define eigen_assert(x)                                                            \
+  do {                                                                             \
+    if (!(x)) ::g_quantized_eigen_asserts.fetch_add(1, std::memory_order_relaxed); \
+  } while (false)
+
+#include <cstdlib>
+#include <new>
+
+inline std::atomic<long> g_quantized_news{0};
+
+#if defined(__GNUC__)
+#define XLSTM_QUANTIZED_NOINLINE __attribute__((noinline))
+#else
+#define XLSTM_QUANTIZED_NOINLINE
+#endif
+
+// Out of line: see test_no_alloc.cpp (-Wmismatched-new-delete).
+XLSTM_QUANTIZED_NOINLINE inline void* quantized_counted_alloc(std::size_t size) {
+  g_quantized_news.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+XLSTM_QUANTIZED_NOINLINE inline void quantized_release(void* p) noexcept { std::free(p); }
+
+void* operator new(std::size_t size) { return quantized_counted_alloc(size); }
+void* operator new[](std::size_t size) { return quantized_counted_alloc(size); }
+void operator delete(void* p) noexcept { quantized_release(p); }
+void operator delete[](void* p) noexcept { quantized_release(p); }
+void operator delete(void* p, std::size_t) noexcept { quantized_release(p); }
+void operator delete[](void* p, std::size_t) noexcept { quantized_release(p); }
+
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "xlstm/core/linear.hpp"
+#include "xlstm/core/linear_backward.hpp"
+#include "xlstm/core/parallel.hpp"
+#include "xlstm/core/quantize.hpp"
+#include "xlstm/core/weight_matrix.hpp"
+#include "xlstm/io/checkpoint.hpp"
+#include "xlstm/model/language_model.hpp"
+
+// After EIGEN_RUNTIME_NO_MALLOC and eigen_assert above, like every include of Eigen.
+#include "test_util.hpp"
+
+namespace xlstm_test_quantized {
+
+using xlstm::Index;
+using xlstm::Matrix;
+using xlstm::WeightMatrix;
+using xlstm::WeightStorage;
+
+// A rows x cols matrix of N(0, 1) weights.
+Matrix<float> random_weights(Index rows, Index cols, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Matrix<float> w(rows, cols);
+  for (Index i = 0; i < w.size(); ++i) w.data()[i] = normal(rng);
+  return w;
+}
+
+// W decoded, as a float matrix.
+template <typename Scalar>
+Matrix<Scalar> dequantised(const WeightMatrix<Scalar>& w) {
+  Matrix<Scalar> out(w.rows(), w.cols());
+  w.copy_block(0, 0, out);
+  return out;
+}
+
+// The scale of element (r, c) of a quantised matrix.
+float scale_of(const WeightMatrix<float>& w, Index r, Index c) {
+  if (w.storage() == WeightStorage::int8_rows) return w.quantized_scales()[r];
+  return w.quantized_scales()[r * (w.cols() / 32) + c / 32];
+}
+
+// Every element within half a step of its original value (math §16.1,
+// §16.2), and the scales as defined: max|w| / 127 per row, max|w| / 7 per
+// group.
+void expect_within_half_step(const Matrix<float>& w, const WeightMatrix<float>& q) {
+  const bool q4 = q.storage() == WeightStorage::q4_g32;
+  const Matrix<float> d = dequantised(q);
+  for (Index r = 0; r < w.rows(); ++r) {
+    for (Index c = 0; c < w.cols(); ++c) {
+      const float s = scale_of(q, r, c);
+      const Index c0 = q4 ? c / 32 * 32 : 0, n = q4 ? 32 : w.cols();
+      const float max_abs = w.row(r).segment(c0, n).cwiseAbs().maxCoeff();
+      ASSERT_EQ(s, float(double(max_abs) / (q4 ? 7.0 : 127.0))) << r << ", " << c;
+      // s / 2 up to the rounding of s itself (relative 2^-24, times 127 steps).
+      const double bound = 0.5 * double(s) * (1 + 1e-6) + 1e-6 * double(max_abs);
+      ASSERT_LE(std::abs(double(w(r, c)) - double(d(r, c))), bound)
+          << r << ", " << c << ": " << w(r, c) << " -> " << d(r, c);
+      ASSERT_TRUE(std::isfinite(d(r, c)));
+    }
+  }
+}
+
+TEST(QuantizedWeights, WithinHalfAStepIncludingZeroAndExtremeRows) {
+  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    for (Index cols : {Index(32), Index(96), Index(37)}) {
+      if (format == WeightStorage::q4_g32 && cols % 32 != 0) continue;
+      Matrix<float> w = random_weights(6, cols, 1 + std::uint64_t(cols));
+      w.row(1).setZero();                      // a zero row: scale 0, values 0
+      w.row(2) *= 1e30f;                       // huge, no overflow in the scale
+      w.row(3) *= 1e-30f;                      // tiny (normal floats)
+      w(4, 0) = 1e30f;                         // one huge value: the rest round to 0
+      w.row(5).setConstant(-3.0f);             // all at the limit: q = -127 / -7
+      const WeightMatrix<float> q = WeightMatrix<float>::quantized(WeightMatrix<float>(w), format);
+      EXPECT_EQ(q.storage(), format);
+      expect_within_half_step(w, q);
+      const Matrix<float> d = dequantised(q);
+      EXPECT_TRUE(d.row(1).isZero(0));
+      EXPECT_EQ(d(5, 0), -3.0f);
+    }
+  }
+}
+
+TEST(QuantizedWeights, BytesAndLayout) {
+  const Matrix<float> w = random_weights(4, 64, 2);
+  const auto q8 = WeightMatrix<float>::quantized(WeightMatrix<float>(w), WeightStorage::int8_rows);
+  const auto q4 = WeightMatrix<float>::quantized(WeightMatrix<float>(w), WeightStorage::q4_g32);
+  EXPECT_EQ(q8.bytes(), std::size_t(4 * 64 + 4 * 4));
+  EXPECT_EQ(q4.bytes(), std::size_t(4 * 32 + 4 * 2 * 4));
+  // Nibble order (math §16.2): the low nibble is the even column.
+  const std::uint8_t byte = q4.quantized_values()[0];
+  const float s = q4.quantized_scales()[0];
+  const Matrix<float> d = dequantised(q4);
+  auto nibble = [](int v) { return v >= 8 ? v - 16 : v; };
+  EXPECT_EQ(d(0, 0), float(nibble(byte & 15)) * s);
+  EXPECT_EQ(d(0, 1), float(nibble(byte >> 4)) * s);
+  // Owned storage is aligned like half_zeros (Eigen's alignment).
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(q8.quantized_values()) % EIGEN_MAX_ALIGN_BYTES, 0u);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(q4.quantized_scales()) % EIGEN_MAX_ALIGN_BYTES, 0u);
+}
+
+TEST(QuantizedWeights, Q4NeedsColumnsInGroupsOf32) {
+  try {
+    WeightMatrix<float>::quantized(WeightMatrix<float>(random_weights(3, 40, 3)),
+                                   WeightStorage::q4_g32);
+    FAIL() << "expected an Error";
+  } catch (const xlstm::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("cols"), std::string::npos) << what;
+    EXPECT_NE(what.find("32"), std::string::npos) << what;
+    EXPECT_NE(what.find("40"), std::string::npos) << what;
+  }
+  EXPECT_THROW(WeightMatrix<float>::quantized(WeightMatrix<float>(random_weights(2, 32, 4)),
+                                              WeightStorage::bf16),
+               xlstm::Error);
+  Matrix<float> bad = random_weights(2, 32, 5);
+  bad(1, 3) = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(WeightMatrix<float>::quantized(WeightMatrix<float>(bad), WeightStorage::int8_rows),
+               xlstm::Error);
+}
+
+TEST(QuantizedWeights, FromSixteenBitEqualsFromTheDecodedFloats) {
+  const Index rows = 5, cols = 64;
+  const Matrix<float> w = random_weights(rows, cols, 6);
+  auto half = WeightMatrix<float>::half_zeros(WeightStorage::bf16, rows, cols);
+  for (Index i = 0; i < w.size(); ++i) half.owned_half_bits()[i] = xlstm::float_to_bf16(w.data()[i]);
+  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    const auto from_half = WeightMatrix<float>::quantized(half, format);
+    const auto from_float = WeightMatrix<float>::quantized(WeightMatrix<float>(dequantised(half)),
+                                                           format);
+    EXPECT_EQ(dequantised(from_half), dequantised(from_float));
+  }
+}
+
+TEST(QuantizedWeights, RowRangeIsAViewOfTheSameValues) {
+  const Matrix<float> w = random_weights(40, 64, 7);
+  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    const auto q = WeightMatrix<float>::quantized(WeightMatrix<float>(w), format);
+    const auto part = q.row_range(10, 20);
+    EXPECT_EQ(part.storage(), format);
+    EXPECT_EQ(dequantised(part), dequantised(q).middleRows(10, 20));
+    Matrix<float> row(1, 64), block(3, 32);
+    q.copy_row(12, row.row(0));
+    EXPECT_EQ(row, dequantised(q).middleRows(12, 1));
+    q.copy_block(5, 32, block);
+    EXPECT_EQ(block, dequantised(q).block(5, 32, 3, 32));
+    EXPECT_THROW(q.native(), xlstm::Error);
+  }
+}
+
+// y = x D^T in double, D the dequantised matrix, and sum |x||D| per element
+// (the scale of float rounding in any summation order).
+void reference(const Matrix<float>& x, const Matrix<float>& d, Matrix<double>& y,
+               Matrix<double>& magnitude) {
+  y = x.cast<double>() * d.cast<double>().transpose();
+  magnitude = x.cast<double>().cwiseAbs() * d.cast<double>().cwiseAbs().transpose();
+}
+
+TEST(QuantizedWeights, ProductsEqualTheDequantisedProduct) {
+  const int saved_threads = xlstm::num_threads();
+  const Index rows = 70;  // not a multiple of the 16-row panels; 70 x 4096 splits over threads
+  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    for (Index cols : {Index(32), Index(96), Index(4096), Index(37)}) {
+      if (format == WeightStorage::q4_g32 && cols % 32 != 0) continue;
+      const auto q = WeightMatrix<float>::quantized(
+          WeightMatrix<float>(random_weights(rows, cols, std::uint64_t(cols))), format);
+      const Matrix<float> d = dequantised(q);
+      for (Index batch : {Index(1), Index(3), Index(8), Index(9), Index(16)}) {
+        const Matrix<float> x = random_weights(batch, cols, 100 + std::uint64_t(batch));
+        const Matrix<float> y0 = random_weights(batch, rows, 200 + std::uint64_t(batch));
+        Matrix<double> ref, magnitude;
+        reference(x, d, ref, magnitude);
+        for (int threads : {1, 2}) {
+          xlstm::set_num_threads(threads);
+          for (auto workload : {xlstm::Workload::step, xlstm::Workload::sequence,
+                                xlstm::Workload::row_invariant}) {
+            for (bool accumulate : {false, true}) {
+              Matrix<float> y = y0;
+              q.multiply_transposed(x, y, accumulate, workload);
+              for (Index b = 0; b < batch; ++b) {
+                for (Index o = 0; o < rows; ++o) {
+                  const double want = ref(b, o) + (accumulate ? double(y0(b, o)) : 0.0);
+                  // 1e-5 of sum |x||w|: float's rounding over a few thousand
+                  // terms in any order (measured well below), plus y0's.
+                  const double tol = 1e-5 * magnitude(b, o) + 1e-6 * std::abs(double(y0(b, o)));
+                  ASSERT_NEAR(double(y(b, o)), want, tol)
+                      << xlstm::storage_name(format) << " cols " << cols << " batch " << batch
+                      << " threads " << threads << " workload " << int(workload)
+                      << " accumulate " << accumulate << " at " << b << ", " << o;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  xlstm::set_num_threads(saved_threads);
+}
+
+TEST(QuantizedWeights, RowInvariantProductDoesNotDependOnTheOtherRows) {
+  const Matrix<float> x = random_weights(9, 96, 8);
+  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    const auto q = WeightMatrix<float>::quantized(WeightMatrix<float>(random_weights(20, 96, 9)),
+                                                  format);
+    Matrix<float> all(9, 20), one(1, 20);
+    q.multiply_transposed(x, all, false, xlstm::Workload::row_invariant);
+    for (Index b = 0; b < 9; ++b) {
+      q.multiply_transposed(x.middleRows(b, 1), one, false, xlstm::Workload::row_invariant);
+      EXPECT_EQ(one, all.middleRows(b, 1)) << b;
+    }
+  }
+}
+
+TEST(QuantizedWeights, ExtremeValuesMultiplyWithoutOverflow) {
+  Matrix<float> w = random_weights(4, 64, 10);
+  w.row(0) *= 1e30f;
+  w.row(1) *= 1e-30f;
+  w.row(2).setZero();
+  const Matrix<float> x = random_weights(3, 64, 11);
+  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    const auto q = WeightMatrix<float>::quantized(WeightMatrix<float>(w), format);
+    Matrix<double> ref, magnitude;
+    reference(x, dequantised(q), ref, magnitude);
+    for (auto workload : {xlstm::Workload::step, xlstm::Workload::sequence}) {
+      Matrix<float> y(3, 4);
+      q.multiply_transposed(x, y, false, workload);
+      ASSERT_TRUE(y.allFinite());
+      EXPECT_TRUE(y.col(2).isZero(0));
+      for (Index b = 0; b < 3; ++b) {
+        for (Index o = 0; o < 4; ++o) {
+          EXPECT_NEAR(double(y(b, o)), ref(b, o), 1e-5 * magnitude(b, o));
+        }
+      }
+    }
+  }
+}
+
+// Scalar double takes the decoding fallback (no float packets).
+TEST(QuantizedWeights, DoubleProductsEqualTheDequantisedProduct) {
+  std::mt19937_64 rng(12);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  Matrix<double> w(33, 96), x(9, 96);
+  for (Index i = 0; i < w.size(); ++i) w.data()[i] = normal(rng);
+  for (Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    const auto q = WeightMatrix<double>::quantized(WeightMatrix<double>(w), format);
+    const Matrix<double> d = dequantised(q);
+    const double half_step = format == WeightStorage::q4_g32 ? 14.0 : 254.0;
+    EXPECT_LE((d - w).cwiseAbs().maxCoeff(), w.cwiseAbs().maxCoeff() / half_step * (1 + 1e-6));
+    const Matrix<double> ref = x * d.transpose();
+    const Matrix<double> magnitude = x.cwiseAbs() * d.cwiseAbs().transpose();
+    for (Index batch : {Index(1), Index(9)}) {
+      for (auto workload : {xlstm::Workload::step, xlstm::Workload::sequence,
+                            xlstm::Workload::row_invariant}) {
+        Matrix<double> y(batch, 33);
+        q.multiply_transposed(x.topRows(batch), y, false, workload);
+        for (Index b = 0; b < batch; ++b) {
+          for (Index o = 0; o < 33; ++o) EXPECT_NEAR(y(b, o), ref(b, o), 1e-13 * magnitude(b, o));
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantizedWeights, StepProductAllocatesNothing) {
+  const int saved_threads = xlstm::num_threads();
+  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    const auto q = WeightMatrix<float>::quantized(
+        WeightMatrix<float>(random_weights(128, 4096, 13)), format);
+    for (Index batch : {Index(1), Index(16)}) {
+      const Matrix<float> x = random_weights(batch, 4096, 14);
+      Matrix<float> y(batch, 128);
+      for (int threads : {1, 2}) {
+        xlstm::set_num_threads(threads);
+        q.multiply_transposed(x, y, false, xlstm::Workload::step);  // warm-up (OpenMP pool)
+        const long news = g_quantized_news.load();
+        const int eigen = g_quantized_eigen_asserts.load();
+        Eigen::internal::set_is_malloc_allowed(false);
+        for (int i = 0; i < 3; ++i) q.multiply_transposed(x, y, i > 0, xlstm::Workload::step);
+        Eigen::internal::set_is_malloc_allowed(true);
+        EXPECT_EQ(g_quantized_news.load() - news, 0) << "batch " << batch << " threads " << threads;
+        EXPECT_EQ(g_quantized_eigen_asserts.load() - eigen, 0)
+            << "batch " << batch << " threads " << threads;
+      }
+    }
+  }
+  xlstm::set_num_threads(saved_threads);
+}
+
+TEST(QuantizedWeights, TrainingAndSavingRefuseQuantisedWeights) {
+  xlstm::Linear<float> layer(64, 8, true);
+  layer.weight() = random_weights(8, 64, 15);
+  layer.weight_matrix() =
+      WeightMatrix<float>::quantized(layer.weight_matrix(), WeightStorage::int8_rows);
+  const Matrix<float> x = random_weights(2, 64, 16), gy = random_weights(2, 8, 17);
+  xlstm::LinearGradients<float> grads(layer);
+  Matrix<float> gx(2, 64);
+  EXPECT_THROW(xlstm::backward(layer, x, gy, grads, gx), xlstm::Error);
+
+  xlstm::LanguageModel<float> model(test_util::lm_config(32, 1, {}, 40));
+  xlstm::quantize_weights(model, WeightStorage::int8_rows, {/*min_elements=*/1024, false});
+  const test_util::TempPath path("quantized_save");
+  try {
+    xlstm::io::save_module(model, path.str());
+    FAIL() << "expected an Error";
+  } catch (const xlstm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("saving tensor '"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("quantised"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(path.str()));
+}
+
+// Logits of `model` for a few steps of B = 2 from fixed tokens.
+Matrix<float> step_logits(const xlstm::LanguageModel<float>& model, Index vocab) {
+  auto state = model.initial_state(2);
+  Matrix<float> all(0, vocab), logits(2, vocab);
+  for (std::int64_t t = 0; t < 6; ++t) {
+    model.step(std::vector<std::int64_t>{(3 * t + 1) % vocab, (7 * t + 2) % vocab}, state, logits);
+    all.conservativeResize(all.rows() + 2, vocab);
+    all.bottomRows(2) = logits;
+  }
+  return all;
+}
+
+TEST(QuantizedWeights, QuantizeWeightsOnALanguageModel) {
+  const Index vocab = 48;
+  xlstm::LanguageModel<float> reference(test_util::lm_config(64, 2, {1}, vocab));
+  test_util::randomize(reference, 18);
+  const Matrix<float> want = step_logits(reference, vocab);
+  const double rms_want = std::sqrt(want.cast<double>().squaredNorm() / double(want.size()));
+  // Bounds on the relative RMS error of the logits. One weight's error is
+  // uniform in [-s/2, s/2]: RMS s / sqrt(12), i.e. max|w| / (127 sqrt(12)) ~
+  // 0.23 % of its row's largest weight for int8 and max|w| / (7 sqrt(12)) ~
+  // 4 % of its group's for q4. The logits of this small random model (every
+  // parameter noised, two blocks, exponential gates) amplify a relative
+  // weight error about 8-fold (measured: int8 ~ 1.9 %, q4 ~ 31 %), so int8
+  // must stay within 5 %. 4-bit is not "a little" on such a model; what is
+  // asserted for it is that the error stays in the linear regime: q4 / int8
+  // near the ratio of their steps, 127 / 7 ~ 18.
+  double int8_error = 0;
+  const std::vector<std::pair<WeightStorage, double>> cases = {{WeightStorage::int8_rows, 0.05},
+                                                               {WeightStorage::q4_g32, 1.0}};
+  for (const auto& [format, bound] : cases) {
+    xlstm::LanguageModel<float> model(test_util::lm_config(64, 2, {1}, vocab));
+    test_util::randomize(model, 18);
+    std::vector<std::vector<float>> dense_before;
+    model.for_each_parameter([&](const xlstm::ConstParameterRef<float>& p) {
+      if (!p.matrix) dense_before.emplace_back(p.data, p.data + p.slice_size());
+    });
+    const auto report = xlstm::quantize_weights(model, format, {/*min_elements=*/1024, false});
+    EXPECT_FALSE(report.quantized.empty());
+    EXPECT_LT(report.bytes_after, report.bytes_before);
+    EXPECT_EQ(model.embedding_matrix().storage(), WeightStorage::native);
+    EXPECT_EQ(model.lm_head_matrix().storage(), WeightStorage::native);
+    // Norms, biases and every other dense tensor untouched, bit for bit.
+    std::size_t i = 0;
+    model.for_each_parameter([&](const xlstm::ConstParameterRef<float>& p) {
+      if (p.matrix) return;
+      ASSERT_LT(i, dense_before.size());
+      EXPECT_EQ(std::vector<float>(p.data, p.data + p.slice_size()), dense_before[i]) << p.name;
+      ++i;
+    });
+    const Matrix<float> got = step_logits(model, vocab);
+    const double rms_err =
+        std::sqrt((got - want).cast<double>().squaredNorm() / double(want.size()));
+    std::printf("[ measured ] %s: %zu matrices quantised, %zu kept, weights %zu -> %zu bytes, "
+                "logits relative RMS error %.4g\n",
+                xlstm::storage_name(format), report.quantized.size(), report.kept.size(),
+                report.bytes_before, report.bytes_after, rms_err / rms_want);
+    EXPECT_GT(rms_err, 0.0);
+    EXPECT_LE(rms_err, bound * rms_want);
+    if (format == WeightStorage::int8_rows) {
+      int8_error = rms_err;
+    } else {
+      EXPECT_GT(rms_err / int8_error, 6.0);
+      EXPECT_LT(rms_err / int8_error, 50.0);
+    }
+
+    // With the flag, the (tied or not) embedding and head are quantised too.
+    xlstm::LanguageModel<float> all(test_util::lm_config(64, 2, {1}, vocab));
+    test_util::randomize(all, 18);
+    xlstm::quantize_weights(all, format, {1024, true});
+    EXPECT_EQ(all.lm_head_matrix().storage(), format);
+    EXPECT_TRUE(step_logits(all, vocab).allFinite());
+  }
+}
+
+}  // namespace xlstm_test_quantized
