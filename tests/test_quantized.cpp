@@ -121,11 +121,11 @@ TEST(QuantizedWeights, WithinHalfAStepIncludingZeroAndExtremeRows) {
     for (Index cols : {Index(32), Index(96), Index(37)}) {
       if (format == WeightStorage::q4_g32 && cols % 32 != 0) continue;
       Matrix<float> w = random_weights(6, cols, 1 + std::uint64_t(cols));
-      w.row(1).setZero();                      // a zero row: scale 0, values 0
-      w.row(2) *= 1e30f;                       // huge, no overflow in the scale
-      w.row(3) *= 1e-30f;                      // tiny (normal floats)
-      w(4, 0) = 1e30f;                         // one huge value: the rest round to 0
-      w.row(5).setConstant(-3.0f);             // all at the limit: q = -127 / -7
+      w.row(1).setZero();           // a zero row: scale 0, values 0
+      w.row(2) *= 1e30f;            // huge, no overflow in the scale
+      w.row(3) *= 1e-30f;           // tiny (normal floats)
+      w(4, 0) = 1e30f;              // one huge value: the rest round to 0
+      w.row(5).setConstant(-3.0f);  // all at the limit: q = -127 / -7
       const WeightMatrix<float> q = WeightMatrix<float>::quantized(WeightMatrix<float>(w), format);
       EXPECT_EQ(q.storage(), format);
       expect_within_half_step(w, q);
@@ -178,11 +178,12 @@ TEST(QuantizedWeights, FromSixteenBitEqualsFromTheDecodedFloats) {
   const Index rows = 5, cols = 64;
   const Matrix<float> w = random_weights(rows, cols, 6);
   auto half = WeightMatrix<float>::half_zeros(WeightStorage::bf16, rows, cols);
-  for (Index i = 0; i < w.size(); ++i) half.owned_half_bits()[i] = xlstm::float_to_bf16(w.data()[i]);
+  for (Index i = 0; i < w.size(); ++i)
+    half.owned_half_bits()[i] = xlstm::float_to_bf16(w.data()[i]);
   for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
     const auto from_half = WeightMatrix<float>::quantized(half, format);
-    const auto from_float = WeightMatrix<float>::quantized(WeightMatrix<float>(dequantised(half)),
-                                                           format);
+    const auto from_float =
+        WeightMatrix<float>::quantized(WeightMatrix<float>(dequantised(half)), format);
     EXPECT_EQ(dequantised(from_half), dequantised(from_float));
   }
 }
@@ -227,8 +228,8 @@ TEST(QuantizedWeights, ProductsEqualTheDequantisedProduct) {
         reference(x, d, ref, magnitude);
         for (int threads : {1, 2}) {
           xlstm::set_num_threads(threads);
-          for (auto workload : {xlstm::Workload::step, xlstm::Workload::sequence,
-                                xlstm::Workload::row_invariant}) {
+          for (auto workload :
+               {xlstm::Workload::step, xlstm::Workload::sequence, xlstm::Workload::row_invariant}) {
             for (bool accumulate : {false, true}) {
               Matrix<float> y = y0;
               q.multiply_transposed(x, y, accumulate, workload);
@@ -240,8 +241,8 @@ TEST(QuantizedWeights, ProductsEqualTheDequantisedProduct) {
                   const double tol = 1e-5 * magnitude(b, o) + 1e-6 * std::abs(double(y0(b, o)));
                   ASSERT_NEAR(double(y(b, o)), want, tol)
                       << xlstm::storage_name(format) << " cols " << cols << " batch " << batch
-                      << " threads " << threads << " workload " << int(workload)
-                      << " accumulate " << accumulate << " at " << b << ", " << o;
+                      << " threads " << threads << " workload " << int(workload) << " accumulate "
+                      << accumulate << " at " << b << ", " << o;
                 }
               }
             }
@@ -256,8 +257,8 @@ TEST(QuantizedWeights, ProductsEqualTheDequantisedProduct) {
 TEST(QuantizedWeights, RowInvariantProductDoesNotDependOnTheOtherRows) {
   const Matrix<float> x = random_weights(9, 96, 8);
   for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
-    const auto q = WeightMatrix<float>::quantized(WeightMatrix<float>(random_weights(20, 96, 9)),
-                                                  format);
+    const auto q =
+        WeightMatrix<float>::quantized(WeightMatrix<float>(random_weights(20, 96, 9)), format);
     Matrix<float> all(9, 20), one(1, 20);
     q.multiply_transposed(x, all, false, xlstm::Workload::row_invariant);
     for (Index b = 0; b < 9; ++b) {
@@ -306,8 +307,8 @@ TEST(QuantizedWeights, DoubleProductsEqualTheDequantisedProduct) {
     const Matrix<double> ref = x * d.transpose();
     const Matrix<double> magnitude = x.cwiseAbs() * d.cwiseAbs().transpose();
     for (Index batch : {Index(1), Index(9)}) {
-      for (auto workload : {xlstm::Workload::step, xlstm::Workload::sequence,
-                            xlstm::Workload::row_invariant}) {
+      for (auto workload :
+           {xlstm::Workload::step, xlstm::Workload::sequence, xlstm::Workload::row_invariant}) {
         Matrix<double> y(batch, 33);
         q.multiply_transposed(x.topRows(batch), y, false, workload);
         for (Index b = 0; b < batch; ++b) {
@@ -321,8 +322,8 @@ TEST(QuantizedWeights, DoubleProductsEqualTheDequantisedProduct) {
 TEST(QuantizedWeights, StepProductAllocatesNothing) {
   const int saved_threads = xlstm::num_threads();
   for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
-    const auto q = WeightMatrix<float>::quantized(
-        WeightMatrix<float>(random_weights(128, 4096, 13)), format);
+    const auto q =
+        WeightMatrix<float>::quantized(WeightMatrix<float>(random_weights(128, 4096, 13)), format);
     for (Index batch : {Index(1), Index(16)}) {
       const Matrix<float> x = random_weights(batch, 4096, 14);
       Matrix<float> y(batch, 128);
@@ -419,10 +420,11 @@ TEST(QuantizedWeights, QuantizeWeightsOnALanguageModel) {
     const Matrix<float> got = step_logits(model, vocab);
     const double rms_err =
         std::sqrt((got - want).cast<double>().squaredNorm() / double(want.size()));
-    std::printf("[ measured ] %s: %zu matrices quantised, %zu kept, weights %zu -> %zu bytes, "
-                "logits relative RMS error %.4g\n",
-                xlstm::storage_name(format), report.quantized.size(), report.kept.size(),
-                report.bytes_before, report.bytes_after, rms_err / rms_want);
+    std::printf(
+        "[ measured ] %s: %zu matrices quantised, %zu kept, weights %zu -> %zu bytes, "
+        "logits relative RMS error %.4g\n",
+        xlstm::storage_name(format), report.quantized.size(), report.kept.size(),
+        report.bytes_before, report.bytes_after, rms_err / rms_want);
     EXPECT_GT(rms_err, 0.0);
     EXPECT_LE(rms_err, bound * rms_want);
     if (format == WeightStorage::int8_rows) {

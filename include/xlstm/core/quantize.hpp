@@ -41,8 +41,8 @@ struct QuantizeOptions {
 
 /// What quantize_weights did.
 struct QuantizeReport {
-  std::vector<std::string> quantized;  ///< names of the quantised matrices
-  std::vector<std::string> kept;       ///< weight matrices left as they were
+  std::vector<std::string> quantized;             ///< names of the quantised matrices
+  std::vector<std::string> kept;                  ///< weight matrices left as they were
   std::size_t bytes_before = 0, bytes_after = 0;  ///< of all weight matrices
 };
 

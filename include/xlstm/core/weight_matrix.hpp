@@ -38,11 +38,16 @@ enum class WeightStorage {
 /// The name of a storage format, for messages.
 inline const char* storage_name(WeightStorage storage) {
   switch (storage) {
-    case WeightStorage::native: return "native";
-    case WeightStorage::bf16: return "bf16";
-    case WeightStorage::f16: return "f16";
-    case WeightStorage::int8_rows: return "int8_rows";
-    case WeightStorage::q4_g32: return "q4_g32";
+    case WeightStorage::native:
+      return "native";
+    case WeightStorage::bf16:
+      return "bf16";
+    case WeightStorage::f16:
+      return "f16";
+    case WeightStorage::int8_rows:
+      return "int8_rows";
+    case WeightStorage::q4_g32:
+      return "q4_g32";
   }
   return "unknown";
 }
@@ -111,9 +116,7 @@ class WeightMatrix {
   WeightStorage storage() const { return storage_; }
   bool is_native() const { return storage_ == WeightStorage::native; }
   /// 16-bit floats (bf16 or f16).
-  bool is_half() const {
-    return storage_ == WeightStorage::bf16 || storage_ == WeightStorage::f16;
-  }
+  bool is_half() const { return storage_ == WeightStorage::bf16 || storage_ == WeightStorage::f16; }
   /// 8- or 4-bit values with float scales (math §16).
   bool is_quantized() const {
     return storage_ == WeightStorage::int8_rows || storage_ == WeightStorage::q4_g32;
@@ -122,10 +125,13 @@ class WeightMatrix {
   std::size_t bytes() const {
     const std::size_t n = std::size_t(rows_ * cols_);
     switch (storage_) {
-      case WeightStorage::native: return n * sizeof(Scalar);
+      case WeightStorage::native:
+        return n * sizeof(Scalar);
       case WeightStorage::bf16:
-      case WeightStorage::f16: return n * 2;
-      case WeightStorage::int8_rows: return n + std::size_t(rows_) * sizeof(float);
+      case WeightStorage::f16:
+        return n * 2;
+      case WeightStorage::int8_rows:
+        return n + std::size_t(rows_) * sizeof(float);
       case WeightStorage::q4_g32:
         return n / 2 + n / kernels::kQ4Group * sizeof(float);
     }
@@ -210,11 +216,16 @@ class WeightMatrix {
   /// W(r, c) decoded, for any storage but native (the slow path: copies, tails).
   float at(Index r, Index c) const {
     switch (storage_) {
-      case WeightStorage::bf16: return bf16_to_float(half_[r * cols_ + c]);
-      case WeightStorage::f16: return f16_to_float(half_[r * cols_ + c]);
-      case WeightStorage::int8_rows: return kernels::Int8Rows{quant_, scales_, cols_}.at(r, c);
-      case WeightStorage::q4_g32: return kernels::Q4Rows{quant_, scales_, cols_}.at(r, c);
-      default: return float(native_(r, c));
+      case WeightStorage::bf16:
+        return bf16_to_float(half_[r * cols_ + c]);
+      case WeightStorage::f16:
+        return f16_to_float(half_[r * cols_ + c]);
+      case WeightStorage::int8_rows:
+        return kernels::Int8Rows{quant_, scales_, cols_}.at(r, c);
+      case WeightStorage::q4_g32:
+        return kernels::Q4Rows{quant_, scales_, cols_}.at(r, c);
+      default:
+        return float(native_(r, c));
     }
   }
 
@@ -265,8 +276,9 @@ WeightMatrix<Scalar_> WeightMatrix<Scalar_>::quantized(const WeightMatrix& sourc
         storage_name(format));
   const Index rows = source.rows(), cols = source.cols();
   const bool q4 = format == WeightStorage::q4_g32;
-  check(!q4 || cols % kernels::kQ4Group == 0, "WeightMatrix::quantized: argument 'source' must have ",
-        "cols a multiple of ", kernels::kQ4Group, " for q4_g32, got cols = ", cols);
+  check(!q4 || cols % kernels::kQ4Group == 0,
+        "WeightMatrix::quantized: argument 'source' must have ", "cols a multiple of ",
+        kernels::kQ4Group, " for q4_g32, got cols = ", cols);
   // One owner for both buffers; Eigen's allocator aligns them like half_zeros
   // (the kernels load 8 or 16 bytes of values at a time).
   struct Buffers {

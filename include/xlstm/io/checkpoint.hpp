@@ -274,8 +274,7 @@ void add_targets(SafetensorsWriter& writer,
     for (const auto& part : target.parts) {
       if (part.matrix && part.matrix->is_quantized()) {
         throw Error("saving tensor '" + target.name + "': its weights are quantised (" +
-                    storage_name(part.matrix->storage()) +
-                    "), which checkpoints cannot hold yet");
+                    storage_name(part.matrix->storage()) + "), which checkpoints cannot hold yet");
       }
     }
   }

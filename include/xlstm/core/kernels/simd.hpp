@@ -171,9 +171,9 @@ inline Packet<float> load_q4(const std::uint8_t* p) {
 #elif defined(XLSTM_SIMD_AVX2)
   std::int32_t four;  // 8 nibbles
   std::memcpy(&four, p, sizeof four);
-  const __m128i pairs = _mm_shuffle_epi8(_mm_cvtsi32_si128(four),
-                                         _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1,
-                                                       -1, -1, -1));
+  const __m128i pairs =
+      _mm_shuffle_epi8(_mm_cvtsi32_si128(four),
+                       _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1));
   const __m256i shifts = _mm256_setr_epi32(28, 24, 28, 24, 28, 24, 28, 24);
   const __m256i lanes = _mm256_sllv_epi32(_mm256_cvtepu8_epi32(pairs), shifts);
   return _mm256_cvtepi32_ps(_mm256_srai_epi32(lanes, 28));
