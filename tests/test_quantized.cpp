@@ -61,6 +61,7 @@ void operator delete[](void* p, std::size_t) noexcept { quantized_release(p); }
 #include "xlstm/core/weight_matrix.hpp"
 #include "xlstm/io/checkpoint.hpp"
 #include "xlstm/model/language_model.hpp"
+#include "xlstm/model/large_model.hpp"
 
 // After EIGEN_RUNTIME_NO_MALLOC and eigen_assert above, like every include of Eigen.
 #include "test_util.hpp"
@@ -353,6 +354,7 @@ TEST(QuantizedWeights, TrainingAndSavingRefuseQuantisedWeights) {
   xlstm::LinearGradients<float> grads(layer);
   Matrix<float> gx(2, 64);
   EXPECT_THROW(xlstm::backward(layer, x, gy, grads, gx), xlstm::Error);
+  EXPECT_TRUE(grads.weight().isZero(0));  // refused before anything was written
 
   xlstm::LanguageModel<float> model(test_util::lm_config(32, 1, {}, 40));
   xlstm::quantize_weights(model, WeightStorage::int8_rows, {/*min_elements=*/1024, false});
@@ -441,6 +443,34 @@ TEST(QuantizedWeights, QuantizeWeightsOnALanguageModel) {
     EXPECT_EQ(all.lm_head_matrix().storage(), format);
     EXPECT_TRUE(step_logits(all, vocab).allFinite());
   }
+}
+
+// The same walk on an xLSTM-Large model: its projections are quantised, the
+// embedding and head kept, and decoding still runs (int8 logits within 5 %).
+TEST(QuantizedWeights, QuantizeWeightsOnALargeModel) {
+  const Index vocab = 48;
+  xlstm::LargeModel<float> reference(test_util::large_config(64, 2, 2, vocab));
+  auto run = [&](const xlstm::LargeModel<float>& model) {
+    auto state = model.initial_state(1);
+    Matrix<float> logits(1, vocab), all(4, vocab);
+    for (std::int64_t t = 0; t < 4; ++t) {
+      model.step(std::vector<std::int64_t>{(5 * t + 3) % vocab}, state, logits);
+      all.row(t) = logits.row(0);
+    }
+    return all;
+  };
+  const Matrix<float> want = run(reference);
+  xlstm::LargeModel<float> model(test_util::large_config(64, 2, 2, vocab));
+  const auto report =
+      xlstm::quantize_weights(model, WeightStorage::int8_rows, {/*min_elements=*/1024, false});
+  EXPECT_FALSE(report.quantized.empty());
+  for (const std::string& name : report.quantized) {
+    EXPECT_EQ(name.find("embedding"), std::string::npos) << name;
+    EXPECT_EQ(name.find("lm_head"), std::string::npos) << name;
+  }
+  const Matrix<float> got = run(model);
+  ASSERT_TRUE(got.allFinite());
+  EXPECT_LE((got - want).norm(), 0.05 * want.norm());
 }
 
 }  // namespace xlstm_test_quantized

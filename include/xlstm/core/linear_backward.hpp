@@ -109,14 +109,14 @@ void backward(const Linear<Scalar>& layer, ConstMatrixArg<Scalar> x, ConstMatrix
                                     x.rows(), x.cols(), grad_y.rows(), grad_y.cols(), grad_x.rows(),
                                     grad_x.cols(), grads, layer.out_features(), layer.in_features(),
                                     layer.has_bias() ? layer.out_features() : 0);
-  kernels::parallel_panelled_product(grad_y.transpose(), x.transpose(), grads.weight(), true);
-  detail::add_row_sum(grads.bias(), grad_y);
-  const bool accumulate = mode == InputGradient::add;
   const WeightMatrix<Scalar>& w = layer.weight_matrix();
   // Checked before anything is written: no gradient is formed through
   // quantised weights (they could not take an update; math §16.4).
   check(!w.is_quantized(), "backward (Linear): the layer's weights are quantised (",
         storage_name(w.storage()), "); training needs native or 16-bit weights");
+  kernels::parallel_panelled_product(grad_y.transpose(), x.transpose(), grads.weight(), true);
+  detail::add_row_sum(grads.bias(), grad_y);
+  const bool accumulate = mode == InputGradient::add;
   if (w.is_half()) {
     detail::add_half_input_gradient(w, grad_y, grad_x, accumulate);
   } else {
