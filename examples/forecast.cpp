@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "utf8_arguments.hpp"
 #include "xlstm/io/config_json.hpp"
 #include "xlstm/tirex/tirex.hpp"
 
@@ -58,7 +59,8 @@ std::vector<std::string> split_csv_line(const std::string& line) {
 /// The columns `wanted` (names or indices; empty: the last column) of `path`.
 std::vector<std::vector<float>> read_columns(const std::string& path,
                                              std::vector<std::string>& wanted) {
-  std::ifstream in(path);
+  std::ifstream in;
+  examples::open_utf8(in, path);
   if (!in) throw UsageError("cannot open '" + path + "'");
   std::string line;
   if (!std::getline(in, line)) throw UsageError("'" + path + "' is empty");
@@ -121,7 +123,8 @@ tirex::TiRexModel<float> load_model(const std::string& checkpoint, const std::st
   if (!safetensors) return tirex::load_tirex_checkpoint<float>(checkpoint);
   tirex::TiRexConfig c;  // the released TiRex, unless --config says otherwise
   if (!config.empty()) {
-    std::ifstream in(config);
+    std::ifstream in;
+    examples::open_utf8(in, config);
     if (!in) throw UsageError("cannot open '" + config + "'");
     std::stringstream text;
     text << in.rdbuf();
@@ -144,6 +147,8 @@ Index positive_integer(const char* option, const std::string& value) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  examples::Utf8Arguments utf8(argc, argv);
+  argv = utf8.argv();
   try {
     std::string data, checkpoint, config, output, plot;
     std::vector<std::string> columns;
@@ -188,7 +193,7 @@ int main(int argc, char** argv) {
 
     std::ofstream file;
     if (!output.empty()) {
-      file.open(output);
+      examples::open_utf8(file, output);
       if (!file) throw UsageError("cannot write '" + output + "'");
     }
     std::ostream& out = output.empty() ? std::cout : file;

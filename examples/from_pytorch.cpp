@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "utf8_arguments.hpp"
 #include "xlstm/xlstm.hpp"
 
 namespace {
@@ -152,7 +153,11 @@ int round_trip() {
   const std::string weights = (dir / "model.safetensors").string();
   const std::string config_path = (dir / "config.json").string();
   io::save_module(original, weights);
-  std::ofstream(config_path) << io::to_json(original.config()).dump(2) << "\n";
+  {
+    std::ofstream config_file;
+    examples::open_utf8(config_file, config_path);
+    config_file << io::to_json(original.config()).dump(2) << "\n";
+  }
   std::printf("saved a random model to %s (weights and config.json)\n", dir.string().c_str());
 
   int status = run(weights, config_path, "");
@@ -177,6 +182,8 @@ int round_trip() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  examples::Utf8Arguments utf8(argc, argv);
+  argv = utf8.argv();
   std::vector<std::string> positional;
   std::string prefix;
   for (int i = 1; i < argc; ++i) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "utf8_arguments.hpp"
 #include "xlstm/io/large_checkpoint.hpp"
 #include "xlstm/model/generate.hpp"
 #include "xlstm/model/large_model.hpp"
@@ -43,6 +44,8 @@ xlstm::LargeModel<float> small_random_model() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  examples::Utf8Arguments utf8(argc, argv);
+  argv = utf8.argv();
   try {
     std::string checkpoint;
     std::vector<std::int64_t> prompt;

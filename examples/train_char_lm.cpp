@@ -185,7 +185,8 @@ std::string printable(const std::vector<unsigned char>& bytes) {
 
 int run(const Options& o) {
   xlstm::set_num_threads(int(o.threads));
-  std::ifstream file(o.text, std::ios::binary);
+  std::ifstream file;
+  examples::open_utf8(file, o.text, std::ios::binary);
   if (!file) throw UsageError("--text: cannot read '" + o.text + "'");
   const std::string text{std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
   const Vocabulary vocab(text);

@@ -23,6 +23,7 @@
 
 #include <sstream>
 
+#include "utf8_arguments.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/io/config_json.hpp"
 #include "xlstm/model/language_model.hpp"
@@ -155,12 +156,13 @@ class Progress {
 inline void write_json_file(const Json& json, const std::string& path) {
   const std::string tmp = path + ".tmp";
   {
-    std::ofstream out(tmp);
+    std::ofstream out;
+    examples::open_utf8(out, tmp);
     if (!out) throw std::runtime_error("cannot write '" + tmp + "'");
     out << json.dump(1) << "\n";
     if (!out) throw std::runtime_error("writing '" + tmp + "' failed");
   }
-  std::filesystem::rename(tmp, path);
+  std::filesystem::rename(xlstm::io::detail::utf8_path(tmp), xlstm::io::detail::utf8_path(path));
 }
 
 /// Mean of the last `count` values (all when fewer).
@@ -457,6 +459,8 @@ inline int expect_below(const char* what, double value, double bound) {
 /// message on stderr after the program's `name`.
 template <typename Parse, typename Run>
 int main(int argc, char** argv, const char* name, const char* usage, Parse parse, Run run) {
+  examples::Utf8Arguments utf8(argc, argv);
+  argv = utf8.argv();
   try {
     bool help = false;
     const auto options = parse(argc, argv, help);
