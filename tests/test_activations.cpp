@@ -18,7 +18,7 @@ namespace {
 template <typename T>
 class Activations : public ::testing::Test {};
 using test_util::Scalars;
-TYPED_TEST_SUITE(Activations, Scalars);
+TYPED_TEST_SUITE(Activations, Scalars, ::testing::internal::DefaultNameGenerator);
 
 template <typename T>
 using Array = Eigen::Array<T, Eigen::Dynamic, 1>;

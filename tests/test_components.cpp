@@ -100,7 +100,7 @@ RealMatrix to_real(const Eigen::DenseBase<D>& m) {
 
 template <typename S>
 class LinearTest : public ::testing::Test {};
-TYPED_TEST_SUITE(LinearTest, Scalars);
+TYPED_TEST_SUITE(LinearTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // y[n, o] = b[o] + sum_i x[n, i] W[o, i]: n_in + 1 terms, so the error is at
 // most gamma_{n_in+1} * sum |terms|; we allow twice that.
@@ -314,7 +314,7 @@ RealMatrix naive_group_norm(const Matrix<S>& x, const Vector<S>* weight, Index g
 
 template <typename S>
 class NormTest : public ::testing::Test {};
-TYPED_TEST_SUITE(NormTest, Scalars);
+TYPED_TEST_SUITE(NormTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // Rows with a large mean (tests the centring), a tiny variance ~1e-6 (where eps
 // = 1e-5 dominates, so "eps inside the root" is visible) and an ordinary one.
@@ -473,7 +473,7 @@ CausalConv1d<S> random_conv(Index features, Index kernel_size, std::mt19937_64& 
 
 template <typename S>
 class CausalConvTest : public ::testing::Test {};
-TYPED_TEST_SUITE(CausalConvTest, Scalars);
+TYPED_TEST_SUITE(CausalConvTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(CausalConvTest, ForwardMatchesNaiveFormulaAndKeepsLastKInputs) {
   using S = TypeParam;
@@ -653,7 +653,7 @@ Real activation_slope_bound(Real x) { return 2 + 2 * std::abs(x); }
 
 template <typename S>
 class FeedForwardTest : public ::testing::Test {};
-TYPED_TEST_SUITE(FeedForwardTest, Scalars);
+TYPED_TEST_SUITE(FeedForwardTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // Error propagation (per output, computed from the actual values):
 //   up_k = x . Wu_k + bu_k          err <= gamma_{E+1} S_k,  S_k = sum |x_i Wu_ki| + |bu_k|

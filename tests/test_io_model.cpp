@@ -328,7 +328,7 @@ TEST(ConfigJson, WrongJsonTypesAreRejectedNamingTheField) {
 
 template <typename S>
 class CheckpointTest : public ::testing::Test {};
-TYPED_TEST_SUITE(CheckpointTest, Scalars);
+TYPED_TEST_SUITE(CheckpointTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(CheckpointTest, SaveLoadRoundTripIsBitExact) {
   using S = TypeParam;
@@ -620,7 +620,7 @@ TYPED_TEST(CheckpointTest, CheckFiniteRejectsNanAndInfiniteWeights) {
 
 template <typename S>
 class StateIoTest : public ::testing::Test {};
-TYPED_TEST_SUITE(StateIoTest, Scalars);
+TYPED_TEST_SUITE(StateIoTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(StateIoTest, RestoredStateContinuesExactlyLikeTheOriginal) {
   using S = TypeParam;

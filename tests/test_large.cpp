@@ -53,7 +53,7 @@ using xlstm::WeightMatrix;
 template <typename T>
 class Large : public ::testing::Test {};
 using test_util::Scalars;
-TYPED_TEST_SUITE(Large, Scalars);
+TYPED_TEST_SUITE(Large, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // ---------------------------------------------------------------------------
 // Helpers

@@ -26,7 +26,7 @@ using xlstm::Tokens;
 
 template <typename S>
 class LossTyped : public ::testing::Test {};
-TYPED_TEST_SUITE(LossTyped, test_util::Scalars, );
+TYPED_TEST_SUITE(LossTyped, test_util::Scalars, ::testing::internal::DefaultNameGenerator);
 
 // The golden files hold the official logits, targets (some -1) and loss.
 TYPED_TEST(LossTyped, MatchesTheOfficialLossOnTheGoldenLogits) {

@@ -245,7 +245,7 @@ template <typename S>
 class MLstmBackwardTyped : public ::testing::Test {};
 // The empty third argument: clang's -Wpedantic rejects a variadic macro
 // called without one (-Wgnu-zero-variadic-macro-arguments).
-TYPED_TEST_SUITE(MLstmBackwardTyped, test_util::Scalars, );
+TYPED_TEST_SUITE(MLstmBackwardTyped, test_util::Scalars, ::testing::internal::DefaultNameGenerator);
 
 template <typename S>
 Analytic<S> analytic_with(Problem<S> p, MLstmForm form, Index chunk_size) {

@@ -197,7 +197,7 @@ TEST(MLstmBlockBackward, MatchesFiniteDifferences) {
 
 template <typename S>
 class MLstmBlockBackwardTyped : public ::testing::Test {};
-TYPED_TEST_SUITE(MLstmBlockBackwardTyped, test_util::Scalars, );
+TYPED_TEST_SUITE(MLstmBlockBackwardTyped, test_util::Scalars, ::testing::internal::DefaultNameGenerator);
 
 // Every form, ragged rows, and T beyond the parallel limit (chunkwise). One
 // exception to "bit for bit", from the cell: in the parallel form with ragged

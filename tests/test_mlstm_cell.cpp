@@ -221,7 +221,7 @@ double largest_eps_ratio(const Eigen::DenseBase<A>& h_par, const Eigen::DenseBas
 
 template <typename S>
 class MLstmCellTest : public ::testing::Test {};
-TYPED_TEST_SUITE(MLstmCellTest, Scalars);
+TYPED_TEST_SUITE(MLstmCellTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // ---------------------------------------------------------------------------
 // mLSTM: the forms agree

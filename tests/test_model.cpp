@@ -165,7 +165,7 @@ LanguageModelConfig lm_config(Index vocab = kVocab) {
 
 template <typename S>
 class ForwardThenStepTest : public ::testing::Test {};
-TYPED_TEST_SUITE(ForwardThenStepTest, Scalars);
+TYPED_TEST_SUITE(ForwardThenStepTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(ForwardThenStepTest, MLstmBlockForwardThenStepEqualsStepAllTheWay) {
   using S = TypeParam;
@@ -465,7 +465,7 @@ TEST_F(BadInputTest, StateOfAnotherStackIsRejected) {
 
 template <typename S>
 class StateTest : public ::testing::Test {};
-TYPED_TEST_SUITE(StateTest, Scalars);
+TYPED_TEST_SUITE(StateTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(StateTest, CopiedStateContinuesLikeTheOriginalAndIsIndependent) {
   using S = TypeParam;

@@ -251,7 +251,7 @@ class NoAllocTest : public ::testing::Test {};
 using test_util::Scalars;
 // The empty third argument: clang's -Wpedantic rejects a variadic macro
 // called without one (-Wgnu-zero-variadic-macro-arguments).
-TYPED_TEST_SUITE(NoAllocTest, Scalars, );
+TYPED_TEST_SUITE(NoAllocTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 struct SLstmSize {
   Index batch, hidden_size, num_heads;

@@ -84,7 +84,7 @@ struct AdamWReference {
 
 template <typename S>
 class OptimTyped : public ::testing::Test {};
-TYPED_TEST_SUITE(OptimTyped, Scalars, );
+TYPED_TEST_SUITE(OptimTyped, Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(OptimTyped, AdamWStepsMatchTheTorchUpdate) {
   using S = TypeParam;

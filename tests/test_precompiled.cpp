@@ -42,7 +42,7 @@ using xlstm::Sequence;
 template <typename T>
 class Precompiled : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(Precompiled, Scalars);
+TYPED_TEST_SUITE(Precompiled, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // A language model's step after forward over all tokens but the last gives
 // the logits of forward over all of them (returned).

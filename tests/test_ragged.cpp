@@ -945,8 +945,9 @@ void expect_bad_rows_rejected(const Level& level) {
   EXPECT_NO_THROW(pair.copy_row_from(big, 3, 1));
   EXPECT_NO_THROW(big.copy_row_from(pair, 1, 3));
   EXPECT_NO_THROW(pair.reset_row(1));
-  for (const auto& [src, dst] :
-       std::vector<std::pair<Index, Index>>{{4, 0}, {-1, 0}, {0, 2}, {0, -1}}) {
+  for (const auto& rows : std::vector<std::pair<Index, Index>>{{4, 0}, {-1, 0}, {0, 2}, {0, -1}}) {
+    // Named copies: a lambda cannot capture structured bindings before C++20.
+    const Index src = rows.first, dst = rows.second;
     SCOPED_TRACE(::testing::Message() << "rows " << src << " -> " << dst);
     EXPECT_TRUE(ThrowsMentioning([&] { pair.copy_row_from(big, src, dst); }, "copy_row_from"));
   }
@@ -960,7 +961,7 @@ void expect_bad_rows_rejected(const Level& level) {
 
 template <typename S>
 class Ragged : public ::testing::Test {};
-TYPED_TEST_SUITE(Ragged, Scalars);
+TYPED_TEST_SUITE(Ragged, Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(Ragged, EachRowEqualsRunningItAloneWithPaddingIgnored) {
   for_each_level<TypeParam>([](const auto& level) {

@@ -211,7 +211,7 @@ template <typename S>
 class SLstmBackwardTyped : public ::testing::Test {};
 // The empty third argument: clang's -Wpedantic rejects a variadic macro
 // called without one (-Wgnu-zero-variadic-macro-arguments).
-TYPED_TEST_SUITE(SLstmBackwardTyped, test_util::Scalars, );
+TYPED_TEST_SUITE(SLstmBackwardTyped, test_util::Scalars, ::testing::internal::DefaultNameGenerator);
 
 // A cell of `hidden_size` units in `num_heads` heads with random parameters.
 template <typename S>

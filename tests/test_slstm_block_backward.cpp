@@ -223,7 +223,7 @@ TEST(SLstmBlockBackward, MatchesFiniteDifferences) {
 
 template <typename S>
 class SLstmBlockBackwardTyped : public ::testing::Test {};
-TYPED_TEST_SUITE(SLstmBlockBackwardTyped, test_util::Scalars, );
+TYPED_TEST_SUITE(SLstmBlockBackwardTyped, test_util::Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(SLstmBlockBackwardTyped, RecordingForwardGivesThePlainOutputAndState) {
   using S = TypeParam;

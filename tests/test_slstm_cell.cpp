@@ -256,7 +256,7 @@ const char* name_of(SLstmFunction f) { return f == SLstmFunction::slstm ? "slstm
 
 template <typename S>
 class SLstmCellTest : public ::testing::Test {};
-TYPED_TEST_SUITE(SLstmCellTest, Scalars);
+TYPED_TEST_SUITE(SLstmCellTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 // ---------------------------------------------------------------------------
 // sLSTM

@@ -296,7 +296,7 @@ void expect_decode_independent_of_thread_count(const Model& model) {
 template <typename S>
 class SharedModelTest : public ::testing::Test {};
 using test_util::Scalars;
-TYPED_TEST_SUITE(SharedModelTest, Scalars);
+TYPED_TEST_SUITE(SharedModelTest, Scalars, ::testing::internal::DefaultNameGenerator);
 
 TYPED_TEST(SharedModelTest, LanguageModelGivesEachThreadTheSequentialLogits) {
   const LanguageModel<TypeParam> model = loaded_language_model<TypeParam>();

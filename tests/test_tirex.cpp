@@ -604,7 +604,7 @@ std::vector<std::vector<float>> ragged_series(const std::vector<Index>& lengths,
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<std::vector<float>> series;
   for (std::size_t b = 0; b < lengths.size(); ++b) {
-    std::vector<float> s(std::size_t(lengths[b]));
+    std::vector<float> s(static_cast<std::size_t>(lengths[b]));
     for (std::size_t i = 0; i < s.size(); ++i)
       s[i] = 5.0f * float(b) + std::sin(0.3f * float(i)) + 0.3f * normal(rng);
     if (s.size() > 20) s[7] = kNaN;  // a gap

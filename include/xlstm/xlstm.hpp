@@ -15,6 +15,7 @@
 #include "xlstm/core/matmul.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/core/quantize.hpp"
 #include "xlstm/core/residual_mlp.hpp"
 #include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"
