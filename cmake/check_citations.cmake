@@ -45,18 +45,7 @@ set(SEPARATOR " ?(,|-|–|/|and|or|to) ?")
 set(CITATION "((${PREFIX}) )?§${NUMBER}(${SEPARATOR}§${NUMBER})*")
 set(STALE "SPEC §|SPEC\\.md|FORMAT\\.md|DESIGN\\.md")
 
-# Reads `file` into a list of its lines in `out`. Characters that CMake's list
-# handling would misread (";", "[", "]", "\") are replaced; citations never
-# contain them, and line numbers are kept.
-function(read_lines file out)
-  file(READ "${file}" text)
-  string(REPLACE "\\" "/" text "${text}")
-  string(REPLACE ";" "," text "${text}")
-  string(REPLACE "[" "(" text "${text}")
-  string(REPLACE "]" ")" text "${text}")
-  string(REPLACE "\n" ";" text "${text}")
-  set(${out} "${text}" PARENT_SCOPE)
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/xlstm_read_lines.cmake")
 
 # The section numbers that have a heading in `doc` (relative to SOURCE_DIR),
 # in HEADINGS_<key> of the caller; empty (and MISSING_<key> set) if the file

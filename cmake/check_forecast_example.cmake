@@ -2,9 +2,10 @@
 # forecasts two columns (one by name, one by index) 40 steps ahead with the random model and
 # checks the output's shape: a header of series, step and 9 quantiles, then 2 x 40 lines of
 # 11 cells, each series' steps 1..40 in order, every quantile a finite number.
+# -DEMULATOR=<runner>: run the program through it (a cross build, e.g. wine).
 file(MAKE_DIRECTORY "${DIR}")
 set(out "${DIR}/forecast.csv")
-execute_process(COMMAND "${PROGRAM}" "${DATA}" --column load --column 2 --horizon 40
+execute_process(COMMAND ${EMULATOR} "${PROGRAM}" "${DATA}" --column load --column 2 --horizon 40
                         --output "${out}"
                 RESULT_VARIABLE rc ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)

@@ -1,7 +1,9 @@
 # cmake -DFIRST=<program> -DSECOND=<program> -P compare_outputs.cmake: runs
 # both (no arguments) and fails unless both succeed and print the same.
+# -DEMULATOR=<runner> (a cross build's CMAKE_CROSSCOMPILING_EMULATOR, e.g.
+# wine) runs the programs through it.
 foreach(which FIRST SECOND)
-  execute_process(COMMAND "${${which}}" RESULT_VARIABLE rc OUTPUT_VARIABLE out_${which})
+  execute_process(COMMAND ${EMULATOR} "${${which}}" RESULT_VARIABLE rc OUTPUT_VARIABLE out_${which})
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "${${which}} failed (${rc})")
   endif()

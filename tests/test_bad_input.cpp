@@ -795,21 +795,25 @@ TEST(BadInput, LargeCheckpointsWithBadTensors) {
   std::filesystem::create_directories(dir);
   const std::string path = dir + "/model.safetensors";
   io::save_large_model(model, path);
-  const auto good = io::SafetensorsFile::open(path);
-  const std::string igate = "backbone.blocks.0.mlstm_layer.igate_preact.weight";
-  io::SafetensorsWriter writer;
-  for (const auto& name : good.names()) {
-    const auto values = good.read<S>(name);
-    if (name == igate) {
-      writer.add(name, {}, values.data());  // a 0-D tensor
-    } else {
-      writer.add(name, good.info(name).shape, values.data());
+  {
+    // Scoped: the mapping must be gone before the directory is removed
+    // (Windows does not delete a mapped file).
+    const auto good = io::SafetensorsFile::open(path);
+    const std::string igate = "backbone.blocks.0.mlstm_layer.igate_preact.weight";
+    io::SafetensorsWriter writer;
+    for (const auto& name : good.names()) {
+      const auto values = good.read<S>(name);
+      if (name == igate) {
+        writer.add(name, {}, values.data());  // a 0-D tensor
+      } else {
+        writer.add(name, good.info(name).shape, values.data());
+      }
     }
+    const auto files = io::CheckpointFiles::from_file(
+        io::SafetensorsFile::from_bytes(writer.to_bytes(), "scalar.safetensors"));
+    EXPECT_TRUE(ThrowsMentioning([&] { (void)io::load_large_model<S>(files); },
+                                 {"scalar.safetensors", igate, "2-D with 32 columns", "shape []"}));
   }
-  const auto files = io::CheckpointFiles::from_file(
-      io::SafetensorsFile::from_bytes(writer.to_bytes(), "scalar.safetensors"));
-  EXPECT_TRUE(ThrowsMentioning([&] { (void)io::load_large_model<S>(files); },
-                               {"scalar.safetensors", igate, "2-D with 32 columns", "shape []"}));
 
   // A truncated file on disk.
   std::vector<char> bytes(std::filesystem::file_size(path));

@@ -15,6 +15,7 @@
 #include "golden/golden_cells.hpp"
 #include "golden/golden_model.hpp"
 #include "golden/golden_tirex.hpp"
+#include "xlstm/io/file_path.hpp"
 
 namespace {
 
@@ -102,8 +103,7 @@ class GoldenFileTest : public ::testing::Test {
 
   void TestBody() override {
     golden::GoldenCase g(path_);  // throws (fails the test) on a malformed file
-    std::printf("  %s: kind %s, %s\n", fs::path(path_).filename().c_str(), g.kind().c_str(),
-                g.dtype().c_str());
+    std::printf("  %s: kind %s, %s\n", file_name().c_str(), g.kind().c_str(), g.dtype().c_str());
     const bool known =
         std::find(known_kinds.begin(), known_kinds.end(), g.kind()) != known_kinds.end();
     ASSERT_TRUE(known) << path_ << ": unknown golden kind '" << g.kind() << "'";
@@ -116,12 +116,16 @@ class GoldenFileTest : public ::testing::Test {
     g.expect_all_outputs_compared();
     // The tight tier is a diagnostic read across the set (golden README §12.3).
     if (g.has_tight_tier()) {
-      std::printf("  %s: tight: %s\n", fs::path(path_).filename().c_str(),
-                  g.tight_pass() ? "pass" : "fail");
+      std::printf("  %s: tight: %s\n", file_name().c_str(), g.tight_pass() ? "pass" : "fail");
     }
   }
 
  private:
+  // The file's name in UTF-8 (a path's native string is wide on Windows).
+  std::string file_name() const {
+    return xlstm::io::detail::utf8_string(xlstm::io::detail::utf8_path(path_).filename());
+  }
+
   std::string path_;
 };
 

@@ -88,7 +88,7 @@ StackProblem make_stack_problem(const StackCase& c, std::uint64_t seed) {
     stack.forward(prefix, start, unused);
     for (auto& [name, tensor] : state_tensors(grad_final)) {
       for (Index i = 0; i < tensor.second; ++i) {
-        tensor.first[i] = std::normal_distribution<double>()(rng);
+        tensor.first[i] = xlstm::NormalDistribution()(rng);
       }
     }
   }

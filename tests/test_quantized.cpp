@@ -2,47 +2,8 @@
 // WeightMatrix, their products in every workload, quantize_weights on a
 // language model, and the refusals (training, saving, bad shapes).
 //
-// The step workload must allocate nothing: like test_no_alloc.cpp (whose
-// comment explains the two counters), Eigen heap allocations are caught by
-// EIGEN_RUNTIME_NO_MALLOC with a counting eigen_assert, and operator new is
-// replaced by a counting version. Both must come before the first include of
-// Eigen.
-#define EIGEN_RUNTIME_NO_MALLOC
-
-#include <atomic>
-
-inline std::atomic<int> g_quantized_eigen_asserts{0};
-#define eigen_assert(x)                                                            \
-  do {                                                                             \
-    if (!(x)) ::g_quantized_eigen_asserts.fetch_add(1, std::memory_order_relaxed); \
-  } while (false)
-
-#include <cstdlib>
-#include <new>
-
-inline std::atomic<long> g_quantized_news{0};
-
-#if defined(__GNUC__)
-#define XLSTM_QUANTIZED_NOINLINE __attribute__((noinline))
-#else
-#define XLSTM_QUANTIZED_NOINLINE
-#endif
-
-// Out of line: see test_no_alloc.cpp (-Wmismatched-new-delete).
-XLSTM_QUANTIZED_NOINLINE inline void* quantized_counted_alloc(std::size_t size) {
-  g_quantized_news.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-XLSTM_QUANTIZED_NOINLINE inline void quantized_release(void* p) noexcept { std::free(p); }
-
-void* operator new(std::size_t size) { return quantized_counted_alloc(size); }
-void* operator new[](std::size_t size) { return quantized_counted_alloc(size); }
-void operator delete(void* p) noexcept { quantized_release(p); }
-void operator delete[](void* p) noexcept { quantized_release(p); }
-void operator delete(void* p, std::size_t) noexcept { quantized_release(p); }
-void operator delete[](void* p, std::size_t) noexcept { quantized_release(p); }
-
+// The step product's allocations are checked in test_no_alloc.cpp (with its
+// counters); this program links xlstm::precompiled like the other tests.
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
@@ -63,7 +24,6 @@ void operator delete[](void* p, std::size_t) noexcept { quantized_release(p); }
 #include "xlstm/model/language_model.hpp"
 #include "xlstm/model/large_model.hpp"
 
-// After EIGEN_RUNTIME_NO_MALLOC and eigen_assert above, like every include of Eigen.
 #include "test_util.hpp"
 
 namespace xlstm_test_quantized {
@@ -318,31 +278,6 @@ TEST(QuantizedWeights, DoubleProductsEqualTheDequantisedProduct) {
       }
     }
   }
-}
-
-TEST(QuantizedWeights, StepProductAllocatesNothing) {
-  const int saved_threads = xlstm::num_threads();
-  for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
-    const auto q =
-        WeightMatrix<float>::quantized(WeightMatrix<float>(random_weights(128, 4096, 13)), format);
-    for (Index batch : {Index(1), Index(16)}) {
-      const Matrix<float> x = random_weights(batch, 4096, 14);
-      Matrix<float> y(batch, 128);
-      for (int threads : {1, 2}) {
-        xlstm::set_num_threads(threads);
-        q.multiply_transposed(x, y, false, xlstm::Workload::step);  // warm-up (OpenMP pool)
-        const long news = g_quantized_news.load();
-        const int eigen = g_quantized_eigen_asserts.load();
-        Eigen::internal::set_is_malloc_allowed(false);
-        for (int i = 0; i < 3; ++i) q.multiply_transposed(x, y, i > 0, xlstm::Workload::step);
-        Eigen::internal::set_is_malloc_allowed(true);
-        EXPECT_EQ(g_quantized_news.load() - news, 0) << "batch " << batch << " threads " << threads;
-        EXPECT_EQ(g_quantized_eigen_asserts.load() - eigen, 0)
-            << "batch " << batch << " threads " << threads;
-      }
-    }
-  }
-  xlstm::set_num_threads(saved_threads);
 }
 
 TEST(QuantizedWeights, TrainingAndSavingRefuseQuantisedWeights) {

@@ -16,6 +16,7 @@
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/quantize.hpp"
+#include "xlstm/core/random.hpp"
 #include "xlstm/core/residual_mlp.hpp"
 #include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"

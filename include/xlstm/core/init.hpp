@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <random>
 
+#include "xlstm/core/random.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -28,16 +29,19 @@ class Rng {
  public:
   explicit Rng(std::uint64_t seed) : engine_(seed) {}
 
+  // The distributions of core/random.hpp, not std::'s: the same seed gives
+  // the same weights with every standard library (math §8.6).
   template <typename Derived>
   void normal(Eigen::PlainObjectBase<Derived>& x, double mean, double std) {
-    std::normal_distribution<double> dist(mean, std);
+    NormalDistribution dist(mean, std);
     for (Index i = 0; i < x.size(); ++i) x.data()[i] = typename Derived::Scalar(dist(engine_));
   }
 
   template <typename Derived>
   void uniform(Eigen::PlainObjectBase<Derived>& x, double low, double high) {
-    std::uniform_real_distribution<double> dist(low, high);
-    for (Index i = 0; i < x.size(); ++i) x.data()[i] = typename Derived::Scalar(dist(engine_));
+    for (Index i = 0; i < x.size(); ++i) {
+      x.data()[i] = typename Derived::Scalar(uniform_real(engine_, low, high));
+    }
   }
 
   std::mt19937_64& engine() { return engine_; }

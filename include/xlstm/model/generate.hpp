@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/random.hpp"
 #include "xlstm/core/tensor.hpp"
 #include "xlstm/model/language_model.hpp"
 
@@ -81,7 +82,7 @@ class TokenSampler {
       keep = cut;
       sum = std::accumulate(probs_.begin(), probs_.begin() + std::ptrdiff_t(keep), 0.0);
     }
-    double u = std::uniform_real_distribution<double>(0.0, sum)(engine_);
+    double u = uniform_real(engine_, 0.0, sum);  // the same on every platform (math §8.6)
     for (std::size_t i = 0; i < keep; ++i) {
       u -= probs_[i];
       if (u < 0) return order_[i];

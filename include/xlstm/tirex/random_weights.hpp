@@ -9,6 +9,7 @@
 #include <string>
 
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/core/random.hpp"
 #include "xlstm/tirex/model.hpp"
 
 namespace xlstm::tirex {
@@ -19,7 +20,7 @@ namespace xlstm::tirex {
 template <typename Scalar>
 void randomize_weights(TiRexModel<Scalar>& model, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, 1.0);
+  NormalDistribution normal(0.0, 1.0);  // the same on every platform (math §8.6)
   model.for_each_parameter([&](const ParameterRef<Scalar>& p) {
     const bool vector = p.shape.size() == 1;
     const bool rms_weight = vector && p.name.find("group_norm") == std::string::npos &&

@@ -13,8 +13,9 @@
 // kernel choose another strategy.
 //
 // Only standard C++ and the intrinsics of <immintrin.h> are used (no
-// statement expressions, attributes or builtins); MSVC, which defines no
-// __F16C__, would only need its spelling added to the feature test below.
+// statement expressions, attributes or builtins; cmake/check_portability.cmake
+// keeps it so). MSVC defines no __F16C__: its /arch:AVX2 and /arch:AVX512
+// imply F16C, which the feature test below spells out.
 #pragma once
 
 #include <Eigen/Core>
@@ -32,7 +33,8 @@
 #elif defined(EIGEN_VECTORIZE_AVX2)
 #define XLSTM_SIMD_AVX2 1
 #endif
-#if (defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)) && defined(__F16C__)
+#if (defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)) && \
+    (defined(__F16C__) || (defined(_MSC_VER) && !defined(__clang__)))
 #define XLSTM_SIMD_F16C 1
 #endif
 
