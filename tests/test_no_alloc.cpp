@@ -40,6 +40,7 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <random>
 #include <vector>
@@ -846,6 +847,74 @@ TEST(NoAllocTiRex, FrozenScalerAppendDoesNotAllocate) {
   const auto shifted = count_allocations([&] { exact.append(patch.data(), 8); });
   EXPECT_EQ(shifted.news, 0);
   EXPECT_EQ(shifted.eigen, 0);
+}
+
+// tirex::forecast (math §13.10): after a first call with the same shapes,
+// forecast_into allocates nothing and forecast() only its two outputs
+// (quantiles and median: two Eigen buffers) -- short and full contexts,
+// ragged rows, several rollout passes, the accelerated rollout with a
+// shorter last pass, a batch of full groups and a smaller last one, the
+// list-of-series API; one thread, then two.
+TEST(NoAllocTiRex, ForecastAllocatesOnlyItsOutputs) {
+  const int saved_threads = xlstm::num_threads();
+  const auto model = small_random_tirex(xlstm::SLstmNumerics::tirex_official, 18);
+  std::mt19937 rng(18);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  struct Case {
+    Index batch, length, horizon, accelerated;
+  };
+  // W = 64, P = 8: length 20 is a short context (left padding), 100 a truncated one.
+  const Case cases[] = {
+      {1, 20, 8, 1}, {1, 20, 30, 1}, {3, 100, 20, 1}, {1, 20, 40, 2}, {11, 37, 16, 1}};
+  for (const int threads : {1, 2}) {
+    xlstm::set_num_threads(threads);
+    for (const Case& k : cases) {
+      SCOPED_TRACE(testing::Message()
+                   << "batch " << k.batch << ", length " << k.length << ", h " << k.horizon
+                   << ", accelerated " << k.accelerated << ", threads " << threads);
+      Matrix<float> context(k.batch, k.length);
+      for (Index i = 0; i < context.size(); ++i) context.data()[i] = normal(rng);
+      context(0, 0) = std::numeric_limits<float>::quiet_NaN();  // a missing value
+      if (k.batch > 1)
+        context.row(1)
+            .head(k.length / 2)
+            .setConstant(std::numeric_limits<float>::quiet_NaN());  // a shorter row
+      const xlstm::ConstMatrixRef<float> ref(context);
+      xlstm::tirex::ForecastWorkspace<float> ws;
+      xlstm::tirex::Forecast<float> out;
+      xlstm::tirex::forecast_into(model, ref, k.horizon, out, ws, k.accelerated);  // warm-up
+      const auto into = count_allocations(
+          [&] { xlstm::tirex::forecast_into(model, ref, k.horizon, out, ws, k.accelerated); });
+      EXPECT_EQ(into.news, 0);
+      EXPECT_EQ(into.eigen, 0);
+      if (threads == 1) {
+        EXPECT_EQ(into.locks, 0);
+      }
+      // The same numbers as forecast(), which allocates its two outputs only.
+      (void)xlstm::tirex::forecast(model, ref, k.horizon, k.accelerated);  // warm-up
+      xlstm::tirex::Forecast<float> fresh;
+      const auto plain = count_allocations(
+          [&] { fresh = xlstm::tirex::forecast(model, ref, k.horizon, k.accelerated); });
+      EXPECT_EQ(plain.news, 0);
+      EXPECT_EQ(plain.eigen, 2);
+      EXPECT_TRUE(fresh.quantiles.matrix().cwiseEqual(out.quantiles.matrix()).all());
+    }
+  }
+  // The list-of-series API, with its batch matrix in the workspace.
+  std::vector<std::vector<float>> series = {std::vector<float>(30, 1.5f),
+                                            std::vector<float>(70, -0.5f)};
+  for (auto& s : series) {
+    for (float& v : s) v += normal(rng);
+  }
+  xlstm::set_num_threads(1);
+  xlstm::tirex::ForecastWorkspace<float> ws;
+  xlstm::tirex::Forecast<float> out;
+  xlstm::tirex::forecast_into(model, series, 24, out, ws);
+  const auto ragged =
+      count_allocations([&] { xlstm::tirex::forecast_into(model, series, 24, out, ws); });
+  EXPECT_EQ(ragged.news, 0);
+  EXPECT_EQ(ragged.eigen, 0);
+  xlstm::set_num_threads(saved_threads);
 }
 
 // Quantised weights (math §16): the step product of int8 and 4-bit weights,

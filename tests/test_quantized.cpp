@@ -9,8 +9,12 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,10 +25,12 @@
 #include "xlstm/core/quantize.hpp"
 #include "xlstm/core/weight_matrix.hpp"
 #include "xlstm/io/checkpoint.hpp"
+#include "xlstm/io/large_checkpoint.hpp"
 #include "xlstm/model/language_model.hpp"
 #include "xlstm/model/large_model.hpp"
 
 #include "test_util.hpp"
+#include "tirex_test_model.hpp"
 
 namespace xlstm_test_quantized {
 
@@ -280,7 +286,7 @@ TEST(QuantizedWeights, DoubleProductsEqualTheDequantisedProduct) {
   }
 }
 
-TEST(QuantizedWeights, TrainingAndSavingRefuseQuantisedWeights) {
+TEST(QuantizedWeights, TrainingRefusesQuantisedWeights) {
   xlstm::Linear<float> layer(64, 8, true);
   layer.weight() = random_weights(8, 64, 15);
   layer.weight_matrix() =
@@ -290,18 +296,6 @@ TEST(QuantizedWeights, TrainingAndSavingRefuseQuantisedWeights) {
   Matrix<float> gx(2, 64);
   EXPECT_THROW(xlstm::backward(layer, x, gy, grads, gx), xlstm::Error);
   EXPECT_TRUE(grads.weight().isZero(0));  // refused before anything was written
-
-  xlstm::LanguageModel<float> model(test_util::lm_config(32, 1, {}, 40));
-  xlstm::quantize_weights(model, WeightStorage::int8_rows, {/*min_elements=*/1024, false});
-  const test_util::TempPath path("quantized_save");
-  try {
-    xlstm::io::save_module(model, path.str());
-    FAIL() << "expected an Error";
-  } catch (const xlstm::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("saving tensor '"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("quantised"), std::string::npos) << e.what();
-  }
-  EXPECT_FALSE(std::filesystem::exists(path.str()));
 }
 
 // Logits of `model` for a few steps of B = 2 from fixed tokens.
@@ -380,20 +374,23 @@ TEST(QuantizedWeights, QuantizeWeightsOnALanguageModel) {
   }
 }
 
+// Logits of an xLSTM-Large `model` for `steps` decode steps of B = 1 from fixed tokens.
+Matrix<float> large_logits(const xlstm::LargeModel<float>& model, Index vocab, Index steps) {
+  auto state = model.initial_state(1);
+  Matrix<float> logits(1, vocab), all(steps, vocab);
+  for (Index t = 0; t < steps; ++t) {
+    model.step(std::vector<std::int64_t>{(5 * t + 3) % vocab}, state, logits);
+    all.row(t) = logits.row(0);
+  }
+  return all;
+}
+
 // The same walk on an xLSTM-Large model: its projections are quantised, the
 // embedding and head kept, and decoding still runs (int8 logits within 5 %).
 TEST(QuantizedWeights, QuantizeWeightsOnALargeModel) {
   const Index vocab = 48;
   xlstm::LargeModel<float> reference(test_util::large_config(64, 2, 2, vocab));
-  auto run = [&](const xlstm::LargeModel<float>& model) {
-    auto state = model.initial_state(1);
-    Matrix<float> logits(1, vocab), all(4, vocab);
-    for (std::int64_t t = 0; t < 4; ++t) {
-      model.step(std::vector<std::int64_t>{(5 * t + 3) % vocab}, state, logits);
-      all.row(t) = logits.row(0);
-    }
-    return all;
-  };
+  auto run = [&](const xlstm::LargeModel<float>& model) { return large_logits(model, vocab, 4); };
   const Matrix<float> want = run(reference);
   xlstm::LargeModel<float> model(test_util::large_config(64, 2, 2, vocab));
   const auto report =
@@ -406,6 +403,270 @@ TEST(QuantizedWeights, QuantizeWeightsOnALargeModel) {
   const Matrix<float> got = run(model);
   ASSERT_TRUE(got.allFinite());
   EXPECT_LE((got - want).norm(), 0.05 * want.norm());
+}
+
+// ---------------------------------------------------------------- checkpoints (math §16.4)
+
+// Every weight matrix of `a` and `b`: the same storage, and for quantised
+// ones the same value bytes and scales.
+template <typename Module>
+void expect_same_weights(const Module& a, const Module& b) {
+  const auto wa = xlstm::weight_matrices(a), wb = xlstm::weight_matrices(b);
+  ASSERT_EQ(wa.size(), wb.size());
+  for (std::size_t i = 0; i < wa.size(); ++i) {
+    const WeightMatrix<float>& x = *wa[i];
+    const WeightMatrix<float>& y = *wb[i];
+    ASSERT_EQ(x.storage(), y.storage()) << "matrix " << i;
+    ASSERT_EQ(x.rows(), y.rows());
+    ASSERT_EQ(x.cols(), y.cols());
+    if (!x.is_quantized()) continue;
+    const auto n = WeightMatrix<float>::quantized_value_bytes(x.storage(), x.rows(), x.cols());
+    const auto k = WeightMatrix<float>::quantized_scale_count(x.storage(), x.rows(), x.cols());
+    EXPECT_EQ(std::memcmp(x.quantized_values(), y.quantized_values(), n), 0) << "matrix " << i;
+    EXPECT_EQ(std::memcmp(x.quantized_scales(), y.quantized_scales(), k * sizeof(float)), 0);
+  }
+}
+
+// A quantised language model saved and loaded back: the same formats, bytes
+// and scales, the logits bit for bit, the values read in place from the
+// mapped file; in both formats, with the embedding and head quantised too.
+TEST(QuantizedCheckpoint, LanguageModelRoundTripIsBitIdenticalAndMapped) {
+  const Index vocab = 48;
+  for (const auto format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    SCOPED_TRACE(xlstm::storage_name(format));
+    xlstm::LanguageModel<float> model(test_util::lm_config(64, 2, {1}, vocab));
+    test_util::randomize(model, 19);
+    xlstm::quantize_weights(model, format, {/*min_elements=*/1024, true});
+    const test_util::TempPath path("quantized_lm");
+    xlstm::io::save_module(model, path.str());
+
+    const auto file = xlstm::io::SafetensorsFile::open(path.str());
+    xlstm::LanguageModel<float> loaded(test_util::lm_config(64, 2, {1}, vocab),
+                                       xlstm::uninitialized);
+    xlstm::io::load_module(loaded, file);
+    expect_same_weights(model, loaded);
+    EXPECT_TRUE(step_logits(loaded, vocab).cwiseEqual(step_logits(model, vocab)).all());
+
+    // The metadata and the layout of one matrix, and its values in place.
+    std::size_t quantized = 0;
+    for (const auto& [key, value] : file.metadata()) {
+      if (key.rfind("xlstm.quantized.", 0) != 0) continue;
+      ++quantized;
+      const std::string name = key.substr(std::string("xlstm.quantized.").size());
+      EXPECT_EQ(value, xlstm::storage_name(format));
+      ASSERT_TRUE(file.contains(name + ".scales")) << name;
+      EXPECT_EQ(file.info(name).dtype,
+                format == WeightStorage::q4_g32 ? xlstm::io::DType::U8 : xlstm::io::DType::I8);
+    }
+    EXPECT_GT(quantized, 0u);
+    EXPECT_EQ(file.metadata().count("xlstm.q4_group_size"),
+              format == WeightStorage::q4_g32 ? 1u : 0u);
+    const auto& head = loaded.lm_head_matrix();
+    ASSERT_TRUE(head.is_quantized());
+    bool inside = false;
+    for (const auto& name : file.names()) {
+      if (file.bytes(name) == head.quantized_values()) inside = true;
+    }
+    EXPECT_TRUE(inside) << "the head's values are not a view into the file";
+
+    // Saving the loaded model again gives the same bytes.
+    const test_util::TempPath again("quantized_lm_again");
+    xlstm::io::save_module(loaded, again.str());
+    std::ifstream first(path.str(), std::ios::binary), second(again.str(), std::ios::binary);
+    const std::string bytes_first((std::istreambuf_iterator<char>(first)), {});
+    const std::string bytes_second((std::istreambuf_iterator<char>(second)), {});
+    EXPECT_EQ(bytes_first, bytes_second);
+  }
+}
+
+// The other families: xLSTM-Large (fused projections, two shards with an
+// index) and TiRex (its own saver and loader).
+TEST(QuantizedCheckpoint, LargeModelAndTiRexRoundTrip) {
+  const Index vocab = 48;
+  xlstm::LargeModel<float> large(test_util::large_config(64, 2, 2, vocab));
+  xlstm::Rng rng(20);
+  large.initialize(rng, /*noise=*/0.5);
+  xlstm::quantize_weights(large, WeightStorage::q4_g32, {/*min_elements=*/1024, false});
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("xlstm_test_quantized_large_" + std::to_string(std::random_device{}()));
+  xlstm::io::save_large_model(large, dir.string(), xlstm::io::LargeNaming::official,
+                              /*fused=*/true, std::nullopt, /*num_shards=*/2);
+  const auto loaded = xlstm::io::load_large_model<float>(dir.string());
+  expect_same_weights(large, loaded);
+  EXPECT_TRUE(large_logits(loaded, vocab, 3).cwiseEqual(large_logits(large, vocab, 3)).all());
+  std::filesystem::remove_all(dir);
+
+  auto tirex = small_random_tirex(xlstm::SLstmNumerics::tirex_official, 21);
+  xlstm::quantize_weights(tirex, WeightStorage::int8_rows, {/*min_elements=*/1024, true});
+  tirex.prepare();
+  const test_util::TempPath path("quantized_tirex");
+  xlstm::tirex::save_tirex_weights(tirex, path.str());
+  xlstm::tirex::TiRexModel<float> back(tirex.config());
+  xlstm::tirex::load_tirex_weights(back, xlstm::io::SafetensorsFile::open(path.str()));
+  expect_same_weights(tirex, back);
+  Matrix<float> context(2, 50);
+  for (Index i = 0; i < context.size(); ++i) context.data()[i] = std::sin(0.3f * float(i));
+  const auto a = xlstm::tirex::forecast(tirex, xlstm::ConstMatrixRef<float>(context), 16);
+  const auto b = xlstm::tirex::forecast(back, xlstm::ConstMatrixRef<float>(context), 16);
+  EXPECT_TRUE(a.quantiles.matrix().cwiseEqual(b.quantiles.matrix()).all());
+}
+
+// A copy of `file` with `edit` applied to each tensor (name, dtype, shape,
+// bytes; return false to leave it out) and to the metadata.
+template <typename EditTensor, typename EditMetadata>
+xlstm::io::SafetensorsFile rewritten(const xlstm::io::SafetensorsFile& file, EditTensor edit,
+                                     EditMetadata edit_metadata) {
+  xlstm::io::SafetensorsWriter writer;
+  for (const auto& name : file.names()) {
+    const auto& info = file.info(name);
+    xlstm::io::DType dtype = info.dtype;
+    xlstm::Shape shape = info.shape;
+    std::vector<std::uint8_t> bytes(file.bytes(name), file.bytes(name) + info.byte_count());
+    if (!edit(name, dtype, shape, bytes)) continue;
+    writer.add_raw(name, dtype, shape, bytes.data(), bytes.size());
+  }
+  auto metadata = file.metadata();
+  edit_metadata(metadata);
+  for (const auto& [key, value] : metadata) writer.set_metadata(key, value);
+  return xlstm::io::SafetensorsFile::from_bytes(writer.to_bytes(), "edited.safetensors");
+}
+
+// Malformed quantised checkpoints: an Error naming the tensor and the
+// problem, and the module as it was.
+TEST(QuantizedCheckpoint, BadQuantisedTensorsAreErrorsAndLoadNothing) {
+  const Index vocab = 48;
+  xlstm::LanguageModel<float> model(test_util::lm_config(64, 1, {}, vocab));
+  test_util::randomize(model, 22);
+  const auto report = xlstm::quantize_weights(model, WeightStorage::q4_g32, {1024, false});
+  ASSERT_FALSE(report.quantized.empty());
+  const std::string victim = report.quantized.front();
+  const test_util::TempPath path("quantized_bad");
+  xlstm::io::save_module(model, path.str());
+  const auto good = xlstm::io::SafetensorsFile::open(path.str());
+  const auto keep = [](const std::string&, xlstm::io::DType&, xlstm::Shape&,
+                       std::vector<std::uint8_t>&) { return true; };
+  const auto same = [](std::map<std::string, std::string>&) {};
+
+  struct Case {
+    const char* what;
+    xlstm::io::SafetensorsFile file;
+    std::vector<std::string> expected;
+  };
+  std::vector<Case> cases;
+  cases.push_back(
+      {"unknown format",
+       rewritten(good, keep, [&](auto& m) { m["xlstm.quantized." + victim] = "q3_g17"; }),
+       {victim, "unknown quantisation format", "q3_g17"}});
+  cases.push_back({"group size",
+                   rewritten(good, keep, [&](auto& m) { m["xlstm.q4_group_size"] = "64"; }),
+                   {victim, "group size 64"}});
+  cases.push_back({"no group size",
+                   rewritten(good, keep, [&](auto& m) { m.erase("xlstm.q4_group_size"); }),
+                   {victim, "group size (none)"}});
+  cases.push_back(
+      {"scales missing",
+       rewritten(
+           good,
+           [&](const std::string& name, auto&, auto&, auto&) { return name != victim + ".scales"; },
+           same),
+       {"missing tensors", victim + ".scales"}});
+  cases.push_back({"scales misshaped",
+                   rewritten(
+                       good,
+                       [&](const std::string& name, auto&, xlstm::Shape& shape, auto&) {
+                         if (name == victim + ".scales") shape = {shape[0] * shape[1]};
+                         return true;
+                       },
+                       same),
+                   {"misshaped", victim + ".scales"}});
+  cases.push_back({"values as I8",
+                   rewritten(
+                       good,
+                       [&](const std::string& name, xlstm::io::DType& dtype, auto&, auto&) {
+                         if (name == victim) dtype = xlstm::io::DType::I8;
+                         return true;
+                       },
+                       same),
+                   {victim, "must be U8", "I8"}});
+  cases.push_back({"values misshaped",
+                   rewritten(
+                       good,
+                       [&](const std::string& name, auto&, xlstm::Shape& shape, auto&) {
+                         if (name == victim) shape = {shape[1], shape[0]};
+                         return true;
+                       },
+                       same),
+                   {"misshaped", victim}});
+  cases.push_back({"NaN scale",
+                   rewritten(
+                       good,
+                       [&](const std::string& name, auto&, auto&, std::vector<std::uint8_t>& b) {
+                         if (name == victim + ".scales") {
+                           const float nan = std::numeric_limits<float>::quiet_NaN();
+                           std::memcpy(b.data() + 4, &nan, 4);
+                         }
+                         return true;
+                       },
+                       same),
+                   {victim + ".scales", "scale 1 is nan"}});
+  cases.push_back({"negative scale",
+                   rewritten(
+                       good,
+                       [&](const std::string& name, auto&, auto&, std::vector<std::uint8_t>& b) {
+                         if (name == victim + ".scales") {
+                           const float minus = -1.0f;
+                           std::memcpy(b.data(), &minus, 4);
+                         }
+                         return true;
+                       },
+                       same),
+                   {victim + ".scales", "scale 0 is -1"}});
+  // Quantised where the module has no weight matrix (a norm's weight).
+  std::string norm;
+  model.for_each_parameter([&](const xlstm::ConstParameterRef<float>& p) {
+    if (norm.empty() && !p.matrix && p.shape.size() == 1) norm = p.name;
+  });
+  ASSERT_FALSE(norm.empty());
+  cases.push_back(
+      {"not a matrix",
+       rewritten(good, keep, [&](auto& m) { m["xlstm.quantized." + norm] = "int8_rows"; }),
+       {norm, "not a weight matrix"}});
+
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    xlstm::LanguageModel<float> target(test_util::lm_config(64, 1, {}, vocab));
+    test_util::randomize(target, 23);
+    const Matrix<float> before = step_logits(target, vocab);
+    try {
+      xlstm::io::load_module(target, c.file);
+      ADD_FAILURE() << "expected an Error";
+    } catch (const xlstm::Error& e) {
+      for (const std::string& part : c.expected) {
+        EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
+            << "'" << part << "' not in: " << e.what();
+      }
+    }
+    for (const auto* w : xlstm::weight_matrices(target)) EXPECT_TRUE(w->is_native());
+    EXPECT_TRUE(step_logits(target, vocab).cwiseEqual(before).all());
+  }
+  // A q4_g32 tensor for a matrix whose input dimension is not a multiple of 32.
+  xlstm::Linear<float> odd(40, 64, false), odd_target(40, 64, false);
+  odd.weight_matrix() = WeightMatrix<float>::quantized(
+      WeightMatrix<float>(random_weights(64, 40, 24)), WeightStorage::int8_rows);
+  xlstm::io::SafetensorsWriter writer;
+  xlstm::io::add_module(writer, odd);
+  auto bytes = writer.to_bytes();
+  const auto odd_file = rewritten(xlstm::io::SafetensorsFile::from_bytes(bytes), keep, [](auto& m) {
+    m["xlstm.quantized.weight"] = "q4_g32";
+    m["xlstm.q4_group_size"] = "32";
+  });
+  try {
+    xlstm::io::load_module(odd_target, odd_file);
+    ADD_FAILURE() << "expected an Error";
+  } catch (const xlstm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multiple of 32"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(odd_target.weight_matrix().is_native());
 }
 
 }  // namespace xlstm_test_quantized

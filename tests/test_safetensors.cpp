@@ -105,8 +105,8 @@ class TempDir {
 // ---------------------------------------------------------------- dtypes
 
 TEST(DType, NamesSizesAndParsing) {
-  for (DType dtype :
-       {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32, DType::U8}) {
+  for (DType dtype : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32,
+                      DType::U8, DType::I8}) {
     EXPECT_EQ(xlstm::io::parse_dtype(xlstm::io::dtype_name(dtype), "test"), dtype);
   }
   EXPECT_STREQ(xlstm::io::dtype_name(DType::BF16), "BF16");
@@ -114,6 +114,7 @@ TEST(DType, NamesSizesAndParsing) {
   EXPECT_EQ(xlstm::io::dtype_size(DType::I32), 4u);
   EXPECT_EQ(xlstm::io::dtype_size(DType::BF16), 2u);
   EXPECT_EQ(xlstm::io::dtype_size(DType::U8), 1u);
+  EXPECT_EQ(xlstm::io::dtype_size(DType::I8), 1u);
   EXPECT_ERROR_CONTAINS(xlstm::io::parse_dtype("F8_E4M3", "w.safetensors: tensor 'x'"),
                         "w.safetensors", "tensor 'x'", "F8_E4M3", "unknown dtype");
   static_assert(xlstm::io::dtype_of<float>() == DType::F32);
@@ -121,6 +122,7 @@ TEST(DType, NamesSizesAndParsing) {
   static_assert(xlstm::io::dtype_of<std::int64_t>() == DType::I64);
   static_assert(xlstm::io::dtype_of<std::int32_t>() == DType::I32);
   static_assert(xlstm::io::dtype_of<std::uint8_t>() == DType::U8);
+  static_assert(xlstm::io::dtype_of<std::int8_t>() == DType::I8);
   static_assert(!xlstm::io::has_dtype_v<bool>);
   static_assert(!xlstm::io::has_dtype_v<std::int16_t>);
 }

@@ -409,25 +409,34 @@ TEST(SLstmTirex, RecordingATapeIsRefused) {
 }
 
 // prepare_bf16_kernel stores bf16(R) once instead of rounding it every step:
-// the same bits, and any writable access to the parameters drops the copy.
+// the same bits (with either product of R y), and any writable access to the
+// parameters drops the copy.
 TEST(SLstmTirex, PreparedBf16KernelGivesTheSameBits) {
   const Index B = 3, T = 9, H = 64, NH = 2;
   std::mt19937 rng(1504);
+  for (const bool row_invariant : {false, true}) {
+    SCOPED_TRACE(row_invariant ? "row-invariant products" : "panelled products");
+    SLstmCellConfig config = tirex_config(H, NH);
+    config.row_invariant = row_invariant;
+    auto cell = random_tirex_cell<float>(config, rng);
+    const auto x = random_sequence<float>(B, T, 4 * H, rng, 0.0, 1.5);
+    const auto start = random_state(cell, B, rng);
+    auto plain_state = start;
+    const auto y_plain = run_forward(cell, x, plain_state);
+    ASSERT_FALSE(cell.has_bf16_kernel());
+    cell.prepare_bf16_kernel();
+    ASSERT_TRUE(cell.has_bf16_kernel());
+    auto prepared_state = start;
+    const auto y_prepared = run_forward(cell, x, prepared_state);
+    EXPECT_TRUE(BitIdentical(y_prepared.matrix(), y_plain.matrix()));
+    EXPECT_TRUE(BitIdentical(prepared_state.m, plain_state.m));
+    EXPECT_TRUE(BitIdentical(prepared_state.c, plain_state.c));
+    EXPECT_TRUE(BitIdentical(prepared_state.n, plain_state.n));
+  }
   auto cell = random_tirex_cell<float>(tirex_config(H, NH), rng);
-  const auto x = random_sequence<float>(B, T, 4 * H, rng, 0.0, 1.5);
-  const auto start = random_state(cell, B, rng);
-  auto plain_state = start;
-  const auto y_plain = run_forward(cell, x, plain_state);
-  ASSERT_FALSE(cell.has_bf16_kernel());
-  cell.prepare_bf16_kernel();
-  ASSERT_TRUE(cell.has_bf16_kernel());
-  auto prepared_state = start;
-  const auto y_prepared = run_forward(cell, x, prepared_state);
-  EXPECT_TRUE(BitIdentical(y_prepared.matrix(), y_plain.matrix()));
-  EXPECT_TRUE(BitIdentical(prepared_state.m, plain_state.m));
-  EXPECT_TRUE(BitIdentical(prepared_state.c, plain_state.c));
 
   // A changed kernel must be seen: writable access drops the copy.
+  cell.prepare_bf16_kernel();
   cell.recurrent_kernel()(0, 0) += 1.0f;
   EXPECT_FALSE(cell.has_bf16_kernel());
   cell.prepare_bf16_kernel();

@@ -164,6 +164,15 @@ struct SLstmBlockWorkspace {
 template <typename Scalar>
 using SLstmBlockState = ConvCellState<Scalar, SLstmState<Scalar>, SLstmBlockWorkspace<Scalar>>;
 
+/// The buffers of SLstmBlock's inference forward over a sequence, kept by a
+/// caller that runs sequences of the same shapes again (tirex::forecast_into):
+/// after the first such call, the forward allocates nothing.
+template <typename Scalar>
+struct SLstmBlockForwardScratch {
+  Sequence<Scalar> normed, conv_act, preact, cell_out;
+  Matrix<Scalar> conv_taps, ffn_in, ffn_out, ffn_up;
+};
+
 /// What a recording forward keeps for the backward (design §7.3;
 /// blocks/slstm_block_backward.hpp): the children's tapes and the inputs of
 /// every layer, per token (B*T rows each). The backward uses it as its
@@ -236,7 +245,15 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   /// `workload` picks the projections' product (Workload::row_invariant: a
   /// row's bits do not depend on the other rows, core/kernels/dense.hpp).
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
-               Workload workload = Workload::sequence) const;
+               Workload workload = Workload::sequence) const {
+    SLstmBlockForwardScratch<Scalar> scratch;
+    forward(x, lengths, state, y, workload, scratch);
+  }
+
+  /// The same in the caller's `scratch`: allocates nothing once the scratch
+  /// and y have served these shapes.
+  void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
+               Workload workload, SLstmBlockForwardScratch<Scalar>& scratch) const;
 
   /// The same, recording into `tape` what `backward` needs (design §7.3,
   /// blocks/slstm_block_backward.hpp); the same y.
@@ -447,28 +464,32 @@ auto SLstmBlock<Scalar_>::initial_state(Index batch) const -> State {
 
 template <typename Scalar_>
 void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
-                                  Sequence<Scalar>& y, Workload workload) const {
+                                  Sequence<Scalar>& y, Workload workload,
+                                  SLstmBlockForwardScratch<Scalar>& scratch) const {
   check_input(x.features(), x.batch(), state, "SLstmBlock::forward", "x");
   check_state(state, x.batch(), "SLstmBlock::forward");
   check_lengths(lengths, x.batch(), x.time(), "SLstmBlock::forward");
   check(x.time() > 0, "SLstmBlock::forward: argument 'x' must have at least one time step");
   const Index batch = x.batch(), time = x.time(), e = embedding_dim();
-  Sequence<Scalar> normed(batch, time, e), conv_act;
+  Sequence<Scalar>& normed = scratch.normed;
+  Sequence<Scalar>& conv_act = scratch.conv_act;
+  normed.resize(batch, time, e);
   pre_norm(xlstm_norm_, rms_norm_, x.matrix(), normed.matrix());
-  conv1d_.forward(normed, lengths, state.conv, conv_act);
+  conv1d_.forward(normed, lengths, state.conv, conv_act, scratch.conv_taps);
   if (!conv1d_.is_identity()) conv_act.matrix().array() = silu(conv_act.matrix().array());
-  Sequence<Scalar> preact(batch, time, 4 * e);
+  Sequence<Scalar>& preact = scratch.preact;
+  preact.resize(batch, time, 4 * e);
   gate_preactivations(normed.matrix(), conv_act.matrix(), preact.matrix(), workload);
-  Sequence<Scalar> cell_out;
-  cell_.forward(preact, lengths, state.cell, cell_out);
+  cell_.forward(preact, lengths, state.cell, scratch.cell_out);
   y.resize(batch, time, e);
-  group_norm_.forward(cell_out.matrix(), y.matrix());
+  group_norm_.forward(scratch.cell_out.matrix(), y.matrix());
   y.matrix() += x.matrix();
   if (has_feedforward()) {
-    Matrix<Scalar> ffn_in(y.matrix().rows(), e), ffn_out(y.matrix().rows(), e), up;
-    pre_norm(ffn_norm_, ffn_rms_norm_, y.matrix(), ffn_in);
-    ffn_.forward(ffn_in, ffn_out, up, workload);
-    y.matrix() += ffn_out;
+    ensure_size(scratch.ffn_in, y.matrix().rows(), e);
+    ensure_size(scratch.ffn_out, y.matrix().rows(), e);
+    pre_norm(ffn_norm_, ffn_rms_norm_, y.matrix(), scratch.ffn_in);
+    ffn_.forward(scratch.ffn_in, scratch.ffn_out, scratch.ffn_up, workload);
+    y.matrix() += scratch.ffn_out;
   }
   zero_padding(y, lengths);
 }

@@ -154,6 +154,49 @@ class WeightMatrix {
   /// Throws on a non-finite weight (its scale would be meaningless).
   static WeightMatrix quantized(const WeightMatrix& source, WeightStorage format);
 
+  /// A view of quantised weights stored elsewhere (e.g. a memory-mapped
+  /// checkpoint, math §16.4): `values` holds quantized_value_bytes(format,
+  /// rows, cols) bytes and `scales` quantized_scale_count(format, rows, cols)
+  /// floats, laid out as quantized_values() / quantized_scales() describe;
+  /// `keep_alive` owns that memory for as long as the view lives.
+  static WeightMatrix quantized_view(WeightStorage format, const std::uint8_t* values,
+                                     const float* scales, Index rows, Index cols,
+                                     std::shared_ptr<const void> keep_alive) {
+    check_quantized_shape(format, rows, cols, "WeightMatrix::quantized_view");
+    check((values && scales) || rows * cols == 0,
+          "WeightMatrix::quantized_view: arguments 'values' and 'scales' must not be null");
+    WeightMatrix w;
+    w.storage_ = format;
+    w.rows_ = rows;
+    w.cols_ = cols;
+    w.quant_ = values;
+    w.scales_ = scales;
+    w.keep_alive_ = std::move(keep_alive);
+    return w;
+  }
+
+  /// Bytes of the quantised values of a rows x cols matrix in `format`.
+  static std::size_t quantized_value_bytes(WeightStorage format, Index rows, Index cols) {
+    return std::size_t(rows) * std::size_t(format == WeightStorage::q4_g32 ? cols / 2 : cols);
+  }
+  /// Scales of a rows x cols matrix in `format`: one per row (int8_rows) or
+  /// per group of 32 inputs (q4_g32).
+  static std::size_t quantized_scale_count(WeightStorage format, Index rows, Index cols) {
+    return std::size_t(rows) *
+           std::size_t(format == WeightStorage::q4_g32 ? cols / kernels::kQ4Group : 1);
+  }
+  /// Throws unless `format` is a quantised format a rows x cols matrix can
+  /// have (q4_g32: cols a multiple of the group size).
+  static void check_quantized_shape(WeightStorage format, Index rows, Index cols,
+                                    const char* where) {
+    check(format == WeightStorage::int8_rows || format == WeightStorage::q4_g32, where,
+          ": the format must be int8_rows or q4_g32, got ", storage_name(format));
+    check(rows >= 0 && cols >= 0, where, ": expected a size >= 0, got ", rows, " x ", cols);
+    check(format != WeightStorage::q4_g32 || cols % kernels::kQ4Group == 0, where,
+          ": q4_g32 needs the input dimension (cols) to be a multiple of its group size ",
+          kernels::kQ4Group, ", got ", cols);
+  }
+
   /// The raw quantised values (int8: rows x cols bytes; q4_g32: rows x cols/2
   /// bytes, low nibble = even column) and scales (int8: one per row; q4_g32:
   /// rows x cols/32, row-major); null unless quantised.

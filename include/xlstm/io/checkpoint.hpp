@@ -81,7 +81,8 @@ std::vector<TensorTarget<Ref>> tensor_targets(const std::vector<Ref>& refs) {
 namespace detail {
 
 inline bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 /// Elements of one part of a target.
@@ -123,14 +124,139 @@ inline bool is_float_dtype(DType dt) {
   return dt == DType::F32 || dt == DType::F64 || dt == DType::BF16 || dt == DType::F16;
 }
 
-/// A target's values while a load is checked: Scalar values, or a 16-bit
-/// weight matrix that stays 16-bit.
+/// A target's values while a load is checked: Scalar values, or a weight
+/// matrix that keeps the file's storage (16-bit or quantised).
 template <typename Scalar>
 struct Staged {
   std::vector<Scalar> values;
-  WeightMatrix<Scalar> half;
-  bool is_half = false;
+  WeightMatrix<Scalar> kept;
+  bool is_kept = false;
 };
+
+/// math §16.4: a quantised weight matrix `<name>` is stored as its values
+/// (I8 [out, in] for int8_rows; U8 [out, in/2] for q4_g32, low nibble = even
+/// column), its scales `<name>.scales` (F32 [out] or [out, in/32]), and the
+/// metadata entries "xlstm.quantized.<name>" = the format's name and, with
+/// any q4_g32 tensor, "xlstm.q4_group_size" = "32".
+inline const std::string kQuantizedMetadataPrefix = "xlstm.quantized.";
+inline const std::string kQuantizedScalesSuffix = ".scales";
+inline const std::string kQ4GroupSizeMetadata = "xlstm.q4_group_size";
+
+/// The quantised format `file`'s metadata gives tensor `key`, or null.
+inline const std::string* quantized_format_name(const SafetensorsFile& file,
+                                                const std::string& key) {
+  const auto& metadata = file.metadata();
+  const auto found = metadata.find(kQuantizedMetadataPrefix + key);
+  return found == metadata.end() ? nullptr : &found->second;
+}
+
+/// What a view into quantised tensors keeps alive: the files, and the scales
+/// when they had to be copied (not aligned for float in the file).
+struct QuantizedOwner {
+  std::shared_ptr<const SafetensorsFile> values_file, scales_file;
+  std::vector<float> scales;
+};
+
+/// Stages the quantised tensor `key` (format `format_name`) for `target` as
+/// a view into the file (math §16.4); reports why and returns false when the
+/// format, the dtypes, the shapes, the group size or the scales do not fit.
+/// The scales are always checked: finite and >= 0.
+template <typename Scalar, typename Target>
+bool stage_quantized(const CheckpointFiles& files, const std::string& key,
+                     const std::string& format_name, const Target& target, CheckpointReport& report,
+                     std::set<std::string>& used, Staged<Scalar>& s) {
+  const std::string scales_key = key + kQuantizedScalesSuffix;
+  if (files.contains(scales_key)) used.insert(scales_key);  // reported with `key`, not apart
+  WeightStorage format;
+  if (format_name == storage_name(WeightStorage::int8_rows)) {
+    format = WeightStorage::int8_rows;
+  } else if (format_name == storage_name(WeightStorage::q4_g32)) {
+    format = WeightStorage::q4_g32;
+  } else {
+    report.unusable(key, "unknown quantisation format '" + format_name +
+                             "' in the metadata (this library reads int8_rows and q4_g32)");
+    return false;
+  }
+  if (!target.all_matrices() || target.shape.size() != 2) {
+    report.unusable(key, "quantised in the file, but the module's tensor " +
+                             shape_string(target.shape) + " is not a weight matrix");
+    return false;
+  }
+  const bool q4 = format == WeightStorage::q4_g32;
+  const std::size_t rows = target.shape[0], cols = target.shape[1];
+  const std::size_t group = std::size_t(kernels::kQ4Group);
+  const SafetensorsFile& file = files.file_of(key);
+  if (q4) {
+    if (cols % group != 0) {
+      report.unusable(key, "q4_g32 needs the input dimension to be a multiple of " +
+                               std::to_string(group) + ", the module's tensor is " +
+                               shape_string(target.shape));
+      return false;
+    }
+    const auto found = file.metadata().find(kQ4GroupSizeMetadata);
+    const std::string size = found == file.metadata().end() ? "(none)" : found->second;
+    if (size != std::to_string(group)) {
+      report.unusable(key, "q4_g32 group size " + size + " in the metadata ('" +
+                               kQ4GroupSizeMetadata + "'); this library reads " +
+                               std::to_string(group));
+      return false;
+    }
+  }
+  bool ok = true;
+  const TensorInfo& info = file.info(key);
+  const DType values_dtype = q4 ? DType::U8 : DType::I8;
+  const Shape values_shape = {rows, q4 ? cols / 2 : cols};
+  if (info.dtype != values_dtype) {
+    report.unusable(key, format_name + " values must be " + dtype_name(values_dtype) +
+                             ", the file has " + dtype_name(info.dtype));
+    ok = false;
+  } else if (info.shape != values_shape) {
+    report.misshaped(key, values_shape, info.shape);
+    ok = false;
+  }
+  const Shape scales_shape = q4 ? Shape{rows, cols / group} : Shape{rows};
+  if (!files.contains(scales_key)) {
+    report.missing(scales_key, scales_shape);
+    return false;
+  }
+  const SafetensorsFile& scales_file = files.file_of(scales_key);
+  const TensorInfo& scales_info = scales_file.info(scales_key);
+  if (scales_info.dtype != DType::F32) {
+    report.unusable(scales_key, std::string("scales must be F32, the file has ") +
+                                    dtype_name(scales_info.dtype));
+    return false;
+  }
+  if (scales_info.shape != scales_shape) {
+    report.misshaped(scales_key, scales_shape, scales_info.shape);
+    return false;
+  }
+  if (!ok) return false;
+  auto owner = std::make_shared<QuantizedOwner>();
+  owner->values_file = std::make_shared<SafetensorsFile>(file);
+  owner->scales_file = std::make_shared<SafetensorsFile>(scales_file);
+  const std::uint8_t* scale_bytes = owner->scales_file->bytes(scales_key);
+  const float* scales = reinterpret_cast<const float*>(scale_bytes);
+  if (reinterpret_cast<std::uintptr_t>(scale_bytes) % alignof(float) != 0) {
+    owner->scales = owner->scales_file->read<float>(scales_key);
+    scales = owner->scales.data();
+  }
+  const std::size_t count = shape_product(scales_shape);
+  for (std::size_t i = 0; i < count; ++i) {
+    float scale;
+    std::memcpy(&scale, reinterpret_cast<const std::uint8_t*>(scales) + i * sizeof(float),
+                sizeof scale);
+    if (!std::isfinite(scale) || scale < 0.0f) {
+      report.unusable(scales_key, "scale " + std::to_string(i) + " is " + std::to_string(scale) +
+                                      " (scales are finite and >= 0)");
+      return false;
+    }
+  }
+  const std::uint8_t* values = owner->values_file->bytes(key);
+  s.kept = WeightMatrix<Scalar>::quantized_view(format, values, scales, Index(rows), Index(cols),
+                                                std::move(owner));
+  s.is_kept = true;
+  return true;
+}
 
 /// The 16-bit tensor `name` of `file` as a weight matrix of `rows` rows: a
 /// view into the mapped file when aligned, else an aligned 16-bit copy.
@@ -172,6 +298,14 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
     used.insert(key);
     const SafetensorsFile& file = files.file_of(key);
     const TensorInfo& info = file.info(key);
+    if (const std::string* format = detail::quantized_format_name(file, key)) {
+      detail::Staged<Scalar> s;
+      if (detail::stage_quantized(files, key, *format, target, report, used, s) &&
+          !staged.count(key)) {
+        staged[key] = std::move(s);
+      }
+      continue;
+    }
     if (!detail::is_float_dtype(info.dtype)) {
       report.bad_dtype(key, dtype_name(info.dtype));
       continue;
@@ -186,9 +320,9 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
     const bool half_file = info.dtype == DType::BF16 || info.dtype == DType::F16;
     if (found == target.shape && options.keep_half_weights && half_file && target.all_matrices() &&
         target.shape.size() == 2) {
-      s.half = detail::half_weights<Scalar>(file, key, Index(target.shape[0]),
-                                            Index(target.shape[1]));
-      s.is_half = true;
+      s.kept =
+          detail::half_weights<Scalar>(file, key, Index(target.shape[0]), Index(target.shape[1]));
+      s.is_kept = true;
       if (options.check_finite) s.values = file.read<Scalar>(key);  // checked below, then dropped
     } else {
       s.values = file.read<Scalar>(key);
@@ -201,12 +335,13 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
       auto bias = staged.find(prefix + bias_name);
       std::vector<Scalar> bias_values;
       if (bias == staged.end() && files.contains(prefix + bias_name) &&
-          detail::is_float_dtype(files.file_of(prefix + bias_name).info(prefix + bias_name).dtype)) {
+          detail::is_float_dtype(
+              files.file_of(prefix + bias_name).info(prefix + bias_name).dtype)) {
         // The bias comes after the kernel in the module's order: stage it now,
         // converted with the kernel, so that it is not converted twice.
         bias_values = files.file_of(prefix + bias_name).read<Scalar>(prefix + bias_name);
       }
-      std::vector<Scalar>* bias_ptr = bias != staged.end() ? &bias->second.values
+      std::vector<Scalar>* bias_ptr = bias != staged.end()  ? &bias->second.values
                                       : bias_values.empty() ? nullptr
                                                             : &bias_values;
       if (detail::convert_cuda_slstm_layout(target.shape, found, s.values, bias_ptr)) {
@@ -222,7 +357,7 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
         !std::all_of(s.values.begin(), s.values.end(), [](Scalar x) { return std::isfinite(x); })) {
       report.non_finite(key);
     }
-    if (s.is_half) s.values = {};
+    if (s.is_kept) s.values = {};
     if (!staged.count(key)) staged[key] = std::move(s);
   }
 
@@ -245,8 +380,8 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
       const std::size_t n = detail::part_size(part);
       if (part.matrix) {
         const Index rows = part.matrix->rows(), cols = part.matrix->cols();
-        if (s.is_half) {
-          *part.matrix = target.parts.size() == 1 ? s.half : s.half.row_range(row, rows);
+        if (s.is_kept) {
+          *part.matrix = target.parts.size() == 1 ? s.kept : s.kept.row_range(row, rows);
         } else {
           *part.matrix = WeightMatrix<Scalar>(
               Matrix<Scalar>(ConstMatrixMap<Scalar>(s.values.data() + offset, rows, cols)));
@@ -261,24 +396,74 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
   }
 }
 
+namespace detail {
+
+/// The quantised format of `target` (all its parts quantised alike, a 2-D
+/// weight matrix), native if no part is quantised; throws for a mix.
+template <typename Target>
+WeightStorage quantized_format_of(const Target& target) {
+  WeightStorage format = WeightStorage::native;
+  bool any = false, all = true;
+  for (const auto& part : target.parts) {
+    const bool quantized = part.matrix && part.matrix->is_quantized();
+    any = any || quantized;
+    all = all && quantized;
+    if (quantized) {
+      if (format != WeightStorage::native && format != part.matrix->storage()) all = false;
+      format = part.matrix->storage();
+    }
+  }
+  if (!any) return WeightStorage::native;
+  check(all && target.shape.size() == 2, "saving tensor '", target.name,
+        "': its parts are stored differently (some quantised, some not, or in two formats); ",
+        "quantise them alike to save them");
+  return format;
+}
+
+/// Adds the quantised tensor `target` (math §16.4): values, scales, metadata.
+template <typename Target>
+void add_quantized(SafetensorsWriter& writer, const Target& target, WeightStorage format) {
+  const bool q4 = format == WeightStorage::q4_g32;
+  const std::size_t rows = target.shape[0], cols = target.shape[1];
+  std::vector<std::uint8_t> values;
+  std::vector<float> scales;
+  values.reserve(WeightMatrix<float>::quantized_value_bytes(format, Index(rows), Index(cols)));
+  scales.reserve(WeightMatrix<float>::quantized_scale_count(format, Index(rows), Index(cols)));
+  for (const auto& part : target.parts) {
+    const auto& m = *part.matrix;
+    const std::size_t n = WeightMatrix<float>::quantized_value_bytes(format, m.rows(), m.cols());
+    const std::size_t k = WeightMatrix<float>::quantized_scale_count(format, m.rows(), m.cols());
+    values.insert(values.end(), m.quantized_values(), m.quantized_values() + n);
+    scales.insert(scales.end(), m.quantized_scales(), m.quantized_scales() + k);
+  }
+  writer.add_raw(target.name, q4 ? DType::U8 : DType::I8, {rows, q4 ? cols / 2 : cols},
+                 values.data(), values.size());
+  const std::size_t group = std::size_t(kernels::kQ4Group);
+  writer.add(target.name + kQuantizedScalesSuffix, q4 ? Shape{rows, cols / group} : Shape{rows},
+             scales.data());
+  writer.set_metadata(kQuantizedMetadataPrefix + target.name, storage_name(format));
+  if (q4) writer.set_metadata(kQ4GroupSizeMetadata, std::to_string(group));
+}
+
+}  // namespace detail
+
 /// Adds `targets` to `writer`, in Scalar, or weight matrices converted to
-/// `matrix_dtype` when given (e.g. BF16).
+/// `matrix_dtype` when given (e.g. BF16). Quantised weight matrices keep
+/// their format (values, scales and metadata, math §16.4).
 template <typename Scalar>
 void add_targets(SafetensorsWriter& writer,
                  const std::vector<TensorTarget<ConstParameterRef<Scalar>>>& targets,
                  std::optional<DType> matrix_dtype = std::nullopt) {
-  // Saving quantised weights (their values and scales) is not done yet
-  // (math §16.4): refuse before anything is added, rather than write decoded
-  // or garbage values.
-  for (const auto& target : targets) {
-    for (const auto& part : target.parts) {
-      if (part.matrix && part.matrix->is_quantized()) {
-        throw Error("saving tensor '" + target.name + "': its weights are quantised (" +
-                    storage_name(part.matrix->storage()) + "), which checkpoints cannot hold yet");
-      }
+  // Every target's storage is checked before anything is added.
+  std::vector<WeightStorage> formats;
+  formats.reserve(targets.size());
+  for (const auto& target : targets) formats.push_back(detail::quantized_format_of(target));
+  for (std::size_t t = 0; t < targets.size(); ++t) {
+    const auto& target = targets[t];
+    if (formats[t] != WeightStorage::native) {
+      detail::add_quantized(writer, target, formats[t]);
+      continue;
     }
-  }
-  for (const auto& target : targets) {
     std::vector<Scalar> joined(shape_product(target.shape));
     std::size_t offset = 0;
     for (const auto& part : target.parts) {

@@ -26,10 +26,15 @@ class CheckpointReport {
     bad_dtype_.push_back(name + " (" + dtype + ")");
   }
   void non_finite(const std::string& name) { non_finite_.push_back(name); }
+  /// A tensor that cannot be used for another reason (e.g. a quantised
+  /// tensor whose format, scales or group size do not fit; math §16.4).
+  void unusable(const std::string& name, const std::string& why) {
+    unusable_.push_back(name + ": " + why);
+  }
 
   bool ok() const {
     return missing_.empty() && misshaped_.empty() && unexpected_.empty() && bad_dtype_.empty() &&
-           non_finite_.empty();
+           non_finite_.empty() && unusable_.empty();
   }
 
   /// Throws one Error, headed by `what` (e.g. "model.safetensors: checkpoint
@@ -48,11 +53,12 @@ class CheckpointReport {
     list("unexpected tensors", unexpected_);
     list("tensors with a dtype that is not F32/F64/BF16/F16", bad_dtype_);
     list("tensors with NaN or infinite values", non_finite_);
+    list("unusable tensors", unusable_);
     throw Error(msg.str());
   }
 
  private:
-  std::vector<std::string> missing_, misshaped_, unexpected_, bad_dtype_, non_finite_;
+  std::vector<std::string> missing_, misshaped_, unexpected_, bad_dtype_, non_finite_, unusable_;
 };
 
 }  // namespace xlstm::io

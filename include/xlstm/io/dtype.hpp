@@ -24,7 +24,7 @@
 namespace xlstm::io {
 
 /// Element types a safetensors tensor may have (the subset this library reads).
-enum class DType { F64, F32, F16, BF16, I64, I32, U8 };
+enum class DType { F64, F32, F16, BF16, I64, I32, U8, I8 };
 
 /// Bytes per element.
 inline std::size_t dtype_size(DType dtype) {
@@ -39,6 +39,7 @@ inline std::size_t dtype_size(DType dtype) {
     case DType::BF16:
       return 2;
     case DType::U8:
+    case DType::I8:
       return 1;
   }
   fail("dtype_size: invalid DType value ", static_cast<int>(dtype));
@@ -61,6 +62,8 @@ inline const char* dtype_name(DType dtype) {
       return "I32";
     case DType::U8:
       return "U8";
+    case DType::I8:
+      return "I8";
   }
   fail("dtype_name: invalid DType value ", static_cast<int>(dtype));
 }
@@ -69,11 +72,11 @@ inline const char* dtype_name(DType dtype) {
 /// tensor 'w'") starts the error message for an unknown name.
 inline DType parse_dtype(const std::string& name, const std::string& context) {
   static constexpr DType all[] = {DType::F64, DType::F32, DType::F16, DType::BF16,
-                                  DType::I64, DType::I32, DType::U8};
+                                  DType::I64, DType::I32, DType::U8,  DType::I8};
   for (DType dtype : all) {
     if (name == dtype_name(dtype)) return dtype;
   }
-  fail(context, ": unknown dtype '", name, "' (supported: F64, F32, F16, BF16, I64, I32, U8)");
+  fail(context, ": unknown dtype '", name, "' (supported: F64, F32, F16, BF16, I64, I32, U8, I8)");
 }
 
 // The 16-bit float conversions live in core/half.hpp (the half-precision
@@ -83,10 +86,8 @@ using xlstm::f16_to_float;
 using xlstm::float_to_bf16;
 using xlstm::float_to_f16;
 
-
 namespace detail {
 using xlstm::detail::bit_cast;
-
 
 /// Floating-point narrowing (double -> float, long double -> double). A plain
 /// cast of a finite value beyond To's range is undefined behaviour; this gives
@@ -158,6 +159,8 @@ constexpr int native_dtype() {
     return static_cast<int>(DType::I32);
   } else if constexpr (is_dtype_integer_v<T> && std::is_unsigned_v<T> && sizeof(T) == 1) {
     return static_cast<int>(DType::U8);
+  } else if constexpr (is_dtype_integer_v<T> && std::is_signed_v<T> && sizeof(T) == 1) {
+    return static_cast<int>(DType::I8);
   } else {
     return -1;
   }
@@ -351,6 +354,9 @@ void decode_elements(DType dtype, const std::uint8_t* source, Scalar* dest, std:
     case DType::U8:
       convert_all([](const std::uint8_t* p) { return *p; });
       return;
+    case DType::I8:
+      convert_all([](const std::uint8_t* p) { return static_cast<std::int8_t>(*p); });
+      return;
   }
   fail(where, ": invalid DType value ", static_cast<int>(dtype));
 }
@@ -406,6 +412,10 @@ void encode_elements(const Scalar* source, DType dtype, std::uint8_t* dest, std:
       return;
     case DType::U8:
       convert_all(std::uint8_t{0}, [](std::uint8_t v, std::uint8_t* p) { *p = v; });
+      return;
+    case DType::I8:
+      convert_all(std::int8_t{0},
+                  [](std::int8_t v, std::uint8_t* p) { *p = static_cast<std::uint8_t>(v); });
       return;
   }
   fail(where, ": invalid DType value ", static_cast<int>(dtype));

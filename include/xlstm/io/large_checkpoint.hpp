@@ -87,8 +87,7 @@ inline LargeModelConfig infer_large_model_config(const CheckpointFiles& files,
     // rows = 2 QK + 2 VD; out_proj (E, VD) gives VD.
     const Shape out = shape(m + "out_proj.weight");
     check(out.size() == 2 && out[0] == columns, files.path(), ": '", m,
-          "out_proj.weight' must be 2-D with ", columns, " rows, got shape ",
-          shape_string(out));
+          "out_proj.weight' must be 2-D with ", columns, " rows, got shape ", shape_string(out));
     const std::size_t vd = out[1];
     check(rows > 2 * vd && (rows - 2 * vd) % 2 == 0, files.path(), ": '", m,
           "qkv_opreact.weight' has ", rows, " rows, which is not 2 QK + 2 VD with VD = ", vd);
@@ -163,6 +162,9 @@ void save_large_model(const LargeModel<Scalar>& model, const std::string& path,
   for (std::size_t i = 0; i < targets.size(); ++i) {
     const std::size_t s = i % shards.size();
     placed.push_back({targets[i].name, s});
+    if (detail::quantized_format_of(targets[i]) != WeightStorage::native) {
+      placed.push_back({targets[i].name + detail::kQuantizedScalesSuffix, s});  // math §16.4
+    }
     add_targets(shards[s], std::vector{targets[i]}, matrix_dtype);
   }
   if (num_shards == 1 && !as_directory) {

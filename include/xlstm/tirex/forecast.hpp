@@ -65,61 +65,218 @@ Index leading_padding_tokens(const Matrix<Scalar>& window, Index b, Index patch,
   return k;
 }
 
+/// The buffers of forecast_into for one group of series (see ForecastWorkspace).
+template <typename Scalar>
+struct ForecastGroupWorkspace {
+  Matrix<Scalar> window;       ///< every row's window: (series x passes) x W
+  Matrix<Scalar> pass_window;  ///< one pass's windows, B x W
+  std::vector<ScaleStatistics<Scalar>> stats;
+  TokenizeScratch<Scalar> scaler;
+  Sequence<Scalar> tokens, packed, head;
+  Lengths lengths;
+  std::vector<Index> skipped;
+  TiRexState<Scalar> state;
+  PassWorkspace<Scalar> pass;
+};
+
+/// The one pass that prints a record (FirstPass) or runs without padding
+/// states: every token from the zero state, in buffers of its own.
+template <typename Scalar>
+void pass_from_zero_state(const TiRexModel<Scalar>& model, const Sequence<Scalar>& tokens,
+                          Index head_tokens, Sequence<Scalar>& head) {
+  auto state = model.initial_state(tokens.batch());
+  model.forward_tokens(tokens, state, head, nullptr, head_tokens);
+}
+
+/// Leading fully padded tokens that row b of `window` may skip in a pass of
+/// `time` tokens whose head reads the last `head_tokens` (the padding states
+/// hold k < N; every row keeps at least head_tokens tokens).
+template <typename Scalar>
+Index skippable_tokens(const TiRexModel<Scalar>& model, const Matrix<Scalar>& window, Index b,
+                       Index time, Index head_tokens) {
+  const TiRexConfig& c = model.config();
+  const Index limit = std::min(c.tokens_per_window() - 1, time - head_tokens);
+  return leading_padding_tokens(window, b, c.patch_size(), limit);
+}
+
 /// One pass from the padding states (math §13.10): row b starts from the
 /// state after its k_b leading fully padded tokens and runs only its other
-/// tokens (ragged, TiRexModel::forward_rows); `head` becomes B x n x Q*P, the
-/// head on each row's last n tokens. The same numbers as running every token
-/// from the zero state.
+/// tokens (ragged, TiRexModel::forward_rows); `ws.head` becomes
+/// B x head_tokens x Q*P, the head on each row's last head_tokens tokens. The
+/// same numbers as running every token from the zero state. The pass is the
+/// first `time` tokens of each row of `ws.tokens`, packed into `packed_time`
+/// (>= every row's own tokens) positions, so that every pass of a forecast
+/// has the same buffer sizes.
 template <typename Scalar>
-void pass_from_padding_states(const TiRexModel<Scalar>& model, const Matrix<Scalar>& window,
-                              const Sequence<Scalar>& tokens, Index n, Sequence<Scalar>& head) {
+void pass_from_padding_states(const TiRexModel<Scalar>& model, Index time, Index head_tokens,
+                              Index packed_time, ForecastGroupWorkspace<Scalar>& ws) {
+  const Index batch = ws.tokens.batch(), stride = ws.tokens.time();
+  ws.lengths.resize(std::size_t(batch));
+  ws.skipped.resize(std::size_t(batch));
+  for (Index b = 0; b < batch; ++b) {
+    const Index k = skippable_tokens(model, ws.window, b, time, head_tokens);
+    ws.skipped[std::size_t(b)] = k;
+    ws.lengths[std::size_t(b)] = time - k;
+  }
+  ws.packed.resize(batch, packed_time, ws.tokens.features());
+  ws.packed.matrix().setZero();
+  const Index nb = model.num_blocks(), d = model.config().embedding_dim;
+  const bool state_fits = Index(ws.state.blocks.size()) == nb && ws.state.batch() == batch &&
+                          ws.state.blocks.front().cell.y.cols() == d;
+  if (!state_fits) ws.state = model.initial_state(batch);
+  for (Index b = 0; b < batch; ++b) {
+    const Index k = ws.skipped[std::size_t(b)], length = ws.lengths[std::size_t(b)];
+    ws.packed.matrix().middleRows(b * packed_time, length) =
+        ws.tokens.matrix().middleRows(b * stride + k, length);
+    ws.state.copy_row_from(model.padding_state(k), 0, b);  // every row: the whole state
+  }
+  model.forward_rows(ws.packed, ws.lengths, ws.state, ws.head, head_tokens, ws.pass);
+}
+
+/// Series a forecast runs together (forecast_into), and (series x passes)
+/// rows a group runs together: a group's tokens (8 x 64 rows of a 512-deep
+/// piece: 1 MiB) stay in cache.
+constexpr Index kRowsPerRun = 8;
+
+/// forecast_into for at most kRowsPerRun rows: `context` (rows of the
+/// caller's batch from `row0`) into rows row0.. of `out`.
+///
+/// A pass never sees another pass's output (predictions are not fed back,
+/// math §13.6), so with the padding states the passes of a rollout run
+/// together as rows of one batch: row i * B + b is pass k0 + i of series b,
+/// with its own window and statistics. Every product is row-invariant and
+/// rows never interact (math §13.10): the same bits as one pass after the
+/// other, and the recurrent kernel is read once per step for all of them.
+/// That needs every pass of a run to predict the same number of patches; an
+/// accelerated rollout with a shorter last pass runs its passes one by one.
+template <typename Scalar>
+void forecast_group(const TiRexModel<Scalar>& model, const ConstMatrixRef<Scalar>& context,
+                    Index prediction_length, Index max_accelerated_rollout_steps, Index row0,
+                    Forecast<Scalar>& out, ForecastGroupWorkspace<Scalar>& ws,
+                    ForecastGroupWorkspace<Scalar>& last_run_ws, FirstPass<Scalar>* first_pass) {
   const TiRexConfig& c = model.config();
-  const Index batch = tokens.batch(), time = tokens.time(), p = c.patch_size();
-  // The cache holds k < N; a row of padding only keeps at least one token.
-  const Index limit = std::min(c.tokens_per_window() - 1, time - n);
-  Lengths lengths(std::size_t(batch), 0);
-  std::vector<Index> skipped(static_cast<std::size_t>(batch));
-  Index longest = 0;
-  for (Index b = 0; b < batch; ++b) {
-    skipped[std::size_t(b)] = leading_padding_tokens(window, b, p, limit);
-    lengths[std::size_t(b)] = time - skipped[std::size_t(b)];
-    longest = std::max(longest, lengths[std::size_t(b)]);
+  const Index batch = context.rows(), p = c.patch_size(), nq = c.num_quantiles();
+  const Index tokens_per_window = c.tokens_per_window(), w = c.train_ctx_len;
+  const Index patches = (prediction_length + p - 1) / p;
+  const Index most = std::min(patches, max_accelerated_rollout_steps);
+  const Index passes = (patches + most - 1) / most;
+  // Pass k predicts patches [k * most, k * most + n_k) with n_k = most but
+  // for a shorter last pass; it sees k * most * P appended NaN values.
+  auto patches_of = [&](Index k) { return std::min(most, patches - k * most); };
+  const bool cached = model.has_padding_states() && first_pass == nullptr;
+  const bool uniform = patches % most == 0;
+  const Index per_run = cached && uniform ? std::max<Index>(1, kRowsPerRun / batch) : 1;
+  // Every pass of this call runs the head on the same number of tokens, reads
+  // its tokens from a buffer of the same size and packs them into the same
+  // number of positions: the buffers keep their sizes from run to run (a
+  // shorter last run has buffers of its own), and a second call with the same
+  // shapes allocates nothing. Only the extra head tokens of a shorter last
+  // pass cost anything (one head row each).
+  Index packed_time = 1;
+  if (cached) {
+    for (Index k = 0; k < passes; ++k) {
+      const Index time = tokens_per_window + patches_of(k) - 1, head_tokens = std::min(most, time);
+      window_of(context, k * most * p, w, ws.pass_window);
+      for (Index b = 0; b < batch; ++b) {
+        packed_time = std::max(
+            packed_time, time - skippable_tokens(model, ws.pass_window, b, time, head_tokens));
+      }
+    }
   }
-  Sequence<Scalar> packed(batch, longest, tokens.features());
-  packed.matrix().setZero();
-  auto state = model.initial_state(batch);
-  for (Index b = 0; b < batch; ++b) {
-    const Index k = skipped[std::size_t(b)], length = lengths[std::size_t(b)];
-    packed.matrix().middleRows(b * longest, length) =
-        tokens.matrix().middleRows(b * time + k, length);
-    state.copy_row_from(model.padding_state(k), 0, b);
+  for (Index k0 = 0; k0 < passes; k0 += per_run) {
+    const Index count = std::min(per_run, passes - k0), n = patches_of(k0);
+    ForecastGroupWorkspace<Scalar>& run = count == per_run ? ws : last_run_ws;
+    const Index time = tokens_per_window + n - 1;
+    run.window.resize(count * batch, w);
+    for (Index i = 0; i < count; ++i) {
+      window_of(context, (k0 + i) * most * p, w, run.pass_window);
+      run.window.middleRows(i * batch, batch) = run.pass_window;
+    }
+    // The last n tokens predict the next n patches (math §13.6); the head
+    // runs on those only, except for the first pass's record (`first_pass`).
+    const bool record = first_pass && k0 == 0;
+    if (cached) {
+      const Index head_tokens = std::min(most, time);
+      tokenize_window<Scalar>(run.window, p, most - 1, Scalar(c.nan_mask_value), run.stats,
+                              run.tokens, run.scaler);
+      pass_from_padding_states(model, time, head_tokens, packed_time, run);
+    } else {
+      tokenize_window<Scalar>(run.window, p, n - 1, Scalar(c.nan_mask_value), run.stats, run.tokens,
+                              run.scaler);
+      pass_from_zero_state(model, run.tokens, record ? 0 : n, run.head);
+    }
+    const Index first_token = run.head.time() - n;
+    for (Index i = 0; i < count; ++i) {
+      const Index appended = (k0 + i) * most * p;
+      for (Index b = 0; b < batch; ++b) {
+        const Index r = i * batch + b;
+        const ScaleStatistics<Scalar>& s = run.stats[std::size_t(r)];
+        for (Index t = 0; t < n; ++t) {
+          for (Index j = 0; j < p; ++j) {
+            const Index step = appended + t * p + j;
+            if (step >= prediction_length) break;
+            for (Index q = 0; q < nq; ++q) {
+              out.quantiles(row0 + b, step, q) =
+                  unscale(run.head(r, first_token + t, q * p + j), s);
+            }
+          }
+        }
+      }
+    }
+    if (record) *first_pass = {run.stats, run.tokens, run.head};
   }
-  model.forward_rows(packed, lengths, state, head, n);
 }
 
 }  // namespace detail
 
+/// The buffers of forecast_into, kept by the caller between forecasts (one
+/// per thread): after a first forecast with the same batch size, context
+/// length, horizon and rollout setting, a forecast allocates nothing but its
+/// outputs (none with forecast_into into the same `out`). Large batches run
+/// in groups of 8 series, small ones with several rollout passes at once
+/// (detail::forecast_group); a smaller last group or run has buffers of its own.
+template <typename Scalar>
+struct ForecastWorkspace {
+  detail::ForecastGroupWorkspace<Scalar> group, last_group;
+  detail::ForecastGroupWorkspace<Scalar> last_run;  ///< a group's shorter last run of passes
+  Matrix<Scalar> ragged;                            ///< the list-of-series forecast's batch matrix
+};
+
+namespace detail {
+/// forecast()'s workspace: one per thread and scalar type, kept between calls.
+template <typename Scalar>
+ForecastWorkspace<Scalar>& thread_workspace() {
+  thread_local ForecastWorkspace<Scalar> workspace;
+  return workspace;
+}
+}  // namespace detail
+
 /// Forecasts `prediction_length` steps of every row of `context` (B x L, NaN
-/// = missing) with the official rollout (math §13.6): each pass sees the last
-/// W values of the context followed by the NaN values of the steps already
-/// forecast (left-padded with NaN to W), scales them, and predicts
-/// n = min(remaining patches, max_accelerated_rollout_steps) patches; one pass
-/// per n patches. Predictions are never fed back. With the model's padding
-/// states (TiRexModel::prepare) each row of a pass starts after its own
-/// leading fully padded tokens and runs only its other tokens: the same
-/// numbers, bit for bit, at a fraction of the cost for short contexts
-/// (math §13.10). A row's numbers do not depend on the other rows.
+/// = missing) into `out` (resized: no allocation when it has the size), with
+/// the caller's `workspace` (see forecast()). The official rollout
+/// (math §13.6): each pass sees the last W values of the context followed by
+/// the NaN values of the steps already forecast (left-padded with NaN to W),
+/// scales them, and predicts n = min(remaining patches,
+/// max_accelerated_rollout_steps) patches; one pass per n patches.
+/// Predictions are never fed back. With the model's padding states
+/// (TiRexModel::prepare; the loaders call it) each row of a pass starts after
+/// its own leading fully padded tokens and runs only its other tokens: the
+/// same numbers, bit for bit, at a fraction of the cost for short contexts
+/// (math §13.10); and after a first call with the same shapes nothing is
+/// allocated. A row's numbers do not depend on the other rows.
 ///
 /// A row with no value present in a pass's window is forecast with loc 0 and
 /// scale 1 (what the official scaler does). Throws xlstm::Error for an empty
 /// context, an infinite value, prediction_length < 1 or
-/// max_accelerated_rollout_steps < 1. `first_pass`, if given, receives the
-/// first pass's statistics, tokens and head output.
+/// max_accelerated_rollout_steps < 1, before writing anything. `first_pass`,
+/// if given, receives the first pass's statistics, tokens and head output
+/// (then the batch runs as one group, every token from the zero state).
 template <typename Scalar>
-Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
-                          const ConstMatrixRef<typename TiRexModel<Scalar>::Scalar>& context,
-                          Index prediction_length, Index max_accelerated_rollout_steps = 1,
-                          FirstPass<Scalar>* first_pass = nullptr) {
+void forecast_into(const TiRexModel<Scalar>& model,
+                   const ConstMatrixRef<typename TiRexModel<Scalar>::Scalar>& context,
+                   Index prediction_length, Forecast<Scalar>& out,
+                   ForecastWorkspace<Scalar>& workspace, Index max_accelerated_rollout_steps = 1,
+                   FirstPass<Scalar>* first_pass = nullptr) {
   const char* where = "tirex::forecast";
   detail::check_context(context, where);
   check(prediction_length >= 1, where, ": argument 'prediction_length' must be >= 1, got ",
@@ -128,66 +285,38 @@ Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
         ": argument 'max_accelerated_rollout_steps' must be >= 1, got ",
         max_accelerated_rollout_steps);
   const TiRexConfig& c = model.config();
-  const Index batch = context.rows(), p = c.patch_size(), nq = c.num_quantiles();
-  Forecast<Scalar> out;
-  out.quantiles.resize(batch, prediction_length, nq);
-  // Rows never interact and every product is row-invariant (math §13.10), so
-  // a large batch runs in groups of kSeriesPerRun series: the same numbers,
-  // with a group's tokens (8 x 64 rows of a 512-deep piece: 1 MiB) in cache.
-  constexpr Index kSeriesPerRun = 8;
-  if (batch > kSeriesPerRun && first_pass == nullptr) {
-    out.median.resize(batch, prediction_length);
-    for (Index b0 = 0; b0 < batch; b0 += kSeriesPerRun) {
-      const Index rows = std::min(kSeriesPerRun, batch - b0);
-      const Forecast<Scalar> part =
-          forecast(model, ConstMatrixRef<Scalar>(context.middleRows(b0, rows)), prediction_length,
-                   max_accelerated_rollout_steps);
-      out.quantiles.matrix().middleRows(b0 * prediction_length, rows * prediction_length) =
-          part.quantiles.matrix();
-      out.median.middleRows(b0, rows) = part.median;
-    }
-    return out;
-  }
-  Index remaining = (prediction_length + p - 1) / p;  // patches still to predict
-  Index appended = 0;  // NaN values appended to the context (= steps forecast so far)
-  Matrix<Scalar> window;
-  std::vector<ScaleStatistics<Scalar>> stats;
-  Sequence<Scalar> tokens, head;
-  while (remaining > 0) {
-    const Index n = std::min(remaining, max_accelerated_rollout_steps);
-    window_of(context, appended, c.train_ctx_len, window);
-    tokenize_window<Scalar>(window, p, n - 1, Scalar(c.nan_mask_value), stats, tokens);
-    // The last n tokens predict the next n patches (math §13.6); the head
-    // runs on those only, except for the first pass's record (`first_pass`).
-    const bool record = first_pass && appended == 0;
-    if (!record && model.has_padding_states()) {
-      detail::pass_from_padding_states(model, window, tokens, n, head);
-    } else {
-      auto state = model.initial_state(batch);
-      model.forward_tokens(tokens, state, head, nullptr, record ? 0 : n);
-    }
-    const Index first_token = head.time() - n;
-    for (Index b = 0; b < batch; ++b) {
-      const ScaleStatistics<Scalar>& s = stats[std::size_t(b)];
-      for (Index i = 0; i < n; ++i) {
-        for (Index j = 0; j < p; ++j) {
-          const Index step = appended + i * p + j;
-          if (step >= prediction_length) break;
-          for (Index q = 0; q < nq; ++q) {
-            out.quantiles(b, step, q) = unscale(head(b, first_token + i, q * p + j), s);
-          }
-        }
-      }
-    }
-    if (record) *first_pass = {stats, tokens, head};
-    remaining -= n;
-    appended += n * p;
-  }
+  const Index batch = context.rows();
+  out.quantiles.resize(batch, prediction_length, c.num_quantiles());
   out.median.resize(batch, prediction_length);
+  // Rows never interact and every product is row-invariant (math §13.10), so
+  // a large batch runs in groups of detail::kRowsPerRun series: the same numbers.
+  const Index group = first_pass ? batch : detail::kRowsPerRun;
+  for (Index b0 = 0; b0 < batch; b0 += group) {
+    const Index rows = std::min(group, batch - b0);
+    auto& ws = rows == group ? workspace.group : workspace.last_group;
+    detail::forecast_group(model, ConstMatrixRef<Scalar>(context.middleRows(b0, rows)),
+                           prediction_length, max_accelerated_rollout_steps, b0, out, ws,
+                           workspace.last_run, first_pass);
+  }
   const Index median = c.median_index();
   for (Index b = 0; b < batch; ++b) {
     for (Index t = 0; t < prediction_length; ++t) out.median(b, t) = out.quantiles(b, t, median);
   }
+}
+
+/// forecast_into a new Forecast with this thread's workspace (kept between
+/// calls, so that a forecast with the shapes of an earlier one on the same
+/// thread allocates only its outputs; it holds the buffers of the largest
+/// group run so far, a few MB at the released size: call forecast_into with
+/// your own ForecastWorkspace to control that memory).
+template <typename Scalar>
+Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
+                          const ConstMatrixRef<typename TiRexModel<Scalar>::Scalar>& context,
+                          Index prediction_length, Index max_accelerated_rollout_steps = 1,
+                          FirstPass<Scalar>* first_pass = nullptr) {
+  Forecast<Scalar> out;
+  forecast_into(model, context, prediction_length, out, detail::thread_workspace<Scalar>(),
+                max_accelerated_rollout_steps, first_pass);
   return out;
 }
 
@@ -195,21 +324,38 @@ Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
 /// to the longest (what the official list path does, math §13.6); every row
 /// is forecast exactly as if it were alone. An empty series is an Error.
 template <typename Scalar>
-Matrix<Scalar> ragged_to_batch(const std::vector<std::vector<Scalar>>& series) {
+void ragged_to_batch(const std::vector<std::vector<Scalar>>& series, Matrix<Scalar>& batch) {
   check(!series.empty(), "tirex::forecast: argument 'series' must hold at least one series");
   std::size_t longest = 0;
   for (std::size_t b = 0; b < series.size(); ++b) {
     check(!series[b].empty(), "tirex::forecast: series ", b, " of argument 'series' is empty");
     longest = std::max(longest, series[b].size());
   }
-  Matrix<Scalar> batch(Index(series.size()), Index(longest));
+  batch.resize(Index(series.size()), Index(longest));
   batch.setConstant(std::numeric_limits<Scalar>::quiet_NaN());
   for (std::size_t b = 0; b < series.size(); ++b) {
     const Index length = Index(series[b].size());
     batch.row(Index(b)).tail(length) =
         Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(series[b].data(), length);
   }
+}
+
+template <typename Scalar>
+Matrix<Scalar> ragged_to_batch(const std::vector<std::vector<Scalar>>& series) {
+  Matrix<Scalar> batch;
+  ragged_to_batch(series, batch);
   return batch;
+}
+
+/// forecast_into of a list of series of different lengths (NaN = missing).
+template <typename Scalar>
+void forecast_into(const TiRexModel<Scalar>& model, const std::vector<std::vector<Scalar>>& series,
+                   Index prediction_length, Forecast<Scalar>& out,
+                   ForecastWorkspace<Scalar>& workspace, Index max_accelerated_rollout_steps = 1,
+                   FirstPass<Scalar>* first_pass = nullptr) {
+  ragged_to_batch(series, workspace.ragged);
+  forecast_into(model, ConstMatrixRef<Scalar>(workspace.ragged), prediction_length, out, workspace,
+                max_accelerated_rollout_steps, first_pass);
 }
 
 /// forecast() of a list of series of different lengths (NaN = missing).
@@ -218,9 +364,10 @@ Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
                           const std::vector<std::vector<Scalar>>& series, Index prediction_length,
                           Index max_accelerated_rollout_steps = 1,
                           FirstPass<Scalar>* first_pass = nullptr) {
-  const Matrix<Scalar> batch = ragged_to_batch(series);
-  return forecast(model, ConstMatrixRef<Scalar>(batch), prediction_length,
-                  max_accelerated_rollout_steps, first_pass);
+  Forecast<Scalar> out;
+  forecast_into(model, series, prediction_length, out, detail::thread_workspace<Scalar>(),
+                max_accelerated_rollout_steps, first_pass);
+  return out;
 }
 
 /// The per-token embeddings of `context` (B x L, NaN = missing; math §13.8,

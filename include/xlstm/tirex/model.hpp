@@ -44,6 +44,18 @@ struct StepWorkspace {
   ResidualMlpScratch<Scalar> input_scratch, output_scratch;
 };
 
+/// The buffers of one pass of TiRexModel::forward_rows, kept by a caller that
+/// runs passes of the same shapes again (tirex::forecast_into): after the
+/// first, a pass allocates nothing.
+template <typename Scalar>
+struct PassWorkspace {
+  Sequence<Scalar> h, next;  ///< the blocks' inputs and outputs, B x S x D
+  Sequence<Scalar> kept;     ///< the tokens the head runs on (B x head_tokens x D)
+  /// One per MLP: their shapes differ.
+  ResidualMlpScratch<Scalar> input_mlp, output_mlp;
+  SLstmBlockForwardScratch<Scalar> block;
+};
+
 /// The TiRex network on tokens (math §13.2). Parameter names are the
 /// official state_dict keys (math §13.7), so io::load_module fills it from
 /// the golden files, a safetensors export or an official checkpoint
@@ -109,8 +121,9 @@ class TiRexModel {
     // math §13.5: a fully padded token is [0 ... 0 | 0 ... 0] whatever the scaler.
     Sequence<Scalar> token(1, 1, 2 * p);
     token.matrix().setZero();
+    PassWorkspace<Scalar> workspace;
     for (Index k = 1; k < n; ++k) {
-      run(token, Lengths{}, state, nullptr, nullptr, 0);
+      run(token, Lengths{}, state, nullptr, nullptr, 0, workspace);
       padding_states_.push_back(state);
     }
   }
@@ -158,7 +171,8 @@ class TiRexModel {
                       std::vector<Sequence<Scalar>>* block_outputs = nullptr,
                       Index head_tokens = 0) const {
     check_arguments(tokens, state, head_tokens, "TiRexModel::forward_tokens");
-    run(tokens, Lengths{}, state, &head, block_outputs, head_tokens);
+    PassWorkspace<Scalar> workspace;
+    run(tokens, Lengths{}, state, &head, block_outputs, head_tokens, workspace);
   }
 
   /// One token for each of B rows (`token` B x 2P) from `state`: `head`
@@ -197,6 +211,15 @@ class TiRexModel {
   /// row's own tokens (head_tokens <= every length).
   void forward_rows(const Sequence<Scalar>& tokens, const Lengths& lengths, State& state,
                     Sequence<Scalar>& head, Index head_tokens) const {
+    PassWorkspace<Scalar> workspace;
+    forward_rows(tokens, lengths, state, head, head_tokens, workspace);
+  }
+
+  /// The same in the caller's `workspace`: allocates nothing once it, `head`
+  /// and `state` have served these shapes.
+  void forward_rows(const Sequence<Scalar>& tokens, const Lengths& lengths, State& state,
+                    Sequence<Scalar>& head, Index head_tokens,
+                    PassWorkspace<Scalar>& workspace) const {
     const char* where = "TiRexModel::forward_rows";
     check_arguments(tokens, state, head_tokens, where);
     check(head_tokens >= 1, where, ": argument 'head_tokens' must be >= 1, got ", head_tokens);
@@ -205,7 +228,7 @@ class TiRexModel {
       check(lengths[b] >= std::max<Index>(head_tokens, 1), where, ": row ", b, " has ", lengths[b],
             " tokens, fewer than 'head_tokens' (", head_tokens, ") or none");
     }
-    run(tokens, lengths, state, &head, nullptr, head_tokens);
+    run(tokens, lengths, state, &head, nullptr, head_tokens, workspace);
   }
 
   /// The official state_dict keys (math §13.7): `input_patch_embedding.*`,
@@ -244,34 +267,37 @@ class TiRexModel {
   /// The network (arguments checked); no head when `head` is null. Row b's
   /// tokens are its first lengths[b] (all when `lengths` is empty).
   void run(const Sequence<Scalar>& tokens, const Lengths& lengths, State& state,
-           Sequence<Scalar>* head, std::vector<Sequence<Scalar>>* block_outputs,
-           Index head_tokens) const {
+           Sequence<Scalar>* head, std::vector<Sequence<Scalar>>* block_outputs, Index head_tokens,
+           PassWorkspace<Scalar>& ws) const {
     const Index d = config_.embedding_dim;
     const Index batch = tokens.batch(), time = tokens.time();
     const Workload workload = Workload::row_invariant;
-    Sequence<Scalar> h(batch, time, d), next;
-    ResidualMlpScratch<Scalar> scratch;
-    input_patch_embedding_.forward(tokens.matrix(), h.matrix(), scratch, workload);
+    Sequence<Scalar>& h = ws.h;
+    Sequence<Scalar>& next = ws.next;
+    h.resize(batch, time, d);
+    input_patch_embedding_.forward(tokens.matrix(), h.matrix(), ws.input_mlp, workload);
     if (block_outputs) block_outputs->resize(blocks_.size());
     for (Index i = 0; i < num_blocks(); ++i) {
-      blocks_[std::size_t(i)].forward(h, lengths, state.blocks[std::size_t(i)], next, workload);
+      blocks_[std::size_t(i)].forward(h, lengths, state.blocks[std::size_t(i)], next, workload,
+                                      ws.block);
       std::swap(h, next);
       if (block_outputs) (*block_outputs)[std::size_t(i)] = h;
     }
     if (!head) return;
     const Index keep = head_tokens > 0 ? std::min(head_tokens, time) : time;
-    if (keep < time || !lengths.empty()) {  // the last `keep` tokens of every row, into `next`
-      next.resize(batch, keep, d);
+    Sequence<Scalar>* last = &h;
+    if (keep < time || !lengths.empty()) {  // the last `keep` tokens of every row
+      ws.kept.resize(batch, keep, d);
       for (Index b = 0; b < batch; ++b) {
         const Index end = length_of(lengths, b, time);
-        next.matrix().middleRows(b * keep, keep) =
+        ws.kept.matrix().middleRows(b * keep, keep) =
             h.matrix().middleRows(b * time + end - keep, keep);
       }
-      std::swap(h, next);
+      last = &ws.kept;
     }
-    out_norm_.forward(h.matrix(), h.matrix());
+    out_norm_.forward(last->matrix(), last->matrix());
     head->resize(batch, keep, output_patch_embedding_.out_features());
-    output_patch_embedding_.forward(h.matrix(), head->matrix(), scratch, workload);
+    output_patch_embedding_.forward(last->matrix(), head->matrix(), ws.output_mlp, workload);
   }
 
   TiRexConfig config_;

@@ -31,16 +31,23 @@ void window_of(const ConstMatrixRef<Scalar>& context, Index appended, Index wind
   }
 }
 
+/// The scaler's buffers of tokenize_window (instance_statistics).
+template <typename Scalar>
+struct TokenizeScratch {
+  Vector<Scalar> values, squares;
+};
+
 /// The tokens of one pass (math §13.5): every row of `window` (B x W) scaled
 /// with its own statistics (written to `stats`) and cut into N = W / P
 /// patches; token t of row b is [P scaled values | P mask entries], mask 1
 /// where the value is present, NaN values replaced by `nan_value`. Then
 /// `extra_tokens` tokens of zeros (values and mask) for an accelerated
-/// rollout. `tokens` becomes B x (N + extra_tokens) x 2P.
+/// rollout. `tokens` becomes B x (N + extra_tokens) x 2P. Allocates nothing
+/// once `stats`, `tokens` and `scratch` have their sizes.
 template <typename Scalar>
 void tokenize_window(const ConstMatrixRef<Scalar>& window, Index patch, Index extra_tokens,
                      Scalar nan_value, std::vector<ScaleStatistics<Scalar>>& stats,
-                     Sequence<Scalar>& tokens) {
+                     Sequence<Scalar>& tokens, TokenizeScratch<Scalar>& scratch) {
   check(patch > 0 && window.cols() % patch == 0, "tokenize_window: the window (", window.cols(),
         " values) must be a multiple of the patch size (", patch, ")");
   check(extra_tokens >= 0, "tokenize_window: argument 'extra_tokens' must be >= 0, got ",
@@ -50,7 +57,8 @@ void tokenize_window(const ConstMatrixRef<Scalar>& window, Index patch, Index ex
   tokens.resize(batch, n + extra_tokens, 2 * patch);
   tokens.matrix().setZero();
   for (Index b = 0; b < batch; ++b) {
-    const ScaleStatistics<Scalar> s = instance_statistics(window.row(b));
+    const ScaleStatistics<Scalar> s =
+        instance_statistics(window.row(b), scratch.values, scratch.squares);
     stats[std::size_t(b)] = s;
     for (Index t = 0; t < n; ++t) {
       auto token = tokens.at(b, t);
@@ -62,6 +70,15 @@ void tokenize_window(const ConstMatrixRef<Scalar>& window, Index patch, Index ex
       }
     }
   }
+}
+
+/// The same with buffers of its own.
+template <typename Scalar>
+void tokenize_window(const ConstMatrixRef<Scalar>& window, Index patch, Index extra_tokens,
+                     Scalar nan_value, std::vector<ScaleStatistics<Scalar>>& stats,
+                     Sequence<Scalar>& tokens) {
+  TokenizeScratch<Scalar> scratch;
+  tokenize_window(window, patch, extra_tokens, nan_value, stats, tokens, scratch);
 }
 
 }  // namespace xlstm::tirex
