@@ -637,6 +637,31 @@ TEST(TiRexPaddingStates, ForecastsEqualRunningEveryTokenBitForBit) {
   }
 }
 
+TEST(TiRexPaddingStates, RolloutPassesRunTogetherBitForBit) {
+  // A small batch runs the passes of a rollout together, as rows of one
+  // batch (math §13.10): the bits of one pass after the other (the model
+  // without padding states runs them so). One run of all passes, runs of two
+  // and a shorter last run, the accelerated rollout with equal passes and
+  // with a shorter last pass (then one by one); both numerics.
+  for (const auto numerics : kBothNumerics) {
+    const TiRexModel<float> cached = random_model(numerics, 36);
+    const TiRexModel<float> uncached = without_padding_states(cached);
+    for (const Index batch : {Index(1), Index(3), Index(5)}) {
+      const auto series = ragged_series(std::vector<Index>{40, 9, 64, 1, 23}, 37);
+      const std::vector<std::vector<float>> rows(series.begin(), series.begin() + batch);
+      for (const Index horizon : {Index(29), Index(64), Index(40)}) {
+        for (const Index rollout : {Index(1), Index(2), Index(3)}) {
+          const auto a = forecast(cached, rows, horizon, rollout);
+          const auto b = forecast(uncached, rows, horizon, rollout);
+          EXPECT_EQ(flat(a.quantiles.matrix()), flat(b.quantiles.matrix()))
+              << xlstm::numerics_name(numerics) << " B " << batch << " h " << horizon << " k "
+              << rollout;
+        }
+      }
+    }
+  }
+}
+
 TEST(TiRexPaddingStates, EachRowEqualsItselfAloneBitForBit) {
   // Row-invariant products and the per-row first step: a row's forecast does
   // not depend on the rows beside it, whether they skip padding or not, nor
