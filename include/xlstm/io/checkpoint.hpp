@@ -242,9 +242,7 @@ bool stage_quantized(const CheckpointFiles& files, const std::string& key,
   }
   const std::size_t count = shape_product(scales_shape);
   for (std::size_t i = 0; i < count; ++i) {
-    float scale;
-    std::memcpy(&scale, reinterpret_cast<const std::uint8_t*>(scales) + i * sizeof(float),
-                sizeof scale);
+    const float scale = scales[i];  // aligned: a view or the copy above
     if (!std::isfinite(scale) || scale < 0.0f) {
       report.unusable(scales_key, "scale " + std::to_string(i) + " is " + std::to_string(scale) +
                                       " (scales are finite and >= 0)");

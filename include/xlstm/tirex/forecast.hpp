@@ -79,8 +79,8 @@ struct ForecastGroupWorkspace {
   PassWorkspace<Scalar> pass;
 };
 
-/// The one pass that prints a record (FirstPass) or runs without padding
-/// states: every token from the zero state, in buffers of its own.
+/// A pass that keeps a record (FirstPass) or runs without padding states:
+/// every token from the zero state, in buffers of its own.
 template <typename Scalar>
 void pass_from_zero_state(const TiRexModel<Scalar>& model, const Sequence<Scalar>& tokens,
                           Index head_tokens, Sequence<Scalar>& head) {
