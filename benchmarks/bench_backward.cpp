@@ -138,15 +138,15 @@ double bytes_of(const xlstm::Sequence<Scalar>& s) {
 template <typename Scalar>
 double tape_bytes(const xlstm::MLstmTape<Scalar>& t) {
   double b = bytes_of(t.q) + bytes_of(t.k) + bytes_of(t.v) + bytes_of(t.igate) + bytes_of(t.fgate) +
-             bytes_of(t.C) + bytes_of(t.n) + bytes_of(t.m);
+             bytes_of(t.C) + bytes_of(t.n) + bytes_of(t.m) + bytes_of(t.num);
   for (const auto& w : t.buffers) {
     for (const auto* v : {&w.log_f, &w.cum_log_f, &w.log_weight, &w.max_log, &w.m, &w.w_inter,
-                          &w.norm, &w.d_b, &w.d_i, &w.d_m, &w.segment_m}) {
+                          &w.g_inter, &w.d_b, &w.d_i, &w.d_m, &w.segment_m}) {
       b += bytes_of(*v);
     }
     for (const auto* m : {&w.log_decay, &w.scores,  &w.qbar,        &w.weights,   &w.d_scores,
                           &w.d_log,     &w.qs,      &w.ks,          &w.d_qs,      &w.d_ks,
-                          &w.v_ext,     &w.num,     &w.d_num,       &w.d_v_ext,   &w.q_state,
+                          &w.v_ext,     &w.num,     &w.d_num,       &w.d_v_ext,   &w.ks_d_state,
                           &w.state_ext, &w.d_state, &w.d_state_out, &w.segment_C, &w.segment_n}) {
       b += bytes_of(*m);
     }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "xlstm/core/half.hpp"
+#include "xlstm/core/kernels/blocked_product.hpp"
 #include "xlstm/core/matmul.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/weight_matrix.hpp"
@@ -88,6 +89,53 @@ TEST(MatmulTest, EveryWorkloadAndBatchGivesTheProduct) {
           xlstm::matmul_transposed<float>(x, w, y, true, workload);
           EXPECT_LE(worst_error(y, 2.0 * ref, x, w), 2 * kTol);
         }
+      }
+    }
+  }
+}
+
+// kernels::parallel_product, which every sequence product and the layers'
+// backward products use: out (+)= a b^T with either operand stored either
+// way (the backward passes a transposed gradient), row and column bands of
+// every kind (few rows: column bands; many: row bands; uneven last bands),
+// against the double reference, and the same bits with 1, 2 and 3 threads.
+TEST(MatmulTest, ParallelProductIsTheProductWithTheSameBitsOnAnyThreadCount) {
+  const ThreadCountGuard guard;
+  std::mt19937 rng(7);
+  struct Case {
+    Index rows, cols, depth;
+  };
+  for (const Case c :
+       {Case{1, 1, 1}, Case{7, 5, 3}, Case{33, 97, 129}, Case{100, 1000, 64}, Case{130, 70, 300},
+        Case{517, 301, 257}, Case{300, 40, 1000}, Case{12, 9, 0}}) {
+    const Matrix<float> x = random(c.rows, c.depth, rng), w = random(c.cols, c.depth, rng);
+    const Matrix<float> x_t = x.transpose(), w_t = w.transpose();  // stored the other way
+    const Matrix<double> ref = reference(x, w);
+    const Matrix<float> start = random(c.rows, c.cols, rng);
+    for (const bool accumulate : {false, true}) {
+      std::vector<Matrix<float>> by_threads;
+      for (const int threads : {1, 2, 3}) {
+        SCOPED_TRACE(::testing::Message()
+                     << c.rows << " x " << c.cols << " x " << c.depth << " accumulate "
+                     << accumulate << " threads " << threads);
+        xlstm::set_num_threads(threads);
+        const Matrix<double> expected =
+            accumulate ? Matrix<double>(ref + start.cast<double>()) : Matrix<double>(ref);
+        Matrix<float> plain = start, transposed = start;
+        xlstm::kernels::parallel_product(x, w, plain, accumulate);
+        xlstm::kernels::parallel_product(x_t.transpose(), w_t.transpose(), transposed, accumulate);
+        // Error on the scale of the terms (worst_error), plus |start| <= 1 when accumulating.
+        const Matrix<double> scale =
+            x.cast<double>().cwiseAbs() * w.cast<double>().cwiseAbs().transpose();
+        for (const Matrix<float>* y : {&plain, &transposed}) {
+          const Matrix<double> error = (y->cast<double>() - expected).cwiseAbs();
+          EXPECT_TRUE((error.array() <= kTol * (scale.array() + (accumulate ? 1.0 : 0.0))).all());
+        }
+        by_threads.push_back(plain);
+      }
+      for (std::size_t i = 1; i < by_threads.size(); ++i) {
+        EXPECT_TRUE((by_threads[i].array() == by_threads[0].array()).all())
+            << "bits differ between 1 and " << i + 1 << " threads";
       }
     }
   }

@@ -415,9 +415,9 @@ TYPED_TEST(NoAllocTest, SLstmForwardBackwardDoesNotAllocate) {
 
 // A block's recorded forward and its backward, repeated on the same shapes
 // after a warm-up (ragged rows and a non-zero state cotangent included): no
-// allocation. The backward's products are panelled (kernels/panelled.hpp);
-// the forward's sequence products are Eigen's GEMM, which stays off the heap
-// at these sizes.
+// allocation. The layers' products, forward and backward, go through
+// kernels/blocked_product.hpp (buffers kept per thread); the cells' through
+// kernels/panelled.hpp.
 template <typename Tape, typename Grads, typename Block, typename SetCotangent, typename... Form>
 void expect_block_forward_backward_allocates_nothing(const Block& block, Index batch, Index time,
                                                      const xlstm::Lengths& lengths,
@@ -708,40 +708,48 @@ TYPED_TEST(NoAllocTest, BlockStackStepDoesNotAllocate) {
 // forward, the cross-entropy and the backward through head, stack (mLSTM and
 // sLSTM blocks) and embedding, repeated on the same shapes after a warm-up;
 // ragged rows with ignored targets, tied and untied heads, zeroing the
-// gradients included. B x T = 20 rows keeps the forward's Eigen products on
-// one thread and off the heap (design §7.6).
+// gradients included. The larger size has products far beyond Eigen's stack
+// limit, split over the threads (kernels/blocked_product.hpp, design §7.6),
+// and chunkwise mLSTM rows.
 TYPED_TEST(NoAllocTest, LanguageModelLossAndBackwardDoesNotAllocate) {
   using S = TypeParam;
+  struct Size {
+    Index embedding_dim, vocab, time;
+    xlstm::Lengths lengths;
+  };
   const ThreadCountGuard guard;
-  for (const bool tie : {false, true}) {
-    xlstm::LanguageModel<S> model(small_lm_config(32, 50, tie));
-    randomize(model, 16);
-    xlstm::LanguageModelGradients<S> grads(model);
-    xlstm::LanguageModelLossWorkspace<S> work;
-    std::mt19937_64 rng(17);
-    const xlstm::Tokens tokens = test_util::random_tokens(2, 10, 50, rng);
-    xlstm::Tokens targets = test_util::random_tokens(2, 10, 50, rng);
-    const xlstm::Lengths lengths = {10, 6};
-    for (Index b = 0; b < 2; ++b) {
-      for (Index t = lengths[std::size_t(b)]; t < 10; ++t) targets(b, t) = -1;
-    }
-    targets(0, 3) = -1;
-    for (const int threads : thread_counts()) {
-      xlstm::set_num_threads(threads);
-      SCOPED_TRACE(::testing::Message() << "tie " << tie << " threads " << threads);
-      S loss = 0;
-      auto example = [&] {
-        grads.zero();
-        loss = xlstm::loss_and_backward(model, tokens, targets, lengths, grads, work);
-      };
-      example();  // warm-up
-      const auto counted = count_allocations([&] {
-        for (int i = 0; i < 3; ++i) example();
-      });
-      EXPECT_EQ(counted.news, 0);
-      EXPECT_EQ(counted.eigen, 0);
-      EXPECT_TRUE(std::isfinite(double(loss)));
-      EXPECT_TRUE(grads.embedding().weight().allFinite());
+  for (const Size& size : {Size{32, 50, 10, {10, 6}}, Size{128, 600, 150, {150, 97}}}) {
+    for (const bool tie : {false, true}) {
+      xlstm::LanguageModel<S> model(small_lm_config(size.embedding_dim, size.vocab, tie));
+      randomize(model, 16);
+      xlstm::LanguageModelGradients<S> grads(model);
+      xlstm::LanguageModelLossWorkspace<S> work;
+      std::mt19937_64 rng(17);
+      const Index batch = Index(size.lengths.size());
+      const xlstm::Tokens tokens = test_util::random_tokens(batch, size.time, size.vocab, rng);
+      xlstm::Tokens targets = test_util::random_tokens(batch, size.time, size.vocab, rng);
+      for (Index b = 0; b < batch; ++b) {
+        for (Index t = size.lengths[std::size_t(b)]; t < size.time; ++t) targets(b, t) = -1;
+      }
+      targets(0, 3) = -1;
+      for (const int threads : thread_counts()) {
+        xlstm::set_num_threads(threads);
+        SCOPED_TRACE(::testing::Message() << "E " << size.embedding_dim << " T " << size.time
+                                          << " tie " << tie << " threads " << threads);
+        S loss = 0;
+        auto example = [&] {
+          grads.zero();
+          loss = xlstm::loss_and_backward(model, tokens, targets, size.lengths, grads, work);
+        };
+        example();  // warm-up
+        const auto counted = count_allocations([&] {
+          for (int i = 0; i < 3; ++i) example();
+        });
+        EXPECT_EQ(counted.news, 0);
+        EXPECT_EQ(counted.eigen, 0);
+        EXPECT_TRUE(std::isfinite(double(loss)));
+        EXPECT_TRUE(grads.embedding().weight().allFinite());
+      }
     }
   }
 }

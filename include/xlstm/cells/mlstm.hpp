@@ -207,9 +207,9 @@ struct MLstmBuffers {
   // (scores S, weights W, their cotangents), the chunk's inputs with V
   // extended by a column of ones, the running state cotangent, and the states
   // of one segment of the recurrent form.
-  Matrix<Scalar> weights, d_scores, d_log, qs, ks, d_qs, d_ks, v_ext, num, d_num, d_v_ext, q_state,
-      state_ext, d_state, d_state_out, segment_C, segment_n;
-  Vector<Scalar> m, w_inter, norm, d_b, d_i, d_m, segment_m;
+  Matrix<Scalar> weights, d_scores, d_log, qs, ks, d_qs, d_ks, v_ext, num, d_num, d_v_ext,
+      ks_d_state, state_ext, d_state, d_state_out, segment_C, segment_n;
+  Vector<Scalar> m, w_inter, g_inter, d_b, d_i, d_m, segment_m;
   Eigen::Matrix<Index, Eigen::Dynamic, 1> arg_max;
 
   /// Capacity for chunks of `len` steps of the forward.
@@ -229,11 +229,12 @@ struct MLstmBuffers {
 /// (cells/mlstm_backward.hpp) consumes it. Recording again with the same
 /// shapes allocates nothing.
 ///
-/// Per token and head: the inputs q, k, v, i, f (2 DHQK + DHV + 2 scalars);
-/// per `chunk_size` tokens and head: the state at the chunk's start
-/// (DHQK x DHV + DHQK + 1 scalars). Memory is linear in T: inside a chunk
-/// the backward recomputes what it needs, never a T x T matrix (except the
-/// parallel form, which is T x T by nature).
+/// Per token and head: the inputs q, k, v, i, f (2 DHQK + DHV + 2 scalars),
+/// and for the chunkwise form the outputs' numerator and denominator
+/// (DHV + 1); per `chunk_size` tokens and head: the state at the chunk's
+/// start (DHQK x DHV + DHQK + 1 scalars). Memory is linear in T: inside a
+/// chunk the backward recomputes what it needs, never a T x T matrix (except
+/// the parallel form, which is T x T by nature).
 template <typename Scalar>
 struct MLstmTape {
   /// The forward's inputs, (B*T) rows as given (row b*T + t), head-major columns.
@@ -243,6 +244,12 @@ struct MLstmTape {
   /// m entry slot), in the cell's convention.
   Matrix<Scalar> C, n;
   Vector<Scalar> m;
+  /// Rows of the chunkwise form: the outputs before the normaliser and the
+  /// normaliser's argument, [num, den] (math §4.4(b)), (B*T) x (NH*(DHV+1)),
+  /// head h in columns [h*(DHV+1), (h+1)*(DHV+1)). The backward would
+  /// otherwise recompute them with a product against the chunk's start state
+  /// (math §4.7(b)). Empty when no row ran chunkwise.
+  Matrix<Scalar> num;
   std::vector<MLstmForm> forms;  ///< per batch row, the form that ran
   Lengths lengths;               ///< the forward's per-row lengths (empty: all T)
   Index batch = 0, time = 0;
@@ -489,9 +496,10 @@ class MLstmCell {
 
   /// math §4.4(b): outputs of steps [t0, t0+len) from the state at the chunk
   /// start plus the intra-chunk parallel part.
+  /// With a tape, [num, den] go to its `num` before the division.
   template <typename Out>
   void chunk_outputs(const HeadInputs& in, Index t0, Index len, const State& state, Index b,
-                     Index head, Out&& h_out, Workspace& ws) const {
+                     Index head, Out&& h_out, Workspace& ws, Tape* tape) const {
     const Index r = b * num_heads() + head;
     const Scalar m_prev = state.m(r);
     cumulative_log_forget(in, t0, len, ws);
@@ -517,8 +525,14 @@ class MLstmCell {
     qbar = ws.log_f.head(len).asDiagonal() * q;
     kernels::panelled_product(qbar, state.C_of(b, head).transpose(), h_out, false);
     kernels::panelled_product(scores, v.transpose(), h_out, true);
+    const Index dv = v_head_dim();
     for (Index t = 0; t < len; ++t) {
       const Scalar den = qbar.row(t).dot(state.n.row(r)) + scores.row(t).sum();
+      if (tape) {
+        auto saved = tape->num.row(b * tape->time + t0 + t).segment(head * (dv + 1), dv + 1);
+        saved.head(dv) = h_out.row(t);
+        saved(dv) = den;
+      }
       h_out.row(t) /= std::max(std::abs(den), std::exp(-ws.max_log(t))) + eps();
     }
   }
@@ -656,6 +670,10 @@ void MLstmCell<Scalar_>::forward_recorded(Index batch, Index time, const ConstMa
                                       : MLstmForm::chunkwise;
     }
   }
+  if (tape &&
+      std::find(row_forms.begin(), row_forms.end(), MLstmForm::chunkwise) != row_forms.end()) {
+    ensure_size(tape->num, rows, num_heads() * (v_head_dim() + 1));
+  }
   // (batch row, head) pairs are independent: spread them over the threads.
   const bool parallel = batch * num_heads() > 1 && time * qk_head_dim() * v_head_dim() >= (1 << 14);
   const Index segment = config_.chunk_size;
@@ -680,7 +698,7 @@ void MLstmCell<Scalar_>::forward_recorded(Index batch, Index time, const ConstMa
         for (Index t0 = 0; t0 < len; t0 += segment) {
           const Index chunk = std::min(segment, len - t0);
           if (tape && t0 > 0) record_boundary(*tape, t0 / segment, state, b, head);
-          chunk_outputs(in, t0, chunk, state, b, head, h_out.middleRows(t0, chunk), ws);
+          chunk_outputs(in, t0, chunk, state, b, head, h_out.middleRows(t0, chunk), ws, tape);
           advance_state(in, t0, chunk, state, b, head, ws);
         }
         break;

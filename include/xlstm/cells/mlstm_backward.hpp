@@ -84,13 +84,13 @@ void reserve_backward(MLstmBuffers<Scalar>& ws, Index len, Index dqk, Index dv) 
   ws.reserve_forward(len, dqk);
   for (Matrix<Scalar>* x : {&ws.weights, &ws.d_scores, &ws.d_log}) grow_to(*x, len, len);
   for (Matrix<Scalar>* x : {&ws.qs, &ws.ks, &ws.d_qs, &ws.d_ks}) grow_to(*x, len, dqk);
-  for (Matrix<Scalar>* x : {&ws.v_ext, &ws.num, &ws.d_num, &ws.d_v_ext, &ws.q_state}) {
+  for (Matrix<Scalar>* x : {&ws.v_ext, &ws.num, &ws.d_num, &ws.d_v_ext, &ws.ks_d_state}) {
     grow_to(*x, len, dv + 1);
   }
   ensure_size(ws.state_ext, dqk, dv + 1);
   ensure_size(ws.d_state, dqk, dv + 1);
   ensure_size(ws.d_state_out, dqk, dv + 1);
-  for (Vector<Scalar>* x : {&ws.m, &ws.w_inter, &ws.norm, &ws.d_b, &ws.d_i, &ws.d_m}) {
+  for (Vector<Scalar>* x : {&ws.m, &ws.w_inter, &ws.g_inter, &ws.d_b, &ws.d_i, &ws.d_m}) {
     grow_to(*x, len, 1);
   }
   grow_to(ws.arg_max, len, 1);
@@ -194,16 +194,15 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   v_ext.col(dv).setOnes();
   ws.state_ext.leftCols(dv) = it.boundary_C(j);
   ws.state_ext.col(dv) = it.tape.n.row(it.slot(j)).transpose();
-  // Without the inter-chunk part (the parallel form: zero start state and
-  // w_inter = 0) every product with the start state is zero: skipped, which
-  // at small T is most of the work (len x DHQK x DHV each against len^2 x D).
-  auto q_state = ws.q_state.topLeftCorner(len, dv + 1);
-  if (inter) kernels::panelled_product(qs, ws.state_ext.transpose(), q_state, false);
   auto P = ws.d_log.topLeftCorner(len, len);  // S .* W, until G replaces it
   P = S.cwiseProduct(W);
-  auto num = ws.num.topLeftCorner(len, dv + 1);
-  kernels::panelled_product(P, v_ext.transpose(), num, false);
-  if (inter) num += w_inter.asDiagonal() * q_state;
+  // num' = P V' + diag(w) Qs C0': the chunkwise forward kept it in the tape;
+  // the parallel form (no start state, w = 0) recomputes P V'.
+  auto recomputed = ws.num.topLeftCorner(len, dv + 1);
+  if (!inter) kernels::panelled_product(P, v_ext.transpose(), recomputed, false);
+  const ConstMatrixRef<Scalar> num =
+      inter ? ConstMatrixRef<Scalar>(it.rows_of(it.tape.num, t0, len, dv + 1))
+            : ConstMatrixRef<Scalar>(recomputed);
 
   // Outputs: h = num / N, N = max(|den|, exp(-m)) + eps.
   auto d_num = ws.d_num.topLeftCorner(len, dv + 1);
@@ -226,18 +225,25 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   dP = dP.cwiseProduct(W);
   auto d_qs = ws.d_qs.topLeftCorner(len, dqk);
   auto d_ks = ws.d_ks.topLeftCorner(len, dqk);
-  kernels::panelled_product(dP, ks.transpose(), d_qs, false);
-  kernels::panelled_product(dP.transpose(), qs.transpose(), d_ks, false);
-  // Through the start state: num_t += w_t qs_t^T [C0, n0]. (num is not needed
-  // any more: its buffer holds diag(w) d_num, products take no temporaries.)
-  auto weighted_d_num = num;
+  // Through the start state: num'_t += w_t qs_t^T [C0, n0], so dQs gets
+  // X = diag(w) dnum' C0'^T, dC0' = Qs^T diag(w) dnum', and w_t (through
+  // m_t) g_t = qs_t . X_t, the same as w_t (Qs C0' dnum'^T)_tt without the
+  // product Qs C0' (math §4.7(b)). (ws.num is free in the chunkwise form:
+  // it holds diag(w) dnum'.)
+  auto weighted_d_num = ws.num.topLeftCorner(len, dv + 1);
+  auto g_inter = ws.g_inter.head(len);
   if (inter) {
     weighted_d_num = w_inter.asDiagonal() * d_num;
-    kernels::panelled_product(weighted_d_num, ws.state_ext, d_qs, true);
+    kernels::panelled_product(weighted_d_num, ws.state_ext, d_qs, false);
+    g_inter = qs.cwiseProduct(d_qs).rowwise().sum();
+    kernels::panelled_product(dP, ks.transpose(), d_qs, true);
     kernels::panelled_product(qs.transpose(), weighted_d_num.transpose(), ws.d_state_out, false);
   } else {
+    kernels::panelled_product(dP, ks.transpose(), d_qs, false);
+    g_inter.setZero();
     ws.d_state_out.setZero();
   }
+  kernels::panelled_product(dP.transpose(), qs.transpose(), d_ks, false);
 
   // Log space (math §4.7(b)): m_t enters every W(t, .) and w_inter(t) with a
   // minus sign and is the max of b_t + m0 and the row of logD.
@@ -245,16 +251,15 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   auto d_i = ws.d_i.head(len);
   Scalar d_m0 = 0;
   for (Index t = 0; t < len; ++t) {
-    const Scalar g_inter = inter ? q_state.row(t).dot(weighted_d_num.row(t)) : Scalar(0);
-    const Scalar d_mt = d_m_t(t) - G.row(t).sum() - g_inter;
+    const Scalar d_mt = d_m_t(t) - G.row(t).sum() - g_inter(t);
     Scalar to_inter = 0, to_intra = d_mt;
     if (inter) {
       const Index s = ws.arg_max(t);
       split_max(b(t) + m0, b(t) - b(s) + i_of(s), d_mt, to_inter, to_intra);
     }
     G(t, ws.arg_max(t)) += to_intra;
-    d_b(t) = g_inter + to_inter;  // minter_t = b_t + m0
-    d_m0 += g_inter + to_inter;
+    d_b(t) = g_inter(t) + to_inter;  // minter_t = b_t + m0
+    d_m0 += g_inter(t) + to_inter;
   }
   // logD(t, s) = b_t - b_s + i_s.
   d_b += G.rowwise().sum();
@@ -278,7 +283,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   const bool end_state_seen = !(d_state.array() == Scalar(0)).all();
   Scalar g_g = 0, g_a_sum = 0;
   if (end_state_seen) {
-    auto Y = ws.q_state.topLeftCorner(len, dv + 1);  // ks dC1', reusing q_state
+    auto Y = ws.ks_d_state.topLeftCorner(len, dv + 1);  // ks dC1'
     kernels::panelled_product(ks, d_state.transpose(), Y, false);
     g_g = g * d_state.cwiseProduct(ws.state_ext).sum();
     for (Index s = 0; s < len; ++s) {

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/kernels/blocked_product.hpp"
 #include "xlstm/core/kernels/panelled.hpp"
 #include "xlstm/core/layer_gradients.hpp"
 #include "xlstm/core/linear.hpp"
@@ -114,13 +115,13 @@ void backward(const Linear<Scalar>& layer, ConstMatrixArg<Scalar> x, ConstMatrix
   // quantised weights (they could not take an update; math §16.4).
   check(!w.is_quantized(), "backward (Linear): the layer's weights are quantised (",
         storage_name(w.storage()), "); training needs native or 16-bit weights");
-  kernels::parallel_panelled_product(grad_y.transpose(), x.transpose(), grads.weight(), true);
+  kernels::parallel_product(grad_y.transpose(), x.transpose(), grads.weight(), true);
   detail::add_row_sum(grads.bias(), grad_y);
   const bool accumulate = mode == InputGradient::add;
   if (w.is_half()) {
     detail::add_half_input_gradient(w, grad_y, grad_x, accumulate);
   } else {
-    kernels::parallel_panelled_product(grad_y, w.native().transpose(), grad_x, accumulate);
+    kernels::parallel_product(grad_y, w.native().transpose(), grad_x, accumulate);
   }
 }
 

@@ -2,8 +2,10 @@
 // stored (out x in) row-major as PyTorch stores nn.Linear weights. Kept apart
 // from the layers so that every layer (Linear, HeadwiseLinear's large heads,
 // WeightMatrix, the language model heads) runs the same two strategies:
-//  - `sequence` (forward over B*T rows): Eigen's GEMM, which packs W into
-//    cache-sized blocks (and may take its packing buffers from the heap);
+//  - `sequence` (forward over B*T rows): Eigen's GEMM kernels, which pack W
+//    into cache-sized blocks, driven by kernels::parallel_product
+//    (kernels/blocked_product.hpp: buffers kept per thread, bands of the
+//    output split over the threads, the same bits at every thread count);
 //    products of at most 8 rows use the step kernel below instead.
 //  - `step` (one token for each of B rows): never allocates, whatever B. The
 //    rows of W are streamed from memory once, split over the threads, and
@@ -17,6 +19,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 
+#include "xlstm/core/kernels/blocked_product.hpp"
 #include "xlstm/core/kernels/simd.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
@@ -178,9 +181,9 @@ void split_weight_rows(Index out, Index weight_elements, RowsFn&& rows) {
 
 }  // namespace kernels
 
-/// y = x W^T (or y += x W^T with `accumulate`), W native (out x in): Eigen's
-/// GEMM for sequences of more than kStepKernelMaxRows rows, else the step
-/// kernel (which never allocates).
+/// y = x W^T (or y += x W^T with `accumulate`), W native (out x in): the
+/// blocked product for sequences of more than kStepKernelMaxRows rows, else
+/// the step kernel (neither allocates once warm).
 template <typename Scalar, typename WeightRef>
 void matmul_transposed(const ConstMatrixRef<Scalar>& x, const WeightRef& w, MatrixRef<Scalar> y,
                        bool accumulate = false, Workload workload = Workload::sequence) {
@@ -190,11 +193,7 @@ void matmul_transposed(const ConstMatrixRef<Scalar>& x, const WeightRef& w, Matr
     return;
   }
   if (workload == Workload::sequence && x.rows() > kStepKernelMaxRows) {
-    if (accumulate) {
-      y.noalias() += x * w.transpose();
-    } else {
-      y.noalias() = x * w.transpose();
-    }
+    kernels::parallel_product(x, w, y, accumulate);
     return;
   }
   const kernels::NativeRows<Scalar> rows{&w.coeffRef(0, 0), w.outerStride()};

@@ -75,7 +75,7 @@ void small_heads(const ConstMatrixRef<Scalar>& x, const Scalar* weight, Index nu
 }
 
 /// y[:, h*O + o] = sum_i x[:, h*I + i] W[h, o, i] (no bias) for the stored
-/// weights (NH * O) x I. The `step` workload never allocates.
+/// weights (NH * O) x I. Allocates nothing once warm (kernels/blocked_product.hpp).
 template <typename Scalar, typename Weight>
 void headwise_product(const ConstMatrixRef<Scalar>& x, const Weight& weight, Index num_heads,
                       MatrixRef<Scalar> y, Workload workload) {
@@ -85,13 +85,8 @@ void headwise_product(const ConstMatrixRef<Scalar>& x, const Weight& weight, Ind
     return;
   }
   for (Index h = 0; h < num_heads; ++h) {
-    if (workload != Workload::sequence) {
-      matmul_transposed<Scalar>(x.middleCols(h * in, in), weight.middleRows(h * out, out),
-                                y.middleCols(h * out, out), false, workload);
-    } else {
-      y.middleCols(h * out, out).noalias() =
-          x.middleCols(h * in, in) * weight.middleRows(h * out, out).transpose();
-    }
+    matmul_transposed<Scalar>(x.middleCols(h * in, in), weight.middleRows(h * out, out),
+                              y.middleCols(h * out, out), false, workload);
   }
 }
 

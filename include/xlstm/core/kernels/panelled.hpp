@@ -61,21 +61,5 @@ void panelled_product(const A& a, const B& b, Out& out, bool accumulate) {
   }
 }
 
-/// panelled_product with the rows of `out` split over the threads in tasks
-/// of whole panels (the products of the layers' backward passes,
-/// design §7.6): every element is computed by the same operations whatever the
-/// thread count, so the bits do not depend on it. Never allocates.
-template <typename A, typename B, typename Out>
-void parallel_panelled_product(const A& a, const B& b, Out& out, bool accumulate) {
-  constexpr Index kRowsPerTask = 64;  // a multiple of the panel height (32)
-  const Index tasks = (out.rows() + kRowsPerTask - 1) / kRowsPerTask;
-  const bool parallel = double(out.rows()) * double(out.cols()) * double(a.cols()) >= 1 << 20;
-  parallel_for(tasks, parallel, [&](Index task) {
-    const Index r0 = task * kRowsPerTask, rows = std::min(kRowsPerTask, out.rows() - r0);
-    auto part = out.middleRows(r0, rows);
-    panelled_product(a.middleRows(r0, rows), b, part, accumulate);
-  });
-}
-
 }  // namespace kernels
 }  // namespace xlstm
