@@ -12,4 +12,5 @@
 #define XLSTM_DETAIL_INSTANTIATE(Class) template class Class<double>;
 namespace xlstm {
 XLSTM_PRECOMPILED_CLASSES(XLSTM_DETAIL_INSTANTIATE)
+XLSTM_PRECOMPILED_FUNCTIONS(template, double)
 }  // namespace xlstm

@@ -12,6 +12,7 @@
 #define XLSTM_DETAIL_INSTANTIATE(Class) template class Class<float>;
 namespace xlstm {
 XLSTM_PRECOMPILED_CLASSES(XLSTM_DETAIL_INSTANTIATE)
+XLSTM_PRECOMPILED_FUNCTIONS(template, float)
 }  // namespace xlstm
 
 // The library's Eigen alignment, which consumers check at link time

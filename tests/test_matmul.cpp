@@ -112,21 +112,21 @@ TEST(MatmulTest, ParallelProductIsTheProductWithTheSameBitsOnAnyThreadCount) {
     const Matrix<float> x_t = x.transpose(), w_t = w.transpose();  // stored the other way
     const Matrix<double> ref = reference(x, w);
     const Matrix<float> start = random(c.rows, c.cols, rng);
+    const Matrix<double> scale =
+        x.cast<double>().cwiseAbs() * w.cast<double>().cwiseAbs().transpose();
     for (const bool accumulate : {false, true}) {
+      const Matrix<double> expected =
+          accumulate ? Matrix<double>(ref + start.cast<double>()) : Matrix<double>(ref);
       std::vector<Matrix<float>> by_threads;
       for (const int threads : {1, 2, 3}) {
         SCOPED_TRACE(::testing::Message()
                      << c.rows << " x " << c.cols << " x " << c.depth << " accumulate "
                      << accumulate << " threads " << threads);
         xlstm::set_num_threads(threads);
-        const Matrix<double> expected =
-            accumulate ? Matrix<double>(ref + start.cast<double>()) : Matrix<double>(ref);
         Matrix<float> plain = start, transposed = start;
         xlstm::kernels::parallel_product(x, w, plain, accumulate);
         xlstm::kernels::parallel_product(x_t.transpose(), w_t.transpose(), transposed, accumulate);
         // Error on the scale of the terms (worst_error), plus |start| <= 1 when accumulating.
-        const Matrix<double> scale =
-            x.cast<double>().cwiseAbs() * w.cast<double>().cwiseAbs().transpose();
         for (const Matrix<float>* y : {&plain, &transposed}) {
           const Matrix<double> error = (y->cast<double>() - expected).cwiseAbs();
           EXPECT_TRUE((error.array() <= kTol * (scale.array() + (accumulate ? 1.0 : 0.0))).all());

@@ -253,6 +253,31 @@ TYPED_TEST(MLstmCellTest, ChunkwiseEqualsRecurrentForAnyChunkSizeInBothConventio
   }
 }
 
+// The plain forward keeps its per-(row, head) buffers on the calling thread
+// (design §7.7), grown by earlier calls and never shrunk: a forward gives the
+// same bits whatever ran before it. Each form on 10 steps, from buffers
+// freshly released, then after a 100-step parallel forward has grown them.
+TYPED_TEST(MLstmCellTest, ForwardGivesTheSameBitsWhateverRanBefore) {
+  using S = TypeParam;
+  std::mt19937 rng(112);
+  const auto cfg = mlstm_config(2, 8, 12, kScaled, /*chunk_size=*/4);
+  const MLstmCell<S> cell(cfg);
+  const auto small = random_mlstm_inputs<S>(cfg, 2, 10, rng);
+  const auto large = random_mlstm_inputs<S>(cfg, 2, 100, rng);
+  for (const auto form : {MLstmForm::parallel, MLstmForm::chunkwise, MLstmForm::recurrent}) {
+    SCOPED_TRACE(xlstm::form_name(form));
+    xlstm::release_thread_buffers();
+    auto fresh_state = cell.initial_state(2);
+    const auto fresh = run_forward(cell, small, fresh_state, form);
+    auto large_state = cell.initial_state(2);
+    (void)run_forward(cell, large, large_state, MLstmForm::parallel);
+    auto state = cell.initial_state(2);
+    const auto after = run_forward(cell, small, state, form);
+    EXPECT_TRUE(BitIdentical(after.matrix(), fresh.matrix()));
+    EXPECT_TRUE(BitIdentical(state.C, fresh_state.C));
+  }
+}
+
 // The recurrent form of forward is the step function applied T times.
 TYPED_TEST(MLstmCellTest, RecurrentForwardEqualsStepLoop) {
   using S = TypeParam;

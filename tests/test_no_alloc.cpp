@@ -709,8 +709,9 @@ TYPED_TEST(NoAllocTest, BlockStackStepDoesNotAllocate) {
 // sLSTM blocks) and embedding, repeated on the same shapes after a warm-up;
 // ragged rows with ignored targets, tied and untied heads, zeroing the
 // gradients included. The larger size has products far beyond Eigen's stack
-// limit, split over the threads (kernels/blocked_product.hpp, design §7.6),
-// and chunkwise mLSTM rows.
+// limit, split over the threads in bands of rows (140 rows: two bands;
+// kernels/blocked_product.hpp, design §7.6), a chunkwise mLSTM row (70 steps:
+// a full chunk and a partial one) and a parallel-form one (43 steps).
 TYPED_TEST(NoAllocTest, LanguageModelLossAndBackwardDoesNotAllocate) {
   using S = TypeParam;
   struct Size {
@@ -718,7 +719,7 @@ TYPED_TEST(NoAllocTest, LanguageModelLossAndBackwardDoesNotAllocate) {
     xlstm::Lengths lengths;
   };
   const ThreadCountGuard guard;
-  for (const Size& size : {Size{32, 50, 10, {10, 6}}, Size{128, 600, 150, {150, 97}}}) {
+  for (const Size& size : {Size{32, 50, 10, {10, 6}}, Size{96, 300, 70, {70, 43}}}) {
     for (const bool tie : {false, true}) {
       xlstm::LanguageModel<S> model(small_lm_config(size.embedding_dim, size.vocab, tie));
       randomize(model, 16);
@@ -812,6 +813,97 @@ TYPED_TEST(NoAllocTest, LargeModelStepDoesNotAllocate) {
   xlstm::Rng rng(15);
   model.initialize(rng, /*noise=*/0.5);
   check_large_model(model);
+}
+
+// The plain sequence forward (inference, prefill) keeps its intermediates in
+// the calling thread's buffers (design §7.7): after a warm-up, forwards of the
+// same shapes allocate nothing besides what they return, at every thread
+// count; xlstm::release_thread_buffers() frees them (the next call allocates
+// again) and changes no result. Each case runs twice as warm-up: the first
+// forward starts from the zero state (mLSTM: parallel form), later ones from
+// the state it left (chunkwise).
+template <typename Forward>
+void expect_plain_forward_reuses_thread_buffers(Forward&& forward) {
+  const ThreadCountGuard guard;
+  for (const int threads : thread_counts()) {
+    xlstm::set_num_threads(threads);
+    SCOPED_TRACE(::testing::Message() << "threads " << threads);
+    forward();
+    forward();
+    const auto warm = count_allocations([&] { forward(); });
+    EXPECT_EQ(warm.news, 0);
+    EXPECT_EQ(warm.eigen, 0);
+  }
+  xlstm::release_thread_buffers();
+  const auto released = count_allocations([&] { forward(); });
+  EXPECT_GT(released.eigen, 0) << "release_thread_buffers() kept the buffers";
+}
+
+TYPED_TEST(NoAllocTest, PlainSequenceForwardReusesTheThreadBuffers) {
+  using S = TypeParam;
+  std::mt19937_64 rng(21);
+  const xlstm::Lengths lengths = {40, 25};
+  const Index batch = 2, time = 40, e = 32;
+  const xlstm::Sequence<S> x = test_util::random_sequence<S>(batch, time, e, rng);
+  {
+    SCOPED_TRACE("MLstmBlock");
+    xlstm::MLstmBlock<S> block(mlstm_block_config(e, 4));
+    randomize(block, 22);
+    auto state = block.initial_state(batch);
+    xlstm::Sequence<S> y;
+    expect_plain_forward_reuses_thread_buffers([&] { block.forward(x, lengths, state, y); });
+  }
+  {
+    SCOPED_TRACE("SLstmBlock");
+    xlstm::SLstmBlock<S> block(slstm_block_config(e, 4));
+    randomize(block, 23);
+    auto state = block.initial_state(batch);
+    xlstm::Sequence<S> y;
+    expect_plain_forward_reuses_thread_buffers([&] { block.forward(x, lengths, state, y); });
+  }
+  {
+    SCOPED_TRACE("BlockStack, and its output written over its input");
+    const auto config = small_lm_config(e, 10, false);
+    xlstm::BlockStack<S> stack(static_cast<const xlstm::BlockStackConfig&>(config));
+    randomize(stack, 24);
+    auto state = stack.initial_state(batch);
+    xlstm::Sequence<S> y, in_place;
+    expect_plain_forward_reuses_thread_buffers([&] { stack.forward(x, lengths, state, y); });
+    // y may be x: the same result as into another sequence.
+    auto state_a = stack.initial_state(batch), state_b = stack.initial_state(batch);
+    stack.forward(x, lengths, state_a, y);
+    in_place = x;
+    stack.forward(in_place, lengths, state_b, in_place);
+    EXPECT_TRUE(in_place.matrix().cwiseEqual(y.matrix()).all());
+  }
+  {
+    SCOPED_TRACE("LanguageModel");
+    xlstm::LanguageModel<S> model(small_lm_config(e, 50, true));
+    randomize(model, 25);
+    const xlstm::Tokens tokens = test_util::random_tokens(batch, time, 50, rng);
+    auto state = model.initial_state(batch);
+    xlstm::Sequence<S> logits;
+    expect_plain_forward_reuses_thread_buffers(
+        [&] { model.forward(tokens, lengths, state, logits); });
+    // The same logits before and after the buffers are released.
+    auto state_a = model.initial_state(batch), state_b = model.initial_state(batch);
+    xlstm::Sequence<S> before, after;
+    model.forward(tokens, lengths, state_a, before);
+    xlstm::release_thread_buffers();
+    model.forward(tokens, lengths, state_b, after);
+    EXPECT_TRUE(before.matrix().cwiseEqual(after.matrix()).all());
+  }
+  {
+    SCOPED_TRACE("LargeModel");
+    xlstm::LargeModel<S> model(small_large_config());
+    xlstm::Rng init(26);
+    model.initialize(init, /*noise=*/0.5);
+    const xlstm::Tokens tokens = test_util::random_tokens(batch, time, model.vocab_size(), rng);
+    auto state = model.initial_state(batch);
+    xlstm::Sequence<S> logits;
+    expect_plain_forward_reuses_thread_buffers(
+        [&] { model.forward(tokens, lengths, state, logits); });
+  }
 }
 
 // 16-bit weights: decoded a piece of a row at a time into a stack buffer.

@@ -20,6 +20,7 @@
 #include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"
 #include "xlstm/core/scratch.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 
 namespace xlstm {
 
@@ -286,8 +287,8 @@ void LargeBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   check_lengths(lengths, x.batch(), x.time(), "LargeBlock::forward");
   check(x.time() > 0, "LargeBlock::forward: argument 'x' must have at least one time step");
   y = x;
-  Workspace ws;
-  forward_in_place(y.batch(), y.time(), lengths, y.matrix(), state, ws, Workload::sequence);
+  detail::ThreadBuffers<Workspace> ws;  // the thread's (design §7.7)
+  forward_in_place(y.batch(), y.time(), lengths, y.matrix(), state, ws.get(), Workload::sequence);
   zero_padding(y, lengths);
 }
 

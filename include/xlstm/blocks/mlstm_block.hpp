@@ -13,6 +13,7 @@
 #include "xlstm/core/layer_norm.hpp"
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/rounding.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 #include "xlstm/core/valid_rows.hpp"
 
 namespace xlstm {
@@ -86,6 +87,14 @@ struct MLstmBlockConfig {
 template <typename Scalar>
 struct MLstmBlockWorkspace {
   Matrix<Scalar> normed, up, conv_act, qkv, gates_i, gates_f, h, h_norm;
+};
+
+/// The plain sequence forward's intermediates (B*T rows each), kept by the
+/// calling thread between calls (core/thread_buffers.hpp, design §7.7).
+template <typename Scalar>
+struct MLstmBlockForwardScratch {
+  Matrix<Scalar> normed, up, qkv, gate_i, gate_f, h, conv_taps;
+  Sequence<Scalar> x_m, conv_out;
 };
 
 template <typename Scalar>
@@ -338,29 +347,35 @@ template <typename Scalar_>
 void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state,
                                   Sequence<Scalar>& y, MLstmForm form) const {
   check_forward(x, lengths, state, "MLstmBlock::forward");
-  const Index batch = x.batch(), time = x.time(), inner = inner_dim();
-  Matrix<Scalar> normed(x.matrix().rows(), embedding_dim());
-  xlstm_norm_.forward(x.matrix(), normed);
-  Matrix<Scalar> up(normed.rows(), 2 * inner);
-  proj_up_.forward(normed, up);
-  Sequence<Scalar> x_m(batch, time, inner), conv_act;
-  x_m.matrix() = up.leftCols(inner);
-  conv1d_.forward(x_m, lengths, state.conv, conv_act);
-  conv_act.matrix().array() = silu(conv_act.matrix().array());
-  Matrix<Scalar> qkv(up.rows(), 3 * inner);
-  q_proj_.forward(conv_act.matrix(), qkv.leftCols(inner));
-  k_proj_.forward(conv_act.matrix(), qkv.middleCols(inner, inner));
-  v_proj_.forward(x_m.matrix(), qkv.rightCols(inner));
-  Matrix<Scalar> gate_i(up.rows(), config_.mlstm.num_heads), gate_f(gate_i.rows(), gate_i.cols());
-  igate_.forward(qkv, gate_i);
-  fgate_.forward(qkv, gate_f);
-  Matrix<Scalar> h(up.rows(), inner);
-  cell_.forward(batch, time, qkv.leftCols(inner), qkv.middleCols(inner, inner),
-                qkv.rightCols(inner), gate_i, gate_f, state.cell, h, form, lengths);
-  outnorm_.forward(h, h);
-  apply_skip_and_output_gate(h, conv_act.matrix(), up.rightCols(inner));
+  const Index batch = x.batch(), time = x.time(), inner = inner_dim(), rows = x.matrix().rows();
+  // The same steps as the recording forward below, in the thread's buffers
+  // instead of a tape: no fresh pages per call (design §7.7).
+  detail::ThreadBuffers<MLstmBlockForwardScratch<Scalar>> buffers;
+  MLstmBlockForwardScratch<Scalar>& ws = buffers.get();
+  ensure_size(ws.normed, rows, embedding_dim());
+  xlstm_norm_.forward(x.matrix(), ws.normed);
+  ensure_size(ws.up, rows, 2 * inner);
+  proj_up_.forward(ws.normed, ws.up);
+  ws.x_m.resize(batch, time, inner);
+  ws.x_m.matrix() = ws.up.leftCols(inner);
+  conv1d_.forward(ws.x_m, lengths, state.conv, ws.conv_out, ws.conv_taps);
+  Matrix<Scalar>& conv_act = ws.conv_out.matrix();
+  conv_act.array() = silu(conv_act.array());
+  ensure_size(ws.qkv, rows, 3 * inner);
+  q_proj_.forward(conv_act, ws.qkv.leftCols(inner));
+  k_proj_.forward(conv_act, ws.qkv.middleCols(inner, inner));
+  v_proj_.forward(ws.x_m.matrix(), ws.qkv.rightCols(inner));
+  ensure_size(ws.gate_i, rows, config_.mlstm.num_heads);
+  ensure_size(ws.gate_f, rows, config_.mlstm.num_heads);
+  igate_.forward(ws.qkv, ws.gate_i);
+  fgate_.forward(ws.qkv, ws.gate_f);
+  ensure_size(ws.h, rows, inner);
+  cell_.forward(batch, time, ws.qkv.leftCols(inner), ws.qkv.middleCols(inner, inner),
+                ws.qkv.rightCols(inner), ws.gate_i, ws.gate_f, state.cell, ws.h, form, lengths);
+  outnorm_.forward(ws.h, ws.h);
+  apply_skip_and_output_gate(ws.h, conv_act, ws.up.rightCols(inner));
   y.resize(batch, time, embedding_dim());
-  proj_down_.forward(h, y.matrix());
+  proj_down_.forward(ws.h, y.matrix());
   y.matrix() += x.matrix();
   zero_padding(y, lengths);
 }

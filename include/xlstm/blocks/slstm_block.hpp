@@ -19,6 +19,7 @@
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 
 namespace xlstm {
 
@@ -246,8 +247,10 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   /// row's bits do not depend on the other rows, core/kernels/dense.hpp).
   void forward(const Sequence<Scalar>& x, const Lengths& lengths, State& state, Sequence<Scalar>& y,
                Workload workload = Workload::sequence) const {
-    SLstmBlockForwardScratch<Scalar> scratch;
-    forward(x, lengths, state, y, workload, scratch);
+    // The intermediates in the calling thread's buffers: no fresh pages per
+    // call (design §7.7).
+    detail::ThreadBuffers<SLstmBlockForwardScratch<Scalar>> scratch;
+    forward(x, lengths, state, y, workload, scratch.get());
   }
 
   /// The same in the caller's `scratch`: allocates nothing once the scratch

@@ -18,6 +18,7 @@
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/scratch.hpp"
 #include "xlstm/core/tensor.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 
 namespace xlstm {
 
@@ -193,6 +194,24 @@ void grow_to(MatrixType& m, Index rows, Index cols) {
   if (m.rows() < rows || m.cols() < cols) {
     m.resize(std::max<Index>(rows, m.rows()), std::max<Index>(cols, m.cols()));
   }
+}
+
+/// Per batch row, the form a plain forward runs (the recording forward keeps
+/// them in its tape).
+struct MLstmRowForms {
+  std::vector<MLstmForm> forms;
+};
+
+/// The leading rows x cols of `m`'s storage as a contiguous rows x cols
+/// matrix. Buffers that grow (grow_to) are used through this view rather than
+/// through topLeftCorner: the view's layout depends on rows and cols only, not
+/// on the capacity an earlier call left, so a result does not depend on what
+/// ran before (Eigen's vectorised sums start at the first aligned element of
+/// a row, and the rows of a corner start wherever the capacity puts them).
+template <typename Scalar>
+Eigen::Map<Matrix<Scalar>> leading(Matrix<Scalar>& m, Index rows, Index cols) {
+  eigen_assert(rows * cols <= m.size());
+  return Eigen::Map<Matrix<Scalar>>(m.data(), rows, cols);
 }
 
 /// Working memory of the mLSTM cell for one (batch row, head) at a time,
@@ -463,14 +482,15 @@ class MLstmCell {
   /// and its row max (never -inf: the diagonal is unmasked, math §10.6).
   void causal_log_decay(const HeadInputs& in, Index t0, Index len, Workspace& ws) const {
     const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+    auto log_decay = detail::leading(ws.log_decay, len, len);
     for (Index t = 0; t < len; ++t) {
       Scalar row_max = neg_inf;
       for (Index s = 0; s <= t; ++s) {
         const Scalar value = ws.cum_log_f(t) - ws.cum_log_f(s) + clamp_gate(in.igate(t0 + s));
-        ws.log_decay(t, s) = value;
+        log_decay(t, s) = value;
         row_max = std::max(row_max, value);
       }
-      for (Index s = t + 1; s < len; ++s) ws.log_decay(t, s) = neg_inf;
+      for (Index s = t + 1; s < len; ++s) log_decay(t, s) = neg_inf;
       ws.max_log(t) = row_max;
     }
   }
@@ -481,12 +501,12 @@ class MLstmCell {
     const Index time = in.q.rows();
     cumulative_log_forget(in, 0, time, ws);
     causal_log_decay(in, 0, time, ws);
-    auto scores = ws.scores.topLeftCorner(time, time);
+    auto scores = detail::leading(ws.scores, time, time);
     const auto max_log = ws.max_log.head(time);
     // C[t, s] = (q_t . k_s) * scale * exp(logD[t, s] - m_t)
     kernels::panelled_product(in.q, in.k, scores, false);
     scores.array() *= query_scale() * key_scale() *
-                      (ws.log_decay.topLeftCorner(time, time).colwise() - max_log).array().exp();
+                      (detail::leading(ws.log_decay, time, time).colwise() - max_log).array().exp();
     for (Index t = 0; t < time; ++t) {
       const Scalar norm = std::max(std::abs(scores.row(t).sum()), std::exp(-max_log(t)));
       scores.row(t) /= norm + eps();
@@ -515,12 +535,12 @@ class MLstmCell {
       ws.log_f(t) = std::exp(m_inter - m_combined) * query_scale();
       ws.max_log(t) = m_combined;
     }
-    auto scores = ws.scores.topLeftCorner(len, len);
-    auto qbar = ws.qbar.topLeftCorner(len, qk_head_dim());
+    auto scores = detail::leading(ws.scores, len, len);
+    auto qbar = detail::leading(ws.qbar, len, qk_head_dim());
     kernels::panelled_product(q, k, scores, false);
     scores.array() *=
         query_scale() * key_scale() *
-        (ws.log_decay.topLeftCorner(len, len).colwise() - ws.max_log.head(len)).array().exp();
+        (detail::leading(ws.log_decay, len, len).colwise() - ws.max_log.head(len)).array().exp();
     // qbar = q * exp(m_inter - m_combined) * qk_scale
     qbar = ws.log_f.head(len).asDiagonal() * q;
     kernels::panelled_product(qbar, state.C_of(b, head).transpose(), h_out, false);
@@ -555,7 +575,7 @@ class MLstmCell {
     auto C = state.C_of(b, head);
     C *= decay;
     // K^T diag(w) V with diag(w) K in a buffer: no temporary on the heap.
-    auto weighted_k = ws.qbar.topLeftCorner(len, qk_head_dim());
+    auto weighted_k = detail::leading(ws.qbar, len, qk_head_dim());
     weighted_k = log_weight.asDiagonal() * in.k.middleRows(t0, len);
     kernels::panelled_product(weighted_k.transpose(), in.v.middleRows(t0, len).transpose(), C,
                               true);
@@ -657,9 +677,10 @@ void MLstmCell<Scalar_>::forward_recorded(Index batch, Index time, const ConstMa
   }
   // `automatic` decides per row, from the row's own length and state, so
   // that every row of a (ragged) batch runs exactly as it would alone.
-  std::vector<MLstmForm> local_forms;
-  std::vector<MLstmForm>& row_forms = tape ? tape->forms : local_forms;
-  row_forms.assign(std::size_t(batch), form);  // no allocation when the tape's capacity suffices
+  // Without a tape, the forms live in the calling thread's buffers (design §7.7).
+  detail::ThreadBuffers<detail::MLstmRowForms> own_forms;
+  std::vector<MLstmForm>& row_forms = tape ? tape->forms : own_forms.get().forms;
+  row_forms.assign(std::size_t(batch), form);  // no allocation when the capacity suffices
   if (tape) start_tape(*tape, batch, time, q, k, v, igate, fgate, lengths);
   for (Index b = 0; b < batch; ++b) {
     const Index len = length_of(lengths, b, time);
@@ -682,8 +703,9 @@ void MLstmCell<Scalar_>::forward_recorded(Index batch, Index time, const ConstMa
     const Index len = length_of(lengths, b, time);
     if (tape) record_boundary(*tape, 0, state, b, head);
     if (len == 0) return;
-    Workspace local;  // allocates only without a tape
-    Workspace& ws = tape ? tape->buffers[std::size_t(thread)] : local;
+    // Without a tape, the buffers this thread keeps for it (design §7.7).
+    detail::ThreadBuffers<Workspace> own;
+    Workspace& ws = tape ? tape->buffers[std::size_t(thread)] : own.get();
     HeadInputs in = head_inputs(q, k, v, igate, fgate, time, len, b, head);
     auto h_out = h.block(b * time, head * v_head_dim(), len, v_head_dim());
     switch (row_forms[std::size_t(b)]) {

@@ -159,8 +159,8 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   auto i_of = [&](Index s) { return clamp_gate(igate(s, 0)); };
 
   // Recompute (math §4.4(b)): stabiliser m_t with its argument, weights W.
-  auto W = ws.weights.topLeftCorner(len, len);
-  auto log_decay = ws.log_decay.topLeftCorner(len, len);
+  auto W = detail::leading(ws.weights, len, len);
+  auto log_decay = detail::leading(ws.log_decay, len, len);
   auto m = ws.m.head(len);
   auto w_inter = ws.w_inter.head(len);
   const Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
@@ -181,31 +181,31 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
     w_inter(t) = inter ? std::exp(b(t) + m0 - m(t)) : Scalar(0);
   }
   W = (log_decay.colwise() - m).array().exp().matrix();  // 0 above the diagonal
-  auto qs = ws.qs.topLeftCorner(len, dqk);
-  auto ks = ws.ks.topLeftCorner(len, dqk);
+  auto qs = detail::leading(ws.qs, len, dqk);
+  auto ks = detail::leading(ws.ks, len, dqk);
   qs = it.rows_of(it.tape.q, t0, len, dqk) * cell.query_scale();
   ks = it.rows_of(it.tape.k, t0, len, dqk) * cell.key_scale();
-  auto S = ws.scores.topLeftCorner(len, len);
+  auto S = detail::leading(ws.scores, len, len);
   kernels::panelled_product(qs, ks, S, false);
   // V and the start state extended by the normaliser's column: den is the
   // numerator of v = 1 (math §4.7(b)).
-  auto v_ext = ws.v_ext.topLeftCorner(len, dv + 1);
+  auto v_ext = detail::leading(ws.v_ext, len, dv + 1);
   v_ext.leftCols(dv) = it.rows_of(it.tape.v, t0, len, dv);
   v_ext.col(dv).setOnes();
   ws.state_ext.leftCols(dv) = it.boundary_C(j);
   ws.state_ext.col(dv) = it.tape.n.row(it.slot(j)).transpose();
-  auto P = ws.d_log.topLeftCorner(len, len);  // S .* W, until G replaces it
+  auto P = detail::leading(ws.d_log, len, len);  // S .* W, until G replaces it
   P = S.cwiseProduct(W);
   // num' = P V' + diag(w) Qs C0': the chunkwise forward kept it in the tape;
   // the parallel form (no start state, w = 0) recomputes P V'.
-  auto recomputed = ws.num.topLeftCorner(len, dv + 1);
+  auto recomputed = detail::leading(ws.num, len, dv + 1);
   if (!inter) kernels::panelled_product(P, v_ext.transpose(), recomputed, false);
   const ConstMatrixRef<Scalar> num =
       inter ? ConstMatrixRef<Scalar>(it.rows_of(it.tape.num, t0, len, dv + 1))
             : ConstMatrixRef<Scalar>(recomputed);
 
   // Outputs: h = num / N, N = max(|den|, exp(-m)) + eps.
-  auto d_num = ws.d_num.topLeftCorner(len, dv + 1);
+  auto d_num = detail::leading(ws.d_num, len, dv + 1);
   auto d_m_t = ws.d_m.head(len);
   const auto grad_h = it.rows_of(it.grad_h, t0, len, dv);
   for (Index t = 0; t < len; ++t) {
@@ -215,22 +215,22 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
     const Scalar d_norm = -grad_h.row(t).dot(num.row(t).head(dv)) / (norm * norm);
     normaliser_backward(den, m(t), d_norm, d_num(t, dv), d_m_t(t));
   }
-  auto d_v_ext = ws.d_v_ext.topLeftCorner(len, dv + 1);
+  auto d_v_ext = detail::leading(ws.d_v_ext, len, dv + 1);
   kernels::panelled_product(P.transpose(), d_num.transpose(), d_v_ext, false);
-  auto dP = ws.d_scores.topLeftCorner(len, len);
+  auto dP = detail::leading(ws.d_scores, len, len);
   kernels::panelled_product(d_num, v_ext, dP, false);
   // G = dL/dlogD = dP .* S .* W (lower triangle; W is 0 above it); then dP .* W.
-  auto G = ws.d_log.topLeftCorner(len, len);
+  auto G = detail::leading(ws.d_log, len, len);
   G = dP.cwiseProduct(S).cwiseProduct(W);
   dP = dP.cwiseProduct(W);
-  auto d_qs = ws.d_qs.topLeftCorner(len, dqk);
-  auto d_ks = ws.d_ks.topLeftCorner(len, dqk);
+  auto d_qs = detail::leading(ws.d_qs, len, dqk);
+  auto d_ks = detail::leading(ws.d_ks, len, dqk);
   // Through the start state: num'_t += w_t qs_t^T [C0, n0], so dQs gets
   // X = diag(w) dnum' C0'^T, dC0' = Qs^T diag(w) dnum', and w_t (through
   // m_t) g_t = qs_t . X_t, the same as w_t (Qs C0' dnum'^T)_tt without the
   // product Qs C0' (math §4.7(b)). (ws.num is free in the chunkwise form:
   // it holds diag(w) dnum'.)
-  auto weighted_d_num = ws.num.topLeftCorner(len, dv + 1);
+  auto weighted_d_num = detail::leading(ws.num, len, dv + 1);
   auto g_inter = ws.g_inter.head(len);
   if (inter) {
     weighted_d_num = w_inter.asDiagonal() * d_num;
@@ -283,7 +283,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   const bool end_state_seen = !(d_state.array() == Scalar(0)).all();
   Scalar g_g = 0, g_a_sum = 0;
   if (end_state_seen) {
-    auto Y = ws.ks_d_state.topLeftCorner(len, dv + 1);  // ks dC1'
+    auto Y = detail::leading(ws.ks_d_state, len, dv + 1);  // ks dC1'
     kernels::panelled_product(ks, d_state.transpose(), Y, false);
     g_g = g * d_state.cwiseProduct(ws.state_ext).sum();
     for (Index s = 0; s < len; ++s) {

@@ -22,6 +22,7 @@
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/cells/slstm.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/kernels/blocked_product.hpp"
 #include "xlstm/core/kernels/panelled.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
@@ -265,7 +266,10 @@ void backward(const SLstmCell<Scalar>& cell, SLstmTape<Scalar>& tape,
     const auto d_raw = tape.raw.middleCols(head * 4 * dh, 4 * dh);
     const auto y_before = tape.y.topRows(time * batch).middleCols(head * dh, dh);
     auto d_kernel = grads.recurrent_kernel().middleRows(head * 4 * dh, 4 * dh);
-    kernels::panelled_product(d_raw.transpose(), y_before.transpose(), d_kernel,
+    // Depth T*B: the blocked product packs each operand once per cache
+    // block (panels would re-pack one for every 32 x 32 tile; inside the
+    // heads' parallel loop it runs on the calling thread, with its buffers).
+    kernels::parallel_product(d_raw.transpose(), y_before.transpose(), d_kernel,
                               /*accumulate=*/true);
     for (Index g = 0; g < 4; ++g) {
       grads.bias().segment(g * h + head * dh, dh) +=

@@ -143,9 +143,9 @@ void backward(const HeadwiseLinear<Scalar>& layer, ConstMatrixArg<Scalar> x,
   parallel_for(layer.num_heads(), parallel, [&](Index h) {
     const auto gy = grad_y.middleCols(h * out, out);
     auto d_weight = grads.weight().middleRows(h * out, out);
-    kernels::panelled_product(gy.transpose(), x.middleCols(h * in, in).transpose(), d_weight, true);
+    kernels::parallel_product(gy.transpose(), x.middleCols(h * in, in).transpose(), d_weight, true);
     auto gx = grad_x.middleCols(h * in, in);
-    kernels::panelled_product(gy, layer.weight().middleRows(h * out, out).transpose(), gx,
+    kernels::parallel_product(gy, layer.weight().middleRows(h * out, out).transpose(), gx,
                               accumulate);
   });
   detail::add_row_sum(grads.bias(), grad_y);

@@ -10,6 +10,7 @@
 
 #include "xlstm/blocks/mlstm_block.hpp"
 #include "xlstm/blocks/slstm_block.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 
 namespace xlstm {
 
@@ -107,6 +108,13 @@ using BlockState = std::variant<MLstmBlockState<Scalar>, SLstmBlockState<Scalar>
 template <typename Scalar>
 struct BlockStackWorkspace {
   Matrix<Scalar> ping, pong;
+};
+
+/// The plain sequence forward's activations between blocks (B x T x E),
+/// kept by the calling thread between calls (design §7.7).
+template <typename Scalar>
+struct BlockStackForwardScratch {
+  Sequence<Scalar> ping, pong;
 };
 
 /// The states of all blocks, in block order. Make it with
@@ -323,19 +331,26 @@ void BlockStack<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   check_input(x.features(), x.batch(), state, "BlockStack::forward", "x");
   check_state(state, x.batch(), "BlockStack::forward");
   check_lengths(lengths, x.batch(), x.time(), "BlockStack::forward");
-  Sequence<Scalar> a = x, b;
+  // Block i writes where block i+1 does not read: the last one into y, the
+  // others alternately into the thread's ping and pong (design §7.7). With y
+  // the same sequence as x, the last block writes into a buffer too.
+  detail::ThreadBuffers<BlockStackForwardScratch<Scalar>> buffers;
+  BlockStackForwardScratch<Scalar>& ws = buffers.get();
+  const Sequence<Scalar>* in = &x;
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    const bool last = i + 1 == blocks_.size();
+    Sequence<Scalar>& out = last && &x != &y ? y : (i % 2 == 0 ? ws.ping : ws.pong);
     std::visit(
         [&](const auto& block) {
           using B = std::decay_t<decltype(block)>;
-          block.forward(a, lengths, std::get<typename B::State>(state.blocks[i]), b);
+          block.forward(*in, lengths, std::get<typename B::State>(state.blocks[i]), out);
         },
         blocks_[i]);
-    std::swap(a, b);
+    in = &out;
   }
-  if (config_.add_post_blocks_norm) post_blocks_norm_.forward(a.matrix(), a.matrix());
-  zero_padding(a, lengths);
-  y = std::move(a);
+  if (in != &y) y = *in;
+  if (config_.add_post_blocks_norm) post_blocks_norm_.forward(y.matrix(), y.matrix());
+  zero_padding(y, lengths);
 }
 
 template <typename Scalar_>

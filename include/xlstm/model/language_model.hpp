@@ -8,6 +8,7 @@
 
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/scratch.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 #include "xlstm/model/block_stack.hpp"
 
 namespace xlstm {
@@ -35,6 +36,13 @@ struct LanguageModelWorkspace {
 
 /// The recurrent state of a LanguageModel: the block stack's state (plus
 /// step scratch that is not part of it).
+/// The plain sequence forward's embedded tokens and hidden states (B x T x E),
+/// kept by the calling thread between calls (design §7.7).
+template <typename Scalar>
+struct LanguageModelForwardScratch {
+  Sequence<Scalar> embedded, hidden;
+};
+
 template <typename Scalar>
 struct LanguageModelState {
   BlockStackState<Scalar> stack;
@@ -254,7 +262,11 @@ void LanguageModel<Scalar_>::embed(const Tokens& tokens, const Lengths& lengths,
 template <typename Scalar_>
 void LanguageModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, State& state,
                                      Sequence<Scalar>& logits) const {
-  Sequence<Scalar> x, y;
+  // The embedded tokens and the stack's output in the thread's buffers
+  // (design §7.7).
+  detail::ThreadBuffers<LanguageModelForwardScratch<Scalar>> buffers;
+  Sequence<Scalar>& x = buffers.get().embedded;
+  Sequence<Scalar>& y = buffers.get().hidden;
   embed(tokens, lengths, state, x);
   stack_.forward(x, lengths, state.stack, y);
   logits.resize(tokens.rows(), tokens.cols(), vocab_size());

@@ -18,6 +18,7 @@
 #include "xlstm/core/layer_norm.hpp"
 #include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 #include "xlstm/core/weight_matrix.hpp"
 #include "xlstm/model/language_model.hpp"
 
@@ -70,6 +71,14 @@ struct LargeModelWorkspace {
 
 /// The recurrent state of a LargeModel: one LargeBlockState per block (the
 /// mLSTM states in the kernel convention, unscaled keys), plus step scratch.
+/// The plain sequence forward's activations (B*T x E) and the blocks' shared
+/// workspace, kept by the calling thread between calls (design §7.7).
+template <typename Scalar>
+struct LargeModelForwardScratch {
+  Matrix<Scalar> x;
+  LargeBlockWorkspace<Scalar> blocks;
+};
+
 template <typename Scalar>
 struct LargeModelState {
   std::vector<LargeBlockState<Scalar>> blocks;
@@ -290,7 +299,13 @@ void LargeModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, 
   check_lengths(lengths, tokens.rows(), tokens.cols(), "LargeModel::forward");
   check(tokens.cols() > 0, "LargeModel::forward: argument 'tokens' must have at least one step");
   const Index batch = tokens.rows(), time = tokens.cols(), n = batch * time;
-  Matrix<Scalar> x = Matrix<Scalar>::Zero(n, embedding_dim());
+  // The activations and the blocks' shared workspace in the thread's
+  // buffers (design §7.7).
+  detail::ThreadBuffers<LargeModelForwardScratch<Scalar>> buffers;
+  Matrix<Scalar>& x = buffers.get().x;
+  LargeBlockWorkspace<Scalar>& ws = buffers.get().blocks;
+  ensure_size(x, n, embedding_dim());
+  x.setZero();
   for (Index b = 0; b < batch; ++b) {
     for (Index t = 0; t < length_of(lengths, b, time); ++t) {
       const std::int64_t id = tokens(b, t);
@@ -298,7 +313,6 @@ void LargeModel<Scalar_>::forward(const Tokens& tokens, const Lengths& lengths, 
       embedding().copy_row(Index(id), x.row(b * time + t));
     }
   }
-  LargeBlockWorkspace<Scalar> ws;  // shared by the blocks, allocated once
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     blocks_[i].forward_in_place(batch, time, lengths, x, state.blocks[i], ws, Workload::sequence);
   }

@@ -10,6 +10,7 @@
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/tensor.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 #include "xlstm/tirex/model.hpp"
 #include "xlstm/tirex/patch_tokens.hpp"
 #include "xlstm/tirex/scaler.hpp"
@@ -242,15 +243,6 @@ struct ForecastWorkspace {
   Matrix<Scalar> ragged;                            ///< the list-of-series forecast's batch matrix
 };
 
-namespace detail {
-/// forecast()'s workspace: one per thread and scalar type, kept between calls.
-template <typename Scalar>
-ForecastWorkspace<Scalar>& thread_workspace() {
-  thread_local ForecastWorkspace<Scalar> workspace;
-  return workspace;
-}
-}  // namespace detail
-
 /// Forecasts `prediction_length` steps of every row of `context` (B x L, NaN
 /// = missing) into `out` (resized: no allocation when it has the size), with
 /// the caller's `workspace` (see forecast()). The official rollout
@@ -315,7 +307,9 @@ Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
                           Index prediction_length, Index max_accelerated_rollout_steps = 1,
                           FirstPass<Scalar>* first_pass = nullptr) {
   Forecast<Scalar> out;
-  forecast_into(model, context, prediction_length, out, detail::thread_workspace<Scalar>(),
+  // forecast()'s workspace: the thread's, kept between calls (design §7.7).
+  xlstm::detail::ThreadBuffers<ForecastWorkspace<Scalar>> workspace;
+  forecast_into(model, context, prediction_length, out, workspace.get(),
                 max_accelerated_rollout_steps, first_pass);
   return out;
 }
@@ -365,7 +359,9 @@ Forecast<Scalar> forecast(const TiRexModel<Scalar>& model,
                           Index max_accelerated_rollout_steps = 1,
                           FirstPass<Scalar>* first_pass = nullptr) {
   Forecast<Scalar> out;
-  forecast_into(model, series, prediction_length, out, detail::thread_workspace<Scalar>(),
+  // forecast()'s workspace: the thread's, kept between calls (design §7.7).
+  xlstm::detail::ThreadBuffers<ForecastWorkspace<Scalar>> workspace;
+  forecast_into(model, series, prediction_length, out, workspace.get(),
                 max_accelerated_rollout_steps, first_pass);
   return out;
 }

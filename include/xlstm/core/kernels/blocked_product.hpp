@@ -1,6 +1,7 @@
-// out (+)= a * b^T for the large products of the backward passes (dL/dW =
-// grad_y^T x and dL/dx = grad_y W of every linear layer; design §7.6), with
-// Eigen's own GEMM kernels (its packing and micro-kernel) driven here:
+// out (+)= a * b^T for the layers' large products: every sequence forward
+// (kernels/dense.hpp, Workload::sequence) and the backward passes' dL/dW =
+// grad_y^T x and dL/dx = grad_y W (design §7.6), with Eigen's own GEMM
+// kernels (its packing and micro-kernel) driven here:
 //
 //  - Cache blocking and tasks (bands of rows or of columns of `out`) fixed
 //    by the product's sizes alone (Eigen's heuristic as for one thread); the
@@ -27,6 +28,7 @@
 
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 
 namespace xlstm {
 namespace kernels {
@@ -46,20 +48,17 @@ class FixedBlocking : public Eigen::internal::level3_blocking<Scalar, Scalar> {
   }
 };
 
-/// The packed operands of one thread's part of a product (Eigen's aligned storage).
+/// The packed operands of one thread's part of a product (Eigen's aligned
+/// storage): Eigen's blockA (kc x mc: b packed) and blockB (kc x nc: a packed).
 template <typename Scalar>
 struct PackingBuffers {
-  Vector<Scalar> block_a,
-      block_b;  // Eigen's blockA (kc x mc, packed b) and blockB (kc x nc, packed a)
+  Vector<Scalar> block_a, block_b;
 };
 
-/// The calling thread's packing buffers, one pair per library thread of its
-/// parallel regions (each application thread has its own).
+/// The calling thread's packing buffers: one pair per library thread of its
+/// parallel regions (each application thread has its own; design §7.7).
 template <typename Scalar>
-std::vector<PackingBuffers<Scalar>>& calling_thread_packing_buffers() {
-  static thread_local std::vector<PackingBuffers<Scalar>> buffers;
-  return buffers;
-}
+using PackingBufferSet = std::vector<PackingBuffers<Scalar>>;
 
 template <typename X>
 constexpr int storage_order() {
@@ -108,7 +107,8 @@ void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
   const Index row_tasks = (rows + task_rows - 1) / task_rows;
   const Index tasks = row_tasks * ((cols + task_cols - 1) / task_cols);
   const int threads = num_threads();
-  auto& buffers = detail::calling_thread_packing_buffers<Scalar>();
+  xlstm::detail::ThreadBuffers<detail::PackingBufferSet<Scalar>> lease;
+  auto& buffers = lease.get();
   if (buffers.size() < std::size_t(threads)) buffers.resize(std::size_t(threads));
   for (auto& buffer : buffers) {
     if (buffer.block_a.size() < kc * mc) buffer.block_a.resize(kc * mc);

@@ -1,7 +1,7 @@
 // out (+)= a * b^T with Eigen's GEMM, in panels small enough that Eigen
 // never takes a buffer from the heap: the product the sLSTM cell runs at
-// every step (R y, forward) and the products of its backward pass (R^T dg per
-// step, dR = sum_t dg_t^T y_{t-1} over all steps; design §7.5), and the mLSTM
+// every step (R y, forward) and R^T dg per step of its backward pass
+// (design §7.5; dR over all steps is a blocked product), and the mLSTM
 // cell's chunk products (forward and backward, math §4.7), whose tape must
 // serve forward and backward without heap memory (design §7.6).
 //
