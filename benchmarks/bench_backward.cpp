@@ -43,6 +43,11 @@ struct PairedTimes {
 template <typename Reset, typename Plain, typename Recorded, typename Backward>
 PairedTimes run_paired(benchmark::State& state, Reset reset, Plain plain, Recorded recorded,
                        Backward backward) {
+  // Untimed warm-up of every part: the first call of a shape pays for fresh
+  // pages and for the thread buffers (design §7.7), which a training loop or a
+  // server pays once.
+  reset();
+  plain();
   reset();
   recorded();
   backward();

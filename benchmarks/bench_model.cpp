@@ -65,6 +65,8 @@ void bm_prefill(benchmark::State& state, int threads) {
   const auto tokens = random_tokens(batch, time, model.vocab_size(), 51);
   auto s = model.initial_state(batch);
   xlstm::Sequence<float> logits;
+  // Untimed warm-up: fresh pages and thread buffers (design §7.7).
+  model.forward(tokens, s, logits);
   Stopwatch sw;
   for (auto _ : state) {
     s.reset();
