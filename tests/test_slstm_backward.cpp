@@ -356,6 +356,161 @@ TYPED_TEST(SLstmBackwardTyped, SameBitsWithAnyThreadCount) {
   EXPECT_TRUE(test_util::BitIdentical(one.grad_x.matrix(), two.grad_x.matrix()));
 }
 
+// The pointwise backward of one unit written one unit at a time, as math
+// §2.8 reads (the reference for the array version the cell runs). `a` is
+// recomputed with the forward's log-sigmoid, as the cell does.
+template <typename S>
+struct UnitReference {
+  S raw_i, raw_f, raw_z, raw_o, c0, n0, m0, y1, n1, m1, gy, gc, gn, gm;
+  bool first;
+
+  static S clamped(S grad, S e) {
+    if (e < S(1)) return grad * e;
+    if (e == S(1)) return S(0.5) * grad;
+    return S(0);
+  }
+  static S log_sigmoid(S x) {
+    Eigen::Array<S, 1, 1> v;
+    v(0) = x;
+    return xlstm::log_sigmoid(v)(0);
+  }
+  static S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
+  static S inside(S x) { return std::abs(x) <= xlstm::gate_limit<S>() ? S(1) : S(0); }
+
+  // The forward step from (c0, n0, m0): y1, n1, m1.
+  void forward() {
+    const S i = xlstm::clamp_gate(raw_i);
+    const S a = m0 + log_sigmoid(xlstm::clamp_gate(raw_f));
+    m1 = first ? i : std::max(i, a);
+    const S ig = std::min(std::exp(i - m1), S(1)), fg = std::min(std::exp(a - m1), S(1));
+    const S c1 = fg * c0 + ig * std::tanh(raw_z);
+    n1 = fg * n0 + ig;
+    y1 = sigmoid(raw_o) * c1 / n1;
+  }
+
+  void backward() {
+    const S i = xlstm::clamp_gate(raw_i), f = xlstm::clamp_gate(raw_f);
+    const S o = sigmoid(raw_o), tz = std::tanh(raw_z);
+    const S dc = gc + gy * o / n1, dn = gn - gy * y1 / n1;
+    const S d_raw_o = gy * y1 * sigmoid(-raw_o);
+    const bool a_taken = !first && m1 != i;
+    const S a = a_taken ? m1 : m0 + log_sigmoid(f);
+    const S e_i = std::exp(i - m1), e_f = std::exp(a - m1);
+    const S d_raw_z = dc * std::min(e_i, S(1)) * (S(1) - tz * tz);
+    const S to_i = clamped(dc * tz + dn, e_i), to_a = clamped(dc * c0 + dn * n0, e_f);
+    const S dm = gm - to_i - to_a;
+    S dm_to_i = dm, dm_to_a = 0;
+    if (a_taken) {
+      dm_to_i = 0;
+      dm_to_a = dm;
+    } else if (!first && a == i) {
+      dm_to_i = dm_to_a = S(0.5) * dm;
+    }
+    const S d_a = to_a + dm_to_a;
+    raw_i = inside(raw_i) == S(0) ? S(0) : to_i + dm_to_i;
+    raw_f = inside(raw_f) == S(0) ? S(0) : d_a * sigmoid(-f);
+    raw_z = d_raw_z;
+    raw_o = d_raw_o;
+    gc = dc * std::min(e_f, S(1));
+    gn = dn * std::min(e_f, S(1));
+    gm = d_a;
+  }
+};
+
+// The array version (detail::slstm_units_backward) against the reference,
+// unit by unit, for every count up to kUnitLanes: first steps (n0 = 0), ties
+// of the max (i = a, chosen so that every log-sigmoid gives a = m0 exactly),
+// either gate the max, e = 1 exactly, and +-1000 pre-activations. exp and
+// tanh may differ in the last bits between the two.
+TYPED_TEST(SLstmBackwardTyped, UnitsBackwardMatchesOneUnitAtATime) {
+  using S = TypeParam;
+  constexpr Index lanes = xlstm::detail::kUnitLanes;
+  const double tol = test_util::per_scalar<S>(2e-5, 1e-13);
+  std::mt19937_64 rng(2300);
+  std::normal_distribution<double> normal(0.0, 1.5);
+  std::uniform_int_distribution<int> scenario(0, 4);
+  for (int round = 0; round < 40; ++round) {
+    const Index count = 1 + round % lanes;
+    std::vector<UnitReference<S>> ref(std::size_t(count), UnitReference<S>{});
+    for (auto& r : ref) {
+      r.raw_i = S(normal(rng));
+      r.raw_f = S(normal(rng) + 2);
+      r.raw_z = S(normal(rng));
+      r.raw_o = S(normal(rng));
+      r.c0 = S(normal(rng));
+      r.n0 = S(1 + std::abs(normal(rng)));
+      r.m0 = S(normal(rng));
+      r.first = false;
+      switch (scenario(rng)) {
+        case 0:  // the first step from a zero state
+          r.c0 = r.n0 = r.m0 = 0;
+          r.first = true;
+          break;
+        case 1:  // a tie of the max: log sigmoid(200) is below half an ulp of m0
+          r.raw_f = S(200);
+          r.m0 = S(0.5) + std::abs(r.m0);
+          r.raw_i = r.m0;
+          break;
+        case 2:  // huge pre-activations
+          r.raw_i = normal(rng) > 0 ? S(1000) : S(-1000);
+          r.raw_f = normal(rng) > 0 ? S(1000) : S(-1000);
+          break;
+        default:
+          break;
+      }
+      r.forward();
+      r.gy = S(normal(rng));
+      r.gc = S(normal(rng));
+      r.gn = S(normal(rng));
+      r.gm = S(normal(rng));
+    }
+    // Structure of arrays for the lane version.
+    auto column = [&](S UnitReference<S>::*field) {
+      std::vector<S> v;
+      for (const auto& r : ref) v.push_back(r.*field);
+      return v;
+    };
+    auto ri = column(&UnitReference<S>::raw_i), rf = column(&UnitReference<S>::raw_f);
+    auto rz = column(&UnitReference<S>::raw_z), ro = column(&UnitReference<S>::raw_o);
+    const auto c0 = column(&UnitReference<S>::c0), n0 = column(&UnitReference<S>::n0);
+    const auto m0 = column(&UnitReference<S>::m0), y1 = column(&UnitReference<S>::y1);
+    const auto n1 = column(&UnitReference<S>::n1), m1 = column(&UnitReference<S>::m1);
+    const auto gy = column(&UnitReference<S>::gy);
+    auto gc = column(&UnitReference<S>::gc), gn = column(&UnitReference<S>::gn);
+    auto gm = column(&UnitReference<S>::gm);
+    xlstm::detail::SLstmUnits<S> units;
+    units.count = count;
+    units.raw_i = ri.data();
+    units.raw_f = rf.data();
+    units.raw_z = rz.data();
+    units.raw_o = ro.data();
+    units.c0 = c0.data();
+    units.n0 = n0.data();
+    units.m0 = m0.data();
+    units.y1 = y1.data();
+    units.n1 = n1.data();
+    units.m1 = m1.data();
+    units.gy = gy.data();
+    units.gc = gc.data();
+    units.gn = gn.data();
+    units.gm = gm.data();
+    xlstm::detail::slstm_units_backward(units, /*whole_batch=*/false, false);
+    for (Index k = 0; k < count; ++k) {
+      auto& r = ref[std::size_t(k)];
+      r.backward();
+      const std::size_t j = std::size_t(k);
+      const S got[] = {ri[j], rf[j], rz[j], ro[j], gc[j], gn[j], gm[j]};
+      const S want[] = {r.raw_i, r.raw_f, r.raw_z, r.raw_o, r.gc, r.gn, r.gm};
+      for (int q = 0; q < 7; ++q) {
+        ASSERT_TRUE(std::isfinite(got[q])) << "round " << round << " unit " << k << " output " << q;
+        ASSERT_LE(std::abs(double(got[q]) - double(want[q])), tol * (1 + std::abs(double(want[q]))))
+            << "round " << round << " unit " << k << " output " << q << ": " << got[q] << " vs "
+            << want[q];
+      }
+    }
+  }
+}
+
 TYPED_TEST(SLstmBackwardTyped, RejectsMismatchedArguments) {
   using S = TypeParam;
   std::mt19937_64 rng(2000);

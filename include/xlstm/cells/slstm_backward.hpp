@@ -21,6 +21,7 @@
 
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/cells/slstm.hpp"
+#include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/kernels/blocked_product.hpp"
 #include "xlstm/core/kernels/panelled.hpp"
@@ -77,59 +78,82 @@ class SLstmCellGradients {
 
 namespace detail {
 
-/// dL/de for min(e, 1), given dL/dmin: all of it below 1, half on the tie
-/// (torch's convention, math §2.8), none above. Multiplied by de/dx = e for
-/// e = exp(x); above 1 the product is 0, also where e overflowed (the official
-/// backward's 0 * inf = NaN, math §2.8).
-template <typename Scalar>
-Scalar through_clamped_exp(Scalar grad, Scalar e) {
-  if (e < Scalar(1)) return grad * e;
-  if (e == Scalar(1)) return Scalar(0.5) * grad;
-  return Scalar(0);
-}
+/// Units per call of slstm_units_backward: fixed-capacity arrays of this
+/// length hold its intermediates (no heap), in SIMD registers and L1.
+constexpr Index kUnitLanes = 16;
 
-/// The pointwise backward of one sLSTM unit at one step (math §2.8).
-/// In: the pre-activations (raw i, f, z, o), the state before (c0, n0, m0)
-/// and after (y1, c1, n1, m1) the step, whether the first-step rule m = i
-/// applied, and the cotangents of the state after the step (gy, gc, gn, gm;
-/// gy includes the output's cotangent). Out: the pre-activation gradients
-/// over the raw values, and the cotangents of the state before the step in
-/// gc, gn, gm (gy is left to the caller: y0 acts only through R y0).
+/// The per-unit inputs and outputs of slstm_units_backward: pointers to
+/// `count` consecutive units of one row (count <= kUnitLanes).
 template <typename Scalar>
-void slstm_unit_backward(Scalar& raw_i, Scalar& raw_f, Scalar& raw_z, Scalar& raw_o, Scalar c0,
-                         Scalar n0, Scalar m0, Scalar y1, Scalar n1, Scalar m1, bool first_step,
-                         Scalar gy, Scalar& gc, Scalar& gn, Scalar& gm) {
-  const Scalar i = clamp_gate(raw_i), f = clamp_gate(raw_f);
-  const Scalar o = sigmoid_of(raw_o), tz = std::tanh(raw_z);
+struct SLstmUnits {
+  Index count = 0;
+  // In: the raw pre-activations; out: their gradients.
+  Scalar *raw_i, *raw_f, *raw_z, *raw_o;
+  // The state before (c0, n0, m0) and after (y1, n1, m1) the step.
+  const Scalar *c0, *n0, *m0, *y1, *n1, *m1;
+  // In: the cotangents of the state after the step (gy with the output's);
+  // out: those of the state before it (gc, gn, gm; gy is the caller's, as y0
+  // acts only through R y0).
+  const Scalar* gy;
+  Scalar *gc, *gn, *gm;
+};
+
+/// The pointwise backward of sLSTM units at one step (math §2.8), in arrays
+/// so that exp, tanh and log1p run in SIMD. `first_everywhere`: the
+/// whole-batch first-step rule applied to the step; otherwise a unit with
+/// n0 = 0 is at its first step.
+template <typename Scalar>
+void slstm_units_backward(const SLstmUnits<Scalar>& u, bool whole_batch, bool first_everywhere) {
+  using Lanes = Eigen::Array<Scalar, Eigen::Dynamic, 1, Eigen::ColMajor, kUnitLanes, 1>;
+  using Mask = Eigen::Array<bool, Eigen::Dynamic, 1, Eigen::ColMajor, kUnitLanes, 1>;
+  using In = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+  using Out = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+  const Index n = u.count;
+  Out raw_i(u.raw_i, n), raw_f(u.raw_f, n), raw_z(u.raw_z, n), raw_o(u.raw_o, n);
+  const In c0(u.c0, n), n0(u.n0, n), m0(u.m0, n), y1(u.y1, n), n1(u.n1, n), m1(u.m1, n);
+  const In gy(u.gy, n);
+  Out gc(u.gc, n), gn(u.gn, n), gm(u.gm, n);
+  const Scalar one(1), half(0.5), zero(0), limit = gate_limit<Scalar>();
+
+  const Lanes i = clamp_gates(raw_i), f = clamp_gates(raw_f);
+  const Lanes tz = raw_z.tanh();
   // y1 = o c1 / n1.
-  const Scalar dc = gc + gy * o / n1;
-  const Scalar dn = gn - gy * y1 / n1;
-  const Scalar d_raw_o = gy * y1 * sigmoid_of(-raw_o);
+  const Lanes dc = gc + gy * sigmoid(raw_o) / n1;
+  const Lanes dn = gn - gy * y1 / n1;
+  const Lanes d_raw_o = gy * y1 * sigmoid(-raw_o);
+  Mask first(n);
+  if (whole_batch) {
+    first.setConstant(first_everywhere);
+  } else {
+    first = n0 == zero;
+  }
   // m1 is a copy of i or of a = m0 + log sigmoid(f), whichever the forward
   // took; comparing with the copy decides as the forward did, where a
   // recomputed a could differ from the forward's in the last bit.
-  const bool a_taken = !first_step && m1 != i;
-  const Scalar a = a_taken ? m1 : m0 + log_sigmoid_of(f);
-  const Scalar e_i = std::exp(i - m1), e_f = std::exp(a - m1);
-  const Scalar i_gate = std::min(e_i, Scalar(1)), f_gate = std::min(e_f, Scalar(1));
+  const Mask a_taken = !first && m1 != i;
+  const Lanes a = a_taken.select(m1, m0 + log_sigmoid(f));
+  const Lanes e_i = (i - m1).exp(), e_f = (a - m1).exp();
+  // dL/de for min(e, 1) times de/dx = e for e = exp(x): all of it below 1,
+  // half on the tie (torch's convention, math §2.8), none above, also where
+  // e overflowed (the official backward's 0 * inf = NaN, math §2.8).
+  auto through_clamped_exp = [&](const Lanes& grad, const Lanes& e) -> Lanes {
+    return (e < one).select(grad * e, (e == one).select(half * grad, zero));
+  };
   // c1 = f' c0 + i' tanh z, n1 = f' n0 + i'.
-  const Scalar d_raw_z = dc * i_gate * (Scalar(1) - tz * tz);
-  const Scalar to_i = through_clamped_exp(dc * tz + dn, e_i);
-  const Scalar to_a = through_clamped_exp(dc * c0 + dn * n0, e_f);
-  // m1 enters i' and f' (above) and the next step; it came from i or a.
-  const Scalar dm = gm - to_i - to_a;
-  Scalar dm_to_i = dm, dm_to_a = 0;
-  if (a_taken) {
-    dm_to_i = 0;
-    dm_to_a = dm;
-  } else if (!first_step && a == i) {  // a tie of the max: half each (math §2.8)
-    dm_to_i = Scalar(0.5) * dm;
-    dm_to_a = Scalar(0.5) * dm;
-  }
-  const Scalar d_a = to_a + dm_to_a;
-  raw_i = (to_i + dm_to_i) * clamp_gate_derivative(raw_i);
-  raw_f = d_a * sigmoid_of(-f) * clamp_gate_derivative(raw_f);
-  raw_z = d_raw_z;
+  const Lanes f_gate = e_f.min(one);
+  raw_z = dc * e_i.min(one) * (one - tz * tz);
+  const Lanes to_i = through_clamped_exp(dc * tz + dn, e_i);
+  const Lanes to_a = through_clamped_exp(dc * c0 + dn * n0, e_f);
+  // m1 enters i' and f' (above) and the next step; it came from i or a, or
+  // from both on a tie of the max (half each, math §2.8).
+  const Lanes dm = gm - to_i - to_a;
+  const Mask tie = !first && !a_taken && a == i;
+  const Lanes dm_to_a = a_taken.select(dm, tie.select(half * dm, zero));
+  const Lanes dm_to_i = a_taken.select(zero, tie.select(half * dm, dm));
+  const Lanes d_a = to_a + dm_to_a;
+  // The clamps pass the gradient inside the bounds only (and NaN nowhere).
+  raw_i = (raw_i.abs() <= limit).select(to_i + dm_to_i, zero);
+  raw_f = (raw_f.abs() <= limit).select(d_a * sigmoid(-f), zero);
   raw_o = d_raw_o;
   gc = dc * f_gate;
   gn = dn * f_gate;
@@ -229,25 +253,38 @@ void backward(const SLstmCell<Scalar>& cell, SLstmTape<Scalar>& tape,
           for (Index g = 0; g < 4; ++g) dx.segment(g * h + head * dh, dh).setZero();
           continue;
         }
-        for (Index j = 0; j < dh; ++j) {
-          const Index u = head * dh + j;
-          Scalar& gy = grad_state.y(b, u);
-          gy += grad_y(b, t, u);
-          Scalar &raw_i = d_raw(b, j), &raw_f = d_raw(b, dh + j);
-          Scalar &raw_z = d_raw(b, 2 * dh + j), &raw_o = d_raw(b, 3 * dh + j);
-          if (lstm) {
-            detail::lstm_unit_backward(raw_i, raw_f, raw_z, raw_o, tape.c(before + b, u),
-                                       tape.c(after + b, u), gy, grad_state.c(b, u));
-          } else {
-            const Scalar n0 = tape.n(before + b, u);
-            const bool first = whole_batch ? first_everywhere : n0 == Scalar(0);
-            detail::slstm_unit_backward(raw_i, raw_f, raw_z, raw_o, tape.c(before + b, u), n0,
-                                        tape.m(before + b, u), tape.y(after + b, u),
-                                        tape.n(after + b, u), tape.m(after + b, u), first, gy,
-                                        grad_state.c(b, u), grad_state.n(b, u), grad_state.m(b, u));
+        auto gy = grad_state.y.row(b).segment(head * dh, dh);
+        gy += grad_y.at(b, t).segment(head * dh, dh);
+        if (lstm) {
+          for (Index j = 0; j < dh; ++j) {
+            const Index u = head * dh + j;
+            detail::lstm_unit_backward(d_raw(b, j), d_raw(b, dh + j), d_raw(b, 2 * dh + j),
+                                       d_raw(b, 3 * dh + j), tape.c(before + b, u),
+                                       tape.c(after + b, u), gy(j), grad_state.c(b, u));
           }
-          gy = 0;  // replaced by the recurrent path below
+        } else {
+          for (Index j = 0; j < dh; j += detail::kUnitLanes) {
+            const Index u = head * dh + j;
+            detail::SLstmUnits<Scalar> units;
+            units.count = std::min(detail::kUnitLanes, dh - j);
+            units.raw_i = &d_raw(b, j);
+            units.raw_f = &d_raw(b, dh + j);
+            units.raw_z = &d_raw(b, 2 * dh + j);
+            units.raw_o = &d_raw(b, 3 * dh + j);
+            units.c0 = &tape.c(before + b, u);
+            units.n0 = &tape.n(before + b, u);
+            units.m0 = &tape.m(before + b, u);
+            units.y1 = &tape.y(after + b, u);
+            units.n1 = &tape.n(after + b, u);
+            units.m1 = &tape.m(after + b, u);
+            units.gy = &gy(j);
+            units.gc = &grad_state.c(b, u);
+            units.gn = &grad_state.n(b, u);
+            units.gm = &grad_state.m(b, u);
+            detail::slstm_units_backward(units, whole_batch, first_everywhere);
+          }
         }
+        gy.setZero();  // replaced by the recurrent path below
         for (Index g = 0; g < 4; ++g) {
           dx.segment(g * h + head * dh, dh) = d_raw.row(b).segment(g * dh, dh);
         }
