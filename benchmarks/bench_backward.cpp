@@ -160,14 +160,19 @@ double tape_bytes(const xlstm::MLstmTape<Scalar>& t) {
   return b;
 }
 
-/// The block's tape: every layer's recorded input, the backward's workspace
-/// and the cell's tape.
+/// The block's tape: every layer's recorded input and the cell's tape; plus
+/// the backward's workspace, which the calling thread keeps (one for all the
+/// blocks of a stack, design §7.7) and the last backward sized.
 template <typename Scalar>
 double tape_bytes(const xlstm::MLstmBlockTape<Scalar>& t) {
   double b = tape_bytes(t.cell) + bytes_of(t.conv_start.window) + bytes_of(t.conv_taps);
-  for (const auto* s :
-       {&t.x, &t.normed, &t.up, &t.x_m, &t.conv_out, &t.conv_act, &t.qkv, &t.gate_i, &t.gate_f,
-        &t.h, &t.h_norm, &t.gated, &t.d_up, &t.d_qkv, &t.d_gate_i, &t.d_gate_f, &t.d_x_m}) {
+  const auto& ws =
+      xlstm::detail::thread_slot<xlstm::detail::MLstmBlockBackwardScratch<Scalar>>().buffers;
+  for (const auto* s : {&ws.d_up, &ws.d_qkv, &ws.d_gate_i, &ws.d_gate_f, &ws.d_x_m}) {
+    b += bytes_of(*s);
+  }
+  for (const auto* s : {&t.x, &t.normed, &t.up, &t.x_m, &t.conv_out, &t.conv_act, &t.qkv, &t.gate_i,
+                        &t.gate_f, &t.h, &t.h_norm, &t.gated}) {
     b += bytes_of(*s);
   }
   return b;

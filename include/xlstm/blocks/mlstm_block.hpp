@@ -97,6 +97,16 @@ struct MLstmBlockForwardScratch {
   Sequence<Scalar> x_m, conv_out;
 };
 
+namespace detail {
+/// The backward's gradients of intermediates that have no place in the tape:
+/// dL/d[x_m | z], dL/dqkv, dL/dgates, dL/dx_m (B*T rows each), kept by the
+/// calling thread between calls (design §7.7; blocks/mlstm_block_backward.hpp).
+template <typename Scalar>
+struct MLstmBlockBackwardScratch {
+  Sequence<Scalar> d_up, d_qkv, d_gate_i, d_gate_f, d_x_m;
+};
+}  // namespace detail
+
 template <typename Scalar>
 using MLstmBlockState = ConvCellState<Scalar, MLstmState<Scalar>, MLstmBlockWorkspace<Scalar>>;
 
@@ -120,8 +130,6 @@ struct MLstmBlockTape {
   Sequence<Scalar> h;       ///< the cell's output: outnorm input
   Sequence<Scalar> h_norm;  ///< outnorm(h)
   Sequence<Scalar> gated;   ///< (h_norm + learnable_skip * conv_act) * silu(z): proj_down input
-  /// Workspace of the backward: dL/d[x_m | z], dL/dqkv, dL/dgates, dL/dx_m.
-  Sequence<Scalar> d_up, d_qkv, d_gate_i, d_gate_f, d_x_m;
   CausalConv1dState<Scalar> conv_start;  ///< the conv window before the forward
   Matrix<Scalar> conv_taps;              ///< scratch of the conv's forward
   /// The valid rows of proj_up's and proj_down's inputs and outputs (forward

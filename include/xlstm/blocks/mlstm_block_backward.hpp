@@ -134,6 +134,11 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
         block.conv1d().weight().cols(), " conv taps, got ", up_w.rows(), " x ", up_w.cols(), ", ",
         q_w.rows(), " x ", q_w.cols(), ", ", i_w.rows(), " rows, ", conv_taps, " taps");
   tape.recorded = false;  // from here on its storage is the workspace
+  // The gradients of the intermediates the tape does not hold in place: one
+  // set per thread, shared by the blocks of a stack (their backwards run one
+  // after another), not one per tape (design §7.7).
+  detail::ThreadBuffers<detail::MLstmBlockBackwardScratch<Scalar>> buffers;
+  detail::MLstmBlockBackwardScratch<Scalar>& ws = buffers.get();
 
   // y = x + proj_down(gated): grad_x starts as dL/dy (zero past the lengths,
   // where the output is zero whatever the input). dL/dgated replaces gated.
@@ -146,8 +151,8 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
   // gated = (h_norm + skip * conv_act) * silu(z), row by row (math §5.5):
   // dL/dz into d_up's right half, dL/dh_norm replaces h_norm, and the skip's
   // part of dL/dconv_act replaces dL/dgated.
-  tape.d_up.resize(batch, time, 2 * inner);
-  auto& d_up = tape.d_up.matrix();
+  ws.d_up.resize(batch, time, 2 * inner);
+  auto& d_up = ws.d_up.matrix();
   const auto& up = tape.up.matrix();
   // On the valid rows; in the padding dL/dgated is zero, hence dL/dh_norm
   // too, and proj_up's backward reads no padding of d_up.
@@ -168,21 +173,21 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
 
   // The multi-head norm, then the cell: dL/dh lives in d_x_m until v_proj's
   // backward writes dL/dx_m there.
-  tape.d_x_m.resize(batch, time, inner);
-  auto& d_h = tape.d_x_m.matrix();
+  ws.d_x_m.resize(batch, time, inner);
+  auto& d_h = ws.d_x_m.matrix();
   backward(block.outnorm(), tape.h.matrix(), tape.h_norm.matrix(), grads.outnorm(), d_h);
-  tape.d_qkv.resize(batch, time, 3 * inner);
-  tape.d_gate_i.resize(batch, time, block.cell().num_heads());
-  tape.d_gate_f.resize(batch, time, block.cell().num_heads());
-  auto& d_qkv = tape.d_qkv.matrix();
+  ws.d_qkv.resize(batch, time, 3 * inner);
+  ws.d_gate_i.resize(batch, time, block.cell().num_heads());
+  ws.d_gate_f.resize(batch, time, block.cell().num_heads());
+  auto& d_qkv = ws.d_qkv.matrix();
   backward(block.cell(), tape.cell, d_h, grad_state.cell, d_qkv.leftCols(inner),
-           d_qkv.middleCols(inner, inner), d_qkv.rightCols(inner), tape.d_gate_i.matrix(),
-           tape.d_gate_f.matrix());
+           d_qkv.middleCols(inner, inner), d_qkv.rightCols(inner), ws.d_gate_i.matrix(),
+           ws.d_gate_f.matrix());
 
   // The gates read [q | k | v]; q and k come from conv_act, v from x_m.
   const auto& qkv = tape.qkv.matrix();
-  backward(block.igate(), qkv, tape.d_gate_i.matrix(), grads.igate(), d_qkv, InputGradient::add);
-  backward(block.fgate(), qkv, tape.d_gate_f.matrix(), grads.fgate(), d_qkv, InputGradient::add);
+  backward(block.igate(), qkv, ws.d_gate_i.matrix(), grads.igate(), d_qkv, InputGradient::add);
+  backward(block.fgate(), qkv, ws.d_gate_f.matrix(), grads.fgate(), d_qkv, InputGradient::add);
   const auto& conv_act = tape.conv_act.matrix();
   backward(block.q_proj(), conv_act, d_qkv.leftCols(inner), grads.q_proj(), d_gated,
            InputGradient::add);
@@ -193,10 +198,10 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
     multiply_by_activation_derivative(Activation::swish, tape.conv_out.matrix().array(), d);
   }
   backward(block.v_proj(), tape.x_m.matrix(), d_qkv.rightCols(inner), grads.v_proj(),
-           tape.d_x_m.matrix());
+           ws.d_x_m.matrix());
   backward(block.conv1d(), tape.x_m, tape.lengths, tape.conv_start, tape.gated, grad_state.conv,
-           grads.conv1d(), tape.d_x_m, InputGradient::add);
-  d_up.leftCols(inner) = tape.d_x_m.matrix();
+           grads.conv1d(), ws.d_x_m, InputGradient::add);
+  d_up.leftCols(inner) = ws.d_x_m.matrix();
 
   // normed -> [x_m | z]; dL/dnormed replaces normed. Then the pre-norm.
   backward_valid_rows(block.proj_up(), tape.normed.matrix(), d_up, grads.proj_up(),
