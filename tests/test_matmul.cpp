@@ -96,8 +96,9 @@ TEST(MatmulTest, EveryWorkloadAndBatchGivesTheProduct) {
 
 // kernels::parallel_product, which every sequence product and the layers'
 // backward products use: out (+)= a b^T with either operand stored either
-// way (the backward passes a transposed gradient), row and column bands of
-// every kind (few rows: column bands; many: row bands; uneven last bands),
+// way (the backward passes a transposed gradient), edge tiles of every kind,
+// depths over one packed block, narrow outputs (dot products when both are
+// stored by rows), tasks split into row bands (few column blocks) or not,
 // against the double reference, and the same bits with 1, 2 and 3 threads.
 TEST(MatmulTest, ParallelProductIsTheProductWithTheSameBitsOnAnyThreadCount) {
   const ThreadCountGuard guard;
@@ -105,9 +106,9 @@ TEST(MatmulTest, ParallelProductIsTheProductWithTheSameBitsOnAnyThreadCount) {
   struct Case {
     Index rows, cols, depth;
   };
-  for (const Case c :
-       {Case{1, 1, 1}, Case{7, 5, 3}, Case{33, 97, 129}, Case{100, 1000, 64}, Case{130, 70, 300},
-        Case{517, 301, 257}, Case{300, 40, 1000}, Case{12, 9, 0}}) {
+  for (const Case c : {Case{1, 1, 1}, Case{7, 5, 3}, Case{33, 97, 129}, Case{100, 1000, 64},
+                       Case{130, 70, 300}, Case{517, 301, 257}, Case{300, 40, 1000}, Case{12, 9, 0},
+                       Case{1000, 4, 3000}, Case{40, 300, 800}, Case{2000, 200, 500}}) {
     const Matrix<float> x = random(c.rows, c.depth, rng), w = random(c.cols, c.depth, rng);
     const Matrix<float> x_t = x.transpose(), w_t = w.transpose();  // stored the other way
     const Matrix<double> ref = reference(x, w);

@@ -1,31 +1,37 @@
 // out (+)= a * b^T for the layers' large products: every sequence forward
 // (kernels/dense.hpp, Workload::sequence) and the backward passes' dL/dW =
-// grad_y^T x and dL/dx = grad_y W (design §7.6), with Eigen's own GEMM
-// kernels (its packing and micro-kernel) driven here:
+// grad_y^T x and dL/dx = grad_y W (design §7.6). A cache-blocked product with
+// a register-tiled kernel of its own (design §7.8), in the SIMD vocabulary of
+// kernels/simd.hpp:
 //
-//  - Cache blocking and tasks (bands of rows or of columns of `out`) fixed
-//    by the product's sizes alone (Eigen's heuristic as for one thread); the
-//    threads share out the same calls. Every element is then computed by the
-//    same operations whatever the thread count: the bits do not depend on it.
-//  - The packing buffers are kept by the calling thread (one pair per library
-//    thread, grown on first use), so nothing is allocated once a product of
-//    a size has run. Eigen's own product takes them from the heap on every
-//    call beyond 128 KiB; freshly mapped pages then fault in again each call,
-//    which is slow (and on a VM very slow).
-//  - Each operand is packed once per cache block. (panelled_product, which
-//    keeps Eigen's buffers on the stack with panels of at most 32 x 64,
-//    re-packs one operand for every panel: in a backward pass at T = 512 that
-//    costs about as much as the multiply-adds.)
-//
-// It uses Eigen 3.4's internal general_matrix_matrix_product and
-// level3_blocking (the API Eigen's own products call), so it is tied to
-// Eigen 3.4 as the rest of the library is.
+//  - The kernel keeps a tile of out in registers, kTileRows rows (values of a,
+//    broadcast) by two packets of columns (rows of b, loaded as vectors): 24
+//    accumulators with AVX-512's 32 registers, 12 with AVX2's 16. Per step of
+//    the depth it loads two packets and broadcasts kTileRows values for
+//    2 * kTileRows fused multiply-adds, which keeps both FMA units busy where
+//    Eigen's own kernel (3 packets by 4 columns) stalls on loads.
+//  - Operands are packed per block of kDepthBlock along the depth: a's rows
+//    once per block by all threads (tile rows x depth, the broadcast side, in
+//    L1 while a tile row of tasks runs), b's rows per task (kColumnBlock x
+//    depth, in L2). Either operand may be stored either way (the backward
+//    passes transposed gradients); packing reads each as it lies.
+//  - Every element of out is the sum over the depth in order, one
+//    accumulator per depth block, added to out block after block: the same
+//    operations whatever the tiling, the task split or the thread count, so
+//    the bits depend on neither (nor on the storage orders). Tasks are
+//    blocks of columns, cut into bands of rows when too few for the threads.
+//    An output of a few columns over row-major operands (the mLSTM gates)
+//    takes dot products instead: packing would copy all of a for them.
+//  - The packing buffers are kept by the calling thread (design §7.7), so
+//    nothing is allocated once a product of a size has run.
 #pragma once
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <utility>
 #include <vector>
 
+#include "xlstm/core/kernels/simd.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
 #include "xlstm/core/thread_buffers.hpp"
@@ -34,105 +40,218 @@ namespace xlstm {
 namespace kernels {
 namespace detail {
 
-/// Eigen's blocking description with buffers and block sizes given, so that
-/// its product neither allocates nor chooses them.
+/// The register tile: kTileRows rows of out by kTileCols columns.
 template <typename Scalar>
-class FixedBlocking : public Eigen::internal::level3_blocking<Scalar, Scalar> {
- public:
-  FixedBlocking(Scalar* block_a, Scalar* block_b, Index mc, Index nc, Index kc) {
-    this->m_blockA = block_a;
-    this->m_blockB = block_b;
-    this->m_mc = mc;
-    this->m_nc = nc;
-    this->m_kc = kc;
+inline constexpr Index kTileCols = 2 * simd::kLanes<Scalar>;
+inline constexpr Index kTileRows = simd::kVectorRegisters == 32 ? 12 : 6;
+/// Depth of one packed block: a tile row of a (12 x 384 floats, 18 KiB)
+/// stays in L1 while it meets every packed column of b.
+inline constexpr Index kDepthBlock = 384;
+/// Columns of out (rows of b) per task: 192 x 384 floats (288 KiB) of b in L2.
+inline constexpr Index kColumnBlock = 192;
+
+/// The packed operands: a's tile rows for one depth block (shared by the
+/// tasks), and one packed column block of b per library thread.
+template <typename Scalar>
+struct GemmBuffers {
+  Vector<Scalar> a;
+  std::vector<Vector<Scalar>> b;
+};
+
+/// Packs `rows` (<= tile) rows of `x`, depth [k0, k0 + depth), as a
+/// tile x depth column-major panel: the `tile` values of step k together;
+/// rows past `rows` are zero.
+template <typename X, typename Scalar>
+void pack_panel(const X& x, Index r0, Index rows, Index k0, Index depth, Index tile, Scalar* dst) {
+  Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>> panel(
+      dst, tile, depth);
+  // Eigen walks the panel in its (column) order: the tile values of a step
+  // together, which measured faster than copying rows of a row-major x.
+  panel.topRows(rows) = x.block(r0, k0, rows, depth);
+  if (rows < tile) panel.bottomRows(tile - rows).setZero();
+}
+
+/// out[0..rows) x [0..cols) (+)= the tile of one depth block:
+/// sum_k a_panel(i, k) * b_panel(j, k), with a_panel kTileRows x depth and
+/// b_panel (Packets * lanes) x depth, both packed column-major. `add`: add to
+/// out (else overwrite). Packets = 1 serves a last column panel of at most
+/// one packet (a narrow output such as the mLSTM gates' NH columns). The
+/// kTileRows broadcasts of a step are written out as a fold, so that every
+/// compiler keeps the accumulators in registers.
+template <int Packets, typename Scalar, Index... I>
+void gemm_tile(const Scalar* a_panel, const Scalar* b_panel, Index depth, Scalar* out,
+               Index out_stride, Index rows, Index cols, bool add,
+               std::integer_sequence<Index, I...>) {
+  using Packet = simd::Packet<Scalar>;
+  constexpr Index lanes = simd::kLanes<Scalar>, tile_rows = sizeof...(I);
+  constexpr Index width = Packets * lanes;
+  Packet acc0[tile_rows] = {((void)I, simd::zero<Scalar>())...};
+  Packet acc1[tile_rows] = {((void)I, simd::zero<Scalar>())...};
+  for (Index k = 0; k < depth; ++k) {
+    const Packet b0 = simd::load(b_panel);
+    if constexpr (Packets == 2) {
+      const Packet b1 = simd::load(b_panel + lanes);
+      ((acc0[I] = simd::fma(simd::broadcast(a_panel[I]), b0, acc0[I]),
+        acc1[I] = simd::fma(simd::broadcast(a_panel[I]), b1, acc1[I])),
+       ...);
+    } else {
+      ((acc0[I] = simd::fma(simd::broadcast(a_panel[I]), b0, acc0[I])), ...);
+    }
+    a_panel += tile_rows;
+    b_panel += width;
   }
-};
+  if (rows == tile_rows && cols == width) {
+    for (Index i = 0; i < tile_rows; ++i) {
+      Scalar* o = out + i * out_stride;
+      simd::store(o, add ? Eigen::internal::padd(simd::load(o), acc0[i]) : acc0[i]);
+      if constexpr (Packets == 2) {
+        simd::store(o + lanes,
+                    add ? Eigen::internal::padd(simd::load(o + lanes), acc1[i]) : acc1[i]);
+      }
+    }
+    return;
+  }
+  // An edge tile: through a buffer, the part inside out.
+  Scalar part[tile_rows][width];
+  for (Index i = 0; i < tile_rows; ++i) {
+    simd::store(part[i], acc0[i]);
+    if constexpr (Packets == 2) simd::store(part[i] + lanes, acc1[i]);
+  }
+  for (Index i = 0; i < rows; ++i) {
+    Scalar* o = out + i * out_stride;
+    for (Index j = 0; j < cols; ++j) o[j] = add ? o[j] + part[i][j] : part[i][j];
+  }
+}
 
-/// The packed operands of one thread's part of a product (Eigen's aligned
-/// storage): Eigen's blockA (kc x mc: b packed) and blockB (kc x nc: a packed).
-template <typename Scalar>
-struct PackingBuffers {
-  Vector<Scalar> block_a, block_b;
-};
+/// The product for an output of at most kNarrowColumns columns with both
+/// operands stored by rows (the mLSTM gates' NH columns over the 3I-wide
+/// qkv): a dot product per element, the packets of a row of a meeting every
+/// row of b while in registers, no packing (which would copy all of a for a
+/// few columns). Each element sums its packets in order, then the lanes, then
+/// the tail: the same bits at every thread count.
+inline constexpr Index kNarrowColumns = 8;
 
-/// The calling thread's packing buffers: one pair per library thread of its
-/// parallel regions (each application thread has its own; design §7.7).
-template <typename Scalar>
-using PackingBufferSet = std::vector<PackingBuffers<Scalar>>;
-
-template <typename X>
-constexpr int storage_order() {
-  return (int(X::Flags) & Eigen::RowMajorBit) ? Eigen::RowMajor : Eigen::ColMajor;
+template <typename A, typename B, typename Out>
+void narrow_product(const A& a, const B& b, Out& out, bool accumulate, bool parallel) {
+  using Scalar = typename Out::Scalar;
+  using Packet = simd::Packet<Scalar>;
+  constexpr Index lanes = simd::kLanes<Scalar>, kRowsPerTask = 64;
+  const Index rows = out.rows(), cols = out.cols(), depth = a.cols();
+  const Index body = depth / lanes * lanes;
+  const Index tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  parallel_for(tasks, parallel, [&](Index task) {
+    const Index last = std::min(rows, (task + 1) * kRowsPerTask);
+    for (Index i = task * kRowsPerTask; i < last; ++i) {
+      const Scalar* x = &a.coeffRef(i, 0);
+      Packet acc[kNarrowColumns];
+      for (Index j = 0; j < cols; ++j) acc[j] = simd::zero<Scalar>();
+      for (Index k = 0; k < body; k += lanes) {
+        const Packet xk = simd::load(x + k);
+        for (Index j = 0; j < cols; ++j)
+          acc[j] = simd::fma(xk, simd::load(&b.coeffRef(j, k)), acc[j]);
+      }
+      for (Index j = 0; j < cols; ++j) {
+        Scalar sum = simd::reduce(acc[j]);
+        for (Index k = body; k < depth; ++k) sum += x[k] * b.coeff(j, k);
+        out(i, j) = accumulate ? out(i, j) + sum : sum;
+      }
+    }
+  });
 }
 
 }  // namespace detail
 
 /// out = a * b^T, or out += a * b^T with `accumulate` (a: N x K, b: M x K,
-/// out: N x M, all with unit inner stride, out row-major and not aliasing a
-/// or b), bands of out split over the threads. Same bits at every
-/// thread count; allocates only when a thread's buffers must grow.
+/// either stored either way; out: N x M, row-major with unit inner stride,
+/// not aliasing a or b), tasks split over the threads. Same bits at every
+/// thread count; allocates only when the calling thread's buffers must grow.
 template <typename A, typename B, typename Out>
 void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
   using Scalar = typename Out::Scalar;
   static_assert(int(Out::Flags) & Eigen::RowMajorBit, "parallel_product: out must be row-major");
+  constexpr Index tile_rows = detail::kTileRows, tile_cols = detail::kTileCols<Scalar>;
+  constexpr Index lanes = simd::kLanes<Scalar>;
+  constexpr auto tile_sequence = std::make_integer_sequence<Index, tile_rows>();
   const Index rows = out.rows(), cols = out.cols(), depth = a.cols();
   if (rows == 0 || cols == 0) return;
   if (depth == 0) {
     if (!accumulate) out.setZero();
     return;
   }
-  eigen_assert(a.innerStride() == 1 && b.innerStride() == 1 && out.innerStride() == 1);
-  // Eigen solves the column-major out^T = b a^T: its rows are out's columns
-  // (blocked by mc), its columns out's rows (blocked by nc). The blocks and
-  // the tasks below depend on the sizes only, never on the thread count: the
-  // threads only share out the same calls.
-  Index kc = depth, mc = cols, nc = rows;
-  Eigen::internal::computeProductBlockingSizes<Scalar, Scalar, 1, Index>(kc, mc, nc, Index(1));
-  // Tasks: up to four bands of rows (each packs b once more, a small cost
-  // next to its multiply-adds when it has 64 rows or more), or, for fewer
-  // rows, up to four bands of columns at multiples of mc (a is packed once
-  // per column block anyway).
-  const Index mr = Eigen::internal::gebp_traits<Scalar, Scalar>::mr;
-  constexpr Index kMinTaskRows = 64, kMaxTasks = 4;
-  Index task_rows = rows, task_cols = cols;
-  if (rows >= 2 * kMinTaskRows) {
-    const Index count = std::min(kMaxTasks, rows / kMinTaskRows);
-    task_rows = ((rows + count - 1) / count + 7) / 8 * 8;
-    nc = std::min(nc, task_rows);
-  } else {
-    const Index quarter = ((cols + kMaxTasks - 1) / kMaxTasks + mr - 1) / mr * mr;
-    mc = std::min(mc, std::max(mr, quarter));
-    task_cols = mc;
-  }
-  const Index row_tasks = (rows + task_rows - 1) / task_rows;
-  const Index tasks = row_tasks * ((cols + task_cols - 1) / task_cols);
-  const int threads = num_threads();
-  xlstm::detail::ThreadBuffers<detail::PackingBufferSet<Scalar>> lease;
-  auto& buffers = lease.get();
-  if (buffers.size() < std::size_t(threads)) buffers.resize(std::size_t(threads));
-  for (auto& buffer : buffers) {
-    if (buffer.block_a.size() < kc * mc) buffer.block_a.resize(kc * mc);
-    if (buffer.block_b.size() < kc * nc) buffer.block_b.resize(kc * nc);
-  }
-  const auto bt = b.transpose();  // K x M
-  using Product = Eigen::internal::general_matrix_matrix_product<
-      Index, Scalar, detail::storage_order<A>(), false, Scalar,
-      detail::storage_order<std::decay_t<decltype(bt)>>(), false, Eigen::RowMajor, 1>;
+  eigen_assert(out.innerStride() == 1);
   const bool parallel = double(rows) * double(cols) * double(depth) >= double(1 << 20);
-  parallel_for_indexed(tasks, parallel, [&](Index task, int thread) {
-    const Index r0 = (task % row_tasks) * task_rows, height = std::min(task_rows, rows - r0);
-    const Index c0 = (task / row_tasks) * task_cols, width = std::min(task_cols, cols - c0);
-    auto part = out.block(r0, c0, height, width);
-    if (!accumulate) part.setZero();
-    const auto a_part = a.middleRows(r0, height);
-    const auto bt_part = bt.middleCols(c0, width);
-    auto& buffer = buffers[std::size_t(thread)];
-    detail::FixedBlocking<Scalar> blocking(buffer.block_a.data(), buffer.block_b.data(), mc, nc,
-                                           kc);
-    Product::run(height, width, depth, a_part.data(), a_part.outerStride(), bt_part.data(),
-                 bt_part.outerStride(), part.data(), 1, part.outerStride(), Scalar(1), blocking,
-                 nullptr);
-  });
+  if constexpr (bool(A::IsRowMajor) && bool(B::IsRowMajor)) {
+    if (cols <= detail::kNarrowColumns && a.innerStride() == 1 && b.innerStride() == 1) {
+      detail::narrow_product(a, b, out, accumulate, parallel);
+      return;
+    }
+  }
+  const Index row_panels = (rows + tile_rows - 1) / tile_rows;
+  const Index kc = std::min(depth, detail::kDepthBlock);
+  // Tasks: column blocks, each packing its part of b once per depth block;
+  // split into row bands too only when there are too few of them to keep
+  // every thread busy (each band packs its b again). The split changes no
+  // element's operations.
+  const Index col_blocks = (cols + detail::kColumnBlock - 1) / detail::kColumnBlock;
+  const int threads = num_threads();
+  const Index wanted_tasks = parallel ? 2 * Index(threads) : 1;
+  const Index bands = col_blocks >= wanted_tasks
+                          ? 1
+                          : std::min(row_panels, (wanted_tasks + col_blocks - 1) / col_blocks);
+  const Index band_panels = (row_panels + bands - 1) / bands;
+  const Index tasks = col_blocks * bands;
+
+  xlstm::detail::ThreadBuffers<detail::GemmBuffers<Scalar>> lease;
+  detail::GemmBuffers<Scalar>& buffers = lease.get();
+  const Index b_size =
+      ((std::min(cols, detail::kColumnBlock) + tile_cols - 1) / tile_cols) * tile_cols * kc;
+  if (buffers.a.size() < row_panels * tile_rows * kc) buffers.a.resize(row_panels * tile_rows * kc);
+  if (buffers.b.size() < std::size_t(threads)) buffers.b.resize(std::size_t(threads));
+  for (auto& b_buffer : buffers.b) {
+    if (b_buffer.size() < b_size) b_buffer.resize(b_size);
+  }
+
+  for (Index k0 = 0; k0 < depth; k0 += kc) {
+    const Index block_depth = std::min(kc, depth - k0);
+    const bool add = accumulate || k0 > 0;
+    Scalar* a_packed = buffers.a.data();
+    parallel_for(row_panels, parallel && row_panels > 1, [&](Index p) {
+      detail::pack_panel(a, p * tile_rows, std::min(tile_rows, rows - p * tile_rows), k0,
+                         block_depth, tile_rows, a_packed + p * tile_rows * block_depth);
+    });
+    parallel_for_indexed(tasks, parallel, [&](Index task, int thread) {
+      const Index c0 = (task % col_blocks) * detail::kColumnBlock;
+      const Index width = std::min(detail::kColumnBlock, cols - c0);
+      const Index first_panel = (task / col_blocks) * band_panels;
+      const Index last_panel = std::min(row_panels, first_panel + band_panels);
+      Scalar* b_packed = buffers.b[std::size_t(thread)].data();
+      const Index col_panels = (width + tile_cols - 1) / tile_cols;
+      // Panels of two packets; a last one of at most one packet packs one.
+      auto panel_width = [&](Index q) {
+        return width - q * tile_cols <= lanes ? lanes : tile_cols;
+      };
+      for (Index q = 0; q < col_panels; ++q) {
+        detail::pack_panel(b, c0 + q * tile_cols, std::min(tile_cols, width - q * tile_cols), k0,
+                           block_depth, panel_width(q), b_packed + q * tile_cols * block_depth);
+      }
+      for (Index p = first_panel; p < last_panel; ++p) {
+        const Index r0 = p * tile_rows, height = std::min(tile_rows, rows - r0);
+        for (Index q = 0; q < col_panels; ++q) {
+          const Index j0 = c0 + q * tile_cols;
+          const Scalar* a_panel = a_packed + p * tile_rows * block_depth;
+          const Scalar* b_panel = b_packed + q * tile_cols * block_depth;
+          const Index tile_width = std::min(tile_cols, cols - j0);
+          if (panel_width(q) == lanes) {
+            detail::gemm_tile<1>(a_panel, b_panel, block_depth, &out(r0, j0), out.outerStride(),
+                                 height, tile_width, add, tile_sequence);
+          } else {
+            detail::gemm_tile<2>(a_panel, b_panel, block_depth, &out(r0, j0), out.outerStride(),
+                                 height, tile_width, add, tile_sequence);
+          }
+        }
+      }
+    });
+  }
 }
 
 }  // namespace kernels

@@ -83,6 +83,18 @@ inline Packet<Scalar> load(const Scalar* p) {
   return Eigen::internal::ploadu<Packet<Scalar>>(p);
 }
 
+/// kLanes<Scalar> values to `p` (no alignment needed).
+template <typename Scalar>
+inline void store(Scalar* p, const Packet<Scalar>& v) {
+  Eigen::internal::pstoreu(p, v);
+}
+
+/// `x` in every lane.
+template <typename Scalar>
+inline Packet<Scalar> broadcast(Scalar x) {
+  return Eigen::internal::pset1<Packet<Scalar>>(x);
+}
+
 /// a * b + c, lane by lane (fused where the ISA has it, as in Eigen).
 template <typename P>
 inline P fma(const P& a, const P& b, const P& c) {
