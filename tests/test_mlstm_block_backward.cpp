@@ -243,10 +243,7 @@ TYPED_TEST(MLstmBlockBackwardTyped, GradientsAreNamedLikeParametersAndAccumulate
 // The backward's parallel loops split work by (row, head) items, panels and
 // row ranges, never a sum, so the gradients have the same bits with any
 // thread count. E 64 (inner 128) in 2 heads of 64, T 12 in chunks of 4: every
-// parallel loop of the backward runs in parallel (with OpenMP), and the
-// forward's sequence products are not split (at larger sizes Eigen's GEMM of
-// the gate projections may sum in another order with more threads, a
-// property of the forward, not of the backward).
+// parallel loop of the backward runs in parallel (with OpenMP).
 TYPED_TEST(MLstmBlockBackwardTyped, SameBitsWithAnyThreadCount) {
   using S = TypeParam;
   const auto block = make_block<S>(64, 2, 4, 4, false, 4400);

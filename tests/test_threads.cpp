@@ -260,8 +260,8 @@ void expect_concurrent_runs_equal_sequential_runs(const Model& model) {
 // Prefill and decoding give the same bits with any library thread count: a
 // step's products split the weight rows over the threads and each output is
 // one thread's dot product, computed as a single thread would; a sequence's
-// products (kernels/blocked_product.hpp) split bands of the output into tasks
-// chosen by the sizes alone, which the threads only share out. (The cells
+// products (kernels/blocked_product.hpp) compute every element by the same
+// operations whatever the split of the output into tasks. (The cells
 // split heads and batch rows, each computed as alone.)
 template <typename Model>
 void expect_runs_independent_of_thread_count(const Model& model) {

@@ -2,11 +2,11 @@
 // stored (out x in) row-major as PyTorch stores nn.Linear weights. Kept apart
 // from the layers so that every layer (Linear, HeadwiseLinear's large heads,
 // WeightMatrix, the language model heads) runs the same two strategies:
-//  - `sequence` (forward over B*T rows): Eigen's GEMM kernels, which pack W
-//    into cache-sized blocks, driven by kernels::parallel_product
-//    (kernels/blocked_product.hpp: buffers kept per thread, bands of the
-//    output split over the threads, the same bits at every thread count);
-//    products of at most 8 rows use the step kernel below instead.
+//  - `sequence` (forward over B*T rows): kernels::parallel_product
+//    (kernels/blocked_product.hpp), a register-tiled GEMM over operands packed
+//    into cache-sized blocks, buffers kept per thread, tasks split over the
+//    threads, the same bits at every thread count; products of at most 8
+//    rows use the step kernel below instead.
 //  - `step` (one token for each of B rows): never allocates, whatever B. The
 //    rows of W are streamed from memory once, split over the threads, and
 //    each small block of them is dotted with all B rows of x while it sits in
@@ -31,10 +31,10 @@ namespace xlstm {
 ///    computed by the same operations in the same order whatever the number
 ///    of rows, their position and the thread count (row_invariant_rows), so
 ///    that a row's result does not depend on the other rows of the product.
-///    Exact caches need it (TiRex's padding states, math §13.10): Eigen's GEMM
-///    picks its micro-kernel by a row's position in a panel and the step
-///    kernel its depth pieces by the row count, and both change the order of
-///    the sums.
+///    Exact caches need it (TiRex's padding states, math §13.10): the step
+///    kernel picks its depth pieces by the row count, and the sequence
+///    workload hands products of at most 8 rows to it, which changes the
+///    order of the sums.
 enum class Workload { sequence, step, row_invariant };
 
 /// Products with at most this many rows use the step kernel in every workload.
