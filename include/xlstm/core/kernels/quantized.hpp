@@ -10,8 +10,9 @@
 //    Builds without in-register widening (kernels/simd.hpp), and Scalar
 //    double, decode a piece of a row at a time into a stack buffer instead.
 //    Never allocates.
-//  - many rows (prefill): tiles of W decoded into a Scalar buffer and
-//    multiplied with Eigen's GEMM (kernels::tiled_gemm).
+//  - many rows (prefill): tiles of W decoded into a Scalar buffer of the
+//    calling thread and multiplied with kernels::parallel_product
+//    (kernels::tiled_gemm).
 // Also here: the quantisers of one row (int8) and one group (q4), which
 // define the formats' values.
 #pragma once
@@ -142,8 +143,8 @@ void decode_quantized(const std::uint8_t* data, const float* scales, Index cols,
 /// y (+)= x W^T for quantised W (q4 selects q4_g32, else int8_rows) with the
 /// strategy of the workload: the step kernel for `step` and for at most
 /// kStepKernelMaxRows rows (never allocates), the row-invariant kernel for
-/// `row_invariant` (never allocates), else the tiled GEMM with a tile buffer
-/// allocated here.
+/// `row_invariant` (never allocates), else the tiled GEMM (no allocation
+/// once warm).
 template <typename Scalar>
 void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data,
                        const float* scales, Index rows, Index cols, bool q4, MatrixRef<Scalar> y,
@@ -154,7 +155,6 @@ void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data
     return;
   }
   if (workload == Workload::sequence && x.rows() > kStepKernelMaxRows) {
-    Matrix<Scalar> tile;
     tiled_gemm<Scalar>(
         x, rows, cols,
         [&](Index r0, Index count, Scalar* out) {
@@ -162,7 +162,7 @@ void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data
             decode_quantized(data, scales, cols, q4, r0 + r, 0, cols, out + r * cols);
           }
         },
-        y, accumulate, tile);
+        y, accumulate);
     return;
   }
   const bool row_invariant = workload == Workload::row_invariant;

@@ -6,10 +6,9 @@
 //    registers, so the product reads half the bytes of float weights. Builds
 //    without in-register widening (kernels/simd.hpp) widen a piece of a row
 //    at a time into a stack buffer instead. Never allocates.
-//  - many rows (prefill): tiles of W small enough to stay in cache are
-//    widened into a Scalar buffer and multiplied with Eigen's GEMM. The
-//    buffer comes from the caller or is allocated per call (at most about
-//    1 MiB, small next to the product), so nothing is kept between calls.
+//  - many rows (prefill): tiles of W are widened into a Scalar buffer that
+//    the calling thread keeps (at most about 8 MiB) and multiplied with
+//    kernels::parallel_product, the float weights' sequence product.
 #pragma once
 
 #include <Eigen/Core>
@@ -20,7 +19,9 @@
 #include "xlstm/core/half.hpp"
 #include "xlstm/core/kernels/dense.hpp"
 #include "xlstm/core/kernels/simd.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 
 namespace xlstm {
 
@@ -84,10 +85,12 @@ void step_rows_buffered(const std::uint16_t* half, Index cols, Decode decode, co
       x, y, accumulate, r0, count);
 }
 
-/// Rows of W per tile of the prefill path: about 2^18 weights (1 MiB of
-/// float), at least 16 rows, at most all of them.
+/// Rows of W per tile of the prefill path: about 2^21 weights (8 MiB of
+/// float), at least 16 rows, at most all of them. The product packs x again
+/// for every tile: at 4096 inputs a tile of 512 rows keeps that to a few
+/// per cent of its time.
 inline Index half_tile_rows(Index rows, Index cols) {
-  return std::max<Index>(16, std::min<Index>(rows, (Index(1) << 18) / std::max<Index>(cols, 1)));
+  return std::max<Index>(16, std::min<Index>(rows, (Index(1) << 21) / std::max<Index>(cols, 1)));
 }
 
 /// out[0, count * cols) = rows [r0, r0 + count) of W, widened to Scalar.
@@ -104,37 +107,49 @@ void widen_rows(const std::uint16_t* half, Index cols, bool bf16, Index r0, Inde
   }
 }
 
-/// The prefill path: y (+)= x W^T one tile of W at a time, each tile decoded
-/// into `tile` (at least half_tile_rows(rows, cols) x cols; resized if
-/// smaller or of another width) by decode_rows(r0, count, out) (out[0, count
-/// * cols) = rows [r0, r0 + count) of W, row-major) and multiplied with
-/// Eigen's GEMM. Any compressed storage reuses it with its own decoder.
+/// The decoded tile of tiled_gemm, kept by the calling thread (design §7.7).
+template <typename Scalar>
+struct DecodedTile {
+  Matrix<Scalar> rows;
+};
+
+/// The prefill path: y (+)= x W^T one tile of W at a time, each tile of
+/// half_tile_rows(rows, cols) rows decoded by decode_rows(r0, count, out)
+/// (out[0, count * cols) = rows [r0, r0 + count) of W, row-major; called
+/// for disjoint rows from several threads) into a buffer of the calling
+/// thread and multiplied with kernels::parallel_product: a tile's product
+/// gives each element the bits the float weights' product would. Any
+/// compressed storage reuses it with its own decoder. Allocates only when
+/// the thread's tile must grow.
 template <typename Scalar, typename DecodeRows>
 void tiled_gemm(const ConstMatrixRef<Scalar>& x, Index rows, Index cols, DecodeRows decode_rows,
-                MatrixRef<Scalar> y, bool accumulate, Matrix<Scalar>& tile) {
+                MatrixRef<Scalar> y, bool accumulate) {
+  constexpr Index kDecodePiece = 16;  // rows per decoding task
   const Index tile_rows = half_tile_rows(rows, cols);
+  xlstm::detail::ThreadBuffers<DecodedTile<Scalar>> lease;
+  Matrix<Scalar>& tile = lease.get().rows;
   if (tile.rows() < tile_rows || tile.cols() != cols) tile.resize(tile_rows, cols);
   for (Index r0 = 0; r0 < rows; r0 += tile_rows) {
     const Index count = std::min(tile_rows, rows - r0);
-    decode_rows(r0, count, tile.data());
-    auto w = tile.topRows(count);
-    if (accumulate) {
-      y.middleCols(r0, count).noalias() += x * w.transpose();
-    } else {
-      y.middleCols(r0, count).noalias() = x * w.transpose();
-    }
+    const Index pieces = (count + kDecodePiece - 1) / kDecodePiece;
+    parallel_for(pieces, count * cols >= (Index(1) << 16), [&](Index p) {
+      const Index first = p * kDecodePiece;
+      decode_rows(r0 + first, std::min(kDecodePiece, count - first), tile.data() + first * cols);
+    });
+    const auto w = tile.topRows(count);
+    auto out = y.middleCols(r0, count);
+    parallel_product(x, w, out, accumulate);
   }
 }
 
 /// tiled_gemm for 16-bit weights.
 template <typename Scalar>
 void half_tiled_gemm(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half, Index rows,
-                     Index cols, bool bf16, MatrixRef<Scalar> y, bool accumulate,
-                     Matrix<Scalar>& tile) {
+                     Index cols, bool bf16, MatrixRef<Scalar> y, bool accumulate) {
   tiled_gemm<Scalar>(
       x, rows, cols,
       [&](Index r0, Index count, Scalar* out) { widen_rows(half, cols, bf16, r0, count, out); }, y,
-      accumulate, tile);
+      accumulate);
 }
 
 }  // namespace kernels
@@ -174,8 +189,8 @@ void matmul_transposed_half(const ConstMatrixRef<Scalar>& x, const std::uint16_t
 namespace kernels {
 
 /// y (+)= x W^T for 16-bit W with the strategy of the workload: the step
-/// kernel for `step` and for at most kStepKernelMaxRows rows (never
-/// allocates), else the tiled GEMM with a tile buffer allocated here.
+/// kernel for `step` and for at most kStepKernelMaxRows rows, else the tiled
+/// GEMM (neither allocates once warm).
 template <typename Scalar>
 void half_product(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half, Index rows,
                   Index cols, bool bf16, MatrixRef<Scalar> y, bool accumulate, Workload workload) {
@@ -184,8 +199,7 @@ void half_product(const ConstMatrixRef<Scalar>& x, const std::uint16_t* half, In
     matmul_transposed_half<Scalar>(x, half, rows, cols, bf16, y, accumulate);
     return;
   }
-  Matrix<Scalar> tile;
-  half_tiled_gemm<Scalar>(x, half, rows, cols, bf16, y, accumulate, tile);
+  half_tiled_gemm<Scalar>(x, half, rows, cols, bf16, y, accumulate);
 }
 
 }  // namespace kernels
