@@ -1048,4 +1048,43 @@ TEST(NoAllocQuantized, StepProductAllocatesNothing) {
   xlstm::set_num_threads(saved_threads);
 }
 
+// The sequence product of 16-bit and quantised weights (tiles of W decoded
+// into a buffer of the calling thread, multiplied with the float kernel):
+// after a first call of the shape, nothing; its result is the float product
+// of the decoded weights.
+TEST(NoAllocQuantized, SequenceProductAllocatesNothingOnceWarm) {
+  const int saved_threads = xlstm::num_threads();
+  std::mt19937_64 rng(14);
+  const Matrix<float> w = random_matrix<float>(200, 384, rng);
+  std::vector<std::uint16_t> bits(std::size_t(w.size()));
+  for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = xlstm::float_to_bf16(w.data()[i]);
+  std::vector<xlstm::WeightMatrix<float>> formats;
+  formats.push_back(
+      xlstm::WeightMatrix<float>::half_owned(xlstm::WeightStorage::bf16, bits, w.rows(), w.cols()));
+  for (const auto format : {xlstm::WeightStorage::int8_rows, xlstm::WeightStorage::q4_g32}) {
+    formats.push_back(xlstm::WeightMatrix<float>::quantized(xlstm::WeightMatrix<float>(w), format));
+  }
+  const Matrix<float> x = random_matrix<float>(64, 384, rng);
+  for (const auto& q : formats) {
+    Matrix<float> decoded(w.rows(), w.cols());
+    q.copy_block(0, 0, decoded);
+    const Matrix<double> expected = x.cast<double>() * decoded.cast<double>().transpose();
+    for (const int threads : {1, 2}) {
+      SCOPED_TRACE(testing::Message() << "storage " << int(q.storage()) << ", threads " << threads);
+      xlstm::set_num_threads(threads);
+      Matrix<float> y(x.rows(), w.rows());
+      q.multiply_transposed(x, y, false, xlstm::Workload::sequence);
+      EXPECT_LT(
+          ((y.cast<double>() - expected).array().abs() / (1 + expected.array().abs())).maxCoeff(),
+          1e-5);
+      const auto counted = count_allocations([&] {
+        for (int i = 0; i < 3; ++i) q.multiply_transposed(x, y, i > 0, xlstm::Workload::sequence);
+      });
+      EXPECT_EQ(counted.news, 0);
+      EXPECT_EQ(counted.eigen, 0);
+    }
+  }
+  xlstm::set_num_threads(saved_threads);
+}
+
 }  // namespace
