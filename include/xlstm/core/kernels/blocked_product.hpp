@@ -51,11 +51,16 @@ inline constexpr Index kDepthBlock = 384;
 inline constexpr Index kColumnBlock = 192;
 
 /// The packed operands: a's tile rows for one depth block (shared by the
-/// tasks), and one packed column block of b per library thread.
+/// tasks), and per library thread a packed column block of b.
 template <typename Scalar>
 struct GemmBuffers {
-  Vector<Scalar> a;
-  std::vector<Vector<Scalar>> b;
+  /// Per library thread: its column block of b, and its rows of a when
+  /// every task packs its own.
+  struct PerThread {
+    Vector<Scalar> a, b;
+  };
+  Vector<Scalar> a;  ///< a's packed rows, shared by the tasks
+  std::vector<PerThread> per_thread;
 };
 
 /// Packs `rows` (<= tile) rows of `x`, depth [k0, k0 + depth), as a
@@ -73,14 +78,16 @@ void pack_panel(const X& x, Index r0, Index rows, Index k0, Index depth, Index t
 
 /// out[0..rows) x [0..cols) (+)= the tile of one depth block:
 /// sum_k a_panel(i, k) * b_panel(j, k), with a_panel kTileRows x depth and
-/// b_panel (Packets * lanes) x depth, both packed column-major. `add`: add to
+/// b_panel (Packets * lanes) x depth, both column-major with a step of a_step
+/// and b_step between columns (packed panels, or an operand stored by
+/// columns read where it lies). `add`: add to
 /// out (else overwrite). Packets = 1 serves a last column panel of at most
 /// one packet (a narrow output such as the mLSTM gates' NH columns). The
 /// kTileRows broadcasts of a step are written out as a fold, so that every
 /// compiler keeps the accumulators in registers.
 template <int Packets, typename Scalar, Index... I>
-void gemm_tile(const Scalar* a_panel, const Scalar* b_panel, Index depth, Scalar* out,
-               Index out_stride, Index rows, Index cols, bool add,
+void gemm_tile(const Scalar* a_panel, Index a_step, const Scalar* b_panel, Index b_step,
+               Index depth, Scalar* out, Index out_stride, Index rows, Index cols, bool add,
                std::integer_sequence<Index, I...>) {
   using Packet = simd::Packet<Scalar>;
   constexpr Index lanes = simd::kLanes<Scalar>, tile_rows = sizeof...(I);
@@ -97,8 +104,8 @@ void gemm_tile(const Scalar* a_panel, const Scalar* b_panel, Index depth, Scalar
     } else {
       ((acc0[I] = simd::fma(simd::broadcast(a_panel[I]), b0, acc0[I])), ...);
     }
-    a_panel += tile_rows;
-    b_panel += width;
+    a_panel += a_step;
+    b_panel += b_step;
   }
   if (rows == tile_rows && cols == width) {
     for (Index i = 0; i < tile_rows; ++i) {
@@ -200,57 +207,106 @@ void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
                           : std::min(row_panels, (wanted_tasks + col_blocks - 1) / col_blocks);
   const Index band_panels = (row_panels + bands - 1) / bands;
   const Index tasks = col_blocks * bands;
+  // With one column block the bands share nothing: each packs its own rows
+  // of a and runs the whole depth, in one parallel region (a depth of many
+  // blocks, as dL/dW's over the tokens, would otherwise fork and join twice
+  // per block). Else a is packed once per depth block for all the tasks.
+  const bool own_a = col_blocks == 1;
+  // An operand stored by columns (a transposed row-major matrix: the
+  // backward's grad_y^T and x^T, W^T) already holds a panel's values of a
+  // step side by side: its full panels are read where they lie, unpacked.
+  constexpr bool direct_a = !bool(A::IsRowMajor), direct_b = !bool(B::IsRowMajor);
+  auto a_at = [&](Index r, Index k) {
+    return a.data() + r * a.innerStride() + k * a.outerStride();
+  };
+  auto b_at = [&](Index r, Index k) {
+    return b.data() + r * b.innerStride() + k * b.outerStride();
+  };
+  auto a_full = [&](Index p) { return direct_a && (p + 1) * tile_rows <= rows; };
 
   xlstm::detail::ThreadBuffers<detail::GemmBuffers<Scalar>> lease;
   detail::GemmBuffers<Scalar>& buffers = lease.get();
   const Index b_size =
       ((std::min(cols, detail::kColumnBlock) + tile_cols - 1) / tile_cols) * tile_cols * kc;
-  if (buffers.a.size() < row_panels * tile_rows * kc) buffers.a.resize(row_panels * tile_rows * kc);
-  if (buffers.b.size() < std::size_t(threads)) buffers.b.resize(std::size_t(threads));
-  for (auto& b_buffer : buffers.b) {
-    if (b_buffer.size() < b_size) b_buffer.resize(b_size);
+  const Index a_size = (own_a ? band_panels : row_panels) * tile_rows * kc;
+  if (buffers.a.size() < a_size) buffers.a.resize(a_size);
+  if (buffers.per_thread.size() < std::size_t(threads)) {
+    buffers.per_thread.resize(std::size_t(threads));
+  }
+  for (auto& mine : buffers.per_thread) {
+    if (mine.b.size() < b_size) mine.b.resize(b_size);
+    if (own_a && mine.a.size() < a_size) mine.a.resize(a_size);
   }
 
-  for (Index k0 = 0; k0 < depth; k0 += kc) {
+  // One task's part of one depth block: pack its b (and, with own_a, its
+  // rows of a), then every tile. a_packed points at panel `first_a_panel`.
+  auto run_task = [&](Index task, int thread, Index k0, Scalar* a_packed, Index first_a_panel) {
     const Index block_depth = std::min(kc, depth - k0);
     const bool add = accumulate || k0 > 0;
+    const Index c0 = (task % col_blocks) * detail::kColumnBlock;
+    const Index width = std::min(detail::kColumnBlock, cols - c0);
+    const Index first_panel = (task / col_blocks) * band_panels;
+    const Index last_panel = std::min(row_panels, first_panel + band_panels);
+    Scalar* b_packed = buffers.per_thread[std::size_t(thread)].b.data();
+    const Index col_panels = (width + tile_cols - 1) / tile_cols;
+    // Panels of two packets; a last one of at most one packet packs one.
+    auto panel_width = [&](Index q) { return width - q * tile_cols <= lanes ? lanes : tile_cols; };
+    auto b_full = [&](Index q) { return direct_b && (q + 1) * tile_cols <= width; };
+    for (Index q = 0; q < col_panels; ++q) {
+      if (b_full(q)) continue;
+      detail::pack_panel(b, c0 + q * tile_cols, std::min(tile_cols, width - q * tile_cols), k0,
+                         block_depth, panel_width(q), b_packed + q * tile_cols * block_depth);
+    }
+    if (own_a) {
+      for (Index p = first_panel; p < last_panel; ++p) {
+        if (a_full(p)) continue;
+        detail::pack_panel(a, p * tile_rows, std::min(tile_rows, rows - p * tile_rows), k0,
+                           block_depth, tile_rows,
+                           a_packed + (p - first_a_panel) * tile_rows * block_depth);
+      }
+    }
+    for (Index p = first_panel; p < last_panel; ++p) {
+      const Index r0 = p * tile_rows, height = std::min(tile_rows, rows - r0);
+      const bool a_direct = a_full(p);
+      const Scalar* a_panel =
+          a_direct ? a_at(r0, k0) : a_packed + (p - first_a_panel) * tile_rows * block_depth;
+      const Index a_step = a_direct ? a.outerStride() : tile_rows;
+      for (Index q = 0; q < col_panels; ++q) {
+        const Index j0 = c0 + q * tile_cols;
+        const bool b_direct = b_full(q);
+        const Scalar* b_panel = b_direct ? b_at(j0, k0) : b_packed + q * tile_cols * block_depth;
+        const Index b_step = b_direct ? b.outerStride() : panel_width(q);
+        const Index tile_width = std::min(tile_cols, cols - j0);
+        if (panel_width(q) == lanes) {
+          detail::gemm_tile<1>(a_panel, a_step, b_panel, b_step, block_depth, &out(r0, j0),
+                               out.outerStride(), height, tile_width, add, tile_sequence);
+        } else {
+          detail::gemm_tile<2>(a_panel, a_step, b_panel, b_step, block_depth, &out(r0, j0),
+                               out.outerStride(), height, tile_width, add, tile_sequence);
+        }
+      }
+    }
+  };
+
+  if (own_a) {
+    parallel_for_indexed(tasks, parallel, [&](Index task, int thread) {
+      Scalar* a_packed = buffers.per_thread[std::size_t(thread)].a.data();
+      for (Index k0 = 0; k0 < depth; k0 += kc) {
+        run_task(task, thread, k0, a_packed, task * band_panels);
+      }
+    });
+    return;
+  }
+  for (Index k0 = 0; k0 < depth; k0 += kc) {
+    const Index block_depth = std::min(kc, depth - k0);
     Scalar* a_packed = buffers.a.data();
     parallel_for(row_panels, parallel && row_panels > 1, [&](Index p) {
+      if (a_full(p)) return;
       detail::pack_panel(a, p * tile_rows, std::min(tile_rows, rows - p * tile_rows), k0,
                          block_depth, tile_rows, a_packed + p * tile_rows * block_depth);
     });
-    parallel_for_indexed(tasks, parallel, [&](Index task, int thread) {
-      const Index c0 = (task % col_blocks) * detail::kColumnBlock;
-      const Index width = std::min(detail::kColumnBlock, cols - c0);
-      const Index first_panel = (task / col_blocks) * band_panels;
-      const Index last_panel = std::min(row_panels, first_panel + band_panels);
-      Scalar* b_packed = buffers.b[std::size_t(thread)].data();
-      const Index col_panels = (width + tile_cols - 1) / tile_cols;
-      // Panels of two packets; a last one of at most one packet packs one.
-      auto panel_width = [&](Index q) {
-        return width - q * tile_cols <= lanes ? lanes : tile_cols;
-      };
-      for (Index q = 0; q < col_panels; ++q) {
-        detail::pack_panel(b, c0 + q * tile_cols, std::min(tile_cols, width - q * tile_cols), k0,
-                           block_depth, panel_width(q), b_packed + q * tile_cols * block_depth);
-      }
-      for (Index p = first_panel; p < last_panel; ++p) {
-        const Index r0 = p * tile_rows, height = std::min(tile_rows, rows - r0);
-        for (Index q = 0; q < col_panels; ++q) {
-          const Index j0 = c0 + q * tile_cols;
-          const Scalar* a_panel = a_packed + p * tile_rows * block_depth;
-          const Scalar* b_panel = b_packed + q * tile_cols * block_depth;
-          const Index tile_width = std::min(tile_cols, cols - j0);
-          if (panel_width(q) == lanes) {
-            detail::gemm_tile<1>(a_panel, b_panel, block_depth, &out(r0, j0), out.outerStride(),
-                                 height, tile_width, add, tile_sequence);
-          } else {
-            detail::gemm_tile<2>(a_panel, b_panel, block_depth, &out(r0, j0), out.outerStride(),
-                                 height, tile_width, add, tile_sequence);
-          }
-        }
-      }
-    });
+    parallel_for_indexed(tasks, parallel,
+                         [&](Index task, int thread) { run_task(task, thread, k0, a_packed, 0); });
   }
 }
 
