@@ -14,12 +14,15 @@
 //    once per block by all threads (tile rows x depth, the broadcast side, in
 //    L1 while a tile row of tasks runs), b's rows per task (kColumnBlock x
 //    depth, in L2). Either operand may be stored either way (the backward
-//    passes transposed gradients); packing reads each as it lies.
+//    passes transposed gradients); one stored by columns already holds a
+//    panel's values of a step side by side, and its full panels are read
+//    where they lie.
 //  - Every element of out is the sum over the depth in order, one
 //    accumulator per depth block, added to out block after block: the same
 //    operations whatever the tiling, the task split or the thread count, so
 //    the bits depend on neither (nor on the storage orders). Tasks are
-//    blocks of columns, cut into bands of rows when too few for the threads.
+//    blocks of columns, cut into bands of rows when too few for the threads
+//    (with a single column block each band packs its own rows of a).
 //    An output of a few columns over row-major operands (the mLSTM gates)
 //    takes dot products instead: packing would copy all of a for them.
 //  - The packing buffers are kept by the calling thread (design §7.7), so
