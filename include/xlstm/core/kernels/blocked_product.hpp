@@ -232,7 +232,7 @@ void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
   const Index b_size =
       ((std::min(cols, detail::kColumnBlock) + tile_cols - 1) / tile_cols) * tile_cols * kc;
   const Index a_size = (own_a ? band_panels : row_panels) * tile_rows * kc;
-  if (buffers.a.size() < a_size) buffers.a.resize(a_size);
+  if (!own_a && buffers.a.size() < a_size) buffers.a.resize(a_size);  // own_a: per thread
   if (buffers.per_thread.size() < std::size_t(threads)) {
     buffers.per_thread.resize(std::size_t(threads));
   }
