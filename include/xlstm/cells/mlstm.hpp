@@ -13,7 +13,7 @@
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
-#include "xlstm/core/kernels/panelled.hpp"
+#include "xlstm/core/kernels/blocked_product.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/scratch.hpp"
@@ -504,14 +504,14 @@ class MLstmCell {
     auto scores = detail::leading(ws.scores, time, time);
     const auto max_log = ws.max_log.head(time);
     // C[t, s] = (q_t . k_s) * scale * exp(logD[t, s] - m_t)
-    kernels::panelled_product(in.q, in.k, scores, false);
+    kernels::serial_product(in.q, in.k, scores, false);
     scores.array() *= query_scale() * key_scale() *
                       (detail::leading(ws.log_decay, time, time).colwise() - max_log).array().exp();
     for (Index t = 0; t < time; ++t) {
       const Scalar norm = std::max(std::abs(scores.row(t).sum()), std::exp(-max_log(t)));
       scores.row(t) /= norm + eps();
     }
-    kernels::panelled_product(scores, in.v.transpose(), h_out, false);
+    kernels::serial_product(scores, in.v.transpose(), h_out, false);
   }
 
   /// math §4.4(b): outputs of steps [t0, t0+len) from the state at the chunk
@@ -537,14 +537,14 @@ class MLstmCell {
     }
     auto scores = detail::leading(ws.scores, len, len);
     auto qbar = detail::leading(ws.qbar, len, qk_head_dim());
-    kernels::panelled_product(q, k, scores, false);
+    kernels::serial_product(q, k, scores, false);
     scores.array() *=
         query_scale() * key_scale() *
         (detail::leading(ws.log_decay, len, len).colwise() - ws.max_log.head(len)).array().exp();
     // qbar = q * exp(m_inter - m_combined) * qk_scale
     qbar = ws.log_f.head(len).asDiagonal() * q;
-    kernels::panelled_product(qbar, state.C_of(b, head).transpose(), h_out, false);
-    kernels::panelled_product(scores, v.transpose(), h_out, true);
+    kernels::serial_product(qbar, state.C_of(b, head).transpose(), h_out, false);
+    kernels::serial_product(scores, v.transpose(), h_out, true);
     const Index dv = v_head_dim();
     for (Index t = 0; t < len; ++t) {
       const Scalar den = qbar.row(t).dot(state.n.row(r)) + scores.row(t).sum();
@@ -577,8 +577,7 @@ class MLstmCell {
     // K^T diag(w) V with diag(w) K in a buffer: no temporary on the heap.
     auto weighted_k = detail::leading(ws.qbar, len, qk_head_dim());
     weighted_k = log_weight.asDiagonal() * in.k.middleRows(t0, len);
-    kernels::panelled_product(weighted_k.transpose(), in.v.middleRows(t0, len).transpose(), C,
-                              true);
+    kernels::serial_product(weighted_k.transpose(), in.v.middleRows(t0, len).transpose(), C, true);
     state.n.row(r) *= decay;
     state.n.row(r).noalias() += log_weight.transpose() * in.k.middleRows(t0, len);
     state.m(r) = m_new;

@@ -27,7 +27,7 @@
 #include "xlstm/cells/mlstm.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
-#include "xlstm/core/kernels/panelled.hpp"
+#include "xlstm/core/kernels/blocked_product.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -186,7 +186,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   qs = it.rows_of(it.tape.q, t0, len, dqk) * cell.query_scale();
   ks = it.rows_of(it.tape.k, t0, len, dqk) * cell.key_scale();
   auto S = detail::leading(ws.scores, len, len);
-  kernels::panelled_product(qs, ks, S, false);
+  kernels::serial_product(qs, ks, S, false);
   // V and the start state extended by the normaliser's column: den is the
   // numerator of v = 1 (math §4.7(b)).
   auto v_ext = detail::leading(ws.v_ext, len, dv + 1);
@@ -199,7 +199,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   // num' = P V' + diag(w) Qs C0': the chunkwise forward kept it in the tape;
   // the parallel form (no start state, w = 0) recomputes P V'.
   auto recomputed = detail::leading(ws.num, len, dv + 1);
-  if (!inter) kernels::panelled_product(P, v_ext.transpose(), recomputed, false);
+  if (!inter) kernels::serial_product(P, v_ext.transpose(), recomputed, false);
   const ConstMatrixRef<Scalar> num =
       inter ? ConstMatrixRef<Scalar>(it.rows_of(it.tape.num, t0, len, dv + 1))
             : ConstMatrixRef<Scalar>(recomputed);
@@ -216,9 +216,9 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
     normaliser_backward(den, m(t), d_norm, d_num(t, dv), d_m_t(t));
   }
   auto d_v_ext = detail::leading(ws.d_v_ext, len, dv + 1);
-  kernels::panelled_product(P.transpose(), d_num.transpose(), d_v_ext, false);
+  kernels::serial_product(P.transpose(), d_num.transpose(), d_v_ext, false);
   auto dP = detail::leading(ws.d_scores, len, len);
-  kernels::panelled_product(d_num, v_ext, dP, false);
+  kernels::serial_product(d_num, v_ext, dP, false);
   // G = dL/dlogD = dP .* S .* W (lower triangle; W is 0 above it); then dP .* W.
   auto G = detail::leading(ws.d_log, len, len);
   G = dP.cwiseProduct(S).cwiseProduct(W);
@@ -234,16 +234,16 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   auto g_inter = ws.g_inter.head(len);
   if (inter) {
     weighted_d_num = w_inter.asDiagonal() * d_num;
-    kernels::panelled_product(weighted_d_num, ws.state_ext, d_qs, false);
+    kernels::serial_product(weighted_d_num, ws.state_ext, d_qs, false);
     g_inter = qs.cwiseProduct(d_qs).rowwise().sum();
-    kernels::panelled_product(dP, ks.transpose(), d_qs, true);
-    kernels::panelled_product(qs.transpose(), weighted_d_num.transpose(), ws.d_state_out, false);
+    kernels::serial_product(dP, ks.transpose(), d_qs, true);
+    kernels::serial_product(qs.transpose(), weighted_d_num.transpose(), ws.d_state_out, false);
   } else {
-    kernels::panelled_product(dP, ks.transpose(), d_qs, false);
+    kernels::serial_product(dP, ks.transpose(), d_qs, false);
     g_inter.setZero();
     ws.d_state_out.setZero();
   }
-  kernels::panelled_product(dP.transpose(), qs.transpose(), d_ks, false);
+  kernels::serial_product(dP.transpose(), qs.transpose(), d_ks, false);
 
   // Log space (math §4.7(b)): m_t enters every W(t, .) and w_inter(t) with a
   // minus sign and is the max of b_t + m0 and the row of logD.
@@ -284,7 +284,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
   Scalar g_g = 0, g_a_sum = 0;
   if (end_state_seen) {
     auto Y = detail::leading(ws.ks_d_state, len, dv + 1);  // ks dC1'
-    kernels::panelled_product(ks, d_state.transpose(), Y, false);
+    kernels::serial_product(ks, d_state.transpose(), Y, false);
     g_g = g * d_state.cwiseProduct(ws.state_ext).sum();
     for (Index s = 0; s < len; ++s) {
       const Scalar g_a = A(s) * Y.row(s).dot(v_ext.row(s));
@@ -294,7 +294,7 @@ void chunk_backward(const MLstmItem<Scalar>& it, Index t0, Index len, Index j, b
     }
     d_v_ext.noalias() += A.asDiagonal() * Y;
     v_ext = A.asDiagonal() * v_ext;  // not needed unscaled any more
-    kernels::panelled_product(v_ext, d_state, d_ks, true);
+    kernels::serial_product(v_ext, d_state, d_ks, true);
   }
   Scalar to_g, to_a;
   split_max(total + m0, a(arg_a), d_m - g_g - g_a_sum, to_g, to_a);
@@ -442,8 +442,9 @@ void check_mlstm_backward_arguments(const MLstmCell<Scalar>& cell, const MLstmTa
 ///    not see it); out, dL/d(initial state) (rows of length 0 pass through);
 ///  - `grad_q` ... `grad_fgate`: out, dL/d(inputs), shaped like the inputs;
 ///    zero past a row's length.
-/// Consumes the tape. Allocates nothing once the tape's buffers have grown
-/// (the chunk products are panelled, core/kernels/panelled.hpp).
+/// Consumes the tape. Allocates nothing once the tape's buffers and the
+/// threads' product buffers have grown (the chunk products are the library's
+/// blocked product on each item's thread, core/kernels/blocked_product.hpp).
 template <typename Scalar>
 void backward(const MLstmCell<Scalar>& cell, MLstmTape<Scalar>& tape,
               const ConstMatrixRef<detail::Same<Scalar>>& grad_h, MLstmState<Scalar>& grad_state,

@@ -12,6 +12,7 @@
 #include "xlstm/core/linear_backward.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 
 namespace xlstm {
 
@@ -19,6 +20,17 @@ namespace xlstm {
 /// nothing listed for kernel size 0).
 template <typename Scalar>
 using CausalConv1dGradients = WeightBiasGradients<CausalConv1d<Scalar>, Matrix<Scalar>>;
+
+namespace detail {
+/// Room for the taps and their gradient as rows (K x F), kept by the
+/// calling thread (design §7.7), by capacity (the convs of a stack may differ
+/// in width): the stored F x K weight would be read and written with a
+/// stride of K for every row, as in the forward.
+template <typename Scalar>
+struct CausalConvBackwardScratch {
+  Vector<Scalar> taps, d_taps;
+};
+}  // namespace detail
 
 /// The backward pass of `conv` (math §1.13) for the forward
 /// `conv.forward(x, lengths, state, y)` that started from `initial_state`:
@@ -28,7 +40,7 @@ using CausalConv1dGradients = WeightBiasGradients<CausalConv1d<Scalar>, Matrix<S
 ///  - `grad_x`: dL/dx, written (resized) or, with InputGradient::add, added
 ///    (then it must have x's shape); zero (or untouched) past a row's length.
 /// Kernel size 0 is the identity: grad_x (+)= grad_y. Allocates nothing once
-/// grad_x has its size.
+/// grad_x and the calling thread's taps buffers have their sizes.
 template <typename Scalar>
 void backward(const CausalConv1d<Scalar>& conv, const Sequence<Scalar>& x, const Lengths& lengths,
               const CausalConv1dState<Scalar>& initial_state, const Sequence<Scalar>& grad_y,
@@ -57,6 +69,15 @@ void backward(const CausalConv1d<Scalar>& conv, const Sequence<Scalar>& x, const
     grad_x.resize(batch, time, x.features());
     grad_x.matrix().setZero();
   }
+  detail::ThreadBuffers<detail::CausalConvBackwardScratch<Scalar>> buffers;
+  detail::CausalConvBackwardScratch<Scalar>& ws = buffers.get();
+  const Index tap_values = k * conv.features();
+  if (ws.taps.size() < tap_values) ws.taps.resize(tap_values);
+  if (ws.d_taps.size() < tap_values) ws.d_taps.resize(tap_values);
+  Eigen::Map<Matrix<Scalar>> taps(ws.taps.data(), k, conv.features());
+  Eigen::Map<Matrix<Scalar>> d_taps(ws.d_taps.data(), k, conv.features());
+  taps = conv.weight().transpose();
+  d_taps.setZero();
   for (Index b = 0; b < batch; ++b) {
     const Index len = length_of(lengths, b, time);
     auto dx = grad_x.rows_of(b);
@@ -83,17 +104,18 @@ void backward(const CausalConv1d<Scalar>& conv, const Sequence<Scalar>& x, const
       grads.bias().array() += gy.transpose();
       for (Index j = 0; j < k; ++j) {
         const Index src = t - (k - 1 - j);  // tap j looks back k-1-j steps
-        const auto taps = conv.weight().col(j).transpose().array();
+        const auto tap = taps.row(j).array();
         if (src >= 0) {
-          dx.row(src).array() += taps * gy;
-          grads.weight().col(j).array() += (gy * in.row(src).array()).transpose();
+          dx.row(src).array() += tap * gy;
+          d_taps.row(j).array() += gy * in.row(src).array();
         } else {
-          d_window.row(k + src).array() += taps * gy;
-          grads.weight().col(j).array() += (gy * window.row(k + src).array()).transpose();
+          d_window.row(k + src).array() += tap * gy;
+          d_taps.row(j).array() += gy * window.row(k + src).array();
         }
       }
     }
   }
+  grads.weight() += d_taps.transpose();
 }
 
 }  // namespace xlstm

@@ -50,38 +50,41 @@ void backward(const GroupedNorm<Scalar>& norm, ConstMatrixArg<Scalar> x,
   detail::check_norm_backward("backward (LayerNorm)", norm, x.rows(), x.cols(), grad_y.rows(),
                               grad_y.cols(), grad_x.rows(), grad_x.cols(), grads);
   const Index g = norm.features() / norm.num_groups();
-  const NormWeight weight_mode = norm.weight_mode();
+  const bool has_weight = norm.weight_mode() != NormWeight::none;
   const bool has_bias = norm.bias().size() > 0, add = mode == InputGradient::add;
-  auto scale = [&](Index c) {
-    if (weight_mode == NormWeight::offset) return Scalar(1) + norm.weight()(c);
-    if (weight_mode == NormWeight::direct) return norm.weight()(c);
-    return Scalar(1);
-  };
-  for (Index r = 0; r < x.rows(); ++r) {
-    for (Index h = 0; h < norm.num_groups(); ++h) {
-      const auto in = x.row(r).segment(h * g, g).array();
-      const Scalar mean = in.mean();
-      const Scalar var = (in - mean).square().mean();
-      const Scalar inv_std = Scalar(1) / std::sqrt(var + norm.eps());
-      // mean(s) and mean(s * xhat) of s = grad_y * scale, the parameter gradients.
-      Scalar sum_s = 0, sum_s_xhat = 0;
-      for (Index j = 0; j < g; ++j) {
-        const Index c = h * g + j;
-        const Scalar xhat = (x(r, c) - mean) * inv_std, gy = grad_y(r, c);
-        if (weight_mode != NormWeight::none) grads.weight()(c) += gy * xhat;
-        if (has_bias) grads.bias()(c) += gy;
-        const Scalar s = gy * scale(c);
-        sum_s += s;
-        sum_s_xhat += s * xhat;
-      }
-      const Scalar mean_s = sum_s / Scalar(g), mean_s_xhat = sum_s_xhat / Scalar(g);
-      for (Index j = 0; j < g; ++j) {
-        const Index c = h * g + j;
-        const Scalar xhat = (x(r, c) - mean) * inv_std;
-        const Scalar dx = inv_std * (grad_y(r, c) * scale(c) - mean_s - xhat * mean_s_xhat);
-        grad_x(r, c) = add ? grad_x(r, c) + dx : dx;
+  // Group by group in SIMD arrays; `scale(c0)`: the factor dL/dy meets on its
+  // way to xhat, 1 + w (offset), w (direct) or 1, for the group at c0.
+  auto run = [&](auto scale) {
+    for (Index r = 0; r < x.rows(); ++r) {
+      for (Index c0 = 0; c0 < norm.features(); c0 += g) {
+        const auto in = x.row(r).segment(c0, g).transpose().array();
+        const auto gy = grad_y.row(r).segment(c0, g).transpose().array();
+        const Scalar mean = in.mean();
+        const Scalar var = (in - mean).square().mean();
+        const Scalar inv_std = Scalar(1) / std::sqrt(var + norm.eps());
+        const auto xhat = (in - mean) * inv_std;
+        if (has_weight) grads.weight().segment(c0, g).array() += gy * xhat;
+        if (has_bias) grads.bias().segment(c0, g).array() += gy;
+        // mean(s) and mean(s * xhat) of s = dL/dy * scale.
+        const auto s = gy * scale(c0);
+        const Scalar mean_s = s.sum() / Scalar(g);
+        const Scalar mean_s_xhat = (s * xhat).sum() / Scalar(g);
+        auto dx = grad_x.row(r).segment(c0, g).transpose().array();
+        if (add) {
+          dx += inv_std * (s - mean_s - xhat * mean_s_xhat);
+        } else {
+          dx = inv_std * (s - mean_s - xhat * mean_s_xhat);
+        }
       }
     }
+  };
+  switch (norm.weight_mode()) {
+    case NormWeight::offset:
+      return run([&](Index c0) { return Scalar(1) + norm.weight().segment(c0, g).array(); });
+    case NormWeight::direct:
+      return run([&](Index c0) { return norm.weight().segment(c0, g).array(); });
+    case NormWeight::none:
+      return run([&](Index) { return Vector<Scalar>::Ones(g).array(); });
   }
 }
 

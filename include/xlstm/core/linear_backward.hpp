@@ -138,6 +138,15 @@ void backward(const HeadwiseLinear<Scalar>& layer, ConstMatrixArg<Scalar> x,
       layer.weight().cols(), layer.bias().size());
   const Index in = layer.head_in(), out = layer.head_out();
   const bool accumulate = mode == InputGradient::add;
+  if (in <= kernels::kSmallHead && out <= kernels::kSmallHead) {
+    // Small heads (the mLSTM block's 4 x 4 q/k/v): directly, as in the
+    // forward (kernels/headwise.hpp); a product per head costs more in
+    // overhead than in arithmetic.
+    kernels::small_heads_backward<Scalar>(x, grad_y, layer.weight().data(), layer.num_heads(), in,
+                                          out, grads.weight().data(), grad_x, accumulate);
+    detail::add_row_sum(grads.bias(), grad_y);
+    return;
+  }
   const bool parallel =
       double(x.rows()) * double(in) * double(out) * double(layer.num_heads()) >= 1 << 18;
   parallel_for(layer.num_heads(), parallel, [&](Index h) {

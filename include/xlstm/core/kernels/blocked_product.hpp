@@ -171,14 +171,13 @@ void narrow_product(const A& a, const B& b, Out& out, bool accumulate, bool para
 
 }  // namespace detail
 
-/// out = a * b^T, or out += a * b^T with `accumulate` (a: N x K, b: M x K,
-/// either stored either way; out: N x M, row-major with unit inner stride,
-/// not aliasing a or b), tasks split over the threads. Same bits at every
-/// thread count; allocates only when the calling thread's buffers must grow.
+namespace detail {
+
+/// The blocked product; `split` false: on the calling thread only.
 template <typename A, typename B, typename Out>
-void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
+void blocked_product(const A& a, const B& b, Out& out, bool accumulate, bool split) {
   using Scalar = typename Out::Scalar;
-  static_assert(int(Out::Flags) & Eigen::RowMajorBit, "parallel_product: out must be row-major");
+  static_assert(int(Out::Flags) & Eigen::RowMajorBit, "blocked product: out must be row-major");
   constexpr Index tile_rows = detail::kTileRows, tile_cols = detail::kTileCols<Scalar>;
   constexpr Index lanes = simd::kLanes<Scalar>;
   constexpr auto tile_sequence = std::make_integer_sequence<Index, tile_rows>();
@@ -189,7 +188,7 @@ void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
     return;
   }
   eigen_assert(out.innerStride() == 1);
-  const bool parallel = double(rows) * double(cols) * double(depth) >= double(1 << 20);
+  const bool parallel = split && double(rows) * double(cols) * double(depth) >= double(1 << 20);
   if constexpr (bool(A::IsRowMajor) && bool(B::IsRowMajor)) {
     if (cols <= detail::kNarrowColumns && a.innerStride() == 1 && b.innerStride() == 1) {
       detail::narrow_product(a, b, out, accumulate, parallel);
@@ -203,7 +202,7 @@ void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
   // every thread busy (each band packs its b again). The split changes no
   // element's operations.
   const Index col_blocks = (cols + detail::kColumnBlock - 1) / detail::kColumnBlock;
-  const int threads = num_threads();
+  const int threads = parallel ? num_threads() : 1;
   const Index wanted_tasks = parallel ? 2 * Index(threads) : 1;
   const Index bands = col_blocks >= wanted_tasks
                           ? 1
@@ -311,6 +310,25 @@ void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
     parallel_for_indexed(tasks, parallel,
                          [&](Index task, int thread) { run_task(task, thread, k0, a_packed, 0); });
   }
+}
+
+}  // namespace detail
+
+/// out = a * b^T, or out += a * b^T with `accumulate` (a: N x K, b: M x K,
+/// either stored either way; out: N x M, row-major with unit inner stride,
+/// not aliasing a or b), tasks split over the threads. Same bits at every
+/// thread count; allocates only when the calling thread's buffers must grow.
+template <typename A, typename B, typename Out>
+void parallel_product(const A& a, const B& b, Out& out, bool accumulate) {
+  detail::blocked_product(a, b, out, accumulate, /*split=*/true);
+}
+
+/// The same product on the calling thread only, with the same bits: for
+/// products inside a parallel loop of their own (the mLSTM cell's chunk
+/// products, one (batch row, head) item per task; math §4.4, §4.7).
+template <typename A, typename B, typename Out>
+void serial_product(const A& a, const B& b, Out& out, bool accumulate) {
+  detail::blocked_product(a, b, out, accumulate, /*split=*/false);
 }
 
 }  // namespace kernels

@@ -1,9 +1,10 @@
 // out (+)= a * b^T with Eigen's GEMM, in panels small enough that Eigen
 // never takes a buffer from the heap: the product the sLSTM cell runs at
 // every step (R y, forward) and R^T dg per step of its backward pass
-// (design §7.5; dR over all steps is a blocked product), and the mLSTM
-// cell's chunk products (forward and backward, math §4.7), whose tape must
-// serve forward and backward without heap memory (design §7.6).
+// (design §7.5; dR over all steps is a blocked product), and the decoding
+// of 16-bit weights' input gradients (core/linear_backward.hpp). (The mLSTM
+// cell's chunk products use the library's own kernel, serial_product in
+// kernels/blocked_product.hpp.)
 //
 // Eigen's GEMM packs its operands into buffers of at most depth x (rows of
 // out) and depth x (columns of out) scalars. It takes them from the heap when
