@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "test_util.hpp"
@@ -283,6 +284,73 @@ TEST(LayersBackward, CausalConvMatchesFiniteDifferences) {
       std::printf("  conv K %td%s: worst relative error %.2e\n", k, silu ? " + SiLU" : "", worst);
     }
   }
+}
+
+// The row-wise layers split blocks of rows (the conv: batch rows) over the
+// threads and sum their parameter gradients per block, then in block order:
+// at sizes that run in parallel, one and two threads give the same bits, and
+// the sums equal those of one block at a time (ragged conv rows included).
+TEST(LayersBackward, NormAndConvSameBitsWithAnyThreadCount) {
+  std::mt19937_64 rng(60);
+  xlstm::GroupedNorm<double> norm(96, 3, xlstm::NormWeight::offset, true, 1e-5);
+  test_util::add_noise(norm, rng, 0.5);
+  const Matrix<double> x = random_matrix<double>(700, 96, rng);
+  const Matrix<double> grad_y = random_matrix<double>(700, 96, rng);
+  const Index batch = 5, time = 100, f = 64, k = 4;
+  const Lengths lengths = {100, 37, 0, 64, 99};
+  xlstm::CausalConv1d<double> conv(f, k);
+  test_util::add_noise(conv, rng, 0.5);
+  const auto cx = random_sequence<double>(batch, time, f, rng);
+  const auto c_grad_y = random_sequence<double>(batch, time, f, rng);
+  auto start = conv.initial_state(batch), grad_final = conv.initial_state(batch);
+  fill_normal(start.window, rng);
+  fill_normal(grad_final.window, rng);
+  struct Result {
+    Matrix<double> y, norm_x, norm_w, norm_b, conv_x, conv_w, conv_b, conv_state;
+  };
+  auto run = [&](int threads) {
+    xlstm::set_num_threads(threads);
+    Result r;
+    r.y.resize(700, 96);
+    norm.forward(x, r.y);
+    xlstm::GroupedNormGradients<double> ng(norm);
+    r.norm_x.resize(700, 96);
+    xlstm::backward(norm, x, grad_y, ng, r.norm_x);
+    r.norm_w = ng.weight();
+    r.norm_b = ng.bias();
+    auto state = start;
+    Sequence<double> y, gx;
+    conv.forward(cx, lengths, state, y);
+    xlstm::CausalConv1dGradients<double> cg(conv);
+    auto grad_state = grad_final;
+    xlstm::backward(conv, cx, lengths, start, c_grad_y, grad_state, cg, gx);
+    r.conv_x = gx.matrix();
+    r.conv_w = cg.weight();
+    r.conv_b = cg.bias();
+    r.conv_state = grad_state.window;
+    return std::make_pair(r, Matrix<double>(y.matrix()));
+  };
+  const int saved = xlstm::num_threads();
+  const auto [one, one_y] = run(1);
+  const auto [two, two_y] = run(2);
+  xlstm::set_num_threads(saved);
+  EXPECT_TRUE(test_util::BitIdentical(one.y, two.y));
+  EXPECT_TRUE(test_util::BitIdentical(one_y, two_y));
+  for (const auto& [a, b] : {std::pair{&one.norm_x, &two.norm_x},
+                             {&one.norm_w, &two.norm_w},
+                             {&one.norm_b, &two.norm_b},
+                             {&one.conv_x, &two.conv_x},
+                             {&one.conv_w, &two.conv_w},
+                             {&one.conv_b, &two.conv_b},
+                             {&one.conv_state, &two.conv_state}}) {
+    EXPECT_TRUE(test_util::BitIdentical(*a, *b));
+  }
+  // The conv's bias gradient is the sum of grad_y over the valid rows.
+  Matrix<double> want_bias = Matrix<double>::Zero(f, 1);
+  for (Index b = 0; b < batch; ++b) {
+    want_bias += c_grad_y.rows_of(b).topRows(lengths[std::size_t(b)]).colwise().sum().transpose();
+  }
+  EXPECT_TRUE(test_util::Close(one.conv_b, want_bias, 1e-12));
 }
 
 TEST(LayersBackward, GatedFeedForwardMatchesFiniteDifferences) {

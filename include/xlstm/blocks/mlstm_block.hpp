@@ -104,6 +104,7 @@ namespace detail {
 template <typename Scalar>
 struct MLstmBlockBackwardScratch {
   Sequence<Scalar> d_up, d_qkv, d_gate_i, d_gate_f, d_x_m;
+  Vector<Scalar> skip_partial;  ///< per block of rows, its dL/dlearnable_skip
 };
 }  // namespace detail
 
@@ -368,7 +369,10 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   ws.x_m.matrix() = ws.up.leftCols(inner);
   conv1d_.forward(ws.x_m, lengths, state.conv, ws.conv_out, ws.conv_taps);
   Matrix<Scalar>& conv_act = ws.conv_out.matrix();
-  conv_act.array() = silu(conv_act.array());
+  for_row_blocks(rows, 16 * inner, [&](Index, Index first, Index count) {
+    auto block = conv_act.middleRows(first, count).array();
+    block = silu(block);
+  });
   ensure_size(ws.qkv, rows, 3 * inner);
   q_proj_.forward(conv_act, ws.qkv.leftCols(inner));
   k_proj_.forward(conv_act, ws.qkv.middleCols(inner, inner));
@@ -381,7 +385,9 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   cell_.forward(batch, time, ws.qkv.leftCols(inner), ws.qkv.middleCols(inner, inner),
                 ws.qkv.rightCols(inner), ws.gate_i, ws.gate_f, state.cell, ws.h, form, lengths);
   outnorm_.forward(ws.h, ws.h);
-  apply_skip_and_output_gate(ws.h, conv_act, ws.up.rightCols(inner));
+  for_row_blocks(rows, 24 * inner, [&](Index, Index first, Index count) {
+    apply_skip_and_output_gate(ws.h, conv_act, ws.up.rightCols(inner), first, count);
+  });
   y.resize(batch, time, embedding_dim());
   proj_down_.forward(ws.h, y.matrix());
   y.matrix() += x.matrix();
@@ -411,7 +417,10 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   tape.x_m.matrix() = tape.up.matrix().leftCols(inner);
   conv1d_.forward(tape.x_m, lengths, state.conv, tape.conv_out, tape.conv_taps);
   tape.conv_act.resize(batch, time, inner);
-  tape.conv_act.matrix().array() = silu(tape.conv_out.matrix().array());
+  for_row_blocks(batch * time, 16 * inner, [&](Index, Index first, Index count) {
+    tape.conv_act.matrix().middleRows(first, count).array() =
+        silu(tape.conv_out.matrix().middleRows(first, count).array());
+  });
   tape.qkv.resize(batch, time, 3 * inner);
   auto& qkv = tape.qkv.matrix();
   q_proj_.forward(tape.conv_act.matrix(), qkv.leftCols(inner));
@@ -429,7 +438,7 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   outnorm_.forward(tape.h.matrix(), tape.h_norm.matrix());
   tape.gated = tape.h_norm;
   // The valid rows only: proj_down and its backward read no padding of `gated`.
-  for_each_valid_range(batch, time, lengths, [&](Index first, Index count) {
+  for_valid_row_blocks(batch, time, lengths, 24 * inner, [&](Index, Index first, Index count) {
     apply_skip_and_output_gate(tape.gated.matrix(), tape.conv_act.matrix(),
                                tape.up.matrix().rightCols(inner), first, count);
   });

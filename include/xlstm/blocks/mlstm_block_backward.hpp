@@ -156,20 +156,32 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
   const auto& up = tape.up.matrix();
   // On the valid rows; in the padding dL/dgated is zero, hence dL/dh_norm
   // too, and proj_up's backward reads no padding of d_up.
+  // Blocks of valid rows over the threads, each summing its part of
+  // dL/dskip in a slot of its own, added in block order (the same sums at
+  // every thread count).
   const auto skip = block.learnable_skip().transpose().array();
   zero_padding(tape.h_norm, tape.lengths);
-  for_each_valid_range(batch, time, tape.lengths, [&](Index first, Index count) {
-    for (Index r = first; r < first + count; ++r) {
-      const auto z = up.row(r).tail(inner).array();
-      const auto conv_act = tape.conv_act.matrix().row(r).array();
-      auto d_g = d_gated.row(r).array();
-      auto h_norm = tape.h_norm.matrix().row(r).array();
-      d_up.row(r).tail(inner).array() = d_g * (h_norm + conv_act * skip) * silu_derivative(z);
-      h_norm = d_g * silu(z);  // dL/dh_norm = dL/d(h_norm + skip * conv_act)
-      grads.learnable_skip().array() += (h_norm * conv_act).transpose();
-      d_g = h_norm * skip;
-    }
-  });
+  const Index skip_tasks = valid_row_block_tasks(batch, time);
+  if (ws.skip_partial.size() < skip_tasks * inner) ws.skip_partial.resize(skip_tasks * inner);
+  ws.skip_partial.head(skip_tasks * inner).setZero();
+  for_valid_row_blocks(
+      batch, time, tape.lengths, 32 * inner, [&](Index task, Index first, Index count) {
+        auto d_skip = ws.skip_partial.segment(task * inner, inner).array();
+        for (Index r = first; r < first + count; ++r) {
+          const auto z = up.row(r).tail(inner).array();
+          const auto conv_act = tape.conv_act.matrix().row(r).array();
+          auto d_g = d_gated.row(r).array();
+          auto h_norm = tape.h_norm.matrix().row(r).array();
+          d_up.row(r).tail(inner).array() = d_g * (h_norm + conv_act * skip) * silu_derivative(z);
+          // dL/dh_norm = dL/d(h_norm + skip * conv_act)
+          h_norm = d_g * silu(z);
+          d_skip += (h_norm * conv_act).transpose();
+          d_g = h_norm * skip;
+        }
+      });
+  for (Index task = 0; task < skip_tasks; ++task) {
+    grads.learnable_skip() += ws.skip_partial.segment(task * inner, inner);
+  }
 
   // The multi-head norm, then the cell: dL/dh lives in d_x_m until v_proj's
   // backward writes dL/dx_m there.
@@ -193,10 +205,11 @@ void backward(const MLstmBlock<Scalar>& block, MLstmBlockTape<Scalar>& tape,
            InputGradient::add);
   backward(block.k_proj(), conv_act, d_qkv.middleCols(inner, inner), grads.k_proj(), d_gated,
            InputGradient::add);
-  {
-    auto d = d_gated.array();  // dL/dconv_act -> dL/dconv_out
-    multiply_by_activation_derivative(Activation::swish, tape.conv_out.matrix().array(), d);
-  }
+  for_row_blocks(batch * time, 16 * inner, [&](Index, Index first, Index count) {
+    auto d = d_gated.middleRows(first, count).array();  // dL/dconv_act -> dL/dconv_out
+    multiply_by_activation_derivative(Activation::swish,
+                                      tape.conv_out.matrix().middleRows(first, count).array(), d);
+  });
   backward(block.v_proj(), tape.x_m.matrix(), d_qkv.rightCols(inner), grads.v_proj(),
            ws.d_x_m.matrix());
   backward(block.conv1d(), tape.x_m, tape.lengths, tape.conv_start, tape.gated, grad_state.conv,

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -171,7 +172,10 @@ void CausalConv1d<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& le
   // stride of K for every output row.
   if (taps.rows() != k || taps.cols() != features_) taps.resize(k, features_);
   taps = weight_.transpose();
-  for (Index b = 0; b < batch; ++b) {
+  // Batch rows are independent: over the threads when there is enough work.
+  const bool parallel =
+      batch > 1 && double(batch) * double(x.time()) * double(k * features_) >= 1 << 16;
+  parallel_for(batch, parallel, [&](Index b) {
     const Index time = length_of(lengths, b, x.time());
     y.rows_of(b).bottomRows(x.time() - time).setZero();
     const auto in = x.rows_of(b).topRows(time);
@@ -197,7 +201,7 @@ void CausalConv1d<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& le
       for (Index j = 0; j + time < k; ++j) window.row(j) = window.row(j + time);
       window.bottomRows(time) = in;
     }
-  }
+  });
 }
 
 template <typename Scalar_>

@@ -10,6 +10,7 @@
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/layer_gradients.hpp"
 #include "xlstm/core/linear_backward.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
 #include "xlstm/core/thread_buffers.hpp"
@@ -22,13 +23,14 @@ template <typename Scalar>
 using CausalConv1dGradients = WeightBiasGradients<CausalConv1d<Scalar>, Matrix<Scalar>>;
 
 namespace detail {
-/// Room for the taps and their gradient as rows (K x F), kept by the
-/// calling thread (design §7.7), by capacity (the convs of a stack may differ
-/// in width): the stored F x K weight would be read and written with a
-/// stride of K for every row, as in the forward.
+/// Room for the taps as rows (K x F) and, per batch row, its gradients of
+/// the taps (K x F) and the bias, kept by the calling thread (design §7.7),
+/// by capacity (the convs of a stack may differ in width). Rows: the stored
+/// F x K weight would be read and written with a stride of K for every row,
+/// as in the forward.
 template <typename Scalar>
 struct CausalConvBackwardScratch {
-  Vector<Scalar> taps, d_taps;
+  Vector<Scalar> taps, partial;
 };
 }  // namespace detail
 
@@ -69,22 +71,32 @@ void backward(const CausalConv1d<Scalar>& conv, const Sequence<Scalar>& x, const
     grad_x.resize(batch, time, x.features());
     grad_x.matrix().setZero();
   }
+  const Index f = conv.features();
+  if (k == 0) {
+    for (Index b = 0; b < batch; ++b) {
+      const Index len = length_of(lengths, b, time);
+      grad_x.rows_of(b).topRows(len) += grad_y.rows_of(b).topRows(len);
+    }
+    return;
+  }
+  // Batch rows over the threads; each sums its taps' and bias's gradients
+  // into a slot of its own, added in row order afterwards (the same sums at
+  // every thread count).
   detail::ThreadBuffers<detail::CausalConvBackwardScratch<Scalar>> buffers;
   detail::CausalConvBackwardScratch<Scalar>& ws = buffers.get();
-  const Index tap_values = k * conv.features();
-  if (ws.taps.size() < tap_values) ws.taps.resize(tap_values);
-  if (ws.d_taps.size() < tap_values) ws.d_taps.resize(tap_values);
-  Eigen::Map<Matrix<Scalar>> taps(ws.taps.data(), k, conv.features());
-  Eigen::Map<Matrix<Scalar>> d_taps(ws.d_taps.data(), k, conv.features());
+  const Index slot = (k + 1) * f;  // a row's K x F taps gradient, then its bias gradient
+  if (ws.taps.size() < k * f) ws.taps.resize(k * f);
+  if (ws.partial.size() < batch * slot) ws.partial.resize(batch * slot);
+  Eigen::Map<Matrix<Scalar>> taps(ws.taps.data(), k, f);
   taps = conv.weight().transpose();
-  d_taps.setZero();
-  for (Index b = 0; b < batch; ++b) {
+  const bool parallel = batch > 1 && double(batch) * double(time) * double(k * f) >= 1 << 16;
+  parallel_for(batch, parallel, [&](Index b) {
     const Index len = length_of(lengths, b, time);
+    Eigen::Map<Matrix<Scalar>> d_taps(ws.partial.data() + b * slot, k, f);
+    auto d_bias = ws.partial.segment(b * slot + k * f, f);
+    d_taps.setZero();
+    d_bias.setZero();
     auto dx = grad_x.rows_of(b);
-    if (k == 0) {
-      dx.topRows(len) += grad_y.rows_of(b).topRows(len);
-      continue;
-    }
     const auto in = x.rows_of(b);
     const auto window = initial_state.window.middleRows(b * k, k);
     // The final window is the last k inputs of [initial window | x[0, len)]:
@@ -101,7 +113,7 @@ void backward(const CausalConv1d<Scalar>& conv, const Sequence<Scalar>& x, const
     }
     for (Index t = 0; t < len; ++t) {
       const auto gy = grad_y.rows_of(b).row(t).array();
-      grads.bias().array() += gy.transpose();
+      d_bias.array() += gy.transpose();
       for (Index j = 0; j < k; ++j) {
         const Index src = t - (k - 1 - j);  // tap j looks back k-1-j steps
         const auto tap = taps.row(j).array();
@@ -114,8 +126,12 @@ void backward(const CausalConv1d<Scalar>& conv, const Sequence<Scalar>& x, const
         }
       }
     }
+  });
+  for (Index b = 0; b < batch; ++b) {
+    grads.weight() +=
+        Eigen::Map<const Matrix<Scalar>>(ws.partial.data() + b * slot, k, f).transpose();
+    grads.bias() += ws.partial.segment(b * slot + k * f, f);
   }
-  grads.weight() += d_taps.transpose();
 }
 
 }  // namespace xlstm

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/tensor.hpp"
 
@@ -99,15 +100,18 @@ void GroupedNorm<Scalar_>::forward(const ConstMatrixRef<Scalar>& x, MatrixRef<Sc
         "LayerNorm::forward: expected N x ", features_, " input and output, got ", x.rows(), " x ",
         x.cols(), " and ", y.rows(), " x ", y.cols());
   const Index g = features_ / num_groups_;
-  for (Index r = 0; r < x.rows(); ++r) {
-    for (Index h = 0; h < num_groups_; ++h) {
-      const auto in = x.row(r).segment(h * g, g).array();
-      const Scalar mean = in.mean();
-      const Scalar var = (in - mean).square().mean();
-      y.row(r).segment(h * g, g).array() = (in - mean) / std::sqrt(var + eps_);
+  // Rows are independent: blocks of them over the threads for long inputs.
+  for_row_blocks(x.rows(), 8 * features_, [&](Index, Index first, Index count) {
+    for (Index r = first; r < first + count; ++r) {
+      for (Index h = 0; h < num_groups_; ++h) {
+        const auto in = x.row(r).segment(h * g, g).array();
+        const Scalar mean = in.mean();
+        const Scalar var = (in - mean).square().mean();
+        y.row(r).segment(h * g, g).array() = (in - mean) / std::sqrt(var + eps_);
+      }
     }
-  }
-  apply_affine(y);
+    apply_affine(y.middleRows(first, count));
+  });
 }
 
 /// The NeurIPS LayerNorm (math §1.2): offset weight (1 + w), no bias, eps 1e-5.

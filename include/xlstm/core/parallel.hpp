@@ -86,4 +86,22 @@ void parallel_for(Index count, bool parallel, Fn&& fn) {
   parallel_for_indexed(count, parallel, [&fn](Index i, int) { fn(i); });
 }
 
+/// Rows a row-block task takes in for_row_blocks. Fixed, so that work
+/// split by these blocks (and partial sums kept per block) is the same at
+/// every thread count.
+inline constexpr Index kRowsPerBlock = 64;
+
+/// Calls fn(block, first, count) for the blocks of kRowsPerBlock rows of
+/// [0, rows), over the threads when rows x `row_cost` (about the operations
+/// per row) is enough to pay for a parallel region.
+template <typename Fn>
+void for_row_blocks(Index rows, Index row_cost, Fn&& fn) {
+  const Index blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  const bool parallel = double(rows) * double(row_cost) >= double(Index(1) << 16);
+  parallel_for(blocks, parallel, [&](Index block) {
+    const Index first = block * kRowsPerBlock;
+    fn(block, first, std::min(kRowsPerBlock, rows - first));
+  });
+}
+
 }  // namespace xlstm

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
@@ -38,6 +39,29 @@ void for_each_valid_range(Index batch, Index time, const Lengths& lengths, Fn&& 
     const Index len = length_of(lengths, b, time);
     if (len > 0) fn(b * time, len);
   }
+}
+
+/// The tasks of for_valid_row_blocks: per batch row, its blocks of
+/// kRowsPerBlock steps.
+inline Index valid_row_block_tasks(Index batch, Index time) {
+  return batch * ((time + kRowsPerBlock - 1) / kRowsPerBlock);
+}
+
+/// Calls fn(task, first_row, rows) for the valid rows of each batch row in
+/// blocks of kRowsPerBlock steps (task < valid_row_block_tasks(batch, time),
+/// fixed by the shapes: partial sums kept per task are the same at every
+/// thread count), over the threads when rows x `row_cost` (about the
+/// operations per row) pays for a parallel region.
+template <typename Fn>
+void for_valid_row_blocks(Index batch, Index time, const Lengths& lengths, Index row_cost,
+                          Fn&& fn) {
+  const Index per_row = (time + kRowsPerBlock - 1) / kRowsPerBlock;
+  const bool parallel = double(batch) * double(time) * double(row_cost) >= double(Index(1) << 16);
+  parallel_for(batch * per_row, parallel, [&](Index task) {
+    const Index b = task / per_row, first = (task % per_row) * kRowsPerBlock;
+    const Index len = length_of(lengths, b, time);
+    if (first < len) fn(task, b * time + first, std::min(kRowsPerBlock, len - first));
+  });
 }
 
 /// The leading `rows` x `cols` of `buffer`, grown (never shrunk) to hold
