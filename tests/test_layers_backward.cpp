@@ -179,6 +179,15 @@ TEST(LayersBackward, HeadwiseSmallHeadsMatchTheLoopAtAnyThreadCount) {
       EXPECT_TRUE(test_util::Close(grads.weight(), Matrix<double>(2 * want_w), 1e-12));
       grad_xs.push_back(grad_x);
       grad_ws.push_back(grads.weight());
+      // grad_x may be x itself (square heads): the weight gradient still
+      // sees the input.
+      if (head_in == head_out) {
+        xlstm::HeadwiseLinearGradients<double> in_place(layer);
+        Matrix<double> x_then_grad = x;
+        xlstm::backward(layer, x_then_grad, grad_y, in_place, x_then_grad);
+        EXPECT_TRUE(test_util::Close(in_place.weight(), want_w, 1e-12));
+        EXPECT_TRUE(test_util::Close(x_then_grad, Matrix<double>(want_x - before), 1e-12));
+      }
     }
     xlstm::set_num_threads(saved);
     EXPECT_TRUE(test_util::BitIdentical(grad_xs[0], grad_xs[1]));

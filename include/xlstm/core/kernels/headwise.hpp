@@ -126,8 +126,8 @@ void small_heads_weight_gradient(const ConstMatrixRef<Scalar>& x,
   }
 }
 
-/// The backward of the small-head kernel: grad_x (+)= grad_y W (rows over
-/// the threads), then grad_weight += grad_y^T x (groups of heads over the
+/// The backward of the small-head kernel: grad_weight += grad_y^T x (groups
+/// of heads over the threads), then grad_x (+)= grad_y W (rows over the
 /// threads); the bits do not depend on the thread count. grad_weight is the
 /// (NH * O) x I gradient, row-major. Allocates nothing.
 template <typename Scalar>
@@ -165,16 +165,17 @@ void small_heads_backward(const ConstMatrixRef<Scalar>& x, const ConstMatrixRef<
     }
     small_heads_weight_gradient<0, 0>(x, grad_y, in, out, grad_weight, first, last);
   };
-  constexpr Index kRowsPerTask = 64;
-  const Index row_tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-  parallel_for(row_tasks, parallel, [&](Index t) {
-    input_rows(t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask));
-  });
+  // The weight gradient first: grad_x may be x itself (as for Linear).
   const Index head_tasks = parallel ? std::min<Index>(num_heads, 2 * Index(num_threads())) : 1;
   const Index heads_per_task = (num_heads + head_tasks - 1) / head_tasks;
   parallel_for(head_tasks, parallel, [&](Index t) {
     weight_heads(std::min(num_heads, t * heads_per_task),
                  std::min(num_heads, (t + 1) * heads_per_task));
+  });
+  constexpr Index kRowsPerTask = 64;
+  const Index row_tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  parallel_for(row_tasks, parallel, [&](Index t) {
+    input_rows(t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask));
   });
 }
 
