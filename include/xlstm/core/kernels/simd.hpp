@@ -201,6 +201,56 @@ inline Packet<float> load_q4(const std::uint8_t* p) {
 #endif
 }
 
+/// Whether select_lanes runs inside the registers (one permute); elsewhere a
+/// kernel should keep its scalar path.
+#if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
+inline constexpr bool kSelectLanes = true;
+#else
+inline constexpr bool kSelectLanes = false;
+#endif
+
+/// Which lane of a float packet each lane of select_lanes' result takes.
+struct LaneSelection {
+#if defined(XLSTM_SIMD_AVX512)
+  __m512i source;
+#elif defined(XLSTM_SIMD_AVX2)
+  __m256i source;
+#else
+  int source[kLanes<float>];
+#endif
+};
+
+/// The selection that gives every lane of each group of `group` lanes
+/// (group divides kLanes<float>) the group's lane k: lane l takes lane
+/// (l / group) * group + k. Used to hand each small head its k-th input.
+inline LaneSelection lanes_of_group(Index group, Index k) {
+  alignas(64) std::int32_t source[kLanes<float>];
+  for (Index l = 0; l < kLanes<float>; ++l) source[l] = std::int32_t(l / group * group + k);
+  LaneSelection selection;
+#if defined(XLSTM_SIMD_AVX512)
+  selection.source = _mm512_load_si512(source);
+#elif defined(XLSTM_SIMD_AVX2)
+  selection.source = _mm256_load_si256(reinterpret_cast<const __m256i*>(source));
+#else
+  for (Index l = 0; l < kLanes<float>; ++l) selection.source[l] = source[l];
+#endif
+  return selection;
+}
+
+/// Lane l of the result is lane selection.source[l] of p.
+inline Packet<float> select_lanes(const Packet<float>& p, const LaneSelection& selection) {
+#if defined(XLSTM_SIMD_AVX512)
+  return _mm512_permutexvar_ps(selection.source, p);
+#elif defined(XLSTM_SIMD_AVX2)
+  return _mm256_permutevar8x32_ps(p, selection.source);
+#else
+  float in[kLanes<float>], out[kLanes<float>];
+  store<float>(in, p);
+  for (Index l = 0; l < kLanes<float>; ++l) out[l] = in[selection.source[l]];
+  return load<float>(out);
+#endif
+}
+
 /// p * s, lane by lane (s broadcast).
 inline Packet<float> scale(const Packet<float>& p, float s) {
   return Eigen::internal::pmul(p, Eigen::internal::pset1<Packet<float>>(s));
