@@ -35,6 +35,9 @@ struct Options {
   int threads = 1;         ///< --threads=N as given (0 = all)
   int used_threads = 1;    ///< the thread count in effect
   bool wall_time = false;  ///< --wall-time: wall time even when single-threaded
+  /// --large7b=bf16|int8|q4: also the whole 7B architecture in that format
+  /// (native: not run). One format per process, so that peak_rss_MB is its own.
+  xlstm::WeightStorage large7b = xlstm::WeightStorage::native;
 };
 const Options& options();
 
@@ -116,7 +119,6 @@ xlstm::MLstmBlock<float> make_mlstm_block();
 xlstm::SLstmBlock<float> make_slstm_block();
 
 /// The 125M language model of bench_model.cpp (context 512), built once.
-constexpr Index kLmContext = 512;
 xlstm::LanguageModelConfig config_125m();
 xlstm::LanguageModel<float>& model_125m();
 /// B x T tokens uniform over the vocabulary.

@@ -1,9 +1,12 @@
-// xLSTM-Large shapes with BF16 weights (kept 16-bit, products in float):
-// a single 7B-shaped block (E = 4096, NH = 8, the 7B block sizes) and a
-// 1.3B-parameter model (E = 2048, NH = 4, 24 blocks, vocabulary 50304).
-// Fresh weights are generated in-process straight into BF16 (no float copy,
-// no download). Rows: prefill tokens/s (B = 1, T = 512) and decode tokens/s
-// (B = 1), with peak resident memory as a counter.
+// xLSTM-Large shapes with BF16, int8 and 4-bit weights (kept compressed,
+// products in float): a single 7B-shaped block (E = 4096, NH = 8, the 7B
+// block sizes) and a 1.3B-parameter model (E = 2048, NH = 4, 24 blocks,
+// vocabulary 50304); with --large7b=FORMAT also the whole 7B architecture
+// (32 blocks, vocabulary 50304) in that format. Fresh weights are generated
+// in-process straight into their storage (no float copy, no download; the
+// quantised ones row by row like a quantising load, math §16.3). Rows:
+// prefill tokens/s (B = 1, T = 512), decode tokens/s (B = 1) and small-batch
+// decode (B = 2..8), with peak resident memory as a counter.
 #include <sys/resource.h>
 
 #include <cstdint>
@@ -15,48 +18,49 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "bench_models.hpp"
 
 namespace xbench {
 namespace {
 
-xlstm::LargeModelConfig config_7b_block() {
-  xlstm::LargeModelConfig c;
-  c.embedding_dim = 4096;
-  c.num_heads = 8;
-  c.num_blocks = 1;
-  c.vocab_size = 1024;  // the head is not what this row measures
-  return c;
-}
-
-xlstm::LargeModelConfig config_1_3b() {
-  xlstm::LargeModelConfig c;
-  c.embedding_dim = 2048;
-  c.num_heads = 4;
-  c.num_blocks = 24;
-  c.vocab_size = 50304;
-  return c;
-}
-
-/// Fills every weight matrix with small random BF16 values (xorshift, fast:
-/// billions of values) and sets the gate biases like the HF initialisation.
-void fill_bf16(xlstm::LargeModel<float>& model, std::uint64_t seed) {
-  std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto* w : xlstm::weight_matrices(model)) {
-    std::uint16_t* bits = w->owned_half_bits();
-    const float scale = 1.0f / std::sqrt(float(w->cols()));
-    const std::size_t n = std::size_t(w->rows() * w->cols());
-    for (std::size_t i = 0; i < n; ++i) {
-      s ^= s << 13;
-      s ^= s >> 7;
-      s ^= s << 17;
-      const float u = float(s >> 40) / float(1 << 24) - 0.5f;  // uniform [-0.5, 0.5)
-      bits[i] = xlstm::float_to_bf16(2.0f * scale * u);
+/// The whole 7B architecture with random weights in `format`: the matrices
+/// quantize_weights would quantise are generated row by row straight into
+/// int8 / 4-bit (WeightMatrix::quantized_rows), the others (embedding, head,
+/// the small gate projections) as BF16, as a quantising load of the BF16
+/// checkpoint leaves them. The model is built uninitialised (native storage
+/// never touched), so the peak resident memory is that of `format`.
+std::unique_ptr<xlstm::LargeModel<float>> random_7b(xlstm::WeightStorage format) {
+  if (format == xlstm::WeightStorage::bf16) {
+    auto model = std::make_unique<xlstm::LargeModel<float>>(config_7b(), xlstm::uninitialized,
+                                                            xlstm::WeightStorage::bf16);
+    fill_bf16(*model, 11);
+    return model;
+  }
+  auto model = std::make_unique<xlstm::LargeModel<float>>(config_7b(), xlstm::uninitialized);
+  RandomWeights random(11);
+  const xlstm::QuantizeOptions rule;
+  model->for_each_parameter([&](const auto& p) {
+    if (!p.matrix) return;
+    xlstm::WeightMatrix<float>& w = *p.matrix;
+    const Index rows = w.rows(), cols = w.cols();
+    if (!xlstm::is_embedding_or_head(p.name) &&
+        xlstm::quantizable_shape(rows, cols, format, rule)) {
+      w = xlstm::WeightMatrix<float>::quantized_rows(
+          format, rows, cols, [&](Index, float* out) { random.row(cols, out); }, "random_7b");
+      return;
     }
-  }
-  for (auto& b : model.blocks()) {
-    b.igate().bias().setConstant(-10.0f);
-    xlstm::linspace_init(b.fgate().bias(), 3.0, 6.0);
-  }
+    auto half = xlstm::WeightMatrix<float>::half_zeros(xlstm::WeightStorage::bf16, rows, cols);
+    std::vector<float> values(static_cast<std::size_t>(cols));
+    for (Index r = 0; r < rows; ++r) {
+      random.row(cols, values.data());
+      for (Index c = 0; c < cols; ++c) {
+        half.owned_half_bits()[r * cols + c] = xlstm::float_to_bf16(values[std::size_t(c)]);
+      }
+    }
+    w = std::move(half);
+  });
+  init_gate_biases(*model);
+  return model;
 }
 
 /// Model 2: the 7B-shaped block of model 0 with the same weights held as
@@ -75,22 +79,34 @@ std::unique_ptr<xlstm::LargeModel<float>> float_copy(xlstm::LargeModel<float>& b
   return copy;
 }
 
+/// The benchmark's models: 0 the 7B-shaped block in BF16, 1 the 1.3B model
+/// in BF16, 2 model 0 in float32, 3 and 4 model 0 quantised to int8_rows and
+/// q4_g32 (quantize_weights' default rule), 5 the whole 7B architecture in
+/// the --large7b format.
 xlstm::LargeModel<float>& model_for(int which) {
   static std::map<int, std::unique_ptr<xlstm::LargeModel<float>>> models;
   auto& slot = models[which];
-  if (!slot && which == 2) {
+  if (slot) return *slot;
+  const char* name = "";
+  if (which == 2) {
     slot = float_copy(model_for(0));
-    std::fprintf(stderr, "large7b_block_f32: %.2f GB of float weights\n",
-                 double(slot->weight_bytes()) / 1e9);
-  }
-  if (!slot) {
+    name = "large7b_block_f32";
+  } else if (which == 3 || which == 4) {
+    slot = std::make_unique<xlstm::LargeModel<float>>(model_for(0));
+    xlstm::quantize_weights(
+        *slot, which == 3 ? xlstm::WeightStorage::int8_rows : xlstm::WeightStorage::q4_g32);
+    name = which == 3 ? "large7b_block_int8" : "large7b_block_q4";
+  } else if (which == 5) {
+    slot = random_7b(options().large7b);
+    name = "large7b";
+  } else {
     slot = std::make_unique<xlstm::LargeModel<float>>(
         which == 0 ? config_7b_block() : config_1_3b(), xlstm::uninitialized,
         xlstm::WeightStorage::bf16);
     fill_bf16(*slot, 7 + std::uint64_t(which));
-    std::fprintf(stderr, "%s: %.2f GB of BF16 weights\n", which == 0 ? "large7b_block" : "large1.3b",
-                 double(slot->weight_bytes()) / 1e9);
+    name = which == 0 ? "large7b_block" : "large1.3b";
   }
+  std::fprintf(stderr, "%s: %.2f GB of weights\n", name, double(slot->weight_bytes()) / 1e9);
   return *slot;
 }
 
@@ -135,22 +151,27 @@ void bm_large_prefill(benchmark::State& state) {
   state.counters["peak_rss_MB"] = peak_rss_mb();
 }
 
+/// Decode of B rows (range 1, default 1): one step of every row per
+/// iteration; items are tokens (B per step), bytes the weights once plus
+/// every row's state read and written.
 void bm_large_decode(benchmark::State& state) {
   auto& model = model_for(int(state.range(0)));
-  auto s = model.initial_state(1);
-  xlstm::Matrix<float> logits(1, model.vocab_size());
-  std::vector<std::int64_t> ids{1};
+  const Index batch = state.range(1) > 0 ? state.range(1) : 1;
+  auto s = model.initial_state(batch);
+  xlstm::Matrix<float> logits(batch, model.vocab_size());
+  std::vector<std::int64_t> ids(std::size_t(batch), 1);
   for (int i = 0; i < 4; ++i) model.step(ids, s, logits);  // a short prompt
   Stopwatch sw;
   for (auto _ : state) {
     sw.measure(state, [&] { model.step(ids, s, logits); });
     benchmark::DoNotOptimize(logits.data());
   }
-  double state_size = 0;
-  for (const auto& b : s.blocks) state_size += double(b.cell.C.size() + b.cell.n.size()) * sizeof(float);
+  double state_size = 0;  // all rows
+  for (const auto& b : s.blocks)
+    state_size += double(b.cell.C.size() + b.cell.n.size()) * sizeof(float);
   Work w;
-  w.items = 1;
-  w.flops = flops_per_token(model);
+  w.items = double(batch);
+  w.flops = double(batch) * flops_per_token(model);
   w.bytes = double(model.weight_bytes()) + 2 * state_size;
   w.working_set = double(model.weight_bytes()) + state_size;
   w.bound = Bound::memory;
@@ -162,20 +183,53 @@ void bm_large_decode(benchmark::State& state) {
 }  // namespace
 
 void register_large_benchmarks(bool quick) {
-  // 0: the 7B-shaped block; 1: the 1.3B model; 2: model 0 in float32.
+  // Models: see model_for. Decode rows: {model, B}.
   auto* d = benchmark::RegisterBenchmark("large/bf16/decode", bm_large_decode);
-  d->ArgNames({"model"})->Arg(0)->UseManualTime()->Unit(benchmark::kMillisecond);
+  d->ArgNames({"model", "B"})->Args({0, 1})->UseManualTime()->Unit(benchmark::kMillisecond);
   auto* f = benchmark::RegisterBenchmark("large/f32/decode", bm_large_decode);
-  f->ArgNames({"model"})->Arg(2)->UseManualTime()->Unit(benchmark::kMillisecond);
+  f->ArgNames({"model", "B"})->Args({2, 1})->UseManualTime()->Unit(benchmark::kMillisecond);
+  auto* i8 = benchmark::RegisterBenchmark("large/int8/decode", bm_large_decode);
+  i8->ArgNames({"model", "B"})->Args({3, 1})->UseManualTime()->Unit(benchmark::kMillisecond);
+  auto* q4 = benchmark::RegisterBenchmark("large/q4/decode", bm_large_decode);
+  q4->ArgNames({"model", "B"})->Args({4, 1})->UseManualTime()->Unit(benchmark::kMillisecond);
+  if (options().large7b != xlstm::WeightStorage::native) {
+    const std::string format = xlstm::storage_name(options().large7b);
+    auto* whole =
+        benchmark::RegisterBenchmark(("large7b/" + format + "/decode").c_str(), bm_large_decode);
+    whole->ArgNames({"model", "B"})
+        ->Args({5, 1})
+        ->Args({5, 8})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond)
+        ->MinTime(quick ? 0.5 : 2.0);
+    if (!quick) {
+      auto* p = benchmark::RegisterBenchmark(("large7b/" + format + "/prefill").c_str(),
+                                             bm_large_prefill);
+      p->ArgNames({"model", "T"})
+          ->Args({5, 128})
+          ->UseManualTime()
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
+    }
+  }
   if (quick) {
-    d->MinTime(0.3);
-    f->MinTime(0.3);
+    for (auto* b : {d, f, i8, q4}) b->MinTime(0.3);
     return;
   }
-  d->Arg(1);
-  auto* p = benchmark::RegisterBenchmark("large/bf16/prefill", bm_large_prefill);
-  p->ArgNames({"model", "T"})->Args({0, 512})->Args({1, 512})->UseManualTime()->Iterations(1)
-      ->Unit(benchmark::kMillisecond);
+  d->Args({1, 1});
+  for (auto* b : {d, i8, q4}) {
+    for (int batch : {2, 4, 8}) b->Args({b == d ? 0 : b == i8 ? 3 : 4, batch});
+  }
+  for (const auto& [name, model] :
+       {std::pair{"large/bf16/prefill", 0}, {"large/int8/prefill", 3}, {"large/q4/prefill", 4}}) {
+    auto* p = benchmark::RegisterBenchmark(name, bm_large_prefill);
+    p->ArgNames({"model", "T"})
+        ->Args({model, 512})
+        ->UseManualTime()
+        ->Iterations(1)
+        ->Unit(benchmark::kMillisecond);
+    if (model == 0) p->Args({1, 512});
+  }
 }
 
 }  // namespace xbench

@@ -9,26 +9,11 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "bench_models.hpp"
 
 namespace xbench {
 
 constexpr Index kPrompt = 16;
-
-xlstm::LanguageModelConfig config_125m() {
-  xlstm::LanguageModelConfig c;
-  c.embedding_dim = 768;
-  c.num_blocks = 24;
-  c.context_length = kLmContext;
-  c.vocab_size = 50304;
-  c.tie_weights = true;  // 124M parameters; untied would add another 38.6M
-  c.slstm_at = {3, 11, 19};
-  c.mlstm_block = xlstm::MLstmBlockConfig{};
-  c.mlstm_block->mlstm.num_heads = 4;
-  c.slstm_block = xlstm::SLstmBlockConfig{};
-  c.slstm_block->slstm.num_heads = 4;
-  c.slstm_block->slstm.recurrent_weight_init = "standard";
-  return c;
-}
 
 /// Built once (~0.5 GB of float weights) and shared by every row.
 xlstm::LanguageModel<float>& model_125m() {

@@ -24,6 +24,7 @@
 #endif
 
 #include "bench_common.hpp"
+#include "bench_models.hpp"
 
 namespace xbench {
 namespace {

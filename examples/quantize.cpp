@@ -11,9 +11,9 @@
 //                      values with their scales, everything else as in the input
 //   --include-embedding  quantise the embedding and the LM head too
 //
-// The weights are quantised one matrix at a time, row by row, from their
-// storage in the input (BF16 checkpoints stay mapped and 16-bit until then):
-// no float copy of the model is made. Loading OUTPUT_DIR with
+// The weights are quantised while loading (io::LoadOptions::quantize), one
+// row at a time straight from the mapped input file, float or BF16: no float
+// copy of the model is made, nor of one matrix. Loading OUTPUT_DIR with
 // io::load_language_model / io::load_large_model gives the quantised model
 // back bit for bit, its values read in place from the mapped file.
 //
@@ -44,23 +44,24 @@ struct Options {
   bool include_embedding = false;
 };
 
-void print_report(const xlstm::QuantizeReport& report, xlstm::WeightStorage format,
-                  double seconds) {
-  std::printf("quantised %zu weight matrices to %s (%zu kept), %.1f MB -> %.1f MB, in %.2f s\n",
-              report.quantized.size(), xlstm::storage_name(format), report.kept.size(),
-              double(report.bytes_before) / 1e6, double(report.bytes_after) / 1e6, seconds);
-}
-
-template <typename Model>
-xlstm::QuantizeReport quantize(Model& model, const Options& options) {
+/// Loads INPUT with its weight matrices quantised while loading, and says
+/// what was quantised (quantize_weights on the loaded model has nothing left
+/// to do: it only lists the matrices it finds quantised and those kept).
+template <typename Model, typename Load>
+Model load_quantized(const Options& options, Load load) {
   const auto start = std::chrono::steady_clock::now();
-  xlstm::QuantizeOptions q;
-  q.include_embedding_and_head = options.include_embedding;
-  const xlstm::QuantizeReport report = xlstm::quantize_weights(model, options.format, q);
+  xlstm::QuantizeOptions rule;
+  rule.include_embedding_and_head = options.include_embedding;
+  Model model = load(options.format, rule);
+  const xlstm::QuantizeReport report = xlstm::quantize_weights(model, options.format, rule);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  print_report(report, options.format, seconds);
-  return report;
+  std::printf(
+      "loaded with %zu weight matrices quantised to %s (%zu kept), %.1f MB of weight "
+      "matrices, in %.2f s\n",
+      report.quantized.size(), xlstm::storage_name(options.format), report.kept.size(),
+      double(report.bytes_after) / 1e6, seconds);
+  return model;
 }
 
 /// INPUT -> OUTPUT_DIR (config.json and model.safetensors).
@@ -69,13 +70,23 @@ void run(const Options& options) {
   fs::create_directories(out);
   const std::string weights = io::detail::utf8_string(out / "model.safetensors");
   if (options.large) {
-    auto model = io::load_large_model<float>(options.input);  // 16-bit weights stay mapped
-    quantize(model, options);
+    auto model = load_quantized<xlstm::LargeModel<float>>(
+        options, [&](xlstm::WeightStorage format, const xlstm::QuantizeOptions& rule) {
+          io::LargeLoadOptions load;  // unselected 16-bit weights stay mapped and 16-bit
+          load.quantize = format;
+          load.quantize_options = rule;
+          return io::load_large_model<float>(options.input, std::nullopt, load);
+        });
     io::save_large_model(model, options.output, io::LargeNaming::official, /*fused=*/false,
                          std::nullopt, /*num_shards=*/1, /*as_directory=*/true);
   } else {
-    auto model = io::load_language_model<float>(options.input);
-    quantize(model, options);
+    auto model = load_quantized<xlstm::LanguageModel<float>>(
+        options, [&](xlstm::WeightStorage format, const xlstm::QuantizeOptions& rule) {
+          io::LoadOptions load;
+          load.quantize = format;
+          load.quantize_options = rule;
+          return io::load_language_model<float>(options.input, load);
+        });
     io::save_module(model, weights);
     const fs::path in = io::detail::utf8_path(options.input);
     const fs::path config = (fs::is_directory(in) ? in : in.parent_path()) / "config.json";

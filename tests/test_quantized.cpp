@@ -669,4 +669,129 @@ TEST(QuantizedCheckpoint, BadQuantisedTensorsAreErrorsAndLoadNothing) {
   EXPECT_TRUE(odd_target.weight_matrix().is_native());
 }
 
+// ---------------------------------------------------------------- quantising while loading
+
+// LoadOptions::quantize gives the same model as loading, then
+// quantize_weights with the same options: every family, both formats, float
+// and BF16 files, with and without the embedding and head.
+TEST(QuantizeOnLoad, EqualsLoadingThenQuantizing) {
+  const Index vocab = 48;
+  xlstm::LanguageModel<float> model(test_util::lm_config(64, 2, {1}, vocab));
+  test_util::randomize(model, 23);
+  const test_util::TempPath path("quantize_on_load_lm");
+  xlstm::io::save_module(model, path.str());
+  for (const auto format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    for (bool head : {false, true}) {
+      SCOPED_TRACE(std::string(xlstm::storage_name(format)) + (head ? " with head" : ""));
+      const xlstm::QuantizeOptions rule{/*min_elements=*/1024, head};
+      xlstm::io::LoadOptions options;
+      options.quantize = format;
+      options.quantize_options = rule;
+      xlstm::LanguageModel<float> direct(model.config(), xlstm::uninitialized);
+      xlstm::io::load_module(direct, xlstm::io::SafetensorsFile::open(path.str()), options);
+      xlstm::LanguageModel<float> after(model.config(), xlstm::uninitialized);
+      xlstm::io::load_module(after, xlstm::io::SafetensorsFile::open(path.str()));
+      const auto report = xlstm::quantize_weights(after, format, rule);
+      ASSERT_FALSE(report.quantized.empty());
+      expect_same_weights(direct, after);
+      EXPECT_EQ(direct.lm_head_matrix().storage(), head ? format : WeightStorage::native);
+      EXPECT_TRUE(step_logits(direct, vocab).cwiseEqual(step_logits(after, vocab)).all());
+    }
+  }
+
+  // xLSTM-Large from BF16 shards with fused projections: the selected
+  // matrices quantised, the rest kept as BF16 views.
+  xlstm::LargeModel<float> large(test_util::large_config(64, 2, 2, vocab));
+  xlstm::Rng rng(24);
+  large.initialize(rng, /*noise=*/0.5);
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("xlstm_test_quantize_on_load_" + std::to_string(std::random_device{}()));
+  xlstm::io::save_large_model(large, dir.string(), xlstm::io::LargeNaming::official,
+                              /*fused=*/true, xlstm::io::DType::BF16, /*num_shards=*/2);
+  xlstm::io::LargeLoadOptions large_options;
+  large_options.quantize = WeightStorage::q4_g32;
+  large_options.quantize_options = {1024, false};
+  const auto direct = xlstm::io::load_large_model<float>(dir.string(), std::nullopt, large_options);
+  auto after = xlstm::io::load_large_model<float>(dir.string());
+  xlstm::quantize_weights(after, WeightStorage::q4_g32, {1024, false});
+  expect_same_weights(direct, after);
+  EXPECT_EQ(direct.embedding().storage(), WeightStorage::bf16);
+  EXPECT_TRUE(large_logits(direct, vocab, 3).cwiseEqual(large_logits(after, vocab, 3)).all());
+  std::filesystem::remove_all(dir);
+
+  // TiRex from its float state dict.
+  auto tirex = small_random_tirex(xlstm::SLstmNumerics::tirex_official, 25);
+  const test_util::TempPath tirex_path("quantize_on_load_tirex");
+  xlstm::tirex::save_tirex_weights(tirex, tirex_path.str());
+  xlstm::io::LoadOptions tirex_options;
+  tirex_options.quantize = WeightStorage::int8_rows;
+  tirex_options.quantize_options = {1024, false};
+  xlstm::tirex::TiRexModel<float> tirex_direct(tirex.config());
+  xlstm::tirex::load_tirex_weights(tirex_direct, xlstm::io::SafetensorsFile::open(tirex_path.str()),
+                                   tirex_options);
+  xlstm::tirex::TiRexModel<float> tirex_after(tirex.config());
+  xlstm::tirex::load_tirex_weights(tirex_after, xlstm::io::SafetensorsFile::open(tirex_path.str()));
+  const auto report = xlstm::quantize_weights(tirex_after, WeightStorage::int8_rows, {1024, false});
+  ASSERT_FALSE(report.quantized.empty());
+  tirex_after.prepare();
+  expect_same_weights(tirex_direct, tirex_after);
+  Matrix<float> context(2, 50);
+  for (Index i = 0; i < context.size(); ++i) context.data()[i] = std::cos(0.2f * float(i));
+  const auto a = xlstm::tirex::forecast(tirex_direct, xlstm::ConstMatrixRef<float>(context), 16);
+  const auto b = xlstm::tirex::forecast(tirex_after, xlstm::ConstMatrixRef<float>(context), 16);
+  EXPECT_TRUE(a.quantiles.matrix().cwiseEqual(b.quantiles.matrix()).all());
+}
+
+// A weight that cannot be quantised (NaN) is an Error naming the tensor, and
+// the module keeps its weights; an option that is not a quantised format is
+// an Error too.
+TEST(QuantizeOnLoad, BadWeightsAndOptionsAreErrorsAndLoadNothing) {
+  const Index vocab = 48;
+  xlstm::LanguageModel<float> model(test_util::lm_config(64, 1, {}, vocab));
+  test_util::randomize(model, 26);
+  const test_util::TempPath path("quantize_on_load_bad");
+  xlstm::io::save_module(model, path.str());
+  const auto good = xlstm::io::SafetensorsFile::open(path.str());
+  std::string victim;
+  const auto file = rewritten(
+      good,
+      [&](const std::string& name, xlstm::io::DType& dtype, xlstm::Shape& shape,
+          std::vector<std::uint8_t>& bytes) {
+        if (victim.empty() && dtype == xlstm::io::DType::F32 && shape.size() == 2 &&
+            shape[0] * shape[1] >= 1024 && !xlstm::is_embedding_or_head(name)) {
+          victim = name;
+          const float nan = std::numeric_limits<float>::quiet_NaN();
+          std::memcpy(bytes.data() + 4 * (shape[1] + 3), &nan, sizeof nan);  // row 1
+        }
+        return true;
+      },
+      [](std::map<std::string, std::string>&) {});
+  ASSERT_FALSE(victim.empty());
+  xlstm::LanguageModel<float> target(model.config());
+  test_util::randomize(target, 27);
+  const Matrix<float> before = step_logits(target, vocab);
+  xlstm::io::LoadOptions options;
+  options.quantize = WeightStorage::int8_rows;
+  options.quantize_options = {1024, false};
+  try {
+    xlstm::io::load_module(target, file, options);
+    FAIL() << "a NaN weight loaded";
+  } catch (const xlstm::Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find(victim), std::string::npos) << message;
+    EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+  }
+  for (const auto* w : xlstm::weight_matrices(target)) EXPECT_TRUE(w->is_native());
+  EXPECT_TRUE(step_logits(target, vocab).cwiseEqual(before).all());
+
+  options.quantize = WeightStorage::bf16;
+  try {
+    xlstm::io::load_module(target, good, options);
+    FAIL() << "quantize = bf16 was accepted";
+  } catch (const xlstm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("LoadOptions::quantize"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(step_logits(target, vocab).cwiseEqual(before).all());
+}
+
 }  // namespace xlstm_test_quantized

@@ -19,7 +19,9 @@
 //  - for q4_g32, its input dimension is a multiple of 32 (else it is kept,
 //    and counted in the report).
 // The model's products then run the quantised kernels; it cannot be trained
-// (backward refuses) or saved (savers refuse) until those are written.
+// (backward refuses). The savers write it as a quantised checkpoint
+// (math §16.4), and the loaders apply the same rule while loading a float or
+// 16-bit checkpoint (io::LoadOptions::quantize), without a float copy.
 #pragma once
 
 #include <algorithm>
@@ -38,6 +40,20 @@ struct QuantizeOptions {
   /// Quantise the token embedding / patch embeddings and the LM head too.
   bool include_embedding_and_head = false;
 };
+
+/// Whether `name` is a token embedding, patch embedding or LM head: the
+/// matrices QuantizeOptions::include_embedding_and_head decides about.
+inline bool is_embedding_or_head(const std::string& name) {
+  return name.find("embedding") != std::string::npos || name.find("lm_head") != std::string::npos;
+}
+
+/// Whether a rows x cols weight matrix is big enough for `options` and has a
+/// shape `format` can hold (q4_g32: cols a multiple of 32).
+inline bool quantizable_shape(Index rows, Index cols, WeightStorage format,
+                              const QuantizeOptions& options) {
+  const bool big = std::size_t(rows) * std::size_t(cols) >= options.min_elements;
+  return big && (format != WeightStorage::q4_g32 || cols % kernels::kQ4Group == 0);
+}
 
 /// What quantize_weights did.
 struct QuantizeReport {
@@ -65,9 +81,7 @@ QuantizeReport quantize_weights(Module& module, WeightStorage format,
   std::vector<Entry> entries;
   module.for_each_parameter([&](const auto& p) {
     if (!p.matrix) return;
-    const bool head_or_embedding = p.name.find("embedding") != std::string::npos ||
-                                   p.name.find("lm_head") != std::string::npos;
-    const bool excluded = head_or_embedding && !options.include_embedding_and_head;
+    const bool excluded = is_embedding_or_head(p.name) && !options.include_embedding_and_head;
     auto it = std::find_if(entries.begin(), entries.end(),
                            [&](const Entry& e) { return e.matrix == p.matrix; });
     if (it == entries.end()) {
@@ -80,9 +94,8 @@ QuantizeReport quantize_weights(Module& module, WeightStorage format,
   for (Entry& e : entries) {
     WeightMatrix<Scalar>& w = *e.matrix;
     report.bytes_before += w.bytes();
-    const bool big = std::size_t(w.rows()) * std::size_t(w.cols()) >= options.min_elements;
-    const bool fits = format != WeightStorage::q4_g32 || w.cols() % kernels::kQ4Group == 0;
-    if (e.excluded || !big || !fits || w.storage() == format) {
+    if (e.excluded || !quantizable_shape(w.rows(), w.cols(), format, options) ||
+        w.storage() == format) {
       if (w.storage() == format) {
         report.quantized.push_back(e.name);
       } else {

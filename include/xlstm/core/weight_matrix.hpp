@@ -154,6 +154,14 @@ class WeightMatrix {
   /// Throws on a non-finite weight (its scale would be meaningless).
   static WeightMatrix quantized(const WeightMatrix& source, WeightStorage format);
 
+  /// W quantised to `format` from rows handed out one at a time:
+  /// row(r, out) writes row r's `cols` weights as float to out. The same
+  /// values as quantized() of the whole matrix; for loaders that quantise
+  /// straight from a file. `where` heads the errors (a non-finite weight).
+  template <typename RowFn>
+  static WeightMatrix quantized_rows(WeightStorage format, Index rows, Index cols, RowFn&& row,
+                                     const char* where);
+
   /// A view of quantised weights stored elsewhere (e.g. a memory-mapped
   /// checkpoint, math §16.4): `values` holds quantized_value_bytes(format,
   /// rows, cols) bytes and `scales` quantized_scale_count(format, rows, cols)
@@ -264,7 +272,7 @@ class WeightMatrix {
       case WeightStorage::f16:
         return f16_to_float(half_[r * cols_ + c]);
       case WeightStorage::int8_rows:
-        return kernels::Int8Rows{quant_, scales_, cols_}.at(r, c);
+        return kernels::Int8Rows{quant_, scales_, cols_}.dequantized(r, c);
       case WeightStorage::q4_g32:
         return kernels::Q4Rows{quant_, scales_, cols_}.at(r, c);
       default:
@@ -317,11 +325,28 @@ WeightMatrix<Scalar_> WeightMatrix<Scalar_>::quantized(const WeightMatrix& sourc
   check(format == WeightStorage::int8_rows || format == WeightStorage::q4_g32,
         "WeightMatrix::quantized: argument 'format' must be int8_rows or q4_g32, got ",
         storage_name(format));
-  const Index rows = source.rows(), cols = source.cols();
-  const bool q4 = format == WeightStorage::q4_g32;
-  check(!q4 || cols % kernels::kQ4Group == 0,
+  check(format != WeightStorage::q4_g32 || source.cols() % kernels::kQ4Group == 0,
         "WeightMatrix::quantized: argument 'source' must have ", "cols a multiple of ",
-        kernels::kQ4Group, " for q4_g32, got cols = ", cols);
+        kernels::kQ4Group, " for q4_g32, got cols = ", source.cols());
+  return quantized_rows(
+      format, source.rows(), source.cols(),
+      [&](Index r, float* out) {
+        if (source.is_native()) {
+          for (Index c = 0; c < source.cols(); ++c) out[c] = float(source.native_(r, c));
+        } else {
+          for (Index c = 0; c < source.cols(); ++c) out[c] = source.at(r, c);
+        }
+      },
+      "WeightMatrix::quantized");
+}
+
+template <typename Scalar_>
+template <typename RowFn>
+WeightMatrix<Scalar_> WeightMatrix<Scalar_>::quantized_rows(WeightStorage format, Index rows,
+                                                            Index cols, RowFn&& row,
+                                                            const char* where) {
+  check_quantized_shape(format, rows, cols, where);
+  const bool q4 = format == WeightStorage::q4_g32;
   // One owner for both buffers; Eigen's allocator aligns them like half_zeros
   // (the kernels load 8 or 16 bytes of values at a time).
   struct Buffers {
@@ -335,24 +360,20 @@ WeightMatrix<Scalar_> WeightMatrix<Scalar_>::quantized(const WeightMatrix& sourc
   w.cols_ = cols;
   owner->values.setZero(rows * w.value_bytes_per_row());
   owner->scales.setZero(rows * w.scales_per_row());
-  Vector<float> row(cols);  // the one decoded row
+  Vector<float> decoded(cols);  // the one decoded row
   for (Index r = 0; r < rows; ++r) {
-    if (source.is_native()) {
-      row = source.native_.row(r).transpose().template cast<float>();
-    } else {
-      for (Index c = 0; c < cols; ++c) row(c) = source.at(r, c);
-    }
-    check(row.allFinite(), "WeightMatrix::quantized: row ", r,
+    row(r, decoded.data());
+    check(decoded.allFinite(), where, ": row ", r,
           " has a non-finite weight (or one beyond float's range)");
     std::uint8_t* values = owner->values.data() + r * w.value_bytes_per_row();
     float* scales = owner->scales.data() + r * w.scales_per_row();
     if (q4) {
       for (Index g = 0; g < cols / kernels::kQ4Group; ++g) {
-        kernels::quantize_q4_group(row.data() + g * kernels::kQ4Group,
+        kernels::quantize_q4_group(decoded.data() + g * kernels::kQ4Group,
                                    values + g * kernels::kQ4Group / 2, scales[g]);
       }
     } else {
-      kernels::quantize_int8_row(row.data(), cols, reinterpret_cast<std::int8_t*>(values),
+      kernels::quantize_int8_row(decoded.data(), cols, reinterpret_cast<std::int8_t*>(values),
                                  scales[0]);
     }
   }

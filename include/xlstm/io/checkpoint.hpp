@@ -24,6 +24,7 @@
 
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/parameters.hpp"
+#include "xlstm/core/quantize.hpp"
 #include "xlstm/io/checkpoint_report.hpp"
 #include "xlstm/io/config_json.hpp"
 #include "xlstm/io/file_path.hpp"
@@ -44,6 +45,16 @@ struct LoadOptions {
   /// in memory: views into the memory-mapped file, or a 16-bit copy when a
   /// tensor is not 2-byte aligned. Other tensors are converted to Scalar.
   bool keep_half_weights = false;
+  /// Quantise weight matrices while loading (math §16.3): int8_rows or
+  /// q4_g32 quantises every weight matrix that quantize_weights' rule selects
+  /// (by its name in the file, `quantize_options`) straight from the file's
+  /// float or 16-bit values, one row at a time, and drops the file's pages
+  /// of it from memory afterwards: never a float copy of the model, nor of
+  /// one matrix. The same values as loading, then quantize_weights. Native
+  /// (the default) loads the weights as stored. Quantised tensors in the file
+  /// load as they are either way.
+  WeightStorage quantize = WeightStorage::native;
+  QuantizeOptions quantize_options{};
 };
 
 /// One tensor of a checkpoint and where its values go: the references whose
@@ -275,6 +286,46 @@ WeightMatrix<Scalar> half_weights(const SafetensorsFile& file, const std::string
 
 }  // namespace detail
 
+namespace detail {
+
+/// Whether the loader quantises `target` (a 2-D weight matrix of the shape
+/// the file has): options.quantize asks for it and quantize_weights' rule
+/// selects it by its name in the file.
+template <typename Target>
+bool quantize_on_load(const LoadOptions& options, const std::string& key, const Target& target) {
+  if (options.quantize == WeightStorage::native) return false;
+  check(options.quantize == WeightStorage::int8_rows || options.quantize == WeightStorage::q4_g32,
+        "LoadOptions::quantize must be native, int8_rows or q4_g32, got ",
+        storage_name(options.quantize));
+  if (is_embedding_or_head(key) && !options.quantize_options.include_embedding_and_head) {
+    return false;
+  }
+  return quantizable_shape(Index(target.shape[0]), Index(target.shape[1]), options.quantize,
+                           options.quantize_options);
+}
+
+/// The float or 16-bit tensor `key` of `file` (rows x cols) quantised to
+/// `format` a row at a time (WeightMatrix::quantized_rows), then its pages
+/// released from memory. Throws Error on a non-finite weight.
+template <typename Scalar>
+WeightMatrix<Scalar> quantized_from_file(const SafetensorsFile& file, const std::string& key,
+                                         Index rows, Index cols, WeightStorage format) {
+  const DType dtype = file.info(key).dtype;
+  const std::uint8_t* bytes = file.bytes(key);
+  const std::size_t row_bytes = std::size_t(cols) * dtype_size(dtype);
+  const std::string context = file.name() + ": tensor '" + key + "'";
+  WeightMatrix<Scalar> w = WeightMatrix<Scalar>::quantized_rows(
+      format, rows, cols,
+      [&](Index r, float* out) {
+        decode_elements(dtype, bytes + std::size_t(r) * row_bytes, out, std::size_t(cols), context);
+      },
+      context.c_str());
+  file.release(key);
+  return w;
+}
+
+}  // namespace detail
+
 /// Loads `targets` from `files` (names prefixed by options.prefix),
 /// converting F32/F64/BF16/F16 to Scalar. Throws one Error (headed by
 /// `what`) listing every problem; on error nothing is written.
@@ -316,8 +367,17 @@ void load_targets(const std::vector<TensorTarget<ParameterRef<Scalar>>>& targets
     }
     detail::Staged<Scalar> s;
     const bool half_file = info.dtype == DType::BF16 || info.dtype == DType::F16;
-    if (found == target.shape && options.keep_half_weights && half_file && target.all_matrices() &&
-        target.shape.size() == 2) {
+    const bool matrix = found == target.shape && target.all_matrices() && target.shape.size() == 2;
+    if (matrix && detail::quantize_on_load(options, key, target)) {
+      try {
+        s.kept = detail::quantized_from_file<Scalar>(file, key, Index(target.shape[0]),
+                                                     Index(target.shape[1]), options.quantize);
+      } catch (const Error& e) {
+        report.unusable(key, e.what());  // a non-finite weight or one beyond float's range
+        continue;
+      }
+      s.is_kept = true;
+    } else if (matrix && options.keep_half_weights && half_file) {
       s.kept =
           detail::half_weights<Scalar>(file, key, Index(target.shape[0]), Index(target.shape[1]));
       s.is_kept = true;

@@ -4,6 +4,7 @@
 // is in the platform layer at the end.
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -64,6 +65,12 @@ inline std::string errno_message(int error) { return std::generic_category().mes
 /// Releases a mapping made by load_file() (platform layer below).
 inline void unmap_file(void* mapping, std::size_t size);
 
+/// Tells the OS that the mapped pages wholly inside [begin, begin + size) are
+/// not needed for now: they leave the process's resident memory (the file's
+/// bytes stay in the page cache and are read again if touched). Where the
+/// platform has no such call it does nothing (platform layer below).
+inline void release_mapped_pages(const std::uint8_t* begin, std::size_t size);
+
 /// Owns the bytes of one file: a read-only mapping or a heap buffer.
 class FileBytes {
  public:
@@ -86,6 +93,13 @@ class FileBytes {
   std::size_t size() const { return size_; }
   /// Whether the bytes are a mapping of the file (else a copy in memory).
   bool mapped() const { return mapping_ != nullptr; }
+  /// Drops the resident pages of the mapped range [offset, offset + count)
+  /// (release_mapped_pages); a copy in memory stays as it is.
+  void release(std::size_t offset, std::size_t count) const {
+    if (mapping_ != nullptr && offset < size_) {
+      release_mapped_pages(data_ + offset, std::min(count, size_ - offset));
+    }
+  }
 
  private:
   std::vector<std::uint8_t> buffer_;
@@ -108,6 +122,16 @@ inline std::shared_ptr<const FileBytes> load_file(const std::string& path);
 
 #if XLSTM_IO_HAVE_MMAP
 inline void unmap_file(void* mapping, std::size_t size) { ::munmap(mapping, size); }
+
+inline void release_mapped_pages(const std::uint8_t* begin, std::size_t size) {
+  const auto page = std::uintptr_t(::sysconf(_SC_PAGESIZE));
+  if (page == 0 || size == 0) return;
+  const std::uintptr_t first = (std::uintptr_t(begin) + page - 1) / page * page;
+  const std::uintptr_t last = (std::uintptr_t(begin) + size) / page * page;
+  // A private read-only mapping: MADV_DONTNEED drops the pages, and a later
+  // read faults them in from the file again. Advice only: errors are ignored.
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
 
 /// Closes a file descriptor on every exit path.
 class FileDescriptor {
@@ -154,6 +178,13 @@ inline std::shared_ptr<const FileBytes> load_file(const std::string& path) {
 }
 #elif XLSTM_IO_HAVE_WIN32_MAPPING
 inline void unmap_file(void* mapping, std::size_t /*size*/) { ::UnmapViewOfFile(mapping); }
+
+inline void release_mapped_pages(const std::uint8_t* begin, std::size_t size) {
+  // VirtualUnlock on pages that are not locked takes them out of the working
+  // set (and reports ERROR_NOT_LOCKED, which is expected): the documented way
+  // to trim a range of a mapped view.
+  if (size != 0) ::VirtualUnlock(const_cast<std::uint8_t*>(begin), size);
+}
 
 /// The system's text for a GetLastError() value, in UTF-8, with its number.
 inline std::string windows_error_message(DWORD error) {
@@ -252,6 +283,7 @@ inline std::shared_ptr<const FileBytes> load_file(const std::string& path) {
 }
 #else
 inline void unmap_file(void* /*mapping*/, std::size_t /*size*/) {}
+inline void release_mapped_pages(const std::uint8_t* /*begin*/, std::size_t /*size*/) {}
 
 inline std::shared_ptr<const FileBytes> load_file(const std::string& path) {
   std::ifstream in(utf8_path(path), std::ios::binary);

@@ -112,6 +112,15 @@ class SafetensorsFile {
   /// The tensor's raw little-endian bytes (info(tensor).byte_count() of them).
   const std::uint8_t* bytes(const std::string& tensor) const { return data_ + info(tensor).begin; }
 
+  /// Drops the tensor's pages from resident memory when the file is mapped
+  /// (they are read from the file again if used): for a loader that has made
+  /// its own copy (e.g. quantised while loading). Pointers stay valid.
+  void release(const std::string& tensor) const {
+    const TensorInfo& tensor_info = info(tensor);
+    storage_->release(std::size_t(data_ - storage_->data()) + tensor_info.begin,
+                      tensor_info.byte_count());
+  }
+
   /// Whether view<T>(tensor) would succeed: the dtype is dtype_of<T>(), the
   /// data is aligned for T and the host is little-endian. Throws like info()
   /// if there is no such tensor.

@@ -18,6 +18,8 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <type_traits>
+#include <utility>
 
 #include "xlstm/core/kernels/blocked_product.hpp"
 #include "xlstm/core/kernels/simd.hpp"
@@ -53,11 +55,45 @@ struct NativeRows {
   Scalar at(Index row, Index col) const { return data[row * stride + col]; }
 };
 
+namespace detail {
+
+/// Whether a row loader multiplies each row's sums by a scale at the end
+/// (Rows::row_scale(row)): its loads and `at` are then in the row's units.
+template <typename Rows, typename = void>
+struct HasRowScale : std::false_type {};
+template <typename Rows>
+struct HasRowScale<Rows, std::void_t<decltype(std::declval<const Rows&>().row_scale(Index()))>>
+    : std::true_type {};
+
+/// Whether a row loader hands out 2 * kLanes columns at a time split by
+/// parity (Rows::kPairedColumns, load_pair): x is then split alike.
+template <typename Rows, typename = void>
+struct PairedColumns : std::false_type {};
+template <typename Rows>
+struct PairedColumns<Rows, std::void_t<decltype(Rows::kPairedColumns)>>
+    : std::bool_constant<Rows::kPairedColumns> {};
+
+}  // namespace detail
+
+/// Columns a piece of the step kernel starts on: the paired loaders' decode
+/// steps (kernels/quantized.hpp) must not straddle a piece.
+template <typename Rows>
+constexpr Index column_granule() {
+  if constexpr (detail::PairedColumns<Rows>::value) {
+    return Rows::kColumnGranule;
+  } else {
+    return 16;
+  }
+}
+
 /// The register block: R rows of W (from row o, column k0) times B rows of
 /// x (`x` points at their column k0), over n columns:
 /// y(b, o + r) (+)= sum_k W(o + r, k0 + k) x(b, k0 + k). R * B independent
 /// accumulators hide the latency of the fused multiply-adds; each W packet
 /// is loaded once for all B rows and each x packet once for all R rows.
+/// Loaders with a row scale (int8 rows) are summed in their own units and
+/// scaled once per row at the end; paired loaders (4-bit) take x split into
+/// its even and odd columns, 2 * kLanes columns per step.
 template <int R, int B, typename Scalar, typename Rows>
 inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index ldx, Index n,
                       Scalar* y, Index ldy, bool accumulate) {
@@ -68,6 +104,20 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
     for (int b = 0; b < B; ++b) acc[r][b] = simd::zero<Scalar>();
   }
   Index k = 0;
+  if constexpr (detail::PairedColumns<Rows>::value) {
+    for (; k + 2 * kLanes <= n; k += 2 * kLanes) {
+      Packet even[R], odd[R];
+      for (int r = 0; r < R; ++r) w.load_pair(o + r, k0 + k, even[r], odd[r]);
+      for (int b = 0; b < B; ++b) {
+        Packet x_even, x_odd;
+        simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
+                           x_even, x_odd);
+        for (int r = 0; r < R; ++r) {
+          acc[r][b] = simd::fma(odd[r], x_odd, simd::fma(even[r], x_even, acc[r][b]));
+        }
+      }
+    }
+  }
   for (; k + kLanes <= n; k += kLanes) {
     Packet wv[R];
     for (int r = 0; r < R; ++r) wv[r] = w.load(o + r, k0 + k);
@@ -80,6 +130,7 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
     for (int b = 0; b < B; ++b) {
       Scalar sum = simd::reduce(acc[r][b]);
       for (Index j = k; j < n; ++j) sum += w.at(o + r, k0 + j) * x[b * ldx + j];
+      if constexpr (detail::HasRowScale<Rows>::value) sum *= w.row_scale(o + r);
       Scalar& out = y[b * ldy + o + r];
       out = accumulate ? out + sum : sum;
     }
@@ -114,7 +165,7 @@ void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0
       }
       for (; b < batch; ++b) {
         Index o = p0;
-        if constexpr (simd::kVectorRegisters >= 32) {
+        if constexpr (simd::kVectorRegisters >= 16) {
           // 32 vector registers: 8 W rows at once keep more of W's memory
           // streams in flight (BF16 decode of a 16384 x 4096 matrix on one
           // thread: 16.5 -> 20 GB/s); with 16 registers this would spill.
@@ -141,7 +192,9 @@ void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0
 template <typename Scalar, typename Rows, typename XRef, typename YRef>
 void step_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0, Index count) {
   constexpr Index kL1Scalars = Index(24 * 1024) / Index(sizeof(Scalar));
-  const Index piece = std::max<Index>(256, kL1Scalars / std::max<Index>(x.rows(), 1) / 16 * 16);
+  constexpr Index kGranule = column_granule<Rows>();
+  const Index piece =
+      std::max<Index>(256, kL1Scalars / std::max<Index>(x.rows(), 1) / kGranule * kGranule);
   panel_rows<2, 4, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
 }
 

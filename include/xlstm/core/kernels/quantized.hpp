@@ -84,29 +84,44 @@ inline int q4_nibble(std::uint8_t byte, Index column) {
 }
 
 /// Rows of int8_rows W (`data`: rows x stride bytes, `scales`: one per row),
-/// widened and scaled to float packets as they are loaded.
+/// widened to float packets as they are loaded and summed as integers'
+/// multiples: the step kernel multiplies a row's sums by its scale once
+/// (row_scale), which saves a multiply per packet (decoding int8 is bound
+/// by the arithmetic per byte, not by memory, on one core) and rounds less.
 struct Int8Rows {
   const std::uint8_t* data;
   const float* scales;
   Index stride;
   simd::Packet<float> load(Index row, Index col) const {
-    const auto* p = reinterpret_cast<const std::int8_t*>(data + row * stride + col);
-    return simd::scale(simd::load_i8(p), scales[row]);
+    return simd::load_i8(reinterpret_cast<const std::int8_t*>(data + row * stride + col));
   }
-  float at(Index row, Index col) const {
-    return float(std::int8_t(data[row * stride + col])) * scales[row];
-  }
+  /// The value q, in the row's units.
+  float at(Index row, Index col) const { return float(std::int8_t(data[row * stride + col])); }
+  float row_scale(Index row) const { return scales[row]; }
+  /// W(row, col) = q * scale (math §16.1).
+  float dequantized(Index row, Index col) const { return at(row, col) * scales[row]; }
 };
 
 /// Rows of q4_g32 W (`data`: rows x cols / 2 bytes, `scales`: rows x cols /
-/// 32), widened and scaled to float packets as they are loaded. A packet
-/// starts at a multiple of its lane count (the step kernel walks columns so,
-/// in pieces of multiples of 16), and the lane count divides 32: it lies
-/// within one group (one scale) and starts on a byte.
+/// 32), widened and scaled to float packets as they are loaded. With
+/// in-register decoding the step kernel takes 2 * kLanes columns at a time
+/// (load_pair: one byte per lane, both nibbles used, x split by column
+/// parity to match), which halves the unpacking work; such a step lies
+/// within one group (one scale) as the step kernel starts its pieces on
+/// multiples of kColumnGranule, which divides 32. load() serves the tails:
+/// a packet starts at a multiple of its lane count, lies within one group
+/// and starts on a byte.
 struct Q4Rows {
   const std::uint8_t* data;
   const float* scales;
   Index cols;
+  static constexpr bool kPairedColumns = simd::kPairedQ4;
+  static constexpr Index kColumnGranule = 2 * simd::kLanes<float>;
+  static_assert(!kPairedColumns || kQ4Group % kColumnGranule == 0,
+                "a paired step must not straddle two groups");
+  void load_pair(Index row, Index col, simd::Packet<float>& even, simd::Packet<float>& odd) const {
+    simd::load_q4_pair(data + (row * cols + col) / 2, scale(row, col), even, odd);
+  }
   simd::Packet<float> load(Index row, Index col) const {
     static_assert(kQ4Group % simd::kLanes<float> == 0, "a packet must not straddle two groups");
     if constexpr (simd::kLanes<float> % 2 != 0) {  // unvectorised builds: one lane, maybe odd

@@ -201,6 +201,78 @@ inline Packet<float> load_q4(const std::uint8_t* p) {
 #endif
 }
 
+/// Whether load_q4_pair and deinterleave run inside the registers (else lane
+/// by lane: the paired q4_g32 decode of kernels/quantized.hpp is not worth it).
+#if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
+inline constexpr bool kPairedQ4 = true;
+#else
+inline constexpr bool kPairedQ4 = false;
+#endif
+
+/// 2 * kLanes<float> q4_g32 nibbles from the kLanes bytes at `p` (low nibble
+/// = even column), times `scale`, split by column parity: even[j] is column
+/// 2j, odd[j] column 2j + 1. The bytes must lie in one group of 32 (one
+/// scale). AVX-512 looks the 16 possible values up in a 16-lane table that
+/// already holds q * scale (one permute per packet, the index's upper bits
+/// ignored), so a value is float(q) * scale rounded once, as in
+/// load_q4 times the scale.
+inline void load_q4_pair(const std::uint8_t* p, float scale, Packet<float>& even,
+                         Packet<float>& odd) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m512 table =
+      _mm512_mul_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1),
+                    _mm512_set1_ps(scale));
+  const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  even = _mm512_permutexvar_ps(bytes, table);
+  odd = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
+#elif defined(XLSTM_SIMD_AVX2)
+  const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256 s = _mm256_set1_ps(scale);
+  even = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(bytes, 28), 28)), s);
+  odd = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(bytes, 24), 28)), s);
+#else
+  float lanes[2][kLanes<float>];
+  for (Index i = 0; i < kLanes<float>; ++i) {
+    for (int half = 0; half < 2; ++half) {
+      const int nibble = (p[i] >> (4 * half)) & 15;
+      lanes[half][i] = float(nibble >= 8 ? nibble - 16 : nibble) * scale;
+    }
+  }
+  even = load<float>(lanes[0]);
+  odd = load<float>(lanes[1]);
+#endif
+}
+
+/// The 2 * kLanes<float> floats of packets a (first) and b split by position
+/// parity: even[j] = element 2j, odd[j] = element 2j + 1 (load_q4_pair's
+/// order).
+inline void deinterleave(const Packet<float>& a, const Packet<float>& b, Packet<float>& even,
+                         Packet<float>& odd) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m512i even_index =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  even = _mm512_permutex2var_ps(a, even_index, b);
+  odd = _mm512_permutex2var_ps(a, _mm512_add_epi32(even_index, _mm512_set1_epi32(1)), b);
+#elif defined(XLSTM_SIMD_AVX2)
+  // Within 128-bit halves first ([a0 a2 b0 b2 | a4 a6 b4 b6]), then the
+  // 64-bit quarters into order.
+  even = _mm256_castpd_ps(_mm256_permute4x64_pd(
+      _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+  odd = _mm256_castpd_ps(_mm256_permute4x64_pd(
+      _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+#else
+  float in[2 * kLanes<float>], lanes[2][kLanes<float>];
+  store<float>(in, a);
+  store<float>(in + kLanes<float>, b);
+  for (Index i = 0; i < kLanes<float>; ++i) {
+    lanes[0][i] = in[2 * i];
+    lanes[1][i] = in[2 * i + 1];
+  }
+  even = load<float>(lanes[0]);
+  odd = load<float>(lanes[1]);
+#endif
+}
+
 /// Whether select_lanes runs inside the registers (one permute); elsewhere a
 /// kernel should keep its scalar path.
 #if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)

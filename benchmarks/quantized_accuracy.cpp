@@ -1,0 +1,510 @@
+// What int8_rows and q4_g32 weights change (docs/math.md §16), against the
+// same model with its float (or, for the 7B architecture, BF16) weights:
+//
+//   xlstm_quantized_accuracy [--tokens=N] [--no-random] [--large7b] [--tirex-golden=DIR]
+//                            [--char-model=DIR --text=FILE [--windows=N]]
+//
+// (--no-random: without the two random-weight models below.)
+//
+//  - lm125m: the 125M language model of xlstm_bench (bench_models.hpp, its
+//    random initialisation, seed 125). The float model generates N tokens greedily (default 256)
+//    from a fixed prompt; the quantised models read the same tokens. Per
+//    position: the KL divergence KL(float || quantised) of the next-token
+//    distributions and whether the top-1 token agrees.
+//  - tirex: the full-size TiRex architecture (D = 512, 12 blocks) with random
+//    weights, forecasting 64 steps of 8 synthetic series of 2048 values
+//    (sines, trends, random walks, noise). The quantile error in scaled
+//    units: |quantile - float quantile| / (standard deviation of the series'
+//    context), max and mean over series, steps and quantiles.
+//  - --tirex-golden=DIR: the tirex_model golden files of DIR (the official
+//    code's small models and calls), every weight matrix but the patch
+//    embeddings quantised: the quantile error in the model's scaled units
+//    (the first pass's scaler).
+//  - --large7b: the whole 7B architecture (32 blocks, E = 4096, vocabulary
+//    50304) with random BF16 weights (~14 GB), as lm125m with the BF16 model
+//    as the reference: it generates N tokens, then is quantised in place and
+//    reads them again (one format per pass; about 20 GB at the peak).
+//  - --char-model=DIR --text=FILE [--windows=N]: a trained language model
+//    (examples/train_char_lm's output) and its text: the example's validation
+//    bits per character (last 10 % of the text, at most N windows of the
+//    context length, 256 by default), float against each format, with the
+//    default rule and with every matrix quantised (min_elements 0).
+//
+// Every format uses quantize_weights' default rule (math §16.3): matrices of
+// at least 2^16 elements, the embedding and head kept.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_models.hpp"
+#include "xlstm/xlstm.hpp"
+
+namespace {
+
+using xlstm::Index;
+using xlstm::Matrix;
+using xlstm::WeightStorage;
+
+constexpr WeightStorage kFormats[] = {WeightStorage::int8_rows, WeightStorage::q4_g32};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+/// log-softmax of one row of logits, in double.
+std::vector<double> log_softmax(const float* logits, Index n) {
+  double max = logits[0];
+  for (Index i = 1; i < n; ++i) max = std::max(max, double(logits[i]));
+  double sum = 0;
+  for (Index i = 0; i < n; ++i) sum += std::exp(double(logits[i]) - max);
+  const double log_sum = max + std::log(sum);
+  std::vector<double> out(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) out[std::size_t(i)] = double(logits[i]) - log_sum;
+  return out;
+}
+
+Index argmax(const float* logits, Index n) {
+  return Index(std::max_element(logits, logits + n) - logits);
+}
+
+/// Logits of a generation: row t holds the logits after token t.
+struct Generation {
+  std::vector<std::int64_t> tokens;  // prompt, then the generated tokens
+  Matrix<float> logits;              // one row per position read
+};
+
+/// Greedy generation of `count` tokens after `prompt`, keeping every logit row.
+template <typename Model>
+Generation generate(const Model& model, const std::vector<std::int64_t>& prompt, Index count) {
+  Generation g;
+  g.tokens = prompt;
+  const Index vocab = model.vocab_size();
+  const Index positions = Index(prompt.size()) + count;
+  g.logits.resize(positions, vocab);
+  auto state = model.initial_state(1);
+  Matrix<float> row(1, vocab);
+  for (Index t = 0; t < positions; ++t) {
+    model.step(std::vector<std::int64_t>{g.tokens[std::size_t(t)]}, state, row);
+    g.logits.row(t) = row;
+    if (t + 1 >= Index(prompt.size()) && Index(g.tokens.size()) < positions) {
+      g.tokens.push_back(argmax(row.data(), vocab));
+    }
+  }
+  return g;
+}
+
+/// The logits of `model` reading `tokens` (all but the last, whose logits are
+/// not needed).
+template <typename Model>
+Matrix<float> read_tokens(const Model& model, const std::vector<std::int64_t>& tokens,
+                          Index positions) {
+  const Index vocab = model.vocab_size();
+  Matrix<float> logits(positions, vocab), row(1, vocab);
+  auto state = model.initial_state(1);
+  for (Index t = 0; t < positions; ++t) {
+    model.step(std::vector<std::int64_t>{tokens[std::size_t(t)]}, state, row);
+    logits.row(t) = row;
+  }
+  return logits;
+}
+
+/// KL and top-1 agreement of `got` against `reference`, over the positions
+/// from `first` (the generated part).
+void print_agreement(const char* model, const char* format, const Matrix<float>& reference,
+                     const Matrix<float>& got, Index first) {
+  double kl_sum = 0, kl_max = 0, diff2 = 0, ref2 = 0;
+  double widest_flipped = 0;  // the largest float top-1 margin among disagreements
+  Index agree = 0, n = 0;
+  const Index vocab = reference.cols();
+  for (Index t = first; t < reference.rows(); ++t, ++n) {
+    const auto p = log_softmax(&reference(t, 0), vocab);
+    const auto q = log_softmax(&got(t, 0), vocab);
+    double kl = 0;
+    for (Index i = 0; i < vocab; ++i) {
+      kl += std::exp(p[std::size_t(i)]) * (p[std::size_t(i)] - q[std::size_t(i)]);
+    }
+    kl_sum += kl;
+    kl_max = std::max(kl_max, kl);
+    const Index top = argmax(&reference(t, 0), vocab);
+    if (top == argmax(&got(t, 0), vocab)) {
+      ++agree;
+    } else {
+      float second = -std::numeric_limits<float>::infinity();
+      for (Index i = 0; i < vocab; ++i) {
+        if (i != top) second = std::max(second, reference(t, i));
+      }
+      widest_flipped = std::max(widest_flipped, double(reference(t, top) - second));
+    }
+    diff2 += (got.row(t) - reference.row(t)).cast<double>().squaredNorm();
+    ref2 += reference.row(t).cast<double>().squaredNorm();
+  }
+  std::printf(
+      "%-8s %-10s positions %4ld  KL mean %.3e max %.3e nats  top-1 agreement %6.2f %%  "
+      "logits rel. RMS error %.3g  (flips where the float top-1 led by <= %.3g)\n",
+      model, format, long(n), kl_sum / double(n), kl_max, 100.0 * double(agree) / double(n),
+      std::sqrt(diff2 / ref2), widest_flipped);
+}
+
+/// The module with every weight matrix quantize_weights would quantise
+/// rounded to BF16 (kept in float): the error of the BF16 checkpoints the
+/// official models ship in, as a yardstick for the quantised formats.
+template <typename Module>
+void round_selected_to_bf16(Module& module) {
+  const xlstm::QuantizeOptions rule;
+  module.for_each_parameter([&](const auto& p) {
+    if (!p.matrix || !p.matrix->is_native() || xlstm::is_embedding_or_head(p.name) ||
+        !xlstm::quantizable_shape(p.matrix->rows(), p.matrix->cols(), WeightStorage::int8_rows,
+                                  rule)) {
+      return;
+    }
+    auto& w = p.matrix->native();
+    for (Index i = 0; i < w.size(); ++i) w.data()[i] = xlstm::round_to_bf16(w.data()[i]);
+  });
+}
+
+std::vector<std::int64_t> prompt_tokens(Index vocab) {
+  std::vector<std::int64_t> prompt;
+  for (Index t = 0; t < 16; ++t) prompt.push_back((t * 7919 + 11) % vocab);
+  return prompt;
+}
+
+void lm125m(Index count) {
+  const auto start = std::chrono::steady_clock::now();
+  xlstm::LanguageModel<float> model(xbench::config_125m());
+  xlstm::Rng rng(125);
+  model.initialize(rng);
+  const auto prompt = prompt_tokens(model.vocab_size());
+  const Generation g = generate(model, prompt, count);
+  for (const auto format : kFormats) {
+    xlstm::LanguageModel<float> quantized = model;
+    xlstm::quantize_weights(quantized, format);
+    const Matrix<float> logits = read_tokens(quantized, g.tokens, g.logits.rows());
+    print_agreement("lm125m", xlstm::storage_name(format), g.logits, logits,
+                    Index(prompt.size()) - 1);
+  }
+  xlstm::LanguageModel<float> bf16 = model;
+  round_selected_to_bf16(bf16);
+  print_agreement("lm125m", "bf16 (ref)", g.logits, read_tokens(bf16, g.tokens, g.logits.rows()),
+                  Index(prompt.size()) - 1);
+  std::printf("         (%.0f s)\n", seconds_since(start));
+}
+
+/// Synthetic series of `length` values: sines of several periods, trends,
+/// random walks and noise, at different levels and scales.
+Matrix<float> synthetic_series(Index count, Index length) {
+  std::mt19937_64 rng(2026);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  Matrix<float> x(count, length);
+  for (Index b = 0; b < count; ++b) {
+    double walk = 0;
+    const double period = 12.0 + 17.0 * double(b), level = 10.0 * double(b) - 30.0,
+                 scale = 0.5 + double(b);
+    for (Index t = 0; t < length; ++t) {
+      walk += normal(rng);
+      double v = 0;
+      switch (b % 4) {
+        case 0:
+          v = std::sin(2 * M_PI * double(t) / period);
+          break;
+        case 1:
+          v = 0.01 * double(t) + std::sin(2 * M_PI * double(t) / period);
+          break;
+        case 2:
+          v = 0.1 * walk;
+          break;
+        default:
+          v = std::sin(2 * M_PI * double(t) / period) + 0.3 * normal(rng);
+          break;
+      }
+      x(b, t) = float(level + scale * v);
+    }
+  }
+  return x;
+}
+
+/// Quantile error of `f` against `reference` in scaled units (divided by
+/// the standard deviation of the series' context): max and mean.
+void print_quantile_error(const char* what, const Matrix<float>& context,
+                          const xlstm::tirex::Forecast<float>& reference,
+                          const xlstm::tirex::Forecast<float>& f) {
+  double max_error = 0, sum = 0;
+  Index n = 0;
+  const Index horizon = f.median.cols(), quantiles = f.quantiles.features();
+  for (Index b = 0; b < context.rows(); ++b) {
+    const double mean = context.row(b).cast<double>().mean();
+    const double sd = std::sqrt((context.row(b).cast<double>().array() - mean).square().sum() /
+                                double(context.cols()));
+    for (Index t = 0; t < horizon; ++t) {
+      for (Index q = 0; q < quantiles; ++q) {
+        const double e =
+            std::abs(double(f.quantiles(b, t, q)) - double(reference.quantiles(b, t, q))) / sd;
+        max_error = std::max(max_error, e);
+        sum += e;
+        ++n;
+      }
+    }
+  }
+  std::printf("tirex    %-22s quantile error in scaled units: max %.3e mean %.3e (%ld values)\n",
+              what, max_error, sum / double(n), long(n));
+}
+
+void tirex() {
+  const auto start = std::chrono::steady_clock::now();
+  xlstm::tirex::TiRexModel<float> model{xlstm::tirex::TiRexConfig{}};
+  xlstm::tirex::randomize_weights(model, 35);
+  const Index horizon = 64;
+  const Matrix<float> context = synthetic_series(8, 2048);
+  const xlstm::ConstMatrixRef<float> x(context);
+  const auto reference = xlstm::tirex::forecast(model, x, horizon);
+  for (const auto format : kFormats) {
+    xlstm::tirex::TiRexModel<float> quantized = model;
+    xlstm::quantize_weights(quantized, format);
+    quantized.prepare();
+    print_quantile_error(xlstm::storage_name(format), context, reference,
+                         xlstm::tirex::forecast(quantized, x, horizon));
+  }
+  // Yardsticks: BF16-rounded weights, and the float cell numerics instead
+  // of the official bf16 ones (math §12).
+  xlstm::tirex::TiRexModel<float> bf16 = model;
+  round_selected_to_bf16(bf16);
+  bf16.prepare();
+  print_quantile_error("bf16 weights (ref)", context, reference,
+                       xlstm::tirex::forecast(bf16, x, horizon));
+  xlstm::tirex::TiRexConfig plain_config;
+  plain_config.numerics = xlstm::SLstmNumerics::plain;
+  xlstm::tirex::TiRexModel<float> plain{plain_config};
+  xlstm::tirex::randomize_weights(plain, 35);
+  print_quantile_error("plain numerics (ref)", context, reference,
+                       xlstm::tirex::forecast(plain, x, horizon));
+  std::printf("         (%.0f s)\n", seconds_since(start));
+}
+
+/// The tirex_model golden files of `dir` (docs: tests/data/golden/
+/// tirex-format.md): each file's model and call, forecast with float weights
+/// and with every weight matrix but the patch embeddings quantised
+/// (min_elements 0; q4_g32 where the input dimension is a multiple of 32);
+/// the quantile error in the model's
+/// scaled units (divided by the first pass's scale of the series, the
+/// official scaler's).
+void tirex_golden(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("tirex_model_", 0) == 0) files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) throw xlstm::Error("no tirex_model_*.safetensors in '" + dir + "'");
+  for (const auto format : kFormats) {
+    double max_error = 0, sum = 0;
+    Index n = 0;
+    std::size_t quantized = 0, kept = 0;
+    for (const auto& path : files) {
+      const auto file = xlstm::io::SafetensorsFile::open(path);
+      const auto config = xlstm::tirex::tirex_config_from_json(
+          xlstm::io::Json::parse(file.metadata().at("config")));
+      const auto call = xlstm::io::Json::parse(file.metadata().at("call"));
+      const Index horizon = call.at("prediction_length").get<Index>();
+      const Index accelerated = call.at("max_accelerated_rollout_steps").get<Index>();
+      xlstm::tirex::TiRexModel<float> model(config);
+      xlstm::io::LoadOptions prefix;
+      prefix.prefix = "param.";
+      xlstm::tirex::load_tirex_weights(model, file, prefix);
+      const auto shape = file.info("input.context").shape;
+      Matrix<float> context(Index(shape.at(0)), Index(shape.at(1)));
+      file.read_into<float>("input.context", context.data(), std::size_t(context.size()));
+      auto run = [&](const xlstm::tirex::TiRexModel<float>& m,
+                     xlstm::tirex::FirstPass<float>* first) {
+        if (!file.contains("input.lengths")) {
+          return xlstm::tirex::forecast(m, xlstm::ConstMatrixRef<float>(context), horizon,
+                                        accelerated, first);
+        }
+        const auto lengths = file.read<double>("input.lengths");
+        std::vector<std::vector<float>> series(lengths.size());
+        for (std::size_t b = 0; b < series.size(); ++b) {
+          const auto row = context.row(Index(b)).tail(Index(lengths[b]));
+          series[b].assign(row.data(), row.data() + row.size());
+        }
+        return xlstm::tirex::forecast(m, series, horizon, accelerated, first);
+      };
+      xlstm::tirex::FirstPass<float> first;
+      const auto reference = run(model, &first);
+      xlstm::tirex::TiRexModel<float> q = model;
+      const auto report = xlstm::quantize_weights(q, format, {/*min_elements=*/0, false});
+      quantized += report.quantized.size();
+      kept += report.kept.size();
+      q.prepare();
+      const auto f = run(q, nullptr);
+      for (Index b = 0; b < f.quantiles.batch(); ++b) {
+        const double scale = double(first.stats.at(std::size_t(b)).scale);
+        for (Index i = 0; i < f.quantiles.time() * f.quantiles.features(); ++i) {
+          const Index t = i / f.quantiles.features(), k = i % f.quantiles.features();
+          const double e =
+              std::abs(double(f.quantiles(b, t, k)) - double(reference.quantiles(b, t, k))) / scale;
+          max_error = std::max(max_error, e);
+          sum += e;
+          ++n;
+        }
+      }
+    }
+    std::printf(
+        "tirex-golden %-10s %zu files, quantile error in scaled units: max %.3e mean %.3e "
+        "(%ld values; %zu matrices quantised, %zu kept)\n",
+        xlstm::storage_name(format), files.size(), max_error, sum / double(n), long(n), quantized,
+        kept);
+  }
+}
+
+void large7b(Index count) {
+  const auto start = std::chrono::steady_clock::now();
+  Generation g;
+  Index first = 0;
+  for (const auto format : kFormats) {
+    auto model = std::make_unique<xlstm::LargeModel<float>>(
+        xbench::config_7b(), xlstm::uninitialized, WeightStorage::bf16);
+    xbench::fill_bf16(*model, 11);  // as xlstm_bench's large7b rows
+    if (g.tokens.empty()) {
+      const auto prompt = prompt_tokens(model->vocab_size());
+      first = Index(prompt.size()) - 1;
+      g = generate(*model, prompt, count);
+    }
+    xlstm::quantize_weights(*model, format);  // in place: the BF16 matrices go one by one
+    const Matrix<float> logits = read_tokens(*model, g.tokens, g.logits.rows());
+    print_agreement("large7b", xlstm::storage_name(format), g.logits, logits, first);
+  }
+  std::printf("         (%.0f s)\n", seconds_since(start));
+}
+
+/// The validation of examples/train_char_lm: the text's distinct bytes as the
+/// vocabulary (vocab.json of the model directory), the last 10 % held out,
+/// consecutive windows of the model's context length from its start (at most
+/// `windows`), each read from a zero state; the mean cross-entropy in bits per
+/// character.
+struct CharValidation {
+  xlstm::Tokens inputs, targets;
+
+  CharValidation(const std::string& text, Index context, Index windows) {
+    std::vector<int> seen(256, 0);
+    for (char c : text) seen[std::size_t(static_cast<unsigned char>(c))] = 1;
+    std::vector<std::int64_t> id(256, -1);
+    std::int64_t next = 0;
+    for (int b = 0; b < 256; ++b) {
+      if (seen[std::size_t(b)]) id[std::size_t(b)] = next++;
+    }
+    const auto total = std::int64_t(text.size());
+    const auto validation = std::int64_t(double(total) * 0.1);
+    const std::int64_t first = total - validation;
+    std::vector<std::int64_t> starts;
+    for (std::int64_t s = 0; s + context + 1 <= validation && Index(starts.size()) < windows;
+         s += context) {
+      starts.push_back(s);
+    }
+    inputs.resize(Index(starts.size()), context);
+    targets.resize(Index(starts.size()), context);
+    auto at = [&](std::int64_t i) {
+      return id[std::size_t(static_cast<unsigned char>(text[std::size_t(first + i)]))];
+    };
+    for (std::size_t b = 0; b < starts.size(); ++b) {
+      for (Index t = 0; t < context; ++t) {
+        inputs(Index(b), t) = at(starts[b] + t);
+        targets(Index(b), t) = at(starts[b] + t + 1);
+      }
+    }
+  }
+
+  double bits_per_char(const xlstm::LanguageModel<float>& model) const {
+    auto state = model.initial_state(inputs.rows());
+    xlstm::Sequence<float> logits;
+    model.forward(inputs, state, logits);
+    return double(xlstm::cross_entropy(logits, targets)) / std::log(2.0);
+  }
+};
+
+void char_model(const std::string& dir, const std::string& text_path, Index windows) {
+  std::ifstream in(text_path, std::ios::binary);
+  if (!in) throw xlstm::Error("cannot read '" + text_path + "'");
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  const auto model = xlstm::io::load_language_model<float>(dir);
+  const CharValidation validation(text, model.config().context_length, windows);
+  const double reference = validation.bits_per_char(model);
+  std::printf("charlm   float      %.4f bits per character (%ld windows of %ld)\n", reference,
+              long(validation.inputs.rows()), long(validation.inputs.cols()));
+  for (const bool every : {false, true}) {
+    for (const auto format : kFormats) {
+      xlstm::io::LoadOptions options;
+      options.quantize = format;
+      if (every) options.quantize_options.min_elements = 0;
+      auto quantized = xlstm::io::load_language_model<float>(dir, options);
+      const auto report = xlstm::quantize_weights(quantized, format, options.quantize_options);
+      const double bpc = validation.bits_per_char(quantized);
+      std::printf(
+          "charlm   %-10s %.4f bits per character (%+.4f); %s: %zu matrices quantised, "
+          "%zu kept\n",
+          xlstm::storage_name(format), bpc, bpc - reference,
+          every ? "every matrix" : "default rule", report.quantized.size(), report.kept.size());
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Index tokens = 256;
+  bool with_7b = false, random_models = true;
+  Index windows = 256;
+  std::string char_dir, text, tirex_dir;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--tokens=", 0) == 0) {
+      tokens = std::atol(a.c_str() + 9);
+    } else if (a == "--no-random") {
+      random_models = false;
+    } else if (a == "--large7b") {
+      with_7b = true;
+    } else if (a.rfind("--char-model=", 0) == 0) {
+      char_dir = a.substr(13);
+    } else if (a.rfind("--text=", 0) == 0) {
+      text = a.substr(7);
+    } else if (a.rfind("--tirex-golden=", 0) == 0) {
+      tirex_dir = a.substr(15);
+    } else if (a.rfind("--windows=", 0) == 0) {
+      windows = std::atol(a.c_str() + 10);
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--tokens=N] [--no-random] [--large7b] [--tirex-golden=DIR] "
+                   "[--char-model=DIR --text=FILE "
+                   "[--windows=N]]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  if (tokens < 1 || windows < 1 || char_dir.empty() != text.empty()) {
+    std::fprintf(stderr,
+                 "%s: --tokens and --windows must be >= 1; --char-model and --text go together\n",
+                 argv[0]);
+    return 2;
+  }
+  try {
+    if (random_models) {
+      lm125m(tokens);
+      tirex();
+    }
+    if (with_7b) large7b(tokens);
+    if (!tirex_dir.empty()) tirex_golden(tirex_dir);
+    if (!char_dir.empty()) char_model(char_dir, text, windows);
+  } catch (const xlstm::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
