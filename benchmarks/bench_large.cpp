@@ -27,16 +27,16 @@ namespace {
 /// quantize_weights would quantise are generated row by row straight into
 /// int8 / 4-bit (WeightMatrix::quantized_rows), the others (embedding, head,
 /// the small gate projections) as BF16, as a quantising load of the BF16
-/// checkpoint leaves them. The model is built uninitialised (native storage
-/// never touched), so the peak resident memory is that of `format`.
+/// checkpoint leaves them. The model is built in `format` from the start and
+/// its matrices replaced one by one, so the peak resident memory is that of
+/// `format` plus one matrix.
 std::unique_ptr<xlstm::LargeModel<float>> random_7b(xlstm::WeightStorage format) {
+  auto model =
+      std::make_unique<xlstm::LargeModel<float>>(config_7b(), xlstm::uninitialized, format);
   if (format == xlstm::WeightStorage::bf16) {
-    auto model = std::make_unique<xlstm::LargeModel<float>>(config_7b(), xlstm::uninitialized,
-                                                            xlstm::WeightStorage::bf16);
     fill_bf16(*model, 11);
     return model;
   }
-  auto model = std::make_unique<xlstm::LargeModel<float>>(config_7b(), xlstm::uninitialized);
   RandomWeights random(11);
   const xlstm::QuantizeOptions rule;
   model->for_each_parameter([&](const auto& p) {
@@ -49,6 +49,7 @@ std::unique_ptr<xlstm::LargeModel<float>> random_7b(xlstm::WeightStorage format)
           format, rows, cols, [&](Index, float* out) { random.row(cols, out); }, "random_7b");
       return;
     }
+    w = xlstm::WeightMatrix<float>();  // the zeros go before the BF16 copy comes
     auto half = xlstm::WeightMatrix<float>::half_zeros(xlstm::WeightStorage::bf16, rows, cols);
     std::vector<float> values(static_cast<std::size_t>(cols));
     for (Index r = 0; r < rows; ++r) {

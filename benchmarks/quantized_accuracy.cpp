@@ -56,6 +56,7 @@ using xlstm::Index;
 using xlstm::Matrix;
 using xlstm::WeightStorage;
 
+constexpr double kPi = 3.14159265358979323846;
 constexpr WeightStorage kFormats[] = {WeightStorage::int8_rows, WeightStorage::q4_g32};
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -215,16 +216,16 @@ Matrix<float> synthetic_series(Index count, Index length) {
       double v = 0;
       switch (b % 4) {
         case 0:
-          v = std::sin(2 * M_PI * double(t) / period);
+          v = std::sin(2 * kPi * double(t) / period);
           break;
         case 1:
-          v = 0.01 * double(t) + std::sin(2 * M_PI * double(t) / period);
+          v = 0.01 * double(t) + std::sin(2 * kPi * double(t) / period);
           break;
         case 2:
           v = 0.1 * walk;
           break;
         default:
-          v = std::sin(2 * M_PI * double(t) / period) + 0.3 * normal(rng);
+          v = std::sin(2 * kPi * double(t) / period) + 0.3 * normal(rng);
           break;
       }
       x(b, t) = float(level + scale * v);

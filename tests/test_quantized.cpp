@@ -669,6 +669,21 @@ TEST(QuantizedCheckpoint, BadQuantisedTensorsAreErrorsAndLoadNothing) {
   EXPECT_TRUE(odd_target.weight_matrix().is_native());
 }
 
+// A model built in a quantised storage from the start: every weight matrix
+// zeros in that format (to be replaced matrix by matrix), never a float copy.
+TEST(QuantizedWeights, LargeModelBuiltInAQuantisedStorage) {
+  for (const auto format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
+    const xlstm::LargeModel<float> model(test_util::large_config(64, 2, 1, 48),
+                                         xlstm::uninitialized, format);
+    for (const auto* w : xlstm::weight_matrices(model)) {
+      EXPECT_EQ(w->storage(), format);
+      EXPECT_TRUE(dequantised(*w).isZero(0));
+    }
+    EXPECT_THROW((WeightMatrix<float>::quantized_zeros(WeightStorage::q4_g32, 2, 33)),
+                 xlstm::Error);
+  }
+}
+
 // ---------------------------------------------------------------- quantising while loading
 
 // LoadOptions::quantize gives the same model as loading, then

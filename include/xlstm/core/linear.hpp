@@ -38,9 +38,13 @@ class Linear {
          WeightStorage storage = WeightStorage::native) {
     check_positive(in_features, "Linear", "in_features");
     check_positive(out_features, "Linear", "out_features");
-    weight_ = storage == WeightStorage::native
-                  ? WeightMatrix<Scalar>(out_features, in_features)
-                  : WeightMatrix<Scalar>::half_zeros(storage, out_features, in_features);
+    if (storage == WeightStorage::native) {
+      weight_ = WeightMatrix<Scalar>(out_features, in_features);
+    } else if (storage == WeightStorage::int8_rows || storage == WeightStorage::q4_g32) {
+      weight_ = WeightMatrix<Scalar>::quantized_zeros(storage, out_features, in_features);
+    } else {
+      weight_ = WeightMatrix<Scalar>::half_zeros(storage, out_features, in_features);
+    }
     if (bias) bias_.setZero(out_features);
   }
 

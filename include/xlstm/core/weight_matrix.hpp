@@ -162,6 +162,16 @@ class WeightMatrix {
   static WeightMatrix quantized_rows(WeightStorage format, Index rows, Index cols, RowFn&& row,
                                      const char* where);
 
+  /// A rows x cols matrix of zeros in `format` (values and scales 0), for a
+  /// model built in its quantised storage from the start and then filled
+  /// matrix by matrix (its matrices replaced), so that it never exists in
+  /// float: see LargeModel's `storage` argument.
+  static WeightMatrix quantized_zeros(WeightStorage format, Index rows, Index cols) {
+    std::uint8_t* values = nullptr;
+    float* scales = nullptr;
+    return allocate_quantized(format, rows, cols, values, scales, "WeightMatrix::quantized_zeros");
+  }
+
   /// A view of quantised weights stored elsewhere (e.g. a memory-mapped
   /// checkpoint, math §16.4): `values` holds quantized_value_bytes(format,
   /// rows, cols) bytes and `scales` quantized_scale_count(format, rows, cols)
@@ -287,6 +297,32 @@ class WeightMatrix {
     return storage_ == WeightStorage::q4_g32 ? cols_ / kernels::kQ4Group : 1;
   }
 
+  /// Zeroed, aligned storage for a rows x cols matrix in `format`, owned by
+  /// the returned matrix; `values` and `scales` point into it for writing.
+  static WeightMatrix allocate_quantized(WeightStorage format, Index rows, Index cols,
+                                         std::uint8_t*& values, float*& scales, const char* where) {
+    check_quantized_shape(format, rows, cols, where);
+    // One owner for both buffers; Eigen's allocator aligns them like
+    // half_zeros (the kernels load 8 or 16 bytes of values at a time).
+    struct Buffers {
+      Eigen::Matrix<std::uint8_t, Eigen::Dynamic, 1> values;
+      Eigen::Matrix<float, Eigen::Dynamic, 1> scales;
+    };
+    auto owner = std::make_shared<Buffers>();
+    WeightMatrix w;
+    w.storage_ = format;
+    w.rows_ = rows;
+    w.cols_ = cols;
+    owner->values.setZero(rows * w.value_bytes_per_row());
+    owner->scales.setZero(rows * w.scales_per_row());
+    values = owner->values.data();
+    scales = owner->scales.data();
+    w.quant_ = values;
+    w.scales_ = scales;
+    w.keep_alive_ = std::move(owner);
+    return w;
+  }
+
   WeightStorage storage_ = WeightStorage::native;
   Index rows_ = 0, cols_ = 0;
   Matrix<Scalar> native_;
@@ -345,28 +381,17 @@ template <typename RowFn>
 WeightMatrix<Scalar_> WeightMatrix<Scalar_>::quantized_rows(WeightStorage format, Index rows,
                                                             Index cols, RowFn&& row,
                                                             const char* where) {
-  check_quantized_shape(format, rows, cols, where);
   const bool q4 = format == WeightStorage::q4_g32;
-  // One owner for both buffers; Eigen's allocator aligns them like half_zeros
-  // (the kernels load 8 or 16 bytes of values at a time).
-  struct Buffers {
-    Eigen::Matrix<std::uint8_t, Eigen::Dynamic, 1> values;
-    Eigen::Matrix<float, Eigen::Dynamic, 1> scales;
-  };
-  auto owner = std::make_shared<Buffers>();
-  WeightMatrix w;
-  w.storage_ = format;
-  w.rows_ = rows;
-  w.cols_ = cols;
-  owner->values.setZero(rows * w.value_bytes_per_row());
-  owner->scales.setZero(rows * w.scales_per_row());
+  std::uint8_t* all_values = nullptr;
+  float* all_scales = nullptr;
+  WeightMatrix w = allocate_quantized(format, rows, cols, all_values, all_scales, where);
   Vector<float> decoded(cols);  // the one decoded row
   for (Index r = 0; r < rows; ++r) {
     row(r, decoded.data());
     check(decoded.allFinite(), where, ": row ", r,
           " has a non-finite weight (or one beyond float's range)");
-    std::uint8_t* values = owner->values.data() + r * w.value_bytes_per_row();
-    float* scales = owner->scales.data() + r * w.scales_per_row();
+    std::uint8_t* values = all_values + r * w.value_bytes_per_row();
+    float* scales = all_scales + r * w.scales_per_row();
     if (q4) {
       for (Index g = 0; g < cols / kernels::kQ4Group; ++g) {
         kernels::quantize_q4_group(decoded.data() + g * kernels::kQ4Group,
@@ -377,9 +402,6 @@ WeightMatrix<Scalar_> WeightMatrix<Scalar_>::quantized_rows(WeightStorage format
                                  scales[0]);
     }
   }
-  w.quant_ = owner->values.data();
-  w.scales_ = owner->scales.data();
-  w.keep_alive_ = std::move(owner);
   return w;
 }
 

@@ -141,9 +141,10 @@ class LargeModel {
   }
 
   /// A model with zero weights (ones for the norms), to be filled by the
-  /// caller. `storage` bf16/f16 allocates the weight matrices (not the
-  /// vectors) as 16-bit values from the start, so a large model never exists
-  /// in float (e.g. to fill with generated weights).
+  /// caller. `storage` bf16/f16 (or int8_rows/q4_g32: zero values and
+  /// scales) allocates the weight matrices (not the vectors) in that storage
+  /// from the start, so a large model never exists in float (e.g. to fill
+  /// with generated weights, or to replace its matrices one by one).
   LargeModel(Config config, Uninitialized, WeightStorage storage = WeightStorage::native);
 
   const Config& config() const { return config_; }
