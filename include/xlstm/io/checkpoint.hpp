@@ -290,7 +290,10 @@ namespace detail {
 
 /// Whether the loader quantises `target` (a 2-D weight matrix of the shape
 /// the file has): options.quantize asks for it and quantize_weights' rule
-/// selects it by its name in the file.
+/// selects it by its name in the file and by the module's matrices it fills.
+/// A fused tensor (e.g. xLSTM-Large's ifgate_preact, the two gates) is
+/// quantised only if the rule selects every one of its matrices, as
+/// quantize_weights decides matrix by matrix.
 template <typename Target>
 bool quantize_on_load(const LoadOptions& options, const std::string& key, const Target& target) {
   if (options.quantize == WeightStorage::native) return false;
@@ -300,8 +303,10 @@ bool quantize_on_load(const LoadOptions& options, const std::string& key, const 
   if (is_embedding_or_head(key) && !options.quantize_options.include_embedding_and_head) {
     return false;
   }
-  return quantizable_shape(Index(target.shape[0]), Index(target.shape[1]), options.quantize,
-                           options.quantize_options);
+  return std::all_of(target.parts.begin(), target.parts.end(), [&](const auto& part) {
+    return quantizable_shape(part.matrix->rows(), part.matrix->cols(), options.quantize,
+                             options.quantize_options);
+  });
 }
 
 /// The float or 16-bit tensor `key` of `file` (rows x cols) quantised to
