@@ -27,12 +27,12 @@ namespace {
 /// quantize_weights would quantise are generated row by row straight into
 /// int8 / 4-bit (WeightMatrix::quantized_rows), the others (embedding, head,
 /// the small gate projections) as BF16, as a quantising load of the BF16
-/// checkpoint leaves them. The model is built in `format` from the start and
-/// its matrices replaced one by one, so the peak resident memory is that of
-/// `format` plus one matrix.
+/// checkpoint leaves them. The model is built of placeholder matrices (no
+/// memory) and they are replaced one by one, so the peak resident memory is
+/// that of `format` plus one matrix.
 std::unique_ptr<xlstm::LargeModel<float>> random_7b(xlstm::WeightStorage format) {
-  auto model =
-      std::make_unique<xlstm::LargeModel<float>>(config_7b(), xlstm::uninitialized, format);
+  auto model = std::make_unique<xlstm::LargeModel<float>>(config_7b(), xlstm::uninitialized,
+                                                          xlstm::WeightStorage::placeholder);
   if (format == xlstm::WeightStorage::bf16) {
     fill_bf16(*model, 11);
     return model;
@@ -47,18 +47,9 @@ std::unique_ptr<xlstm::LargeModel<float>> random_7b(xlstm::WeightStorage format)
         xlstm::quantizable_shape(rows, cols, format, rule)) {
       w = xlstm::WeightMatrix<float>::quantized_rows(
           format, rows, cols, [&](Index, float* out) { random.row(cols, out); }, "random_7b");
-      return;
+    } else {
+      w = random_bf16(rows, cols, random);
     }
-    w = xlstm::WeightMatrix<float>();  // the zeros go before the BF16 copy comes
-    auto half = xlstm::WeightMatrix<float>::half_zeros(xlstm::WeightStorage::bf16, rows, cols);
-    std::vector<float> values(static_cast<std::size_t>(cols));
-    for (Index r = 0; r < rows; ++r) {
-      random.row(cols, values.data());
-      for (Index c = 0; c < cols; ++c) {
-        half.owned_half_bits()[r * cols + c] = xlstm::float_to_bf16(values[std::size_t(c)]);
-      }
-    }
-    w = std::move(half);
   });
   init_gate_biases(*model);
   return model;
@@ -103,7 +94,7 @@ xlstm::LargeModel<float>& model_for(int which) {
   } else {
     slot = std::make_unique<xlstm::LargeModel<float>>(
         which == 0 ? config_7b_block() : config_1_3b(), xlstm::uninitialized,
-        xlstm::WeightStorage::bf16);
+        xlstm::WeightStorage::placeholder);
     fill_bf16(*slot, 7 + std::uint64_t(which));
     name = which == 0 ? "large7b_block" : "large1.3b";
   }

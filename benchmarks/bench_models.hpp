@@ -91,16 +91,27 @@ inline void init_gate_biases(xlstm::LargeModel<float>& model) {
   }
 }
 
-/// Fills every weight matrix of a BF16 model with random values.
+/// A rows x cols BF16 matrix of random values, generated row by row.
+inline xlstm::WeightMatrix<float> random_bf16(Index rows, Index cols, RandomWeights& random) {
+  auto w = xlstm::WeightMatrix<float>::half_zeros(xlstm::WeightStorage::bf16, rows, cols);
+  std::vector<float> row(static_cast<std::size_t>(cols));
+  for (Index r = 0; r < rows; ++r) {
+    random.row(cols, row.data());
+    for (Index c = 0; c < cols; ++c) {
+      w.owned_half_bits()[r * cols + c] = xlstm::float_to_bf16(row[std::size_t(c)]);
+    }
+  }
+  return w;
+}
+
+/// Fills every weight matrix of a model (any storage; e.g. built of
+/// placeholders) with random BF16 matrices, one at a time.
 inline void fill_bf16(xlstm::LargeModel<float>& model, std::uint64_t seed) {
   RandomWeights random(seed);
   for (auto* w : xlstm::weight_matrices(model)) {
-    std::uint16_t* bits = w->owned_half_bits();
-    std::vector<float> row(std::size_t(w->cols()));
-    for (Index r = 0; r < w->rows(); ++r) {
-      random.row(w->cols(), row.data());
-      for (Index c = 0; c < w->cols(); ++c) bits[r * w->cols() + c] = xlstm::float_to_bf16(row[c]);
-    }
+    const Index rows = w->rows(), cols = w->cols();
+    *w = xlstm::WeightMatrix<float>();  // what it held goes before the new matrix comes
+    *w = random_bf16(rows, cols, random);
   }
   init_gate_biases(model);
 }

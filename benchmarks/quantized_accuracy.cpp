@@ -372,7 +372,7 @@ void large7b(Index count) {
   Index first = 0;
   for (const auto format : kFormats) {
     auto model = std::make_unique<xlstm::LargeModel<float>>(
-        xbench::config_7b(), xlstm::uninitialized, WeightStorage::bf16);
+        xbench::config_7b(), xlstm::uninitialized, WeightStorage::placeholder);
     xbench::fill_bf16(*model, 11);  // as xlstm_bench's large7b rows
     if (g.tokens.empty()) {
       const auto prompt = prompt_tokens(model->vocab_size());

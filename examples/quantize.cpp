@@ -8,12 +8,15 @@
 //                      (a directory, single or sharded, official or Hugging Face names)
 //   OUTPUT_DIR         gets config.json and model.safetensors: the large weight
 //                      matrices as 8-bit (int8_rows, the default) or 4-bit (q4_g32)
-//                      values with their scales, everything else as in the input
+//                      values with their scales, the other weight matrices in
+//                      their own dtype (16-bit stays 16-bit), vectors as float
 //   --include-embedding  quantise the embedding and the LM head too
 //
 // The weights are quantised while loading (io::LoadOptions::quantize), one
 // row at a time straight from the mapped input file, float or BF16: no float
-// copy of the model is made, nor of one matrix. Loading OUTPUT_DIR with
+// copy of the model is made, nor of one matrix; the output is written straight
+// from the quantised model (peak memory: the quantised model, e.g. 7.1 GB for
+// the 7B architecture in int8). Loading OUTPUT_DIR with
 // io::load_language_model / io::load_large_model gives the quantised model
 // back bit for bit, its values read in place from the mapped file.
 //
@@ -83,6 +86,7 @@ void run(const Options& options) {
     auto model = load_quantized<xlstm::LanguageModel<float>>(
         options, [&](xlstm::WeightStorage format, const xlstm::QuantizeOptions& rule) {
           io::LoadOptions load;
+          load.keep_half_weights = true;  // unselected 16-bit matrices stay 16-bit, as written
           load.quantize = format;
           load.quantize_options = rule;
           return io::load_language_model<float>(options.input, load);

@@ -684,6 +684,31 @@ TEST(QuantizedWeights, LargeModelBuiltInAQuantisedStorage) {
   }
 }
 
+// A model built of placeholders (what load_large_model fills) holds no
+// weights, and using one before it is filled is an Error, never garbage.
+TEST(QuantizedWeights, PlaceholderModelHoldsNoWeightsAndRefusesUse) {
+  const Index vocab = 48;
+  const xlstm::LargeModel<float> model(test_util::large_config(64, 2, 1, vocab),
+                                       xlstm::uninitialized, WeightStorage::placeholder);
+  EXPECT_EQ(model.weight_bytes(), 0u);
+  for (const auto* w : xlstm::weight_matrices(model)) EXPECT_TRUE(w->is_placeholder());
+  EXPECT_TRUE(
+      test_util::ThrowsMentioning([&] { (void)large_logits(model, vocab, 2); }, {"placeholder"}));
+  const auto w = WeightMatrix<float>::placeholder(4, 32);
+  Matrix<float> x = Matrix<float>::Ones(1, 32), y(1, 4);
+  EXPECT_TRUE(test_util::ThrowsMentioning([&] { (void)w.multiply_transposed(x, y); },
+                                          {"placeholder", "4 x 32"}));
+  EXPECT_TRUE(test_util::ThrowsMentioning([&] { (void)w.native(); }, {"placeholder"}));
+  EXPECT_TRUE(test_util::ThrowsMentioning(
+      [&] { (void)WeightMatrix<float>::quantized(w, WeightStorage::int8_rows); }, {"placeholder"}));
+  EXPECT_TRUE(w.row_range(1, 2).is_placeholder());
+  EXPECT_EQ(w.row_range(1, 2).rows(), 2);
+  const test_util::TempPath path("placeholder_model");
+  EXPECT_TRUE(test_util::ThrowsMentioning(
+      [&] { (void)xlstm::io::save_large_model(model, path.str()); }, {"placeholder"}));
+  EXPECT_FALSE(std::filesystem::exists(path.str()));
+}
+
 // ---------------------------------------------------------------- quantising while loading
 
 // LoadOptions::quantize gives the same model as loading, then

@@ -878,6 +878,46 @@ TEST(SafetensorsWriter, RejectsBadTensors) {
   EXPECT_EQ(SafetensorsFile::from_bytes(writer.to_bytes()).names(), std::vector<std::string>{"w"});
 }
 
+// add_streamed: the bytes come from the producer when the file is written
+// (not when the tensor is added), in pieces, and give the same file as a
+// copy; a producer that gives too few or too many bytes is an Error then,
+// and save() leaves no file behind.
+TEST(SafetensorsWriter, StreamedTensorsAreProducedWhenWritten) {
+  std::vector<float> values = {1, 2, 3, 4, 5, 6};
+  int calls = 0;
+  auto produce = [&](const SafetensorsWriter::ByteSink& sink) {
+    ++calls;
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(values.data());
+    sink(bytes, 8);  // two pieces
+    sink(bytes + 8, values.size() * sizeof(float) - 8);
+  };
+  SafetensorsWriter streamed, copied;
+  streamed.add_streamed("w", DType::F32, {2, 3}, produce);
+  streamed.add("b", {2}, values.data());
+  EXPECT_EQ(calls, 0);
+  values[5] = 60;  // read when written
+  copied.add("w", {2, 3}, values.data());
+  copied.add("b", {2}, values.data());
+  EXPECT_EQ(streamed.to_bytes(), copied.to_bytes());
+  EXPECT_EQ(calls, 1);
+
+  TempDir dir;
+  for (const std::size_t give : {std::size_t(20), std::size_t(28)}) {
+    SafetensorsWriter bad;
+    bad.add_streamed("w", DType::F32, {2, 3}, [&](const SafetensorsWriter::ByteSink& sink) {
+      std::vector<std::uint8_t> zeros(give);
+      sink(zeros.data(), zeros.size());
+    });
+    EXPECT_ERROR_CONTAINS(bad.to_bytes(), "'w'", "producer", "24");
+    const std::string path = dir.file("bad.safetensors");
+    EXPECT_ERROR_CONTAINS(bad.save(path), "'w'", "producer");
+    EXPECT_FALSE(std::filesystem::exists(path));
+    EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  }
+  SafetensorsWriter empty;
+  EXPECT_ERROR_CONTAINS(empty.add_streamed("w", DType::F32, {1}, nullptr), "'w'", "empty");
+}
+
 TEST(SafetensorsWriter, AddAsConvertsIntegersAndDoubles) {
   SafetensorsWriter writer;
   const std::vector<std::int32_t> small = {0, 255, 7};

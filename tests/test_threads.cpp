@@ -7,7 +7,8 @@
 // it), and so must prefill (expect_runs_independent_of_thread_count).
 //
 // The models are loaded from a checkpoint written by save_module /
-// save_large_model, as an application would load them. Run this program under
+// save_large_model, as an application would load them (float, BF16 kept
+// 16-bit, and quantised to int8 or 4-bit while loading). Run this program under
 // the `tsan` preset (ThreadSanitizer) to check that sharing is also race-free.
 #include <gtest/gtest.h>
 
@@ -102,6 +103,27 @@ LargeModel<S> loaded_large_model(std::optional<io::DType> matrix_dtype) {
                        matrix_dtype);
   return io::load_large_model<S>(file.str());
 }
+
+// Quantised while loading (int8_rows or q4_g32, math §16.5): every matrix
+// of at least 1024 weights, the embedding and the 4096 x 64 head included, so
+// the quantised step product splits the head's rows over the threads too.
+template <typename S>
+LargeModel<S> loaded_quantized_large_model(xlstm::WeightStorage format) {
+  LargeModel<S> original(large_config());
+  Rng rng(22);
+  original.initialize(rng, /*noise=*/0.5);
+  const TempPath file("large_quantized");
+  io::save_large_model(original, file.str());
+  io::LargeLoadOptions options;
+  options.quantize = format;
+  options.quantize_options = {/*min_elements=*/1024, /*include_embedding_and_head=*/true};
+  LargeModel<S> loaded = io::load_large_model<S>(file.str(), std::nullopt, options);
+  EXPECT_EQ(loaded.lm_head().weight_matrix().storage(), format);
+  return loaded;
+}
+
+constexpr xlstm::WeightStorage kQuantizedFormats[] = {xlstm::WeightStorage::int8_rows,
+                                                      xlstm::WeightStorage::q4_g32};
 
 // ---------------------------------------------------------------------------
 // Jobs
@@ -307,6 +329,14 @@ TYPED_TEST(SharedModelTest, LargeModelWithBf16WeightsGivesEachThreadTheSequentia
   expect_concurrent_runs_equal_sequential_runs(model);
 }
 
+TYPED_TEST(SharedModelTest, LargeModelWithQuantisedWeightsGivesEachThreadTheSequentialLogits) {
+  for (const auto format : kQuantizedFormats) {
+    SCOPED_TRACE(xlstm::storage_name(format));
+    const LargeModel<TypeParam> model = loaded_quantized_large_model<TypeParam>(format);
+    expect_concurrent_runs_equal_sequential_runs(model);
+  }
+}
+
 TYPED_TEST(SharedModelTest, PrefillAndDecodeAreBitIdenticalForAnyThreadCount) {
   if (thread_counts().size() < 2) GTEST_SKIP() << "one library thread (built without OpenMP)";
   const LanguageModel<TypeParam> lm = loaded_language_model<TypeParam>();
@@ -315,6 +345,10 @@ TYPED_TEST(SharedModelTest, PrefillAndDecodeAreBitIdenticalForAnyThreadCount) {
   expect_runs_independent_of_thread_count(large);
   const LargeModel<TypeParam> large_bf16 = loaded_large_model<TypeParam>(io::DType::BF16);
   expect_runs_independent_of_thread_count(large_bf16);
+  for (const auto format : kQuantizedFormats) {
+    SCOPED_TRACE(xlstm::storage_name(format));
+    expect_runs_independent_of_thread_count(loaded_quantized_large_model<TypeParam>(format));
+  }
 }
 
 }  // namespace

@@ -42,6 +42,8 @@ class Linear {
       weight_ = WeightMatrix<Scalar>(out_features, in_features);
     } else if (storage == WeightStorage::int8_rows || storage == WeightStorage::q4_g32) {
       weight_ = WeightMatrix<Scalar>::quantized_zeros(storage, out_features, in_features);
+    } else if (storage == WeightStorage::placeholder) {
+      weight_ = WeightMatrix<Scalar>::placeholder(out_features, in_features);
     } else {
       weight_ = WeightMatrix<Scalar>::half_zeros(storage, out_features, in_features);
     }

@@ -33,6 +33,11 @@ enum class WeightStorage {
   /// 4-bit values in groups of 32 input columns, one float scale per group,
   /// symmetric, two values per byte (math §16.2).
   q4_g32,
+  /// No weights yet, only the shape: what a loader builds a model of before
+  /// it puts the file's matrices in (io/large_checkpoint.hpp), so that a 7B
+  /// model never exists as 28 GB of float zeros first. Holds no memory; any
+  /// use of the weights throws until the matrix is replaced.
+  placeholder,
 };
 
 /// The name of a storage format, for messages.
@@ -48,6 +53,8 @@ inline const char* storage_name(WeightStorage storage) {
       return "int8_rows";
     case WeightStorage::q4_g32:
       return "q4_g32";
+    case WeightStorage::placeholder:
+      return "placeholder";
   }
   return "unknown";
 }
@@ -107,6 +114,19 @@ class WeightMatrix {
     return w;
   }
 
+  /// A rows x cols matrix without weights (WeightStorage::placeholder): its
+  /// shape for a loader to check a file against, and nothing else.
+  static WeightMatrix placeholder(Index rows, Index cols) {
+    check(rows >= 0 && cols >= 0, "WeightMatrix::placeholder: expected a size >= 0, got ", rows,
+          " x ", cols);
+    WeightMatrix w;
+    w.storage_ = WeightStorage::placeholder;
+    w.rows_ = rows;
+    w.cols_ = cols;
+    return w;
+  }
+  bool is_placeholder() const { return storage_ == WeightStorage::placeholder; }
+
   /// Writable 16-bit values of owned 16-bit storage (nullptr for views of a
   /// file and for native storage), e.g. to fill a fresh model.
   std::uint16_t* owned_half_bits() { return owned_bits_; }
@@ -134,6 +154,8 @@ class WeightMatrix {
         return n + std::size_t(rows_) * sizeof(float);
       case WeightStorage::q4_g32:
         return n / 2 + n / kernels::kQ4Group * sizeof(float);
+      case WeightStorage::placeholder:
+        return 0;
     }
     return 0;
   }
@@ -226,6 +248,7 @@ class WeightMatrix {
   WeightMatrix row_range(Index start, Index count) const {
     check(start >= 0 && count >= 0 && start + count <= rows_, "WeightMatrix::row_range: rows [",
           start, ", ", start + count, ") out of [0, ", rows_, ")");
+    if (is_placeholder()) return placeholder(count, cols_);
     if (is_native()) return WeightMatrix(Matrix<Scalar>(native_.middleRows(start, count)));
     if (is_half()) {
       return half_view(storage_, half_ + start * cols_, count, cols_, keep_alive_);  // a view
@@ -270,8 +293,15 @@ class WeightMatrix {
 
  private:
   void check_native() const {
+    check_has_weights("WeightMatrix::native");
     check(is_native(), "WeightMatrix::native: the weights are stored as ", storage_name(storage_),
           is_half() ? " (16-bit floats)" : " (quantised)", ", not as Scalar values");
+  }
+
+  /// Throws for a placeholder: its weights were never put in.
+  void check_has_weights(const char* where) const {
+    check(!is_placeholder(), where, ": the ", rows_, " x ", cols_,
+          " matrix is a placeholder (a model being loaded) and has no weights yet");
   }
 
   /// W(r, c) decoded, for any storage but native (the slow path: copies, tails).
@@ -285,6 +315,9 @@ class WeightMatrix {
         return kernels::Int8Rows{quant_, scales_, cols_}.dequantized(r, c);
       case WeightStorage::q4_g32:
         return kernels::Q4Rows{quant_, scales_, cols_}.at(r, c);
+      case WeightStorage::placeholder:
+        check_has_weights("WeightMatrix");
+        return 0.0f;
       default:
         return float(native_(r, c));
     }
@@ -342,6 +375,7 @@ void WeightMatrix<Scalar_>::multiply_transposed(const ConstMatrixRef<Scalar>& x,
                                                 MatrixRef<Scalar> y, bool accumulate,
                                                 Workload workload) const {
   check_product_shapes(x, y, cols_, rows_, "WeightMatrix::multiply_transposed");
+  check_has_weights("WeightMatrix::multiply_transposed");
   if (is_native()) {
     matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
     return;

@@ -510,42 +510,134 @@ void add_quantized(SafetensorsWriter& writer, const Target& target, WeightStorag
 
 }  // namespace detail
 
-/// Adds `targets` to `writer`, in Scalar, or weight matrices converted to
-/// `matrix_dtype` when given (e.g. BF16). Quantised weight matrices keep
-/// their format (values, scales and metadata, math §16.4).
+/// How add_targets hands tensors to the writer.
+enum class WriteMode {
+  copy,  ///< copied (and converted) now: the module may change or go afterwards
+  /// read from the module when the file is written, a row at a time: no copy
+  /// of the model is held (a 7B model saves within its own memory), but the
+  /// module must stay unchanged until the writer's save().
+  by_reference,
+};
+
+namespace detail {
+
+/// The bytes of `target` (any storage but quantised) as `dtype`, handed to
+/// `sink` a row (or a chunk of a vector) at a time.
+template <typename Scalar>
+void produce_target(const TensorTarget<ConstParameterRef<Scalar>>& target, DType dtype,
+                    const SafetensorsWriter::ByteSink& sink) {
+  const std::string where = "tensor '" + target.name + "'";
+  std::vector<Scalar> values;
+  std::vector<std::uint8_t> bytes;
+  auto send = [&](const Scalar* data, std::size_t count) {
+    bytes.resize(count * dtype_size(dtype));
+    encode_elements(data, dtype, bytes.data(), count, where);
+    sink(bytes.data(), bytes.size());
+  };
+  for (const auto& part : target.parts) {
+    if (part.data) {
+      const std::size_t n = part_size(part), chunk = std::size_t(1) << 16;
+      for (std::size_t i = 0; i < n; i += chunk) send(part.data + i, std::min(chunk, n - i));
+    } else {  // 16-bit weights, decoded row by row
+      const Index cols = part.matrix->cols();
+      values.resize(std::size_t(cols));
+      for (Index r = 0; r < part.matrix->rows(); ++r) {
+        part.matrix->copy_row(r, VectorMap<Scalar>(values.data(), cols));
+        send(values.data(), values.size());
+      }
+    }
+  }
+}
+
+/// The dtype a target is written in by default: that of its 16-bit
+/// weights when every part is a matrix of the same 16-bit storage (saving
+/// keeps them exact and 16-bit), else Scalar's.
+template <typename Scalar>
+DType stored_dtype(const TensorTarget<ConstParameterRef<Scalar>>& target) {
+  const WeightMatrix<Scalar>* first = target.parts.front().matrix;
+  const bool half = first && first->is_half() &&
+                    std::all_of(target.parts.begin(), target.parts.end(), [&](const auto& part) {
+                      return part.matrix && part.matrix->storage() == first->storage();
+                    });
+  if (!half) return dtype_of<Scalar>();
+  return first->storage() == WeightStorage::bf16 ? DType::BF16 : DType::F16;
+}
+
+/// add_quantized by reference: the values and scales are read from the
+/// matrices when the file is written.
+template <typename Target>
+void add_quantized_by_reference(SafetensorsWriter& writer, const Target& target,
+                                WeightStorage format) {
+  const bool q4 = format == WeightStorage::q4_g32;
+  const std::size_t rows = target.shape[0], cols = target.shape[1];
+  const std::size_t group = std::size_t(kernels::kQ4Group);
+  writer.add_streamed(target.name, q4 ? DType::U8 : DType::I8, {rows, q4 ? cols / 2 : cols},
+                      [target, format](const SafetensorsWriter::ByteSink& sink) {
+                        for (const auto& part : target.parts) {
+                          const auto& m = *part.matrix;
+                          sink(m.quantized_values(), WeightMatrix<float>::quantized_value_bytes(
+                                                         format, m.rows(), m.cols()));
+                        }
+                      });
+  writer.add_streamed(
+      target.name + kQuantizedScalesSuffix, DType::F32,
+      q4 ? Shape{rows, cols / group} : Shape{rows},
+      [target, format](const SafetensorsWriter::ByteSink& sink) {
+        std::vector<std::uint8_t> bytes;
+        for (const auto& part : target.parts) {
+          const auto& m = *part.matrix;
+          const std::size_t k =
+              WeightMatrix<float>::quantized_scale_count(format, m.rows(), m.cols());
+          bytes.resize(k * sizeof(float));
+          encode_elements(m.quantized_scales(), DType::F32, bytes.data(), k, target.name);
+          sink(bytes.data(), bytes.size());
+        }
+      });
+  writer.set_metadata(kQuantizedMetadataPrefix + target.name, storage_name(format));
+  if (q4) writer.set_metadata(kQ4GroupSizeMetadata, std::to_string(group));
+}
+
+}  // namespace detail
+
+/// Adds `targets` to `writer`, in Scalar (16-bit weight matrices in their
+/// own dtype), or weight matrices converted to `matrix_dtype` when given
+/// (e.g. BF16). Quantised weight matrices keep
+/// their format (values, scales and metadata, math §16.4). `mode` says
+/// whether the bytes are copied now or read when the file is written.
 template <typename Scalar>
 void add_targets(SafetensorsWriter& writer,
                  const std::vector<TensorTarget<ConstParameterRef<Scalar>>>& targets,
-                 std::optional<DType> matrix_dtype = std::nullopt) {
+                 std::optional<DType> matrix_dtype = std::nullopt,
+                 WriteMode mode = WriteMode::copy) {
   // Every target's storage is checked before anything is added.
   std::vector<WeightStorage> formats;
   formats.reserve(targets.size());
   for (const auto& target : targets) formats.push_back(detail::quantized_format_of(target));
   for (std::size_t t = 0; t < targets.size(); ++t) {
     const auto& target = targets[t];
+    const bool by_reference = mode == WriteMode::by_reference;
     if (formats[t] != WeightStorage::native) {
-      detail::add_quantized(writer, target, formats[t]);
+      if (by_reference) {
+        detail::add_quantized_by_reference(writer, target, formats[t]);
+      } else {
+        detail::add_quantized(writer, target, formats[t]);
+      }
       continue;
     }
-    std::vector<Scalar> joined(shape_product(target.shape));
-    std::size_t offset = 0;
-    for (const auto& part : target.parts) {
-      const std::size_t n = detail::part_size(part);
-      if (part.data) {
-        std::copy(part.data, part.data + n, joined.begin() + std::ptrdiff_t(offset));
-      } else {  // 16-bit weights, decoded row by row
-        const Index cols = part.matrix->cols();
-        for (Index r = 0; r < part.matrix->rows(); ++r) {
-          part.matrix->copy_row(r, VectorMap<Scalar>(joined.data() + offset + r * cols, cols));
-        }
-      }
-      offset += n;
+    const DType dtype =
+        matrix_dtype && target.all_matrices() ? *matrix_dtype : detail::stored_dtype(target);
+    if (by_reference) {
+      writer.add_streamed(target.name, dtype, target.shape,
+                          [target, dtype](const SafetensorsWriter::ByteSink& sink) {
+                            detail::produce_target(target, dtype, sink);
+                          });
+      continue;
     }
-    if (matrix_dtype && target.all_matrices()) {
-      writer.add_as(target.name, *matrix_dtype, target.shape, joined.data());
-    } else {
-      writer.add(target.name, target.shape, joined.data());
-    }
+    std::vector<std::uint8_t> bytes;
+    detail::produce_target(target, dtype, [&](const std::uint8_t* data, std::size_t count) {
+      bytes.insert(bytes.end(), data, data + count);
+    });
+    writer.add_raw(target.name, dtype, target.shape, bytes.data(), bytes.size());
   }
 }
 
@@ -582,7 +674,9 @@ void add_module(SafetensorsWriter& writer, const Module& module, const std::stri
 template <typename Module>
 void save_module(const Module& module, const std::string& path, const std::string& prefix = "") {
   SafetensorsWriter writer;
-  add_module(writer, module, prefix);
+  // Written straight from the module, so saving holds no second copy.
+  add_targets(writer, tensor_targets(parameter_list(module, prefix)), std::nullopt,
+              WriteMode::by_reference);
   writer.save(path);
 }
 

@@ -131,9 +131,19 @@ LargeModel<Scalar> load_large_model(const CheckpointFiles& files,
   const LargeNaming naming = detect_large_naming(files, prefix);
   const bool fused = files.contains(prefix + "backbone.blocks.0.mlstm_layer.qkv_opreact.weight");
   config->weight_mode = fused ? "fused" : "single";
-  LargeModel<Scalar> model(*config, uninitialized);
+  // Built of placeholder matrices (shapes, no memory): the loader puts in
+  // the file's matrices, so the model's weights only ever exist once, in
+  // the form they are kept in (a 7B model in float zeros first would need
+  // 28 GB).
+  LargeModel<Scalar> model(*config, uninitialized, WeightStorage::placeholder);
   load_targets(large_targets(parameter_list(model), naming, fused), files, options,
                files.path() + ": checkpoint does not match the xLSTM-Large config");
+  // Every matrix of the architecture is required (load_targets threw
+  // otherwise); a placeholder left now would be a loader bug.
+  for (const WeightMatrix<Scalar>* w : weight_matrices(model)) {
+    check(!w->is_placeholder(), files.path(), ": internal error: a ", w->rows(), " x ", w->cols(),
+          " weight matrix was not loaded");
+  }
   return model;
 }
 
@@ -148,7 +158,10 @@ LargeModel<Scalar> load_large_model(const std::string& path,
 /// Saves `model` as an xLSTM-Large checkpoint. `path` is a file when
 /// `num_shards` is 1 and `as_directory` is false; otherwise a directory with
 /// shards, model.safetensors.index.json and config.json. Weight matrices are
-/// written as `matrix_dtype` (F32/F64 of Scalar, or BF16/F16).
+/// written as `matrix_dtype` (F32/F64 of Scalar, or BF16/F16); without it,
+/// 16-bit matrices stay 16-bit, quantised ones quantised (math §16.4) and
+/// the rest is Scalar. The tensors are read from the model as each shard
+/// is written: saving holds no copy of the model.
 template <typename Scalar>
 void save_large_model(const LargeModel<Scalar>& model, const std::string& path,
                       LargeNaming naming = LargeNaming::official, bool fused = false,
@@ -165,7 +178,9 @@ void save_large_model(const LargeModel<Scalar>& model, const std::string& path,
     if (detail::quantized_format_of(targets[i]) != WeightStorage::native) {
       placed.push_back({targets[i].name + detail::kQuantizedScalesSuffix, s});  // math §16.4
     }
-    add_targets(shards[s], std::vector{targets[i]}, matrix_dtype);
+    // Written straight from the model when each shard is saved: saving a
+    // 7B model holds no copy of it.
+    add_targets(shards[s], std::vector{targets[i]}, matrix_dtype, WriteMode::by_reference);
   }
   if (num_shards == 1 && !as_directory) {
     shards[0].save(path);

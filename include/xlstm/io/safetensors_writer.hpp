@@ -12,6 +12,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -46,8 +48,24 @@ class SafetensorsWriter {
     }
     if (byte_count != 0 && data == nullptr) fail(where(name), ": data is null");
     const auto* first = static_cast<const std::uint8_t*>(data);
-    tensors_.emplace(name,
-                     Entry{dtype, shape, std::vector<std::uint8_t>(first, first + byte_count)});
+    tensors_.emplace(name, Entry{dtype, shape, std::vector<std::uint8_t>(first, first + byte_count),
+                                 byte_count, nullptr});
+  }
+
+  /// Receives a tensor's bytes as they are produced, in order.
+  using ByteSink = std::function<void(const std::uint8_t* bytes, std::size_t count)>;
+  /// Hands all of a tensor's bytes to the sink, in order, piece by piece.
+  using Producer = std::function<void(const ByteSink& sink)>;
+
+  /// Adds a tensor whose bytes are produced when the file is written, not
+  /// now: the writer holds no copy, so a model larger than the free memory
+  /// can be saved (io::save_large_model). Whatever `produce` reads must live
+  /// and stay unchanged until save() or to_bytes(); producing other than
+  /// the shape's byte count is an Error then.
+  void add_streamed(const std::string& name, DType dtype, const Shape& shape, Producer produce) {
+    const std::size_t bytes = checked_new_tensor(name, dtype, shape);
+    if (!produce) fail(where(name), ": the producer is empty");
+    tensors_.emplace(name, Entry{dtype, shape, {}, bytes, std::move(produce)});
   }
 
   /// Adds elements stored as their own type (dtype_of<T>()).
@@ -65,7 +83,7 @@ class SafetensorsWriter {
     if (count != 0 && data == nullptr) fail(where(name), ": data is null");
     std::vector<std::uint8_t> encoded(bytes);
     detail::encode_elements(data, dtype, encoded.data(), count, where(name));
-    tensors_.emplace(name, Entry{dtype, shape, std::move(encoded)});
+    tensors_.emplace(name, Entry{dtype, shape, std::move(encoded), bytes, nullptr});
   }
 
   /// The complete file: the header padded with spaces so the data area
@@ -76,7 +94,9 @@ class SafetensorsWriter {
   std::vector<std::uint8_t> to_bytes() const {
     std::vector<std::uint8_t> file = header_bytes();
     for (const auto* entry : data_order()) {
-      file.insert(file.end(), entry->second.data.begin(), entry->second.data.end());
+      write_entry(*entry, [&](const std::uint8_t* bytes, std::size_t count) {
+        file.insert(file.end(), bytes, bytes + count);
+      });
     }
     return file;
   }
@@ -97,7 +117,17 @@ class SafetensorsWriter {
         fail(path, ": cannot open '", temporary, "' for writing: ", detail::errno_message(errno));
       const std::vector<std::uint8_t> header = header_bytes();
       write_all(out, header);
-      for (const auto* entry : data_order()) write_all(out, entry->second.data);
+      try {
+        for (const auto* entry : data_order()) {
+          write_entry(*entry, [&](const std::uint8_t* bytes, std::size_t count) {
+            out.write(reinterpret_cast<const char*>(bytes), static_cast<std::streamsize>(count));
+          });
+        }
+      } catch (...) {
+        out.close();
+        std::filesystem::remove(native_temporary, ignored);
+        throw;
+      }
       out.close();
       if (!out) {
         std::filesystem::remove(native_temporary, ignored);
@@ -123,8 +153,33 @@ class SafetensorsWriter {
   struct Entry {
     DType dtype;
     Shape shape;
-    std::vector<std::uint8_t> data;
+    std::vector<std::uint8_t> data;  ///< the bytes, unless produced when written
+    std::size_t size = 0;            ///< in bytes
+    Producer produce;
   };
+
+  /// Hands an entry's bytes to `sink`: its copy, or what its producer makes,
+  /// checked against the size the header announced.
+  static void write_entry(const std::pair<const std::string, Entry>& entry, const ByteSink& sink) {
+    const Entry& e = entry.second;
+    if (!e.produce) {
+      sink(e.data.data(), e.data.size());
+      return;
+    }
+    std::size_t produced = 0;
+    e.produce([&](const std::uint8_t* bytes, std::size_t count) {
+      if (count > e.size - produced) {
+        fail(where(entry.first), ": the producer gave more than the ", e.size, " bytes of shape ",
+             shape_string(e.shape), " of ", dtype_name(e.dtype));
+      }
+      produced += count;
+      sink(bytes, count);
+    });
+    if (produced != e.size) {
+      fail(where(entry.first), ": the producer gave ", produced, " bytes, but shape ",
+           shape_string(e.shape), " of ", dtype_name(e.dtype), " needs ", e.size);
+    }
+  }
 
   static std::string where(const std::string& name) {
     return "SafetensorsWriter: tensor '" + name + "'";
@@ -171,8 +226,11 @@ class SafetensorsWriter {
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::size_t offset = 0;
     for (const auto* entry : data_order()) {
-      // Cannot overflow: all these bytes exist in memory.
-      const std::size_t end = offset + entry->second.data.size();
+      // Streamed tensors need not exist in memory, so the sum is checked.
+      if (entry->second.size > std::numeric_limits<std::size_t>::max() - offset) {
+        fail("SafetensorsWriter: the tensors' bytes add up beyond std::size_t");
+      }
+      const std::size_t end = offset + entry->second.size;
       header[entry->first] = {{"dtype", dtype_name(entry->second.dtype)},
                               {"shape", entry->second.shape},
                               {"data_offsets", {offset, end}}};

@@ -145,6 +145,8 @@ class LargeModel {
   /// scales) allocates the weight matrices (not the vectors) in that storage
   /// from the start, so a large model never exists in float (e.g. to fill
   /// with generated weights, or to replace its matrices one by one).
+  /// `placeholder` allocates no weights at all: every matrix must be
+  /// replaced before use (what load_large_model does).
   LargeModel(Config config, Uninitialized, WeightStorage storage = WeightStorage::native);
 
   const Config& config() const { return config_; }
