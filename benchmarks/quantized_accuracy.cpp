@@ -2,7 +2,7 @@
 // same model with its float (or, for the 7B architecture, BF16) weights:
 //
 //   xlstm_quantized_accuracy [--tokens=N] [--no-random] [--large7b] [--tirex-golden=DIR]
-//                            [--char-model=DIR --text=FILE [--windows=N]]
+//                            [--golden=DIR] [--char-model=DIR --text=FILE [--windows=N]]
 //
 // (--no-random: without the two random-weight models below.)
 //
@@ -20,10 +20,14 @@
 //    code's small models and calls), every weight matrix but the patch
 //    embeddings quantised: the quantile error in the model's scaled units
 //    (the first pass's scaler).
+//  - --golden=DIR: the lm_model and xlstm_large golden files of DIR (the
+//    official code's small NeurIPS language model and xLSTM-Large), every
+//    weight matrix but the embedding and head quantised: the logits' error
+//    relative to the float logits' largest magnitude, max and mean.
 //  - --large7b: the whole 7B architecture (32 blocks, E = 4096, vocabulary
 //    50304) with random BF16 weights (~14 GB), as lm125m with the BF16 model
 //    as the reference: it generates N tokens, then is quantised in place and
-//    reads them again (one format per pass; about 20 GB at the peak).
+//    reads them again (one format per pass; 13.6 GB at the peak, 11 minutes).
 //  - --char-model=DIR --text=FILE [--windows=N]: a trained language model
 //    (examples/train_char_lm's output) and its text: the example's validation
 //    bits per character (last 10 % of the text, at most N windows of the
@@ -366,6 +370,70 @@ void tirex_golden(const std::string& dir) {
   }
 }
 
+/// --golden=DIR: the lm_model and xlstm_large golden files of DIR (f32; the
+/// official code's small NeurIPS language model and xLSTM-Large), loaded
+/// float and quantised while loading (every matrix, min_elements 0, embedding
+/// and head kept), the same tokens through both: the logits' error relative
+/// to the float logits' largest magnitude, max and mean, and the float
+/// path's own distance to the official logits for scale.
+void model_golden(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find(".f32.safetensors") == std::string::npos) continue;
+    const auto metadata = xlstm::io::SafetensorsFile::open(entry.path().string()).metadata();
+    const auto kind = metadata.find("kind");
+    if (kind != metadata.end() && (kind->second == "lm_model" || kind->second == "xlstm_large")) {
+      files.push_back(entry.path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty())
+    throw xlstm::Error("no lm_model_* or xlstm_large_* f32 files in '" + dir + "'");
+  for (const auto& path : files) {
+    const auto file = xlstm::io::SafetensorsFile::open(path);
+    const auto config = xlstm::io::Json::parse(file.metadata().at("config"));
+    const auto shape = file.info("input.tokens").shape;
+    xlstm::Tokens tokens(Index(shape.at(0)), Index(shape.at(1)));
+    const auto ids = file.read<std::int64_t>("input.tokens");
+    std::copy(ids.begin(), ids.end(), tokens.data());
+    const bool large = file.metadata().at("kind") == "xlstm_large";
+    auto logits_of = [&](WeightStorage format) {
+      xlstm::io::LargeLoadOptions options;
+      options.prefix = "param.";
+      options.quantize = format;
+      options.quantize_options = {/*min_elements=*/0, /*include_embedding_and_head=*/false};
+      xlstm::Sequence<float> logits;
+      if (large) {
+        const auto model = xlstm::io::load_large_model<float>(
+            xlstm::io::CheckpointFiles::from_file(file),
+            xlstm::io::large_model_config_from_json(config), options);
+        auto state = model.initial_state(tokens.rows());
+        model.forward(tokens, state, logits);
+      } else {
+        xlstm::LanguageModel<float> model(xlstm::io::language_model_config_from_json(config));
+        xlstm::io::load_module(model, file, options);
+        auto state = model.initial_state(tokens.rows());
+        model.forward(tokens, state, logits);
+      }
+      return Matrix<float>(logits.matrix());
+    };
+    const Matrix<float> reference = logits_of(WeightStorage::native);
+    Matrix<float> official(reference.rows(), reference.cols());
+    file.read_into<float>("output.logits", official.data(), std::size_t(official.size()));
+    const double scale = double(reference.cwiseAbs().maxCoeff());
+    std::printf("golden %s: float vs official logits max %.3e (relative to %.3g)\n",
+                std::filesystem::path(path).filename().string().c_str(),
+                double((official - reference).cwiseAbs().maxCoeff()) / scale, scale);
+    for (const auto format : kFormats) {
+      const Matrix<float> error = (logits_of(format) - reference).cwiseAbs();
+      std::printf("golden   %-10s logits error relative to the float logits: max %.3e mean %.3e\n",
+                  xlstm::storage_name(format), double(error.maxCoeff()) / scale,
+                  double(error.mean()) / scale);
+    }
+  }
+}
+
 void large7b(Index count) {
   const auto start = std::chrono::steady_clock::now();
   Generation g;
@@ -463,7 +531,7 @@ int main(int argc, char** argv) {
   Index tokens = 256;
   bool with_7b = false, random_models = true;
   Index windows = 256;
-  std::string char_dir, text, tirex_dir;
+  std::string char_dir, text, tirex_dir, golden_dir;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--tokens=", 0) == 0) {
@@ -478,12 +546,14 @@ int main(int argc, char** argv) {
       text = a.substr(7);
     } else if (a.rfind("--tirex-golden=", 0) == 0) {
       tirex_dir = a.substr(15);
+    } else if (a.rfind("--golden=", 0) == 0) {
+      golden_dir = a.substr(9);
     } else if (a.rfind("--windows=", 0) == 0) {
       windows = std::atol(a.c_str() + 10);
     } else {
       std::fprintf(stderr,
                    "usage: %s [--tokens=N] [--no-random] [--large7b] [--tirex-golden=DIR] "
-                   "[--char-model=DIR --text=FILE "
+                   "[--golden=DIR] [--char-model=DIR --text=FILE "
                    "[--windows=N]]\n",
                    argv[0]);
       return 2;
@@ -502,6 +572,7 @@ int main(int argc, char** argv) {
     }
     if (with_7b) large7b(tokens);
     if (!tirex_dir.empty()) tirex_golden(tirex_dir);
+    if (!golden_dir.empty()) model_golden(golden_dir);
     if (!char_dir.empty()) char_model(char_dir, text, windows);
   } catch (const xlstm::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

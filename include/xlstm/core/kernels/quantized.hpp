@@ -77,12 +77,6 @@ inline void quantize_q4_group(const float* w, std::uint8_t* q, float& scale) {
   }
 }
 
-/// A signed nibble (two's complement, -8..7) as an int.
-inline int q4_nibble(std::uint8_t byte, Index column) {
-  const int nibble = (column % 2 == 0 ? byte : byte >> 4) & 15;
-  return nibble >= 8 ? nibble - 16 : nibble;
-}
-
 /// Rows of int8_rows W (`data`: rows x stride bytes, `scales`: one per row),
 /// widened to float packets as they are loaded and summed as integers'
 /// multiples: the step kernel multiplies a row's sums by its scale once
@@ -132,7 +126,7 @@ struct Q4Rows {
     }
   }
   float at(Index row, Index col) const {
-    return float(q4_nibble(data[(row * cols + col) / 2], col)) * scale(row, col);
+    return float(simd::q4_nibble(data[(row * cols + col) / 2], col)) * scale(row, col);
   }
   float scale(Index row, Index col) const {
     return scales[row * (cols / kQ4Group) + col / kQ4Group];
@@ -149,7 +143,9 @@ void decode_quantized(const std::uint8_t* data, const float* scales, Index cols,
     return;
   }
   // q * s in float, like the packet loaders: one dequantised value whatever
-  // the Scalar (math §16.1).
+  // the Scalar (math §16.1). Not Int8Rows::dequantized: with the scale held
+  // in a local, the loop vectorises (out may alias scales as far as the
+  // compiler knows).
   const auto* q = reinterpret_cast<const std::int8_t*>(data + row * cols + c0);
   const float s = scales[row];
   for (Index i = 0; i < n; ++i) out[i] = Scalar(float(q[i]) * s);

@@ -168,6 +168,13 @@ inline Packet<float> load_i8(const std::int8_t* p) {
 #endif
 }
 
+/// The signed 4-bit value (two's complement, -8..7) of `column` in its byte
+/// (math §16.2: the low nibble is the even column).
+inline int q4_nibble(std::uint8_t byte, Index column) {
+  const int nibble = (column % 2 == 0 ? byte : byte >> 4) & 15;
+  return nibble >= 8 ? nibble - 16 : nibble;
+}
+
 /// kLanes<float> signed 4-bit values from the kLanes<float> / 2 bytes at `p`
 /// (math §16.2: the low nibble of a byte is the even column), widened to
 /// float. Each byte is copied into two 32-bit lanes; shifting the wanted
@@ -193,10 +200,7 @@ inline Packet<float> load_q4(const std::uint8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_srai_epi32(lanes, 28));
 #else
   float lanes[kLanes<float>];
-  for (Index i = 0; i < kLanes<float>; ++i) {
-    const int nibble = (p[i / 2] >> (4 * (i % 2))) & 15;
-    lanes[i] = float(nibble >= 8 ? nibble - 16 : nibble);
-  }
+  for (Index i = 0; i < kLanes<float>; ++i) lanes[i] = float(q4_nibble(p[i / 2], i));
   return load<float>(lanes);
 #endif
 }
@@ -233,10 +237,7 @@ inline void load_q4_pair(const std::uint8_t* p, float scale, Packet<float>& even
 #else
   float lanes[2][kLanes<float>];
   for (Index i = 0; i < kLanes<float>; ++i) {
-    for (int half = 0; half < 2; ++half) {
-      const int nibble = (p[i] >> (4 * half)) & 15;
-      lanes[half][i] = float(nibble >= 8 ? nibble - 16 : nibble) * scale;
-    }
+    for (int half = 0; half < 2; ++half) lanes[half][i] = float(q4_nibble(p[i], half)) * scale;
   }
   even = load<float>(lanes[0]);
   odd = load<float>(lanes[1]);
