@@ -238,30 +238,46 @@ Matrix<float> synthetic_series(Index count, Index length) {
   return x;
 }
 
+/// The largest and the mean of absolute errors, accumulated one by one.
+struct ErrorStats {
+  double max = 0, sum = 0;
+  Index n = 0;
+  void add(double e) {
+    max = std::max(max, e);
+    sum += e;
+    ++n;
+  }
+  double mean() const { return sum / double(n); }
+};
+
+/// Adds |f - reference| / scale(b) for every quantile of every series b.
+template <typename ScaleOfSeries>
+void add_quantile_errors(ErrorStats& stats, const xlstm::tirex::Forecast<float>& reference,
+                         const xlstm::tirex::Forecast<float>& f, ScaleOfSeries scale) {
+  for (Index b = 0; b < f.quantiles.batch(); ++b) {
+    const double s = scale(b);
+    for (Index t = 0; t < f.quantiles.time(); ++t) {
+      for (Index q = 0; q < f.quantiles.features(); ++q) {
+        stats.add(std::abs(double(f.quantiles(b, t, q)) - double(reference.quantiles(b, t, q))) /
+                  s);
+      }
+    }
+  }
+}
+
 /// Quantile error of `f` against `reference` in scaled units (divided by
 /// the standard deviation of the series' context): max and mean.
 void print_quantile_error(const char* what, const Matrix<float>& context,
                           const xlstm::tirex::Forecast<float>& reference,
                           const xlstm::tirex::Forecast<float>& f) {
-  double max_error = 0, sum = 0;
-  Index n = 0;
-  const Index horizon = f.median.cols(), quantiles = f.quantiles.features();
-  for (Index b = 0; b < context.rows(); ++b) {
+  ErrorStats stats;
+  add_quantile_errors(stats, reference, f, [&](Index b) {
     const double mean = context.row(b).cast<double>().mean();
-    const double sd = std::sqrt((context.row(b).cast<double>().array() - mean).square().sum() /
-                                double(context.cols()));
-    for (Index t = 0; t < horizon; ++t) {
-      for (Index q = 0; q < quantiles; ++q) {
-        const double e =
-            std::abs(double(f.quantiles(b, t, q)) - double(reference.quantiles(b, t, q))) / sd;
-        max_error = std::max(max_error, e);
-        sum += e;
-        ++n;
-      }
-    }
-  }
+    return std::sqrt((context.row(b).cast<double>().array() - mean).square().sum() /
+                     double(context.cols()));
+  });
   std::printf("tirex    %-22s quantile error in scaled units: max %.3e mean %.3e (%ld values)\n",
-              what, max_error, sum / double(n), long(n));
+              what, stats.max, stats.mean(), long(stats.n));
 }
 
 void tirex() {
@@ -311,8 +327,7 @@ void tirex_golden(const std::string& dir) {
   std::sort(files.begin(), files.end());
   if (files.empty()) throw xlstm::Error("no tirex_model_*.safetensors in '" + dir + "'");
   for (const auto format : kFormats) {
-    double max_error = 0, sum = 0;
-    Index n = 0;
+    ErrorStats stats;
     std::size_t quantized = 0, kept = 0;
     for (const auto& path : files) {
       const auto file = xlstm::io::SafetensorsFile::open(path);
@@ -350,23 +365,14 @@ void tirex_golden(const std::string& dir) {
       kept += report.kept.size();
       q.prepare();
       const auto f = run(q, nullptr);
-      for (Index b = 0; b < f.quantiles.batch(); ++b) {
-        const double scale = double(first.stats.at(std::size_t(b)).scale);
-        for (Index i = 0; i < f.quantiles.time() * f.quantiles.features(); ++i) {
-          const Index t = i / f.quantiles.features(), k = i % f.quantiles.features();
-          const double e =
-              std::abs(double(f.quantiles(b, t, k)) - double(reference.quantiles(b, t, k))) / scale;
-          max_error = std::max(max_error, e);
-          sum += e;
-          ++n;
-        }
-      }
+      add_quantile_errors(stats, reference, f,
+                          [&](Index b) { return double(first.stats.at(std::size_t(b)).scale); });
     }
     std::printf(
         "tirex-golden %-10s %zu files, quantile error in scaled units: max %.3e mean %.3e "
         "(%ld values; %zu matrices quantised, %zu kept)\n",
-        xlstm::storage_name(format), files.size(), max_error, sum / double(n), long(n), quantized,
-        kept);
+        xlstm::storage_name(format), files.size(), stats.max, stats.mean(), long(stats.n),
+        quantized, kept);
   }
 }
 
