@@ -483,31 +483,6 @@ WeightStorage quantized_format_of(const Target& target) {
   return format;
 }
 
-/// Adds the quantised tensor `target` (math §16.4): values, scales, metadata.
-template <typename Target>
-void add_quantized(SafetensorsWriter& writer, const Target& target, WeightStorage format) {
-  const bool q4 = format == WeightStorage::q4_g32;
-  const std::size_t rows = target.shape[0], cols = target.shape[1];
-  std::vector<std::uint8_t> values;
-  std::vector<float> scales;
-  values.reserve(WeightMatrix<float>::quantized_value_bytes(format, Index(rows), Index(cols)));
-  scales.reserve(WeightMatrix<float>::quantized_scale_count(format, Index(rows), Index(cols)));
-  for (const auto& part : target.parts) {
-    const auto& m = *part.matrix;
-    const std::size_t n = WeightMatrix<float>::quantized_value_bytes(format, m.rows(), m.cols());
-    const std::size_t k = WeightMatrix<float>::quantized_scale_count(format, m.rows(), m.cols());
-    values.insert(values.end(), m.quantized_values(), m.quantized_values() + n);
-    scales.insert(scales.end(), m.quantized_scales(), m.quantized_scales() + k);
-  }
-  writer.add_raw(target.name, q4 ? DType::U8 : DType::I8, {rows, q4 ? cols / 2 : cols},
-                 values.data(), values.size());
-  const std::size_t group = std::size_t(kernels::kQ4Group);
-  writer.add(target.name + kQuantizedScalesSuffix, q4 ? Shape{rows, cols / group} : Shape{rows},
-             scales.data());
-  writer.set_metadata(kQuantizedMetadataPrefix + target.name, storage_name(format));
-  if (q4) writer.set_metadata(kQ4GroupSizeMetadata, std::to_string(group));
-}
-
 }  // namespace detail
 
 /// How add_targets hands tensors to the writer.
@@ -563,24 +538,40 @@ DType stored_dtype(const TensorTarget<ConstParameterRef<Scalar>>& target) {
   return first->storage() == WeightStorage::bf16 ? DType::BF16 : DType::F16;
 }
 
-/// add_quantized by reference: the values and scales are read from the
-/// matrices when the file is written.
+/// Adds a tensor whose bytes `produce` hands out: streamed when the file is
+/// written (by_reference), or collected now and copied in (copy).
+inline void add_produced(SafetensorsWriter& writer, const std::string& name, DType dtype,
+                         const Shape& shape, SafetensorsWriter::Producer produce, WriteMode mode) {
+  if (mode == WriteMode::by_reference) {
+    writer.add_streamed(name, dtype, shape, std::move(produce));
+    return;
+  }
+  std::vector<std::uint8_t> bytes;
+  produce([&](const std::uint8_t* data, std::size_t count) {
+    bytes.insert(bytes.end(), data, data + count);
+  });
+  writer.add_raw(name, dtype, shape, bytes.data(), bytes.size());
+}
+
+/// Adds the quantised tensor `target` (math §16.4): values, scales, metadata.
 template <typename Target>
-void add_quantized_by_reference(SafetensorsWriter& writer, const Target& target,
-                                WeightStorage format) {
+void add_quantized(SafetensorsWriter& writer, const Target& target, WeightStorage format,
+                   WriteMode mode) {
   const bool q4 = format == WeightStorage::q4_g32;
   const std::size_t rows = target.shape[0], cols = target.shape[1];
   const std::size_t group = std::size_t(kernels::kQ4Group);
-  writer.add_streamed(target.name, q4 ? DType::U8 : DType::I8, {rows, q4 ? cols / 2 : cols},
-                      [target, format](const SafetensorsWriter::ByteSink& sink) {
-                        for (const auto& part : target.parts) {
-                          const auto& m = *part.matrix;
-                          sink(m.quantized_values(), WeightMatrix<float>::quantized_value_bytes(
-                                                         format, m.rows(), m.cols()));
-                        }
-                      });
-  writer.add_streamed(
-      target.name + kQuantizedScalesSuffix, DType::F32,
+  add_produced(
+      writer, target.name, q4 ? DType::U8 : DType::I8, {rows, q4 ? cols / 2 : cols},
+      [target, format](const SafetensorsWriter::ByteSink& sink) {
+        for (const auto& part : target.parts) {
+          const auto& m = *part.matrix;
+          sink(m.quantized_values(),
+               WeightMatrix<float>::quantized_value_bytes(format, m.rows(), m.cols()));
+        }
+      },
+      mode);
+  add_produced(
+      writer, target.name + kQuantizedScalesSuffix, DType::F32,
       q4 ? Shape{rows, cols / group} : Shape{rows},
       [target, format](const SafetensorsWriter::ByteSink& sink) {
         std::vector<std::uint8_t> bytes;
@@ -592,7 +583,8 @@ void add_quantized_by_reference(SafetensorsWriter& writer, const Target& target,
           encode_elements(m.quantized_scales(), DType::F32, bytes.data(), k, target.name);
           sink(bytes.data(), bytes.size());
         }
-      });
+      },
+      mode);
   writer.set_metadata(kQuantizedMetadataPrefix + target.name, storage_name(format));
   if (q4) writer.set_metadata(kQ4GroupSizeMetadata, std::to_string(group));
 }
@@ -615,29 +607,18 @@ void add_targets(SafetensorsWriter& writer,
   for (const auto& target : targets) formats.push_back(detail::quantized_format_of(target));
   for (std::size_t t = 0; t < targets.size(); ++t) {
     const auto& target = targets[t];
-    const bool by_reference = mode == WriteMode::by_reference;
     if (formats[t] != WeightStorage::native) {
-      if (by_reference) {
-        detail::add_quantized_by_reference(writer, target, formats[t]);
-      } else {
-        detail::add_quantized(writer, target, formats[t]);
-      }
+      detail::add_quantized(writer, target, formats[t], mode);
       continue;
     }
     const DType dtype =
         matrix_dtype && target.all_matrices() ? *matrix_dtype : detail::stored_dtype(target);
-    if (by_reference) {
-      writer.add_streamed(target.name, dtype, target.shape,
-                          [target, dtype](const SafetensorsWriter::ByteSink& sink) {
-                            detail::produce_target(target, dtype, sink);
-                          });
-      continue;
-    }
-    std::vector<std::uint8_t> bytes;
-    detail::produce_target(target, dtype, [&](const std::uint8_t* data, std::size_t count) {
-      bytes.insert(bytes.end(), data, data + count);
-    });
-    writer.add_raw(target.name, dtype, target.shape, bytes.data(), bytes.size());
+    detail::add_produced(
+        writer, target.name, dtype, target.shape,
+        [target, dtype](const SafetensorsWriter::ByteSink& sink) {
+          detail::produce_target(target, dtype, sink);
+        },
+        mode);
   }
 }
 
