@@ -19,6 +19,7 @@
 #include <string>
 #include <type_traits>
 #include <variant>
+#include <vector>
 
 #include "xlstm/xlstm.hpp"
 
@@ -162,19 +163,32 @@ class Stopwatch {
     state.SetIterationTime(s);
     total_ += s;
     best_ = std::min(best_, s);
+    times_.push_back(s);
   }
   double total() const { return total_; }
   double best() const { return best_; }
+  /// The median iteration's time times the number of iterations: a total
+  /// that a few iterations slowed by a neighbour on a shared machine do not
+  /// move. Memory-bound rows (decode) report it, which steadies their
+  /// percentage of the bandwidth from run to run.
+  double median_total() const {
+    if (times_.empty()) return 0;
+    std::vector<double> t = times_;
+    const auto mid = t.begin() + std::ptrdiff_t(t.size() / 2);
+    std::nth_element(t.begin(), mid, t.end());
+    return *mid * double(t.size());
+  }
 
  private:
   double total_ = 0, best_ = 1e300;
+  std::vector<double> times_;
 };
 
 /// Sets items/s, GFLOPs, pct_of_gemm (gemm-bound rows), the GB/s counter,
 /// pct_of_bandwidth (vs DRAM) and pct_of_cache (vs the cache the working set
 /// fits, if any), and the label "bound=<limit>" (gemm_f32, gemm_f64, DRAM, L3,
-/// cache_1MiB) the summary reads. `seconds` is the Stopwatch total of the run.
-/// The percentages divide by the limits measured at the start of the run.
+/// cache_1MiB) the summary reads. `seconds` is the Stopwatch total of the run (median_total for
+/// decode rows). The percentages divide by the limits measured at the start of the run.
 void report(benchmark::State& state, const Work& work, double seconds);
 
 // ---------------------------------------------------------------------------

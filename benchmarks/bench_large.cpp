@@ -168,7 +168,7 @@ void bm_large_decode(benchmark::State& state) {
   w.working_set = double(model.weight_bytes()) + state_size;
   w.bound = Bound::memory;
   w.bytes_counter = "weight_GBps";
-  report(state, w, sw.total());
+  report(state, w, sw.median_total());
   state.counters["peak_rss_MB"] = peak_rss_mb();
 }
 

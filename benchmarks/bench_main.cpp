@@ -29,6 +29,7 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -202,9 +203,12 @@ void print_summary(std::FILE* out, const std::vector<benchmark::BenchmarkReporte
   std::fflush(out);
 }
 
-/// The performance issue's targets (README, Performance), judged from this
-/// run's rows: met, not met, or not measured (a row missing from the run).
-/// They are stated for 2 threads; other thread counts print a reminder.
+/// The performance targets (README, Performance), judged from this run's
+/// rows: met, not met, or not run (a row missing from the run). The figures
+/// are this run's, at its thread count and for the build it runs in (the
+/// native and the x86-64-v3 build are judged alike): every compute-bound row
+/// against the FMA peak of the run's threads, every memory-bound row against
+/// the DRAM bandwidth, both measured in the same run.
 void print_targets(std::FILE* out, const std::vector<benchmark::BenchmarkReporter::Run>& runs,
                    const Limits& l) {
   std::map<std::string, const benchmark::BenchmarkReporter::Run*> by_name;
@@ -214,85 +218,92 @@ void print_targets(std::FILE* out, const std::vector<benchmark::BenchmarkReporte
     return it == by_name.end() ? 0.0 : counter(*it->second, name);
   };
   auto rate = [&](const std::string& row) { return value(row, "items_per_second"); };
+  const int threads = options().used_threads;
 
-  std::fprintf(out, "\nTargets of the performance issue (float32, stated for 2 threads%s)\n",
-               options().used_threads == 2 ? "" : "; this run used another thread count");
-  auto line = [&](const char* target, bool measured, bool met, const std::string& figure) {
-    std::fprintf(out, "  %-58s %-10s %s\n", target,
+  std::fprintf(
+      out, "\nTargets (float32 unless named; %d thread%s, this build's FMA peak %.1f GFLOP/s)\n",
+      threads, threads == 1 ? "" : "s", l.fma_peak_f32_gflops);
+  auto line = [&](const std::string& target, bool measured, bool met, const std::string& figure) {
+    std::fprintf(out, "  %-60s %-10s %s\n", target.c_str(),
                  !measured ? "not run" : (met ? "met" : "NOT MET"), measured ? figure.c_str() : "");
   };
 
+  // 1-3. Compute-bound rows at >= 60 % of the FMA peak.
   const std::string prefill = "lm125m/f32/prefill/B:1/T:512";
-  const double prefill_pct = 100 * value(prefill, "GFLOPs") / l.gemm_f32_gflops;
-  const double prefill_peak = 100 * value(prefill, "GFLOPs") / l.fma_peak_f32_gflops;
-  line("1. prefill 125M, B=1, T=512: >= 70% of GEMM", rate(prefill) > 0, prefill_pct >= 70,
-       format("%.1f%% of GEMM", prefill_pct) + format(" (%.1f%% of the FMA peak)", prefill_peak) +
-           format(", %.0f tokens/s", rate(prefill)));
+  for (const auto& [row, name] :
+       {std::pair{prefill, "prefill 125M, B=1, T=512"},
+        std::pair{std::string("mlstm_block/f32/forward/B:1"), "mLSTM block forward, E=512, T=1024"},
+        std::pair{std::string("slstm_block/f32/forward/B:1"),
+                  "sLSTM block forward, E=512, T=1024"}}) {
+    const double gflops = value(row, "GFLOPs");
+    const double peak_pct = 100 * gflops / l.fma_peak_f32_gflops;
+    line(std::string(name) + ": >= 60% of the FMA peak", rate(row) > 0, peak_pct >= 60,
+         format("%.1f%% of the FMA peak", peak_pct) + format(" (%.1f GFLOP/s", gflops) +
+             format(", %.1f%% of GEMM)", 100 * gflops / l.gemm_f32_gflops));
+  }
 
+  // 4. Decode B = 1 at the bandwidth (the row's median step).
   const std::string decode1 = "lm125m/f32/decode/B:1", decode8 = "lm125m/f32/decode/B:8";
   const double decode_pct = 100 * value(decode1, "weight_GBps") / l.dram_gbps();
-  line("2. decode B=1: >= 75% of DRAM and >= 35 tokens/s", rate(decode1) > 0,
-       decode_pct >= 75 && rate(decode1) >= 35,
+  line("decode 125M, B=1: >= 80% of DRAM", rate(decode1) > 0, decode_pct >= 80,
        format("%.1f%% of DRAM", decode_pct) + format(", %.1f tokens/s", rate(decode1)));
+
+  // 5. BF16 weights: half the bytes of float32.
+  const std::string bf16 = "large/bf16/decode/model:0/B:1", f32 = "large/f32/decode/model:2/B:1";
+  const double bf16_gain = rate(bf16) / rate(f32);
+  line("BF16 decode >= 1.8x float32 weights (7B-shaped block)", rate(bf16) > 0 && rate(f32) > 0,
+       bf16_gain >= 1.8, format("%.2fx", bf16_gain));
+
+  // 6. Decode B = 8 against its bandwidth bound. Bandwidth-bound, B = 8
+  // moves W + 8 S bytes per step where B = 1 moves W + S (W weights, S state
+  // read and written per row): at most 8 (W + S) / (W + 8 S) times the
+  // tokens/s.
   const double batch_gain = rate(decode8) / rate(decode1);
-  // Bandwidth-bound, B = 8 moves W + 8 S bytes per step where B = 1 moves
-  // W + S (W weights, S state read and written per row): at most
-  // 8 (W + S) / (W + 8 S) times the tokens/s.
   const double weights = value(decode1, "weight_bytes"),
                row_state = value(decode1, "state_bytes_per_row");
   const double batch_bound = 8 * (weights + row_state) / (weights + 8 * row_state);
-  line("3. decode B=8: >= 5x the tokens/s of B=1", rate(decode1) > 0 && rate(decode8) > 0,
-       batch_gain >= 5,
-       format("%.2fx", batch_gain) +
-           format(" (bandwidth bound for this model: %.2fx)", batch_bound));
+  line("decode 125M, B=8: >= 0.9x its bandwidth bound over B=1",
+       rate(decode1) > 0 && rate(decode8) > 0, batch_gain >= 0.9 * batch_bound,
+       format("%.2fx B=1", batch_gain) + format(" = %.2fx the bound", batch_gain / batch_bound) +
+           format(" (bound %.2fx)", batch_bound));
 
-  const std::string chunk256 = "mlstm_cell/f32/chunkwise/T:256",
-                    chunk4096 = "mlstm_cell/f32/chunkwise/T:4096";
-  const double chunk_pct = 100 * value(chunk4096, "GFLOPs") / l.gemm_f32_gflops;
-  const double chunk_growth = rate(chunk256) / rate(chunk4096);  // time per token, 4096 vs 256
-  line("4. mLSTM chunkwise T=4096: >= 50% of GEMM, <= 1.25x T=256",
-       rate(chunk256) > 0 && rate(chunk4096) > 0, chunk_pct >= 50 && chunk_growth <= 1.25,
-       format("%.1f%% of GEMM", chunk_pct) + format(", %.2fx per token", chunk_growth));
-
-  const std::string slstm1 = "slstm_cell/f32/step/B:1", slstm8 = "slstm_cell/f32/step/B:8";
-  // Time to read the recurrent kernel from cache, at the 1 MiB cache rate.
-  const double read_us = value(slstm1, "kernel_bytes") / l.cache_1mib_gbps() / 1e3;
-  const double step_us = rate(slstm1) > 0 ? 1e6 / rate(slstm1) : 0;
-  const double per_row = rate(slstm1) / rate(slstm8);  // per-row time, B=8 vs B=1
-  // B = 8 does 8x the FLOPs of B = 1; at the GEMM rate that alone takes
-  // flops_per_row / GEMM per row.
+  // 7. sLSTM step at B = 8: eight rows' FLOPs at the same run's GEMM rate.
+  const std::string slstm8 = "slstm_cell/f32/step/B:8";
+  const double row_us = rate(slstm8) > 0 ? 1e6 / rate(slstm8) : 0;
   const double row_bound_us = value(slstm8, "flops_per_row") / l.gemm_f32_gflops / 1e3;
-  line("5. sLSTM step: B=1 <= 2x kernel read, B=8 row <= 0.3x B=1",
-       rate(slstm1) > 0 && rate(slstm8) > 0 && read_us > 0,
-       step_us <= 2 * read_us && per_row <= 0.3,
-       format("B=1 %.1f us", step_us) + format(" = %.2fx the read", step_us / read_us) +
-           format(", B=8 per row %.2fx B=1", per_row) +
-           format(" (at the GEMM rate >= %.2fx)", row_bound_us / step_us));
+  line("sLSTM step, B=8: per row <= 1.5x its time at the GEMM rate",
+       rate(slstm8) > 0 && row_bound_us > 0, row_us <= 1.5 * row_bound_us,
+       format("%.2f us per row", row_us) + format(" = %.2fx", row_us / row_bound_us) +
+           format(" the %.2f us at the GEMM rate", row_bound_us));
 
+  // 8. Thread scaling of prefill (2-thread runs).
   const std::string prefill1 = prefill + "/threads:1";
   const double scaling = rate(prefill) / rate(prefill1);
-  line("6. prefill on 2 threads >= 1.6x on 1 thread",
-       options().used_threads == 2 && rate(prefill) > 0 && rate(prefill1) > 0, scaling >= 1.6,
+  line("prefill on 2 threads >= 1.6x on 1 thread",
+       threads == 2 && rate(prefill) > 0 && rate(prefill1) > 0, scaling >= 1.6,
        format("%.2fx", scaling));
 
-  const std::string bf16 = "large/bf16/decode/model:0/B:1", f32 = "large/f32/decode/model:2/B:1";
-  const double bf16_gain = rate(bf16) / rate(f32);
-  line("7. BF16 decode >= 1.8x float32 weights (7B-shaped block)", rate(bf16) > 0 && rate(f32) > 0,
-       bf16_gain >= 1.8, format("%.2fx", bf16_gain));
-  std::fprintf(out, "  8. accuracy: the golden tests (ctest), not this benchmark\n");
+  // 9. Long sequences: chunkwise keeps its rate.
+  const std::string chunk256 = "mlstm_cell/f32/chunkwise/T:256",
+                    chunk4096 = "mlstm_cell/f32/chunkwise/T:4096";
+  const double chunk_peak = 100 * value(chunk4096, "GFLOPs") / l.fma_peak_f32_gflops;
+  const double chunk_growth = rate(chunk256) / rate(chunk4096);  // time per token, 4096 vs 256
+  line("mLSTM chunkwise T=4096: <= 1.25x the time per token of T=256",
+       rate(chunk256) > 0 && rate(chunk4096) > 0, chunk_growth <= 1.25,
+       format("%.2fx per token", chunk_growth) + format(", %.1f%% of the FMA peak", chunk_peak));
 
-  // The 8/4-bit issue's speed targets (7B-shaped block, B = 1).
+  // 10. The 8/4-bit weights (7B-shaped block, B = 1).
   const std::string int8 = "large/int8/decode/model:3/B:1", q4 = "large/q4/decode/model:4/B:1";
   for (const auto& [row, name, gain_target] :
        {std::tuple{int8, "int8", 1.8}, std::tuple{q4, "q4", 3.0}}) {
     const double gain = rate(row) / rate(bf16);
     const double pct = 100 * value(row, "weight_GBps") / l.dram_gbps();
-    const std::string target = std::string("9. ") + name +
-                               " decode >= " + format("%.1fx", gain_target) +
-                               " BF16 and >= 75% of DRAM";
-    line(target.c_str(), rate(row) > 0 && rate(bf16) > 0, gain >= gain_target && pct >= 75,
+    line(std::string(name) + " decode >= " + format("%.1fx", gain_target) +
+             " BF16 and >= 75% of DRAM",
+         rate(row) > 0 && rate(bf16) > 0, gain >= gain_target && pct >= 75,
          format("%.2fx BF16", gain) + format(", %.1f%% of DRAM", pct));
   }
+  std::fprintf(out, "  accuracy: the golden tests (ctest), not this benchmark\n");
 }
 
 bool starts_with(const char* s, const char* prefix) {

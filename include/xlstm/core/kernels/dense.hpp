@@ -103,27 +103,61 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
   for (int r = 0; r < R; ++r) {
     for (int b = 0; b < B; ++b) acc[r][b] = simd::zero<Scalar>();
   }
+  // Which operand waits in registers while the other streams past: the x
+  // packets (B of them, 2B split by parity) when they fit beside the R * B
+  // accumulators and a decoded W packet, so that each W packet is consumed
+  // as soon as it is decoded; else the R W packets. Holding all R decoded W
+  // packets of a tall block (8 rows, one x row) overflowed AVX2's 16
+  // registers: an accumulator then lived on the stack, and its store and
+  // reload every step bounded decode. The sums are the same either way.
+  constexpr int kRegisters = simd::kVectorRegisters;
   Index k = 0;
   if constexpr (detail::PairedColumns<Rows>::value) {
+    constexpr bool kHoldX = R * B + 2 * B + 4 <= kRegisters;
     for (; k + 2 * kLanes <= n; k += 2 * kLanes) {
-      Packet even[R], odd[R];
-      for (int r = 0; r < R; ++r) w.load_pair(o + r, k0 + k, even[r], odd[r]);
-      for (int b = 0; b < B; ++b) {
-        Packet x_even, x_odd;
-        simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
-                           x_even, x_odd);
+      if constexpr (kHoldX) {
+        Packet x_even[B], x_odd[B];
+        for (int b = 0; b < B; ++b) {
+          simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
+                             x_even[b], x_odd[b]);
+        }
         for (int r = 0; r < R; ++r) {
-          acc[r][b] = simd::fma(odd[r], x_odd, simd::fma(even[r], x_even, acc[r][b]));
+          Packet even, odd;
+          w.load_pair(o + r, k0 + k, even, odd);
+          for (int b = 0; b < B; ++b) {
+            acc[r][b] = simd::fma(odd, x_odd[b], simd::fma(even, x_even[b], acc[r][b]));
+          }
+        }
+      } else {
+        Packet even[R], odd[R];
+        for (int r = 0; r < R; ++r) w.load_pair(o + r, k0 + k, even[r], odd[r]);
+        for (int b = 0; b < B; ++b) {
+          Packet x_even, x_odd;
+          simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
+                             x_even, x_odd);
+          for (int r = 0; r < R; ++r) {
+            acc[r][b] = simd::fma(odd[r], x_odd, simd::fma(even[r], x_even, acc[r][b]));
+          }
         }
       }
     }
   }
+  constexpr bool kHoldX = R * B + B + 2 <= kRegisters;
   for (; k + kLanes <= n; k += kLanes) {
-    Packet wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = w.load(o + r, k0 + k);
-    for (int b = 0; b < B; ++b) {
-      const Packet xv = simd::load(x + b * ldx + k);
-      for (int r = 0; r < R; ++r) acc[r][b] = simd::fma(wv[r], xv, acc[r][b]);
+    if constexpr (kHoldX) {
+      Packet xv[B];
+      for (int b = 0; b < B; ++b) xv[b] = simd::load(x + b * ldx + k);
+      for (int r = 0; r < R; ++r) {
+        const Packet wv = w.load(o + r, k0 + k);
+        for (int b = 0; b < B; ++b) acc[r][b] = simd::fma(wv, xv[b], acc[r][b]);
+      }
+    } else {
+      Packet wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = w.load(o + r, k0 + k);
+      for (int b = 0; b < B; ++b) {
+        const Packet xv = simd::load(x + b * ldx + k);
+        for (int r = 0; r < R; ++r) acc[r][b] = simd::fma(wv[r], xv, acc[r][b]);
+      }
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -168,10 +202,10 @@ void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0
         if constexpr (simd::kVectorRegisters >= 16) {
           // 8 W rows at once keep more of W's memory streams in flight (BF16
           // decode of a 16384 x 4096 matrix on one thread, AVX-512: 16.5 ->
-          // 20 GB/s). With 16 registers too: the compiler consumes each W
-          // packet as it is loaded, and AVX2 decode of sixteen 4096 x 4096
-          // matrices in turn went 3.35 -> 2.6 ms (f32) and 2.1 -> 1.9 ms
-          // (BF16) per matrix on one thread.
+          // 20 GB/s). With 16 registers too: dot_block then holds the x
+          // packet and consumes each W packet as it is decoded, and AVX2
+          // decode of sixteen 4096 x 4096 matrices in turn went 3.35 -> 2.6
+          // ms (f32) and 2.1 -> 1.9 ms (BF16) per matrix on one thread.
           for (; o + 8 <= end; o += 8) {
             dot_block<8, 1>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
           }

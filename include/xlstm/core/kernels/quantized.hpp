@@ -20,6 +20,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -114,7 +115,7 @@ struct Q4Rows {
   static_assert(!kPairedColumns || kQ4Group % kColumnGranule == 0,
                 "a paired step must not straddle two groups");
   void load_pair(Index row, Index col, simd::Packet<float>& even, simd::Packet<float>& odd) const {
-    simd::load_q4_pair(data + (row * cols + col) / 2, scale(row, col), even, odd);
+    simd::load_q4_pair(byte_of(row, col), scale(row, col), even, odd);
   }
   simd::Packet<float> load(Index row, Index col) const {
     static_assert(kQ4Group % simd::kLanes<float> == 0, "a packet must not straddle two groups");
@@ -122,14 +123,20 @@ struct Q4Rows {
       const float lane = at(row, col);
       return simd::load<float>(&lane);
     } else {
-      return simd::scale(simd::load_q4(data + (row * cols + col) / 2), scale(row, col));
+      return simd::scale(simd::load_q4(byte_of(row, col)), scale(row, col));
     }
   }
   float at(Index row, Index col) const {
-    return float(simd::q4_nibble(data[(row * cols + col) / 2], col)) * scale(row, col);
+    return float(simd::q4_nibble(*byte_of(row, col), col)) * scale(row, col);
+  }
+  // cols is a multiple of kQ4Group (hence even) and col non-negative: the
+  // divisions of col are unsigned shifts, not the signed division's
+  // several instructions, which the decode loop pays per row and step.
+  const std::uint8_t* byte_of(Index row, Index col) const {
+    return data + row * (cols / 2) + std::size_t(col) / 2;
   }
   float scale(Index row, Index col) const {
-    return scales[row * (cols / kQ4Group) + col / kQ4Group];
+    return scales[row * (cols / kQ4Group) + std::size_t(col) / kQ4Group];
   }
 };
 
