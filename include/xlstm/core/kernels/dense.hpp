@@ -113,9 +113,9 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
   constexpr int kRegisters = simd::kVectorRegisters;
   Index k = 0;
   if constexpr (detail::PairedColumns<Rows>::value) {
-    constexpr bool kHoldX = R * B + 2 * B + 4 <= kRegisters;
+    constexpr bool kHoldXPairs = R * B + 2 * B + 4 <= kRegisters;
     for (; k + 2 * kLanes <= n; k += 2 * kLanes) {
-      if constexpr (kHoldX) {
+      if constexpr (kHoldXPairs) {
         Packet x_even[B], x_odd[B];
         for (int b = 0; b < B; ++b) {
           simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
