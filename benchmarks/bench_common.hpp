@@ -306,7 +306,8 @@ double parameter_bytes(Module& module) {
 template <typename Scalar>
 double state_bytes(const xlstm::MLstmBlockState<Scalar>& s) {
   return double(s.cell.C.size() + s.cell.n.size() + s.cell.m.size() + s.conv.window.size()) *
-         sizeof(Scalar);
+             sizeof(Scalar) +
+         double(s.cell.C_bf16.size()) * 2;  // C in bfloat16 (math §4.8)
 }
 template <typename Scalar>
 double state_bytes(const xlstm::SLstmBlockState<Scalar>& s) {

@@ -70,10 +70,13 @@ void bm_prefill(benchmark::State& state, int threads) {
 /// Decode: one LanguageModel::step for B rows after a 16-token prefill. Per
 /// step every weight is read once (stack, LM head, B embedding rows) and the
 /// recurrent state is read and written: weight_GBps = those bytes / time.
-void bm_decode(benchmark::State& state) {
+/// `storage`: how the mLSTM states keep C (math §4.8).
+void bm_decode(benchmark::State& state,
+               xlstm::MLstmStateStorage storage = xlstm::MLstmStateStorage::full) {
   const Index batch = state.range(0);
   auto& model = model_125m();
   auto s = model.initial_state(batch);
+  s.set_mlstm_storage(storage);
   {
     xlstm::Sequence<float> prompt_logits;
     model.forward(random_tokens(batch, kPrompt, model.vocab_size(), 52), s, prompt_logits);
@@ -148,11 +151,19 @@ void register_model_benchmarks(bool quick) {
     p1->Unit(benchmark::kMillisecond);
     if (quick) p1->MinTime(kQuickMinTime);
   }
-  auto* d = benchmark::RegisterBenchmark("lm125m/f32/decode", bm_decode);
+  auto* d =
+      benchmark::RegisterBenchmark("lm125m/f32/decode", [](benchmark::State& s) { bm_decode(s); });
   d->ArgNames({"B"})->UseManualTime()->Unit(benchmark::kMillisecond);
+  // The opt-in bfloat16 storage of the mLSTM states' C (math §4.8).
+  auto* h = benchmark::RegisterBenchmark("lm125m/f32/decode_bf16_state", [](benchmark::State& s) {
+    bm_decode(s, xlstm::MLstmStateStorage::bf16);
+  });
+  h->ArgNames({"B"})->UseManualTime()->Unit(benchmark::kMillisecond);
+  h->Arg(1)->Arg(8);
   if (quick) {
     p->MinTime(kQuickMinTime);
     d->Arg(1)->Arg(8)->MinTime(0.3);
+    h->MinTime(0.3);
   } else {
     d->Arg(1)->Arg(2)->Arg(4)->Arg(8);
     benchmark::RegisterBenchmark("lm125m/f32/serve8", bm_serve)

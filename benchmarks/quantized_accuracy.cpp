@@ -1,5 +1,6 @@
-// What int8_rows and q4_g32 weights change (docs/math.md §16), against the
-// same model with its float (or, for the 7B architecture, BF16) weights:
+// What int8_rows and q4_g32 weights (docs/math.md §16) and the mLSTM states'
+// C stored in bfloat16 (math §4.8) change, against the same model with its
+// float (or, for the 7B architecture, BF16) weights and full-precision state:
 //
 //   xlstm_quantized_accuracy [--tokens=N] [--no-random] [--large7b] [--tirex-golden=DIR]
 //                            [--golden=DIR] [--char-model=DIR --text=FILE [--windows=N]]
@@ -10,7 +11,8 @@
 //    random initialisation, seed 125). The float model generates N tokens greedily (default 256)
 //    from a fixed prompt; the quantised models read the same tokens. Per
 //    position: the KL divergence KL(float || quantised) of the next-token
-//    distributions and whether the top-1 token agrees.
+//    distributions and whether the top-1 token agrees. Also the float model
+//    reading them with a bf16 state ("bf16-state": every step rounds C).
 //  - tirex: the full-size TiRex architecture (D = 512, 12 blocks) with random
 //    weights, forecasting 64 steps of 8 synthetic series of 2048 values
 //    (sines, trends, random walks, noise). The quantile error in scaled
@@ -23,7 +25,11 @@
 //  - --golden=DIR: the lm_model and xlstm_large golden files of DIR (the
 //    official code's small NeurIPS language model and xLSTM-Large), every
 //    weight matrix but the embedding and head quantised: the logits' error
-//    relative to the float logits' largest magnitude, max and mean.
+//    relative to the float logits' largest magnitude, max and mean. And
+//    the official decodes of DIR (lm_step, xlstm_large with token-by-token
+//    logits, mlstm_cell: the recurrent outputs) stepped with a full and a
+//    bf16 state: the error against the official values relative to their
+//    largest magnitude.
 //  - --large7b: the whole 7B architecture (32 blocks, E = 4096, vocabulary
 //    50304) with random BF16 weights (~14 GB), as lm125m with the BF16 model
 //    as the reference: it generates N tokens, then is quantised in place and
@@ -32,7 +38,8 @@
 //    (examples/train_char_lm's output) and its text: the example's validation
 //    bits per character (last 10 % of the text, at most N windows of the
 //    context length, 256 by default), float against each format, with the
-//    default rule and with every matrix quantised (min_elements 0).
+//    default rule and with every matrix quantised (min_elements 0); and the
+//    same windows read step by step with a full and a bf16 state.
 //
 // Every format uses quantize_weights' default rule (math §16.3): matrices of
 // at least 2^16 elements, the embedding and head kept.
@@ -110,13 +117,15 @@ Generation generate(const Model& model, const std::vector<std::int64_t>& prompt,
 }
 
 /// The logits of `model` reading `tokens` (all but the last, whose logits are
-/// not needed).
+/// not needed), its mLSTM states keeping C in `storage`.
 template <typename Model>
 Matrix<float> read_tokens(const Model& model, const std::vector<std::int64_t>& tokens,
-                          Index positions) {
+                          Index positions,
+                          xlstm::MLstmStateStorage storage = xlstm::MLstmStateStorage::full) {
   const Index vocab = model.vocab_size();
   Matrix<float> logits(positions, vocab), row(1, vocab);
   auto state = model.initial_state(1);
+  state.set_mlstm_storage(storage);
   for (Index t = 0; t < positions; ++t) {
     model.step(std::vector<std::int64_t>{tokens[std::size_t(t)]}, state, row);
     logits.row(t) = row;
@@ -198,6 +207,9 @@ void lm125m(Index count) {
     print_agreement("lm125m", xlstm::storage_name(format), g.logits, logits,
                     Index(prompt.size()) - 1);
   }
+  print_agreement("lm125m", "bf16-state", g.logits,
+                  read_tokens(model, g.tokens, g.logits.rows(), xlstm::MLstmStateStorage::bf16),
+                  Index(prompt.size()) - 1);
   xlstm::LanguageModel<float> bf16 = model;
   round_selected_to_bf16(bf16);
   print_agreement("lm125m", "bf16 (ref)", g.logits, read_tokens(bf16, g.tokens, g.logits.rows()),
@@ -440,6 +452,151 @@ void model_golden(const std::string& dir) {
   }
 }
 
+/// The float32 atol a golden file gives tensor `name` (golden README §3).
+double golden_atol(const xlstm::io::SafetensorsFile& file, const std::string& name) {
+  const auto& meta = file.metadata();
+  const auto per_tensor = meta.find("tolerances");
+  if (per_tensor != meta.end()) {
+    const auto tolerances = xlstm::io::Json::parse(per_tensor->second);
+    if (tolerances.contains(name)) return tolerances.at(name).at(0).get<double>();
+  }
+  return std::stod(meta.at("atol"));
+}
+
+/// |computed - official| / max |official|: the largest and the mean; and the
+/// largest |computed - official| next to the atol the file allows a float32
+/// computation of it.
+void print_decode_error(const std::string& file, const char* storage, const Matrix<float>& official,
+                        const Matrix<float>& computed, double atol) {
+  const double scale = double(official.cwiseAbs().maxCoeff());
+  const Matrix<float> error = (computed - official).cwiseAbs();
+  std::printf(
+      "state    %-44s %-10s error relative to the official decode: max %.3e mean %.3e "
+      "(max |diff| %.3g, the file's float32 atol %.3g)\n",
+      file.c_str(), storage, double(error.maxCoeff()) / scale, double(error.mean()) / scale,
+      double(error.maxCoeff()), atol);
+}
+
+/// (B, NH, T, DH) as B*T rows of NH*DH (head-major channels).
+Matrix<float> heads_to_rows(const xlstm::io::SafetensorsFile& file, const std::string& name) {
+  const auto shape = file.info(name).shape;
+  if (shape.size() != 4) throw xlstm::Error("tensor '" + name + "' is not (B, NH, T, DH)");
+  const Index b = Index(shape[0]), nh = Index(shape[1]), t = Index(shape[2]), dh = Index(shape[3]);
+  const auto v = file.read<float>(name);
+  Matrix<float> out(b * t, nh * dh);
+  for (Index bi = 0; bi < b; ++bi)
+    for (Index h = 0; h < nh; ++h)
+      for (Index ti = 0; ti < t; ++ti)
+        for (Index j = 0; j < dh; ++j)
+          out(bi * t + ti, h * dh + j) = v[std::size_t(((bi * nh + h) * t + ti) * dh + j)];
+  return out;
+}
+
+/// The mLSTM cell of an mlstm_cell golden file stepped over its inputs: the
+/// outputs as B*T rows (head-major channels), the file's h_recurrent layout
+/// through heads_to_rows.
+Matrix<float> step_mlstm_cell_file(const xlstm::io::SafetensorsFile& file,
+                                   xlstm::MLstmStateStorage storage) {
+  const Matrix<float> q = heads_to_rows(file, "input.q"), k = heads_to_rows(file, "input.k"),
+                      v = heads_to_rows(file, "input.v"),
+                      igate = heads_to_rows(file, "input.igate_preact"),
+                      fgate = heads_to_rows(file, "input.fgate_preact");
+  const auto shape = file.info("input.q").shape;
+  const Index batch = Index(shape[0]), nh = Index(shape[1]), time = Index(shape[2]);
+  xlstm::MLstmCellConfig config;
+  config.num_heads = nh;
+  config.qk_head_dim = q.cols() / nh;
+  config.v_head_dim = v.cols() / nh;
+  config.convention = xlstm::MLstmStateConvention::scaled_keys;  // the file's recurrent step
+  config.state_storage = storage;
+  const xlstm::MLstmCell<float> cell(config);
+  auto state = cell.initial_state(batch);
+  Matrix<float> h(batch * time, v.cols()), h_t(batch, v.cols());
+  auto rows_at = [&](const Matrix<float>& x, Index t) {
+    Matrix<float> out(batch, x.cols());
+    for (Index b = 0; b < batch; ++b) out.row(b) = x.row(b * time + t);
+    return out;
+  };
+  for (Index t = 0; t < time; ++t) {
+    cell.step(rows_at(q, t), rows_at(k, t), rows_at(v, t), rows_at(igate, t), rows_at(fgate, t),
+              state, h_t);
+    for (Index b = 0; b < batch; ++b) h.row(b * time + t) = h_t.row(b);
+  }
+  return h;
+}
+
+/// The official decodes of the golden files of `dir` (f32), stepped with C
+/// in full precision and in bfloat16 (math §4.8).
+void state_golden(const std::string& dir) {
+  using xlstm::MLstmStateStorage;
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().filename().string().find(".f32.safetensors") != std::string::npos) {
+      files.push_back(entry.path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& path : files) {
+    const auto file = xlstm::io::SafetensorsFile::open(path);
+    const auto kind_entry = file.metadata().find("kind");
+    if (kind_entry == file.metadata().end()) continue;
+    const std::string kind = kind_entry->second,
+                      name = std::filesystem::path(path).filename().string();
+    const MLstmStateStorage storages[] = {MLstmStateStorage::full, MLstmStateStorage::bf16};
+    if (kind == "mlstm_cell") {
+      const Matrix<float> official = heads_to_rows(file, "output.h_recurrent");
+      for (const auto storage : storages) {
+        print_decode_error(name, storage == MLstmStateStorage::full ? "full" : "bf16-state",
+                           official, step_mlstm_cell_file(file, storage),
+                           golden_atol(file, "output.h_recurrent"));
+      }
+      continue;
+    }
+    const bool large = kind == "xlstm_large" && file.contains("output.logits_step");
+    if (kind != "lm_step" && !large) continue;
+    const auto config = xlstm::io::Json::parse(file.metadata().at("config"));
+    const auto shape = file.info("input.tokens").shape;
+    const Index batch = Index(shape.at(0)), time = Index(shape.at(1));
+    const auto ids = file.read<std::int64_t>("input.tokens");
+    const std::string official_name = large ? "output.logits_step" : "output.logits";
+    auto decode = [&](const auto& model, MLstmStateStorage storage) {
+      const Index vocab = model.vocab_size();
+      auto state = model.initial_state(batch);
+      state.set_mlstm_storage(storage);
+      Matrix<float> logits(batch * time, vocab), row(batch, vocab);
+      std::vector<std::int64_t> step_ids(std::size_t(batch), 0);
+      for (Index t = 0; t < time; ++t) {
+        for (Index b = 0; b < batch; ++b) step_ids[std::size_t(b)] = ids[std::size_t(b * time + t)];
+        model.step(step_ids, state, row);
+        for (Index b = 0; b < batch; ++b) logits.row(b * time + t) = row.row(b);
+      }
+      return logits;
+    };
+    Matrix<float> official(batch * time, 0);
+    official.resize(batch * time, Index(file.info(official_name).element_count()) / (batch * time));
+    file.read_into<float>(official_name, official.data(), std::size_t(official.size()));
+    for (const auto storage : storages) {
+      const char* label = storage == MLstmStateStorage::full ? "full" : "bf16-state";
+      if (large) {
+        xlstm::io::LargeLoadOptions options;
+        options.prefix = "param.";
+        const auto model = xlstm::io::load_large_model<float>(
+            xlstm::io::CheckpointFiles::from_file(file),
+            xlstm::io::large_model_config_from_json(config), options);
+        print_decode_error(name, label, official, decode(model, storage),
+                           golden_atol(file, official_name));
+      } else {
+        xlstm::LanguageModel<float> model(xlstm::io::language_model_config_from_json(config));
+        xlstm::io::LoadOptions options;
+        options.prefix = "param.";
+        xlstm::io::load_module(model, file, options);
+        print_decode_error(name, label, official, decode(model, storage),
+                           golden_atol(file, official_name));
+      }
+    }
+  }
+}
+
 void large7b(Index count) {
   const auto start = std::chrono::steady_clock::now();
   Generation g;
@@ -452,6 +609,9 @@ void large7b(Index count) {
       const auto prompt = prompt_tokens(model->vocab_size());
       first = Index(prompt.size()) - 1;
       g = generate(*model, prompt, count);
+      print_agreement(
+          "large7b", "bf16-state", g.logits,
+          read_tokens(*model, g.tokens, g.logits.rows(), xlstm::MLstmStateStorage::bf16), first);
     }
     xlstm::quantize_weights(*model, format);  // in place: the BF16 matrices go one by one
     const Matrix<float> logits = read_tokens(*model, g.tokens, g.logits.rows());
@@ -503,6 +663,24 @@ struct CharValidation {
     model.forward(inputs, state, logits);
     return double(xlstm::cross_entropy(logits, targets)) / std::log(2.0);
   }
+
+  /// The same, reading the windows one step at a time with the mLSTM states'
+  /// C in `storage` (a forward rounds a bf16 state only once, at its end).
+  double bits_per_char_by_steps(const xlstm::LanguageModel<float>& model,
+                                xlstm::MLstmStateStorage storage) const {
+    const Index rows = inputs.rows(), vocab = model.vocab_size();
+    auto state = model.initial_state(rows);
+    state.set_mlstm_storage(storage);
+    xlstm::Sequence<float> logits(rows, inputs.cols(), vocab);
+    Matrix<float> row_logits(rows, vocab);
+    std::vector<std::int64_t> ids(std::size_t(rows), 0);
+    for (Index t = 0; t < inputs.cols(); ++t) {
+      for (Index b = 0; b < rows; ++b) ids[std::size_t(b)] = inputs(b, t);
+      model.step(ids, state, row_logits);
+      for (Index b = 0; b < rows; ++b) logits.at(b, t) = row_logits.row(b);
+    }
+    return double(xlstm::cross_entropy(logits, targets)) / std::log(2.0);
+  }
 };
 
 void char_model(const std::string& dir, const std::string& text_path, Index windows) {
@@ -514,6 +692,12 @@ void char_model(const std::string& dir, const std::string& text_path, Index wind
   const double reference = validation.bits_per_char(model);
   std::printf("charlm   float      %.4f bits per character (%ld windows of %ld)\n", reference,
               long(validation.inputs.rows()), long(validation.inputs.cols()));
+  const double by_steps = validation.bits_per_char_by_steps(model, xlstm::MLstmStateStorage::full);
+  const double bf16_state =
+      validation.bits_per_char_by_steps(model, xlstm::MLstmStateStorage::bf16);
+  std::printf(
+      "charlm   step by step: full state %.4f, bf16-state %.4f bits per character (%+.4f)\n",
+      by_steps, bf16_state, bf16_state - by_steps);
   for (const bool every : {false, true}) {
     for (const auto format : kFormats) {
       xlstm::io::LoadOptions options;
@@ -578,7 +762,10 @@ int main(int argc, char** argv) {
     }
     if (with_7b) large7b(tokens);
     if (!tirex_dir.empty()) tirex_golden(tirex_dir);
-    if (!golden_dir.empty()) model_golden(golden_dir);
+    if (!golden_dir.empty()) {
+      model_golden(golden_dir);
+      state_golden(golden_dir);
+    }
     if (!char_dir.empty()) char_model(char_dir, text, windows);
   } catch (const xlstm::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

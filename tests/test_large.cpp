@@ -667,11 +667,13 @@ using Outputs = std::vector<std::vector<std::int64_t>>;
 
 /// Greedy by hand: forward over the prompt, then argmax and step.
 template <typename S>
-std::vector<std::int64_t> manual_greedy(const LargeModel<S>& model,
-                                        const std::vector<std::int64_t>& prompt, Index length) {
+std::vector<std::int64_t> manual_greedy(
+    const LargeModel<S>& model, const std::vector<std::int64_t>& prompt, Index length,
+    xlstm::MLstmStateStorage storage = xlstm::MLstmStateStorage::full) {
   Tokens t(1, Index(prompt.size()));
   for (std::size_t i = 0; i < prompt.size(); ++i) t(0, Index(i)) = prompt[i];
   auto state = model.initial_state(1);
+  state.set_mlstm_storage(storage);
   Sequence<S> logits;
   model.forward(t, state, logits);
   Matrix<S> row = logits.at(0, logits.time() - 1);
@@ -712,6 +714,18 @@ TYPED_TEST(Large, GreedyGenerationMatchesArgmaxAndBatchesAgree) {
   p0.temperature = 1.5;
   p0.top_p = 1e-9;
   EXPECT_EQ(xlstm::generate(model, prompts, p0), batched);
+
+  // C stored in bfloat16 (math §4.8): the same decode on a converted state.
+  // The prefill runs in Scalar and rounds C only when it ends, so the first
+  // token is the full-storage one.
+  xlstm::GenerateOptions bf16 = options;
+  bf16.mlstm_state_storage = xlstm::MLstmStateStorage::bf16;
+  const Outputs rounded = xlstm::generate(model, prompts, bf16);
+  for (std::size_t p = 0; p < prompts.size(); ++p) {
+    SCOPED_TRACE("bf16 state, prompt " + std::to_string(p));
+    EXPECT_EQ(rounded[p], manual_greedy(model, prompts[p], 12, xlstm::MLstmStateStorage::bf16));
+    EXPECT_EQ(rounded[p][0], batched[p][0]);
+  }
 
   // Empty prompt: one BOS token.
   xlstm::GenerateOptions bos = options;

@@ -6,6 +6,8 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <tuple>
@@ -13,6 +15,7 @@
 
 #include "xlstm/core/half.hpp"
 #include "xlstm/core/kernels/blocked_product.hpp"
+#include "xlstm/core/kernels/simd.hpp"
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/linear_backward.hpp"
 #include "xlstm/core/matmul.hpp"
@@ -71,6 +74,33 @@ struct Shape {
   Index out, in;
 };
 const std::vector<Shape> kShapes = {{5, 3}, {37, 61}, {16, 2500}, {600, 512}};
+
+// simd::store_bf16 (the bf16 mLSTM state's rounding, math §4.8) gives the
+// bits of float_to_bf16 lane by lane: ties both ways, carries into the
+// exponent and to infinity, subnormals, signed zeros, NaNs whose payload would
+// round to infinity or wrap, random values. test_core runs it without SIMD,
+// test_matmul_native and the avx2-check preset with AVX-512 and AVX2.
+TEST(MatmulTest, StoreBf16RoundsAsFloatToBf16) {
+  std::vector<std::uint32_t> bits = {
+      0x00000000u, 0x80000000u, 0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u,
+      0x3fffffffu, 0x7f7fffffu, 0xff7fffffu, 0x7f800000u, 0xff800000u, 0x00000001u,
+      0x00008000u, 0x00018000u, 0x807fffffu, 0x7f800001u, 0x7fffffffu, 0xffffffffu,
+      0x7fc00000u, 0xffc00000u, 0x7fbfffffu, 0x00ffffffu};
+  std::mt19937 rng(9);
+  while (bits.size() % std::size_t(xlstm::simd::kLanes<float>) != 0 || bits.size() < 4096) {
+    bits.push_back(std::uint32_t(rng()));
+  }
+  std::vector<float> values(bits.size());
+  std::memcpy(values.data(), bits.data(), bits.size() * sizeof(float));
+  std::vector<std::uint16_t> stored(bits.size());
+  const Index lanes = xlstm::simd::kLanes<float>;
+  for (std::size_t i = 0; i < values.size(); i += std::size_t(lanes)) {
+    xlstm::simd::store_bf16(stored.data() + i, xlstm::simd::load(values.data() + i));
+  }
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    ASSERT_EQ(stored[i], xlstm::float_to_bf16(values[i])) << std::hex << "float bits 0x" << bits[i];
+  }
+}
 
 TEST(MatmulTest, EveryWorkloadAndBatchGivesTheProduct) {
   const ThreadCountGuard guard;

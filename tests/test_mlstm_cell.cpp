@@ -800,6 +800,165 @@ TEST(MLstmCellLong, FloatOutputsAndStatesStayFiniteOver100000Steps) {
   EXPECT_TRUE(StatesClose(chunk_state, state, Tol<float>::rounding));
 }
 
+// ---------------------------------------------------------------------------
+// mLSTM: C stored in bfloat16 (math §4.8)
+// ---------------------------------------------------------------------------
+
+template <typename S>
+MLstmState<S> widened(const MLstmState<S>& s) {
+  MLstmState<S> out;
+  s.widen_into(out);
+  return out;
+}
+
+// A state after `time` random steps, for tests that start from a nonzero C.
+template <typename S>
+MLstmState<S> warm_state(const MLstmCell<S>& cell, Index batch, Index time, std::mt19937& rng) {
+  auto state = cell.initial_state(batch);
+  run_forward(cell, random_mlstm_inputs<S>(cell.config(), batch, time, rng), state,
+              MLstmForm::chunkwise);
+  return state;
+}
+
+template <typename S>
+::testing::AssertionResult Bf16Identical(const MLstmState<S>& a, const MLstmState<S>& b) {
+  if (!a.is_bf16() || !b.is_bf16()) return ::testing::AssertionFailure() << "not bf16 storage";
+  if (a.C_bf16.rows() != b.C_bf16.rows() || a.C_bf16.cols() != b.C_bf16.cols() ||
+      !(a.C_bf16.array() == b.C_bf16.array()).all()) {
+    return ::testing::AssertionFailure() << "C_bf16 differs";
+  }
+  auto r = BitIdentical(a.n, b.n);
+  if (!r) return r << " [n]";
+  r = BitIdentical(a.m, b.m);
+  if (!r) return r << " [m]";
+  return ::testing::AssertionSuccess();
+}
+
+// A forward over a bf16 state is the forward over its widened copy, with C
+// rounded once at the end: bit for bit, in every form, from a nonzero state
+// (chunkwise, recurrent) and from the zero state (parallel).
+TYPED_TEST(MLstmCellTest, Bf16StateForwardIsTheFullForwardWithCRoundedAtTheEnd) {
+  using S = TypeParam;
+  std::mt19937 rng(801);
+  const auto cfg = mlstm_config(2, 8, 12, kUnscaled, 8);
+  const MLstmCell<S> cell(cfg);
+  auto start = warm_state(cell, 2, 13, rng);
+  start.set_storage(xlstm::MLstmStateStorage::bf16);
+  const auto in = random_mlstm_inputs<S>(cfg, 2, 21, rng);
+  for (MLstmForm form : {MLstmForm::chunkwise, MLstmForm::recurrent}) {
+    SCOPED_TRACE(name_of(form));
+    auto bf = start;
+    auto ref = widened(start);
+    const auto h_bf = run_forward(cell, in, bf, form);
+    const auto h_ref = run_forward(cell, in, ref, form);
+    EXPECT_TRUE(BitIdentical(h_bf.matrix(), h_ref.matrix()));
+    ref.set_storage(xlstm::MLstmStateStorage::bf16);
+    EXPECT_TRUE(Bf16Identical(bf, ref));
+  }
+  auto cfg_bf = cfg;
+  cfg_bf.state_storage = xlstm::MLstmStateStorage::bf16;
+  const MLstmCell<S> cell_bf(cfg_bf);
+  auto zero_bf = cell_bf.initial_state(2);
+  auto zero = cell.initial_state(2);
+  ASSERT_TRUE(zero_bf.is_bf16() && zero_bf.is_zero());
+  EXPECT_TRUE(BitIdentical(run_forward(cell_bf, in, zero_bf, MLstmForm::parallel).matrix(),
+                           run_forward(cell, in, zero, MLstmForm::parallel).matrix()));
+  zero.set_storage(xlstm::MLstmStateStorage::bf16);
+  EXPECT_TRUE(Bf16Identical(zero_bf, zero));
+}
+
+// step() on a bf16 state (its own fused kernel) does what a one-step forward
+// does: widen, update in Scalar, round. Each step starts both from the same
+// state; they may differ by the contraction of a multiply-add into an FMA,
+// which can move a rounding of C by one bfloat16 ulp (2^-8 relative).
+TYPED_TEST(MLstmCellTest, Bf16StateStepEqualsAOneStepForward) {
+  using S = TypeParam;
+  std::mt19937 rng(802);
+  for (auto convention : {kScaled, kUnscaled}) {
+    SCOPED_TRACE(name_of(convention));
+    const auto cfg = mlstm_config(3, 16, 24, convention);
+    const MLstmCell<S> cell(cfg);
+    auto state = warm_state(cell, 2, 9, rng);
+    state.set_storage(xlstm::MLstmStateStorage::bf16);
+    const auto in = random_mlstm_inputs<S>(cfg, 2, 12, rng);
+    for (Index t = 0; t < in.time(); ++t) {
+      SCOPED_TRACE(t);
+      auto by_forward = state;
+      const auto h_forward = run_forward(cell, in.slice(t, 1), by_forward, MLstmForm::recurrent);
+      const auto h_step = run_steps(cell, in.slice(t, 1), state);
+      EXPECT_TRUE(Close(h_step.matrix(), h_forward.matrix(), Tol<S>::rounding));
+      EXPECT_TRUE(Close(widened(state).C, widened(by_forward).C, 1.0 / 256, 0.0));
+      EXPECT_TRUE(Close(state.n, by_forward.n, Tol<S>::rounding));
+      EXPECT_TRUE(BitIdentical(state.m, by_forward.m));
+    }
+  }
+}
+
+// A decode with C in bfloat16 stays near the full-precision one. Each step
+// rounds every element of C with a relative error of at most 2^-9; with forget
+// gates ~ N(3, 1.5) the memory lasts about 20 steps (math §10.7), so at most
+// about 20 roundings of 2^-9 live in C at once: h within 20 * 2^-9 = 0.04 of
+// its scale.
+TYPED_TEST(MLstmCellTest, Bf16StateDecodeStaysWithinItsRoundingBound) {
+  using S = TypeParam;
+  std::mt19937 rng(803);
+  const auto cfg = mlstm_config(2, 16, 16);
+  const MLstmCell<S> cell(cfg);
+  auto full = cell.initial_state(2);
+  auto bf = full;
+  bf.set_storage(xlstm::MLstmStateStorage::bf16);
+  const auto in = random_mlstm_inputs<S>(cfg, 2, 300, rng);
+  const auto h_full = run_steps(cell, in, full);
+  const auto h_bf = run_steps(cell, in, bf);
+  EXPECT_TRUE(Close(h_bf.matrix(), h_full.matrix(), 20.0 / 512));
+  EXPECT_FALSE(BitIdentical(h_bf.matrix(), h_full.matrix()));  // the rounding is really there
+  EXPECT_TRUE(Close(widened(bf).C, full.C, 20.0 / 512, 0.0));
+}
+
+TYPED_TEST(MLstmCellTest, Bf16StorageConvertsRowsAndRefusesWhatNeedsFullStorage) {
+  using S = TypeParam;
+  using xlstm::MLstmStateStorage;
+  std::mt19937 rng(804);
+  const auto cfg = mlstm_config(2, 4, 6);
+  const MLstmCell<S> cell(cfg);
+  auto full = warm_state(cell, 3, 7, rng);
+  auto bf = full;
+  bf.set_storage(MLstmStateStorage::bf16);
+  EXPECT_EQ(bf.C.size(), 0);
+  EXPECT_EQ(bf.C_bf16.rows(), full.C.rows());
+  const auto back = widened(bf);
+  for (Index i = 0; i < full.C.size(); ++i) {
+    ASSERT_EQ(back.C.data()[i], S(xlstm::round_to_bf16(float(full.C.data()[i])))) << i;
+  }
+  auto again = back;
+  again.set_storage(MLstmStateStorage::bf16);  // rounding a bfloat16 value changes nothing
+  EXPECT_TRUE(Bf16Identical(again, bf));
+
+  // Rows: reset, compare with zero, copy between states of the same storage.
+  auto rows = bf;
+  rows.reset_row(1);
+  EXPECT_TRUE(rows.row_is_zero(1));
+  EXPECT_FALSE(rows.row_is_zero(0));
+  rows.copy_row_from(bf, 2, 1);
+  auto expected = bf;
+  expected.copy_row_from(bf, 2, 1);
+  EXPECT_TRUE(Bf16Identical(rows, expected));
+  EXPECT_TRUE(ThrowsMentioning([&] { rows.copy_row_from(full, 0, 0); }, "storage"));
+  rows.reset();
+  EXPECT_TRUE(rows.is_zero());
+
+  // What needs C in Scalar says so.
+  EXPECT_TRUE(ThrowsMentioning([&] { bf.C_of(0, 0); }, {"C_of", "bfloat16", "set_storage"}));
+  EXPECT_TRUE(ThrowsMentioning([&] { bf.for_each_tensor([](const auto&) {}); },
+                               {"for_each_tensor", "bfloat16"}));
+  const auto in = random_mlstm_inputs<S>(cfg, 3, 5, rng);
+  typename MLstmCell<S>::Tape tape;
+  Sequence<S> h;
+  EXPECT_TRUE(
+      ThrowsMentioning([&] { cell.forward(in.q, in.k, in.v, in.igate, in.fgate, bf, h, tape); },
+                       {"recording forward", "bf16"}));
+}
+
 // In double the chunkwise and recurrent forms still agree to 1e-12 after
 // 100000 steps: chunk-local cumulative sums (math §10.7) do not drift.
 TEST(MLstmCellLong, DoubleChunkwiseAndRecurrentStillAgreeAfter100000Steps) {

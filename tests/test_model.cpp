@@ -538,6 +538,49 @@ TYPED_TEST(StateTest, ResetReturnsToTheInitialState) {
                         step_tokens(model, next, 0, 4, fresh).matrix()));
 }
 
+// math §4.8: set_mlstm_storage(bf16) converts the mLSTM blocks' C (the sLSTM
+// blocks have none), and a step then does what a full-storage step from the
+// widened state does, with C rounded after it. Each step starts both from the
+// same state; an FMA contraction may move a rounding of C by one bfloat16 ulp.
+TYPED_TEST(StateTest, Bf16MLstmStorageStepIsTheFullStepWithCRounded) {
+  using S = TypeParam;
+  using xlstm::MLstmStateStorage;
+  std::mt19937_64 rng(204);
+  LanguageModel<S> model(lm_config());
+  randomize(model, 14);
+  auto state = model.initial_state(2);
+  Sequence<S> logits;
+  model.forward(random_tokens(2, 7, kVocab, rng), state, logits);
+  state.set_mlstm_storage(MLstmStateStorage::bf16);
+  Index mlstm_blocks = 0;
+  for (auto& block : state.stack.blocks) {
+    if (auto* m = std::get_if<xlstm::MLstmBlockState<S>>(&block)) {
+      EXPECT_TRUE(m->cell.is_bf16());
+      ++mlstm_blocks;
+    }
+  }
+  EXPECT_EQ(mlstm_blocks, 2);
+  const Tokens next = random_tokens(2, 6, kVocab, rng);
+  for (Index t = 0; t < next.cols(); ++t) {
+    SCOPED_TRACE(t);
+    auto reference = state;
+    reference.set_mlstm_storage(MLstmStateStorage::full);
+    const auto expected = step_tokens(model, next, t, 1, reference);
+    reference.set_mlstm_storage(MLstmStateStorage::bf16);
+    const auto actual = step_tokens(model, next, t, 1, state);
+    EXPECT_TRUE(Close(actual.matrix(), expected.matrix(), Tol<S>::rounding));
+    for (std::size_t i = 0; i < state.stack.blocks.size(); ++i) {
+      if (auto* m = std::get_if<xlstm::MLstmBlockState<S>>(&state.stack.blocks[i])) {
+        auto widened = m->cell,
+             reference_cell = std::get<xlstm::MLstmBlockState<S>>(reference.stack.blocks[i]).cell;
+        widened.set_storage(MLstmStateStorage::full);
+        reference_cell.set_storage(MLstmStateStorage::full);
+        EXPECT_TRUE(Close(widened.C, reference_cell.C, 1.0 / 256, 0.0)) << "block " << i;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Initialisation (math §8)
 // ---------------------------------------------------------------------------

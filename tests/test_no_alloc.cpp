@@ -43,6 +43,7 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include <limits>
 #include <new>
 #include <random>
+#include <utility>
 #include <vector>
 
 // The lock counter interposes pthread_mutex_lock, which needs ELF symbol
@@ -530,16 +531,21 @@ TYPED_TEST(NoAllocTest, MLstmStepDoesNotAllocate) {
   for (const int threads : thread_counts()) {
     xlstm::set_num_threads(threads);
     for (const auto& size : kMLstmSizes) {
-      for (const auto convention :
-           {xlstm::MLstmStateConvention::scaled_keys, xlstm::MLstmStateConvention::unscaled_keys}) {
+      // Both conventions; the unscaled one also with C stored in bfloat16 (math §4.8).
+      for (const auto& [convention, storage] :
+           {std::pair{xlstm::MLstmStateConvention::scaled_keys, xlstm::MLstmStateStorage::full},
+            std::pair{xlstm::MLstmStateConvention::unscaled_keys, xlstm::MLstmStateStorage::full},
+            std::pair{xlstm::MLstmStateConvention::unscaled_keys,
+                      xlstm::MLstmStateStorage::bf16}}) {
         SCOPED_TRACE(::testing::Message()
                      << "threads " << threads << " B " << size.batch << " NH " << size.num_heads
                      << " DHQK " << size.qk_head_dim << " DHV " << size.v_head_dim << " convention "
-                     << int(convention));
+                     << int(convention) << " storage " << int(storage));
         std::mt19937 rng(302);
         const xlstm::MLstmCell<S> cell(test_util::mlstm_cell_config(
             size.num_heads, size.qk_head_dim, size.v_head_dim, convention));
         auto state = cell.initial_state(size.batch);
+        state.set_storage(storage);
         const Index B = size.batch, nh = size.num_heads;
         struct StepInputs {
           Matrix<S> q, k, v, igate, fgate;
@@ -789,7 +795,8 @@ xlstm::LargeModelConfig small_large_config() {
 }
 
 template <typename S>
-void check_large_model(const xlstm::LargeModel<S>& model) {
+void check_large_model(const xlstm::LargeModel<S>& model,
+                       xlstm::MLstmStateStorage storage = xlstm::MLstmStateStorage::full) {
   const ThreadCountGuard guard;
   for (const int threads : thread_counts()) {
     xlstm::set_num_threads(threads);
@@ -797,6 +804,7 @@ void check_large_model(const xlstm::LargeModel<S>& model) {
       SCOPED_TRACE(::testing::Message() << "threads " << threads << " B " << batch);
       std::vector<std::int64_t> tokens(std::size_t(batch), 0);
       auto state = model.initial_state(batch);
+      state.set_mlstm_storage(storage);
       Matrix<S> logits(batch, model.vocab_size());
       expect_step_allocates_nothing(threads, [&](int t) {
         for (std::size_t b = 0; b < tokens.size(); ++b) tokens[b] = (7 * t + 13 * Index(b)) % 1000;
@@ -813,6 +821,8 @@ TYPED_TEST(NoAllocTest, LargeModelStepDoesNotAllocate) {
   xlstm::Rng rng(15);
   model.initialize(rng, /*noise=*/0.5);
   check_large_model(model);
+  SCOPED_TRACE("C stored in bfloat16 (math §4.8)");
+  check_large_model(model, xlstm::MLstmStateStorage::bf16);
 }
 
 // The plain sequence forward (inference, prefill) keeps its intermediates in
@@ -850,6 +860,16 @@ TYPED_TEST(NoAllocTest, PlainSequenceForwardReusesTheThreadBuffers) {
     xlstm::MLstmBlock<S> block(mlstm_block_config(e, 4));
     randomize(block, 22);
     auto state = block.initial_state(batch);
+    xlstm::Sequence<S> y;
+    expect_plain_forward_reuses_thread_buffers([&] { block.forward(x, lengths, state, y); });
+  }
+  {
+    // The forward runs on a widened copy of the state in the thread's buffers.
+    SCOPED_TRACE("MLstmBlock, C stored in bfloat16 (math §4.8)");
+    xlstm::MLstmBlock<S> block(mlstm_block_config(e, 4));
+    randomize(block, 22);
+    auto state = block.initial_state(batch);
+    state.set_mlstm_storage(xlstm::MLstmStateStorage::bf16);
     xlstm::Sequence<S> y;
     expect_plain_forward_reuses_thread_buffers([&] { block.forward(x, lengths, state, y); });
   }

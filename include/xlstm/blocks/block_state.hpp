@@ -4,6 +4,8 @@
 // share this shape; only the cell state and the scratch buffers differ.
 #pragma once
 
+#include <type_traits>
+
 #include "xlstm/core/causal_conv1d.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/parameters.hpp"
@@ -11,6 +13,10 @@
 #include "xlstm/core/tensor.hpp"
 
 namespace xlstm {
+
+enum class MLstmStateStorage;  // cells/mlstm.hpp
+template <typename Scalar>
+struct MLstmState;
 
 /// The input checks every block's forward and step start with: `features`
 /// must be the block's embedding_dim and `batch` the state's batch.
@@ -50,6 +56,12 @@ struct ConvCellState {
   void copy_row_from(const ConvCellState& other, Index src, Index dst) {
     conv.copy_row_from(other.conv, src, dst);
     cell.copy_row_from(other.cell, src, dst);
+  }
+
+  /// Converts an mLSTM cell state's C to `storage` (math §4.8); an sLSTM
+  /// block's state has no matrix memory and stays as it is.
+  void set_mlstm_storage(MLstmStateStorage storage) {
+    if constexpr (std::is_same_v<CellState, MLstmState<Scalar>>) cell.set_storage(storage);
   }
 
   /// The cell's tensors, then `conv_state.0` (the official step-state names).

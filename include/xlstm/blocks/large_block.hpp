@@ -106,6 +106,8 @@ struct LargeBlockState {
   void copy_row_from(const LargeBlockState& other, Index src, Index dst) {
     cell.copy_row_from(other.cell, src, dst);
   }
+  /// Converts C to `storage` (math §4.8).
+  void set_mlstm_storage(MLstmStateStorage storage) { cell.set_storage(storage); }
 
   /// `mlstm_state.{0,1,2}`: C, n, m (MLstmState::for_each_tensor).
   template <typename Visit>

@@ -13,7 +13,9 @@
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
+#include "xlstm/core/half.hpp"
 #include "xlstm/core/kernels/blocked_product.hpp"
+#include "xlstm/core/kernels/simd.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/scratch.hpp"
@@ -31,6 +33,19 @@ enum class MLstmStateConvention {
   /// mlstm_kernels [K] (xLSTM-Large): C and n accumulate unscaled k; the
   /// query is scaled instead.
   unscaled_keys,
+};
+
+/// How the state's matrix memory C is stored between calls (math §4.8).
+enum class MLstmStateStorage {
+  /// In the cell's Scalar: the reference numerics (the default).
+  full,
+  /// In bfloat16, rounded to nearest even at the end of every call (each
+  /// step() of a decode); every computation is in Scalar. Halves the bytes
+  /// that a decode step reads and writes per batch row, which is what bounds
+  /// decoding many rows at once, at the cost of a rounding error per call in
+  /// C (README "Reduced-precision mLSTM state" has its measured effect).
+  /// n and m stay in Scalar: they are small, and m is a log-space scale.
+  bf16,
 };
 
 /// The computational forms of math §4.2-§4.4.
@@ -69,6 +84,8 @@ struct MLstmCellConfig {
   /// official forward (which is parallel) to rounding; longer ones differ from
   /// it only by the eps term of math §4.5.
   Index parallel_max_length = 64;
+  /// Storage of the states that initial_state() makes (math §4.8).
+  MLstmStateStorage state_storage = MLstmStateStorage::full;
 
   void validate() const {
     check_positive(num_heads, "MLstmCellConfig", "num_heads");
@@ -87,39 +104,109 @@ struct MLstmCellConfig {
 /// C rows [r*DHQK, (r+1)*DHQK), n row r, m entry r.
 /// What the cell carries between calls; copy it, reset or copy rows, save it
 /// (io/state_io.hpp). Make it with MLstmCell::initial_state(batch).
+///
+/// With `MLstmStateStorage::bf16` (math §4.8) C lives in `C_bf16` (bfloat16
+/// bits, the same layout) and `C` is empty; set_storage() converts.
 template <typename Scalar>
 struct MLstmState {
   Index batch = 0, num_heads = 0, qk_head_dim = 0, v_head_dim = 0;
-  Matrix<Scalar> C;  ///< (B*NH*DHQK) x DHV
+  Matrix<Scalar> C;  ///< (B*NH*DHQK) x DHV; empty with bf16 storage
   Matrix<Scalar> n;  ///< (B*NH) x DHQK
   Vector<Scalar> m;  ///< (B*NH)
   MLstmStateConvention convention = MLstmStateConvention::scaled_keys;
+  MLstmStateStorage storage = MLstmStateStorage::full;
+  Matrix<std::uint16_t> C_bf16;  ///< C's bfloat16 bits with bf16 storage, else empty
 
   MLstmState() = default;
   MLstmState(Index batch_, Index num_heads_, Index qk_head_dim_, Index v_head_dim_,
-             MLstmStateConvention convention_)
+             MLstmStateConvention convention_, MLstmStateStorage storage_ = MLstmStateStorage::full)
       : batch(batch_),
         num_heads(num_heads_),
         qk_head_dim(qk_head_dim_),
         v_head_dim(v_head_dim_),
-        convention(convention_) {
+        convention(convention_),
+        storage(storage_) {
     check(batch >= 0, "MLstmState: argument 'batch' must be non-negative, got ", batch);
     check_size_product({batch, num_heads, qk_head_dim, v_head_dim}, "MLstmState",
                        "'batch' x num_heads x qk_head_dim x v_head_dim");
-    C.setZero(batch * num_heads * qk_head_dim, v_head_dim);
+    if (storage == MLstmStateStorage::bf16) {
+      C_bf16.setZero(batch * num_heads * qk_head_dim, v_head_dim);
+    } else {
+      C.setZero(batch * num_heads * qk_head_dim, v_head_dim);
+    }
     n.setZero(batch * num_heads, qk_head_dim);
     m.setZero(batch * num_heads);
   }
 
+  bool is_bf16() const { return storage == MLstmStateStorage::bf16; }
+
+  /// Rows of C as stored (B*NH*DHQK), whatever the storage.
+  Index C_rows() const { return is_bf16() ? C_bf16.rows() : C.rows(); }
+  /// Columns of C as stored (DHV), whatever the storage.
+  Index C_cols() const { return is_bf16() ? C_bf16.cols() : C.cols(); }
+
   auto C_of(Index b, Index h) {
+    check_full("MLstmState::C_of");
     return C.middleRows((b * num_heads + h) * qk_head_dim, qk_head_dim);
   }
   auto C_of(Index b, Index h) const {
+    check_full("MLstmState::C_of");
     return C.middleRows((b * num_heads + h) * qk_head_dim, qk_head_dim);
+  }
+
+  /// Converts C to `target` storage: to bf16 rounds to nearest even, back to
+  /// full is exact. Allocates the new storage.
+  void set_storage(MLstmStateStorage target) {
+    if (target == storage) return;
+    if (target == MLstmStateStorage::bf16) {
+      C_bf16.resize(C.rows(), C.cols());
+      for (Index i = 0; i < C.size(); ++i) C_bf16.data()[i] = to_bf16(C.data()[i]);
+      C.resize(0, C_bf16.cols());
+    } else {
+      C.resize(C_bf16.rows(), C_bf16.cols());
+      for (Index i = 0; i < C.size(); ++i) C.data()[i] = Scalar(bf16_to_float(C_bf16.data()[i]));
+      C_bf16.resize(0, C.cols());
+    }
+    storage = target;
+  }
+
+  /// Sets `out` to this state with C in Scalar (full storage). Allocates
+  /// nothing when `out` has the sizes already.
+  void widen_into(MLstmState& out) const {
+    out.batch = batch;
+    out.num_heads = num_heads;
+    out.qk_head_dim = qk_head_dim;
+    out.v_head_dim = v_head_dim;
+    out.convention = convention;
+    out.storage = MLstmStateStorage::full;
+    out.C_bf16.resize(0, C_cols());
+    if (is_bf16()) {
+      out.C.resize(C_bf16.rows(), C_bf16.cols());
+      for (Index i = 0; i < out.C.size(); ++i) {
+        out.C.data()[i] = Scalar(bf16_to_float(C_bf16.data()[i]));
+      }
+    } else {
+      out.C = C;
+    }
+    out.n = n;
+    out.m = m;
+  }
+
+  /// Takes C, n and m from `full` (same sizes, full storage), rounding C when
+  /// this state stores bf16. Allocates nothing.
+  void assign_from(const MLstmState& full) {
+    if (is_bf16()) {
+      for (Index i = 0; i < C_bf16.size(); ++i) C_bf16.data()[i] = to_bf16(full.C.data()[i]);
+    } else {
+      C = full.C;
+    }
+    n = full.n;
+    m = full.m;
   }
 
   void reset() {
     C.setZero();
+    C_bf16.setZero();
     n.setZero();
     m.setZero();
   }
@@ -127,56 +214,90 @@ struct MLstmState {
   void reset_row(Index row) {
     check(row >= 0 && row < batch, "MLstmState::reset_row: argument 'row' must be in [0, ", batch,
           "), got ", row);
-    C.middleRows(row * num_heads * qk_head_dim, num_heads * qk_head_dim).setZero();
+    const Index c_rows = num_heads * qk_head_dim;
+    if (is_bf16()) {
+      C_bf16.middleRows(row * c_rows, c_rows).setZero();
+    } else {
+      C.middleRows(row * c_rows, c_rows).setZero();
+    }
     n.middleRows(row * num_heads, num_heads).setZero();
     m.segment(row * num_heads, num_heads).setZero();
   }
 
   /// Copies batch row `src` of `other` into row `dst` of this state (to move
-  /// sequences between batches). The states must have the same head sizes.
+  /// sequences between batches). The states must have the same head sizes,
+  /// convention and storage.
   void copy_row_from(const MLstmState& other, Index src, Index dst) {
     check(other.num_heads == num_heads && other.qk_head_dim == qk_head_dim &&
-              other.v_head_dim == v_head_dim && other.convention == convention,
-          "MLstmState::copy_row_from: the states have different head sizes or conventions");
+              other.v_head_dim == v_head_dim && other.convention == convention &&
+              other.storage == storage,
+          "MLstmState::copy_row_from: the states have different head sizes, conventions or "
+          "storage");
     check(src >= 0 && src < other.batch && dst >= 0 && dst < batch,
           "MLstmState::copy_row_from: rows ", src, " -> ", dst, " out of range (", other.batch,
           " and ", batch, " rows)");
     const Index c_rows = num_heads * qk_head_dim;
-    C.middleRows(dst * c_rows, c_rows) = other.C.middleRows(src * c_rows, c_rows);
+    if (is_bf16()) {
+      C_bf16.middleRows(dst * c_rows, c_rows) = other.C_bf16.middleRows(src * c_rows, c_rows);
+    } else {
+      C.middleRows(dst * c_rows, c_rows) = other.C.middleRows(src * c_rows, c_rows);
+    }
     n.middleRows(dst * num_heads, num_heads) = other.n.middleRows(src * num_heads, num_heads);
     m.segment(dst * num_heads, num_heads) = other.m.segment(src * num_heads, num_heads);
   }
 
-  bool is_zero() const {
-    return (C.array() == Scalar(0)).all() && (n.array() == Scalar(0)).all() &&
-           (m.array() == Scalar(0)).all();
-  }
+  bool is_zero() const { return batch == 0 || all_rows_zero(0, batch); }
 
   /// Whether batch row `row` is in the zero state.
-  bool row_is_zero(Index row) const {
-    const Index c_rows = num_heads * qk_head_dim;
-    return (C.middleRows(row * c_rows, c_rows).array() == Scalar(0)).all() &&
-           (n.middleRows(row * num_heads, num_heads).array() == Scalar(0)).all() &&
-           (m.segment(row * num_heads, num_heads).array() == Scalar(0)).all();
-  }
+  bool row_is_zero(Index row) const { return all_rows_zero(row, 1); }
 
   /// Rescales C and n to the other convention (math §4: C_X = C_K / sqrt(DHQK)).
+  /// With bf16 storage C is rounded again after the rescaling.
   void convert_to(MLstmStateConvention target) {
     if (target == convention) return;
     const Scalar root = std::sqrt(Scalar(qk_head_dim));
     const Scalar factor = target == MLstmStateConvention::scaled_keys ? Scalar(1) / root : root;
     C *= factor;
+    for (Index i = 0; i < C_bf16.size(); ++i) {
+      C_bf16.data()[i] = to_bf16(factor * Scalar(bf16_to_float(C_bf16.data()[i])));
+    }
     n *= factor;
     convention = target;
   }
 
   /// The official step-state names: `mlstm_state.0` C (B, NH, DHQK, DHV),
   /// `.1` n (B, NH, DHQK, 1), `.2` m (B, NH, 1, 1), in this state's convention.
+  /// A state with bf16 storage is listed (saved, loaded) after
+  /// set_storage(MLstmStateStorage::full), which is exact; listing it as it
+  /// is throws.
   XLSTM_STATE_VISITOR
 
+  /// The nearest bfloat16 (ties to even) of a Scalar, through float.
+  static std::uint16_t to_bf16(Scalar value) { return float_to_bf16(static_cast<float>(value)); }
+
  private:
+  void check_full(const char* where) const {
+    check(!is_bf16(), where, ": the state stores C in bfloat16 (MLstmStateStorage::bf16); use ",
+          "C_bf16, or set_storage(MLstmStateStorage::full) first");
+  }
+
+  bool all_rows_zero(Index row, Index rows) const {
+    const Index c_rows = num_heads * qk_head_dim;
+    bool c_zero = true;
+    if (is_bf16()) {
+      // +0 and -0 are both zero (a bfloat16 -0 has only the sign bit set).
+      const std::uint16_t* bits = C_bf16.data() + row * c_rows * v_head_dim;
+      for (Index i = 0; i < rows * c_rows * v_head_dim; ++i) c_zero &= (bits[i] & 0x7fffu) == 0;
+    } else {
+      c_zero = (C.middleRows(row * c_rows, rows * c_rows).array() == Scalar(0)).all();
+    }
+    return c_zero && (n.middleRows(row * num_heads, rows * num_heads).array() == Scalar(0)).all() &&
+           (m.segment(row * num_heads, rows * num_heads).array() == Scalar(0)).all();
+  }
+
   template <typename Self, typename Visit>
   static void visit_tensors(Self& self, Visit& visit, const std::string& prefix) {
+    self.check_full("MLstmState::for_each_tensor (saving, loading, copying by tensors)");
     const auto b = std::size_t(self.batch), nh = std::size_t(self.num_heads),
                dk = std::size_t(self.qk_head_dim), dv = std::size_t(self.v_head_dim);
     visit_parameter(visit, prefix, "mlstm_state.0", {b, nh, dk, dv}, self.C);
@@ -238,6 +359,13 @@ struct MLstmBuffers {
     grow_to(scores, len, len);
     grow_to(qbar, len, dqk);
   }
+};
+
+/// A state with C in Scalar, kept per thread: a forward over a state with
+/// bf16 storage runs on it (math §4.8).
+template <typename Scalar>
+struct MLstmWidenedState {
+  MLstmState<Scalar> state;
 };
 
 }  // namespace detail
@@ -303,12 +431,17 @@ class MLstmCell {
   explicit MLstmCell(const Config& config) : config_(config) { config_.validate(); }
 
   const Config& config() const { return config_; }
+
+  /// The storage of the states that initial_state() makes from now on (math
+  /// §4.8); the cell runs states of either storage.
+  void set_state_storage(MLstmStateStorage storage) { config_.state_storage = storage; }
   Index num_heads() const { return config_.num_heads; }
   Index qk_head_dim() const { return config_.qk_head_dim; }
   Index v_head_dim() const { return config_.v_head_dim; }
 
   State initial_state(Index batch) const {
-    return State(batch, num_heads(), qk_head_dim(), v_head_dim(), config_.convention);
+    return State(batch, num_heads(), qk_head_dim(), v_head_dim(), config_.convention,
+                 config_.state_storage);
   }
 
   /// Runs the cell over a sequence. Inputs are head-major (channel h*DH + j):
@@ -398,7 +531,8 @@ class MLstmCell {
               state.v_head_dim == v_head_dim() && state.convention == config_.convention &&
               state.n.cols() == qk_head_dim() && state.n.rows() % num_heads() == 0 &&
               state.n.rows() / num_heads() == state.batch &&
-              state.C.rows() == state.n.rows() * qk_head_dim() && state.C.cols() == v_head_dim() &&
+              state.C_rows() == state.n.rows() * qk_head_dim() && state.C_cols() == v_head_dim() &&
+              (state.is_bf16() ? state.C.size() == 0 : state.C_bf16.size() == 0) &&
               state.m.size() == state.n.rows(),
           where, ": argument 'state' must be made by initial_state() of a cell with ", num_heads(),
           " heads, DHQK ", qk_head_dim(), ", DHV ", v_head_dim(), " and the same convention; got ",
@@ -583,32 +717,90 @@ class MLstmCell {
     state.m(r) = m_new;
   }
 
+  /// The step's scalars (math §4.3): f' and i' (keys scaled per convention)
+  /// and the new stabiliser m.
+  struct StepGates {
+    Scalar forget, input, m_new;
+  };
+
+  StepGates step_gates(Scalar igate, Scalar fgate, Scalar m_prev) const {
+    const Scalar i_pre = clamp_gate(igate);
+    const Scalar f_pre = clamp_gate(fgate);
+    const Scalar log_f = std::min(f_pre, Scalar(0)) - std::log1p(std::exp(-std::abs(f_pre)));
+    const Scalar m_new = std::max(log_f + m_prev, i_pre);
+    return {std::exp(log_f + m_prev - m_new), std::exp(i_pre - m_new) * key_scale(), m_new};
+  }
+
+  /// h = q^T C / max(|q^T n|, exp(-m)) from the updated n, m (math §4.3).
+  template <typename Q, typename N, typename H>
+  void normalise_output(const Q& q, const N& n, Scalar m_new, H& h) const {
+    const Scalar q_scale = query_scale();
+    const Scalar den = q_scale * q.dot(n);
+    h *= q_scale / (std::max(std::abs(den), std::exp(-m_new)) + eps());
+  }
+
   /// math §4.3 for one (batch row, head). No allocation.
   template <typename Q, typename K, typename V, typename H>
   void recurrent_step(const Q& q, const K& k, const V& v, Scalar igate, Scalar fgate, State& state,
                       Index b, Index head, H&& h) const {
     const Index r = b * num_heads() + head;
-    const Scalar i_pre = clamp_gate(igate);
-    const Scalar f_pre = clamp_gate(fgate);
-    const Scalar log_f = std::min(f_pre, Scalar(0)) - std::log1p(std::exp(-std::abs(f_pre)));
-    const Scalar m_prev = state.m(r);
-    const Scalar m_new = std::max(log_f + m_prev, i_pre);
-    const Scalar f_gate = std::exp(log_f + m_prev - m_new);
-    const Scalar i_gate = std::exp(i_pre - m_new) * key_scale();
+    const StepGates g = step_gates(igate, fgate, state.m(r));
     auto C = state.C_of(b, head);
     auto n = state.n.row(r);
     // C = f' C + i' k v^T ; n = f' n + i' k (keys scaled per convention);
     // h = q^T C. One pass over C, row by row, while each row is in cache.
     h.setZero();
     for (Index a = 0; a < C.rows(); ++a) {
-      C.row(a) = f_gate * C.row(a) + (i_gate * k(a)) * v;
+      C.row(a) = g.forget * C.row(a) + (g.input * k(a)) * v;
       h += q(a) * C.row(a);
     }
-    n = f_gate * n + i_gate * k;
-    state.m(r) = m_new;
-    const Scalar q_scale = query_scale();
-    const Scalar den = q_scale * q.dot(n);
-    h *= q_scale / (std::max(std::abs(den), std::exp(-m_new)) + eps());
+    n = g.forget * n + g.input * k;
+    state.m(r) = g.m_new;
+    normalise_output(q, n, g.m_new, h);
+  }
+
+  /// The same step on a state with bf16 storage (math §4.8): each element of
+  /// C is widened, updated and used in Scalar, then stored rounded, in one
+  /// pass; h sees the unrounded update, as when a forward of one step ends.
+  /// `v` and `h` are contiguous (rows of row-major matrices).
+  template <typename Q, typename K, typename V, typename H>
+  void recurrent_step_bf16(const Q& q, const K& k, const V& v, Scalar igate, Scalar fgate,
+                           State& state, Index b, Index head, H&& h) const {
+    const Index r = b * num_heads() + head, dqk = qk_head_dim(), dv = v_head_dim();
+    const StepGates g = step_gates(igate, fgate, state.m(r));
+    std::uint16_t* C = state.C_bf16.data() + r * dqk * dv;
+    const Scalar* v_data = v.data();
+    Scalar* h_data = h.data();
+    h.setZero();
+    for (Index a = 0; a < dqk; ++a) {
+      std::uint16_t* row = C + a * dv;
+      const Scalar ka = g.input * k(a), qa = q(a);
+      Index j = 0;
+      if constexpr (std::is_same_v<Scalar, float> && simd::kWidenBf16) {
+        // The same operations a packet at a time: the compiler's own
+        // vectorisation of the loop below spilled registers on AVX2 (and made
+        // the bf16 state slower there than the float one).
+        using Packet = simd::Packet<float>;
+        constexpr Index kLanes = simd::kLanes<float>;
+        const Packet forget = simd::broadcast(g.forget), kv = simd::broadcast(ka),
+                     qv = simd::broadcast(qa);
+        for (; j + kLanes <= dv; j += kLanes) {
+          const Packet c = simd::fma(forget, simd::load_bf16(row + j),
+                                     Eigen::internal::pmul(kv, simd::load(v_data + j)));
+          simd::store(h_data + j, simd::fma(qv, c, simd::load(h_data + j)));
+          simd::store_bf16(row + j, c);
+        }
+      }
+      for (; j < dv; ++j) {
+        const Scalar c = g.forget * Scalar(bf16_to_float(row[j])) + ka * v_data[j];
+        h_data[j] += qa * c;
+        row[j] = State::to_bf16(c);
+      }
+    }
+    auto n = state.n.row(r);
+    n = g.forget * n + g.input * k;
+    state.m(r) = g.m_new;
+    normalise_output(q, n, g.m_new, h);
   }
 
   template <typename M>
@@ -658,6 +850,18 @@ void MLstmCell<Scalar_>::forward_recorded(Index batch, Index time, const ConstMa
                                           MatrixRef<Scalar> h, MLstmForm form,
                                           const Lengths& lengths, Tape* tape) const {
   check_state(state, "MLstmCell::forward");
+  if (state.is_bf16()) {
+    // math §4.8: the call runs in Scalar; C is rounded once, when stored.
+    check(tape == nullptr,
+          "MLstmCell::forward: a recording forward (training) needs a state with full storage, "
+          "got MLstmStateStorage::bf16");
+    detail::ThreadBuffers<detail::MLstmWidenedState<Scalar>> widened;
+    State& full = widened.get().state;
+    state.widen_into(full);
+    forward_recorded(batch, time, q, k, v, igate, fgate, full, h, form, lengths, nullptr);
+    state.assign_from(full);
+    return;
+  }
   check_lengths(lengths, batch, time, "MLstmCell::forward");
   check(batch == state.batch && time > 0, "MLstmCell::forward: 'batch' must equal the state's (",
         state.batch, ") and 'time' be positive, got ", batch, " and ", time);
@@ -753,9 +957,15 @@ void MLstmCell<Scalar_>::step(const ConstMatrixRef<Scalar>& q, const ConstMatrix
   const bool parallel = batch * num_heads() * dqk * dv >= (1 << 15);
   parallel_for(batch * num_heads(), parallel, [&](Index item) {
     const Index b = item / num_heads(), head = item % num_heads();
-    recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
-                   v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b, head,
-                   h.row(b).segment(head * dv, dv));
+    if (state.is_bf16()) {
+      recurrent_step_bf16(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
+                          v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
+                          head, h.row(b).segment(head * dv, dv));
+    } else {
+      recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
+                     v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
+                     head, h.row(b).segment(head * dv, dv));
+    }
   });
 }
 

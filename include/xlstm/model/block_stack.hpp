@@ -152,6 +152,12 @@ struct BlockStackState {
     }
   }
 
+  /// Converts every mLSTM block's C to `storage` (math §4.8): e.g.
+  /// MLstmStateStorage::bf16 for decoding many rows at once.
+  void set_mlstm_storage(MLstmStateStorage storage) {
+    for (auto& b : blocks) std::visit([&](auto& s) { s.set_mlstm_storage(storage); }, b);
+  }
+
   /// "block_<i>." + each block state's tensors (io/state_io.hpp).
   XLSTM_STATE_VISITOR
 

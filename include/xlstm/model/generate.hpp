@@ -27,6 +27,9 @@ struct GenerateOptions {
   std::uint64_t seed = 0;    ///< seed of the sampling generator
   std::vector<std::int64_t> stop_tokens;  ///< a row stops after emitting one of these
   std::int64_t bos_token = 0;             ///< used for an empty prompt (as the official code)
+  /// Storage of the mLSTM states' C during generation (math §4.8); bf16
+  /// halves the state traffic of a decode step, with a rounding per step.
+  MLstmStateStorage mlstm_state_storage = MLstmStateStorage::full;
   /// Called for every generated token, in order, with its prompt index.
   std::function<void(std::size_t prompt, std::int64_t token)> on_token;
 
@@ -126,6 +129,7 @@ std::vector<std::vector<std::int64_t>> generate(
     for (std::size_t t = 0; t < prompts[b].size(); ++t) tokens(Index(b), Index(t)) = prompts[b][t];
   }
   auto state = model.initial_state(batch);
+  state.set_mlstm_storage(options.mlstm_state_storage);
   Sequence<Scalar> logits;
   model.forward(tokens, lengths, state, logits);
   Matrix<Scalar> last_logits(batch, model.vocab_size());

@@ -54,6 +54,8 @@ struct LanguageModelState {
   void copy_row_from(const LanguageModelState& other, Index src, Index dst) {
     stack.copy_row_from(other.stack, src, dst);
   }
+  /// Converts every mLSTM block's C to `storage` (math §4.8).
+  void set_mlstm_storage(MLstmStateStorage storage) { stack.set_mlstm_storage(storage); }
 
   /// The stack state's tensors ("block_<i>.…").
   template <typename Visit>

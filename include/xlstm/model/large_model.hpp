@@ -100,6 +100,11 @@ struct LargeModelState {
     for (std::size_t i = 0; i < blocks.size(); ++i)
       blocks[i].copy_row_from(other.blocks[i], src, dst);
   }
+  /// Converts every block's C to `storage` (math §4.8): e.g.
+  /// MLstmStateStorage::bf16 for decoding many rows at once.
+  void set_mlstm_storage(MLstmStateStorage storage) {
+    for (auto& b : blocks) b.set_mlstm_storage(storage);
+  }
 
   /// "block_<i>.mlstm_state.{0,1,2}" (io/state_io.hpp).
   XLSTM_STATE_VISITOR

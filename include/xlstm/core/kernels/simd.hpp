@@ -134,6 +134,39 @@ inline Packet<float> load_bf16(const std::uint16_t* p) {
 #endif
 }
 
+/// Stores a packet of floats at `p` as kLanes<float> bfloat16 values, each
+/// rounded as float_to_bf16 rounds it (nearest, ties to even; NaN stays a
+/// quiet NaN; subnormals kept): the same bits lane by lane.
+inline void store_bf16(std::uint16_t* p, const Packet<float>& v) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  rounded = _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x00400000));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+#elif defined(XLSTM_SIMD_AVX2)
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
+  const __m256i quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000));
+  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  const __m256i kept =
+      _mm256_srli_epi32(_mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(rounded),
+                                                             _mm256_castsi256_ps(quiet), nan)),
+                        16);
+  // The upper halves are zero: the unsigned saturation packs them exactly.
+  _mm_storeu_si128(
+      reinterpret_cast<__m128i*>(p),
+      _mm_packus_epi32(_mm256_castsi256_si128(kept), _mm256_extracti128_si256(kept, 1)));
+#else
+  float lanes[kLanes<float>];
+  store<float>(lanes, v);
+  for (Index i = 0; i < kLanes<float>; ++i) p[i] = float_to_bf16(lanes[i]);
+#endif
+}
+
 /// kLanes<float> IEEE half values from `p`, widened to float (F16C).
 inline Packet<float> load_f16(const std::uint16_t* p) {
 #if defined(XLSTM_SIMD_F16C) && defined(XLSTM_SIMD_AVX512)
