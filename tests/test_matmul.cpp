@@ -15,6 +15,7 @@
 
 #include "xlstm/core/half.hpp"
 #include "xlstm/core/kernels/blocked_product.hpp"
+#include "xlstm/core/kernels/dense.hpp"
 #include "xlstm/core/kernels/simd.hpp"
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/linear_backward.hpp"
@@ -123,6 +124,77 @@ TEST(MatmulTest, EveryWorkloadAndBatchGivesTheProduct) {
           xlstm::matmul_transposed<float>(x, w, y, true, workload);
           EXPECT_LE(worst_error(y, 2.0 * ref, x, w), 2 * kTol);
         }
+      }
+    }
+  }
+}
+
+// simd::reduce_each sums kLanes packets at once (a tree of shuffles in the
+// AVX2 and AVX-512 builds: test_matmul_native, the avx2-check preset); it
+// must give the bits of reduce, packet by packet, for whole groups, partial
+// last groups and counts below one group. Lanes of mixed signs and
+// magnitudes 1e-8..1e8, so any other pairing of the lanes rounds differently.
+template <int N>
+void expect_reduce_each_matches_reduce(std::mt19937& rng) {
+  using Packet = xlstm::simd::Packet<float>;
+  constexpr Index kLanes = xlstm::simd::kLanes<float>;
+  std::uniform_real_distribution<float> mantissa(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> exponent(-8, 8);
+  for (int trial = 0; trial < 50; ++trial) {
+    Packet packets[N];
+    float want[N], got[N];
+    for (int e = 0; e < N; ++e) {
+      float lanes[kLanes];
+      for (Index i = 0; i < kLanes; ++i) lanes[i] = mantissa(rng) * std::pow(10.0f, exponent(rng));
+      packets[e] = xlstm::simd::load<float>(lanes);
+      want[e] = xlstm::simd::reduce(packets[e]);
+    }
+    xlstm::simd::reduce_each<float>(packets, got);
+    for (int e = 0; e < N; ++e) {
+      ASSERT_EQ(std::memcmp(&got[e], &want[e], sizeof(float)), 0)
+          << N << " packets, packet " << e << ": " << got[e] << " vs " << want[e];
+    }
+  }
+}
+
+TEST(MatmulTest, ReduceEachGivesTheBitsOfReduce) {
+  std::mt19937 rng(13);
+  expect_reduce_each_matches_reduce<1>(rng);
+  expect_reduce_each_matches_reduce<4>(rng);
+  expect_reduce_each_matches_reduce<8>(rng);
+  expect_reduce_each_matches_reduce<12>(rng);
+  expect_reduce_each_matches_reduce<16>(rng);
+  expect_reduce_each_matches_reduce<19>(rng);
+  expect_reduce_each_matches_reduce<24>(rng);
+  expect_reduce_each_matches_reduce<32>(rng);
+}
+
+// kernels::cached_product (the sLSTM cell's recurrent product for 2 to 16
+// rows): the product against the double reference (kTol, as above) for every
+// row count it takes and shapes with SIMD tails, with a depth over one piece
+// of 512 columns, and the sLSTM's 512 x 128 head; it accumulates when asked;
+// and each row's result has the bits it has beside any other rows (here: in
+// a product of that row twice), which the sLSTM cell's rows rely on.
+TEST(MatmulTest, CachedProductIsTheProductWithEachRowsOwnBits) {
+  std::mt19937 rng(17);
+  for (const Shape shape : {Shape{5, 3}, Shape{37, 61}, Shape{50, 600}, Shape{512, 128}}) {
+    const Matrix<float> w = random(shape.out, shape.in, rng);
+    for (Index batch = 2; batch <= xlstm::kernels::kCachedProductMaxRows; ++batch) {
+      SCOPED_TRACE(::testing::Message() << "W " << shape.out << "x" << shape.in << " B " << batch);
+      const Matrix<float> x = random(batch, shape.in, rng);
+      const Matrix<double> ref = reference(x, w);
+      Matrix<float> y(batch, shape.out);
+      xlstm::kernels::cached_product<float>(x, w, y, /*accumulate=*/false);
+      EXPECT_LE(worst_error(y, ref, x, w), kTol);
+      Matrix<float> twice = y;
+      xlstm::kernels::cached_product<float>(x, w, twice, /*accumulate=*/true);
+      EXPECT_LE(worst_error(twice, 2.0 * ref, x, w), 2 * kTol);
+      for (Index b = 0; b < batch; ++b) {
+        Matrix<float> pair(2, shape.in), alone(2, shape.out);
+        pair.row(0) = x.row(b);
+        pair.row(1) = x.row(b);
+        xlstm::kernels::cached_product<float>(pair, w, alone, /*accumulate=*/false);
+        ASSERT_TRUE(alone.row(0) == y.row(b) && alone.row(1) == y.row(b)) << "row " << b;
       }
     }
   }

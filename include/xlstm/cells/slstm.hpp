@@ -334,22 +334,25 @@ class SLstmCell {
   /// Sizes `tape` for `batch` rows and `time` steps and stores the initial state.
   void start_tape(Tape& tape, const State& state, const Lengths& lengths, Index time) const;
 
-  /// out = bf16(y * bf16(kernel)^T) (math §12.2): the kernel is rounded panel
-  /// by panel into a buffer on the stack (`step` allocates nothing), each
-  /// panel multiplied in the scalar type. y is bf16 already, so every product
-  /// is exact and only the order of the sums differs from an exact sum, which
-  /// the final rounding to bf16 almost always hides.
-  /// out = y kernel^T: one GEMM over the rows, or row by row with
-  /// `row_invariant` (SLstmCellConfig).
+  /// out = y kernel^T: row by row with `row_invariant` (SLstmCellConfig);
+  /// else straight from the cache for a few rows (kernels::cached_product),
+  /// one GEMM for one row or many.
   template <typename Y, typename Kernel, typename Out>
   void recurrent_product(const Y& y, const Kernel& kernel, Out& out) const {
     if (config_.row_invariant) {
       matmul_transposed<Scalar>(y, kernel, out, /*accumulate=*/false, Workload::row_invariant);
+    } else if (y.rows() >= 2 && y.rows() <= kernels::kCachedProductMaxRows) {
+      kernels::cached_product<Scalar>(y, kernel, out, /*accumulate=*/false);
     } else {
       kernels::panelled_product(y, kernel, out, /*accumulate=*/false);
     }
   }
 
+  /// out = bf16(y * bf16(kernel)^T) (math §12.2): the kernel is rounded panel
+  /// by panel into a buffer on the stack (`step` allocates nothing), each
+  /// panel multiplied in the scalar type. y is bf16 already, so every product
+  /// is exact and only the order of the sums differs from an exact sum, which
+  /// the final rounding to bf16 almost always hides.
   template <typename Y, typename Kernel, typename Out>
   void bf16_recurrent_product(const Y& y, const Kernel& kernel, Out& out) const {
     constexpr Index kPanelSize = 4096;  // scalars: 16 KiB (float) on the stack

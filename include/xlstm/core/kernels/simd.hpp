@@ -21,6 +21,7 @@
 #include <Eigen/Core>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "xlstm/core/half.hpp"
 #include "xlstm/core/tensor.hpp"
@@ -105,6 +106,96 @@ inline P fma(const P& a, const P& b, const P& c) {
 template <typename P>
 inline typename Eigen::internal::unpacket_traits<P>::type reduce(const P& p) {
   return Eigen::internal::predux(p);
+}
+
+namespace detail {
+
+#if defined(XLSTM_SIMD_AVX512)
+// The levels of reduce_each: a and b each hold groups of `width` lanes, one
+// output's partial sums per group; the result holds groups of width / 2, each
+// the lower half of a group plus its upper half (lane i + lane i + width / 2,
+// as Eigen's predux pairs them), a's and b's groups side by side.
+inline __m512 add_halves16(__m512 a, __m512 b) {  // [a | b]
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+}
+inline __m512 add_halves8(__m512 a, __m512 b) {  // [a0 a1 b0 b1]
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+}
+inline __m512 add_halves4(__m512 a, __m512 b) {  // per 128 bits: [a b]
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xEE));
+}
+inline __m512 add_halves2(__m512 a, __m512 b) {  // per 128 bits: [a0 a1 b0 b1]
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD));
+}
+#elif defined(XLSTM_SIMD_AVX2)
+inline __m256 add_halves8(__m256 a, __m256 b) {  // [a | b]
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+inline __m256 add_halves4(__m256 a, __m256 b) {  // per 128 bits: [a b]
+  return _mm256_add_ps(_mm256_shuffle_ps(a, b, 0x44), _mm256_shuffle_ps(a, b, 0xEE));
+}
+inline __m256 add_halves2(__m256 a, __m256 b) {  // per 128 bits: [a0 a1 b0 b1]
+  return _mm256_add_ps(_mm256_shuffle_ps(a, b, 0x88), _mm256_shuffle_ps(a, b, 0xDD));
+}
+#endif
+
+}  // namespace detail
+
+/// Whether reduce_each sums kLanes packets at once inside the registers
+/// (else packet by packet). Eigen's AVX-512 predux halves the packet (lane i
+/// plus lane i + 8, then + 4, + 2, + 1) only with AVX512DQ; its AVX2 one
+/// always does.
+#if (defined(XLSTM_SIMD_AVX512) && defined(EIGEN_VECTORIZE_AVX512DQ)) || defined(XLSTM_SIMD_AVX2)
+inline constexpr bool kReduceInRegisters = true;
+#else
+inline constexpr bool kReduceInRegisters = false;
+#endif
+
+/// out[e] = reduce(v[e]) for e < N, with the same bits. A dot-product kernel
+/// over a short depth ends with as many lane sums as it has accumulators;
+/// one at a time they cost about as much as the multiply-adds (the sLSTM
+/// step's 128-long dot products). Here kLanes packets are summed together, a
+/// tree of shuffles and adds that pairs the lanes exactly as predux does, so
+/// each output lane holds one packet's sum: about 3 instructions per packet
+/// instead of 9.
+template <typename Scalar, int N>
+inline void reduce_each(const Packet<Scalar> (&v)[N], Scalar* out) {
+  if constexpr (std::is_same_v<Scalar, float> && kReduceInRegisters) {
+#if (defined(XLSTM_SIMD_AVX512) && defined(EIGEN_VECTORIZE_AVX512DQ)) || defined(XLSTM_SIMD_AVX2)
+    constexpr int kL = int(kLanes<float>);
+    for (int g = 0; g < N; g += kL) {
+      // A last, partial group repeats its first packet in the lanes not used.
+      Packet<float> t[kL];
+      for (int i = 0; i < kL; ++i) t[i] = v[g + i < N ? g + i : g];
+#if defined(XLSTM_SIMD_AVX512)
+      Packet<float> u[8], w[4], x[2];
+      for (int i = 0; i < 8; ++i) u[i] = detail::add_halves16(t[2 * i], t[2 * i + 1]);
+      for (int i = 0; i < 4; ++i) w[i] = detail::add_halves8(u[2 * i], u[2 * i + 1]);
+      for (int i = 0; i < 2; ++i) x[i] = detail::add_halves4(w[2 * i], w[2 * i + 1]);
+      // Lane 4q + j now holds packet 4j + q: put packet e in lane e.
+      const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+      const Packet<float> sums = _mm512_permutexvar_ps(order, detail::add_halves2(x[0], x[1]));
+#else
+      Packet<float> u[4], w[2];
+      for (int i = 0; i < 4; ++i) u[i] = detail::add_halves8(t[2 * i], t[2 * i + 1]);
+      for (int i = 0; i < 2; ++i) w[i] = detail::add_halves4(u[2 * i], u[2 * i + 1]);
+      // Lane p now holds packet 2p (p < 4) or 2(p - 4) + 1: put packet e in lane e.
+      const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+      const Packet<float> sums = _mm256_permutevar8x32_ps(detail::add_halves2(w[0], w[1]), order);
+#endif
+      if (N - g >= kL) {
+        store(out + g, sums);
+      } else {
+        float lanes[kL];
+        store(lanes, sums);
+        const int count = N - g < kL ? N - g : kL;
+        for (int i = 0; i < count; ++i) out[g + i] = lanes[i];
+      }
+    }
+    return;
+#endif
+  }
+  for (int e = 0; e < N; ++e) out[e] = reduce(v[e]);
 }
 
 namespace detail {
