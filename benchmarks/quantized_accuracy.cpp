@@ -116,21 +116,34 @@ Generation generate(const Model& model, const std::vector<std::int64_t>& prompt,
   return g;
 }
 
+/// The logits of `model` reading the B rows of `ids` side by side, one step
+/// per column, its mLSTM states keeping C in `storage`: B*T rows, row
+/// b*T + t after token t of row b (a Sequence's layout).
+template <typename Model>
+Matrix<float> step_through(const Model& model, const xlstm::Tokens& ids,
+                           xlstm::MLstmStateStorage storage) {
+  const Index batch = ids.rows(), time = ids.cols(), vocab = model.vocab_size();
+  Matrix<float> logits(batch * time, vocab), row(batch, vocab);
+  auto state = model.initial_state(batch);
+  state.set_mlstm_storage(storage);
+  std::vector<std::int64_t> step_ids(std::size_t(batch), 0);
+  for (Index t = 0; t < time; ++t) {
+    for (Index b = 0; b < batch; ++b) step_ids[std::size_t(b)] = ids(b, t);
+    model.step(step_ids, state, row);
+    for (Index b = 0; b < batch; ++b) logits.row(b * time + t) = row.row(b);
+  }
+  return logits;
+}
+
 /// The logits of `model` reading `tokens` (all but the last, whose logits are
 /// not needed), its mLSTM states keeping C in `storage`.
 template <typename Model>
 Matrix<float> read_tokens(const Model& model, const std::vector<std::int64_t>& tokens,
                           Index positions,
                           xlstm::MLstmStateStorage storage = xlstm::MLstmStateStorage::full) {
-  const Index vocab = model.vocab_size();
-  Matrix<float> logits(positions, vocab), row(1, vocab);
-  auto state = model.initial_state(1);
-  state.set_mlstm_storage(storage);
-  for (Index t = 0; t < positions; ++t) {
-    model.step(std::vector<std::int64_t>{tokens[std::size_t(t)]}, state, row);
-    logits.row(t) = row;
-  }
-  return logits;
+  xlstm::Tokens ids(1, positions);
+  for (Index t = 0; t < positions; ++t) ids(0, t) = tokens[std::size_t(t)];
+  return step_through(model, ids, storage);
 }
 
 /// KL and top-1 agreement of `got` against `reference`, over the positions
@@ -559,19 +572,10 @@ void state_golden(const std::string& dir) {
     const Index batch = Index(shape.at(0)), time = Index(shape.at(1));
     const auto ids = file.read<std::int64_t>("input.tokens");
     const std::string official_name = large ? "output.logits_step" : "output.logits";
-    auto decode = [&](const auto& model, MLstmStateStorage storage) {
-      const Index vocab = model.vocab_size();
-      auto state = model.initial_state(batch);
-      state.set_mlstm_storage(storage);
-      Matrix<float> logits(batch * time, vocab), row(batch, vocab);
-      std::vector<std::int64_t> step_ids(std::size_t(batch), 0);
-      for (Index t = 0; t < time; ++t) {
-        for (Index b = 0; b < batch; ++b) step_ids[std::size_t(b)] = ids[std::size_t(b * time + t)];
-        model.step(step_ids, state, row);
-        for (Index b = 0; b < batch; ++b) logits.row(b * time + t) = row.row(b);
-      }
-      return logits;
-    };
+    xlstm::Tokens id_rows(batch, time);
+    for (Index b = 0; b < batch; ++b) {
+      for (Index t = 0; t < time; ++t) id_rows(b, t) = ids[std::size_t(b * time + t)];
+    }
     Matrix<float> official(batch * time, 0);
     official.resize(batch * time, Index(file.info(official_name).element_count()) / (batch * time));
     file.read_into<float>(official_name, official.data(), std::size_t(official.size()));
@@ -583,14 +587,14 @@ void state_golden(const std::string& dir) {
         const auto model = xlstm::io::load_large_model<float>(
             xlstm::io::CheckpointFiles::from_file(file),
             xlstm::io::large_model_config_from_json(config), options);
-        print_decode_error(name, label, official, decode(model, storage),
+        print_decode_error(name, label, official, step_through(model, id_rows, storage),
                            golden_atol(file, official_name));
       } else {
         xlstm::LanguageModel<float> model(xlstm::io::language_model_config_from_json(config));
         xlstm::io::LoadOptions options;
         options.prefix = "param.";
         xlstm::io::load_module(model, file, options);
-        print_decode_error(name, label, official, decode(model, storage),
+        print_decode_error(name, label, official, step_through(model, id_rows, storage),
                            golden_atol(file, official_name));
       }
     }
@@ -668,17 +672,8 @@ struct CharValidation {
   /// C in `storage` (a forward rounds a bf16 state only once, at its end).
   double bits_per_char_by_steps(const xlstm::LanguageModel<float>& model,
                                 xlstm::MLstmStateStorage storage) const {
-    const Index rows = inputs.rows(), vocab = model.vocab_size();
-    auto state = model.initial_state(rows);
-    state.set_mlstm_storage(storage);
-    xlstm::Sequence<float> logits(rows, inputs.cols(), vocab);
-    Matrix<float> row_logits(rows, vocab);
-    std::vector<std::int64_t> ids(std::size_t(rows), 0);
-    for (Index t = 0; t < inputs.cols(); ++t) {
-      for (Index b = 0; b < rows; ++b) ids[std::size_t(b)] = inputs(b, t);
-      model.step(ids, state, row_logits);
-      for (Index b = 0; b < rows; ++b) logits.at(b, t) = row_logits.row(b);
-    }
+    xlstm::Sequence<float> logits(inputs.rows(), inputs.cols(), model.vocab_size());
+    logits.matrix() = step_through(model, inputs, storage);
     return double(xlstm::cross_entropy(logits, targets)) / std::log(2.0);
   }
 };

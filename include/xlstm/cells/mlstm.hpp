@@ -432,9 +432,6 @@ class MLstmCell {
 
   const Config& config() const { return config_; }
 
-  /// The storage of the states that initial_state() makes from now on (math
-  /// §4.8); the cell runs states of either storage.
-  void set_state_storage(MLstmStateStorage storage) { config_.state_storage = storage; }
   Index num_heads() const { return config_.num_heads; }
   Index qk_head_dim() const { return config_.qk_head_dim; }
   Index v_head_dim() const { return config_.v_head_dim; }
