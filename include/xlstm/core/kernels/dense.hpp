@@ -195,6 +195,18 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
   }
 }
 
+/// W rows [o0, end) against kXRows rows of x: register blocks of kWRows W
+/// rows, then the rows left over one at a time.
+template <int kWRows, int kXRows, typename Scalar, typename Rows>
+inline void panel_x_rows(const Rows& w, Index o0, Index end, Index k0, const Scalar* x, Index ldx,
+                         Index n, Scalar* y, Index ldy, bool accumulate) {
+  Index o = o0;
+  for (; o + kWRows <= end; o += kWRows) {
+    dot_block<kWRows, kXRows>(w, o, k0, x, ldx, n, y, ldy, accumulate);
+  }
+  for (; o < end; ++o) dot_block<1, kXRows>(w, o, k0, x, ldx, n, y, ldy, accumulate);
+}
+
 /// Rows [r0, r0 + count) of W against every row of x, in panels of `panel`
 /// rows of W and pieces of `piece` columns: each piece's slice of W stays in
 /// cache while every row of x passes, in register blocks of kWRows W rows x
@@ -214,23 +226,13 @@ void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0
       Scalar* ys = y.data();
       Index b = 0;
       for (; b + kXRows <= batch; b += kXRows) {
-        Index o = p0;
-        for (; o + kWRows <= end; o += kWRows) {
-          dot_block<kWRows, kXRows>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
-        }
-        for (; o < end; ++o)
-          dot_block<1, kXRows>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+        panel_x_rows<kWRows, kXRows>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
       }
       if constexpr (kXRows > 2) {
         // Two rows of x left: a block of them, not one row twice.
         constexpr int kPairWRows = simd::kVectorRegisters >= 32 ? 8 : 4;
         for (; b + 2 <= batch; b += 2) {
-          Index o = p0;
-          for (; o + kPairWRows <= end; o += kPairWRows) {
-            dot_block<kPairWRows, 2>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
-          }
-          for (; o < end; ++o)
-            dot_block<1, 2>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+          panel_x_rows<kPairWRows, 2>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
         }
       }
       for (; b < batch; ++b) {
@@ -330,8 +332,7 @@ constexpr Index kCachedProductMaxRows = 16;
 /// the others. Never allocates, never splits over threads.
 template <typename Scalar, typename XRef, typename WRef, typename YRef>
 void cached_product(const XRef& x, const WRef& w, YRef& y, bool accumulate) {
-  if (w.rows() == 0) return;
-  if (w.cols() == 0) {
+  if (w.cols() == 0) {  // no depth: panel_rows would write nothing
     if (!accumulate) y.setZero();
     return;
   }
