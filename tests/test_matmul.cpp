@@ -169,6 +169,36 @@ TEST(MatmulTest, ReduceEachGivesTheBitsOfReduce) {
   expect_reduce_each_matches_reduce<32>(rng);
 }
 
+// simd::transpose_rows (the GEMM's packing of an operand stored by rows):
+// every value lands at its transposed place, for every count of rows and
+// columns around the 8 x 8 and 4 x 4 blocks, and nothing outside the written
+// rows of each column changes.
+TEST(MatmulTest, TransposeRowsMovesEveryValueAndNothingElse) {
+  std::mt19937 rng(19);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  constexpr float kUntouched = -7.0f;
+  for (Index rows = 0; rows <= 19; ++rows) {
+    for (Index cols = 0; cols <= 21; ++cols) {
+      SCOPED_TRACE(::testing::Message() << rows << " rows x " << cols << " columns");
+      const Index src_stride = cols + 3, dst_step = rows + 5;
+      std::vector<float> src(std::size_t(rows * src_stride));
+      for (float& v : src) v = value(rng);
+      std::vector<float> dst(std::size_t(cols * dst_step), kUntouched);
+      xlstm::simd::transpose_rows(src.data(), src_stride, rows, cols, dst.data(), dst_step);
+      int misplaced = 0, touched = 0;
+      for (Index k = 0; k < cols; ++k) {
+        for (Index r = 0; r < rows; ++r) {
+          misplaced += dst[std::size_t(k * dst_step + r)] != src[std::size_t(r * src_stride + k)];
+        }
+        for (Index r = rows; r < dst_step; ++r)
+          touched += dst[std::size_t(k * dst_step + r)] != kUntouched;
+      }
+      EXPECT_EQ(misplaced, 0);
+      EXPECT_EQ(touched, 0);
+    }
+  }
+}
+
 // kernels::cached_product (the sLSTM cell's recurrent product for 2 to 16
 // rows): the product against the double reference (kTol, as above) for every
 // row count it takes and shapes with SIMD tails, with a depth over one piece

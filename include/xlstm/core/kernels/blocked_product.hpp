@@ -31,6 +31,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -73,6 +74,14 @@ template <typename X, typename Scalar>
 void pack_panel(const X& x, Index r0, Index rows, Index k0, Index depth, Index tile, Scalar* dst) {
   Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>> panel(
       dst, tile, depth);
+  if constexpr (bool(X::IsRowMajor) && std::is_same_v<Scalar, float> &&
+                simd::kTransposeInRegisters) {
+    if (x.innerStride() == 1) {
+      simd::transpose_rows(&x.coeffRef(r0, k0), x.outerStride(), rows, depth, dst, tile);
+      if (rows < tile) panel.bottomRows(tile - rows).setZero();
+      return;
+    }
+  }
   // Eigen walks the panel in its (column) order: the tile values of a step
   // together, which measured faster than copying rows of a row-major x.
   panel.topRows(rows) = x.block(r0, k0, rows, depth);

@@ -141,6 +141,74 @@ inline __m256 add_halves2(__m256 a, __m256 b) {  // per 128 bits: [a0 a1 b0 b1]
 
 }  // namespace detail
 
+/// Whether transpose_rows moves 8 x 8 and 4 x 4 blocks inside the registers
+/// (else value by value).
+#if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
+inline constexpr bool kTransposeInRegisters = true;
+#else
+inline constexpr bool kTransposeInRegisters = false;
+#endif
+
+/// dst[k * dst_step + r] = src[r * src_stride + k] for r < rows, k < cols:
+/// rows of a row-major float matrix written out by columns (the packing of
+/// a GEMM operand stored by rows, design §7.8). Value by value this costs a
+/// few cycles per value, as much as a tenth of a prefill's products; here
+/// 8 x 8 blocks (then 4 x 4) are loaded as rows, transposed by shuffles and
+/// stored as columns. A pure copy: the values' bits are unchanged.
+inline void transpose_rows(const float* src, Index src_stride, Index rows, Index cols, float* dst,
+                           Index dst_step) {
+  Index r = 0;
+#if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
+  const Index body8 = cols / 8 * 8, body4 = cols / 4 * 4;
+  for (; r + 8 <= rows; r += 8) {
+    for (Index k = 0; k < body8; k += 8) {
+      __m256 v[8], t[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r + i) * src_stride + k);
+      // Interleave pairs of rows, then pairs of pairs: each 128-bit half of
+      // t[i] then holds 4 values of one column; the halves are swapped last.
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        v[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        v[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        v[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        v[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + (k + i) * dst_step + r,
+                         _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (k + i + 4) * dst_step + r,
+                         _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+      }
+    }
+  }
+  for (; r + 4 <= rows; r += 4) {
+    for (Index k = 0; k < body4; k += 4) {
+      __m128 v0 = _mm_loadu_ps(src + r * src_stride + k);
+      __m128 v1 = _mm_loadu_ps(src + (r + 1) * src_stride + k);
+      __m128 v2 = _mm_loadu_ps(src + (r + 2) * src_stride + k);
+      __m128 v3 = _mm_loadu_ps(src + (r + 3) * src_stride + k);
+      _MM_TRANSPOSE4_PS(v0, v1, v2, v3);
+      _mm_storeu_ps(dst + k * dst_step + r, v0);
+      _mm_storeu_ps(dst + (k + 1) * dst_step + r, v1);
+      _mm_storeu_ps(dst + (k + 2) * dst_step + r, v2);
+      _mm_storeu_ps(dst + (k + 3) * dst_step + r, v3);
+    }
+  }
+  // The columns past the blocks, for the rows done so far.
+  for (Index i = 0; i < r; ++i) {
+    for (Index k = i < rows / 8 * 8 ? body8 : body4; k < cols; ++k) {
+      dst[k * dst_step + i] = src[i * src_stride + k];
+    }
+  }
+#endif
+  for (; r < rows; ++r) {
+    for (Index k = 0; k < cols; ++k) dst[k * dst_step + r] = src[r * src_stride + k];
+  }
+}
+
 /// Whether reduce_each sums kLanes packets at once inside the registers
 /// (else packet by packet). Eigen's AVX-512 predux halves the packet (lane i
 /// plus lane i + 8, then + 4, + 2, + 1) only with AVX512DQ; its AVX2 one
