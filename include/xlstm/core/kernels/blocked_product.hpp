@@ -144,38 +144,82 @@ void gemm_tile(const Scalar* a_panel, Index a_step, const Scalar* b_panel, Index
 
 /// The product for an output of at most kNarrowColumns columns with both
 /// operands stored by rows (the mLSTM gates' NH columns over the 3I-wide
-/// qkv): a dot product per element, the packets of a row of a meeting every
-/// row of b while in registers, no packing (which would copy all of a for a
-/// few columns). Each element sums its packets in order, then the lanes, then
-/// the tail: the same bits at every thread count.
+/// qkv): dot products, no packing (which would copy all of a for a few
+/// columns). A register block of rows of a by all the columns: each packet
+/// of b, loaded once, meets every row of the block, so b (the gates' weights,
+/// more than L1 holds) is read once per block instead of once per row. Each
+/// element sums its packets in order, then the lanes, then the tail: the
+/// same bits at every thread count and whatever the block.
 inline constexpr Index kNarrowColumns = 8;
 
-template <typename A, typename B, typename Out>
-void narrow_product(const A& a, const B& b, Out& out, bool accumulate, bool parallel) {
+/// Rows of a per register block for `cols` columns: rows x cols
+/// accumulators plus a packet per row and one of b in the registers.
+constexpr int narrow_block_rows(int cols) {
+  const int rows = (simd::kVectorRegisters - 6) / cols;
+  return rows < 1 ? 1 : rows > 4 ? 4 : rows;
+}
+
+/// out(i0 + r, j) (+)= a.row(i0 + r) . b.row(j) for r < Rows, j < Cols.
+template <int Rows, int Cols, typename A, typename B, typename Out>
+void narrow_block(const A& a, const B& b, Out& out, Index i0, bool accumulate) {
   using Scalar = typename Out::Scalar;
   using Packet = simd::Packet<Scalar>;
-  constexpr Index lanes = simd::kLanes<Scalar>, kRowsPerTask = 64;
-  const Index rows = out.rows(), cols = out.cols(), depth = a.cols();
-  const Index body = depth / lanes * lanes;
+  constexpr Index lanes = simd::kLanes<Scalar>;
+  const Index depth = a.cols(), body = depth / lanes * lanes;
+  const Scalar* x[Rows];
+  const Scalar* w[Cols];
+  for (int r = 0; r < Rows; ++r) x[r] = &a.coeffRef(i0 + r, 0);
+  for (int j = 0; j < Cols; ++j) w[j] = &b.coeffRef(j, 0);
+  Packet acc[Rows][Cols];
+  for (int r = 0; r < Rows; ++r) {
+    for (int j = 0; j < Cols; ++j) acc[r][j] = simd::zero<Scalar>();
+  }
+  for (Index k = 0; k < body; k += lanes) {
+    Packet xk[Rows];
+    for (int r = 0; r < Rows; ++r) xk[r] = simd::load(x[r] + k);
+    for (int j = 0; j < Cols; ++j) {
+      const Packet wk = simd::load(w[j] + k);
+      for (int r = 0; r < Rows; ++r) acc[r][j] = simd::fma(xk[r], wk, acc[r][j]);
+    }
+  }
+  for (int r = 0; r < Rows; ++r) {
+    for (int j = 0; j < Cols; ++j) {
+      Scalar sum = simd::reduce(acc[r][j]);
+      for (Index k = body; k < depth; ++k) sum += x[r][k] * w[j][k];
+      Scalar& o = out(i0 + r, j);
+      o = accumulate ? o + sum : sum;
+    }
+  }
+}
+
+template <int Cols, typename A, typename B, typename Out>
+void narrow_product_of(const A& a, const B& b, Out& out, bool accumulate, bool parallel) {
+  constexpr int block = narrow_block_rows(Cols);
+  constexpr Index kRowsPerTask = 64;
+  const Index rows = out.rows();
   const Index tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
   parallel_for(tasks, parallel, [&](Index task) {
     const Index last = std::min(rows, (task + 1) * kRowsPerTask);
-    for (Index i = task * kRowsPerTask; i < last; ++i) {
-      const Scalar* x = &a.coeffRef(i, 0);
-      Packet acc[kNarrowColumns];
-      for (Index j = 0; j < cols; ++j) acc[j] = simd::zero<Scalar>();
-      for (Index k = 0; k < body; k += lanes) {
-        const Packet xk = simd::load(x + k);
-        for (Index j = 0; j < cols; ++j)
-          acc[j] = simd::fma(xk, simd::load(&b.coeffRef(j, k)), acc[j]);
-      }
-      for (Index j = 0; j < cols; ++j) {
-        Scalar sum = simd::reduce(acc[j]);
-        for (Index k = body; k < depth; ++k) sum += x[k] * b.coeff(j, k);
-        out(i, j) = accumulate ? out(i, j) + sum : sum;
-      }
-    }
+    Index i = task * kRowsPerTask;
+    for (; i + block <= last; i += block) narrow_block<block, Cols>(a, b, out, i, accumulate);
+    for (; i < last; ++i) narrow_block<1, Cols>(a, b, out, i, accumulate);
   });
+}
+
+/// narrow_product_of for the instance with out.cols() columns (1 to
+/// kNarrowColumns), chosen among the compiled widths Widths + 1.
+template <typename A, typename B, typename Out, int... Widths>
+void narrow_product(const A& a, const B& b, Out& out, bool accumulate, bool parallel,
+                    std::integer_sequence<int, Widths...>) {
+  (void)((out.cols() == Widths + 1 &&
+          (narrow_product_of<Widths + 1>(a, b, out, accumulate, parallel), true)) ||
+         ...);
+}
+
+template <typename A, typename B, typename Out>
+void narrow_product(const A& a, const B& b, Out& out, bool accumulate, bool parallel) {
+  narrow_product(a, b, out, accumulate, parallel,
+                 std::make_integer_sequence<int, int(kNarrowColumns)>());
 }
 
 }  // namespace detail
