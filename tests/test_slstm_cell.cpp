@@ -584,6 +584,94 @@ TYPED_TEST(SLstmCellTest, CopiedStateEvolvesIndependently) {
   EXPECT_FALSE(Close(y_copy.matrix(), y_original.matrix(), 1e-3));
 }
 
+// A forward on several library threads runs each head through the whole
+// sequence on its own thread (no barrier per step) when the entering n lets
+// it decide the whole-batch first-step test ahead (every element 0 or >= 1),
+// else step by step. Either way the bits are those of one thread: outputs,
+// trace, final state and tape, for both functions, every first-step rule, the
+// TiRex numerics, ragged lengths, and entering states from zero, carried,
+// with a reset row, and set by hand (n = 0.5: the step-by-step path).
+TYPED_TEST(SLstmCellTest, ForwardGivesTheSameBitsOnAnyNumberOfThreads) {
+  using S = TypeParam;
+  if (xlstm::num_threads() < 2) GTEST_SKIP() << "one library thread (built without OpenMP)";
+  const int saved_threads = xlstm::num_threads();
+  const Index B = 3, T = 40, H = 64, NH = 4;  // 4H x DH x B x T above the threads' threshold
+  struct Case {
+    SLstmFunction function;
+    FirstStepRule rule;
+    xlstm::SLstmNumerics numerics;
+  };
+  const xlstm::SLstmNumerics plain = xlstm::SLstmNumerics::plain,
+                             tirex = xlstm::SLstmNumerics::tirex_official;
+  const Case cases[] = {{SLstmFunction::slstm, FirstStepRule::whole_batch, plain},
+                        {SLstmFunction::slstm, FirstStepRule::per_element, plain},
+                        {SLstmFunction::slstm, FirstStepRule::per_row, plain},
+                        {SLstmFunction::lstm, FirstStepRule::whole_batch, plain},
+                        {SLstmFunction::slstm, FirstStepRule::whole_batch, tirex},
+                        {SLstmFunction::slstm, FirstStepRule::per_row, tirex}};
+  const char* const entering[] = {"zero", "carried", "reset row", "set by hand"};
+  for (const Case& c : cases) {
+    std::mt19937 rng(241);
+    SLstmCellConfig config = slstm_cell_config(H, NH, c.rule, c.function);
+    config.numerics = c.numerics;
+    const auto cell = random_slstm<S>(config, rng);
+    const auto x = random_sequence<S>(B, T, 4 * H, rng);
+    const xlstm::Lengths ragged = {T, 17, 0};
+    for (const char* start : entering) {
+      for (const bool with_lengths : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << name_of(c.function) << ", rule " << int(c.rule) << ", "
+                                          << xlstm::numerics_name(c.numerics) << ", entering state "
+                                          << start << (with_lengths ? ", ragged" : ""));
+        auto initial = cell.initial_state(B);
+        if (std::string(start) != "zero") {
+          Sequence<S> ignored;
+          cell.forward(x, initial, ignored);
+        }
+        if (std::string(start) == "reset row") initial.reset_row(1);
+        if (std::string(start) == "set by hand") initial.n.row(2).setConstant(S(0.5));
+        const xlstm::Lengths lengths = with_lengths ? ragged : xlstm::Lengths{};
+        struct Result {
+          SLstmState<S> state;
+          Sequence<S> y;
+          SLstmTrace<S> trace;
+          typename SLstmCell<S>::Tape tape;
+        };
+        std::vector<Result> results;
+        for (const int threads : {1, 2, 3}) {
+          xlstm::set_num_threads(threads);
+          Result r{initial, {}, {}, {}};
+          cell.forward(x, lengths, r.state, r.y, &r.trace);
+          if (c.numerics == plain) {
+            SLstmState<S> taped = initial;
+            Sequence<S> y_taped;
+            cell.forward(x, lengths, taped, y_taped, r.tape);
+            EXPECT_TRUE(BitIdentical(y_taped.matrix(), r.y.matrix()));
+          }
+          results.push_back(std::move(r));
+        }
+        xlstm::set_num_threads(saved_threads);
+        for (std::size_t i = 1; i < results.size(); ++i) {
+          SCOPED_TRACE(::testing::Message() << "threads " << i + 1 << " vs 1");
+          const Result &a = results[i], &one = results[0];
+          EXPECT_TRUE(SStatesIdentical(a.state, one.state));
+          EXPECT_TRUE(BitIdentical(a.y.matrix(), one.y.matrix()));
+          for (const auto& [got, want] :
+               {std::pair{&a.trace.c, &one.trace.c}, std::pair{&a.trace.n, &one.trace.n},
+                std::pair{&a.trace.m, &one.trace.m}}) {
+            EXPECT_TRUE(BitIdentical(got->matrix(), want->matrix()));
+          }
+          for (const auto& [got, want] :
+               {std::pair{&a.tape.raw, &one.tape.raw}, std::pair{&a.tape.y, &one.tape.y},
+                std::pair{&a.tape.c, &one.tape.c}, std::pair{&a.tape.n, &one.tape.n},
+                std::pair{&a.tape.m, &one.tape.m}}) {
+            EXPECT_TRUE(BitIdentical(*got, *want));
+          }
+        }
+      }
+    }
+  }
+}
+
 TYPED_TEST(SLstmCellTest, MismatchedShapesThrowNamingTheArgument) {
   using S = TypeParam;
   const Index B = 2, H = 8, NH = 2;

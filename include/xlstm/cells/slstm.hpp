@@ -395,89 +395,114 @@ class SLstmCell {
   template <typename Input>
   void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t,
                       Tape* tape = nullptr) const {
-    const Index batch = state.batch(), h = hidden_size(), dh = head_dim(), nh = num_heads();
-    const bool tirex = config_.numerics == SLstmNumerics::tirex_official;
-    if (tirex) round_state_to_bf16(state, lengths, t);
+    if (config_.numerics == SLstmNumerics::tirex_official) round_state_to_bf16(state, lengths, t);
     // math §2.4: the vanilla backend tests n == 0 over the whole batch.
     const bool first_step_everywhere = (state.n.array() == Scalar(0)).all();
-    Matrix<Scalar>& recurrent = state.recurrent.get();
-    ensure_size(recurrent, batch, 4 * h);
+    ensure_size(state.recurrent.get(), state.batch(), 4 * hidden_size());
     // Heads are independent: spread them over the threads when the recurrent
     // weights are large enough to pay.
-    parallel_for(nh, recurrent_kernel_.size() >= (1 << 16), [&](Index head) {
-      // math §2.3: raw = x + R y + b. R y is one product per head over all
-      // batch rows, written head-major (column h*4DH + g*DH + j) into the
-      // workspace; x and b are gate-major and added per (head, gate) segment.
-      // math §12.2: TiRex rounds x, R and R y to bf16, not the bias.
-      auto raw_all = recurrent.middleCols(head * 4 * dh, 4 * dh);
-      const auto y_head = state.y.middleCols(head * dh, dh);
-      const auto kernel_head = recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh);
-      if (tirex && has_bf16_kernel()) {
-        // y and bf16(R) are bf16 values: the products are exact in float.
-        recurrent_product(y_head, recurrent_kernel_bf16_.middleRows(head * 4 * dh, 4 * dh),
-                          raw_all);
-        raw_all = rounded_to_bf16(raw_all);
-      } else if (tirex) {
-        bf16_recurrent_product(y_head, kernel_head, raw_all);
-      } else {
-        recurrent_product(y_head, kernel_head, raw_all);
-      }
-      for (Index g = 0; g < 4; ++g) {
-        const auto x_segment = x.middleCols(g * h + head * dh, dh);
-        if (tirex) {
-          raw_all.middleCols(g * dh, dh) += rounded_to_bf16(x_segment);
-        } else {
-          raw_all.middleCols(g * dh, dh) += x_segment;
-        }
-        raw_all.middleCols(g * dh, dh).rowwise() +=
-            bias_.segment(g * h + head * dh, dh).transpose();
-      }
-      // design §7.3: the backward recomputes the gates from raw.
-      if (tape) tape->raw.block(t * batch, head * 4 * dh, batch, 4 * dh) = raw_all;
-      for (Index b = 0; b < batch; ++b) {
-        if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
-        auto raw = recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
-        auto raw_i = raw.segment(0, dh), raw_f = raw.segment(dh, dh);
-        auto raw_z = raw.segment(2 * dh, dh), raw_o = raw.segment(3 * dh, dh);
-        auto y = state.y.row(b).segment(head * dh, dh).array();
-        auto c = state.c.row(b).segment(head * dh, dh).array();
-        if (config_.function == SLstmFunction::lstm) {
-          // math §2.7: c = sigmoid(f) c + sigmoid(i) tanh(z); y = sigmoid(o) tanh(c).
-          c = sigmoid(raw_f) * c + sigmoid(raw_i) * raw_z.tanh();
-          y = sigmoid(raw_o) * c.tanh();
-          continue;
-        }
-        auto n = state.n.row(b).segment(head * dh, dh).array();
-        auto m = state.m.row(b).segment(head * dh, dh).array();
-        const bool first_step = config_.first_step_rule == FirstStepRule::per_row
-                                    ? (n == Scalar(0)).all()
-                                    : first_step_everywhere;
-        if (tirex) {
-          tirex_official_pointwise(raw_i, raw_f, raw_z, raw_o, y, c, n, m, first_step);
-          continue;
-        }
-        raw_i = clamp_gates(raw_i);
-        // The workspace is reused in place: raw_f becomes log f + m, then f';
-        // raw_i becomes i'.
-        auto log_f_plus_m = raw_f;
-        log_f_plus_m = m + log_sigmoid(clamp_gates(raw_f));
-        if (config_.first_step_rule != FirstStepRule::per_element) {
-          if (first_step) {
-            m = raw_i;
-          } else {
-            m = raw_i.max(log_f_plus_m);
-          }
-        } else {
-          m = (n == Scalar(0)).select(raw_i, raw_i.max(log_f_plus_m));
-        }
-        auto i_gate = raw_i, f_gate = raw_f;
-        i_gate = (raw_i - m).exp().min(Scalar(1));
-        f_gate = (log_f_plus_m - m).exp().min(Scalar(1));
-        c = f_gate * c + i_gate * raw_z.tanh();
-        n = f_gate * n + i_gate;
-        y = sigmoid(raw_o) * c / n;  // no epsilon: n >= 1 after the first step
-      }
+    parallel_for(num_heads(), recurrent_kernel_.size() >= (1 << 16), [&](Index head) {
+      step_head(x, state, lengths, t, tape, head, first_step_everywhere);
     });
+  }
+
+  /// Whether a forward may run each head through the whole sequence on its
+  /// own (one parallel region, no barrier per step; forward_recorded): the
+  /// heads share only the whole-batch first-step test (math §2.4), whose
+  /// outcome after step 0 this decides ahead. An element n >= 1 stays >= 1
+  /// (one of f', i' is exp(0) = 1 at every step, and bf16 keeps values >= 1),
+  /// and step 0 from an all-zero n leaves n = 1 in every row it runs: so when
+  /// every element of the entering n is 0 or >= 1 (any state the cell made),
+  /// the test is false at every step after the first. Otherwise (a state set
+  /// by hand) the forward goes step by step.
+  bool first_step_only_at_start(const State& state) const {
+    if (config_.function == SLstmFunction::lstm ||
+        config_.first_step_rule != FirstStepRule::whole_batch) {
+      return true;  // the whole-batch test is not used
+    }
+    return (state.n.array() == Scalar(0) || state.n.array() >= Scalar(1)).all();
+  }
+
+  /// Step `t` of one head: raw = x + R y + b for the head's units (a product
+  /// over all batch rows), then the pointwise update of the rows that take
+  /// part. Reads and writes only the head's columns of the state, the
+  /// workspace and the tape.
+  template <typename Input>
+  void step_head(const Input& x, State& state, const Lengths& lengths, Index t, Tape* tape,
+                 Index head, bool first_step_everywhere) const {
+    const Index batch = state.batch(), h = hidden_size(), dh = head_dim();
+    const bool tirex = config_.numerics == SLstmNumerics::tirex_official;
+    Matrix<Scalar>& recurrent = state.recurrent.get();
+    // math §2.3: raw = x + R y + b. R y is one product per head over all
+    // batch rows, written head-major (column h*4DH + g*DH + j) into the
+    // workspace; x and b are gate-major and added per (head, gate) segment.
+    // math §12.2: TiRex rounds x, R and R y to bf16, not the bias.
+    auto raw_all = recurrent.middleCols(head * 4 * dh, 4 * dh);
+    const auto y_head = state.y.middleCols(head * dh, dh);
+    const auto kernel_head = recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh);
+    if (tirex && has_bf16_kernel()) {
+      // y and bf16(R) are bf16 values: the products are exact in float.
+      recurrent_product(y_head, recurrent_kernel_bf16_.middleRows(head * 4 * dh, 4 * dh), raw_all);
+      raw_all = rounded_to_bf16(raw_all);
+    } else if (tirex) {
+      bf16_recurrent_product(y_head, kernel_head, raw_all);
+    } else {
+      recurrent_product(y_head, kernel_head, raw_all);
+    }
+    for (Index g = 0; g < 4; ++g) {
+      const auto x_segment = x.middleCols(g * h + head * dh, dh);
+      if (tirex) {
+        raw_all.middleCols(g * dh, dh) += rounded_to_bf16(x_segment);
+      } else {
+        raw_all.middleCols(g * dh, dh) += x_segment;
+      }
+      raw_all.middleCols(g * dh, dh).rowwise() += bias_.segment(g * h + head * dh, dh).transpose();
+    }
+    // design §7.3: the backward recomputes the gates from raw.
+    if (tape) tape->raw.block(t * batch, head * 4 * dh, batch, 4 * dh) = raw_all;
+    for (Index b = 0; b < batch; ++b) {
+      if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
+      auto raw = recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
+      auto raw_i = raw.segment(0, dh), raw_f = raw.segment(dh, dh);
+      auto raw_z = raw.segment(2 * dh, dh), raw_o = raw.segment(3 * dh, dh);
+      auto y = state.y.row(b).segment(head * dh, dh).array();
+      auto c = state.c.row(b).segment(head * dh, dh).array();
+      if (config_.function == SLstmFunction::lstm) {
+        // math §2.7: c = sigmoid(f) c + sigmoid(i) tanh(z); y = sigmoid(o) tanh(c).
+        c = sigmoid(raw_f) * c + sigmoid(raw_i) * raw_z.tanh();
+        y = sigmoid(raw_o) * c.tanh();
+        continue;
+      }
+      auto n = state.n.row(b).segment(head * dh, dh).array();
+      auto m = state.m.row(b).segment(head * dh, dh).array();
+      const bool first_step = config_.first_step_rule == FirstStepRule::per_row
+                                  ? (n == Scalar(0)).all()
+                                  : first_step_everywhere;
+      if (tirex) {
+        tirex_official_pointwise(raw_i, raw_f, raw_z, raw_o, y, c, n, m, first_step);
+        continue;
+      }
+      raw_i = clamp_gates(raw_i);
+      // The workspace is reused in place: raw_f becomes log f + m, then f';
+      // raw_i becomes i'.
+      auto log_f_plus_m = raw_f;
+      log_f_plus_m = m + log_sigmoid(clamp_gates(raw_f));
+      if (config_.first_step_rule != FirstStepRule::per_element) {
+        if (first_step) {
+          m = raw_i;
+        } else {
+          m = raw_i.max(log_f_plus_m);
+        }
+      } else {
+        m = (n == Scalar(0)).select(raw_i, raw_i.max(log_f_plus_m));
+      }
+      auto i_gate = raw_i, f_gate = raw_f;
+      i_gate = (raw_i - m).exp().min(Scalar(1));
+      f_gate = (log_f_plus_m - m).exp().min(Scalar(1));
+      c = f_gate * c + i_gate * raw_z.tanh();
+      n = f_gate * n + i_gate;
+      y = sigmoid(raw_o) * c / n;  // no epsilon: n >= 1 after the first step
+    }
   }
 
   Config config_;
@@ -572,35 +597,61 @@ void SLstmCell<Scalar_>::forward_recorded(const Sequence<Scalar>& preactivations
         numerics_name(config_.numerics), "'");
   if (tape) start_tape(*tape, state, lengths, time);
   // Rows t, T + t, 2T + t, ... of the input are the batch at time t.
-  for (Index t = 0; t < time; ++t) {
-    Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>> x_t(
+  auto input_at = [&](Index t) {
+    return Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>>(
         preactivations.matrix().data() + t * 4 * h, batch, 4 * h,
         Eigen::OuterStride<>(time * 4 * h));
-    step_unchecked(x_t, state, lengths, t, tape);
+  };
+  // After step t: units [u0, u0 + width) of the state into the tape, y and
+  // the trace (zeros for rows whose sequence has ended).
+  auto record = [&](Index t, Index u0, Index width) {
+    Matrix<Scalar>* from[4] = {&state.y, &state.c, &state.n, &state.m};
     if (tape) {
-      tape->y.middleRows((t + 1) * batch, batch) = state.y;
-      tape->c.middleRows((t + 1) * batch, batch) = state.c;
-      if (config_.function != SLstmFunction::lstm) {
-        tape->n.middleRows((t + 1) * batch, batch) = state.n;
-        tape->m.middleRows((t + 1) * batch, batch) = state.m;
+      Matrix<Scalar>* taped[4] = {&tape->y, &tape->c, &tape->n, &tape->m};
+      const int kept = config_.function == SLstmFunction::lstm ? 2 : 4;  // n, m do not change
+      for (int s = 0; s < kept; ++s) {
+        taped[s]->block((t + 1) * batch, u0, batch, width) = from[s]->middleCols(u0, width);
       }
     }
+    Sequence<Scalar>* to[4] = {&y, trace ? &trace->c : nullptr, trace ? &trace->n : nullptr,
+                               trace ? &trace->m : nullptr};
     for (Index b = 0; b < batch; ++b) {
-      if (t >= length_of(lengths, b, time)) {
-        y.at(b, t).setZero();
-        if (trace) {
-          trace->c.at(b, t).setZero();
-          trace->n.at(b, t).setZero();
-          trace->m.at(b, t).setZero();
+      const bool ended = t >= length_of(lengths, b, time);
+      for (int s = 0; s < 4; ++s) {
+        if (!to[s]) continue;
+        if (ended) {
+          to[s]->at(b, t).segment(u0, width).setZero();
+        } else {
+          to[s]->at(b, t).segment(u0, width) = from[s]->row(b).segment(u0, width);
         }
-        continue;
       }
-      y.at(b, t) = state.y.row(b);
-      if (trace) {
-        trace->c.at(b, t) = state.c.row(b);
-        trace->n.at(b, t) = state.n.row(b);
-        trace->m.at(b, t) = state.m.row(b);
+    }
+  };
+  const Index nh = num_heads(), dh = head_dim();
+  const bool by_heads =
+      nh > 1 && num_threads() > 1 &&
+      double(recurrent_kernel_.size()) * double(batch) * double(time) >= double(Index(1) << 18);
+  if (by_heads && config_.numerics == SLstmNumerics::tirex_official) {
+    // Step 0's rounding of the entering state: the states the steps make are
+    // bf16 already, so the later steps' roundings are no-ops.
+    round_state_to_bf16(state, lengths, 0);
+  }
+  if (by_heads && first_step_only_at_start(state)) {
+    // Each head runs the whole sequence on one thread: the same operations
+    // as step by step (the same bits at every thread count), without a
+    // barrier per step, which costs as much as a small head's step.
+    const bool first_step_at_start = (state.n.array() == Scalar(0)).all();
+    ensure_size(state.recurrent.get(), batch, 4 * h);
+    parallel_for(nh, true, [&](Index head) {
+      for (Index t = 0; t < time; ++t) {
+        step_head(input_at(t), state, lengths, t, tape, head, t == 0 && first_step_at_start);
+        record(t, head * dh, dh);
       }
+    });
+  } else {
+    for (Index t = 0; t < time; ++t) {
+      step_unchecked(input_at(t), state, lengths, t, tape);
+      record(t, 0, h);
     }
   }
   if (tape) tape->recorded = true;
