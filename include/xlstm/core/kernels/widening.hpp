@@ -33,6 +33,11 @@ template <bool kBf16>
 struct HalfRows {
   const std::uint16_t* data;
   Index stride;
+  static constexpr Index kPrefetchColumns = kCacheLineBytes / 2;
+  // Decode of one row only: at B = 8 the 7B-shaped block's BF16 step went
+  // 7.4 -> 8.2 ms with prefetching natively (Intel Xeon, one thread; even on
+  // x86-64-v3), at B = 1 36.1 -> 33.2 ms.
+  static constexpr Index kPrefetchMaxRows = 1;
   simd::Packet<float> load(Index row, Index col) const {
     const std::uint16_t* p = data + row * stride + col;
     if constexpr (kBf16) {
@@ -44,6 +49,9 @@ struct HalfRows {
   float at(Index row, Index col) const {
     const std::uint16_t bits = data[row * stride + col];
     return kBf16 ? bf16_to_float(bits) : f16_to_float(bits);
+  }
+  void prefetch(Index row, Index col, Index ahead) const {
+    simd::prefetch(data + row * stride + col + ahead * stride);
   }
 };
 using Bf16Rows = HalfRows<true>;
