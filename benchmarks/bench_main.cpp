@@ -400,6 +400,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("xlstm_threads_flag", std::to_string(g_options.threads));
   benchmark::AddCustomContext("xlstm_timing", cpu_timing() ? "thread CPU time" : "wall time");
   benchmark::AddCustomContext("eigen_openmp", openmp);
+  benchmark::AddCustomContext("blas", xlstm::blas_threads_name(xlstm::blas_threads()));
   benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
   benchmark::AddCustomContext("eigen_version", std::to_string(EIGEN_WORLD_VERSION) + "." +
                                                    std::to_string(EIGEN_MAJOR_VERSION) + "." +

@@ -33,6 +33,10 @@
 
 #include "test_util.hpp"
 
+#if defined(XLSTM_BLAS_OPENBLAS)
+extern "C" int openblas_get_num_threads(void);  // OpenBLAS's (cblas.h)
+#endif
+
 namespace {
 
 namespace io = xlstm::io;
@@ -48,6 +52,31 @@ using xlstm::Matrix;
 using xlstm::Rng;
 using xlstm::Sequence;
 using xlstm::Tokens;
+
+// With a BLAS behind Eigen's products (XLSTM_USE_BLAS), the library's
+// threads are the only pool: OpenBLAS's pthreads build is kept to one
+// thread, its OpenMP build follows the library's (core/blas_threads.hpp).
+// Without one, there is nothing to keep.
+TEST(BlasThreadsTest, ABlasRunsNoPoolBesideTheLibrarysThreads) {
+#if defined(XLSTM_BLAS_OPENBLAS)
+  switch (openblas_get_parallel()) {
+    case 1:
+      EXPECT_EQ(xlstm::blas_threads(), xlstm::BlasThreads::kept_to_one);
+      EXPECT_EQ(openblas_get_num_threads(), 1);
+      break;
+    case 2:
+      EXPECT_EQ(xlstm::blas_threads(), xlstm::BlasThreads::follows_openmp);
+      break;
+    default:
+      EXPECT_EQ(xlstm::blas_threads(), xlstm::BlasThreads::sequential);
+  }
+#elif defined(EIGEN_USE_BLAS)
+  EXPECT_EQ(xlstm::blas_threads(), xlstm::BlasThreads::unknown);
+#else
+  EXPECT_EQ(xlstm::blas_threads(), xlstm::BlasThreads::no_blas);
+#endif
+  EXPECT_FALSE(xlstm::blas_threads_name(xlstm::blas_threads()).empty());
+}
 
 constexpr int kThreads = 8;
 constexpr int kDecodeSteps = 20;

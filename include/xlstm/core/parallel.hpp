@@ -11,6 +11,7 @@
 #include <atomic>
 #include <thread>
 
+#include "xlstm/core/blas_threads.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/tensor.hpp"
 
