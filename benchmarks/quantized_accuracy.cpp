@@ -187,8 +187,7 @@ void print_agreement(const char* model, const char* format, const Matrix<float>&
 /// rounded to BF16 (kept in float): the error of the BF16 checkpoints the
 /// official models ship in, as a yardstick for the quantised formats.
 template <typename Module>
-void round_selected_to_bf16(Module& module) {
-  const xlstm::QuantizeOptions rule;
+void round_selected_to_bf16(Module& module, const xlstm::QuantizeOptions& rule = {}) {
   module.for_each_parameter([&](const auto& p) {
     if (!p.matrix || !p.matrix->is_native() || xlstm::is_embedding_or_head(p.name) ||
         !xlstm::quantizable_shape(p.matrix->rows(), p.matrix->cols(), WeightStorage::int8_rows,
@@ -339,7 +338,8 @@ void tirex() {
 /// The tirex_model golden files of `dir` (docs: tests/data/golden/
 /// tirex-format.md): each file's model and call, forecast with float weights
 /// and with every weight matrix but the patch embeddings quantised
-/// (min_elements 0; q4_g32 where the input dimension is a multiple of 32);
+/// (min_elements 0; q4_g32 where the input dimension is a multiple of 32),
+/// and, as a yardstick, with the same matrices rounded to BF16;
 /// the quantile error in the model's
 /// scaled units (divided by the first pass's scale of the series, the
 /// official scaler's).
@@ -351,7 +351,11 @@ void tirex_golden(const std::string& dir) {
   }
   std::sort(files.begin(), files.end());
   if (files.empty()) throw xlstm::Error("no tirex_model_*.safetensors in '" + dir + "'");
-  for (const auto format : kFormats) {
+  // The two formats, then BF16-rounded weights (the same matrices) as the
+  // yardstick of how sensitive these models are.
+  for (int variant = 0; variant < 3; ++variant) {
+    const bool bf16 = variant == 2;
+    const WeightStorage format = bf16 ? WeightStorage::bf16 : kFormats[variant];
     ErrorStats stats;
     std::size_t quantized = 0, kept = 0;
     for (const auto& path : files) {
@@ -385,9 +389,14 @@ void tirex_golden(const std::string& dir) {
       xlstm::tirex::FirstPass<float> first;
       const auto reference = run(model, &first);
       xlstm::tirex::TiRexModel<float> q = model;
-      const auto report = xlstm::quantize_weights(q, format, {/*min_elements=*/0, false});
-      quantized += report.quantized.size();
-      kept += report.kept.size();
+      const xlstm::QuantizeOptions every_matrix{/*min_elements=*/0, false};
+      if (bf16) {
+        round_selected_to_bf16(q, every_matrix);
+      } else {
+        const auto report = xlstm::quantize_weights(q, format, every_matrix);
+        quantized += report.quantized.size();
+        kept += report.kept.size();
+      }
       q.prepare();
       const auto f = run(q, nullptr);
       add_quantile_errors(stats, reference, f,
@@ -396,8 +405,8 @@ void tirex_golden(const std::string& dir) {
     std::printf(
         "tirex-golden %-10s %zu files, quantile error in scaled units: max %.3e mean %.3e "
         "(%ld values; %zu matrices quantised, %zu kept)\n",
-        xlstm::storage_name(format), files.size(), stats.max, stats.mean(), long(stats.n),
-        quantized, kept);
+        bf16 ? "bf16 (ref)" : xlstm::storage_name(format), files.size(), stats.max, stats.mean(),
+        long(stats.n), quantized, kept);
   }
 }
 

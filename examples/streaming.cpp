@@ -28,9 +28,9 @@ xlstm::BlockStackConfig stack_config() {
   c.embedding_dim = 32;
   c.num_blocks = 3;
   c.slstm_at = {1};  // mLSTM, sLSTM, mLSTM
-  c.mlstm_block = xlstm::MLstmBlockConfig{};
+  c.mlstm_block.emplace();
   c.mlstm_block->mlstm.num_heads = 4;
-  c.slstm_block = xlstm::SLstmBlockConfig{};
+  c.slstm_block.emplace();
   c.slstm_block->slstm.num_heads = 4;
   return c;
 }
