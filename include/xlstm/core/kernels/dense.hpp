@@ -276,8 +276,8 @@ inline Index prefetch_distance(Index o, Index rows, Index end) {
 }
 
 /// W rows [o0, end) against kXRows rows of x: register blocks of kWRows W
-/// rows, then the rows left over one at a time; with kPrefetch, prefetching
-/// rows before prefetch_end.
+/// rows, then of 4 (when kWRows is larger), then the rows left over one at a
+/// time; with kPrefetch, prefetching rows before prefetch_end.
 template <int kWRows, int kXRows, bool kPrefetch, typename Scalar, typename Rows>
 inline void panel_x_rows(const Rows& w, Index o0, Index end, Index k0, const Scalar* x, Index ldx,
                          Index n, Scalar* y, Index ldy, bool accumulate, Index prefetch_end) {
@@ -286,39 +286,39 @@ inline void panel_x_rows(const Rows& w, Index o0, Index end, Index k0, const Sca
     dot_block<kWRows, kXRows, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
                                          prefetch_distance(o, kWRows, prefetch_end));
   }
+  if constexpr (kWRows > 4) {
+    for (; o + 4 <= end; o += 4) {
+      dot_block<4, kXRows, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
+                                      prefetch_distance(o, 4, prefetch_end));
+    }
+  }
   for (; o < end; ++o) {
     dot_block<1, kXRows, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
                                     prefetch_distance(o, 1, prefetch_end));
   }
 }
 
-/// W rows [o0, end) against one row of x: register blocks of 8 W rows (with
-/// 16 or more vector registers), then 4, then 1; with kPrefetch, prefetching
-/// rows before prefetch_end.
-template <bool kPrefetch, typename Scalar, typename Rows>
-inline void panel_one_x_row(const Rows& w, Index o0, Index end, Index k0, const Scalar* x,
-                            Index ldx, Index n, Scalar* y, Index ldy, bool accumulate,
-                            Index prefetch_end) {
-  Index o = o0;
-  if constexpr (simd::kVectorRegisters >= 16) {
-    // 8 W rows at once keep more of W's memory streams in flight (BF16
-    // decode of a 16384 x 4096 matrix on one thread, AVX-512: 16.5 ->
-    // 20 GB/s). With 16 registers too: dot_block then holds the x
-    // packet and consumes each W packet as it is decoded, and AVX2
-    // decode of sixteen 4096 x 4096 matrices in turn went 3.35 -> 2.6
-    // ms (f32) and 2.1 -> 1.9 ms (BF16) per matrix on one thread.
-    for (; o + 8 <= end; o += 8) {
-      dot_block<8, 1, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
-                                 prefetch_distance(o, 8, prefetch_end));
-    }
-  }
-  for (; o + 4 <= end; o += 4) {
-    dot_block<4, 1, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
-                               prefetch_distance(o, 4, prefetch_end));
-  }
-  for (; o < end; ++o) {
-    dot_block<1, 1, kPrefetch>(w, o, k0, x, ldx, n, y, ldy, accumulate,
-                               prefetch_distance(o, 1, prefetch_end));
+/// W rows against one row of x: register blocks of 8 W rows with 16 or more
+/// vector registers, else 4. 8 W rows at once keep more of W's memory streams
+/// in flight (BF16 decode of a 16384 x 4096 matrix on one thread, AVX-512:
+/// 16.5 -> 20 GB/s). With 16 registers too: dot_block then holds the x packet
+/// and consumes each W packet as it is decoded, and AVX2 decode of sixteen
+/// 4096 x 4096 matrices in turn went 3.35 -> 2.6 ms (f32) and 2.1 -> 1.9 ms
+/// (BF16) per matrix on one thread.
+constexpr int kOneXRowWRows = simd::kVectorRegisters >= 16 ? 8 : 4;
+
+/// panel_x_rows for the block of x rows at `b`: the first (b == 0) prefetches
+/// when `prefetch` says so, the later ones find W in the cache.
+template <int kWRows, int kXRows, bool kPrefetch, typename Scalar, typename Rows>
+inline void panel_x_rows_at(bool prefetch, Index b, const Rows& w, Index o0, Index end, Index k0,
+                            const Scalar* x, Index ldx, Index n, Scalar* y, Index ldy,
+                            bool accumulate, Index prefetch_end) {
+  if (prefetch && b == 0) {
+    panel_x_rows<kWRows, kXRows, kPrefetch>(w, o0, end, k0, x, ldx, n, y, ldy, accumulate,
+                                            prefetch_end);
+  } else {
+    panel_x_rows<kWRows, kXRows, false>(w, o0, end, k0, x + b * ldx, ldx, n, y + b * ldy, ldy,
+                                        accumulate, 0);
   }
 }
 
@@ -348,33 +348,20 @@ void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0
       Scalar* ys = y.data();
       Index b = 0;
       for (; b + kXRows <= batch; b += kXRows) {
-        if (prefetch && b == 0) {
-          panel_x_rows<kWRows, kXRows, kPrefetch>(w, p0, end, k0, xs, ldx, n, ys, ldy, acc,
-                                                  range_end);
-        } else {
-          panel_x_rows<kWRows, kXRows, false>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy,
-                                              ldy, acc, 0);
-        }
+        panel_x_rows_at<kWRows, kXRows, kPrefetch>(prefetch, b, w, p0, end, k0, xs, ldx, n, ys, ldy,
+                                                   acc, range_end);
       }
       if constexpr (kXRows > 2) {
         // Two rows of x left: a block of them, not one row twice.
         constexpr int kPairWRows = simd::kVectorRegisters >= 32 ? 8 : 4;
         for (; b + 2 <= batch; b += 2) {
-          if (prefetch && b == 0) {
-            panel_x_rows<kPairWRows, 2, kPrefetch>(w, p0, end, k0, xs, ldx, n, ys, ldy, acc,
-                                                   range_end);
-          } else {
-            panel_x_rows<kPairWRows, 2, false>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy,
-                                               ldy, acc, 0);
-          }
+          panel_x_rows_at<kPairWRows, 2, kPrefetch>(prefetch, b, w, p0, end, k0, xs, ldx, n, ys,
+                                                    ldy, acc, range_end);
         }
       }
       for (; b < batch; ++b) {
-        if (prefetch && b == 0) {
-          panel_one_x_row<kPrefetch>(w, p0, end, k0, xs, ldx, n, ys, ldy, acc, range_end);
-        } else {
-          panel_one_x_row<false>(w, p0, end, k0, xs + b * ldx, ldx, n, ys + b * ldy, ldy, acc, 0);
-        }
+        panel_x_rows_at<kOneXRowWRows, 1, kPrefetch>(prefetch, b, w, p0, end, k0, xs, ldx, n, ys,
+                                                     ldy, acc, range_end);
       }
     }
   }

@@ -147,9 +147,8 @@ struct Q4Rows {
   /// own, 4 bytes per 32 columns: prefetching them too was worth 10-15 % of
   /// the q4 decode speed in a scratch kernel; kernels::kPrefetchRows).
   void prefetch(Index row, Index col, Index ahead) const {
-    simd::prefetch(byte_of(row, col) + ahead * (cols / 2));
-    simd::prefetch(&scales[row * (cols / kQ4Group) + std::size_t(col) / kQ4Group] +
-                   ahead * (cols / kQ4Group));
+    simd::prefetch(byte_of(row + ahead, col));
+    simd::prefetch(scale_of(row + ahead, col));
   }
   // cols is a multiple of kQ4Group (hence even) and col non-negative: the
   // divisions of col are unsigned shifts, not the signed division's
@@ -157,9 +156,10 @@ struct Q4Rows {
   const std::uint8_t* byte_of(Index row, Index col) const {
     return data + row * (cols / 2) + std::size_t(col) / 2;
   }
-  float scale(Index row, Index col) const {
-    return scales[row * (cols / kQ4Group) + std::size_t(col) / kQ4Group];
+  const float* scale_of(Index row, Index col) const {
+    return &scales[row * (cols / kQ4Group) + std::size_t(col) / kQ4Group];
   }
+  float scale(Index row, Index col) const { return *scale_of(row, col); }
 };
 
 /// out[0, n) = W(row, c0 : c0 + n) decoded to Scalar, for either format.
