@@ -8,7 +8,9 @@ namespace {
 constexpr Index kSLstmHidden = 512, kSLstmHeads = 4, kSLstmTime = 1024;
 constexpr Index kMLstmHeads = 4, kMLstmHeadDim = 256;
 
-xlstm::SLstmCell<float> make_slstm_cell() {
+/// A cell with random weights, prepared as the blocks' constructors and the
+/// loaders leave it (SLstmCell::prepare_kernels) unless `prepared` is false.
+xlstm::SLstmCell<float> make_slstm_cell(bool prepared = true) {
   xlstm::SLstmCellConfig c;
   c.hidden_size = kSLstmHidden;
   c.num_heads = kSLstmHeads;
@@ -16,6 +18,7 @@ xlstm::SLstmCell<float> make_slstm_cell() {
   xlstm::Rng rng(7);
   xlstm::default_linear_init(cell.recurrent_kernel(), kSLstmHidden, rng);
   rng.normal(cell.bias(), 0.0, 1.0);
+  if (prepared) cell.prepare_kernels();
   return cell;
 }
 
@@ -48,10 +51,13 @@ void bm_slstm_cell_forward(benchmark::State& state) {
 }
 
 /// One step of B rows: bounded by reading the 1 MiB recurrent kernel from
-/// cache (B = 1); larger batches reuse each kernel read for every row.
+/// cache (B = 1); larger batches reuse each kernel read for every row. The
+/// `step_unprepared` rows: a cell whose R was changed after prepare_kernels,
+/// which packs R on the stack at every step (design §7.9).
+template <bool kPrepared>
 void bm_slstm_cell_step(benchmark::State& state) {
   const Index batch = state.range(0);
-  const auto cell = make_slstm_cell();
+  const auto cell = make_slstm_cell(kPrepared);
   xlstm::Matrix<float> pre(batch, 4 * kSLstmHidden);
   fill_normal(pre, 12);
   auto s = cell.initial_state(batch);
@@ -182,9 +188,17 @@ void register_cell_benchmarks(bool quick) {
   } else {
     f->Arg(1)->Arg(8);
   }
-  auto* s = benchmark::RegisterBenchmark("slstm_cell/f32/step", bm_slstm_cell_step);
+  auto* s = benchmark::RegisterBenchmark("slstm_cell/f32/step", bm_slstm_cell_step<true>);
   s->ArgNames({"B"})->Arg(1)->Arg(8)->UseManualTime()->Unit(benchmark::kMicrosecond);
   if (quick) s->MinTime(kQuickMinTime);
+  if (!quick) {
+    benchmark::RegisterBenchmark("slstm_cell/f32/step_unprepared", bm_slstm_cell_step<false>)
+        ->ArgNames({"B"})
+        ->Arg(1)
+        ->Arg(8)
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
 
   register_mlstm_forms<float>(quick);
   if (!quick) register_mlstm_forms<double>(quick);

@@ -335,6 +335,9 @@ int run(const Options& o) {
     options.max_length = Index(o.sample_length);
     options.temperature = o.temperature;
     options.seed = std::uint64_t(o.data_seed);
+    // Training is over, so R no longer changes behind the cells' back: pack
+    // the sLSTM kernels once for the steps (SLstmCell::prepare_kernels).
+    trainer.model().prepare_kernels();
     const auto generated = xlstm::generate(model, {prompt}, options).front();
     std::vector<unsigned char> prompt_bytes, sample_bytes;
     for (auto id : prompt) prompt_bytes.push_back(vocab.bytes[std::size_t(id)]);

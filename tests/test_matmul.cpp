@@ -15,6 +15,7 @@
 
 #include "xlstm/core/half.hpp"
 #include "xlstm/core/kernels/blocked_product.hpp"
+#include "xlstm/core/kernels/column_panels.hpp"
 #include "xlstm/core/kernels/dense.hpp"
 #include "xlstm/core/kernels/simd.hpp"
 #include "xlstm/core/linear.hpp"
@@ -228,6 +229,59 @@ TEST(MatmulTest, CachedProductIsTheProductWithEachRowsOwnBits) {
       }
     }
   }
+}
+
+// kernels::panel_product (the sLSTM recurrent product, design §7.9): W packed
+// as column panels ahead (ColumnPanels) or panel by panel on the stack
+// (panel_product_packing, depths over its 128-deep pieces included) gives x
+// W^T within the rounding bound of one chain of `in` sums (in * 2^-24 of
+// sum |x||w|, a wrong or missing term is of order 1), and the same bits
+// both ways, for a row alone as in any batch (every register block: 8, 4,
+// 2, 1 rows), with W rounded to bf16 or not. Widths that are no multiple of a
+// panel (the last panel's columns through a buffer) and a depth of zero.
+TEST(MatmulTest, PanelProductIsTheProductWithEachRowsOwnBitsPackedAheadOrNot) {
+  std::mt19937 rng(19);
+  const std::vector<Shape> shapes = {{5, 3},     {37, 61},  {1, 1},   {33, 128},
+                                     {512, 128}, {70, 300}, {200, 17}};
+  for (const Shape shape : shapes) {
+    for (const bool to_bf16 : {false, true}) {
+      const Matrix<float> w = random(shape.out, shape.in, rng);
+      Matrix<float> w_used = w;
+      if (to_bf16) w_used = w.unaryExpr([](float v) { return xlstm::round_to_bf16(v); });
+      xlstm::kernels::ColumnPanels<float> panels;
+      panels.pack(w, to_bf16);
+      ASSERT_EQ(panels.out(), shape.out);
+      ASSERT_EQ(panels.depth(), shape.in);
+      const Matrix<float> x_all = random(19, shape.in, rng);
+      // Row b alone, the reference for its bits in every batch below.
+      Matrix<float> alone(x_all.rows(), shape.out);
+      for (Index b = 0; b < x_all.rows(); ++b) {
+        Eigen::Ref<const Matrix<float>> x_row = x_all.middleRows(b, 1);
+        Eigen::Ref<Matrix<float>> y_row = alone.middleRows(b, 1);
+        xlstm::kernels::panel_product(panels, x_row, y_row);
+      }
+      const double bound = double(shape.in) * 0x1p-24;
+      EXPECT_LE(worst_error(alone, reference(x_all, w_used), x_all, w_used), bound);
+      for (const Index batch :
+           {Index(2), Index(3), Index(4), Index(7), Index(8), Index(15), Index(19)}) {
+        SCOPED_TRACE(::testing::Message() << "W " << shape.out << "x" << shape.in << " B " << batch
+                                          << (to_bf16 ? " bf16" : ""));
+        const Matrix<float> x = x_all.topRows(batch);
+        Matrix<float> ahead(batch, shape.out), packing(batch, shape.out);
+        xlstm::kernels::panel_product(panels, x, ahead);
+        xlstm::kernels::panel_product_packing<float>(x, w, to_bf16, packing);
+        ASSERT_TRUE(ahead == alone.topRows(batch));
+        ASSERT_TRUE(packing == alone.topRows(batch));
+      }
+    }
+  }
+  // No depth: x W^T is zero.
+  xlstm::kernels::ColumnPanels<float> empty;
+  empty.pack(Matrix<float>(6, 0), false);
+  const Matrix<float> x(3, 0);
+  Matrix<float> y = Matrix<float>::Constant(3, 6, 1.0f);
+  xlstm::kernels::panel_product(empty, x, y);
+  EXPECT_TRUE(y.isZero(0));
 }
 
 // kernels::parallel_product, which every sequence product and the layers'

@@ -591,6 +591,88 @@ TYPED_TEST(SLstmCellTest, CopiedStateEvolvesIndependently) {
 // trace, final state and tape, for both functions, every first-step rule, the
 // TiRex numerics, ragged lengths, and entering states from zero, carried,
 // with a reset row, and set by hand (n = 0.5: the step-by-step path).
+// design §7.9: R y is computed by the same chain of sums whether the cell
+// was prepared (R packed once), packs R for a forward, or packs it at every
+// step, and for a row alone as in a batch of any size (register blocks of
+// 8, 4, 2 and 1 rows): the outputs are the same bits in every case, in
+// both numerics. Writable access to R drops the packed copy, so a changed R
+// is never multiplied stale.
+TYPED_TEST(SLstmCellTest, PreparedOrNotAndAloneOrInABatchGiveTheSameBits) {
+  using S = TypeParam;
+  const Index B = 15, T = 5, H = 80, NH = 2;  // DH = 40: 160 outputs, no multiple of a panel
+  for (const auto numerics : {xlstm::SLstmNumerics::plain, xlstm::SLstmNumerics::tirex_official}) {
+    SCOPED_TRACE(xlstm::numerics_name(numerics));
+    std::mt19937 rng(251);
+    SLstmCellConfig config = slstm_cell_config(H, NH, FirstStepRule::per_row);
+    config.numerics = numerics;
+    const auto cell = random_slstm<S>(config, rng);
+    ASSERT_FALSE(cell.is_prepared());
+    auto prepared = cell;
+    prepared.prepare_kernels();
+    ASSERT_TRUE(prepared.is_prepared());
+    const auto x = random_sequence<S>(B, T, 4 * H, rng);
+    auto run_forward = [&](const SLstmCell<S>& c, const Sequence<S>& input) {
+      auto state = c.initial_state(input.batch());
+      Sequence<S> y;
+      c.forward(input, state, y);
+      return y;
+    };
+    auto run_steps = [&](const SLstmCell<S>& c, const Sequence<S>& input) {
+      auto state = c.initial_state(input.batch());
+      Sequence<S> y(input.batch(), input.time(), H);
+      for (Index t = 0; t < input.time(); ++t) {
+        c.step(input.time_step(t), state);
+        for (Index b = 0; b < input.batch(); ++b) y.at(b, t) = state.y.row(b);
+      }
+      return y;
+    };
+    const Sequence<S> expected = run_forward(prepared, x);
+    EXPECT_TRUE(run_forward(cell, x).matrix() == expected.matrix());
+    EXPECT_TRUE(run_steps(cell, x).matrix() == expected.matrix());
+    EXPECT_TRUE(run_steps(prepared, x).matrix() == expected.matrix());
+    for (const Index rows : {Index(1), Index(2), Index(3), Index(4), Index(8), Index(9)}) {
+      SCOPED_TRACE(::testing::Message() << rows << " rows");
+      Sequence<S> part(rows, T, 4 * H);
+      for (Index b = 0; b < rows; ++b) {
+        for (Index t = 0; t < T; ++t) part.at(b, t) = x.at(B - rows + b, t);
+      }
+      const Sequence<S> y = run_steps(rows % 2 ? cell : prepared, part);
+      for (Index b = 0; b < rows; ++b) {
+        for (Index t = 0; t < T; ++t) {
+          ASSERT_TRUE(y.at(b, t) == expected.at(B - rows + b, t)) << "row " << b << " step " << t;
+        }
+      }
+    }
+    // A changed R through each kind of writable access: the prepared cell
+    // computes with the new R (as a cell that never was prepared does).
+    for (int access = 0; access < 3; ++access) {
+      SCOPED_TRACE(::testing::Message() << "writable access " << access);
+      auto changed = prepared;
+      if (access == 0) {
+        changed.recurrent_kernel() *= S(0.5);
+      } else if (access == 1) {
+        changed.for_each_parameter([](const xlstm::ParameterRef<S>& p) {
+          if (p.name == "_recurrent_kernel_") {
+            for (std::size_t i = 0; i < p.size(); ++i) p.data[i] *= S(0.5);
+          }
+        });
+      } else {
+        Matrix<S> kernel;
+        xlstm::Vector<S> bias;
+        changed.get_cuda_layout(kernel, bias);
+        kernel *= S(0.5);
+        changed.set_from_cuda_layout(kernel, bias);
+      }
+      EXPECT_FALSE(changed.is_prepared());
+      auto fresh = cell;
+      fresh.recurrent_kernel() *= S(0.5);
+      const Sequence<S> y = run_steps(changed, x);
+      EXPECT_TRUE(y.matrix() == run_forward(fresh, x).matrix());
+      EXPECT_FALSE(y.matrix() == expected.matrix());
+    }
+  }
+}
+
 TYPED_TEST(SLstmCellTest, ForwardGivesTheSameBitsOnAnyNumberOfThreads) {
   using S = TypeParam;
   if (xlstm::num_threads() < 2) GTEST_SKIP() << "one library thread (built without OpenMP)";

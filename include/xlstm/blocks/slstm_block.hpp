@@ -225,6 +225,7 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   explicit SLstmBlock(Config config) : SLstmBlock(std::move(config), uninitialized) {
     Rng rng(kDefaultSeed);
     initialize(rng);
+    prepare_kernels();
   }
 
   /// A block with zero weights, to be filled by the caller.
@@ -235,6 +236,10 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   bool has_feedforward() const { return config_.feedforward.has_value(); }
   SLstmCell<Scalar>& cell() { return cell_; }
   const SLstmCell<Scalar>& cell() const { return cell_; }
+  /// The cell's SLstmCell::prepare_kernels(); the initialising constructor
+  /// and io::load_module call it, initialize() does not (an optimiser may
+  /// be bound to the parameters it draws, and would write past the copy).
+  void prepare_kernels() { cell_.prepare_kernels(); }
 
   State initial_state(Index batch) const;
 

@@ -8,13 +8,13 @@
 #include <cmath>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/cells/slstm_numerics.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
-#include "xlstm/core/kernels/dense.hpp"
-#include "xlstm/core/kernels/panelled.hpp"
+#include "xlstm/core/kernels/column_panels.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/parameters.hpp"
 #include "xlstm/core/scratch.hpp"
@@ -61,11 +61,11 @@ struct SLstmCellConfig {
   FirstStepRule first_step_rule = FirstStepRule::whole_batch;
   /// Plain float math or the official TiRex bf16 rounding points (math §12).
   SLstmNumerics numerics = SLstmNumerics::plain;
-  /// R y of each row by the same operations whatever the batch
-  /// (Workload::row_invariant, core/kernels/dense.hpp) instead of one GEMM
-  /// over the rows: a row's state then does not depend on its batch, which
-  /// exact state caches need (TiRex, math §13.10). A little slower for large
-  /// batches.
+  /// R y of each row by the same operations whatever the batch, so that a
+  /// row's state does not depend on its batch, which exact state caches need
+  /// (TiRex, math §13.10). Every sLSTM product is computed so now (the panel
+  /// products of core/kernels/column_panels.hpp, whether or not the cell is
+  /// prepared); the field stays for the configurations that set it.
   bool row_invariant = false;
 
   Index head_dim() const { return hidden_size / num_heads; }
@@ -97,6 +97,9 @@ struct SLstmState {
   Matrix<Scalar> y, c, n, m;
   /// Not state: R y of the current step, head-major (B x 4H), sized on use.
   Scratch<Matrix<Scalar>> recurrent;
+  /// Not state: R packed for one forward over a sequence of a cell that is
+  /// not prepared (SLstmCell::prepare_kernels), one ColumnPanels per head.
+  Scratch<std::vector<kernels::ColumnPanels<Scalar>>> panels;
 
   SLstmState() = default;
   SLstmState(Index batch, Index hidden_size) { resize(batch, hidden_size); }
@@ -221,27 +224,50 @@ class SLstmCell {
   /// (NH*4*DH) x DH: row h*4*DH + g*DH + j, column k is the weight from the
   /// previous y[h*DH + k] to unit j of gate g (order i, f, z, o) of head h.
   /// Head h's block is a Linear-style (4DH x DH) matrix.
-  /// Writable access drops the bf16 copy of prepare_bf16_kernel().
+  /// Writable access drops the packed copy of prepare_kernels().
   Matrix<Scalar>& recurrent_kernel() {
-    recurrent_kernel_bf16_.resize(0, 0);
+    packed_kernel_.clear();
     return recurrent_kernel_;
   }
   const Matrix<Scalar>& recurrent_kernel() const { return recurrent_kernel_; }
 
-  /// math §12.2: the TiRex numerics multiply by bf16(R). By default each step
-  /// rounds R again (the cell cannot know whether R changed since the last
-  /// step); this stores bf16(R) once so that steps use it directly, with the
-  /// same results. Any writable access to the parameters (recurrent_kernel(),
-  /// for_each_parameter, set_from_cuda_layout) drops the copy again; call it
-  /// after loading weights. Numerics 'tirex_official' only.
+  /// Stores R once as column panels, per head (design §7.9; rounded to bf16
+  /// in the TiRex numerics, math §12.2), which the products R y then read
+  /// directly. Without it each step packs R again on the stack (the cell
+  /// cannot know whether R changed since the last step), a sequence once per
+  /// forward: the same results either way, a step about 1.4x slower at
+  /// B = 8 and 3.5x at B = 1 (xlstm_bench's step_unprepared rows, 4 heads of
+  /// 128, AVX-512). Any writable access to
+  /// the parameters (recurrent_kernel(), for_each_parameter,
+  /// set_from_cuda_layout) drops the copy; the initialising constructors of
+  /// the blocks and models and io::load_module (the modules'
+  /// prepare_kernels()) call it. Call it again after changing R, and not
+  /// while an optimiser (TrainableParameters) writes R through pointers: the
+  /// copy would not see those writes.
+  void prepare_kernels() {
+    const Index dh = head_dim();
+    std::vector<kernels::ColumnPanels<Scalar>> packed(static_cast<std::size_t>(num_heads()));
+    for (Index head = 0; head < num_heads(); ++head) {
+      packed[std::size_t(head)].pack(recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh),
+                                     config_.numerics == SLstmNumerics::tirex_official);
+    }
+    packed_kernel_ = std::move(packed);
+  }
+  /// Whether prepare_kernels()'s copy is in use.
+  bool is_prepared() const { return !packed_kernel_.empty(); }
+
+  /// prepare_kernels() for a cell in the TiRex numerics (the name of earlier
+  /// versions, which stored bf16(R) only); throws in the plain numerics.
   void prepare_bf16_kernel() {
     check(config_.numerics == SLstmNumerics::tirex_official,
           "SLstmCell::prepare_bf16_kernel: needs numerics 'tirex_official', got '",
           numerics_name(config_.numerics), "'");
-    recurrent_kernel_bf16_ = rounded_to_bf16(recurrent_kernel_);
+    prepare_kernels();
   }
-  /// Whether prepare_bf16_kernel()'s copy is in use.
-  bool has_bf16_kernel() const { return recurrent_kernel_bf16_.size() > 0; }
+  /// Whether a TiRex cell is prepared.
+  bool has_bf16_kernel() const {
+    return config_.numerics == SLstmNumerics::tirex_official && is_prepared();
+  }
 
   /// Gate biases, gate-major: bias[g*H + h*DH + j] (the vanilla `_bias_`).
   Vector<Scalar>& bias() { return bias_; }
@@ -321,8 +347,8 @@ class SLstmCell {
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    // Writable access may change R: drop the bf16 copy (prepare_bf16_kernel).
-    if constexpr (!std::is_const_v<Self>) self.recurrent_kernel_bf16_.resize(0, 0);
+    // Writable access may change R: drop the packed copy (prepare_kernels).
+    if constexpr (!std::is_const_v<Self>) self.packed_kernel_.clear();
     visit_parameters_as(self.config_, visit, prefix, self.recurrent_kernel_, self.bias_);
   }
 
@@ -333,49 +359,6 @@ class SLstmCell {
 
   /// Sizes `tape` for `batch` rows and `time` steps and stores the initial state.
   void start_tape(Tape& tape, const State& state, const Lengths& lengths, Index time) const;
-
-  /// out = y kernel^T: row by row with `row_invariant` (SLstmCellConfig);
-  /// else straight from the cache for a few rows (kernels::cached_product),
-  /// one GEMM for one row or many.
-  template <typename Y, typename Kernel, typename Out>
-  void recurrent_product(const Y& y, const Kernel& kernel, Out& out) const {
-    if (config_.row_invariant) {
-      matmul_transposed<Scalar>(y, kernel, out, /*accumulate=*/false, Workload::row_invariant);
-    } else if (y.rows() >= 2 && y.rows() <= kernels::kCachedProductMaxRows) {
-      kernels::cached_product<Scalar>(y, kernel, out, /*accumulate=*/false);
-    } else {
-      kernels::panelled_product(y, kernel, out, /*accumulate=*/false);
-    }
-  }
-
-  /// out = bf16(y * bf16(kernel)^T) (math §12.2): the kernel is rounded panel
-  /// by panel into a buffer on the stack (`step` allocates nothing), each
-  /// panel multiplied in the scalar type. y is bf16 already, so every product
-  /// is exact and only the order of the sums differs from an exact sum, which
-  /// the final rounding to bf16 almost always hides.
-  template <typename Y, typename Kernel, typename Out>
-  void bf16_recurrent_product(const Y& y, const Kernel& kernel, Out& out) const {
-    constexpr Index kPanelSize = 4096;  // scalars: 16 KiB (float) on the stack
-    Scalar buffer[kPanelSize];
-    const Index depth = std::min(kernel.cols(), kPanelSize);
-    const Index panel_rows = kPanelSize / depth;
-    for (Index k0 = 0; k0 < kernel.cols(); k0 += depth) {
-      const Index k_size = std::min(depth, kernel.cols() - k0);
-      for (Index r0 = 0; r0 < kernel.rows(); r0 += panel_rows) {
-        const Index rows = std::min(panel_rows, kernel.rows() - r0);
-        Eigen::Map<Matrix<Scalar>> rounded(buffer, rows, k_size);
-        rounded = rounded_to_bf16(kernel.block(r0, k0, rows, k_size));
-        auto out_panel = out.middleCols(r0, rows);
-        if (k0 == 0) {
-          recurrent_product(y.middleCols(k0, k_size), rounded, out_panel);
-        } else {
-          kernels::panelled_product(y.middleCols(k0, k_size), rounded, out_panel,
-                                    /*accumulate=*/true);
-        }
-      }
-    }
-    out = rounded_to_bf16(out);
-  }
 
   /// math §12.2: in the TiRex numerics the state enters a step rounded to
   /// bf16 (rows that take part in step `t`). A no-op for a state that mode
@@ -394,16 +377,34 @@ class SLstmCell {
   /// step `t` (the caller records the states).
   template <typename Input>
   void step_unchecked(const Input& x, State& state, const Lengths& lengths, Index t,
-                      Tape* tape = nullptr) const {
+                      Tape* tape = nullptr,
+                      const kernels::ColumnPanels<Scalar>* panels = nullptr) const {
     if (config_.numerics == SLstmNumerics::tirex_official) round_state_to_bf16(state, lengths, t);
     // math §2.4: the vanilla backend tests n == 0 over the whole batch.
     const bool first_step_everywhere = (state.n.array() == Scalar(0)).all();
     ensure_size(state.recurrent.get(), state.batch(), 4 * hidden_size());
+    if (!panels && is_prepared()) panels = packed_kernel_.data();
     // Heads are independent: spread them over the threads when the recurrent
     // weights are large enough to pay.
     parallel_for(num_heads(), recurrent_kernel_.size() >= (1 << 16), [&](Index head) {
-      step_head(x, state, lengths, t, tape, head, first_step_everywhere);
+      step_head(x, state, lengths, t, tape, head, first_step_everywhere, panels);
     });
+  }
+
+  /// The panels of R for a forward over `time` steps: the prepared copy, else
+  /// (a sequence) R packed into the state's scratch once for the whole
+  /// forward, else none (a step packs on the stack, step_head).
+  const kernels::ColumnPanels<Scalar>* panels_for(State& state, Index time) const {
+    if (is_prepared()) return packed_kernel_.data();
+    if (time < 2) return nullptr;
+    auto& packed = state.panels.get();
+    const Index dh = head_dim();
+    packed.resize(std::size_t(num_heads()));
+    for (Index head = 0; head < num_heads(); ++head) {
+      packed[std::size_t(head)].pack(recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh),
+                                     config_.numerics == SLstmNumerics::tirex_official);
+    }
+    return packed.data();
   }
 
   /// Whether a forward may run each head through the whole sequence on its
@@ -429,26 +430,27 @@ class SLstmCell {
   /// workspace and the tape.
   template <typename Input>
   void step_head(const Input& x, State& state, const Lengths& lengths, Index t, Tape* tape,
-                 Index head, bool first_step_everywhere) const {
+                 Index head, bool first_step_everywhere,
+                 const kernels::ColumnPanels<Scalar>* panels) const {
     const Index batch = state.batch(), h = hidden_size(), dh = head_dim();
     const bool tirex = config_.numerics == SLstmNumerics::tirex_official;
     Matrix<Scalar>& recurrent = state.recurrent.get();
     // math §2.3: raw = x + R y + b. R y is one product per head over all
     // batch rows, written head-major (column h*4DH + g*DH + j) into the
     // workspace; x and b are gate-major and added per (head, gate) segment.
-    // math §12.2: TiRex rounds x, R and R y to bf16, not the bias.
+    // math §12.2: TiRex rounds x, R and R y to bf16, not the bias; y and
+    // bf16(R) are bf16 values, so the products are exact in float.
+    // design §7.9: the same chain of sums for every element whatever the
+    // batch and whether R was packed ahead or here.
     auto raw_all = recurrent.middleCols(head * 4 * dh, 4 * dh);
     const auto y_head = state.y.middleCols(head * dh, dh);
-    const auto kernel_head = recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh);
-    if (tirex && has_bf16_kernel()) {
-      // y and bf16(R) are bf16 values: the products are exact in float.
-      recurrent_product(y_head, recurrent_kernel_bf16_.middleRows(head * 4 * dh, 4 * dh), raw_all);
-      raw_all = rounded_to_bf16(raw_all);
-    } else if (tirex) {
-      bf16_recurrent_product(y_head, kernel_head, raw_all);
+    if (panels) {
+      kernels::panel_product(panels[head], y_head, raw_all);
     } else {
-      recurrent_product(y_head, kernel_head, raw_all);
+      kernels::panel_product_packing<Scalar>(
+          y_head, recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh), tirex, raw_all);
     }
+    if (tirex) raw_all = rounded_to_bf16(raw_all);
     for (Index g = 0; g < 4; ++g) {
       const auto x_segment = x.middleCols(g * h + head * dh, dh);
       if (tirex) {
@@ -508,7 +510,8 @@ class SLstmCell {
   Config config_;
   Matrix<Scalar> recurrent_kernel_;
   Vector<Scalar> bias_;
-  Matrix<Scalar> recurrent_kernel_bf16_;  ///< bf16(R), or empty (prepare_bf16_kernel)
+  /// R (bf16(R) in the TiRex numerics) as panels per head, or empty (prepare_kernels).
+  std::vector<kernels::ColumnPanels<Scalar>> packed_kernel_;
 };
 
 // Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
@@ -521,7 +524,7 @@ void SLstmCell<Scalar_>::set_from_cuda_layout(const ConstMatrixRef<Scalar>& kern
         "SLstmCell::set_from_cuda_layout: argument 'kernel' must be ", nh * dh, " x ", 4 * dh,
         ", got ", kernel.rows(), " x ", kernel.cols());
   check_equal(bias.size(), 4 * h, "SLstmCell::set_from_cuda_layout", "bias.size()");
-  recurrent_kernel_bf16_.resize(0, 0);
+  packed_kernel_.clear();
   for (Index head = 0; head < nh; ++head) {
     recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh) =
         kernel.middleRows(head * dh, dh).transpose();
@@ -628,6 +631,7 @@ void SLstmCell<Scalar_>::forward_recorded(const Sequence<Scalar>& preactivations
     }
   };
   const Index nh = num_heads(), dh = head_dim();
+  const kernels::ColumnPanels<Scalar>* panels = panels_for(state, time);
   const bool by_heads =
       nh > 1 && num_threads() > 1 &&
       double(recurrent_kernel_.size()) * double(batch) * double(time) >= double(Index(1) << 18);
@@ -644,13 +648,14 @@ void SLstmCell<Scalar_>::forward_recorded(const Sequence<Scalar>& preactivations
     ensure_size(state.recurrent.get(), batch, 4 * h);
     parallel_for(nh, true, [&](Index head) {
       for (Index t = 0; t < time; ++t) {
-        step_head(input_at(t), state, lengths, t, tape, head, t == 0 && first_step_at_start);
+        step_head(input_at(t), state, lengths, t, tape, head, t == 0 && first_step_at_start,
+                  panels);
         record(t, head * dh, dh);
       }
     });
   } else {
     for (Index t = 0; t < time; ++t) {
-      step_unchecked(input_at(t), state, lengths, t, tape);
+      step_unchecked(input_at(t), state, lengths, t, tape, panels);
       record(t, 0, h);
     }
   }

@@ -19,6 +19,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -631,12 +632,24 @@ void load_parameters(const ParameterList<Scalar>& params, const SafetensorsFile&
                file.name() + ": checkpoint does not match the module");
 }
 
+namespace detail {
+template <typename Module, typename = void>
+struct HasPrepareKernels : std::false_type {};
+template <typename Module>
+struct HasPrepareKernels<Module, std::void_t<decltype(std::declval<Module&>().prepare_kernels())>>
+    : std::true_type {};
+}  // namespace detail
+
 /// Loads a module's parameters (any module with for_each_parameter) from a
-/// file or the shards of a checkpoint.
+/// file or the shards of a checkpoint, then calls the module's
+/// prepare_kernels() where it has one (the sLSTM cells' packed R,
+/// SLstmCell::prepare_kernels). Bind an optimiser (TrainableParameters)
+/// after loading, never before: it points into the storage a load replaces.
 template <typename Module>
 void load_module(Module& module, const CheckpointFiles& files, const LoadOptions& options = {}) {
   load_targets(tensor_targets(parameter_list(module)), files, options,
                files.path() + ": checkpoint does not match the module");
+  if constexpr (detail::HasPrepareKernels<Module>::value) module.prepare_kernels();
 }
 template <typename Module>
 void load_module(Module& module, const SafetensorsFile& file, const LoadOptions& options = {}) {

@@ -212,6 +212,7 @@ class BlockStack : public SequenceModule<BlockStack<Scalar_>, Scalar_, BlockStac
   explicit BlockStack(Config config) : BlockStack(std::move(config), uninitialized) {
     Rng rng(kDefaultSeed);
     initialize(rng);
+    prepare_kernels();
   }
 
   /// A stack with zero weights, to be filled by the caller.
@@ -222,6 +223,13 @@ class BlockStack : public SequenceModule<BlockStack<Scalar_>, Scalar_, BlockStac
   Index num_blocks() const { return Index(blocks_.size()); }
   const std::vector<Block>& blocks() const { return blocks_; }
   std::vector<Block>& blocks() { return blocks_; }
+  /// SLstmCell::prepare_kernels() of every sLSTM block (the initialising
+  /// constructor and io::load_module call it, initialize() does not).
+  void prepare_kernels() {
+    for (Block& b : blocks_) {
+      if (auto* s = std::get_if<SLstmBlock<Scalar>>(&b)) s->prepare_kernels();
+    }
+  }
   /// The post-blocks LayerNorm (empty without add_post_blocks_norm).
   const GroupedNorm<Scalar>& post_blocks_norm() const { return post_blocks_norm_; }
 

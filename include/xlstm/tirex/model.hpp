@@ -99,12 +99,17 @@ class TiRexModel {
   const RmsNorm<Scalar>& out_norm() const { return out_norm_; }
 
   /// math §12.2: in the official numerics, stores every cell's bf16(R) once
-  /// (SLstmCell::prepare_bf16_kernel) instead of rounding it at every step;
-  /// the same results, about twice as fast in the cells. Does nothing in the
-  /// plain numerics. prepare() calls it.
+  /// (SLstmCell::prepare_kernels) instead of rounding it at every step; the
+  /// same results, faster. Does nothing in the plain numerics (the name of
+  /// earlier versions; prepare_kernels() serves both).
   void prepare_bf16_kernels() {
     if (config_.numerics != SLstmNumerics::tirex_official) return;
-    for (Block& b : blocks_) b.cell().prepare_bf16_kernel();
+    prepare_kernels();
+  }
+  /// SLstmCell::prepare_kernels() of every block, in either numerics
+  /// (io::load_module and prepare() call it).
+  void prepare_kernels() {
+    for (Block& b : blocks_) b.cell().prepare_kernels();
   }
 
   /// math §13.10: computes the padding states, the state of every block after
@@ -132,7 +137,7 @@ class TiRexModel {
   /// and the padding states. The loaders of tirex/checkpoint.hpp call it;
   /// call it again after changing weights through writable access.
   void prepare() {
-    prepare_bf16_kernels();
+    prepare_kernels();
     prepare_padding_states();
   }
 
