@@ -670,6 +670,21 @@ TYPED_TEST(SLstmCellTest, PreparedOrNotAndAloneOrInABatchGiveTheSameBits) {
       EXPECT_TRUE(y.matrix() == run_forward(fresh, x).matrix());
       EXPECT_FALSE(y.matrix() == expected.matrix());
     }
+    // R written through a pointer, as an optimiser does, behind the copy's
+    // back: a forward that records a tape (training) still uses the new R.
+    if (numerics == xlstm::SLstmNumerics::plain) {
+      auto behind = prepared;
+      S* r = const_cast<S*>(std::as_const(behind).recurrent_kernel().data());
+      for (Index i = 0; i < std::as_const(behind).recurrent_kernel().size(); ++i) r[i] *= S(0.5);
+      ASSERT_TRUE(behind.is_prepared());
+      auto fresh = cell;
+      fresh.recurrent_kernel() *= S(0.5);
+      auto state = behind.initial_state(B);
+      Sequence<S> y;
+      typename SLstmCell<S>::Tape tape;
+      behind.forward(x, state, y, tape);
+      EXPECT_TRUE(y.matrix() == run_forward(fresh, x).matrix());
+    }
   }
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "test_util.hpp"
@@ -124,6 +125,35 @@ TEST(TrainingCheckpoint, FiveStepsSaveLoadFiveStepsEqualsTenSteps) {
   expect_bitwise_equal(straight.adamw, resumed.adamw);
   EXPECT_EQ(straight.adamw.step_count(), resumed.adamw.step_count());
   EXPECT_EQ(straight.batches.batches_drawn(), resumed.batches.batches_drawn());
+}
+
+// design §7.9: whether the sLSTM cells of a model hold a packed copy of R.
+std::vector<bool> prepared_cells(const xlstm::LanguageModel<float>& model) {
+  std::vector<bool> prepared;
+  for (const auto& block : model.stack().blocks()) {
+    if (const auto* s = std::get_if<xlstm::SLstmBlock<float>>(&block)) {
+      prepared.push_back(s->cell().is_prepared());
+    }
+  }
+  return prepared;
+}
+
+// A model built or redrawn is prepared; one whose parameters an optimiser
+// was bound to stays unprepared through initialize(rng) and the steps (its
+// copy of R would miss the optimiser's writes), until prepare_kernels().
+TEST(TrainingCheckpoint, AModelUnderAnOptimiserIsNotPreparedBehindItsBack) {
+  const std::vector<bool> all(2, true), none(2, false);
+  xlstm::LanguageModel<float> fresh(TrainingRun::config());
+  EXPECT_EQ(prepared_cells(fresh), all);
+  xlstm::Rng rng(5);
+  fresh.initialize(rng);
+  EXPECT_EQ(prepared_cells(fresh), all);
+  TrainingRun run(/*init_seed=*/1);  // the optimiser is bound before initialize()
+  EXPECT_EQ(prepared_cells(run.model), none);
+  run.steps(2);
+  EXPECT_EQ(prepared_cells(run.model), none);
+  run.model.prepare_kernels();
+  EXPECT_EQ(prepared_cells(run.model), all);
 }
 
 TEST(TrainingCheckpoint, SkippingBatchesEqualsDrawingThem) {

@@ -225,7 +225,6 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   explicit SLstmBlock(Config config) : SLstmBlock(std::move(config), uninitialized) {
     Rng rng(kDefaultSeed);
     initialize(rng);
-    prepare_kernels();
   }
 
   /// A block with zero weights, to be filled by the caller.
@@ -236,9 +235,9 @@ class SLstmBlock : public SequenceModule<SLstmBlock<Scalar_>, Scalar_, SLstmBloc
   bool has_feedforward() const { return config_.feedforward.has_value(); }
   SLstmCell<Scalar>& cell() { return cell_; }
   const SLstmCell<Scalar>& cell() const { return cell_; }
-  /// The cell's SLstmCell::prepare_kernels(); the initialising constructor
-  /// and io::load_module call it, initialize() does not (an optimiser may
-  /// be bound to the parameters it draws, and would write past the copy).
+  /// The cell's SLstmCell::prepare_kernels(); io::load_module calls it, and
+  /// initialize(rng) prepares too unless an optimiser may be bound to the
+  /// parameters (SLstmCell::prepare_kernels_unless_listed).
   void prepare_kernels() { cell_.prepare_kernels(); }
 
   State initial_state(Index batch) const;
@@ -590,6 +589,7 @@ void SLstmBlock<Scalar_>::initialize(Rng& rng) {
     ffn_.proj_down().bias().setZero();
   }
   (void)dh;
+  cell_.prepare_kernels_unless_listed();  // design §7.9
 }
 
 }  // namespace xlstm

@@ -239,11 +239,14 @@ class SLstmCell {
   /// B = 8 and 3.5x at B = 1 (xlstm_bench's step_unprepared rows, 4 heads of
   /// 128, AVX-512). Any writable access to
   /// the parameters (recurrent_kernel(), for_each_parameter,
-  /// set_from_cuda_layout) drops the copy; the initialising constructors of
-  /// the blocks and models and io::load_module (the modules'
-  /// prepare_kernels()) call it. Call it again after changing R, and not
-  /// while an optimiser (TrainableParameters) writes R through pointers: the
-  /// copy would not see those writes.
+  /// set_from_cuda_layout) drops the copy; the blocks' initialize(rng) (so the
+  /// initialising constructors) and io::load_module (the modules'
+  /// prepare_kernels()) prepare. Call it again after changing R. An
+  /// optimiser (TrainableParameters) writes R through pointers, which the
+  /// copy cannot see: a forward that records a tape (training) therefore
+  /// packs R afresh and never reads the copy; binding the optimiser drops
+  /// it, and a model being trained should stay unprepared until training
+  /// is over.
   void prepare_kernels() {
     const Index dh = head_dim();
     std::vector<kernels::ColumnPanels<Scalar>> packed(static_cast<std::size_t>(num_heads()));
@@ -252,6 +255,14 @@ class SLstmCell {
                                      config_.numerics == SLstmNumerics::tirex_official);
     }
     packed_kernel_ = std::move(packed);
+    listed_for_writing_ = false;
+  }
+  /// prepare_kernels() unless a writable for_each_parameter listed R since
+  /// the last prepare_kernels() (an optimiser binds that way, and a copy
+  /// made after it would miss its writes): what initialize(rng) of the
+  /// blocks calls, so that a new draw is prepared except under an optimiser.
+  void prepare_kernels_unless_listed() {
+    if (!listed_for_writing_) prepare_kernels();
   }
   /// Whether prepare_kernels()'s copy is in use.
   bool is_prepared() const { return !packed_kernel_.empty(); }
@@ -347,8 +358,12 @@ class SLstmCell {
  private:
   template <typename Self, typename Visit>
   static void visit_parameters(Self& self, Visit& visit, const std::string& prefix) {
-    // Writable access may change R: drop the packed copy (prepare_kernels).
-    if constexpr (!std::is_const_v<Self>) self.packed_kernel_.clear();
+    // Writable access may change R: drop the packed copy (prepare_kernels),
+    // and remember that pointers to R went out.
+    if constexpr (!std::is_const_v<Self>) {
+      self.packed_kernel_.clear();
+      self.listed_for_writing_ = true;
+    }
     visit_parameters_as(self.config_, visit, prefix, self.recurrent_kernel_, self.bias_);
   }
 
@@ -393,10 +408,12 @@ class SLstmCell {
 
   /// The panels of R for a forward over `time` steps: the prepared copy, else
   /// (a sequence) R packed into the state's scratch once for the whole
-  /// forward, else none (a step packs on the stack, step_head).
-  const kernels::ColumnPanels<Scalar>* panels_for(State& state, Index time) const {
-    if (is_prepared()) return packed_kernel_.data();
-    if (time < 2) return nullptr;
+  /// forward, else none (a step packs on the stack, step_head). A forward
+  /// that records a tape (training) always packs R afresh: an optimiser
+  /// writes R through pointers, behind a prepared copy's back.
+  const kernels::ColumnPanels<Scalar>* panels_for(State& state, Index time, bool taped) const {
+    if (is_prepared() && !taped) return packed_kernel_.data();
+    if (time < 2 && !taped) return nullptr;
     auto& packed = state.panels.get();
     const Index dh = head_dim();
     packed.resize(std::size_t(num_heads()));
@@ -512,6 +529,8 @@ class SLstmCell {
   Vector<Scalar> bias_;
   /// R (bf16(R) in the TiRex numerics) as panels per head, or empty (prepare_kernels).
   std::vector<kernels::ColumnPanels<Scalar>> packed_kernel_;
+  /// A writable visit listed R since the last prepare_kernels().
+  bool listed_for_writing_ = false;
 };
 
 // Out of the class body, hence not inline: with XLSTM_PRECOMPILED (xlstm/precompiled.hpp)
@@ -631,7 +650,7 @@ void SLstmCell<Scalar_>::forward_recorded(const Sequence<Scalar>& preactivations
     }
   };
   const Index nh = num_heads(), dh = head_dim();
-  const kernels::ColumnPanels<Scalar>* panels = panels_for(state, time);
+  const kernels::ColumnPanels<Scalar>* panels = panels_for(state, time, tape != nullptr);
   const bool by_heads =
       nh > 1 && num_threads() > 1 &&
       double(recurrent_kernel_.size()) * double(batch) * double(time) >= double(Index(1) << 18);

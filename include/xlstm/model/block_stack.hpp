@@ -212,7 +212,6 @@ class BlockStack : public SequenceModule<BlockStack<Scalar_>, Scalar_, BlockStac
   explicit BlockStack(Config config) : BlockStack(std::move(config), uninitialized) {
     Rng rng(kDefaultSeed);
     initialize(rng);
-    prepare_kernels();
   }
 
   /// A stack with zero weights, to be filled by the caller.
@@ -223,8 +222,9 @@ class BlockStack : public SequenceModule<BlockStack<Scalar_>, Scalar_, BlockStac
   Index num_blocks() const { return Index(blocks_.size()); }
   const std::vector<Block>& blocks() const { return blocks_; }
   std::vector<Block>& blocks() { return blocks_; }
-  /// SLstmCell::prepare_kernels() of every sLSTM block (the initialising
-  /// constructor and io::load_module call it, initialize() does not).
+  /// SLstmCell::prepare_kernels() of every sLSTM block (io::load_module calls
+  /// it; initialize(rng) prepares unless the parameters were listed for
+  /// writing, SLstmCell::prepare_kernels_unless_listed).
   void prepare_kernels() {
     for (Block& b : blocks_) {
       if (auto* s = std::get_if<SLstmBlock<Scalar>>(&b)) s->prepare_kernels();

@@ -111,7 +111,6 @@ class LanguageModel {
   explicit LanguageModel(Config config) : LanguageModel(std::move(config), uninitialized) {
     Rng rng(kDefaultSeed);
     initialize(rng);
-    prepare_kernels();
   }
 
   /// A model with zero weights, to be filled by the caller (loaders).
@@ -124,8 +123,8 @@ class LanguageModel {
   Index embedding_dim() const { return config_.embedding_dim; }
   BlockStack<Scalar>& stack() { return stack_; }
   const BlockStack<Scalar>& stack() const { return stack_; }
-  /// The stack's prepare_kernels() (the initialising constructor and
-  /// io::load_module call it, initialize() does not).
+  /// The stack's prepare_kernels() (io::load_module calls it; initialize(rng)
+  /// prepares unless the parameters were listed for writing).
   void prepare_kernels() { stack_.prepare_kernels(); }
   /// The embedding (V x E) as a Scalar matrix (throws if kept 16-bit).
   Matrix<Scalar>& embedding() { return embedding_.weight(); }
