@@ -235,26 +235,20 @@ class SLstmCell {
   /// in the TiRex numerics, math §12.2), which the products R y then read
   /// directly. Without it each step packs R again on the stack (the cell
   /// cannot know whether R changed since the last step), a sequence once per
-  /// forward: the same results either way, a step about 1.4x slower at
+  /// forward: the same results either way, a step about 1.5x slower at
   /// B = 8 and 3.5x at B = 1 (xlstm_bench's step_unprepared rows, 4 heads of
-  /// 128, AVX-512). Any writable access to
-  /// the parameters (recurrent_kernel(), for_each_parameter,
-  /// set_from_cuda_layout) drops the copy; the blocks' initialize(rng) (so the
-  /// initialising constructors) and io::load_module (the modules'
-  /// prepare_kernels()) prepare. Call it again after changing R. An
+  /// 128, AVX-512). Any writable access to the parameters
+  /// (recurrent_kernel(), for_each_parameter, set_from_cuda_layout) drops
+  /// the copy; the blocks' initialize(rng) (so the initialising
+  /// constructors) and io::load_module (the modules' prepare_kernels())
+  /// prepare. Call it again after changing R. An
   /// optimiser (TrainableParameters) writes R through pointers, which the
   /// copy cannot see: a forward that records a tape (training) therefore
   /// packs R afresh and never reads the copy; binding the optimiser drops
   /// it, and a model being trained should stay unprepared until training
   /// is over.
   void prepare_kernels() {
-    const Index dh = head_dim();
-    std::vector<kernels::ColumnPanels<Scalar>> packed(static_cast<std::size_t>(num_heads()));
-    for (Index head = 0; head < num_heads(); ++head) {
-      packed[std::size_t(head)].pack(recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh),
-                                     config_.numerics == SLstmNumerics::tirex_official);
-    }
-    packed_kernel_ = std::move(packed);
+    pack_heads(packed_kernel_);
     listed_for_writing_ = false;
   }
   /// prepare_kernels() unless a writable for_each_parameter listed R since
@@ -414,14 +408,18 @@ class SLstmCell {
   const kernels::ColumnPanels<Scalar>* panels_for(State& state, Index time, bool taped) const {
     if (is_prepared() && !taped) return packed_kernel_.data();
     if (time < 2 && !taped) return nullptr;
-    auto& packed = state.panels.get();
+    pack_heads(state.panels.get());
+    return state.panels.get().data();
+  }
+
+  /// R packed per head into `packed` (bf16(R) in the TiRex numerics).
+  void pack_heads(std::vector<kernels::ColumnPanels<Scalar>>& packed) const {
     const Index dh = head_dim();
-    packed.resize(std::size_t(num_heads()));
+    packed.resize(static_cast<std::size_t>(num_heads()));
     for (Index head = 0; head < num_heads(); ++head) {
       packed[std::size_t(head)].pack(recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh),
                                      config_.numerics == SLstmNumerics::tirex_official);
     }
-    return packed.data();
   }
 
   /// Whether a forward may run each head through the whole sequence on its
