@@ -200,37 +200,6 @@ TEST(MatmulTest, TransposeRowsMovesEveryValueAndNothingElse) {
   }
 }
 
-// kernels::cached_product (the sLSTM cell's recurrent product for 2 to 16
-// rows): the product against the double reference (kTol, as above) for every
-// row count it takes and shapes with SIMD tails, with a depth over one piece
-// of 512 columns, and the sLSTM's 512 x 128 head; it accumulates when asked;
-// and each row's result has the bits it has beside any other rows (here: in
-// a product of that row twice), which the sLSTM cell's rows rely on.
-TEST(MatmulTest, CachedProductIsTheProductWithEachRowsOwnBits) {
-  std::mt19937 rng(17);
-  for (const Shape shape : {Shape{5, 3}, Shape{37, 61}, Shape{50, 600}, Shape{512, 128}}) {
-    const Matrix<float> w = random(shape.out, shape.in, rng);
-    for (Index batch = 2; batch <= xlstm::kernels::kCachedProductMaxRows; ++batch) {
-      SCOPED_TRACE(::testing::Message() << "W " << shape.out << "x" << shape.in << " B " << batch);
-      const Matrix<float> x = random(batch, shape.in, rng);
-      const Matrix<double> ref = reference(x, w);
-      Matrix<float> y(batch, shape.out);
-      xlstm::kernels::cached_product<float>(x, w, y, /*accumulate=*/false);
-      EXPECT_LE(worst_error(y, ref, x, w), kTol);
-      Matrix<float> twice = y;
-      xlstm::kernels::cached_product<float>(x, w, twice, /*accumulate=*/true);
-      EXPECT_LE(worst_error(twice, 2.0 * ref, x, w), 2 * kTol);
-      for (Index b = 0; b < batch; ++b) {
-        Matrix<float> pair(2, shape.in), alone(2, shape.out);
-        pair.row(0) = x.row(b);
-        pair.row(1) = x.row(b);
-        xlstm::kernels::cached_product<float>(pair, w, alone, /*accumulate=*/false);
-        ASSERT_TRUE(alone.row(0) == y.row(b) && alone.row(1) == y.row(b)) << "row " << b;
-      }
-    }
-  }
-}
-
 // kernels::panel_product (the sLSTM recurrent product, design §7.9): W packed
 // as column panels ahead (ColumnPanels) or panel by panel on the stack
 // (panel_product_packing, depths over its 128-deep pieces included) gives x

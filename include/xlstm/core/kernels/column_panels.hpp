@@ -2,7 +2,7 @@
 // step, stored once as column panels: y = x W^T as a sum of outer products
 // (the sLSTM recurrent kernel R, math §2.3; design §7.9).
 //
-// The dot-product kernels (kernels/dense.hpp, cached_product) read W by rows
+// The dot-product kernels (kernels/dense.hpp) read W by rows
 // and end every output element with a sum across the lanes of a packet; over
 // a depth of 128 those sums cost about as much as the multiply-adds. Here W
 // is transposed once into panels of kPanelWidth output columns (two packets):

@@ -421,40 +421,6 @@ void row_invariant_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, 
                                                 kDepthPiece);
 }
 
-/// Rows of x a cached_product takes; more are a GEMM's job (packing W then
-/// pays: the sLSTM product below at 16 / 24 / 32 / 64 rows took 67 / 102 /
-/// 135 / 269 µs here against 72 / 94 / 116 / 235 µs in Eigen's GEMM, AVX-512).
-constexpr Index kCachedProductMaxRows = 16;
-
-/// y = x W^T (or y += with `accumulate`) for 2 to kCachedProductMaxRows rows
-/// of x against a W that sits in the cache and is used again at once: the
-/// sLSTM cell's recurrent product R y, per head 4 DH x DH, at every step
-/// (math §2.3). Eigen's GEMM packs all of W into a buffer at every call.
-/// Register blocks of 3 W rows x 4 x rows read both operands straight from
-/// the cache instead, and their 12 lane sums are reduced together
-/// (simd::reduce_each), which over a depth of DH = 128 would otherwise cost
-/// about as much as the multiply-adds. The sLSTM product of 4 heads of
-/// 512 x 128 at B = 8 (one thread, median of 3000 calls; scratch program on
-/// an Intel Xeon): Eigen's GEMM 53 µs, this 34 µs with AVX-512; 63 and 46 µs
-/// with x86-64-v3 (at B = 2: 39 against 9.5 and 18 µs); blocks of 4 x 4,
-/// 2 x 8, 8 x 2 were as fast natively and 1.3-1.4x slower on x86-64-v3. One
-/// row is left to Eigen's product (7.7 µs both natively, 9.2 against 10.6 µs
-/// on x86-64-v3). Each element is computed by the same operations
-/// whatever the number of rows (dot_block), so a row's bits do not depend on
-/// the others. Never allocates, never splits over threads.
-template <typename Scalar, typename XRef, typename WRef, typename YRef>
-void cached_product(const XRef& x, const WRef& w, YRef& y, bool accumulate) {
-  if (w.cols() == 0) {  // no depth: panel_rows would write nothing
-    if (!accumulate) y.setZero();
-    return;
-  }
-  const NativeRows<Scalar> rows{w.data(), w.outerStride()};
-  // 48 W rows of a 512-column piece (96 KiB in float) stay in L2 while every
-  // block of x rows passes; a DH of up to 512 is one piece.
-  panel_rows<3, 4, false, Scalar>(rows, x, y, accumulate, 0, w.rows(), /*panel=*/48,
-                                  /*piece=*/512);
-}
-
 /// Calls rows(r0, count) over [0, out) rows of W, split over the threads in
 /// contiguous 16-row aligned ranges when the weights are big enough to pay
 /// for a parallel region (a few microseconds, more when a core is busy).
