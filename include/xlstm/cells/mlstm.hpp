@@ -739,30 +739,20 @@ class MLstmCell {
     h *= q_scale / (std::max(std::abs(den), std::exp(-m_new)) + eps());
   }
 
-  /// math §4.3 for one (batch row, head). No allocation.
+  /// math §4.3 for one (batch row, head), on a state of either storage. With
+  /// bf16 storage (math §4.8) each element of C is widened, updated and used
+  /// in Scalar, then stored rounded, in the same pass; h sees the unrounded
+  /// update, as when a forward of one step ends. No allocation.
   template <typename Q, typename K, typename V, typename H>
   void recurrent_step(const Q& q, const K& k, const V& v, Scalar igate, Scalar fgate, State& state,
                       Index b, Index head, H&& h) const {
-    const Index r = b * num_heads() + head, dqk = qk_head_dim();
+    const Index r = b * num_heads() + head, block = qk_head_dim() * v_head_dim();
     const StepGates g = step_gates(igate, fgate, state.m(r));
-    Scalar* C = state.C.data() + r * dqk * v_head_dim();
-    update_memory(C, q, k, v, g, h);
-    auto n = state.n.row(r);
-    n = g.forget * n + g.input * k;
-    state.m(r) = g.m_new;
-    normalise_output(q, n, g.m_new, h);
-  }
-
-  /// The same step on a state with bf16 storage (math §4.8): each element of
-  /// C is widened, updated and used in Scalar, then stored rounded, in one
-  /// pass; h sees the unrounded update, as when a forward of one step ends.
-  template <typename Q, typename K, typename V, typename H>
-  void recurrent_step_bf16(const Q& q, const K& k, const V& v, Scalar igate, Scalar fgate,
-                           State& state, Index b, Index head, H&& h) const {
-    const Index r = b * num_heads() + head, dqk = qk_head_dim();
-    const StepGates g = step_gates(igate, fgate, state.m(r));
-    std::uint16_t* C = state.C_bf16.data() + r * dqk * v_head_dim();
-    update_memory(C, q, k, v, g, h);
+    if (state.is_bf16()) {
+      update_memory(state.C_bf16.data() + r * block, q, k, v, g, h);
+    } else {
+      update_memory(state.C.data() + r * block, q, k, v, g, h);
+    }
     auto n = state.n.row(r);
     n = g.forget * n + g.input * k;
     state.m(r) = g.m_new;
@@ -996,15 +986,9 @@ void MLstmCell<Scalar_>::step(const ConstMatrixRef<Scalar>& q, const ConstMatrix
   const bool parallel = batch * num_heads() * dqk * dv >= (1 << 15);
   parallel_for(batch * num_heads(), parallel, [&](Index item) {
     const Index b = item / num_heads(), head = item % num_heads();
-    if (state.is_bf16()) {
-      recurrent_step_bf16(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
-                          v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
-                          head, h.row(b).segment(head * dv, dv));
-    } else {
-      recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
-                     v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b,
-                     head, h.row(b).segment(head * dv, dv));
-    }
+    recurrent_step(q.row(b).segment(head * dqk, dqk), k.row(b).segment(head * dqk, dqk),
+                   v.row(b).segment(head * dv, dv), igate(b, head), fgate(b, head), state, b, head,
+                   h.row(b).segment(head * dv, dv));
   });
 }
 
