@@ -289,8 +289,11 @@ struct MLstmState {
     bool c_zero = true;
     if (is_bf16()) {
       // +0 and -0 are both zero (a bfloat16 -0 has only the sign bit set).
+      // Stops at the first other value, like Eigen's all(): a state in use
+      // is told at its first element.
       const std::uint16_t* bits = C_bf16.data() + row * c_rows * v_head_dim;
-      for (Index i = 0; i < rows * c_rows * v_head_dim; ++i) c_zero &= (bits[i] & 0x7fffu) == 0;
+      c_zero = std::all_of(bits, bits + rows * c_rows * v_head_dim,
+                           [](std::uint16_t b) { return (b & 0x7fffu) == 0; });
     } else {
       c_zero = (C.middleRows(row * c_rows, rows * c_rows).array() == Scalar(0)).all();
     }

@@ -408,18 +408,20 @@ class SLstmCell {
   const kernels::ColumnPanels<Scalar>* panels_for(State& state, Index time, bool taped) const {
     if (is_prepared() && !taped) return packed_kernel_.data();
     if (time < 2 && !taped) return nullptr;
-    pack_heads(state.panels.get());
-    return state.panels.get().data();
+    return pack_heads(state.panels.get());
   }
 
-  /// R packed per head into `packed` (bf16(R) in the TiRex numerics).
-  void pack_heads(std::vector<kernels::ColumnPanels<Scalar>>& packed) const {
+  /// R packed per head into `packed` (bf16(R) in the TiRex numerics); returns
+  /// the first head's panels.
+  const kernels::ColumnPanels<Scalar>* pack_heads(
+      std::vector<kernels::ColumnPanels<Scalar>>& packed) const {
     const Index dh = head_dim();
     packed.resize(static_cast<std::size_t>(num_heads()));
     for (Index head = 0; head < num_heads(); ++head) {
       packed[std::size_t(head)].pack(recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh),
                                      config_.numerics == SLstmNumerics::tirex_official);
     }
+    return packed.data();
   }
 
   /// Whether a forward may run each head through the whole sequence on its

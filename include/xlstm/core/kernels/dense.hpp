@@ -49,12 +49,16 @@ namespace kernels {
 /// kernel prefetches rows of W.
 constexpr Index kCacheLineBytes = 64;
 
+/// "No limit" for a loader's kPrefetchMaxRows.
+constexpr Index kMaxIndex = std::numeric_limits<Index>::max();
+
 /// Rows of W given as Scalar values: packet loads straight from memory.
 /// The loaders of compressed rows (kernels/widening.hpp, quantized.hpp) also
 /// say how to prefetch: prefetch(row, col, ahead) requests what a load at
-/// (row + ahead, col) will read, and kPrefetchColumns is the columns of a
-/// row in a cache line. Native rows prefetch from two rows of x on
-/// (kPrefetchMinRows). At one row the hardware prefetcher keeps up with
+/// (row + ahead, col) will read, kPrefetchColumns is the columns of a row in
+/// a cache line, and the kernel prefetches at kPrefetchMinRows to
+/// kPrefetchMaxRows rows of x (detail::prefetches_at). Native rows prefetch
+/// from two rows of x on. At one row the hardware prefetcher keeps up with
 /// float32 rows and the extra load slots cost 4-12 % (Intel host, 7B-shaped
 /// block); with more, the block of x rows that reads a piece of W from
 /// memory is followed by blocks that find it in the cache, and memory idles
@@ -67,7 +71,7 @@ struct NativeRows {
   Index stride;
   static constexpr Index kPrefetchColumns = kCacheLineBytes / Index(sizeof(Scalar));
   static constexpr Index kPrefetchMinRows = 2;
-  static constexpr Index kPrefetchMaxRows = std::numeric_limits<Index>::max();
+  static constexpr Index kPrefetchMaxRows = kMaxIndex;
   void prefetch(Index row, Index col, Index ahead) const {
     simd::prefetch(data + (row + ahead) * stride + col);
   }
@@ -93,25 +97,18 @@ struct PrefetchesAhead : std::false_type {};
 template <typename Rows>
 struct PrefetchesAhead<Rows, std::void_t<decltype(Rows::kPrefetchColumns)>> : std::true_type {};
 
-/// The most rows of x at which a loader that prefetches still does
-/// (Rows::kPrefetchMaxRows): past it the kernel spends enough arithmetic per
-/// byte of W for the hardware prefetcher to keep up.
+/// Whether the step kernel prefetches W for `batch` rows of x: a loader
+/// that prefetches does from Rows::kPrefetchMinRows to
+/// Rows::kPrefetchMaxRows rows (past the maximum the kernel spends enough
+/// arithmetic per byte of W for the hardware prefetcher to keep up).
 template <typename Rows>
-constexpr Index prefetch_max_rows() {
+constexpr bool prefetches_at(Index batch) {
   if constexpr (PrefetchesAhead<Rows>::value) {
-    return Rows::kPrefetchMaxRows;
+    return batch >= Rows::kPrefetchMinRows && batch <= Rows::kPrefetchMaxRows;
   } else {
-    return 0;
+    return false;
   }
 }
-
-/// The fewest rows of x at which a loader that prefetches does
-/// (Rows::kPrefetchMinRows, else 1).
-template <typename Rows, typename = void>
-struct PrefetchMinRows : std::integral_constant<Index, 1> {};
-template <typename Rows>
-struct PrefetchMinRows<Rows, std::void_t<decltype(Rows::kPrefetchMinRows)>>
-    : std::integral_constant<Index, Rows::kPrefetchMinRows> {};
 
 /// Steps of `width` columns per prefetch (dot_block): a cache line of a row
 /// for loaders that prefetch, else 1.
@@ -358,8 +355,7 @@ void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0
                 Index panel, Index piece) {
   const Index batch = x.rows(), cols = x.cols(), ldx = x.outerStride(), ldy = y.outerStride();
   const Index range_end = r0 + count;
-  const bool prefetch = kPrefetch && batch <= detail::prefetch_max_rows<Rows>() &&
-                        batch >= detail::PrefetchMinRows<Rows>::value;
+  const bool prefetch = kPrefetch && detail::prefetches_at<Rows>(batch);
   for (Index p0 = r0; p0 < range_end; p0 += panel) {
     const Index end = std::min(p0 + panel, range_end);
     for (Index k0 = 0; k0 < cols; k0 += piece) {
