@@ -670,10 +670,15 @@ struct CharValidation {
     }
   }
 
-  double bits_per_char(const xlstm::LanguageModel<float>& model) const {
+  /// The logits of every window's positions (one sequence forward).
+  xlstm::Sequence<float> logits(const xlstm::LanguageModel<float>& model) const {
     auto state = model.initial_state(inputs.rows());
-    xlstm::Sequence<float> logits;
-    model.forward(inputs, state, logits);
+    xlstm::Sequence<float> out;
+    model.forward(inputs, state, out);
+    return out;
+  }
+
+  double bits_per_char(const xlstm::Sequence<float>& logits) const {
     return double(xlstm::cross_entropy(logits, targets)) / std::log(2.0);
   }
 
@@ -693,7 +698,8 @@ void char_model(const std::string& dir, const std::string& text_path, Index wind
   const std::string text((std::istreambuf_iterator<char>(in)), {});
   const auto model = xlstm::io::load_language_model<float>(dir);
   const CharValidation validation(text, model.config().context_length, windows);
-  const double reference = validation.bits_per_char(model);
+  const auto reference_logits = validation.logits(model);
+  const double reference = validation.bits_per_char(reference_logits);
   std::printf("charlm   float      %.4f bits per character (%ld windows of %ld)\n", reference,
               long(validation.inputs.rows()), long(validation.inputs.cols()));
   const double by_steps = validation.bits_per_char_by_steps(model, xlstm::MLstmStateStorage::full);
@@ -709,13 +715,25 @@ void char_model(const std::string& dir, const std::string& text_path, Index wind
       if (every) options.quantize_options.min_elements = 0;
       auto quantized = xlstm::io::load_language_model<float>(dir, options);
       const auto report = xlstm::quantize_weights(quantized, format, options.quantize_options);
-      const double bpc = validation.bits_per_char(quantized);
+      const auto logits = validation.logits(quantized);
+      const double bpc = validation.bits_per_char(logits);
       std::printf(
           "charlm   %-10s %.4f bits per character (%+.4f); %s: %zu matrices quantised, "
           "%zu kept\n",
           xlstm::storage_name(format), bpc, bpc - reference,
           every ? "every matrix" : "default rule", report.quantized.size(), report.kept.size());
+      // Every validation position (the windows read as sequences): a trained
+      // model's distributions, where the random models' near-ties are rare.
+      print_agreement("charlm", xlstm::storage_name(format), reference_logits.matrix(),
+                      logits.matrix(), 0);
     }
+    // The yardstick: the same matrices rounded to BF16.
+    auto rounded = xlstm::io::load_language_model<float>(dir);
+    xlstm::QuantizeOptions rule;
+    if (every) rule.min_elements = 0;
+    round_selected_to_bf16(rounded, rule);
+    print_agreement("charlm", "bf16 (ref)", reference_logits.matrix(),
+                    validation.logits(rounded).matrix(), 0);
   }
 }
 
