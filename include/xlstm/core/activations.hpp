@@ -178,7 +178,7 @@ template <>
 struct functor_traits<xlstm::detail::Log1pOfExpOfMinusAbs> {
   enum {
     Cost = 40 * NumTraits<float>::MulCost,
-    PacketAccess = packet_traits<float>::HasExp && packet_traits<float>::HasDiv
+    PacketAccess = bool(packet_traits<float>::HasExp) && bool(packet_traits<float>::HasDiv)
   };
 };
 }  // namespace internal
