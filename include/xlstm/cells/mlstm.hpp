@@ -773,18 +773,20 @@ class MLstmCell {
   static constexpr Index kStatePrefetchBytes = 8192;
 
   /// C = f' C + i' k v^T, h = q^T C (h unnormalised) over one head's
-  /// dqk x dv block `C` (row-major), one pass, row by row. `Stored` is Scalar, or std::uint16_t for
-  /// bf16 storage (widened on load, rounded to nearest even on store). Each element is fma(f', c,
-  /// (i' k_a) v_j) in a packet and f' c + (i' k_a) v_j in the scalar tail; h_j += q_a c. `v` and
-  /// `h` are contiguous (rows of row-major matrices).
+  /// dqk x dv block `C` (row-major), one pass, row by row. `Stored` is
+  /// Scalar, or std::uint16_t for bf16 storage (widened on load, rounded to
+  /// nearest even on store: widen, narrow and their packet forms). Each
+  /// element is fma(f', c, (i' k_a) v_j) in a packet and f' c + (i' k_a) v_j
+  /// in the scalar tail; h_j += q_a c. `v` and `h` are contiguous (rows of
+  /// row-major matrices).
   template <typename Stored, typename Q, typename K, typename V, typename H>
   void update_memory(Stored* C, const Q& q, const K& k, const V& v, const StepGates& g,
                      H& h) const {
     static_assert(std::decay_t<V>::InnerStrideAtCompileTime == 1 &&
                       std::decay_t<H>::InnerStrideAtCompileTime == 1,
                   "v and h must be contiguous");
-    constexpr bool kBf16 = !std::is_same_v<Stored, Scalar>;
-    constexpr bool kPackets = !kBf16 || (std::is_same_v<Scalar, float> && simd::kWidenBf16);
+    constexpr bool kPackets =
+        std::is_same_v<Stored, Scalar> || (std::is_same_v<Scalar, float> && simd::kWidenBf16);
     using Packet = simd::Packet<Scalar>;
     constexpr Index kLanes = simd::kLanes<Scalar>;
     constexpr Index kLine = kernels::kCacheLineBytes / Index(sizeof(Stored));
@@ -806,32 +808,55 @@ class MLstmCell {
                      qv = simd::broadcast(qa);
         for (; j + kLanes <= dv; j += kLanes) {
           if (prefetch && j % kLine == 0) simd::prefetch(row + ahead * dv + j);
-          Packet c;
-          if constexpr (kBf16) {
-            c = simd::load_bf16(row + j);
-          } else {
-            c = simd::load(row + j);
-          }
-          c = simd::fma(forget, c, Eigen::internal::pmul(kv, simd::load(v_data + j)));
+          const Packet c = simd::fma(forget, load_widened(row + j),
+                                     Eigen::internal::pmul(kv, simd::load(v_data + j)));
           simd::store(h_data + j, simd::fma(qv, c, simd::load(h_data + j)));
-          if constexpr (kBf16) {
-            simd::store_bf16(row + j, c);
-          } else {
-            simd::store(row + j, c);
-          }
+          store_narrowed(row + j, c);
         }
       }
       for (; j < dv; ++j) {
-        if constexpr (kBf16) {
-          const Scalar c = g.forget * Scalar(bf16_to_float(row[j])) + ka * v_data[j];
-          h_data[j] += qa * c;
-          row[j] = State::to_bf16(c);
-        } else {
-          const Scalar c = g.forget * row[j] + ka * v_data[j];
-          h_data[j] += qa * c;
-          row[j] = c;
-        }
+        const Scalar c = g.forget * widen(row[j]) + ka * v_data[j];
+        h_data[j] += qa * c;
+        row[j] = narrow<Stored>(c);
       }
+    }
+  }
+
+  /// A stored element of C (update_memory) as Scalar, and back: the identity
+  /// for Scalar storage, bf16 <-> Scalar for bf16 storage (math §4.8); the
+  /// packet forms load and store a packet of them. Member templates, so that
+  /// an explicit instantiation of the class (xlstm/precompiled.hpp) does not
+  /// instantiate the bf16 packet forms for double, which has none.
+  template <typename Stored>
+  static Scalar widen(Stored c) {
+    if constexpr (std::is_same_v<Stored, Scalar>) {
+      return c;
+    } else {
+      return Scalar(bf16_to_float(c));
+    }
+  }
+  template <typename Stored>
+  static Stored narrow(Scalar c) {
+    if constexpr (std::is_same_v<Stored, Scalar>) {
+      return c;
+    } else {
+      return State::to_bf16(c);
+    }
+  }
+  template <typename Stored>
+  static simd::Packet<Scalar> load_widened(const Stored* p) {
+    if constexpr (std::is_same_v<Stored, Scalar>) {
+      return simd::load(p);
+    } else {
+      return simd::load_bf16(p);
+    }
+  }
+  template <typename Stored>
+  static void store_narrowed(Stored* p, const simd::Packet<Scalar>& c) {
+    if constexpr (std::is_same_v<Stored, Scalar>) {
+      simd::store(p, c);
+    } else {
+      simd::store_bf16(p, c);
     }
   }
 
