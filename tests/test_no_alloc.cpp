@@ -70,6 +70,7 @@ inline std::atomic<int> g_eigen_assert_failures{0};
 #include "xlstm/cells/slstm.hpp"
 #include "xlstm/cells/slstm_backward.hpp"
 #include "xlstm/core/init.hpp"
+#include "xlstm/core/kernels/q4_integer.hpp"
 #include "xlstm/core/parallel.hpp"
 #include "xlstm/core/weight_matrix.hpp"
 #include "xlstm/model/block_stack.hpp"
@@ -1088,9 +1089,13 @@ TEST(NoAllocQuantized, SequenceProductAllocatesNothingOnceWarm) {
   for (const auto& q : formats) {
     Matrix<float> decoded(w.rows(), w.cols());
     q.copy_block(0, 0, decoded);
-    const Matrix<double> expected = x.cast<double>() * decoded.cast<double>().transpose();
+    // A q4_g32 product multiplies x rounded to 8 bits per group (math §16.7).
+    Matrix<float> input = x;
+    if (q.storage() == xlstm::WeightStorage::q4_g32)
+      xlstm::kernels::round_activations<float>(x, input);
+    const Matrix<double> expected = input.cast<double>() * decoded.cast<double>().transpose();
     const Matrix<double> scale =
-        x.cast<double>().cwiseAbs() * decoded.cast<double>().cwiseAbs().transpose();
+        input.cast<double>().cwiseAbs() * decoded.cast<double>().cwiseAbs().transpose();
     for (const int threads : {1, 2}) {
       SCOPED_TRACE(testing::Message() << "storage " << int(q.storage()) << ", threads " << threads);
       xlstm::set_num_threads(threads);

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "xlstm/core/kernels/q4_integer.hpp"
 #include "xlstm/core/linear.hpp"
 #include "xlstm/core/linear_backward.hpp"
 #include "xlstm/core/parallel.hpp"
@@ -179,6 +180,59 @@ void reference(const Matrix<float>& x, const Matrix<float>& d, Matrix<double>& y
   magnitude = x.cast<double>().cwiseAbs() * d.cast<double>().cwiseAbs().transpose();
 }
 
+// x as a product with W in `format` multiplies it: q4_g32 rounds each row to
+// 8 bits per group of 32 columns (math §16.7), int8_rows takes it as it is.
+template <typename Scalar>
+Matrix<Scalar> product_input(const Matrix<Scalar>& x, WeightStorage format) {
+  if (format != WeightStorage::q4_g32) return x;
+  Matrix<Scalar> rounded;
+  xlstm::kernels::round_activations<Scalar>(x, rounded);
+  return rounded;
+}
+
+// The rounding itself, checked against its definition in double: a step of
+// max|x| / 127 per group, every value within half a step, the largest at
+// +-127 steps; zero and subnormal groups round to zero, a group holding an
+// infinity or a NaN to NaN.
+TEST(QuantizedWeights, Q4RoundsXToEightBitsPerGroup) {
+  Matrix<float> x = random_weights(6, 96, 41);
+  x.row(1) *= 1e30f;
+  x.row(2).segment(32, 32) *= 1e-39f;  // subnormal
+  x.row(3).segment(0, 32).setZero();
+  x(4, 40) = std::numeric_limits<float>::infinity();
+  x(5, 70) = std::numeric_limits<float>::quiet_NaN();
+  x(5, 3) = 1e-30f * x(5, 3);  // one tiny value in a normal group
+  Matrix<float> rounded;
+  xlstm::kernels::round_activations<float>(x, rounded);
+  ASSERT_EQ(rounded.rows(), 6);
+  ASSERT_EQ(rounded.cols(), 96);
+  for (Index b = 0; b < 6; ++b) {
+    for (Index g = 0; g < 3; ++g) {
+      const auto group = x.row(b).segment(32 * g, 32);
+      const auto got = rounded.row(b).segment(32 * g, 32);
+      if (!group.allFinite()) {
+        EXPECT_TRUE(got.array().isNaN().all()) << b << ", " << g;
+        continue;
+      }
+      const double max_abs = group.cast<double>().cwiseAbs().maxCoeff();
+      if (max_abs < double(std::numeric_limits<float>::min())) {
+        EXPECT_TRUE(got.isZero(0)) << b << ", " << g;
+        continue;
+      }
+      const double step = max_abs / 127.0;
+      for (Index i = 0; i < 32; ++i) {
+        const double error = std::abs(double(got(i)) - double(group(i)));
+        EXPECT_LE(error, 0.5 * step * (1 + 1e-5)) << b << ", " << g << ", " << i;
+        const double steps = double(got(i)) / step;
+        EXPECT_NEAR(steps, std::nearbyint(steps), 1e-3) << b << ", " << g << ", " << i;
+      }
+      Index at = 0;
+      group.cwiseAbs().maxCoeff(&at);
+      EXPECT_NEAR(std::abs(double(got(at))) / step, 127.0, 1e-4) << b << ", " << g;
+    }
+  }
+}
+
 TEST(QuantizedWeights, ProductsEqualTheDequantisedProduct) {
   const int saved_threads = xlstm::num_threads();
   const Index rows = 70;  // not a multiple of the 16-row panels; 70 x 4096 splits over threads
@@ -188,11 +242,11 @@ TEST(QuantizedWeights, ProductsEqualTheDequantisedProduct) {
       const auto q = WeightMatrix<float>::quantized(
           WeightMatrix<float>(random_weights(rows, cols, std::uint64_t(cols))), format);
       const Matrix<float> d = dequantised(q);
-      for (Index batch : {Index(1), Index(3), Index(8), Index(9), Index(16)}) {
+      for (Index batch : {Index(1), Index(3), Index(5), Index(8), Index(9), Index(16)}) {
         const Matrix<float> x = random_weights(batch, cols, 100 + std::uint64_t(batch));
         const Matrix<float> y0 = random_weights(batch, rows, 200 + std::uint64_t(batch));
         Matrix<double> ref, magnitude;
-        reference(x, d, ref, magnitude);
+        reference(product_input(x, format), d, ref, magnitude);
         for (int threads : {1, 2}) {
           xlstm::set_num_threads(threads);
           for (auto workload :
@@ -244,7 +298,7 @@ TEST(QuantizedWeights, ExtremeValuesMultiplyWithoutOverflow) {
   for (WeightStorage format : {WeightStorage::int8_rows, WeightStorage::q4_g32}) {
     const auto q = WeightMatrix<float>::quantized(WeightMatrix<float>(w), format);
     Matrix<double> ref, magnitude;
-    reference(x, dequantised(q), ref, magnitude);
+    reference(product_input(x, format), dequantised(q), ref, magnitude);
     for (auto workload : {xlstm::Workload::step, xlstm::Workload::sequence}) {
       Matrix<float> y(3, 4);
       q.multiply_transposed(x, y, false, workload);
@@ -253,6 +307,32 @@ TEST(QuantizedWeights, ExtremeValuesMultiplyWithoutOverflow) {
       for (Index b = 0; b < 3; ++b) {
         for (Index o = 0; o < 4; ++o) {
           EXPECT_NEAR(double(y(b, o)), ref(b, o), 1e-5 * magnitude(b, o));
+        }
+      }
+    }
+  }
+}
+
+// A NaN or an infinity in x reaches exactly the outputs it would reach in a
+// float product (every output of its row of x), whatever the kernel.
+TEST(QuantizedWeights, NonFiniteInputGivesNaNInItsRowOnly) {
+  const auto q = WeightMatrix<float>::quantized(WeightMatrix<float>(random_weights(21, 160, 13)),
+                                                WeightStorage::q4_g32);
+  for (float bad :
+       {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    for (Index batch : {Index(3), Index(12)}) {
+      Matrix<float> x = random_weights(batch, 160, 14);
+      x(1, 150) = bad;  // in the last group, past the AVX-512 chunks
+      for (auto workload :
+           {xlstm::Workload::step, xlstm::Workload::sequence, xlstm::Workload::row_invariant}) {
+        Matrix<float> y(batch, 21);
+        q.multiply_transposed(x, y, false, workload);
+        for (Index b = 0; b < batch; ++b) {
+          if (b == 1) {
+            EXPECT_TRUE(y.row(b).array().isNaN().all()) << batch << " " << int(workload);
+          } else {
+            EXPECT_TRUE(y.row(b).allFinite()) << batch << " " << int(workload) << " " << b;
+          }
         }
       }
     }
@@ -271,8 +351,9 @@ TEST(QuantizedWeights, DoubleProductsEqualTheDequantisedProduct) {
     const Matrix<double> d = dequantised(q);
     const double half_step = format == WeightStorage::q4_g32 ? 14.0 : 254.0;
     EXPECT_LE((d - w).cwiseAbs().maxCoeff(), w.cwiseAbs().maxCoeff() / half_step * (1 + 1e-6));
-    const Matrix<double> ref = x * d.transpose();
-    const Matrix<double> magnitude = x.cwiseAbs() * d.cwiseAbs().transpose();
+    const Matrix<double> xq = product_input(x, format);
+    const Matrix<double> ref = xq * d.transpose();
+    const Matrix<double> magnitude = xq.cwiseAbs() * d.cwiseAbs().transpose();
     for (Index batch : {Index(1), Index(9)}) {
       for (auto workload :
            {xlstm::Workload::step, xlstm::Workload::sequence, xlstm::Workload::row_invariant}) {

@@ -1,15 +1,17 @@
 // Products y = x W^T with quantised weights (math §16): int8 values with one
 // float scale per row (int8_rows) or 4-bit values with one float scale per
-// group of 32 columns (q4_g32), accumulated in Scalar; activations stay
-// Scalar. The weights stay quantised in memory and are decoded on the way in,
+// group of 32 columns (q4_g32), accumulated in Scalar; a q4_g32 product
+// rounds its input to 8 bits per group (math §16.7, kernels/q4_integer.hpp,
+// whose integer kernel serves the few-row workloads where the build has
+// it). The weights stay quantised in memory and are decoded on the way in,
 // with the same two strategies as 16-bit weights (kernels/widening.hpp):
 //  - few rows (decode, short batches) and the row-invariant workload: the
 //    dense step kernel (kernels/dense.hpp) with a row loader that widens and
-//    scales inside the SIMD registers. Decoding is bound by reading the
-//    weights, so the multiply by the scale costs nothing next to the load.
-//    Builds without in-register widening (kernels/simd.hpp), and Scalar
-//    double, decode a piece of a row at a time into a stack buffer instead.
-//    Never allocates.
+//    scales inside the SIMD registers (for q4_g32 with float x, the integer
+//    kernel of kernels/q4_integer.hpp where the build has one). Builds
+//    without in-register widening (kernels/simd.hpp), and Scalar double,
+//    decode a piece of a row at a time into a stack buffer instead. No
+//    allocation once warm (the rounded x is a buffer of the calling thread).
 //  - many rows (prefill): tiles of W decoded into a Scalar buffer of the
 //    calling thread and multiplied with kernels::parallel_product
 //    (kernels::tiled_gemm).
@@ -23,17 +25,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "xlstm/core/kernels/dense.hpp"
+#include "xlstm/core/kernels/q4_integer.hpp"
 #include "xlstm/core/kernels/simd.hpp"
 #include "xlstm/core/kernels/widening.hpp"
 #include "xlstm/core/tensor.hpp"
+#include "xlstm/core/thread_buffers.hpp"
 
 namespace xlstm {
 namespace kernels {
 
 /// Input columns per scale of q4_g32 (math §16.2).
 constexpr Index kQ4Group = 32;
+static_assert(kActivationGroup == kQ4Group, "x is rounded per group of q4_g32's weights");
 
 namespace detail {
 
@@ -178,20 +184,17 @@ void decode_quantized(const std::uint8_t* data, const float* scales, Index cols,
   for (Index i = 0; i < n; ++i) out[i] = Scalar(float(q[i]) * s);
 }
 
-/// y (+)= x W^T for quantised W (q4 selects q4_g32, else int8_rows) with the
-/// strategy of the workload: the step kernel for `step` and for at most
-/// kStepKernelMaxRows rows (never allocates), the row-invariant kernel for
-/// `row_invariant` (never allocates), else the tiled GEMM (no allocation
-/// once warm).
+namespace detail {
+
+/// y (+)= x W^T for quantised W (q4 selects q4_g32, else int8_rows), x as
+/// given, with the strategy of the workload: the step kernel for `step` and
+/// for at most kStepKernelMaxRows rows (never allocates), the row-invariant
+/// kernel for `row_invariant` (never allocates), else the tiled GEMM (no
+/// allocation once warm).
 template <typename Scalar>
-void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data,
-                       const float* scales, Index rows, Index cols, bool q4, MatrixRef<Scalar> y,
-                       bool accumulate, Workload workload) {
-  if (x.rows() == 0) return;
-  if (rows * cols == 0) {
-    if (!accumulate) y.setZero();
-    return;
-  }
+void quantized_product_of(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data,
+                          const float* scales, Index rows, Index cols, bool q4,
+                          MatrixRef<Scalar>& y, bool accumulate, Workload workload) {
   if (workload == Workload::sequence && x.rows() > kStepKernelMaxRows) {
     tiled_gemm<Scalar>(
         x, rows, cols,
@@ -230,6 +233,42 @@ void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data
         },
         x, y, accumulate, r0, count);
   });
+}
+
+}  // namespace detail
+
+/// y (+)= x W^T for quantised W (q4 selects q4_g32, else int8_rows). A
+/// q4_g32 product multiplies x rounded to 8 bits per group of 32 columns
+/// (math §16.7): with integer dot products in the step kernel where the
+/// build has them (kernels/q4_integer.hpp: every workload but a sequence of
+/// more than kStepKernelMaxRows rows), else with the rounded values in
+/// Scalar through the paths of int8_rows.
+template <typename Scalar>
+void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data,
+                       const float* scales, Index rows, Index cols, bool q4, MatrixRef<Scalar> y,
+                       bool accumulate, Workload workload) {
+  if (x.rows() == 0) return;
+  if (rows * cols == 0) {
+    if (!accumulate) y.setZero();
+    return;
+  }
+  if (!q4) {
+    detail::quantized_product_of<Scalar>(x, data, scales, rows, cols, q4, y, accumulate, workload);
+    return;
+  }
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if ((workload != Workload::sequence || x.rows() <= kStepKernelMaxRows) &&
+        q4_integer_product(x, data, scales, rows, cols, y, accumulate)) {
+      return;
+    }
+  }
+  xlstm::detail::ThreadBuffers<RoundedActivations<Scalar>> lease;
+  std::vector<Scalar>& buffer = lease.get().values;
+  if (buffer.size() < std::size_t(x.size())) buffer.resize(std::size_t(x.size()));
+  round_activations<Scalar>(x, buffer.data());
+  const Eigen::Map<const Matrix<Scalar>> rounded(buffer.data(), x.rows(), x.cols());
+  detail::quantized_product_of<Scalar>(rounded, data, scales, rows, cols, q4, y, accumulate,
+                                       workload);
 }
 
 }  // namespace kernels

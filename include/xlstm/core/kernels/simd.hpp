@@ -553,5 +553,118 @@ inline Packet<float> scale(const Packet<float>& p, float s) {
   return Eigen::internal::pmul(p, Eigen::internal::pset1<Packet<float>>(s));
 }
 
+// --- q4_g32 weights times x rounded to 8 bits (kernels/q4_integer.hpp) ------
+//
+// A chunk is kQ4DotGroups groups of 32 columns: 16 bytes of weights per group,
+// whose low nibbles are the even columns and high nibbles the odd ones (math
+// §16.2). The integer lane l of a chunk covers the weights' bytes 4l..4l+3,
+// so lanes 4g..4g+3 belong to group g. A nibble u (two's complement) enters
+// as u ^ 8 = q + 8 (0..15, unsigned); the caller's per-lane correction
+// -8 * (sum of the lane's eight x values) takes the 8 off again.
+
+/// Whether the q4_g32 x int8 dot products run in the registers: AVX-512 with
+/// its byte instructions (BW; VNNI's vpdpbusd when present), or AVX2.
+#if defined(XLSTM_SIMD_AVX512) && defined(__AVX512BW__)
+#define XLSTM_SIMD_Q4_DOT 1
+inline constexpr bool kQ4IntegerDot = true;
+using IntPacket = __m512i;
+#elif defined(XLSTM_SIMD_AVX2)
+#define XLSTM_SIMD_Q4_DOT 1
+inline constexpr bool kQ4IntegerDot = true;
+using IntPacket = __m256i;
+#else
+inline constexpr bool kQ4IntegerDot = false;
+#endif
+
+/// Groups of 32 columns per chunk: a float packet's lanes, four per group.
+inline constexpr Index kQ4DotGroups = kLanes<float> >= 4 ? kLanes<float> / 4 : 1;
+
+#if defined(XLSTM_SIMD_Q4_DOT)
+/// The excess-8 nibbles of one chunk: `low` the even columns, `high` the odd.
+struct Q4Excess8 {
+  IntPacket low, high;
+};
+
+/// The first `groups` (1..kQ4DotGroups) groups' 16 bytes each at `w`,
+/// as excess-8 nibbles; bytes past them read as zero (and not at all).
+inline Q4Excess8 load_q4_excess8(const std::uint8_t* w, Index groups) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m512i bytes =
+      groups == kQ4DotGroups
+          ? _mm512_loadu_si512(w)
+          : _mm512_maskz_loadu_epi8(_cvtu64_mask64((std::uint64_t(1) << (16 * groups)) - 1), w);
+  const __m512i low4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(0x08);
+  // (a & b) ^ c in one instruction: truth table 0x6A over a, b, c.
+  return {_mm512_ternarylogic_epi32(bytes, low4, eight, 0x6A),
+          _mm512_ternarylogic_epi32(_mm512_srli_epi16(bytes, 4), low4, eight, 0x6A)};
+#else
+  const __m256i bytes =
+      groups == kQ4DotGroups
+          ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w))
+          : _mm256_inserti128_si256(_mm256_setzero_si256(),
+                                    _mm_loadu_si128(reinterpret_cast<const __m128i*>(w)), 0);
+  const __m256i low4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(0x08);
+  return {_mm256_xor_si256(_mm256_and_si256(bytes, low4), eight),
+          _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4), eight)};
+#endif
+}
+
+/// The first `groups` scales at `s`, each in its group's four lanes; lanes
+/// past them are zero (and the scales past them not read).
+inline Packet<float> q4_group_scales(const float* s, Index groups) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m512 four = groups == kQ4DotGroups
+                          ? _mm512_broadcast_f32x4(_mm_loadu_ps(s))
+                          : _mm512_maskz_loadu_ps(__mmask16((1u << groups) - 1), s);
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  return _mm512_permutexvar_ps(spread, four);
+#else
+  const __m128 two = groups == kQ4DotGroups
+                         ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))
+                         : _mm_load_ss(s);
+  const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), spread);
+#endif
+}
+
+/// Per lane: `start` plus the lane's eight products of excess-8 nibbles
+/// and int8 x values (`even` / `odd`: the chunk's x values at the low / high
+/// nibbles' columns, in the weights' byte order). Exact in int32.
+inline IntPacket dot_q4_int8(const Q4Excess8& w, const std::int8_t* even, const std::int8_t* odd,
+                             const std::int32_t* start) {
+#if defined(XLSTM_SIMD_AVX512)
+  const __m512i x_even = _mm512_loadu_si512(even), x_odd = _mm512_loadu_si512(odd);
+  const __m512i acc = _mm512_loadu_si512(start);
+#if defined(__AVX512VNNI__)
+  return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, w.low, x_even), w.high, x_odd);
+#else
+  // Pairs of products as int16 (at most 2 * 15 * 127 each, two pairs added:
+  // 7620, no saturation), then pairs of those as int32.
+  const __m512i pairs =
+      _mm512_add_epi16(_mm512_maddubs_epi16(w.low, x_even), _mm512_maddubs_epi16(w.high, x_odd));
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
+#endif
+#else
+  const __m256i x_even = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(even));
+  const __m256i x_odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd));
+  const __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start));
+  const __m256i pairs =
+      _mm256_add_epi16(_mm256_maddubs_epi16(w.low, x_even), _mm256_maddubs_epi16(w.high, x_odd));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
+/// acc + float(sums) * scales, lane by lane (the int32 sums convert exactly:
+/// at most 32 * 15 * 127 in magnitude).
+inline Packet<float> add_scaled_sums(const IntPacket& sums, const Packet<float>& scales,
+                                     const Packet<float>& acc) {
+#if defined(XLSTM_SIMD_AVX512)
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc);
+#else
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
+#endif
+}
+#endif  // XLSTM_SIMD_Q4_DOT
+
 }  // namespace simd
 }  // namespace xlstm
