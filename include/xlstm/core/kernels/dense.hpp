@@ -121,36 +121,17 @@ constexpr Index steps_per_prefetch(Index width) {
   }
 }
 
-/// Whether a row loader hands out 2 * kLanes columns at a time split by
-/// parity (Rows::kPairedColumns, load_pair): x is then split alike.
-template <typename Rows, typename = void>
-struct PairedColumns : std::false_type {};
-template <typename Rows>
-struct PairedColumns<Rows, std::void_t<decltype(Rows::kPairedColumns)>>
-    : std::bool_constant<Rows::kPairedColumns> {};
-
 }  // namespace detail
 
 /// Rows ahead of a register block whose W the step kernel prefetches (for
 /// loaders that prefetch): one panel. Rows of a few KiB (a 4096-column
-/// q4_g32 row is 2 KiB) end before the hardware prefetcher has ramped up on
-/// them. Requesting them a panel early, sixteen 4096 x 4096 matrices at
-/// B = 1 on one thread (Intel Xeon, ms per matrix): q4_g32 1.49-1.51 ->
-/// 1.05-1.08 natively, 2.06-2.07 -> 1.52-1.55 on x86-64-v3 (that figure
-/// with simd::load_q4_pair's conversion without cvtdq2ps); int8_rows 1.45
-/// -> 1.19-1.23 and 1.41-1.43 -> 1.28-1.29.
+/// int8_rows row is 4 KiB) end before the hardware prefetcher has ramped up
+/// on them. Requesting them a panel early, sixteen 4096 x 4096 matrices at
+/// B = 1 on one thread (Intel Xeon, ms per matrix): int8_rows 1.45 ->
+/// 1.19-1.23 natively and 1.41-1.43 -> 1.28-1.29 on x86-64-v3 (q4_g32's
+/// kernel of the time, since replaced by kernels/q4_integer.hpp, 1.49-1.51
+/// -> 1.05-1.08 and 2.06-2.07 -> 1.52-1.55).
 constexpr Index kPrefetchRows = 16;
-
-/// Columns a piece of the step kernel starts on: the paired loaders' decode
-/// steps (kernels/quantized.hpp) must not straddle a piece.
-template <typename Rows>
-constexpr Index column_granule() {
-  if constexpr (detail::PairedColumns<Rows>::value) {
-    return Rows::kColumnGranule;
-  } else {
-    return 16;
-  }
-}
 
 /// The register block: R rows of W (from row o, column k0) times B rows of
 /// x (`x` points at their column k0), over n columns:
@@ -158,8 +139,7 @@ constexpr Index column_granule() {
 /// accumulators hide the latency of the fused multiply-adds; each W packet
 /// is loaded once for all B rows and each x packet once for all R rows.
 /// Loaders with a row scale (int8 rows) are summed in their own units and
-/// scaled once per row at the end; paired loaders (4-bit) take x split into
-/// its even and odd columns, 2 * kLanes columns per step. With kPrefetch the
+/// scaled once per row at the end. With kPrefetch the
 /// block also prefetches the same columns of the R rows `prefetch_ahead`
 /// rows further on (the caller makes sure they exist).
 template <int R, int B, bool kPrefetch = false, typename Scalar, typename Rows>
@@ -172,7 +152,7 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
     for (int b = 0; b < B; ++b) acc[r * B + b] = simd::zero<Scalar>();
   }
   // Which operand waits in registers while the other streams past: the x
-  // packets (B of them, 2B split by parity) when they fit beside the R * B
+  // packets (B of them) when they fit beside the R * B
   // accumulators and a decoded W packet, so that each W packet is consumed
   // as soon as it is decoded; else the R W packets. Holding all R decoded W
   // packets of a tall block (8 rows, one x row) overflowed AVX2's 16
@@ -186,47 +166,10 @@ inline void dot_block(const Rows& w, Index o, Index k0, const Scalar* x, Index l
   // line (the last ones) is a single step, and so is every group without
   // kPrefetch (the loops are then the plain loops over steps). A test per
   // step instead kept GCC from holding the accumulators in registers; one
-  // prefetch per step cost 5-10 % of q4 decode in prefetches of lines
-  // already requested.
-  constexpr Index kPairedPerLine = detail::steps_per_prefetch<kPrefetch, Rows>(2 * kLanes);
+  // prefetch per step cost 5-10 % of the 4-bit decode of the time in
+  // prefetches of lines already requested.
   constexpr Index kPerLine = detail::steps_per_prefetch<kPrefetch, Rows>(kLanes);
   Index k = 0;
-  if constexpr (detail::PairedColumns<Rows>::value) {
-    constexpr bool kHoldXPairs = R * B + 2 * B + 4 <= kRegisters;
-    while (k + 2 * kLanes <= n) {
-      if constexpr (kPrefetch) {
-        for (int r = 0; r < R; ++r) w.prefetch(o + r, k0 + k, prefetch_ahead);
-      }
-      const Index steps = k + kPairedPerLine * 2 * kLanes <= n ? kPairedPerLine : 1;
-      for (Index step = 0; step < steps; ++step, k += 2 * kLanes) {
-        if constexpr (kHoldXPairs) {
-          Packet x_even[B], x_odd[B];
-          for (int b = 0; b < B; ++b) {
-            simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
-                               x_even[b], x_odd[b]);
-          }
-          for (int r = 0; r < R; ++r) {
-            Packet even, odd;
-            w.load_pair(o + r, k0 + k, even, odd);
-            for (int b = 0; b < B; ++b) {
-              acc[r * B + b] = simd::fma(odd, x_odd[b], simd::fma(even, x_even[b], acc[r * B + b]));
-            }
-          }
-        } else {
-          Packet even[R], odd[R];
-          for (int r = 0; r < R; ++r) w.load_pair(o + r, k0 + k, even[r], odd[r]);
-          for (int b = 0; b < B; ++b) {
-            Packet x_even, x_odd;
-            simd::deinterleave(simd::load(x + b * ldx + k), simd::load(x + b * ldx + k + kLanes),
-                               x_even, x_odd);
-            for (int r = 0; r < R; ++r) {
-              acc[r * B + b] = simd::fma(odd[r], x_odd, simd::fma(even[r], x_even, acc[r * B + b]));
-            }
-          }
-        }
-      }
-    }
-  }
   constexpr bool kHoldX = R * B + B + 2 <= kRegisters;
   while (k + kLanes <= n) {
     if constexpr (kPrefetch) {
@@ -398,24 +341,17 @@ void panel_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0
 /// machine streams 30 (float32 3072 x 768 matrices, 400 MB of them, 4 rows of
 /// x, one thread, AVX-512: 0.76 -> 0.43 ms per matrix with 8 x 2; 8 rows of
 /// x: 0.93 -> 0.68; x86-64-v3 with 4 x 2: 0.80 -> 0.57 and 0.96 -> 0.80).
-/// The paired (4-bit) loaders keep 2 x 4: their decoding needs registers of
-/// its own (4096 x 4096 q4_g32 matrices, 8 rows of x: 3.0-3.2 ms per matrix
-/// with 2 x 4 against 3.7-3.9 with 8 x 2 native, 5.0-6.0 against 6.7-7.5
-/// with 4 x 2 on x86-64-v3). Every block computes an element by the same
-/// operations, so the bits are those of any other block shape.
+/// Every block computes an element by the same operations, so the bits are
+/// those of any other block shape.
 template <typename Scalar, typename Rows, typename XRef, typename YRef>
 void step_rows(const Rows& w, const XRef& x, YRef& y, bool accumulate, Index r0, Index count) {
   constexpr Index kL1Scalars = Index(24 * 1024) / Index(sizeof(Scalar));
-  constexpr Index kGranule = column_granule<Rows>();
+  constexpr Index kGranule = 16;  // pieces start on whole packets
   constexpr int kWRows = simd::kVectorRegisters >= 32 ? 8 : 4;
   constexpr bool kPrefetch = detail::PrefetchesAhead<Rows>::value;
   const Index piece =
       std::max<Index>(256, kL1Scalars / std::max<Index>(x.rows(), 1) / kGranule * kGranule);
-  if constexpr (detail::PairedColumns<Rows>::value) {
-    panel_rows<2, 4, kPrefetch, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
-  } else {
-    panel_rows<kWRows, 2, kPrefetch, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
-  }
+  panel_rows<kWRows, 2, kPrefetch, Scalar>(w, x, y, accumulate, r0, count, /*panel=*/16, piece);
 }
 
 /// The row-invariant product (Workload::row_invariant) over rows

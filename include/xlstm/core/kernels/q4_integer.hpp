@@ -132,9 +132,12 @@ inline void prepare_q4_activations(const ConstMatrixRef<float>& x, Q4Activations
   std::int8_t q[kActivationGroup];
   for (Index b = 0; b < a.rows; ++b) {
     for (Index g = 0; g < a.padded_groups; ++g) {
-      const float s =
-          g < a.groups ? round_activation_group(&x.coeffRef(b, g * kActivationGroup), q) : 0.0f;
-      if (g >= a.groups) std::fill(q, q + kActivationGroup, std::int8_t(0));
+      float s = 0.0f;  // the padding: zeros
+      if (g < a.groups) {
+        s = round_activation_group(&x.coeffRef(b, g * kActivationGroup), q);
+      } else {
+        std::fill(q, q + kActivationGroup, std::int8_t(0));
+      }
       std::int8_t* even = &a.even[a.slot(b, g) * 16];
       std::int8_t* odd = &a.odd[a.slot(b, g) * 16];
       std::int32_t* start = &a.start[a.slot(b, g) * 4];

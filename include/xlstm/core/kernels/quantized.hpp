@@ -110,53 +110,18 @@ struct Int8Rows {
 };
 
 /// Rows of q4_g32 W (`data`: rows x cols / 2 bytes, `scales`: rows x cols /
-/// 32), widened and scaled to float packets as they are loaded. With
-/// in-register decoding the step kernel takes 2 * kLanes columns at a time
-/// (load_pair: one byte per lane, both nibbles used, x split by column
-/// parity to match), which halves the unpacking work; such a step lies
-/// within one group (one scale) as the step kernel starts its pieces on
-/// multiples of kColumnGranule, which divides 32. load() serves the tails:
-/// a packet starts at a multiple of its lane count, lies within one group
-/// and starts on a byte.
+/// 32): one value at a time (WeightMatrix's element access, the decoders).
+/// The products read them in kernels/q4_integer.hpp, or decoded.
 struct Q4Rows {
   const std::uint8_t* data;
   const float* scales;
   Index cols;
-  static constexpr bool kPairedColumns = simd::kPairedQ4;
-  static constexpr Index kColumnGranule = 2 * simd::kLanes<float>;
-  static constexpr Index kPrefetchColumns = 2 * kCacheLineBytes;
-  static constexpr Index kPrefetchMinRows = 1;
-  // Every batch: the 7B-shaped block's q4 step at B = 8 went 8.2 -> 6.9 ms
-  // with prefetching (Intel Xeon, one thread, native; 12.9 -> 10.7 on
-  // x86-64-v3).
-  static constexpr Index kPrefetchMaxRows = kMaxIndex;
-  static_assert(!kPairedColumns || kQ4Group % kColumnGranule == 0,
-                "a paired step must not straddle two groups");
-  void load_pair(Index row, Index col, simd::Packet<float>& even, simd::Packet<float>& odd) const {
-    simd::load_q4_pair(byte_of(row, col), scale(row, col), even, odd);
-  }
-  simd::Packet<float> load(Index row, Index col) const {
-    static_assert(kQ4Group % simd::kLanes<float> == 0, "a packet must not straddle two groups");
-    if constexpr (simd::kLanes<float> % 2 != 0) {  // unvectorised builds: one lane, maybe odd
-      const float lane = at(row, col);
-      return simd::load<float>(&lane);
-    } else {
-      return simd::scale(simd::load_q4(byte_of(row, col)), scale(row, col));
-    }
-  }
   float at(Index row, Index col) const {
     return float(simd::q4_nibble(*byte_of(row, col), col)) * scale(row, col);
   }
-  /// The values' line, and the scales' (a row's scales are a stream of their
-  /// own, 4 bytes per 32 columns: prefetching them too was worth 10-15 % of
-  /// the q4 decode speed in a scratch kernel; kernels::kPrefetchRows).
-  void prefetch(Index row, Index col, Index ahead) const {
-    simd::prefetch(byte_of(row + ahead, col));
-    simd::prefetch(scale_of(row + ahead, col));
-  }
   // cols is a multiple of kQ4Group (hence even) and col non-negative: the
   // divisions of col are unsigned shifts, not the signed division's
-  // several instructions, which the decode loop pays per row and step.
+  // several instructions, which the decoders pay per value.
   const std::uint8_t* byte_of(Index row, Index col) const {
     return data + row * (cols / 2) + std::size_t(col) / 2;
   }
@@ -210,22 +175,19 @@ void quantized_product_of(const ConstMatrixRef<Scalar>& x, const std::uint8_t* d
   const Index work = rows * cols * (row_invariant ? std::max<Index>(1, x.rows() / 8) : 1);
   split_weight_rows(rows, work, [&](Index r0, Index count) {
     if constexpr (std::is_same_v<Scalar, float> && simd::kWidenQuantized) {
-      auto run = [&](const auto& loader) {
+      if (!q4) {
+        const Int8Rows loader{data, scales, cols};
         if (row_invariant) {
           row_invariant_rows<float>(loader, x, y, accumulate, r0, count);
         } else {
           step_rows<float>(loader, x, y, accumulate, r0, count);
         }
-      };
-      if (q4) {
-        run(Q4Rows{data, scales, cols});
-      } else {
-        run(Int8Rows{data, scales, cols});
+        return;
       }
-      return;
     }
-    // Row by row in pieces: a row's sums do not depend on the other rows of
-    // x either, so this serves the row-invariant workload too.
+    // Row by row in pieces (q4_g32 in builds without its integer kernel): a
+    // row's sums do not depend on the other rows of x either, so this serves
+    // the row-invariant workload too.
     step_rows_decoded<Scalar>(
         cols,
         [&](Index o, Index c0, Index n, Scalar* out) {

@@ -356,7 +356,7 @@ inline Packet<float> load_f16(const std::uint16_t* p) {
 #endif
 }
 
-/// Whether load_i8 / load_q4 widen inside the registers (else lane by lane).
+/// Whether load_i8 widens inside the registers (else lane by lane).
 #if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
 inline constexpr bool kWidenQuantized = true;
 #else
@@ -384,118 +384,6 @@ inline Packet<float> load_i8(const std::int8_t* p) {
 inline int q4_nibble(std::uint8_t byte, Index column) {
   const int nibble = (column % 2 == 0 ? byte : byte >> 4) & 15;
   return nibble >= 8 ? nibble - 16 : nibble;
-}
-
-/// kLanes<float> signed 4-bit values from the kLanes<float> / 2 bytes at `p`
-/// (math §16.2: the low nibble of a byte is the even column), widened to
-/// float. Each byte is copied into two 32-bit lanes; shifting the wanted
-/// nibble to the top of its lane (by 28 for the low one, 24 for the high
-/// one) and back by an arithmetic shift of 28 sign-extends it.
-inline Packet<float> load_q4(const std::uint8_t* p) {
-#if defined(XLSTM_SIMD_AVX512)
-  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  const __m128i pairs =
-      _mm_shuffle_epi8(bytes, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
-  const __m512i shifts =
-      _mm512_setr_epi32(28, 24, 28, 24, 28, 24, 28, 24, 28, 24, 28, 24, 28, 24, 28, 24);
-  const __m512i lanes = _mm512_sllv_epi32(_mm512_cvtepu8_epi32(pairs), shifts);
-  return _mm512_cvtepi32_ps(_mm512_srai_epi32(lanes, 28));
-#elif defined(XLSTM_SIMD_AVX2)
-  std::int32_t four;  // 8 nibbles
-  std::memcpy(&four, p, sizeof four);
-  const __m128i pairs =
-      _mm_shuffle_epi8(_mm_cvtsi32_si128(four),
-                       _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1));
-  const __m256i shifts = _mm256_setr_epi32(28, 24, 28, 24, 28, 24, 28, 24);
-  const __m256i lanes = _mm256_sllv_epi32(_mm256_cvtepu8_epi32(pairs), shifts);
-  return _mm256_cvtepi32_ps(_mm256_srai_epi32(lanes, 28));
-#else
-  float lanes[kLanes<float>];
-  for (Index i = 0; i < kLanes<float>; ++i) lanes[i] = float(q4_nibble(p[i / 2], i));
-  return load<float>(lanes);
-#endif
-}
-
-/// Whether load_q4_pair and deinterleave run inside the registers (else lane
-/// by lane: the paired q4_g32 decode of kernels/quantized.hpp is not worth it).
-#if defined(XLSTM_SIMD_AVX512) || defined(XLSTM_SIMD_AVX2)
-inline constexpr bool kPairedQ4 = true;
-#else
-inline constexpr bool kPairedQ4 = false;
-#endif
-
-/// 2 * kLanes<float> q4_g32 nibbles from the kLanes bytes at `p` (low nibble
-/// = even column), times `scale`, split by column parity: even[j] is column
-/// 2j, odd[j] column 2j + 1. The bytes must lie in one group of 32 (one
-/// scale). AVX-512 looks the 16 possible values up in a 16-lane table that
-/// already holds q * scale (one permute per packet, the index's upper bits
-/// ignored), so a value is float(q) * scale rounded once, as in
-/// load_q4 times the scale.
-inline void load_q4_pair(const std::uint8_t* p, float scale, Packet<float>& even,
-                         Packet<float>& odd) {
-#if defined(XLSTM_SIMD_AVX512)
-  const __m512 table =
-      _mm512_mul_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1),
-                    _mm512_set1_ps(scale));
-  const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  even = _mm512_permutexvar_ps(bytes, table);
-  odd = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
-#elif defined(XLSTM_SIMD_AVX2)
-  // A nibble n becomes a float without a conversion instruction: the bits
-  // 0x4B000000 | (n ^ 8) are the float 2^23 + (n ^ 8), and subtracting
-  // 2^23 + 8 leaves n's signed value exactly (n ^ 8 - 8 maps 0..7 to 0..7 and
-  // 8..15 to -8..-1). The integer steps can issue on any of AVX2's three
-  // vector ports, where shifts and conversions share two: a scratch q4
-  // decode kernel over 4096 x 4096 matrices in the cache, one thread, went
-  // 12.2 -> 14.0 G weights/s (Intel Xeon, x86-64-v3 build).
-  const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  const __m256i exponent_and_flip = _mm256_set1_epi32(0x4B000008);
-  const __m256 offset = _mm256_set1_ps(8388616.0f);  // 2^23 + 8
-  const __m256 s = _mm256_set1_ps(scale);
-  const __m256i low = _mm256_and_si256(bytes, _mm256_set1_epi32(15));
-  const __m256i high = _mm256_srli_epi32(bytes, 4);  // bytes are 0..255: no mask needed
-  even = _mm256_mul_ps(
-      _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(low, exponent_and_flip)), offset), s);
-  odd = _mm256_mul_ps(
-      _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(high, exponent_and_flip)), offset), s);
-#else
-  float lanes[2][kLanes<float>];
-  for (Index i = 0; i < kLanes<float>; ++i) {
-    for (int half = 0; half < 2; ++half) lanes[half][i] = float(q4_nibble(p[i], half)) * scale;
-  }
-  even = load<float>(lanes[0]);
-  odd = load<float>(lanes[1]);
-#endif
-}
-
-/// The 2 * kLanes<float> floats of packets a (first) and b split by position
-/// parity: even[j] = element 2j, odd[j] = element 2j + 1 (load_q4_pair's
-/// order).
-inline void deinterleave(const Packet<float>& a, const Packet<float>& b, Packet<float>& even,
-                         Packet<float>& odd) {
-#if defined(XLSTM_SIMD_AVX512)
-  const __m512i even_index =
-      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  even = _mm512_permutex2var_ps(a, even_index, b);
-  odd = _mm512_permutex2var_ps(a, _mm512_add_epi32(even_index, _mm512_set1_epi32(1)), b);
-#elif defined(XLSTM_SIMD_AVX2)
-  // Within 128-bit halves first ([a0 a2 b0 b2 | a4 a6 b4 b6]), then the
-  // 64-bit quarters into order.
-  even = _mm256_castpd_ps(_mm256_permute4x64_pd(
-      _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
-  odd = _mm256_castpd_ps(_mm256_permute4x64_pd(
-      _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
-#else
-  float in[2 * kLanes<float>], lanes[2][kLanes<float>];
-  store<float>(in, a);
-  store<float>(in + kLanes<float>, b);
-  for (Index i = 0; i < kLanes<float>; ++i) {
-    lanes[0][i] = in[2 * i];
-    lanes[1][i] = in[2 * i + 1];
-  }
-  even = load<float>(lanes[0]);
-  odd = load<float>(lanes[1]);
-#endif
 }
 
 /// Whether select_lanes runs inside the registers (one permute); elsewhere a
