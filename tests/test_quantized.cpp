@@ -59,13 +59,13 @@ Matrix<Scalar> dequantised(const WeightMatrix<Scalar>& w) {
 
 // The scale of element (r, c) of a quantised matrix.
 float scale_of(const WeightMatrix<float>& w, Index r, Index c) {
-  if (w.storage() == WeightStorage::int8_rows) return w.quantized_scales()[r];
-  return w.quantized_scales()[r * (w.cols() / 32) + c / 32];
+  if (w.storage() == WeightStorage::int8_rows) return w.row_scales()[r];
+  return xlstm::bf16_to_float(w.group_scales()[r * (w.cols() / 32) + c / 32]);
 }
 
 // Every element within half a step of its original value (math §16.1,
-// §16.2), and the scales as defined: max|w| / 127 per row, max|w| / 7 per
-// group.
+// §16.2), and the scales as defined: max|w| / 127 per row in float, max|w| /
+// 7 per group rounded to bfloat16.
 void expect_within_half_step(const Matrix<float>& w, const WeightMatrix<float>& q) {
   const bool q4 = q.storage() == WeightStorage::q4_g32;
   const Matrix<float> d = dequantised(q);
@@ -74,8 +74,11 @@ void expect_within_half_step(const Matrix<float>& w, const WeightMatrix<float>& 
       const float s = scale_of(q, r, c);
       const Index c0 = q4 ? c / 32 * 32 : 0, n = q4 ? 32 : w.cols();
       const float max_abs = w.row(r).segment(c0, n).cwiseAbs().maxCoeff();
-      ASSERT_EQ(s, float(double(max_abs) / (q4 ? 7.0 : 127.0))) << r << ", " << c;
-      // s / 2 up to the rounding of s itself (relative 2^-24, times 127 steps).
+      const float exact = float(double(max_abs) / (q4 ? 7.0 : 127.0));
+      ASSERT_EQ(s, q4 ? xlstm::round_to_bf16(exact) : exact) << r << ", " << c;
+      // s / 2 up to the rounding of s itself (relative 2^-24, times 127 steps;
+      // a bfloat16 s, off by up to 2^-8, moves the largest value at most
+      // 7 * 2^-8 of a step beyond the grid's last point, within s / 2).
       const double bound = 0.5 * double(s) * (1 + 1e-6) + 1e-6 * double(max_abs);
       ASSERT_LE(std::abs(double(w(r, c)) - double(d(r, c))), bound)
           << r << ", " << c << ": " << w(r, c) << " -> " << d(r, c);
@@ -99,7 +102,10 @@ TEST(QuantizedWeights, WithinHalfAStepIncludingZeroAndExtremeRows) {
       expect_within_half_step(w, q);
       const Matrix<float> d = dequantised(q);
       EXPECT_TRUE(d.row(1).isZero(0));
-      EXPECT_EQ(d(5, 0), -3.0f);
+      // At the limit, q = -127 / -7: exactly -3 with a float scale, -7 times
+      // the scale 3/7 rounded to bfloat16 for q4_g32.
+      const float three_sevenths = xlstm::round_to_bf16(float(3.0 / 7.0));
+      EXPECT_EQ(d(5, 0), format == WeightStorage::q4_g32 ? -7.0f * three_sevenths : -3.0f);
     }
   }
 }
@@ -108,18 +114,20 @@ TEST(QuantizedWeights, BytesAndLayout) {
   const Matrix<float> w = random_weights(4, 64, 2);
   const auto q8 = WeightMatrix<float>::quantized(WeightMatrix<float>(w), WeightStorage::int8_rows);
   const auto q4 = WeightMatrix<float>::quantized(WeightMatrix<float>(w), WeightStorage::q4_g32);
-  EXPECT_EQ(q8.bytes(), std::size_t(4 * 64 + 4 * 4));
-  EXPECT_EQ(q4.bytes(), std::size_t(4 * 32 + 4 * 2 * 4));
+  EXPECT_EQ(q8.bytes(), std::size_t(4 * 64 + 4 * 4));      // float scales per row
+  EXPECT_EQ(q4.bytes(), std::size_t(4 * 32 + 4 * 2 * 2));  // bfloat16 scales per group
   // Nibble order (math §16.2): the low nibble is the even column.
   const std::uint8_t byte = q4.quantized_values()[0];
-  const float s = q4.quantized_scales()[0];
+  const float s = xlstm::bf16_to_float(q4.group_scales()[0]);
   const Matrix<float> d = dequantised(q4);
   auto nibble = [](int v) { return v >= 8 ? v - 16 : v; };
   EXPECT_EQ(d(0, 0), float(nibble(byte & 15)) * s);
   EXPECT_EQ(d(0, 1), float(nibble(byte >> 4)) * s);
   // Owned storage is aligned like half_zeros (Eigen's alignment).
   EXPECT_EQ(reinterpret_cast<std::uintptr_t>(q8.quantized_values()) % EIGEN_MAX_ALIGN_BYTES, 0u);
-  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(q4.quantized_scales()) % EIGEN_MAX_ALIGN_BYTES, 0u);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(q4.group_scales()) % EIGEN_MAX_ALIGN_BYTES, 0u);
+  EXPECT_EQ(q4.row_scales(), nullptr);
+  EXPECT_EQ(q8.group_scales(), nullptr);
 }
 
 TEST(QuantizedWeights, Q4NeedsColumnsInGroupsOf32) {
@@ -504,7 +512,8 @@ void expect_same_weights(const Module& a, const Module& b) {
     const auto n = WeightMatrix<float>::quantized_value_bytes(x.storage(), x.rows(), x.cols());
     const auto k = WeightMatrix<float>::quantized_scale_count(x.storage(), x.rows(), x.cols());
     EXPECT_EQ(std::memcmp(x.quantized_values(), y.quantized_values(), n), 0) << "matrix " << i;
-    EXPECT_EQ(std::memcmp(x.quantized_scales(), y.quantized_scales(), k * sizeof(float)), 0);
+    const auto size = WeightMatrix<float>::quantized_scale_size(x.storage());
+    EXPECT_EQ(std::memcmp(x.quantized_scales(), y.quantized_scales(), k * size), 0);
   }
 }
 
@@ -660,6 +669,19 @@ TEST(QuantizedCheckpoint, BadQuantisedTensorsAreErrorsAndLoadNothing) {
                        },
                        same),
                    {"misshaped", victim + ".scales"}});
+  cases.push_back({"float scales",
+                   rewritten(
+                       good,
+                       [&](const std::string& name, xlstm::io::DType& dtype, auto&,
+                           std::vector<std::uint8_t>& b) {
+                         if (name == victim + ".scales") {
+                           dtype = xlstm::io::DType::F32;  // the byte count of F32 too
+                           b.resize(b.size() * 2);
+                         }
+                         return true;
+                       },
+                       same),
+                   {victim + ".scales", "must be BF16", "F32"}});
   cases.push_back({"values as I8",
                    rewritten(
                        good,
@@ -682,9 +704,9 @@ TEST(QuantizedCheckpoint, BadQuantisedTensorsAreErrorsAndLoadNothing) {
                    rewritten(
                        good,
                        [&](const std::string& name, auto&, auto&, std::vector<std::uint8_t>& b) {
-                         if (name == victim + ".scales") {
-                           const float nan = std::numeric_limits<float>::quiet_NaN();
-                           std::memcpy(b.data() + 4, &nan, 4);
+                         if (name == victim + ".scales") {  // bfloat16 NaN
+                           const std::uint16_t nan = 0x7FC0;
+                           std::memcpy(b.data() + 2, &nan, 2);
                          }
                          return true;
                        },
@@ -694,9 +716,9 @@ TEST(QuantizedCheckpoint, BadQuantisedTensorsAreErrorsAndLoadNothing) {
                    rewritten(
                        good,
                        [&](const std::string& name, auto&, auto&, std::vector<std::uint8_t>& b) {
-                         if (name == victim + ".scales") {
-                           const float minus = -1.0f;
-                           std::memcpy(b.data(), &minus, 4);
+                         if (name == victim + ".scales") {  // bfloat16 -1
+                           const std::uint16_t minus = 0xBF80;
+                           std::memcpy(b.data(), &minus, 2);
                          }
                          return true;
                        },

@@ -1,7 +1,7 @@
 // WeightMatrix: a (out x in) weight used as y = x W^T, stored either in the
 // model's Scalar type, as 16-bit floats (BF16/F16) that stay 16-bit in
 // memory — often a view straight into a memory-mapped checkpoint — or
-// quantised to 8 or 4 bits with float scales (math §16).
+// quantised to 8 or 4 bits with scales (math §16).
 //
 // This class only stores the weights; its products run the kernels of
 // core/kernels/: dense.hpp for native storage, widening.hpp for 16-bit
@@ -30,8 +30,8 @@ enum class WeightStorage {
   f16,     ///< IEEE half bits
   /// int8 values, one float scale per output row, symmetric (math §16.1).
   int8_rows,
-  /// 4-bit values in groups of 32 input columns, one float scale per group,
-  /// symmetric, two values per byte (math §16.2).
+  /// 4-bit values in groups of 32 input columns, one bfloat16 scale per
+  /// group, symmetric, two values per byte (math §16.2).
   q4_g32,
   /// No weights yet, only the shape: what a loader builds a model of before
   /// it puts the file's matrices in (io/large_checkpoint.hpp), so that a 7B
@@ -137,7 +137,7 @@ class WeightMatrix {
   bool is_native() const { return storage_ == WeightStorage::native; }
   /// 16-bit floats (bf16 or f16).
   bool is_half() const { return storage_ == WeightStorage::bf16 || storage_ == WeightStorage::f16; }
-  /// 8- or 4-bit values with float scales (math §16).
+  /// 8- or 4-bit values with scales (math §16).
   bool is_quantized() const {
     return storage_ == WeightStorage::int8_rows || storage_ == WeightStorage::q4_g32;
   }
@@ -153,7 +153,7 @@ class WeightMatrix {
       case WeightStorage::int8_rows:
         return n + std::size_t(rows_) * sizeof(float);
       case WeightStorage::q4_g32:
-        return n / 2 + n / kernels::kQ4Group * sizeof(float);
+        return n / 2 + n / kernels::kQ4Group * sizeof(std::uint16_t);
       case WeightStorage::placeholder:
         return 0;
     }
@@ -189,29 +189,30 @@ class WeightMatrix {
   /// matrix by matrix (its matrices replaced), so that it never exists in
   /// float: see LargeModel's `storage` argument.
   static WeightMatrix quantized_zeros(WeightStorage format, Index rows, Index cols) {
-    std::uint8_t* values = nullptr;
-    float* scales = nullptr;
-    return allocate_quantized(format, rows, cols, values, scales, "WeightMatrix::quantized_zeros");
+    Buffers buffers;
+    return allocate_quantized(format, rows, cols, buffers, "WeightMatrix::quantized_zeros");
   }
 
-  /// A view of quantised weights stored elsewhere (e.g. a memory-mapped
-  /// checkpoint, math §16.4): `values` holds quantized_value_bytes(format,
-  /// rows, cols) bytes and `scales` quantized_scale_count(format, rows, cols)
-  /// floats, laid out as quantized_values() / quantized_scales() describe;
-  /// `keep_alive` owns that memory for as long as the view lives.
-  static WeightMatrix quantized_view(WeightStorage format, const std::uint8_t* values,
-                                     const float* scales, Index rows, Index cols,
-                                     std::shared_ptr<const void> keep_alive) {
-    check_quantized_shape(format, rows, cols, "WeightMatrix::quantized_view");
-    check((values && scales) || rows * cols == 0,
-          "WeightMatrix::quantized_view: arguments 'values' and 'scales' must not be null");
-    WeightMatrix w;
-    w.storage_ = format;
-    w.rows_ = rows;
-    w.cols_ = cols;
-    w.quant_ = values;
-    w.scales_ = scales;
-    w.keep_alive_ = std::move(keep_alive);
+  /// A view of int8_rows weights stored elsewhere (e.g. a memory-mapped
+  /// checkpoint, math §16.4): `values` holds rows x cols bytes and
+  /// `row_scales` one float per row, laid out as quantized_values() /
+  /// row_scales() describe; `keep_alive` owns that memory for as long as the
+  /// view lives.
+  static WeightMatrix int8_view(const std::uint8_t* values, const float* row_scales, Index rows,
+                                Index cols, std::shared_ptr<const void> keep_alive) {
+    WeightMatrix w = view_of(WeightStorage::int8_rows, values, row_scales != nullptr, rows, cols,
+                             std::move(keep_alive), "WeightMatrix::int8_view");
+    w.row_scales_ = row_scales;
+    return w;
+  }
+  /// The same for q4_g32 weights: rows x cols / 2 bytes of values and
+  /// rows x cols / 32 bfloat16 scales (their bits), as quantized_values() /
+  /// group_scales() describe.
+  static WeightMatrix q4_view(const std::uint8_t* values, const std::uint16_t* group_scales,
+                              Index rows, Index cols, std::shared_ptr<const void> keep_alive) {
+    WeightMatrix w = view_of(WeightStorage::q4_g32, values, group_scales != nullptr, rows, cols,
+                             std::move(keep_alive), "WeightMatrix::q4_view");
+    w.group_scales_ = group_scales;
     return w;
   }
 
@@ -219,11 +220,15 @@ class WeightMatrix {
   static std::size_t quantized_value_bytes(WeightStorage format, Index rows, Index cols) {
     return std::size_t(rows) * std::size_t(format == WeightStorage::q4_g32 ? cols / 2 : cols);
   }
-  /// Scales of a rows x cols matrix in `format`: one per row (int8_rows) or
-  /// per group of 32 inputs (q4_g32).
+  /// Scales of a rows x cols matrix in `format`: one float per row
+  /// (int8_rows) or one bfloat16 per group of 32 inputs (q4_g32).
   static std::size_t quantized_scale_count(WeightStorage format, Index rows, Index cols) {
     return std::size_t(rows) *
            std::size_t(format == WeightStorage::q4_g32 ? cols / kernels::kQ4Group : 1);
+  }
+  /// Bytes of one scale of `format`: 4 (float, int8_rows) or 2 (bfloat16, q4_g32).
+  static std::size_t quantized_scale_size(WeightStorage format) {
+    return format == WeightStorage::q4_g32 ? sizeof(std::uint16_t) : sizeof(float);
   }
   /// Throws unless `format` is a quantised format a rows x cols matrix can
   /// have (q4_g32: cols a multiple of the group size).
@@ -238,10 +243,18 @@ class WeightMatrix {
   }
 
   /// The raw quantised values (int8: rows x cols bytes; q4_g32: rows x cols/2
-  /// bytes, low nibble = even column) and scales (int8: one per row; q4_g32:
-  /// rows x cols/32, row-major); null unless quantised.
+  /// bytes, low nibble = even column); null unless quantised.
   const std::uint8_t* quantized_values() const { return quant_; }
-  const float* quantized_scales() const { return scales_; }
+  /// int8_rows' scales, one float per row (null for other storage).
+  const float* row_scales() const { return row_scales_; }
+  /// q4_g32's scales, rows x cols/32 bfloat16 bits, row-major (null for
+  /// other storage).
+  const std::uint16_t* group_scales() const { return group_scales_; }
+  /// The scales' bytes of either quantised format (null for other storage).
+  const void* quantized_scales() const {
+    return storage_ == WeightStorage::q4_g32 ? static_cast<const void*>(group_scales_)
+                                             : static_cast<const void*>(row_scales_);
+  }
 
   /// Rows [start, start + count) as a matrix of its own (a view for 16-bit
   /// and quantised storage, a copy for native storage).
@@ -258,7 +271,8 @@ class WeightMatrix {
     w.rows_ = count;
     w.cols_ = cols_;
     w.quant_ = quant_ + start * value_bytes_per_row();
-    w.scales_ = scales_ + start * scales_per_row();
+    if (row_scales_) w.row_scales_ = row_scales_ + start;
+    if (group_scales_) w.group_scales_ = group_scales_ + start * scales_per_row();
     w.keep_alive_ = keep_alive_;
     return w;
   }
@@ -312,9 +326,9 @@ class WeightMatrix {
       case WeightStorage::f16:
         return f16_to_float(half_[r * cols_ + c]);
       case WeightStorage::int8_rows:
-        return kernels::Int8Rows{quant_, scales_, cols_}.dequantized(r, c);
+        return kernels::Int8Rows{quant_, row_scales_, cols_}.dequantized(r, c);
       case WeightStorage::q4_g32:
-        return kernels::Q4Rows{quant_, scales_, cols_}.at(r, c);
+        return kernels::Q4Rows{quant_, group_scales_, cols_}.at(r, c);
       case WeightStorage::placeholder:
         check_has_weights("WeightMatrix");
         return 0.0f;
@@ -330,28 +344,59 @@ class WeightMatrix {
     return storage_ == WeightStorage::q4_g32 ? cols_ / kernels::kQ4Group : 1;
   }
 
-  /// Zeroed, aligned storage for a rows x cols matrix in `format`, owned by
-  /// the returned matrix; `values` and `scales` point into it for writing.
-  static WeightMatrix allocate_quantized(WeightStorage format, Index rows, Index cols,
-                                         std::uint8_t*& values, float*& scales, const char* where) {
+  /// A view's common part: the shape's and the pointers' checks.
+  static WeightMatrix view_of(WeightStorage format, const std::uint8_t* values, bool has_scales,
+                              Index rows, Index cols, std::shared_ptr<const void> keep_alive,
+                              const char* where) {
     check_quantized_shape(format, rows, cols, where);
-    // One owner for both buffers; Eigen's allocator aligns them like
+    check((values && has_scales) || rows * cols == 0, where,
+          ": the values and the scales must not be null");
+    WeightMatrix w;
+    w.storage_ = format;
+    w.rows_ = rows;
+    w.cols_ = cols;
+    w.quant_ = values;
+    w.keep_alive_ = std::move(keep_alive);
+    return w;
+  }
+
+  /// Where allocate_quantized's caller writes: the values and the scales of
+  /// the format (the other scale pointer stays null).
+  struct Buffers {
+    std::uint8_t* values = nullptr;
+    float* row_scales = nullptr;
+    std::uint16_t* group_scales = nullptr;
+  };
+
+  /// Zeroed, aligned storage for a rows x cols matrix in `format`, owned by
+  /// the returned matrix; `buffers` point into it for writing.
+  static WeightMatrix allocate_quantized(WeightStorage format, Index rows, Index cols,
+                                         Buffers& buffers, const char* where) {
+    check_quantized_shape(format, rows, cols, where);
+    // One owner for the buffers; Eigen's allocator aligns them like
     // half_zeros (the kernels load 8 or 16 bytes of values at a time).
-    struct Buffers {
+    struct Owner {
       Eigen::Matrix<std::uint8_t, Eigen::Dynamic, 1> values;
-      Eigen::Matrix<float, Eigen::Dynamic, 1> scales;
+      Eigen::Matrix<float, Eigen::Dynamic, 1> row_scales;
+      Eigen::Matrix<std::uint16_t, Eigen::Dynamic, 1> group_scales;
     };
-    auto owner = std::make_shared<Buffers>();
+    auto owner = std::make_shared<Owner>();
     WeightMatrix w;
     w.storage_ = format;
     w.rows_ = rows;
     w.cols_ = cols;
     owner->values.setZero(rows * w.value_bytes_per_row());
-    owner->scales.setZero(rows * w.scales_per_row());
-    values = owner->values.data();
-    scales = owner->scales.data();
-    w.quant_ = values;
-    w.scales_ = scales;
+    buffers.values = owner->values.data();
+    w.quant_ = buffers.values;
+    if (format == WeightStorage::q4_g32) {
+      owner->group_scales.setZero(rows * w.scales_per_row());
+      buffers.group_scales = owner->group_scales.data();
+      w.group_scales_ = buffers.group_scales;
+    } else {
+      owner->row_scales.setZero(rows);
+      buffers.row_scales = owner->row_scales.data();
+      w.row_scales_ = buffers.row_scales;
+    }
     w.keep_alive_ = std::move(owner);
     return w;
   }
@@ -360,9 +405,10 @@ class WeightMatrix {
   Index rows_ = 0, cols_ = 0;
   Matrix<Scalar> native_;
   const std::uint16_t* half_ = nullptr;
-  /// Quantised storage: the values and the scales (math §16).
+  /// Quantised storage: the values and the scales of the format (math §16).
   const std::uint8_t* quant_ = nullptr;
-  const float* scales_ = nullptr;
+  const float* row_scales_ = nullptr;            // int8_rows
+  const std::uint16_t* group_scales_ = nullptr;  // q4_g32: bfloat16 bits
   /// half_ as writable bits when it points into a buffer of our own (else null).
   std::uint16_t* owned_bits_ = nullptr;
   std::shared_ptr<const void> keep_alive_;
@@ -380,9 +426,12 @@ void WeightMatrix<Scalar_>::multiply_transposed(const ConstMatrixRef<Scalar>& x,
     matmul_transposed<Scalar>(x, native_, y, accumulate, workload);
     return;
   }
-  if (is_quantized()) {
-    kernels::quantized_product<Scalar>(x, quant_, scales_, rows_, cols_,
-                                       storage_ == WeightStorage::q4_g32, y, accumulate, workload);
+  if (storage_ == WeightStorage::int8_rows) {
+    kernels::int8_product<Scalar>(x, quant_, row_scales_, rows_, cols_, y, accumulate, workload);
+    return;
+  }
+  if (storage_ == WeightStorage::q4_g32) {
+    kernels::q4_product<Scalar>(x, quant_, group_scales_, rows_, cols_, y, accumulate, workload);
     return;
   }
   kernels::half_product<Scalar>(x, half_, rows_, cols_, storage_ == WeightStorage::bf16, y,
@@ -415,25 +464,23 @@ template <typename RowFn>
 WeightMatrix<Scalar_> WeightMatrix<Scalar_>::quantized_rows(WeightStorage format, Index rows,
                                                             Index cols, RowFn&& row,
                                                             const char* where) {
-  const bool q4 = format == WeightStorage::q4_g32;
-  std::uint8_t* all_values = nullptr;
-  float* all_scales = nullptr;
-  WeightMatrix w = allocate_quantized(format, rows, cols, all_values, all_scales, where);
+  Buffers all;
+  WeightMatrix w = allocate_quantized(format, rows, cols, all, where);
   Vector<float> decoded(cols);  // the one decoded row
   for (Index r = 0; r < rows; ++r) {
     row(r, decoded.data());
     check(decoded.allFinite(), where, ": row ", r,
           " has a non-finite weight (or one beyond float's range)");
-    std::uint8_t* values = all_values + r * w.value_bytes_per_row();
-    float* scales = all_scales + r * w.scales_per_row();
-    if (q4) {
+    std::uint8_t* values = all.values + r * w.value_bytes_per_row();
+    if (format == WeightStorage::q4_g32) {
+      std::uint16_t* scales = all.group_scales + r * w.scales_per_row();
       for (Index g = 0; g < cols / kernels::kQ4Group; ++g) {
         kernels::quantize_q4_group(decoded.data() + g * kernels::kQ4Group,
                                    values + g * kernels::kQ4Group / 2, scales[g]);
       }
     } else {
       kernels::quantize_int8_row(decoded.data(), cols, reinterpret_cast<std::int8_t*>(values),
-                                 scales[0]);
+                                 all.row_scales[r]);
     }
   }
   return w;

@@ -166,7 +166,8 @@ inline const std::string* quantized_format_name(const SafetensorsFile& file,
 /// when they had to be copied (not aligned for float in the file).
 struct QuantizedOwner {
   std::shared_ptr<const SafetensorsFile> values_file, scales_file;
-  std::vector<float> scales;
+  std::vector<float> row_scales;  // aligned copies, when the file's are not
+  std::vector<std::uint16_t> group_scales;
 };
 
 /// Stages the quantised tensor `key` (format `format_name`) for `target` as
@@ -233,9 +234,11 @@ bool stage_quantized(const CheckpointFiles& files, const std::string& key,
   }
   const SafetensorsFile& scales_file = files.file_of(scales_key);
   const TensorInfo& scales_info = scales_file.info(scales_key);
-  if (scales_info.dtype != DType::F32) {
-    report.unusable(scales_key, std::string("scales must be F32, the file has ") +
-                                    dtype_name(scales_info.dtype));
+  // int8_rows: a float per row; q4_g32: a bfloat16 per group (math §16.4).
+  const DType scales_dtype = q4 ? DType::BF16 : DType::F32;
+  if (scales_info.dtype != scales_dtype) {
+    report.unusable(scales_key, format_name + " scales must be " + dtype_name(scales_dtype) +
+                                    ", the file has " + dtype_name(scales_info.dtype));
     return false;
   }
   if (scales_info.shape != scales_shape) {
@@ -247,14 +250,27 @@ bool stage_quantized(const CheckpointFiles& files, const std::string& key,
   owner->values_file = std::make_shared<SafetensorsFile>(file);
   owner->scales_file = std::make_shared<SafetensorsFile>(scales_file);
   const std::uint8_t* scale_bytes = owner->scales_file->bytes(scales_key);
-  const float* scales = reinterpret_cast<const float*>(scale_bytes);
-  if (reinterpret_cast<std::uintptr_t>(scale_bytes) % alignof(float) != 0) {
-    owner->scales = owner->scales_file->read<float>(scales_key);
-    scales = owner->scales.data();
-  }
   const std::size_t count = shape_product(scales_shape);
+  const float* row_scales = nullptr;
+  const std::uint16_t* group_scales = nullptr;
+  // Views into the file when it aligns them (this library's writer does),
+  // else aligned copies of the bytes.
+  if (q4) {
+    group_scales = reinterpret_cast<const std::uint16_t*>(scale_bytes);
+    if (reinterpret_cast<std::uintptr_t>(scale_bytes) % alignof(std::uint16_t) != 0) {
+      owner->group_scales.resize(count);
+      std::memcpy(owner->group_scales.data(), scale_bytes, count * sizeof(std::uint16_t));
+      group_scales = owner->group_scales.data();
+    }
+  } else {
+    row_scales = reinterpret_cast<const float*>(scale_bytes);
+    if (reinterpret_cast<std::uintptr_t>(scale_bytes) % alignof(float) != 0) {
+      owner->row_scales = owner->scales_file->read<float>(scales_key);
+      row_scales = owner->row_scales.data();
+    }
+  }
   for (std::size_t i = 0; i < count; ++i) {
-    const float scale = scales[i];  // aligned: a view or the copy above
+    const float scale = q4 ? bf16_to_float(group_scales[i]) : row_scales[i];
     if (!std::isfinite(scale) || scale < 0.0f) {
       report.unusable(scales_key, "scale " + std::to_string(i) + " is " + std::to_string(scale) +
                                       " (scales are finite and >= 0)");
@@ -262,7 +278,9 @@ bool stage_quantized(const CheckpointFiles& files, const std::string& key,
     }
   }
   const std::uint8_t* values = owner->values_file->bytes(key);
-  s.kept = WeightMatrix<Scalar>::quantized_view(format, values, scales, Index(rows), Index(cols),
+  s.kept = q4 ? WeightMatrix<Scalar>::q4_view(values, group_scales, Index(rows), Index(cols),
+                                              std::move(owner))
+              : WeightMatrix<Scalar>::int8_view(values, row_scales, Index(rows), Index(cols),
                                                 std::move(owner));
   s.is_kept = true;
   return true;
@@ -572,7 +590,7 @@ void add_quantized(SafetensorsWriter& writer, const Target& target, WeightStorag
       },
       mode);
   add_produced(
-      writer, target.name + kQuantizedScalesSuffix, DType::F32,
+      writer, target.name + kQuantizedScalesSuffix, q4 ? DType::BF16 : DType::F32,
       q4 ? Shape{rows, cols / group} : Shape{rows},
       [target, format](const SafetensorsWriter::ByteSink& sink) {
         std::vector<std::uint8_t> bytes;
@@ -580,8 +598,12 @@ void add_quantized(SafetensorsWriter& writer, const Target& target, WeightStorag
           const auto& m = *part.matrix;
           const std::size_t k =
               WeightMatrix<float>::quantized_scale_count(format, m.rows(), m.cols());
+          if (format == WeightStorage::q4_g32) {  // bfloat16 bits, as stored
+            sink(reinterpret_cast<const std::uint8_t*>(m.group_scales()), k * 2);
+            continue;
+          }
           bytes.resize(k * sizeof(float));
-          encode_elements(m.quantized_scales(), DType::F32, bytes.data(), k, target.name);
+          encode_elements(m.row_scales(), DType::F32, bytes.data(), k, target.name);
           sink(bytes.data(), bytes.size());
         }
       },

@@ -167,8 +167,9 @@ struct Q4ActivationBuffers {
 /// scaled sums over the chunks, and the lanes are added at the end. The
 /// operations of an element do not depend on R, B or the other rows.
 template <int R, int B>
-void q4_dot_block(const std::uint8_t* data, const float* scales, Index cols, const Q4Activations& x,
-                  Index o, Index b0, MatrixRef<float>& y, bool accumulate, Index prefetch_rows) {
+void q4_dot_block(const std::uint8_t* data, const std::uint16_t* scales, Index cols,
+                  const Q4Activations& x, Index o, Index b0, MatrixRef<float>& y, bool accumulate,
+                  Index prefetch_rows) {
   using Packet = simd::Packet<float>;
   constexpr Index chunk = simd::kQ4DotGroups;
   const Index groups = cols / kActivationGroup, row_bytes = cols / 2;
@@ -179,10 +180,10 @@ void q4_dot_block(const std::uint8_t* data, const float* scales, Index cols, con
   auto step = [&](Index g, Index n) {
     for (int r = 0; r < R; ++r) {
       const std::uint8_t* w = data + (o + r) * row_bytes + g * 16;
-      const float* s = scales + (o + r) * groups + g;
+      const std::uint16_t* s = scales + (o + r) * groups + g;
       if (prefetch_rows > 0) {  // the same columns prefetch_rows rows on
         simd::prefetch(w + prefetch_rows * row_bytes);
-        if (g % 16 == 0) simd::prefetch(s + prefetch_rows * groups);
+        if (g % 32 == 0) simd::prefetch(s + prefetch_rows * groups);  // 32 scales per line
       }
       const simd::Q4Excess8 nibbles = simd::load_q4_excess8(w, n);
       const Packet w_scales = simd::q4_group_scales(s, n);
@@ -223,7 +224,7 @@ inline constexpr Index kQ4PrefetchRows = simd::kVectorRegisters >= 32 ? 4 : 2;
 
 /// q4_dot_block for x rows [b0, b0 + n), n <= B, as one block of n rows.
 template <int R, int B>
-void q4_dot_x_block(const std::uint8_t* data, const float* scales, Index cols,
+void q4_dot_x_block(const std::uint8_t* data, const std::uint16_t* scales, Index cols,
                     const Q4Activations& x, Index o, Index b0, Index n, MatrixRef<float>& y,
                     bool accumulate, Index prefetch_rows) {
   if (n == B) {
@@ -235,8 +236,9 @@ void q4_dot_x_block(const std::uint8_t* data, const float* scales, Index cols,
 
 /// W rows [o, o + R) times every row of x, kQ4DotXRows x rows per pass.
 template <int R>
-void q4_dot_rows(const std::uint8_t* data, const float* scales, Index cols, const Q4Activations& x,
-                 Index o, MatrixRef<float>& y, bool accumulate, Index prefetch_rows) {
+void q4_dot_rows(const std::uint8_t* data, const std::uint16_t* scales, Index cols,
+                 const Q4Activations& x, Index o, MatrixRef<float>& y, bool accumulate,
+                 Index prefetch_rows) {
   for (Index b0 = 0; b0 < x.rows; b0 += kQ4DotXRows) {
     // Prefetch on the first pass only: later passes find the rows in L1.
     q4_dot_x_block<R, kQ4DotXRows>(data, scales, cols, x, o, b0,
@@ -246,7 +248,7 @@ void q4_dot_rows(const std::uint8_t* data, const float* scales, Index cols, cons
 }
 
 /// y (+)= x W^T over W rows [r0, r0 + count) of q4_g32 W with x prepared.
-inline void q4_integer_rows(const std::uint8_t* data, const float* scales, Index cols,
+inline void q4_integer_rows(const std::uint8_t* data, const std::uint16_t* scales, Index cols,
                             const Q4Activations& x, MatrixRef<float>& y, bool accumulate, Index r0,
                             Index count) {
   constexpr int R = kQ4DotWRows;
@@ -266,8 +268,8 @@ inline void q4_integer_rows(const std::uint8_t* data, const float* scales, Index
 /// threads by rows of W (no element's operations change with them). Returns
 /// false, doing nothing, in builds without it (simd::kQ4IntegerDot).
 inline bool q4_integer_product(const ConstMatrixRef<float>& x, const std::uint8_t* data,
-                               const float* scales, Index rows, Index cols, MatrixRef<float>& y,
-                               bool accumulate) {
+                               const std::uint16_t* scales, Index rows, Index cols,
+                               MatrixRef<float>& y, bool accumulate) {
 #if defined(XLSTM_SIMD_Q4_DOT)
   xlstm::detail::ThreadBuffers<Q4ActivationBuffers> lease;
   Q4Activations& prepared = lease.get().activations;

@@ -1,5 +1,5 @@
 // Products y = x W^T with quantised weights (math §16): int8 values with one
-// float scale per row (int8_rows) or 4-bit values with one float scale per
+// float scale per row (int8_rows) or 4-bit values with one bfloat16 scale per
 // group of 32 columns (q4_g32), accumulated in Scalar; a q4_g32 product
 // rounds its input to 8 bits per group (math §16.7, kernels/q4_integer.hpp,
 // whose integer kernel serves the few-row workloads where the build has
@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "xlstm/core/half.hpp"
 #include "xlstm/core/kernels/dense.hpp"
 #include "xlstm/core/kernels/q4_integer.hpp"
 #include "xlstm/core/kernels/simd.hpp"
@@ -72,11 +73,13 @@ inline void quantize_int8_row(const float* w, Index n, std::int8_t* q, float& sc
 }
 
 /// Quantises one group of kQ4Group weights to q4_g32 (math §16.2): scale =
-/// max|w| / 7, q = round(w / scale) clamped to [-7, 7] (symmetric: -8 is
-/// never produced, though the decoders read it), packed two per byte, the
-/// even column in the low nibble.
-inline void quantize_q4_group(const float* w, std::uint8_t* q, float& scale) {
-  scale = detail::symmetric_scale(w, kQ4Group, 7);
+/// max|w| / 7 rounded to bfloat16 (`scale_bits`), q = round(w / scale) with
+/// that scale, clamped to [-7, 7] (symmetric: -8 is never produced, though
+/// the decoders read it), packed two per byte, the even column in the low
+/// nibble.
+inline void quantize_q4_group(const float* w, std::uint8_t* q, std::uint16_t& scale_bits) {
+  scale_bits = float_to_bf16(detail::symmetric_scale(w, kQ4Group, 7));
+  const float scale = bf16_to_float(scale_bits);
   for (Index i = 0; i < kQ4Group; i += 2) {
     const int lo = detail::quantize_value(w[i], scale, 7);
     const int hi = detail::quantize_value(w[i + 1], scale, 7);
@@ -110,11 +113,12 @@ struct Int8Rows {
 };
 
 /// Rows of q4_g32 W (`data`: rows x cols / 2 bytes, `scales`: rows x cols /
-/// 32): one value at a time (WeightMatrix's element access, the decoders).
-/// The products read them in kernels/q4_integer.hpp, or decoded.
+/// 32 bfloat16 bits): one value at a time (WeightMatrix's element access,
+/// the decoders). The products read them in kernels/q4_integer.hpp, or
+/// decoded.
 struct Q4Rows {
   const std::uint8_t* data;
-  const float* scales;
+  const std::uint16_t* scales;
   Index cols;
   float at(Index row, Index col) const {
     return float(simd::q4_nibble(*byte_of(row, col), col)) * scale(row, col);
@@ -125,21 +129,24 @@ struct Q4Rows {
   const std::uint8_t* byte_of(Index row, Index col) const {
     return data + row * (cols / 2) + std::size_t(col) / 2;
   }
-  const float* scale_of(Index row, Index col) const {
-    return &scales[row * (cols / kQ4Group) + std::size_t(col) / kQ4Group];
+  float scale(Index row, Index col) const {
+    return bf16_to_float(scales[row * (cols / kQ4Group) + std::size_t(col) / kQ4Group]);
   }
-  float scale(Index row, Index col) const { return *scale_of(row, col); }
 };
 
-/// out[0, n) = W(row, c0 : c0 + n) decoded to Scalar, for either format.
+/// out[0, n) = W(row, c0 : c0 + n) decoded to Scalar: q4_g32 (bfloat16
+/// group scales).
 template <typename Scalar>
-void decode_quantized(const std::uint8_t* data, const float* scales, Index cols, bool q4, Index row,
+void decode_quantized(const std::uint8_t* data, const std::uint16_t* scales, Index cols, Index row,
                       Index c0, Index n, Scalar* out) {
-  if (q4) {
-    const Q4Rows w{data, scales, cols};
-    for (Index i = 0; i < n; ++i) out[i] = Scalar(w.at(row, c0 + i));
-    return;
-  }
+  const Q4Rows w{data, scales, cols};
+  for (Index i = 0; i < n; ++i) out[i] = Scalar(w.at(row, c0 + i));
+}
+
+/// The same for int8_rows (float row scales).
+template <typename Scalar>
+void decode_quantized(const std::uint8_t* data, const float* scales, Index cols, Index row,
+                      Index c0, Index n, Scalar* out) {
   // q * s in float, like the packet loaders: one dequantised value whatever
   // the Scalar (math §16.1). Not Int8Rows::dequantized: with the scale held
   // in a local, the loop vectorises (out may alias scales as far as the
@@ -151,21 +158,23 @@ void decode_quantized(const std::uint8_t* data, const float* scales, Index cols,
 
 namespace detail {
 
-/// y (+)= x W^T for quantised W (q4 selects q4_g32, else int8_rows), x as
-/// given, with the strategy of the workload: the step kernel for `step` and
-/// for at most kStepKernelMaxRows rows (never allocates), the row-invariant
-/// kernel for `row_invariant` (never allocates), else the tiled GEMM (no
-/// allocation once warm).
-template <typename Scalar>
+/// y (+)= x W^T for quantised W (the scales' type says which: float for
+/// int8_rows, bfloat16 bits for q4_g32), x as given, with the strategy of
+/// the workload: the step kernel for `step` and for at most
+/// kStepKernelMaxRows rows (never allocates), the row-invariant kernel for
+/// `row_invariant` (never allocates), else the tiled GEMM (no allocation
+/// once warm).
+template <typename Scalar, typename ScaleType>
 void quantized_product_of(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data,
-                          const float* scales, Index rows, Index cols, bool q4,
-                          MatrixRef<Scalar>& y, bool accumulate, Workload workload) {
+                          const ScaleType* scales, Index rows, Index cols, MatrixRef<Scalar>& y,
+                          bool accumulate, Workload workload) {
+  constexpr bool int8 = std::is_same_v<ScaleType, float>;
   if (workload == Workload::sequence && x.rows() > kStepKernelMaxRows) {
     tiled_gemm<Scalar>(
         x, rows, cols,
         [&](Index r0, Index count, Scalar* out) {
           for (Index r = 0; r < count; ++r) {
-            decode_quantized(data, scales, cols, q4, r0 + r, 0, cols, out + r * cols);
+            decode_quantized(data, scales, cols, r0 + r, 0, cols, out + r * cols);
           }
         },
         y, accumulate);
@@ -174,16 +183,14 @@ void quantized_product_of(const ConstMatrixRef<Scalar>& x, const std::uint8_t* d
   const bool row_invariant = workload == Workload::row_invariant;
   const Index work = rows * cols * (row_invariant ? std::max<Index>(1, x.rows() / 8) : 1);
   split_weight_rows(rows, work, [&](Index r0, Index count) {
-    if constexpr (std::is_same_v<Scalar, float> && simd::kWidenQuantized) {
-      if (!q4) {
-        const Int8Rows loader{data, scales, cols};
-        if (row_invariant) {
-          row_invariant_rows<float>(loader, x, y, accumulate, r0, count);
-        } else {
-          step_rows<float>(loader, x, y, accumulate, r0, count);
-        }
-        return;
+    if constexpr (std::is_same_v<Scalar, float> && simd::kWidenQuantized && int8) {
+      const Int8Rows loader{data, scales, cols};
+      if (row_invariant) {
+        row_invariant_rows<float>(loader, x, y, accumulate, r0, count);
+      } else {
+        step_rows<float>(loader, x, y, accumulate, r0, count);
       }
+      return;
     }
     // Row by row in pieces (q4_g32 in builds without its integer kernel): a
     // row's sums do not depend on the other rows of x either, so this serves
@@ -191,7 +198,7 @@ void quantized_product_of(const ConstMatrixRef<Scalar>& x, const std::uint8_t* d
     step_rows_decoded<Scalar>(
         cols,
         [&](Index o, Index c0, Index n, Scalar* out) {
-          decode_quantized(data, scales, cols, q4, o, c0, n, out);
+          decode_quantized(data, scales, cols, o, c0, n, out);
         },
         x, y, accumulate, r0, count);
   });
@@ -199,23 +206,31 @@ void quantized_product_of(const ConstMatrixRef<Scalar>& x, const std::uint8_t* d
 
 }  // namespace detail
 
-/// y (+)= x W^T for quantised W (q4 selects q4_g32, else int8_rows). A
-/// q4_g32 product multiplies x rounded to 8 bits per group of 32 columns
-/// (math §16.7): with integer dot products in the step kernel where the
-/// build has them (kernels/q4_integer.hpp: every workload but a sequence of
-/// more than kStepKernelMaxRows rows), else with the rounded values in
-/// Scalar through the paths of int8_rows.
+/// y (+)= x W^T for int8_rows W (`scales`: one float per row).
 template <typename Scalar>
-void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data,
-                       const float* scales, Index rows, Index cols, bool q4, MatrixRef<Scalar> y,
-                       bool accumulate, Workload workload) {
+void int8_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data, const float* scales,
+                  Index rows, Index cols, MatrixRef<Scalar> y, bool accumulate, Workload workload) {
   if (x.rows() == 0) return;
   if (rows * cols == 0) {
     if (!accumulate) y.setZero();
     return;
   }
-  if (!q4) {
-    detail::quantized_product_of<Scalar>(x, data, scales, rows, cols, q4, y, accumulate, workload);
+  detail::quantized_product_of<Scalar>(x, data, scales, rows, cols, y, accumulate, workload);
+}
+
+/// y (+)= x W^T for q4_g32 W (`scales`: rows x cols / 32 bfloat16 bits). It
+/// multiplies x rounded to 8 bits per group of 32 columns (math §16.7): with
+/// integer dot products in the step kernel where the build has them
+/// (kernels/q4_integer.hpp: every workload but a sequence of more than
+/// kStepKernelMaxRows rows), else with the rounded values in Scalar through
+/// the paths of int8_rows.
+template <typename Scalar>
+void q4_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data,
+                const std::uint16_t* scales, Index rows, Index cols, MatrixRef<Scalar> y,
+                bool accumulate, Workload workload) {
+  if (x.rows() == 0) return;
+  if (rows * cols == 0) {
+    if (!accumulate) y.setZero();
     return;
   }
   if constexpr (std::is_same_v<Scalar, float>) {
@@ -229,8 +244,7 @@ void quantized_product(const ConstMatrixRef<Scalar>& x, const std::uint8_t* data
   if (buffer.size() < std::size_t(x.size())) buffer.resize(std::size_t(x.size()));
   round_activations<Scalar>(x, buffer.data());
   const Eigen::Map<const Matrix<Scalar>> rounded(buffer.data(), x.rows(), x.cols());
-  detail::quantized_product_of<Scalar>(rounded, data, scales, rows, cols, q4, y, accumulate,
-                                       workload);
+  detail::quantized_product_of<Scalar>(rounded, data, scales, rows, cols, y, accumulate, workload);
 }
 
 }  // namespace kernels

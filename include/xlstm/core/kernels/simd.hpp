@@ -497,21 +497,39 @@ inline Q4Excess8 load_q4_excess8(const std::uint8_t* w, Index groups) {
 #endif
 }
 
-/// The first `groups` scales at `s`, each in its group's four lanes; lanes
-/// past them are zero (and the scales past them not read).
-inline Packet<float> q4_group_scales(const float* s, Index groups) {
+/// A T from `p`, which need not be aligned for T.
+template <typename T>
+T load_unaligned(const void* p) {
+  T value;
+  std::memcpy(&value, p, sizeof(T));
+  return value;
+}
+
+/// The first `groups` bfloat16 scales at `s` (their bits), as floats each
+/// in its group's four lanes; lanes past them are zero (and the scales past
+/// them not read). A bfloat16 is a float's upper half: the byte shuffle
+/// puts scale g's two bytes at the top of lanes 4g..4g+3 and zeros below.
+inline Packet<float> q4_group_scales(const std::uint16_t* s, Index groups) {
 #if defined(XLSTM_SIMD_AVX512)
-  const __m512 four = groups == kQ4DotGroups
-                          ? _mm512_broadcast_f32x4(_mm_loadu_ps(s))
-                          : _mm512_maskz_loadu_ps(__mmask16((1u << groups) - 1), s);
-  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  return _mm512_permutexvar_ps(spread, four);
+  const __m512i all = groups == kQ4DotGroups
+                          ? _mm512_set1_epi64(load_unaligned<std::int64_t>(s))
+                          : _mm512_broadcastq_epi64(_mm512_castsi512_si128(_mm512_maskz_loadu_epi16(
+                                __mmask32((1u << groups) - 1), s)));  // the rest zero
+  // In each 128-bit lane the eight bytes appear twice; -1 writes a zero.
+  const __m512i spread = _mm512_set_epi8(7, 6, -1, -1, 7, 6, -1, -1, 7, 6, -1, -1, 7, 6, -1, -1,  //
+                                         5, 4, -1, -1, 5, 4, -1, -1, 5, 4, -1, -1, 5, 4, -1, -1,  //
+                                         3, 2, -1, -1, 3, 2, -1, -1, 3, 2, -1, -1, 3, 2, -1, -1,  //
+                                         1, 0, -1, -1, 1, 0, -1, -1, 1, 0, -1, -1, 1, 0, -1, -1);
+  return _mm512_castsi512_ps(_mm512_shuffle_epi8(all, spread));
 #else
-  const __m128 two = groups == kQ4DotGroups
-                         ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))
-                         : _mm_load_ss(s);
-  const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-  return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), spread);
+  const std::int32_t both = groups == kQ4DotGroups
+                                ? load_unaligned<std::int32_t>(s)
+                                : std::int32_t(load_unaligned<std::uint16_t>(s));  // the rest zero
+  const __m256i all = _mm256_set1_epi32(both);
+  const __m256i spread =
+      _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 0, 1, -1, -1, 0, 1, -1, -1, 0, 1,  //
+                       -1, -1, 2, 3, -1, -1, 2, 3, -1, -1, 2, 3, -1, -1, 2, 3);
+  return _mm256_castsi256_ps(_mm256_shuffle_epi8(all, spread));
 #endif
 }
 
