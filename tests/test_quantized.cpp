@@ -120,7 +120,7 @@ TEST(QuantizedWeights, BytesAndLayout) {
   const std::uint8_t byte = q4.quantized_values()[0];
   const float s = xlstm::bf16_to_float(q4.group_scales()[0]);
   const Matrix<float> d = dequantised(q4);
-  auto nibble = [](int v) { return v >= 8 ? v - 16 : v; };
+  auto nibble = [](int v) { return v - 8; };  // stored as q + 8
   EXPECT_EQ(d(0, 0), float(nibble(byte & 15)) * s);
   EXPECT_EQ(d(0, 1), float(nibble(byte >> 4)) * s);
   // Owned storage is aligned like half_zeros (Eigen's alignment).
@@ -281,6 +281,48 @@ TEST(QuantizedWeights, ProductsEqualTheDequantisedProduct) {
     }
   }
   xlstm::set_num_threads(saved_threads);
+}
+
+// Every byte a q4_g32 matrix can hold, also the code of q = -8 that the
+// quantiser never writes, decodes to (u - 8) * s (math §16.2) and multiplies
+// like the dequantised matrix in every kernel.
+TEST(QuantizedWeights, EveryFourBitCodeDecodesAndMultiplies) {
+  const Index rows = 9, cols = 256;  // each row: the 256 byte values, rotated
+  auto values = std::make_shared<std::vector<std::uint8_t>>(rows * cols / 2);
+  auto scales = std::make_shared<std::vector<std::uint16_t>>(rows * cols / 32);
+  for (Index r = 0; r < rows; ++r) {
+    for (Index j = 0; j < cols / 2; ++j) (*values)[r * cols / 2 + j] = std::uint8_t(2 * j + r);
+    for (Index g = 0; g < cols / 32; ++g) {
+      (*scales)[r * cols / 32 + g] = xlstm::float_to_bf16(0.01f * float(1 + r + 3 * g));
+    }
+  }
+  const auto w = WeightMatrix<float>::q4_view(values->data(), scales->data(), rows, cols,
+                                              std::make_shared<std::pair<decltype(values), decltype(scales)>>(values, scales));
+  const Matrix<float> d = dequantised(w);
+  for (Index r = 0; r < rows; ++r) {
+    for (Index c = 0; c < cols; ++c) {
+      const int byte = (*values)[r * cols / 2 + c / 2];
+      const int u = (c % 2 == 0 ? byte : byte >> 4) & 15;
+      ASSERT_EQ(d(r, c), float(u - 8) * xlstm::bf16_to_float((*scales)[r * cols / 32 + c / 32]))
+          << r << ", " << c;
+    }
+  }
+  for (Index batch : {Index(1), Index(3), Index(8), Index(40)}) {
+    const Matrix<float> x = random_weights(batch, cols, 300 + std::uint64_t(batch));
+    Matrix<double> ref, magnitude;
+    reference(product_input(x, WeightStorage::q4_g32), d, ref, magnitude);
+    for (auto workload :
+         {xlstm::Workload::step, xlstm::Workload::sequence, xlstm::Workload::row_invariant}) {
+      Matrix<float> y(batch, rows);
+      w.multiply_transposed(x, y, false, workload);
+      for (Index b = 0; b < batch; ++b) {
+        for (Index o = 0; o < rows; ++o) {
+          ASSERT_NEAR(double(y(b, o)), ref(b, o), 1e-5 * magnitude(b, o))
+              << "batch " << batch << " workload " << int(workload) << " at " << b << ", " << o;
+        }
+      }
+    }
+  }
 }
 
 TEST(QuantizedWeights, RowInvariantProductDoesNotDependOnTheOtherRows) {

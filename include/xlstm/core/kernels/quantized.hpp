@@ -75,15 +75,15 @@ inline void quantize_int8_row(const float* w, Index n, std::int8_t* q, float& sc
 /// Quantises one group of kQ4Group weights to q4_g32 (math §16.2): scale =
 /// max|w| / 7 rounded to bfloat16 (`scale_bits`), q = round(w / scale) with
 /// that scale, clamped to [-7, 7] (symmetric: -8 is never produced, though
-/// the decoders read it), packed two per byte, the even column in the low
-/// nibble.
+/// the decoders read it), stored as q + 8 (0..15) two per byte, the even
+/// column in the low nibble.
 inline void quantize_q4_group(const float* w, std::uint8_t* q, std::uint16_t& scale_bits) {
   scale_bits = float_to_bf16(detail::symmetric_scale(w, kQ4Group, 7));
   const float scale = bf16_to_float(scale_bits);
   for (Index i = 0; i < kQ4Group; i += 2) {
     const int lo = detail::quantize_value(w[i], scale, 7);
     const int hi = detail::quantize_value(w[i + 1], scale, 7);
-    q[i / 2] = std::uint8_t((lo & 15) | ((hi & 15) << 4));
+    q[i / 2] = std::uint8_t((lo + 8) | ((hi + 8) << 4));
   }
 }
 

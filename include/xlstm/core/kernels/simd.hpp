@@ -379,11 +379,10 @@ inline Packet<float> load_i8(const std::int8_t* p) {
 #endif
 }
 
-/// The signed 4-bit value (two's complement, -8..7) of `column` in its byte
-/// (math §16.2: the low nibble is the even column).
+/// The 4-bit value q (-8..7, stored as q + 8) of `column` in its byte (math
+/// §16.2: the low nibble is the even column).
 inline int q4_nibble(std::uint8_t byte, Index column) {
-  const int nibble = (column % 2 == 0 ? byte : byte >> 4) & 15;
-  return nibble >= 8 ? nibble - 16 : nibble;
+  return ((column % 2 == 0 ? byte : byte >> 4) & 15) - 8;
 }
 
 /// Whether select_lanes runs inside the registers (one permute); elsewhere a
@@ -446,8 +445,8 @@ inline Packet<float> scale(const Packet<float>& p, float s) {
 // A chunk is kQ4DotGroups groups of 32 columns: 16 bytes of weights per group,
 // whose low nibbles are the even columns and high nibbles the odd ones (math
 // §16.2). The integer lane l of a chunk covers the weights' bytes 4l..4l+3,
-// so lanes 4g..4g+3 belong to group g. A nibble u (two's complement) enters
-// as u ^ 8 = q + 8 (0..15, unsigned); the caller's per-lane correction
+// so lanes 4g..4g+3 belong to group g. A nibble holds q + 8 (0..15), which
+// the byte products take as unsigned; the caller's per-lane correction
 // -8 * (sum of the lane's eight x values) takes the 8 off again.
 
 /// Whether the q4_g32 x int8 dot products run in the registers: AVX-512 with
@@ -473,27 +472,26 @@ struct Q4Excess8 {
   IntPacket low, high;
 };
 
-/// The first `groups` (1..kQ4DotGroups) groups' 16 bytes each at `w`,
-/// as excess-8 nibbles; bytes past them read as zero (and not at all).
+/// The first `groups` (1..kQ4DotGroups) groups' 16 bytes each at `w`, as
+/// nibbles (q + 8, math §16.2); bytes past them read as zero (and not at
+/// all). Storing q + 8 rather than q's two's complement saves the two XORs
+/// that made the stored nibbles unsigned (math §16.2).
 inline Q4Excess8 load_q4_excess8(const std::uint8_t* w, Index groups) {
 #if defined(XLSTM_SIMD_AVX512)
   const __m512i bytes =
       groups == kQ4DotGroups
           ? _mm512_loadu_si512(w)
           : _mm512_maskz_loadu_epi8(_cvtu64_mask64((std::uint64_t(1) << (16 * groups)) - 1), w);
-  const __m512i low4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(0x08);
-  // (a & b) ^ c in one instruction: truth table 0x6A over a, b, c.
-  return {_mm512_ternarylogic_epi32(bytes, low4, eight, 0x6A),
-          _mm512_ternarylogic_epi32(_mm512_srli_epi16(bytes, 4), low4, eight, 0x6A)};
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  return {_mm512_and_si512(bytes, low4), _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4)};
 #else
   const __m256i bytes =
       groups == kQ4DotGroups
           ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w))
           : _mm256_inserti128_si256(_mm256_setzero_si256(),
                                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(w)), 0);
-  const __m256i low4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(0x08);
-  return {_mm256_xor_si256(_mm256_and_si256(bytes, low4), eight),
-          _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4), eight)};
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  return {_mm256_and_si256(bytes, low4), _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4)};
 #endif
 }
 
