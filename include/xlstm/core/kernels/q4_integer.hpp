@@ -210,8 +210,9 @@ void q4_dot_block(const std::uint8_t* data, const std::uint16_t* scales, Index c
 
 /// The register block: W rows x (up to) x rows per pass, and how many W
 /// rows ahead the kernel prefetches. AVX-512's 32 registers hold 4 x 4
-/// accumulators; AVX2 takes one W row at a time (16 registers: 4
-/// accumulators, the nibbles, the constants). Without the prefetch a row's
+/// accumulators; AVX2 takes one W row at a time with several x rows (16
+/// registers: 4 accumulators, the nibbles, the constants; with one x row it
+/// takes four W rows, kQ4DotWRowsOneX below). Without the prefetch a row's
 /// 2 KiB (4096 columns) end before the hardware prefetcher has ramped up.
 /// Scratch kernel, 40 4096 x 4096 q4_g32 matrices, one thread, Intel Xeon,
 /// ms per matrix at B = 1 / 8: AVX-512 4 x 4 0.86 / 2.30 (2 x 4: 0.91 /

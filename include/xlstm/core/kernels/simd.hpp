@@ -474,8 +474,8 @@ struct Q4Excess8 {
 
 /// The first `groups` (1..kQ4DotGroups) groups' 16 bytes each at `w`, as
 /// nibbles (q + 8, math §16.2); bytes past them read as zero (and not at
-/// all). Storing q + 8 rather than q's two's complement saves the two XORs
-/// that made the stored nibbles unsigned (math §16.2).
+/// all). Stored as q + 8 rather than as q's two's complement, the nibbles
+/// need no XOR to become unsigned.
 inline Q4Excess8 load_q4_excess8(const std::uint8_t* w, Index groups) {
 #if defined(XLSTM_SIMD_AVX512)
   const __m512i bytes =
