@@ -39,6 +39,9 @@ struct Options {
   /// --large7b=bf16|int8|q4: also the whole 7B architecture in that format
   /// (native: not run). One format per process, so that peak_rss_MB is its own.
   xlstm::WeightStorage large7b = xlstm::WeightStorage::native;
+  /// --quantize-head: with --large7b=int8|q4, the embedding and LM head in
+  /// that format too (QuantizeOptions::include_embedding_and_head).
+  bool quantize_head = false;
 };
 const Options& options();
 

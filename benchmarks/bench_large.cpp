@@ -24,7 +24,8 @@ namespace xbench {
 namespace {
 
 /// The whole 7B architecture with random weights in `format`: the matrices
-/// quantize_weights would quantise are generated row by row straight into
+/// quantize_weights would quantise (with --quantize-head also the embedding
+/// and head) are generated row by row straight into
 /// int8 / 4-bit (WeightMatrix::quantized_rows), the others (embedding, head,
 /// the small gate projections) as BF16, as a quantising load of the BF16
 /// checkpoint leaves them. The model is built of placeholder matrices (no
@@ -38,12 +39,13 @@ std::unique_ptr<xlstm::LargeModel<float>> random_7b(xlstm::WeightStorage format)
     return model;
   }
   RandomWeights random(11);
-  const xlstm::QuantizeOptions rule;
+  xlstm::QuantizeOptions rule;
+  rule.include_embedding_and_head = options().quantize_head;
   model->for_each_parameter([&](const auto& p) {
     if (!p.matrix) return;
     xlstm::WeightMatrix<float>& w = *p.matrix;
     const Index rows = w.rows(), cols = w.cols();
-    if (!xlstm::is_embedding_or_head(p.name) &&
+    if ((!xlstm::is_embedding_or_head(p.name) || rule.include_embedding_and_head) &&
         xlstm::quantizable_shape(rows, cols, format, rule)) {
       w = xlstm::WeightMatrix<float>::quantized_rows(
           format, rows, cols, [&](Index, float* out) { random.row(cols, out); }, "random_7b");
@@ -185,7 +187,8 @@ void register_large_benchmarks(bool quick) {
   auto* q4 = benchmark::RegisterBenchmark("large/q4/decode", bm_large_decode);
   q4->ArgNames({"model", "B"})->Args({4, 1})->UseManualTime()->Unit(benchmark::kMillisecond);
   if (options().large7b != xlstm::WeightStorage::native) {
-    const std::string format = xlstm::storage_name(options().large7b);
+    const std::string format = std::string(xlstm::storage_name(options().large7b)) +
+                               (options().quantize_head ? "+head" : "");
     auto* whole =
         benchmark::RegisterBenchmark(("large7b/" + format + "/decode").c_str(), bm_large_decode);
     whole->ArgNames({"model", "B"})

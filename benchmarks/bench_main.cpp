@@ -12,6 +12,8 @@
 //   --large7b=F   also the whole 7B architecture with random weights in format
 //                 F = bf16, int8 or q4 (about 14, 7.5 or 4.3 GB; one format per
 //                 run, so that its peak_rss_MB counter is that format's)
+//   --quantize-head  with --large7b=int8|q4: the embedding and LM head in that
+//                 format too (by default BF16, as quantize_weights leaves them)
 //
 // At the end a summary table prints every row's figure, its limit and the
 // percentage reached. JSON output (--benchmark_out=x.json
@@ -327,7 +329,7 @@ bool starts_with(const char* s, const char* prefix) {
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr,
                "xlstm_bench: %s\nusage: xlstm_bench [--quick] [--threads=N] "
-               "[--wall-time] [--large7b=bf16|int8|q4] [--benchmark_...]\n",
+               "[--wall-time] [--large7b=bf16|int8|q4 [--quantize-head]] [--benchmark_...]\n",
                message.c_str());
   std::exit(2);
 }
@@ -361,6 +363,10 @@ int main(int argc, char** argv) {
       g_options.wall_time = true;
       continue;
     }
+    if (std::strcmp(a, "--quantize-head") == 0) {
+      g_options.quantize_head = true;
+      continue;
+    }
     if (starts_with(a, "--large7b=")) {
       const std::string f = a + 10;
       if (f == "bf16") {
@@ -379,6 +385,10 @@ int main(int argc, char** argv) {
   }
   argc = kept;
   argv[argc] = nullptr;
+  if (g_options.quantize_head && g_options.large7b != xlstm::WeightStorage::int8_rows &&
+      g_options.large7b != xlstm::WeightStorage::q4_g32) {
+    usage_error("--quantize-head needs --large7b=int8 or --large7b=q4");
+  }
 
 #ifdef _OPENMP
   // Both Eigen's products and any OpenMP loop (the library's own, the

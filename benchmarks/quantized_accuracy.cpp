@@ -11,7 +11,9 @@
 //    random initialisation, seed 125). The float model generates N tokens greedily (default 256)
 //    from a fixed prompt; the quantised models read the same tokens. Per
 //    position: the KL divergence KL(float || quantised) of the next-token
-//    distributions and whether the top-1 token agrees. Also the float model
+//    distributions and whether the top-1 token agrees; each format with the
+//    default rule and with the embedding and head quantised too ("+head",
+//    QuantizeOptions::include_embedding_and_head). Also the float model
 //    reading them with a bf16 state ("bf16-state": every step rounds C).
 //  - tirex: the full-size TiRex architecture (D = 512, 12 blocks) with random
 //    weights, forecasting 64 steps of 8 synthetic series of 2048 values
@@ -33,7 +35,8 @@
 //  - --large7b: the whole 7B architecture (32 blocks, E = 4096, vocabulary
 //    50304) with random BF16 weights (~14 GB), as lm125m with the BF16 model
 //    as the reference: it generates N tokens, then is quantised in place and
-//    reads them again (one format per pass; 13.6 GB at the peak, 11 minutes).
+//    reads them again (one format per pass: int8, q4, q4 with the head
+//    quantised too; 13.6 GB at the peak, 15 minutes).
 //  - --char-model=DIR --text=FILE [--windows=N]: a trained language model
 //    (examples/train_char_lm's output) and its text: the example's validation
 //    bits per character (last 10 % of the text, at most N windows of the
@@ -56,6 +59,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench_models.hpp"
@@ -69,6 +73,12 @@ using xlstm::WeightStorage;
 
 constexpr double kPi = 3.14159265358979323846;
 constexpr WeightStorage kFormats[] = {WeightStorage::int8_rows, WeightStorage::q4_g32};
+
+/// A format's name, "+head" when the embedding and head are quantised too
+/// (QuantizeOptions::include_embedding_and_head).
+std::string format_label(WeightStorage format, bool head) {
+  return std::string(xlstm::storage_name(format)) + (head ? "+head" : "");
+}
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -177,7 +187,7 @@ void print_agreement(const char* model, const char* format, const Matrix<float>&
     ref2 += reference.row(t).cast<double>().squaredNorm();
   }
   std::printf(
-      "%-8s %-10s positions %4ld  KL mean %.3e max %.3e nats  top-1 agreement %6.2f %%  "
+      "%-8s %-14s positions %4ld  KL mean %.3e max %.3e nats  top-1 agreement %6.2f %%  "
       "logits rel. RMS error %.3g  (flips where the float top-1 led by <= %.3g)\n",
       model, format, long(n), kl_sum / double(n), kl_max, 100.0 * double(agree) / double(n),
       std::sqrt(diff2 / ref2), widest_flipped);
@@ -213,11 +223,15 @@ void lm125m(Index count) {
   const auto prompt = prompt_tokens(model.vocab_size());
   const Generation g = generate(model, prompt, count);
   for (const auto format : kFormats) {
-    xlstm::LanguageModel<float> quantized = model;
-    xlstm::quantize_weights(quantized, format);
-    const Matrix<float> logits = read_tokens(quantized, g.tokens, g.logits.rows());
-    print_agreement("lm125m", xlstm::storage_name(format), g.logits, logits,
-                    Index(prompt.size()) - 1);
+    for (const bool head : {false, true}) {
+      xlstm::LanguageModel<float> quantized = model;
+      xlstm::QuantizeOptions rule;
+      rule.include_embedding_and_head = head;
+      xlstm::quantize_weights(quantized, format, rule);
+      const Matrix<float> logits = read_tokens(quantized, g.tokens, g.logits.rows());
+      print_agreement("lm125m", format_label(format, head).c_str(), g.logits, logits,
+                      Index(prompt.size()) - 1);
+    }
   }
   print_agreement("lm125m", "bf16-state", g.logits,
                   read_tokens(model, g.tokens, g.logits.rows(), xlstm::MLstmStateStorage::bf16),
@@ -614,7 +628,9 @@ void large7b(Index count) {
   const auto start = std::chrono::steady_clock::now();
   Generation g;
   Index first = 0;
-  for (const auto format : kFormats) {
+  for (const auto& [format, head] :
+       {std::pair{WeightStorage::int8_rows, false}, std::pair{WeightStorage::q4_g32, false},
+        std::pair{WeightStorage::q4_g32, true}}) {
     auto model = std::make_unique<xlstm::LargeModel<float>>(
         xbench::config_7b(), xlstm::uninitialized, WeightStorage::placeholder);
     xbench::fill_bf16(*model, 11);  // as xlstm_bench's large7b rows
@@ -626,9 +642,11 @@ void large7b(Index count) {
           "large7b", "bf16-state", g.logits,
           read_tokens(*model, g.tokens, g.logits.rows(), xlstm::MLstmStateStorage::bf16), first);
     }
-    xlstm::quantize_weights(*model, format);  // in place: the BF16 matrices go one by one
+    xlstm::QuantizeOptions rule;
+    rule.include_embedding_and_head = head;
+    xlstm::quantize_weights(*model, format, rule);  // in place: the BF16 matrices go one by one
     const Matrix<float> logits = read_tokens(*model, g.tokens, g.logits.rows());
-    print_agreement("large7b", xlstm::storage_name(format), g.logits, logits, first);
+    print_agreement("large7b", format_label(format, head).c_str(), g.logits, logits, first);
   }
   std::printf("         (%.0f s)\n", seconds_since(start));
 }
