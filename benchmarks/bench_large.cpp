@@ -45,8 +45,7 @@ std::unique_ptr<xlstm::LargeModel<float>> random_7b(xlstm::WeightStorage format)
     if (!p.matrix) return;
     xlstm::WeightMatrix<float>& w = *p.matrix;
     const Index rows = w.rows(), cols = w.cols();
-    if ((!xlstm::is_embedding_or_head(p.name) || rule.include_embedding_and_head) &&
-        xlstm::quantizable_shape(rows, cols, format, rule)) {
+    if (!xlstm::kept_by_name(p.name, rule) && xlstm::quantizable_shape(rows, cols, format, rule)) {
       w = xlstm::WeightMatrix<float>::quantized_rows(
           format, rows, cols, [&](Index, float* out) { random.row(cols, out); }, "random_7b");
     } else {
@@ -187,8 +186,7 @@ void register_large_benchmarks(bool quick) {
   auto* q4 = benchmark::RegisterBenchmark("large/q4/decode", bm_large_decode);
   q4->ArgNames({"model", "B"})->Args({4, 1})->UseManualTime()->Unit(benchmark::kMillisecond);
   if (options().large7b != xlstm::WeightStorage::native) {
-    const std::string format = std::string(xlstm::storage_name(options().large7b)) +
-                               (options().quantize_head ? "+head" : "");
+    const std::string format = format_label(options().large7b, options().quantize_head);
     auto* whole =
         benchmark::RegisterBenchmark(("large7b/" + format + "/decode").c_str(), bm_large_decode);
     whole->ArgNames({"model", "B"})

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "xlstm/xlstm.hpp"
@@ -114,6 +115,12 @@ inline void fill_bf16(xlstm::LargeModel<float>& model, std::uint64_t seed) {
     *w = random_bf16(rows, cols, random);
   }
   init_gate_biases(model);
+}
+
+/// A weight format's name, "+head" when the embedding and head are quantised
+/// too (QuantizeOptions::include_embedding_and_head).
+inline std::string format_label(xlstm::WeightStorage format, bool head) {
+  return std::string(xlstm::storage_name(format)) + (head ? "+head" : "");
 }
 
 }  // namespace xbench

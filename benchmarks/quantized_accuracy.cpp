@@ -36,7 +36,7 @@
 //    50304) with random BF16 weights (~14 GB), as lm125m with the BF16 model
 //    as the reference: it generates N tokens, then is quantised in place and
 //    reads them again (one format per pass: int8, q4, q4 with the head
-//    quantised too; 13.6 GB at the peak, 15 minutes).
+//    quantised too; 13.6 GB at the peak, 16 minutes).
 //  - --char-model=DIR --text=FILE [--windows=N]: a trained language model
 //    (examples/train_char_lm's output) and its text: the example's validation
 //    bits per character (last 10 % of the text, at most N windows of the
@@ -73,12 +73,6 @@ using xlstm::WeightStorage;
 
 constexpr double kPi = 3.14159265358979323846;
 constexpr WeightStorage kFormats[] = {WeightStorage::int8_rows, WeightStorage::q4_g32};
-
-/// A format's name, "+head" when the embedding and head are quantised too
-/// (QuantizeOptions::include_embedding_and_head).
-std::string format_label(WeightStorage format, bool head) {
-  return std::string(xlstm::storage_name(format)) + (head ? "+head" : "");
-}
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -229,7 +223,7 @@ void lm125m(Index count) {
       rule.include_embedding_and_head = head;
       xlstm::quantize_weights(quantized, format, rule);
       const Matrix<float> logits = read_tokens(quantized, g.tokens, g.logits.rows());
-      print_agreement("lm125m", format_label(format, head).c_str(), g.logits, logits,
+      print_agreement("lm125m", xbench::format_label(format, head).c_str(), g.logits, logits,
                       Index(prompt.size()) - 1);
     }
   }
@@ -646,7 +640,7 @@ void large7b(Index count) {
     rule.include_embedding_and_head = head;
     xlstm::quantize_weights(*model, format, rule);  // in place: the BF16 matrices go one by one
     const Matrix<float> logits = read_tokens(*model, g.tokens, g.logits.rows());
-    print_agreement("large7b", format_label(format, head).c_str(), g.logits, logits, first);
+    print_agreement("large7b", xbench::format_label(format, head).c_str(), g.logits, logits, first);
   }
   std::printf("         (%.0f s)\n", seconds_since(start));
 }

@@ -47,6 +47,12 @@ inline bool is_embedding_or_head(const std::string& name) {
   return name.find("embedding") != std::string::npos || name.find("lm_head") != std::string::npos;
 }
 
+/// Whether `options` keep the matrix called `name` as it is for its name alone:
+/// an embedding or head, unless options.include_embedding_and_head.
+inline bool kept_by_name(const std::string& name, const QuantizeOptions& options) {
+  return is_embedding_or_head(name) && !options.include_embedding_and_head;
+}
+
 /// Whether a rows x cols weight matrix is big enough for `options` and has a
 /// shape `format` can hold (q4_g32: cols a multiple of 32).
 inline bool quantizable_shape(Index rows, Index cols, WeightStorage format,
@@ -81,7 +87,7 @@ QuantizeReport quantize_weights(Module& module, WeightStorage format,
   std::vector<Entry> entries;
   module.for_each_parameter([&](const auto& p) {
     if (!p.matrix) return;
-    const bool excluded = is_embedding_or_head(p.name) && !options.include_embedding_and_head;
+    const bool excluded = kept_by_name(p.name, options);
     auto it = std::find_if(entries.begin(), entries.end(),
                            [&](const Entry& e) { return e.matrix == p.matrix; });
     if (it == entries.end()) {

@@ -319,9 +319,7 @@ bool quantize_on_load(const LoadOptions& options, const std::string& key, const 
   check(options.quantize == WeightStorage::int8_rows || options.quantize == WeightStorage::q4_g32,
         "LoadOptions::quantize must be native, int8_rows or q4_g32, got ",
         storage_name(options.quantize));
-  if (is_embedding_or_head(key) && !options.quantize_options.include_embedding_and_head) {
-    return false;
-  }
+  if (kept_by_name(key, options.quantize_options)) return false;
   return std::all_of(target.parts.begin(), target.parts.end(), [&](const auto& part) {
     return quantizable_shape(part.matrix->rows(), part.matrix->cols(), options.quantize,
                              options.quantize_options);
