@@ -24,13 +24,12 @@ namespace xbench {
 namespace {
 
 /// The whole 7B architecture with random weights in `format`: the matrices
-/// quantize_weights would quantise (with --quantize-head also the embedding
-/// and head) are generated row by row straight into
-/// int8 / 4-bit (WeightMatrix::quantized_rows), the others (embedding, head,
-/// the small gate projections) as BF16, as a quantising load of the BF16
-/// checkpoint leaves them. The model is built of placeholder matrices (no
-/// memory) and they are replaced one by one, so the peak resident memory is
-/// that of `format` plus one matrix.
+/// quantize_weights would quantise are generated row by row straight into
+/// int8 / 4-bit (WeightMatrix::quantized_rows), the others (the small gate
+/// projections; the embedding and head unless --quantize-head) as BF16, as a
+/// quantising load of the BF16 checkpoint leaves them. The model is built of placeholder matrices
+/// (no memory) and they are replaced one by one, so the peak resident memory is that of `format`
+/// plus one matrix.
 std::unique_ptr<xlstm::LargeModel<float>> random_7b(xlstm::WeightStorage format) {
   auto model = std::make_unique<xlstm::LargeModel<float>>(config_7b(), xlstm::uninitialized,
                                                           xlstm::WeightStorage::placeholder);

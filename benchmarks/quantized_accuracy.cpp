@@ -193,7 +193,7 @@ void print_agreement(const char* model, const char* format, const Matrix<float>&
 template <typename Module>
 void round_selected_to_bf16(Module& module, const xlstm::QuantizeOptions& rule = {}) {
   module.for_each_parameter([&](const auto& p) {
-    if (!p.matrix || !p.matrix->is_native() || xlstm::is_embedding_or_head(p.name) ||
+    if (!p.matrix || !p.matrix->is_native() || xlstm::kept_by_name(p.name, rule) ||
         !xlstm::quantizable_shape(p.matrix->rows(), p.matrix->cols(), WeightStorage::int8_rows,
                                   rule)) {
       return;
