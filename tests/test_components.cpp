@@ -563,6 +563,70 @@ TYPED_TEST(CausalConvTest, ForwardInTwoPiecesEqualsOneForward) {
 // math §1.5 edge case: the reference returns nothing for K = 1; we support it
 // as a pointwise scale plus bias (2 terms: one rounding of the product and one
 // of the sum, both within gamma_2).
+// Long ragged sequences, enough work for the threads: the forward splits
+// each row's steps into pieces over the threads (B = 1 too), each piece
+// reading the window as it was before the call. Every output is the formula,
+// zero past its row's length; the same bits and windows on 1, 2 and 3 threads.
+TYPED_TEST(CausalConvTest, LongRaggedForwardIsTheFormulaWithTheSameBitsOnAnyThreadCount) {
+  using S = TypeParam;
+  std::mt19937_64 rng(35);
+  const Index f = 64, k = 4, time = 300;
+  const auto conv = random_conv<S>(f, k, rng);
+  const int threads_before = xlstm::num_threads();
+  for (const xlstm::Lengths& lengths :
+       {xlstm::Lengths{}, xlstm::Lengths{300, 130, 2}, xlstm::Lengths{65}}) {
+    const Index batch = lengths.empty() ? 2 : Index(lengths.size());
+    const Sequence<S> x = random_sequence<S>(batch, time, f, rng);
+    auto start = conv.initial_state(batch);
+    fill_normal(start.window, rng);  // a window from earlier steps
+    Sequence<S> first_y;
+    Matrix<S> first_window;
+    for (const int threads : {1, 2, 3}) {
+      SCOPED_TRACE(::testing::Message() << "batch " << batch << " threads " << threads);
+      xlstm::set_num_threads(threads);
+      auto state = start;
+      Sequence<S> y;
+      conv.forward(x, lengths, state, y);
+      if (threads == 1) {
+        first_y = y;
+        first_window = state.window;
+        // The formula over [earlier window | x], zero past the length.
+        for (Index b = 0; b < batch; ++b) {
+          const Index len = lengths.empty() ? time : lengths[std::size_t(b)];
+          for (Index t = 0; t < time; ++t) {
+            for (Index c = 0; c < f; ++c) {
+              Real sum = Real(conv.bias()(c)), mag = std::abs(sum);
+              for (Index j = 0; j < k; ++j) {
+                const Index u = t - (k - 1) + j;
+                const Real in = u >= 0 ? Real(x(b, u, c)) : Real(start.window(b * k + k + u, c));
+                sum += Real(conv.weight()(c, j)) * in;
+                mag += std::abs(Real(conv.weight()(c, j)) * in);
+              }
+              if (t >= len) {
+                EXPECT_EQ(y(b, t, c), S(0));
+              } else {
+                EXPECT_LE(std::abs(Real(y(b, t, c)) - sum), 2 * (k + 1) * unit_roundoff<S>() * mag);
+              }
+            }
+          }
+          // The window: the last k valid inputs.
+          for (Index j = 0; j < k; ++j) {
+            const Index u = len - k + j;
+            for (Index c = 0; c < f; ++c) {
+              ASSERT_EQ(state.window(b * k + j, c),
+                        u >= 0 ? x(b, u, c) : start.window(b * k + k + u, c));
+            }
+          }
+        }
+      } else {
+        EXPECT_TRUE((y.matrix().array() == first_y.matrix().array()).all());
+        EXPECT_TRUE((state.window.array() == first_window.array()).all());
+      }
+    }
+  }
+  xlstm::set_num_threads(threads_before);
+}
+
 TYPED_TEST(CausalConvTest, KernelSizeOneIsPointwiseScalePlusBias) {
   using S = TypeParam;
   std::mt19937_64 rng(34);

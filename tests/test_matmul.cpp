@@ -258,8 +258,9 @@ TEST(MatmulTest, PanelProductIsTheProductWithEachRowsOwnBitsPackedAheadOrNot) {
 // way (the backward passes a transposed gradient), edge tiles of every kind,
 // depths over one packed block, narrow outputs of every width up to 8 (dot
 // products in register blocks of rows when both are stored by rows), tasks
-// split into row bands (few column blocks) or not, against the double
-// reference, and the same bits with 1, 2 and 3 threads.
+// split into row bands (few column blocks) or not, column blocks whose count
+// follows the thread count, against the double reference, and the same bits
+// with 1, 2 and 3 threads.
 TEST(MatmulTest, ParallelProductIsTheProductWithTheSameBitsOnAnyThreadCount) {
   const ThreadCountGuard guard;
   std::mt19937 rng(7);
@@ -269,6 +270,9 @@ TEST(MatmulTest, ParallelProductIsTheProductWithTheSameBitsOnAnyThreadCount) {
   for (const Case c : {Case{1, 1, 1}, Case{7, 5, 3}, Case{33, 97, 129}, Case{100, 1000, 64},
                        Case{130, 70, 300}, Case{517, 301, 257}, Case{300, 40, 1000}, Case{12, 9, 0},
                        Case{1000, 4, 3000}, Case{40, 300, 800}, Case{2000, 200, 500},
+                       // 11 column blocks on one thread, 12 of near-equal width on two
+                       // and three (with AVX-512 63 panels, the last of one packet)
+                       Case{50, 2000, 40},
                        // every narrow width, rows past the register blocks
                        Case{131, 1, 40}, Case{67, 2, 33}, Case{66, 3, 50}, Case{5, 5, 200},
                        Case{70, 6, 17}, Case{129, 7, 100}, Case{130, 8, 65}}) {

@@ -12,6 +12,7 @@
 #include "xlstm/core/init.hpp"
 #include "xlstm/core/layer_norm.hpp"
 #include "xlstm/core/linear.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/rounding.hpp"
 #include "xlstm/core/thread_buffers.hpp"
 #include "xlstm/core/valid_rows.hpp"
@@ -366,7 +367,9 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   ensure_size(ws.up, rows, 2 * inner);
   proj_up_.forward(ws.normed, ws.up);
   ws.x_m.resize(batch, time, inner);
-  ws.x_m.matrix() = ws.up.leftCols(inner);
+  for_row_blocks(rows, inner, [&](Index, Index first, Index count) {
+    ws.x_m.matrix().middleRows(first, count) = ws.up.middleRows(first, count).leftCols(inner);
+  });
   conv1d_.forward(ws.x_m, lengths, state.conv, ws.conv_out, ws.conv_taps);
   Matrix<Scalar>& conv_act = ws.conv_out.matrix();
   for_row_blocks(rows, 16 * inner, [&](Index, Index first, Index count) {
@@ -390,7 +393,7 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   });
   y.resize(batch, time, embedding_dim());
   proj_down_.forward(ws.h, y.matrix());
-  y.matrix() += x.matrix();
+  add_rows(x.matrix(), y.matrix());
   zero_padding(y, lengths);
 }
 

@@ -17,6 +17,7 @@
 #include "xlstm/core/init.hpp"
 #include "xlstm/core/layer_norm.hpp"
 #include "xlstm/core/linear.hpp"
+#include "xlstm/core/parallel.hpp"
 #include "xlstm/core/rms_norm.hpp"
 #include "xlstm/core/rounding.hpp"
 #include "xlstm/core/thread_buffers.hpp"
@@ -483,20 +484,26 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   normed.resize(batch, time, e);
   pre_norm(xlstm_norm_, rms_norm_, x.matrix(), normed.matrix());
   conv1d_.forward(normed, lengths, state.conv, conv_act, scratch.conv_taps);
-  if (!conv1d_.is_identity()) conv_act.matrix().array() = silu(conv_act.matrix().array());
+  const Index rows = x.matrix().rows();
+  if (!conv1d_.is_identity()) {
+    for_row_blocks(rows, 16 * e, [&](Index, Index first, Index count) {
+      auto block = conv_act.matrix().middleRows(first, count).array();
+      block = silu(block);
+    });
+  }
   Sequence<Scalar>& preact = scratch.preact;
   preact.resize(batch, time, 4 * e);
   gate_preactivations(normed.matrix(), conv_act.matrix(), preact.matrix(), workload);
   cell_.forward(preact, lengths, state.cell, scratch.cell_out);
   y.resize(batch, time, e);
   group_norm_.forward(scratch.cell_out.matrix(), y.matrix());
-  y.matrix() += x.matrix();
+  add_rows(x.matrix(), y.matrix());
   if (has_feedforward()) {
-    ensure_size(scratch.ffn_in, y.matrix().rows(), e);
-    ensure_size(scratch.ffn_out, y.matrix().rows(), e);
+    ensure_size(scratch.ffn_in, rows, e);
+    ensure_size(scratch.ffn_out, rows, e);
     pre_norm(ffn_norm_, ffn_rms_norm_, y.matrix(), scratch.ffn_in);
     ffn_.forward(scratch.ffn_in, scratch.ffn_out, scratch.ffn_up, workload);
-    y.matrix() += scratch.ffn_out;
+    add_rows(scratch.ffn_out, y.matrix());
   }
   zero_padding(y, lengths);
 }

@@ -3,6 +3,7 @@
 // `forward` exactly. Kernel size 0 is the identity (sLSTM without conv).
 #pragma once
 
+#include <algorithm>
 #include <string>
 
 #include "xlstm/core/error.hpp"
@@ -172,17 +173,21 @@ void CausalConv1d<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& le
   // stride of K for every output row.
   if (taps.rows() != k || taps.cols() != features_) taps.resize(k, features_);
   taps = weight_.transpose();
-  // Batch rows are independent: over the threads when there is enough work.
-  const bool parallel =
-      batch > 1 && double(batch) * double(x.time()) * double(k * features_) >= 1 << 16;
-  parallel_for(batch, parallel, [&](Index b) {
+  // Output rows are independent (each reads the input and the window as
+  // they were before the call): over the threads by pieces of a row's steps
+  // when there is enough work, so that one sequence (B = 1) is split too.
+  constexpr Index kStepsPerTask = 64;
+  const Index pieces = (x.time() + kStepsPerTask - 1) / kStepsPerTask;
+  const bool parallel = double(batch) * double(x.time()) * double(k * features_) >= 1 << 16;
+  parallel_for(batch * pieces, parallel, [&](Index item) {
+    const Index b = item / pieces, first = (item % pieces) * kStepsPerTask;
+    const Index end = std::min(x.time(), first + kStepsPerTask);
     const Index time = length_of(lengths, b, x.time());
-    y.rows_of(b).bottomRows(x.time() - time).setZero();
-    const auto in = x.rows_of(b).topRows(time);
-    auto out = y.rows_of(b).topRows(time);
-    auto window = state.window.middleRows(b * k, k);
+    const auto in = x.rows_of(b);
+    auto out = y.rows_of(b);
+    const auto window = state.window.middleRows(b * k, k);
     // One output row at a time, all taps, so the row stays in L1.
-    for (Index t = 0; t < time; ++t) {
+    for (Index t = first; t < std::min(end, time); ++t) {
       auto out_t = out.row(t).array();
       out_t = bias_.transpose().array();
       for (Index j = 0; j < k; ++j) {
@@ -194,14 +199,21 @@ void CausalConv1d<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& le
         }
       }
     }
-    // New window: the last k inputs of [old window | x].
+    for (Index t = std::max(first, time); t < end; ++t) out.row(t).setZero();
+  });
+  // New windows, once every output has read the old ones: the last k inputs
+  // of [old window | x].
+  for (Index b = 0; b < batch; ++b) {
+    const Index time = length_of(lengths, b, x.time());
+    const auto in = x.rows_of(b).topRows(time);
+    auto window = state.window.middleRows(b * k, k);
     if (time >= k) {
       window = in.bottomRows(k);
     } else {
       for (Index j = 0; j + time < k; ++j) window.row(j) = window.row(j + time);
       window.bottomRows(time) = in;
     }
-  });
+  }
 }
 
 template <typename Scalar_>

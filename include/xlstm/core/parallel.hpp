@@ -105,4 +105,14 @@ void for_row_blocks(Index rows, Index row_cost, Fn&& fn) {
   });
 }
 
+/// y += x (same shape), by the row blocks of for_row_blocks: a block's
+/// residual addition over a sequence, which on one thread would leave the
+/// others idle between two parallel products.
+template <typename X, typename Y>
+void add_rows(const X& x, Y&& y) {
+  for_row_blocks(y.rows(), y.cols(), [&](Index, Index first, Index count) {
+    y.middleRows(first, count) += x.middleRows(first, count);
+  });
+}
+
 }  // namespace xlstm

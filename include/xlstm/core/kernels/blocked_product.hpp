@@ -54,6 +54,22 @@ inline constexpr Index kDepthBlock = 384;
 /// Columns of out (rows of b) per task: 192 x 384 floats (288 KiB) of b in L2.
 inline constexpr Index kColumnBlock = 192;
 
+/// Column blocks of a product with `cols` columns: at most kColumnBlock
+/// columns each, whole panels of `tile_cols` but the last, and on `threads`
+/// threads a multiple of their count when there are at least as many, so
+/// that the static schedule gives every thread the same number of panels
+/// (to within one). 2048 columns on two threads in blocks of 192 would be
+/// 11 blocks, 1152 columns for one thread and 896 for the other; as 12
+/// blocks of 5 or 6 panels, 1024 each. The blocks change no element's
+/// operations (design §7.8).
+inline Index column_block_count(Index cols, Index tile_cols, int threads) {
+  const Index panels = (cols + tile_cols - 1) / tile_cols;
+  const Index per_block = std::max<Index>(1, kColumnBlock / tile_cols);
+  const Index blocks = (panels + per_block - 1) / per_block;
+  if (threads <= 1 || blocks < threads) return blocks;
+  return std::min(panels, (blocks + threads - 1) / threads * threads);
+}
+
 /// The packed operands: a's tile rows for one depth block (shared by the
 /// tasks), and per library thread a packed column block of b.
 template <typename Scalar>
@@ -254,8 +270,11 @@ void blocked_product(const A& a, const B& b, Out& out, bool accumulate, bool spl
   // split into row bands too only when there are too few of them to keep
   // every thread busy (each band packs its b again). The split changes no
   // element's operations.
-  const Index col_blocks = (cols + detail::kColumnBlock - 1) / detail::kColumnBlock;
   const int threads = parallel ? num_threads() : 1;
+  const Index col_blocks = detail::column_block_count(cols, tile_cols, threads);
+  const Index col_panels_all = (cols + tile_cols - 1) / tile_cols;
+  // Column block j: panels [j P / blocks, (j + 1) P / blocks) of the P panels.
+  auto block_start = [&](Index j) { return (j * col_panels_all / col_blocks) * tile_cols; };
   const Index wanted_tasks = parallel ? 2 * Index(threads) : 1;
   const Index bands = col_blocks >= wanted_tasks
                           ? 1
@@ -298,8 +317,8 @@ void blocked_product(const A& a, const B& b, Out& out, bool accumulate, bool spl
   auto run_task = [&](Index task, int thread, Index k0, Scalar* a_packed, Index first_a_panel) {
     const Index block_depth = std::min(kc, depth - k0);
     const bool add = accumulate || k0 > 0;
-    const Index c0 = (task % col_blocks) * detail::kColumnBlock;
-    const Index width = std::min(detail::kColumnBlock, cols - c0);
+    const Index c0 = block_start(task % col_blocks);
+    const Index width = std::min(block_start(task % col_blocks + 1), cols) - c0;
     const Index first_panel = (task / col_blocks) * band_panels;
     const Index last_panel = std::min(row_panels, first_panel + band_panels);
     Scalar* b_packed = buffers.per_thread[std::size_t(thread)].b.data();
