@@ -560,9 +560,6 @@ TYPED_TEST(CausalConvTest, ForwardInTwoPiecesEqualsOneForward) {
   }
 }
 
-// math §1.5 edge case: the reference returns nothing for K = 1; we support it
-// as a pointwise scale plus bias (2 terms: one rounding of the product and one
-// of the sum, both within gamma_2).
 // Long ragged sequences, enough work for the threads: the forward splits
 // each row's steps into pieces over the threads (B = 1 too), each piece
 // reading the window as it was before the call. Every output is the formula,
@@ -627,6 +624,9 @@ TYPED_TEST(CausalConvTest, LongRaggedForwardIsTheFormulaWithTheSameBitsOnAnyThre
   xlstm::set_num_threads(threads_before);
 }
 
+// math §1.5 edge case: the reference returns nothing for K = 1; we support it
+// as a pointwise scale plus bias (2 terms: one rounding of the product and one
+// of the sum, both within gamma_2).
 TYPED_TEST(CausalConvTest, KernelSizeOneIsPointwiseScalePlusBias) {
   using S = TypeParam;
   std::mt19937_64 rng(34);
