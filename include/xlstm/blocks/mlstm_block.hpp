@@ -447,7 +447,7 @@ void MLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   });
   y.resize(batch, time, e);
   forward_valid_rows(proj_down_, tape.gated.matrix(), y.matrix(), time, lengths, tape.packed_down);
-  y.matrix() += tape.x.matrix();
+  add_rows(tape.x.matrix(), y.matrix());
   zero_padding(y, lengths);
   tape.recorded = true;
 }

@@ -531,14 +531,14 @@ void SLstmBlock<Scalar_>::forward(const Sequence<Scalar>& x, const Lengths& leng
   cell_.forward(tape.preact, lengths, state.cell, tape.cell_out, tape.cell);
   y.resize(batch, time, e);
   group_norm_.forward(tape.cell_out.matrix(), y.matrix());
-  y.matrix() += x.matrix();
+  add_rows(x.matrix(), y.matrix());
   tape.work.resize(batch, time, e);
   if (has_feedforward()) {
     tape.x1 = y;
     tape.ffn_in.resize(batch, time, e);
     pre_norm(ffn_norm_, ffn_rms_norm_, y.matrix(), tape.ffn_in.matrix());
     ffn_.forward(tape.ffn_in.matrix(), tape.work.matrix(), tape.ffn);
-    y.matrix() += tape.work.matrix();
+    add_rows(tape.work.matrix(), y.matrix());
   }
   zero_padding(y, lengths);
   tape.recorded = true;
