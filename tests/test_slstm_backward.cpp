@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -354,6 +355,51 @@ TYPED_TEST(SLstmBackwardTyped, SameBitsWithAnyThreadCount) {
   EXPECT_TRUE(test_util::BitIdentical(one.kernel, two.kernel));
   EXPECT_TRUE(test_util::BitIdentical(one.initial_y, two.initial_y));
   EXPECT_TRUE(test_util::BitIdentical(one.grad_x.matrix(), two.grad_x.matrix()));
+}
+
+// The tape holds raw = x + R y + b (math §2.3) of every row at every step,
+// including rows whose sequence has ended, and the states before each step.
+// Heads of 56 units: the float forward with AVX-512 sums them in the
+// packets of its pointwise update (slstm_pointwise.hpp) and the rest by
+// expressions, every other forward by expressions. Checked against the sum in double from the
+// taped y, to the rounding of a sum of DH + 2 terms.
+TYPED_TEST(SLstmBackwardTyped, TapeHoldsThePreActivationsOfEveryRowAndStep) {
+  using S = TypeParam;
+  const Index batch = 3, time = 5, h = 112, heads = 2, dh = h / heads;
+  std::mt19937_64 rng(2101);
+  const auto cell = random_cell<S>(h, heads, rng);
+  const auto x = random_sequence<S>(batch, time, 4 * h, rng);
+  auto state = cell.initial_state(batch);
+  Sequence<S> y;
+  xlstm::SLstmTape<S> tape;
+  cell.forward(x, Lengths{time, 2, 0}, state, y, tape);
+  ASSERT_EQ(tape.raw.rows(), time * batch);
+  const double eps = double(std::numeric_limits<S>::epsilon());
+  double worst = 0;
+  for (Index t = 0; t < time; ++t) {
+    for (Index b = 0; b < batch; ++b) {
+      for (Index head = 0; head < heads; ++head) {
+        for (Index g = 0; g < 4; ++g) {
+          for (Index j = 0; j < dh; ++j) {
+            const Index unit = g * h + head * dh + j, row = head * 4 * dh + g * dh + j;
+            double sum = double(x(b, t, unit)) + double(cell.bias()(unit)), scale = std::abs(sum);
+            for (Index i = 0; i < dh; ++i) {
+              const double term = double(cell.recurrent_kernel()(row, i)) *
+                                  double(tape.y(t * batch + b, head * dh + i));
+              sum += term;
+              scale += std::abs(term);
+            }
+            const double error = std::abs(double(tape.raw(t * batch + b, row)) - sum);
+            worst = std::max(worst, error / scale);
+            ASSERT_LE(error, double(dh + 2) * eps * scale)
+                << "t " << t << ", row " << b << ", head " << head << ", gate " << g << ", unit "
+                << j;
+          }
+        }
+      }
+    }
+  }
+  std::printf("  worst error %.2e of the sum of |terms| (eps %.2e)\n", worst, eps);
 }
 
 // The pointwise backward of one unit written one unit at a time, as math

@@ -254,6 +254,13 @@ const char* name_of(FirstStepRule r) {
 }
 const char* name_of(SLstmFunction f) { return f == SLstmFunction::slstm ? "slstm" : "lstm"; }
 
+// (hidden size, heads) for the tests of the pointwise update: units of a
+// few lanes (the array expressions of slstm_pointwise.hpp), and heads of 56
+// units, which the float update takes with AVX-512 in packets, two side by
+// side and one alone, and a rest of 8 units by expressions (other builds:
+// all by expressions).
+const std::pair<Index, Index> kUnitSizes[] = {{12, 3}, {112, 2}};
+
 template <typename S>
 class SLstmCellTest : public ::testing::Test {};
 TYPED_TEST_SUITE(SLstmCellTest, Scalars, ::testing::internal::DefaultNameGenerator);
@@ -268,23 +275,26 @@ TYPED_TEST_SUITE(SLstmCellTest, Scalars, ::testing::internal::DefaultNameGenerat
 // (sigmoids, tanh, |R y| = O(1)), so errors stay at the level of one step.
 TYPED_TEST(SLstmCellTest, MatchesAnElementwiseTranscriptionOfTheSpec) {
   using S = TypeParam;
-  const Index B = 2, T = 20, H = 12, NH = 3;
-  for (const auto function : {SLstmFunction::slstm, SLstmFunction::lstm}) {
-    for (const auto rule : {FirstStepRule::whole_batch, FirstStepRule::per_element}) {
-      SCOPED_TRACE(std::string(name_of(function)) + " " + name_of(rule));
-      std::mt19937 rng(201);
-      SLstmExternal e;
-      const auto cell = random_slstm<S>(slstm_cell_config(H, NH, rule, function), rng, &e);
-      const auto x = random_sequence<S>(B, T, 4 * H, rng);
-      const auto ref = naive_slstm(e, x, function);
-      auto state = cell.initial_state(B);
-      SLstmTrace<S> trace;
-      const auto y = run_slstm(cell, x, state, &trace);
-      EXPECT_TRUE(Close(y.matrix(), ref.y.matrix(), Tol<S>::rounding));
-      EXPECT_TRUE(Close(trace.c.matrix(), ref.c.matrix(), Tol<S>::rounding));
-      if (function == SLstmFunction::slstm) {
-        EXPECT_TRUE(Close(trace.n.matrix(), ref.n.matrix(), Tol<S>::rounding));
-        EXPECT_TRUE(Close(trace.m.matrix(), ref.m.matrix(), Tol<S>::rounding));
+  const Index B = 2, T = 20;
+  for (const auto& [H, NH] : kUnitSizes) {
+    for (const auto function : {SLstmFunction::slstm, SLstmFunction::lstm}) {
+      for (const auto rule : {FirstStepRule::whole_batch, FirstStepRule::per_element}) {
+        SCOPED_TRACE(std::string(name_of(function)) + " " + name_of(rule) +
+                     ", H = " + std::to_string(H));
+        std::mt19937 rng(201);
+        SLstmExternal e;
+        const auto cell = random_slstm<S>(slstm_cell_config(H, NH, rule, function), rng, &e);
+        const auto x = random_sequence<S>(B, T, 4 * H, rng);
+        const auto ref = naive_slstm(e, x, function);
+        auto state = cell.initial_state(B);
+        SLstmTrace<S> trace;
+        const auto y = run_slstm(cell, x, state, &trace);
+        EXPECT_TRUE(Close(y.matrix(), ref.y.matrix(), Tol<S>::rounding));
+        EXPECT_TRUE(Close(trace.c.matrix(), ref.c.matrix(), Tol<S>::rounding));
+        if (function == SLstmFunction::slstm) {
+          EXPECT_TRUE(Close(trace.n.matrix(), ref.n.matrix(), Tol<S>::rounding));
+          EXPECT_TRUE(Close(trace.m.matrix(), ref.m.matrix(), Tol<S>::rounding));
+        }
       }
     }
   }
@@ -402,43 +412,46 @@ TYPED_TEST(SLstmCellTest, ExtremePreactivationsGiveFiniteOutputs) {
   using S = TypeParam;
   const S inf = std::numeric_limits<S>::infinity();
   const std::vector<S> extremes = {S(1e4), S(-1e4), inf, -inf};
-  const Index B = 2, T = 40, H = 8, NH = 2;
-  for (const auto function : {SLstmFunction::slstm, SLstmFunction::lstm}) {
-    for (const auto rule : {FirstStepRule::whole_batch, FirstStepRule::per_element}) {
-      SCOPED_TRACE(std::string(name_of(function)) + " " + name_of(rule));
-      std::mt19937 rng(205);
-      const auto cell = random_slstm<S>(slstm_cell_config(H, NH, rule, function), rng);
-      const auto base = random_sequence<S>(B, T, 4 * H, rng);
-      std::vector<std::pair<std::string, Sequence<S>>> cases;
-      for (Index g = 0; g < 4; ++g) {
-        for (const S v : extremes) {
-          auto x = base;
-          for (Index r = 0; r < x.matrix().rows(); ++r) {
-            x.matrix().row(r).segment(g * H, H).setConstant(v);
+  const Index B = 2, T = 40;
+  for (const auto& [H, NH] : {std::pair<Index, Index>{8, 2}, kUnitSizes[1]}) {
+    for (const auto function : {SLstmFunction::slstm, SLstmFunction::lstm}) {
+      for (const auto rule : {FirstStepRule::whole_batch, FirstStepRule::per_element}) {
+        SCOPED_TRACE(std::string(name_of(function)) + " " + name_of(rule) +
+                     ", H = " + std::to_string(H));
+        std::mt19937 rng(205);
+        const auto cell = random_slstm<S>(slstm_cell_config(H, NH, rule, function), rng);
+        const auto base = random_sequence<S>(B, T, 4 * H, rng);
+        std::vector<std::pair<std::string, Sequence<S>>> cases;
+        for (Index g = 0; g < 4; ++g) {
+          for (const S v : extremes) {
+            auto x = base;
+            for (Index r = 0; r < x.matrix().rows(); ++r) {
+              x.matrix().row(r).segment(g * H, H).setConstant(v);
+            }
+            std::ostringstream name;
+            name << "gate "
+                 << "ifzo"[g] << " = " << v;
+            cases.emplace_back(name.str(), x);
           }
-          std::ostringstream name;
-          name << "gate "
-               << "ifzo"[g] << " = " << v;
-          cases.emplace_back(name.str(), x);
         }
-      }
-      auto mixed = base;
-      std::uniform_int_distribution<int> pick(0, 5);
-      for (Index i = 0; i < mixed.matrix().size(); ++i) {
-        const int p = pick(rng);
-        if (p < 4) mixed.matrix().data()[i] = extremes[std::size_t(p)];
-      }
-      cases.emplace_back("mixed", mixed);
-      for (const auto& [name, x] : cases) {
-        SCOPED_TRACE(name);
-        auto state = cell.initial_state(B);
-        SLstmTrace<S> trace;
-        const auto y = run_slstm(cell, x, state, &trace);
-        EXPECT_TRUE(AllFinite(y.matrix()));
-        EXPECT_TRUE(AllFinite(trace.c.matrix()));
-        EXPECT_TRUE(AllFinite(trace.n.matrix()));
-        EXPECT_TRUE(AllFinite(trace.m.matrix()));
-        EXPECT_TRUE(SStateFinite(state));
+        auto mixed = base;
+        std::uniform_int_distribution<int> pick(0, 5);
+        for (Index i = 0; i < mixed.matrix().size(); ++i) {
+          const int p = pick(rng);
+          if (p < 4) mixed.matrix().data()[i] = extremes[std::size_t(p)];
+        }
+        cases.emplace_back("mixed", mixed);
+        for (const auto& [name, x] : cases) {
+          SCOPED_TRACE(name);
+          auto state = cell.initial_state(B);
+          SLstmTrace<S> trace;
+          const auto y = run_slstm(cell, x, state, &trace);
+          EXPECT_TRUE(AllFinite(y.matrix()));
+          EXPECT_TRUE(AllFinite(trace.c.matrix()));
+          EXPECT_TRUE(AllFinite(trace.n.matrix()));
+          EXPECT_TRUE(AllFinite(trace.m.matrix()));
+          EXPECT_TRUE(SStateFinite(state));
+        }
       }
     }
   }
@@ -457,27 +470,29 @@ TYPED_TEST(SLstmCellTest, ExtremePreactivationsGiveFiniteOutputs) {
 TYPED_TEST(SLstmCellTest, NaNInOneBatchRowStaysInThatRow) {
   using S = TypeParam;
   const S nan = std::numeric_limits<S>::quiet_NaN();
-  const Index B = 2, T = 30, H = 8, NH = 2;
-  for (const auto rule : {FirstStepRule::whole_batch, FirstStepRule::per_element}) {
-    SCOPED_TRACE(name_of(rule));
-    std::mt19937 rng(206);
-    const auto cell = random_slstm<S>(slstm_cell_config(H, NH, rule), rng);
-    const auto clean = random_sequence<S>(B, T, 4 * H, rng);
-    auto dirty = clean;
-    dirty(0, 0, 2 * H + 1) = nan;  // z of unit 1 at the very first step
-    dirty(0, 12, 0) = nan;         // i of unit 0 at t = 12
-    auto s_clean = cell.initial_state(B), s_dirty = cell.initial_state(B);
-    SLstmTrace<S> t_clean, t_dirty;
-    const auto y_clean = run_slstm(cell, clean, s_clean, &t_clean);
-    const auto y_dirty = run_slstm(cell, dirty, s_dirty, &t_dirty);
-    EXPECT_TRUE(BitIdentical(y_dirty.rows_of(1), y_clean.rows_of(1)));
-    EXPECT_TRUE(BitIdentical(t_dirty.c.rows_of(1), t_clean.c.rows_of(1)));
-    EXPECT_TRUE(BitIdentical(t_dirty.n.rows_of(1), t_clean.n.rows_of(1)));
-    EXPECT_TRUE(BitIdentical(t_dirty.m.rows_of(1), t_clean.m.rows_of(1)));
-    EXPECT_TRUE(BitIdentical(s_dirty.y.row(1), s_clean.y.row(1)));
-    // The NaN does reach row 0 (through R y, the whole of head 0).
-    EXPECT_TRUE(any_nan(y_dirty.at(0, 0)));
-    EXPECT_TRUE(any_nan(s_dirty.y.row(0).segment(0, H / NH)));
+  const Index B = 2, T = 30;
+  for (const auto& [H, NH] : {std::pair<Index, Index>{8, 2}, kUnitSizes[1]}) {
+    for (const auto rule : {FirstStepRule::whole_batch, FirstStepRule::per_element}) {
+      SCOPED_TRACE(std::string(name_of(rule)) + ", H = " + std::to_string(H));
+      std::mt19937 rng(206);
+      const auto cell = random_slstm<S>(slstm_cell_config(H, NH, rule), rng);
+      const auto clean = random_sequence<S>(B, T, 4 * H, rng);
+      auto dirty = clean;
+      dirty(0, 0, 2 * H + 1) = nan;  // z of unit 1 at the very first step
+      dirty(0, 12, 0) = nan;         // i of unit 0 at t = 12
+      auto s_clean = cell.initial_state(B), s_dirty = cell.initial_state(B);
+      SLstmTrace<S> t_clean, t_dirty;
+      const auto y_clean = run_slstm(cell, clean, s_clean, &t_clean);
+      const auto y_dirty = run_slstm(cell, dirty, s_dirty, &t_dirty);
+      EXPECT_TRUE(BitIdentical(y_dirty.rows_of(1), y_clean.rows_of(1)));
+      EXPECT_TRUE(BitIdentical(t_dirty.c.rows_of(1), t_clean.c.rows_of(1)));
+      EXPECT_TRUE(BitIdentical(t_dirty.n.rows_of(1), t_clean.n.rows_of(1)));
+      EXPECT_TRUE(BitIdentical(t_dirty.m.rows_of(1), t_clean.m.rows_of(1)));
+      EXPECT_TRUE(BitIdentical(s_dirty.y.row(1), s_clean.y.row(1)));
+      // The NaN does reach row 0 (through R y, the whole of head 0).
+      EXPECT_TRUE(any_nan(y_dirty.at(0, 0)));
+      EXPECT_TRUE(any_nan(s_dirty.y.row(0).segment(0, H / NH)));
+    }
   }
 }
 
@@ -523,39 +538,42 @@ TYPED_TEST(SLstmCellTest, WholeBatchRuleLetsOtherRowsDecideTheFirstStepOfAResetR
 // start (state included), the other rows continue bit for bit unchanged.
 TYPED_TEST(SLstmCellTest, ResetRowWithThePerElementRuleRestartsOnlyThatRow) {
   using S = TypeParam;
-  const Index B = 3, H = 16, NH = 4;
-  std::mt19937 rng(208);
-  const auto cell = random_slstm<S>(slstm_cell_config(H, NH, FirstStepRule::per_element), rng);
-  const auto first = random_sequence<S>(B, 10, 4 * H, rng);
-  const auto rest = random_sequence<S>(B, 15, 4 * H, rng);
-  auto start = cell.initial_state(B);
-  run_slstm(cell, first, start);
+  const Index B = 3;
+  for (const auto& [H, NH] : {std::pair<Index, Index>{16, 4}, kUnitSizes[1]}) {
+    SCOPED_TRACE("H = " + std::to_string(H));
+    std::mt19937 rng(208);
+    const auto cell = random_slstm<S>(slstm_cell_config(H, NH, FirstStepRule::per_element), rng);
+    const auto first = random_sequence<S>(B, 10, 4 * H, rng);
+    const auto rest = random_sequence<S>(B, 15, 4 * H, rng);
+    auto start = cell.initial_state(B);
+    run_slstm(cell, first, start);
 
-  auto untouched = start;
-  SLstmTrace<S> t_untouched;
-  const auto y_untouched = run_slstm(cell, rest, untouched, &t_untouched);
-  auto reset = start;
-  reset.reset_row(1);
-  SLstmTrace<S> t_reset;
-  const auto y_reset = run_slstm(cell, rest, reset, &t_reset);
-  auto fresh = cell.initial_state(1);
-  SLstmTrace<S> t_fresh;
-  const auto y_fresh = run_slstm(cell, batch_row(rest, 1), fresh, &t_fresh);
+    auto untouched = start;
+    SLstmTrace<S> t_untouched;
+    const auto y_untouched = run_slstm(cell, rest, untouched, &t_untouched);
+    auto reset = start;
+    reset.reset_row(1);
+    SLstmTrace<S> t_reset;
+    const auto y_reset = run_slstm(cell, rest, reset, &t_reset);
+    auto fresh = cell.initial_state(1);
+    SLstmTrace<S> t_fresh;
+    const auto y_fresh = run_slstm(cell, batch_row(rest, 1), fresh, &t_fresh);
 
-  for (const Index b : {Index(0), Index(2)}) {
-    EXPECT_TRUE(BitIdentical(y_reset.rows_of(b), y_untouched.rows_of(b)));
-    EXPECT_TRUE(BitIdentical(t_reset.c.rows_of(b), t_untouched.c.rows_of(b)));
-    EXPECT_TRUE(BitIdentical(t_reset.n.rows_of(b), t_untouched.n.rows_of(b)));
-    EXPECT_TRUE(BitIdentical(t_reset.m.rows_of(b), t_untouched.m.rows_of(b)));
+    for (const Index b : {Index(0), Index(2)}) {
+      EXPECT_TRUE(BitIdentical(y_reset.rows_of(b), y_untouched.rows_of(b)));
+      EXPECT_TRUE(BitIdentical(t_reset.c.rows_of(b), t_untouched.c.rows_of(b)));
+      EXPECT_TRUE(BitIdentical(t_reset.n.rows_of(b), t_untouched.n.rows_of(b)));
+      EXPECT_TRUE(BitIdentical(t_reset.m.rows_of(b), t_untouched.m.rows_of(b)));
+    }
+    EXPECT_TRUE(Close(y_reset.rows_of(1), y_fresh.rows_of(0), Tol<S>::rounding));
+    EXPECT_TRUE(Close(t_reset.c.rows_of(1), t_fresh.c.rows_of(0), Tol<S>::rounding));
+    EXPECT_TRUE(Close(t_reset.n.rows_of(1), t_fresh.n.rows_of(0), Tol<S>::rounding));
+    EXPECT_TRUE(Close(t_reset.m.rows_of(1), t_fresh.m.rows_of(0), Tol<S>::rounding));
+    EXPECT_FALSE(Close(y_reset.rows_of(1), y_untouched.rows_of(1), 1e-3));
+
+    EXPECT_TRUE(ThrowsMentioning([&] { reset.reset_row(3); }, "'row'"));
+    EXPECT_TRUE(ThrowsMentioning([&] { reset.reset_row(-1); }, "'row'"));
   }
-  EXPECT_TRUE(Close(y_reset.rows_of(1), y_fresh.rows_of(0), Tol<S>::rounding));
-  EXPECT_TRUE(Close(t_reset.c.rows_of(1), t_fresh.c.rows_of(0), Tol<S>::rounding));
-  EXPECT_TRUE(Close(t_reset.n.rows_of(1), t_fresh.n.rows_of(0), Tol<S>::rounding));
-  EXPECT_TRUE(Close(t_reset.m.rows_of(1), t_fresh.m.rows_of(0), Tol<S>::rounding));
-  EXPECT_FALSE(Close(y_reset.rows_of(1), y_untouched.rows_of(1), 1e-3));
-
-  EXPECT_TRUE(ThrowsMentioning([&] { reset.reset_row(3); }, "'row'"));
-  EXPECT_TRUE(ThrowsMentioning([&] { reset.reset_row(-1); }, "'row'"));
 }
 
 TYPED_TEST(SLstmCellTest, CopiedStateEvolvesIndependently) {

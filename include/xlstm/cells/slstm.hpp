@@ -12,6 +12,7 @@
 
 #include "xlstm/cells/gates.hpp"
 #include "xlstm/cells/slstm_numerics.hpp"
+#include "xlstm/cells/slstm_pointwise.hpp"
 #include "xlstm/core/activations.hpp"
 #include "xlstm/core/error.hpp"
 #include "xlstm/core/kernels/column_panels.hpp"
@@ -467,20 +468,49 @@ class SLstmCell {
       kernels::panel_product_packing<Scalar>(
           y_head, recurrent_kernel_.middleRows(head * 4 * dh, 4 * dh), tirex, raw_all);
     }
-    if (tirex) raw_all = rounded_to_bf16(raw_all);
-    for (Index g = 0; g < 4; ++g) {
-      const auto x_segment = x.middleCols(g * h + head * dh, dh);
-      if (tirex) {
-        raw_all.middleCols(g * dh, dh) += rounded_to_bf16(x_segment);
-      } else {
-        raw_all.middleCols(g * dh, dh) += x_segment;
+    // The exponential gating in plain numerics adds x and b (and tapes raw)
+    // in its pass of float packets over the units (slstm_pointwise.hpp,
+    // design §7.10); the other functions, numerics and builds add them here,
+    // to the whole block.
+    const bool fused = detail::kSLstmPointwisePackets<Scalar> && !tirex &&
+                       config_.function == SLstmFunction::slstm;
+    static_assert(bool(Input::IsRowMajor) && Input::InnerStrideAtCompileTime == 1,
+                  "step_head: the pre-activations must be row-major, rows contiguous");
+    auto unit_row = [&](Index b) {
+      const Index u0 = head * dh;
+      return detail::SLstmRowUnits<Scalar>{
+          &recurrent(b, head * 4 * dh),
+          x.data() + b * x.outerStride() + u0,
+          bias_.data() + u0,
+          h,
+          tape ? &tape->raw(t * batch + b, head * 4 * dh) : nullptr,
+          &state.y(b, u0),
+          &state.c(b, u0),
+          &state.n(b, u0),
+          &state.m(b, u0),
+          dh};
+    };
+    if (!fused) {
+      if (tirex) raw_all = rounded_to_bf16(raw_all);
+      for (Index g = 0; g < 4; ++g) {
+        const auto x_segment = x.middleCols(g * h + head * dh, dh);
+        if (tirex) {
+          raw_all.middleCols(g * dh, dh) += rounded_to_bf16(x_segment);
+        } else {
+          raw_all.middleCols(g * dh, dh) += x_segment;
+        }
+        raw_all.middleCols(g * dh, dh).rowwise() +=
+            bias_.segment(g * h + head * dh, dh).transpose();
       }
-      raw_all.middleCols(g * dh, dh).rowwise() += bias_.segment(g * h + head * dh, dh).transpose();
+      // design §7.3: the backward recomputes the gates from raw.
+      if (tape) tape->raw.block(t * batch, head * 4 * dh, batch, 4 * dh) = raw_all;
     }
-    // design §7.3: the backward recomputes the gates from raw.
-    if (tape) tape->raw.block(t * batch, head * 4 * dh, batch, 4 * dh) = raw_all;
     for (Index b = 0; b < batch; ++b) {
-      if (!lengths.empty() && t >= lengths[std::size_t(b)]) continue;
+      if (!lengths.empty() && t >= lengths[std::size_t(b)]) {
+        // An ended row's pre-activations are taped all the same.
+        if (fused && tape) detail::slstm_add_input_and_bias(unit_row(b), 0, dh);
+        continue;
+      }
       auto raw = recurrent.row(b).segment(head * 4 * dh, 4 * dh).array();
       auto raw_i = raw.segment(0, dh), raw_f = raw.segment(dh, dh);
       auto raw_z = raw.segment(2 * dh, dh), raw_o = raw.segment(3 * dh, dh);
@@ -501,26 +531,14 @@ class SLstmCell {
         tirex_official_pointwise(raw_i, raw_f, raw_z, raw_o, y, c, n, m, first_step);
         continue;
       }
-      raw_i = clamp_gates(raw_i);
-      // The workspace is reused in place: raw_f becomes log f + m, then f';
-      // raw_i becomes i'.
-      auto log_f_plus_m = raw_f;
-      log_f_plus_m = m + log_sigmoid(clamp_gates(raw_f));
-      if (config_.first_step_rule != FirstStepRule::per_element) {
-        if (first_step) {
-          m = raw_i;
-        } else {
-          m = raw_i.max(log_f_plus_m);
-        }
+      const detail::FirstStep rule{first_step,
+                                   config_.first_step_rule == FirstStepRule::per_element};
+      if (fused) {
+        // math §2.3-2.4: raw = (R y + x) + b, then the update, in one pass.
+        detail::slstm_sum_and_update(unit_row(b), rule);
       } else {
-        m = (n == Scalar(0)).select(raw_i, raw_i.max(log_f_plus_m));
+        detail::slstm_pointwise_arrays(unit_row(b), 0, dh, rule);
       }
-      auto i_gate = raw_i, f_gate = raw_f;
-      i_gate = (raw_i - m).exp().min(Scalar(1));
-      f_gate = (log_f_plus_m - m).exp().min(Scalar(1));
-      c = f_gate * c + i_gate * raw_z.tanh();
-      n = f_gate * n + i_gate;
-      y = sigmoid(raw_o) * c / n;  // no epsilon: n >= 1 after the first step
     }
   }
 
