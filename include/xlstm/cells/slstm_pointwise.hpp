@@ -26,7 +26,7 @@
 namespace xlstm {
 namespace detail {
 
-/// One row's units of one head for slstm_pointwise_update: `count` units
+/// One row's units of one head for the functions below: `count` units
 /// per gate and state, each run contiguous. Gate g (i, f, z, o) of the
 /// workspace and the tape is at raw + g count and taped + g count, of the
 /// input and the bias at x + g gate_stride and bias + g gate_stride
@@ -102,7 +102,7 @@ void slstm_pointwise_arrays(const SLstmRowUnits<Scalar>& u, Index first, Index c
 /// short loops (design §7.10): those builds keep the expressions.
 template <typename Scalar>
 inline constexpr bool kSLstmPointwisePackets =
-    std::is_same_v<Scalar, float>&& simd::kLanes<float> > 1 && simd::kVectorRegisters >= 32;
+    std::is_same_v<Scalar, float> && (simd::kLanes<float> > 1) && simd::kVectorRegisters >= 32;
 
 /// slstm_add_input_and_bias and math §2.4 for float units [0, count)
 /// rounded down to whole packets, as the array forms compute them; returns
